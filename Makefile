@@ -1,0 +1,40 @@
+# The two set-up commands: `make run` and `make test`. Each builds .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck models migrate bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/cvm db upgrade
+	$(BIN)/cvm serve
+
+test: $(STAMP) lint typecheck
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check app tests bench migrations
+	$(BIN)/ruff format --check app tests bench migrations
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# Retrain the bundled models from the seeded synthetic book (see README).
+models: $(STAMP)
+	$(BIN)/cvm synth --customers 30000 --months 18 --seed 7 --out var/book
+	for task in tier recommendation churn prospect; do \
+		$(BIN)/cvm train $$task --book var/book --out models/$$task/1 || exit 1; \
+	done
+
+migrate: $(STAMP)
+	$(BIN)/cvm db upgrade
+
+clean:
+	rm -rf $(VENV) var/book .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""CVM: customer value scoring for retail banks."""
