@@ -25,8 +25,8 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Pinned version per task, e.g. {'churn': '2'}; unpinned tasks use the newest.",
     )
-    service_plans_file: Path = Field(default=PROJECT_ROOT / "app" / "config" / "service_plans.json")
-    eligibility_file: Path = Field(default=PROJECT_ROOT / "app" / "config" / "eligibility.json")
+    service_plans_file: Path = Field(default=PROJECT_ROOT / "app" / "resources" / "service_plans.json")
+    eligibility_file: Path = Field(default=PROJECT_ROOT / "app" / "resources" / "eligibility.json")
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch_size: int = Field(default=1000, ge=1)
