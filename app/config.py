@@ -31,7 +31,11 @@ class Settings(BaseSettings):
     port: int = 8000
     max_batch_size: int = Field(default=1000, ge=1)
     group_commit_max_rows: int = Field(default=5000, ge=1)
-    group_commit_max_wait_ms: float = Field(default=2.0, ge=0)
+    group_commit_max_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="Extra wait for more rows once one is queued; commits already batch under load.",
+    )
     log_level: str = "INFO"
     log_json: bool = True
 

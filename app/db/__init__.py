@@ -1,0 +1,1 @@
+"""Persistence: tables, engine and session factories, repository functions, group commit."""

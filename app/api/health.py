@@ -1,0 +1,39 @@
+"""Liveness, readiness and metrics: the endpoints that need no credentials."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.db.session import database_is_reachable
+from app.deps import RegistryDep
+from app.schemas.responses import Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+async def readyz(request: Request, registry: RegistryDep) -> JSONResponse:
+    """Ready to score: the database answers and every task has a model loaded."""
+    database = await run_in_threadpool(database_is_reachable, request.app.state.engine)
+    models: dict[str, Any] = {t.value: f"v{m.manifest.version}" for t, m in registry.loaded.items()}
+    models.update({t.value: f"missing: {why}" for t, why in registry.missing.items()})
+    ready = database and registry.complete
+    body = Readiness(ready=ready, database=database, models=models)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,236 @@
+"""Group commit: concurrent writes share one transaction, and each returns once it is durable.
+
+A request awaiting ``write`` costs no commit of its own: one background thread takes everything
+queued, inserts it in a single transaction, commits, and only then wakes the waiters. An
+acknowledged write is therefore committed; a failed transaction fails every waiter in its group
+and writes none of their rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from app.db.errors import PersistenceUnavailable, describe_db_error
+from app.db.repository import ScoreRow, insert_scores
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)  # no slots: callers may read it with vars() or dataclasses.asdict()
+class GroupCommitStats:
+    """Counters since the writer was built, for metrics."""
+
+    groups_committed: int
+    rows_committed: int
+    writes_committed: int
+    groups_failed: int
+    rows_failed: int
+    writes_queued: int
+
+
+@dataclass(slots=True, eq=False)
+class _PendingWrite:
+    rows: Sequence[ScoreRow]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
+def _settle_future(future: asyncio.Future[None], error: BaseException | None) -> None:
+    # Runs on the waiter's event loop; the waiter may have been cancelled meanwhile.
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+class GroupCommitWriter:
+    """Batches concurrent score writes into few transactions without weakening durability."""
+
+    def __init__(self, engine: Engine, *, max_rows: int = 5000, max_wait_ms: float = 2.0) -> None:
+        if max_rows < 1:
+            raise ValueError("max_rows must be >= 1")
+        if max_wait_ms < 0:
+            raise ValueError("max_wait_ms must be >= 0")
+        self._engine = engine
+        self._max_rows = max_rows
+        self._max_wait_s = max_wait_ms / 1000
+        self._condition = threading.Condition()
+        self._queue: deque[_PendingWrite] = deque()
+        self._accepting = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._stats_lock = threading.Lock()
+        self._groups_committed = 0
+        self._rows_committed = 0
+        self._writes_committed = 0
+        self._groups_failed = 0
+        self._rows_failed = 0
+
+    @property
+    def running(self) -> bool:
+        """Whether ``write`` is accepted (between ``start`` and ``stop``)."""
+        with self._condition:
+            return self._accepting
+
+    @property
+    def stats(self) -> GroupCommitStats:
+        """A consistent snapshot of the counters."""
+        with self._condition:
+            queued = len(self._queue)
+        with self._stats_lock:
+            return GroupCommitStats(
+                groups_committed=self._groups_committed,
+                rows_committed=self._rows_committed,
+                writes_committed=self._writes_committed,
+                groups_failed=self._groups_failed,
+                rows_failed=self._rows_failed,
+                writes_queued=queued,
+            )
+
+    def start(self) -> None:
+        """Start the background writer thread."""
+        with self._condition:
+            if self._thread is not None:
+                raise RuntimeError("group commit writer already started")
+            self._accepting = True
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="cvm-group-commit", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuse new writes, commit everything already queued, then end the writer thread."""
+        with self._condition:
+            thread = self._thread
+            if thread is None:
+                return
+            self._accepting = False
+            self._stopping = True
+            self._condition.notify_all()
+        thread.join(timeout)
+        if thread.is_alive():
+            logger.warning("group commit writer still draining after %s s", timeout)
+            return
+        with self._condition:
+            self._thread = None
+
+    async def write(self, rows: Sequence[ScoreRow]) -> None:
+        """Return once ``rows`` are committed; raise ``PersistenceUnavailable`` if they are not.
+
+        Cancelling the caller stops the wait, not the write: queued rows are still committed.
+        """
+        if not rows:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._condition:
+            if not self._accepting:
+                raise PersistenceUnavailable("the score writer is not running")
+            self._queue.append(_PendingWrite(rows=rows, loop=loop, future=future))
+            self._condition.notify()
+        await future
+
+    def write_now(self, rows: Sequence[ScoreRow]) -> None:
+        """Insert and commit ``rows`` on the calling thread, outside any group (CLI, batch)."""
+        if not rows:
+            return
+        try:
+            self._insert_and_commit(rows)
+        except Exception as exc:
+            self._count_failure(len(rows))
+            raise PersistenceUnavailable(
+                f"could not commit {len(rows)} score rows: {describe_db_error(exc)}"
+            ) from exc
+        self._count_success(rows=len(rows), writes=1)
+
+    def _run(self) -> None:
+        try:
+            while (group := self._next_group()) is not None:
+                self._commit_group(group)
+        finally:
+            # Normally the queue is empty here; if the thread died of something unexpected,
+            # refuse new writes and fail the queued ones rather than leave waiters hanging.
+            with self._condition:
+                self._accepting = False
+                leftovers = list(self._queue)
+                self._queue.clear()
+            for pending in leftovers:
+                self._settle(pending, PersistenceUnavailable("the score writer stopped"))
+
+    def _next_group(self) -> list[_PendingWrite] | None:
+        with self._condition:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._condition.wait()
+            first = self._queue.popleft()
+            group = [first]
+            row_count = len(first.rows)
+            deadline = time.monotonic() + self._max_wait_s
+            while row_count < self._max_rows:
+                if self._queue:
+                    # A write is never split: its rows commit or fail together.
+                    if row_count + len(self._queue[0].rows) > self._max_rows:
+                        break
+                    pending = self._queue.popleft()
+                    group.append(pending)
+                    row_count += len(pending.rows)
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopping:
+                    break
+                self._condition.wait(remaining)
+            return group
+
+    def _commit_group(self, group: list[_PendingWrite]) -> None:
+        rows = [row for pending in group for row in pending.rows]
+        try:
+            self._insert_and_commit(rows)
+        except Exception as exc:
+            reason = describe_db_error(exc)
+            logger.error(
+                "score group of %d writes (%d rows) rolled back: %s", len(group), len(rows), reason
+            )
+            self._count_failure(len(rows))
+            for pending in group:
+                # One exception object per waiter: tracebacks are mutated when raised.
+                error = PersistenceUnavailable(f"could not commit the scores: {reason}")
+                error.__cause__ = exc
+                self._settle(pending, error)
+            return
+        self._count_success(rows=len(rows), writes=len(group))
+        for pending in group:
+            self._settle(pending, None)
+
+    def _insert_and_commit(self, rows: Sequence[ScoreRow]) -> None:
+        # engine.begin() commits on success and rolls back on any error, so a failed group
+        # leaves nothing behind and its connection returns clean to the pool.
+        with self._engine.begin() as connection:
+            insert_scores(connection, rows=rows)
+
+    @staticmethod
+    def _settle(pending: _PendingWrite, error: BaseException | None) -> None:
+        # RuntimeError: the waiter's event loop is closed, so nobody is left to tell.
+        with suppress(RuntimeError):
+            pending.loop.call_soon_threadsafe(_settle_future, pending.future, error)
+
+    def _count_success(self, *, rows: int, writes: int) -> None:
+        with self._stats_lock:
+            self._groups_committed += 1
+            self._rows_committed += rows
+            self._writes_committed += writes
+
+    def _count_failure(self, rows: int) -> None:
+        with self._stats_lock:
+            self._groups_failed += 1
+            self._rows_failed += rows

@@ -1,0 +1,78 @@
+"""Stored shapes: one row per scored customer per request."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    String,
+    Table,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base
+
+# JSONB on PostgreSQL (binary, indexable); plain JSON text elsewhere.
+JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY.
+BigIntegerId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware timestamps on every backend: stored as UTC, read back aware.
+
+    SQLite has no timezone type and would hand back naive values; PostgreSQL's
+    ``timestamptz`` already round-trips, so the conversion is a no-op there.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given for a timezone-aware column; attach a tzinfo")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Score(Base):
+    """One model output for one customer, with its reasons and the features it saw."""
+
+    __tablename__ = "score"
+    __table_args__ = (
+        # History reads: one customer's scores for one task, newest first.
+        Index("ix_score_customer_id_task_created_at", "customer_id", "task", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    task: Mapped[str] = mapped_column(String(32))
+    customer_id: Mapped[str] = mapped_column(String(128))
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(32))
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    reasons: Mapped[list[Any]] = mapped_column(JSONDocument)
+    features: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# The Core table behind Score, for set-based statements that need no ORM objects.
+score_table = cast(Table, Score.__table__)

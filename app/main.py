@@ -1,0 +1,145 @@
+"""The app factory: models and database are loaded here, never at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+
+from app.api import health, history, models, scores
+from app.config import Settings, get_settings
+from app.db.group_commit import GroupCommitWriter
+from app.db.session import create_db_engine, create_session_factory
+from app.errors import InvalidInput, ServiceError
+from app.ml.registry import ModelRegistry
+from app.observability import Metrics, RequestContextMiddleware, configure_logging
+from app.services.policies import EligibilityRules, load_service_plans
+from app.services.scoring import ScoringService, field_path
+
+PROBLEM_JSON = "application/problem+json"
+log = structlog.get_logger("cvm")
+
+
+def problem_response(error: ServiceError, request: Request) -> JSONResponse:
+    """Render a domain error as problem details."""
+    return JSONResponse(
+        error.problem(instance=request.url.path), status_code=error.status, media_type=PROBLEM_JSON
+    )
+
+
+def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
+    """Build the service: load models, prepare the database writer, wire routes and errors."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    registry = registry or ModelRegistry.load(settings.models_dir, pinned=settings.model_versions)
+    engine = create_db_engine(settings.database_url)
+    writer = GroupCommitWriter(
+        engine,
+        max_rows=settings.group_commit_max_rows,
+        max_wait_ms=settings.group_commit_max_wait_ms,
+    )
+    scoring = ScoringService(
+        registry=registry,
+        writer=writer,
+        service_plans=load_service_plans(settings.service_plans_file),
+        eligibility=EligibilityRules.load(settings.eligibility_file),
+        max_batch_size=settings.max_batch_size,
+    )
+    metrics = Metrics()
+    metrics.add_gauges(
+        "cvm_group_commit",
+        "Group-commit writer counters (groups, rows, writes committed or failed).",
+        lambda: {k: float(v) for k, v in vars(writer.stats).items()},
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        writer.start()
+        log.info(
+            "started",
+            models={t.value: m.manifest.version for t, m in registry.loaded.items()},
+            missing=[t.value for t in registry.missing],
+        )
+        try:
+            yield
+        finally:
+            writer.stop(timeout=30)
+            engine.dispose()
+
+    app = FastAPI(
+        title="CVM",
+        summary="Customer value scoring for retail banks",
+        description=(
+            "Tier, next-product, churn and prospect scores from LightGBM models, every score "
+            "explained with reason codes and saved before the answer is sent."
+        ),
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.engine = engine
+    app.state.session_factory = create_session_factory(engine)
+    app.state.scoring = scoring
+    app.state.metrics = metrics
+    for router in (health.router, scores.router, history.router, models.router):
+        app.include_router(router)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, error: ServiceError) -> JSONResponse:
+        if error.status >= 500:
+            log.warning("service_error", code=error.code, detail=error.detail)
+        return problem_response(error, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return problem_response(_as_invalid_input(error), request)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
+        log.error("unhandled_error", error_type=type(error).__name__, path=request.url.path)
+        return problem_response(ServiceError("an unexpected error occurred"), request)
+
+    app.openapi = lambda: _openapi(app, scoring)  # type: ignore[method-assign]
+    return app
+
+
+def _as_invalid_input(error: RequestValidationError) -> InvalidInput:
+    """FastAPI's own validation errors (path and query parameters) in our problem shape."""
+    details = [
+        {"field": field_path(e.get("loc", ())), "message": e.get("msg", ""), "type": e.get("type", "")}
+        for e in error.errors()
+    ]
+    return InvalidInput(
+        "invalid field(s): " + ", ".join(d["field"] for d in details[:5]),
+        extra={"errors": details},
+    )
+
+
+def _openapi(app: FastAPI, scoring: ScoringService) -> dict[str, Any]:
+    """The generated spec, plus the request schemas built from the loaded models."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    spec = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+    )
+    components = spec.setdefault("components", {}).setdefault("schemas", {})
+    template = "#/components/schemas/{model}"
+    for model in (*scoring.request_models.values(), scoring.assessment_model):
+        schema = model.model_json_schema(ref_template=template)
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+    app.openapi_schema = spec
+    return spec
+

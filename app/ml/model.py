@@ -1,0 +1,179 @@
+"""A loaded model: trees, manifest and explainer, with predict and explain on numpy matrices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import numpy.typing as npt
+
+from app.ml.explain import METHOD_TREESHAP, Explanation, PathExplainer, exact_explanation
+from app.ml.manifest import Manifest, Objective
+from app.ml.schema import FeatureSchema
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory is missing, malformed or disagrees with its manifest."""
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One feature's signed push on a score, in the model's raw units, worded for staff."""
+
+    feature: str
+    value: str
+    contribution: float
+    text: str
+
+    @property
+    def direction(self) -> str:
+        """Whether the feature raises or lowers the score."""
+        return "raises" if self.contribution > 0 else "lowers"
+
+
+@dataclass(frozen=True)
+class RowExplanation:
+    """The top reasons of one score; reasons + other + bias == raw score exactly."""
+
+    method: str
+    raw_score: float
+    bias: float
+    reasons: list[Reason]
+    other_contribution: float
+
+
+def sigmoid(raw: FloatArray) -> FloatArray:
+    """Binary raw score (log-odds) to probability."""
+    return np.asarray(1.0 / (1.0 + np.exp(-raw)), dtype=np.float64)
+
+
+def softmax(raw: FloatArray) -> FloatArray:
+    """Multiclass raw scores to probabilities, row by row."""
+    shifted = np.exp(raw - raw.max(axis=1, keepdims=True))
+    return np.asarray(shifted / shifted.sum(axis=1, keepdims=True), dtype=np.float64)
+
+
+class ScoringModel:
+    """What the service and the batch scorer hold per task."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        booster: lgb.Booster,
+        value_booster: lgb.Booster | None = None,
+        *,
+        threads: int = 1,
+    ) -> None:
+        self.manifest = manifest
+        self.threads = threads
+        self.booster = booster
+        self.value_booster = value_booster
+        self.explainer = PathExplainer.from_booster(booster)
+        names = booster.feature_name()
+        if names != manifest.feature_schema.names:
+            raise ModelLoadError(
+                f"{manifest.task} v{manifest.version}: model features {names} differ from "
+                "the manifest schema"
+            )
+
+    @classmethod
+    def load(cls, directory: Path, *, threads: int = 1) -> ScoringModel:
+        """Load ``model.txt`` and ``manifest.json`` from a model directory."""
+        try:
+            manifest = Manifest.load(directory)
+            booster = lgb.Booster(model_file=str(directory / manifest.model_file))
+            value_booster = (
+                lgb.Booster(model_file=str(directory / manifest.value_model_file))
+                if manifest.value_model_file
+                else None
+            )
+        except (OSError, ValueError, lgb.basic.LightGBMError) as error:
+            raise ModelLoadError(f"cannot load the model in {directory}: {error}") from error
+        return cls(manifest, booster, value_booster, threads=threads)
+
+    @property
+    def schema(self) -> FeatureSchema:
+        """The features this model takes, in column order."""
+        return self.manifest.feature_schema
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Output labels (for binary: negative, positive)."""
+        return self.manifest.classes
+
+    def warm_up(self) -> None:
+        """Run one prediction and one explanation so the first request pays no setup cost."""
+        row = np.zeros((1, len(self.schema.features)), dtype=np.float64)
+        self.predict(row)
+        self.explain(row)
+        if self.value_booster is not None:
+            self.expected_value_if_converted(row)
+
+    def predict(self, matrix: FloatArray) -> FloatArray:
+        """Probability of the positive class (binary, shape (n,)), per class (multiclass, (n, k))
+        or the value (regression)."""
+        return np.asarray(self.booster.predict(matrix, num_threads=self.threads), dtype=np.float64)
+
+    def probabilities_from_raw(self, raw: FloatArray) -> FloatArray:
+        """The same outputs as ``predict``, from an explanation's raw scores (no second pass)."""
+        if self.manifest.objective is Objective.BINARY:
+            return sigmoid(raw[:, 0])
+        if self.manifest.objective is Objective.MULTICLASS:
+            return softmax(raw)
+        return raw[:, 0]
+
+    def explain(self, matrix: FloatArray, *, exact: bool = False) -> Explanation:
+        """Raw scores with per-feature contributions: fast path attribution, or TreeSHAP."""
+        if exact:
+            return exact_explanation(self.booster, matrix)
+        return self.explainer.explain(matrix)
+
+    def expected_value_if_converted(self, matrix: FloatArray) -> FloatArray:
+        """Prospect only: the annual value a prospect would bring once a customer."""
+        if self.value_booster is None:
+            raise ModelLoadError(f"{self.manifest.task} has no value model")
+        return np.asarray(
+            self.value_booster.predict(matrix, num_threads=self.threads), dtype=np.float64
+        )
+
+    def explain_row(
+        self,
+        matrix: FloatArray,
+        explanation: Explanation,
+        row: int,
+        class_index: int = 0,
+        *,
+        top: int = 5,
+        exact: bool = False,
+    ) -> RowExplanation:
+        """The top reasons of one row for one output class, worded from the schema."""
+        contributions = explanation.contributions[row, class_index]
+        features = contributions[:-1]
+        order = np.argsort(-np.abs(features), kind="stable")[:top]
+        reasons = []
+        for j in order:
+            contribution = float(features[j])
+            if contribution == 0.0:
+                break
+            spec = self.schema.features[j]
+            value = float(matrix[row, j])
+            reasons.append(
+                Reason(
+                    feature=spec.name,
+                    value=spec.describe_value(value),
+                    contribution=contribution,
+                    text=spec.reason_text(value),
+                )
+            )
+        listed = sum(r.contribution for r in reasons)
+        return RowExplanation(
+            method=METHOD_TREESHAP if exact else self.manifest.explanation_method,
+            raw_score=float(explanation.raw_score[row, class_index]),
+            bias=float(contributions[-1]),
+            reasons=reasons,
+            other_contribution=float(features.sum() - listed),
+        )

@@ -1,0 +1,203 @@
+"""The feature schema: the one definition of a model's inputs, shared by training and serving.
+
+A schema travels inside the model's manifest, so the code that feeds a model can never disagree
+with the model: the API builds its request models from it, the batch scorer validates files
+against it, and reason codes are worded from it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+FloatMatrix = npt.NDArray[np.float64]
+
+
+class FeatureKind(StrEnum):
+    """How a feature's values are typed on the wire and encoded for LightGBM."""
+
+    NUMBER = "number"
+    INTEGER = "integer"
+    BOOLEAN = "boolean"
+    CATEGORY = "category"
+
+
+class FeatureSpec(BaseModel):
+    """One model input: its type, unit, allowed values and the words used to explain it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)
+    kind: FeatureKind
+    description: str
+    unit: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    categories: tuple[str, ...] | None = None
+    required: bool = True
+    actionable: bool = False
+    source: str | None = Field(
+        default=None, description="Column name in the bank's own files, where it differs."
+    )
+    reason: str = Field(
+        default="",
+        description="Plain-language template read by staff; '{value}' is replaced by the value.",
+    )
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> FeatureSpec:
+        if self.kind is FeatureKind.CATEGORY and not self.categories:
+            raise ValueError(f"categorical feature {self.name!r} needs its categories")
+        if self.kind is not FeatureKind.CATEGORY and self.categories:
+            raise ValueError(f"only categorical features take categories ({self.name!r})")
+        if (
+            self.minimum is not None
+            and self.maximum is not None
+            and self.minimum > self.maximum
+        ):
+            raise ValueError(f"minimum above maximum for {self.name!r}")
+        return self
+
+    @property
+    def column(self) -> str:
+        """The column holding this feature in a bank's files."""
+        return self.source or self.name
+
+    def describe_value(self, value: float) -> str:
+        """The encoded value as staff would read it (categories by name, money with unit)."""
+        if math.isnan(value):
+            return "unknown"
+        if self.kind is FeatureKind.CATEGORY:
+            assert self.categories is not None
+            return self.categories[int(value)]
+        if self.kind is FeatureKind.BOOLEAN:
+            return "yes" if value else "no"
+        if self.unit == "%":
+            return f"{value:+.0f}%"
+        if self.kind is FeatureKind.INTEGER or float(value).is_integer():
+            text = f"{value:,.0f}"
+        else:
+            text = f"{value:,.2f}"
+        return f"{text} {self.unit}" if self.unit and self.unit != "count" else text
+
+    def reason_text(self, value: float) -> str:
+        """The reason sentence for this feature at this value."""
+        if math.isnan(value):
+            return f"not on file yet: {self.description.rstrip('.').lower()}"
+        template = self.reason or f"{self.description}: {{value}}"
+        return template.replace("{value}", self.describe_value(value))
+
+
+class FeatureSchema(BaseModel):
+    """An ordered list of features: the column order of the model's matrix."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    features: tuple[FeatureSpec, ...]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> FeatureSchema:
+        names = [f.name for f in self.features]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate feature names: {duplicates}")
+        if not names:
+            raise ValueError("a schema needs at least one feature")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        """Feature names in matrix column order."""
+        return [f.name for f in self.features]
+
+    @property
+    def categorical_indices(self) -> list[int]:
+        """Column positions LightGBM must treat as categorical."""
+        return [i for i, f in enumerate(self.features) if f.kind is FeatureKind.CATEGORY]
+
+    def __getitem__(self, name: str) -> FeatureSpec:
+        for feature in self.features:
+            if feature.name == name:
+                return feature
+        raise KeyError(name)
+
+    def _category_codes(self) -> dict[str, dict[str, int]]:
+        # Cached on the instance: built once per loaded model, never per request.
+        cache: dict[str, dict[str, int]] | None = self.__dict__.get("_codes_cache")
+        if cache is None:
+            cache = {
+                f.name: {c: i for i, c in enumerate(f.categories or ())}
+                for f in self.features
+                if f.kind is FeatureKind.CATEGORY
+            }
+            object.__setattr__(self, "_codes_cache", cache)  # frozen model: store a derived cache
+        return cache
+
+    def encode_rows(self, rows: Sequence[Mapping[str, Any]]) -> FloatMatrix:
+        """Already-validated records to the float matrix LightGBM takes (missing -> NaN)."""
+        codes = self._category_codes()
+        matrix = np.empty((len(rows), len(self.features)), dtype=np.float64)
+        for j, feature in enumerate(self.features):
+            lookup = codes.get(feature.name)
+            column = matrix[:, j]
+            for i, row in enumerate(rows):
+                value = row.get(feature.name)
+                if value is None:
+                    column[i] = np.nan
+                elif lookup is not None:
+                    column[i] = lookup[value]
+                else:
+                    column[i] = value
+        return matrix
+
+    def encode_columns(self, columns: Mapping[str, Sequence[Any]]) -> FloatMatrix:
+        """Already-validated columns (one sequence per feature) to the float matrix."""
+        codes = self._category_codes()
+        lengths = {len(v) for v in columns.values()}
+        n = lengths.pop() if lengths else 0
+        matrix = np.empty((n, len(self.features)), dtype=np.float64)
+        for j, feature in enumerate(self.features):
+            values = columns.get(feature.name)
+            if values is None:
+                matrix[:, j] = np.nan
+                continue
+            lookup = codes.get(feature.name)
+            if lookup is not None:
+                matrix[:, j] = [np.nan if v is None else lookup[v] for v in values]
+            else:
+                matrix[:, j] = [np.nan if v is None else v for v in values]
+        return matrix
+
+    def validate_matrix(self, matrix: FloatMatrix) -> list[str | None]:
+        """Per row, the first problem found (None when the row is valid); vectorised for files."""
+        problems: list[str | None] = [None] * matrix.shape[0]
+        for j, feature in reversed(list(enumerate(self.features))):
+            column = matrix[:, j]
+            missing = np.isnan(column)
+            bad_rows: list[tuple[npt.NDArray[np.bool_], str]] = []
+            if feature.required:
+                bad_rows.append((missing, f"{feature.name}: required value is missing"))
+            present = ~missing
+            if np.isinf(column).any():
+                bad_rows.append((np.isinf(column), f"{feature.name}: must be finite"))
+            if feature.minimum is not None:
+                below = present & (column < feature.minimum)
+                bad_rows.append((below, f"{feature.name}: below minimum {feature.minimum:g}"))
+            if feature.maximum is not None:
+                above = present & (column > feature.maximum)
+                bad_rows.append((above, f"{feature.name}: above maximum {feature.maximum:g}"))
+            if feature.kind in (FeatureKind.INTEGER, FeatureKind.BOOLEAN):
+                finite = present & np.isfinite(column)
+                fractional = np.zeros_like(missing)
+                fractional[finite] = column[finite] != np.round(column[finite])
+                bad_rows.append((fractional, f"{feature.name}: must be a whole number"))
+            for mask, message in bad_rows:
+                for i in np.flatnonzero(mask):
+                    problems[int(i)] = message
+        return problems

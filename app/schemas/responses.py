@@ -1,0 +1,213 @@
+"""Response models: the wire contract of every endpoint (documented in /docs)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ReasonOut(BaseModel):
+    """One feature's push on the score."""
+
+    feature: str
+    value: str = Field(description="The customer's value as staff read it.")
+    contribution: float = Field(description="Signed, in the score's raw units (log-odds).")
+    direction: Literal["raises", "lowers"]
+    text: str
+
+
+class ExplanationOut(BaseModel):
+    """Why the model scored as it did: reasons + other_contribution + bias == raw_score."""
+
+    method: str
+    raw_score: float
+    bias: float
+    reasons: list[ReasonOut]
+    other_contribution: float = Field(description="Sum of the features not listed.")
+
+
+class ModelRef(BaseModel):
+    """Which model produced the results."""
+
+    task: str
+    version: str
+
+
+class ResponseEnvelope(BaseModel):
+    """Fields common to every scoring response."""
+
+    request_id: str
+    model: ModelRef
+    saved: bool = Field(description="True once every result is committed to the database.")
+
+
+class ChurnScore(BaseModel):
+    """Churn risk of one customer over the next 3 months."""
+
+    customer_id: str
+    probability: float
+    risk_band: Literal["low", "medium", "high"]
+    explanation: ExplanationOut | None
+
+
+class ChurnScoreResponse(ResponseEnvelope):
+    """Churn scores, in the order the customers were sent."""
+
+    results: list[ChurnScore]
+
+
+class ServicePlan(BaseModel):
+    """What the bank offers a tier (configured in a file, not code)."""
+
+    name: str
+    services: list[str]
+    promotions: list[str]
+    rewards: list[str]
+
+
+class FeatureChange(BaseModel):
+    """One actionable change."""
+
+    feature: str
+    current: str
+    proposed: str
+    text: str
+
+
+class NextTierGap(BaseModel):
+    """The smallest change the model says lifts the customer one tier."""
+
+    target_tier: str
+    changes: list[FeatureChange]
+    probability_of_target: float
+
+
+class TierScore(BaseModel):
+    """Value-pyramid placement of one customer."""
+
+    customer_id: str
+    tier: str
+    probabilities: dict[str, float]
+    service_plan: ServicePlan | None
+    next_tier_gap: NextTierGap | None
+    explanation: ExplanationOut | None
+
+
+class TierScoreResponse(ResponseEnvelope):
+    """Tier scores, in request order."""
+
+    results: list[TierScore]
+
+
+class ProductRecommendation(BaseModel):
+    """One product to offer, with why."""
+
+    product: str
+    propensity: float = Field(description="Probability this is the next product added.")
+    explanation: ExplanationOut | None
+
+
+class CustomerRecommendations(BaseModel):
+    """The top products of one customer, after eligibility rules."""
+
+    customer_id: str
+    cold_start: bool = Field(description="True when only demographics were known.")
+    products: list[ProductRecommendation]
+
+
+class RecommendationResponse(ResponseEnvelope):
+    """Recommendations, in request order."""
+
+    results: list[CustomerRecommendations]
+
+
+class ProspectScore(BaseModel):
+    """Conversion and value of one prospect."""
+
+    customer_id: str
+    conversion_probability: float
+    value_if_converted: float | None = Field(description="Annual profit in EUR once a customer.")
+    expected_value: float | None = Field(description="conversion_probability x value.")
+    priority: Literal["low", "medium", "high"]
+    explanation: ExplanationOut | None
+
+
+class ProspectScoreResponse(ResponseEnvelope):
+    """Prospect scores, in request order."""
+
+    results: list[ProspectScore]
+
+
+class AssessmentResponse(BaseModel):
+    """Everything that applies to one customer, by lifecycle group."""
+
+    request_id: str
+    customer_id: str
+    lifecycle: Literal["prospect", "new", "existing"]
+    saved: bool
+    models: list[ModelRef]
+    tier: TierScore | None = None
+    recommendations: CustomerRecommendations | None = None
+    churn: ChurnScore | None = None
+    prospect: ProspectScore | None = None
+
+
+class StoredScore(BaseModel):
+    """One persisted result."""
+
+    id: int
+    request_id: str
+    task: str
+    model_name: str | None
+    model_version: str | None
+    outputs: dict[str, Any]
+    reasons: list[Any] | dict[str, Any]
+    created_at: datetime
+
+
+class ScoreHistory(BaseModel):
+    """A page of a customer's stored results, newest first."""
+
+    customer_id: str
+    total: int
+    limit: int
+    offset: int
+    items: list[StoredScore]
+
+
+class ModelSummary(BaseModel):
+    """A loaded model at a glance."""
+
+    task: str
+    version: str
+    objective: str
+    num_trees: int
+    created_at: datetime
+    explanation_method: str
+    headline_metrics: dict[str, float]
+
+
+class ModelCard(ModelSummary):
+    """Everything known about a loaded model."""
+
+    classes: list[str]
+    feature_schema: dict[str, Any]
+    metrics: dict[str, Any]
+    thresholds: dict[str, float]
+    params: dict[str, Any]
+    lightgbm_version: str
+    data_fingerprint: str
+    data_source: str
+    training_rows: int
+    split: dict[str, Any]
+    available_versions: list[str]
+
+
+class Readiness(BaseModel):
+    """What /readyz checked."""
+
+    ready: bool
+    database: bool
+    models: dict[str, str]

@@ -1,0 +1,458 @@
+"""Scoring use cases: validated request -> feature matrix -> predict + explain -> persist -> respond.
+
+Each function reads top to bottom in that order. Everything between parsing and persisting is
+numpy on the model's own schema; nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from app.db.errors import PersistenceUnavailable
+from app.db.group_commit import GroupCommitWriter
+from app.db.repository import ScoreRow
+from app.errors import BatchTooLarge, DatabaseUnavailable, InvalidInput, ModelUnavailable
+from app.ml.explain import Explanation
+from app.ml.manifest import Task
+from app.ml.model import FloatArray, ScoringModel
+from app.ml.registry import ModelRegistry
+from app.schemas.requests import (
+    ScoreRequestBase,
+    assessment_request_model,
+    customer_model,
+    score_request_model,
+)
+from app.schemas.responses import ServicePlan
+from app.services.next_tier import find_next_tier_gap
+from app.services.policies import EligibilityRules
+
+# Above this many customers the numeric work runs in a worker thread (LightGBM releases the
+# GIL), so a 1,000-customer call does not hold up the single-customer calls around it.
+INLINE_MAX_ROWS = 32
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """What the caller asked for besides the scores themselves."""
+
+    reasons: int = 5
+    exact: bool = False
+    top_k: int = 3
+    next_tier_gap: bool = True
+
+    @classmethod
+    def of(cls, request: BaseModel) -> ScoreOptions:
+        """Options from a validated request (fields a task does not have keep defaults)."""
+        given = request.__dict__
+        return cls(
+            reasons=given.get("reasons", 5),
+            exact=given.get("explain") == "exact",
+            top_k=given.get("top_k", 3),
+            next_tier_gap=given.get("next_tier_gap", True),
+        )
+
+
+@dataclass(frozen=True)
+class CustomerBatch:
+    """Validated customers of one call: ids, the model's matrix, and the inputs as sent."""
+
+    ids: list[str]
+    matrix: FloatArray
+    inputs: list[dict[str, Any]]
+
+
+def field_path(location: Sequence[int | str]) -> str:
+    """A pydantic error location as a readable field path: ``customers[0].age``."""
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "body"
+
+
+def invalid_input(error: ValidationError) -> InvalidInput:
+    """A 422 naming every offending field."""
+    errors = [
+        {"field": field_path(e["loc"]), "message": e["msg"], "type": e["type"]}
+        for e in error.errors(include_url=False, include_input=False)
+    ]
+    fields = ", ".join(e["field"] for e in errors[:5])
+    more = f" and {len(errors) - 5} more" if len(errors) > 5 else ""
+    return InvalidInput(f"invalid field(s): {fields}{more}", extra={"errors": errors})
+
+
+def band(value: float, thresholds: dict[str, float]) -> str:
+    """low / medium / high against the manifest's thresholds."""
+    if "high" in thresholds and value >= thresholds["high"]:
+        return "high"
+    if "medium" in thresholds and value >= thresholds["medium"]:
+        return "medium"
+    return "low"
+
+
+class ScoringService:
+    """Everything a scoring call needs, built once at start-up."""
+
+    def __init__(
+        self,
+        *,
+        registry: ModelRegistry,
+        writer: GroupCommitWriter,
+        service_plans: dict[str, ServicePlan],
+        eligibility: EligibilityRules,
+        max_batch_size: int,
+    ) -> None:
+        self.registry = registry
+        self.writer = writer
+        self.service_plans = {k: v.model_dump() for k, v in service_plans.items()}
+        self.eligibility = eligibility
+        self.max_batch_size = max_batch_size
+        self.request_models: dict[Task, type[ScoreRequestBase]] = {
+            task: score_request_model(task, model.schema)
+            for task, model in registry.loaded.items()
+        }
+        self._compute: dict[Task, Callable[[ScoreOptions, CustomerBatch], list[dict[str, Any]]]] = {
+            Task.CHURN: self._churn,
+            Task.TIER: self._tier,
+            Task.PROSPECT: self._prospect,
+            Task.RECOMMENDATION: self._recommend,
+        }
+        self.customer_models = {
+            task: customer_model(task, model.schema) for task, model in registry.loaded.items()
+        }
+        self.assessment_model = assessment_request_model(
+            {task: model.schema for task, model in registry.loaded.items()}
+        )
+
+    def model(self, task: Task) -> ScoringModel:
+        """The active model of a task, or 503."""
+        model = self.registry.get(task)
+        if model is None:
+            raise ModelUnavailable(f"no {task.value} model is loaded")
+        return model
+
+    def parse(self, task: Task, body: bytes) -> tuple[ScoreOptions, CustomerBatch]:
+        """Validate a raw JSON body against the task's schema and build the feature matrix."""
+        model = self.model(task)
+        try:
+            request = self.request_models[task].model_validate_json(body)
+        except ValidationError as error:
+            raise invalid_input(error) from error
+        customers: list[BaseModel] | None = getattr(request, "customers", None)
+        columns: BaseModel | None = getattr(request, "columns", None)
+        count = len(customers) if customers is not None else len(columns.customer_id)  # type: ignore[union-attr,attr-defined]
+        if count > self.max_batch_size:
+            raise BatchTooLarge(
+                f"{count} customers in one call; the limit is {self.max_batch_size}",
+                extra={"limit": self.max_batch_size},
+            )
+        if customers is not None:
+            rows = [dict(c.__dict__) for c in customers]
+            ids = [row.pop("customer_id") for row in rows]
+            matrix = model.schema.encode_rows(rows)
+        else:
+            assert columns is not None
+            data = dict(columns.__dict__)
+            ids = data.pop("customer_id")
+            matrix = model.schema.encode_columns(data)
+            names = [n for n, v in data.items() if v is not None]
+            rows = [{n: data[n][i] for n in names} for i in range(len(ids))]
+        return ScoreOptions.of(request), CustomerBatch(ids=ids, matrix=matrix, inputs=rows)
+
+    async def persist(self, rows: list[ScoreRow]) -> None:
+        """Wait until the rows are committed (group commit); 503 if they cannot be."""
+        try:
+            await self.writer.write(rows)
+        except PersistenceUnavailable as error:
+            raise DatabaseUnavailable(
+                "the database is unavailable; nothing was saved, retry later"
+            ) from error
+
+    async def score(self, task: Task, body: bytes, request_id: str) -> dict[str, Any]:
+        """One scoring call: parse, compute, persist, respond (all or nothing)."""
+        options, batch = self.parse(task, body)
+        compute = self._compute[task]
+        if len(batch.ids) > INLINE_MAX_ROWS:
+            results = await anyio.to_thread.run_sync(compute, options, batch)
+        else:
+            results = compute(options, batch)
+        model = self.model(task)
+        await self.persist(self._rows(task, model, request_id, batch, results))
+        return {
+            "request_id": request_id,
+            "model": {"task": task.value, "version": model.manifest.version},
+            "saved": True,
+            "results": results,
+        }
+
+    async def assess(self, body: bytes, request_id: str) -> dict[str, Any]:
+        """Everything that applies to one customer, by lifecycle group, saved together."""
+        try:
+            request = self.assessment_model.model_validate_json(body)
+        except ValidationError as error:
+            raise invalid_input(error) from error
+        given = {k: v for k, v in request.__dict__.items() if v is not None}
+        lifecycle: str = given.pop("lifecycle", None) or (
+            "prospect"
+            if given.get("tenure_months") is None
+            else "new"
+            if given["tenure_months"] < NEW_CUSTOMER_MONTHS
+            else "existing"
+        )
+        options = ScoreOptions.of(request)
+        given.pop("reasons")
+        given.pop("explain")
+        customer_id = given["customer_id"]
+        response: dict[str, Any] = {
+            "request_id": request_id,
+            "customer_id": customer_id,
+            "lifecycle": lifecycle,
+            "saved": True,
+            "models": [],
+        }
+        rows: list[ScoreRow] = []
+        for task in LIFECYCLE_TASKS[lifecycle]:
+            model = self.model(task)
+            names = {"customer_id", *model.schema.names}
+            record = {k: v for k, v in given.items() if k in names}
+            try:
+                customer = self.customer_models[task].model_validate(record)
+            except ValidationError as error:
+                raise invalid_input(error) from error
+            inputs = dict(customer.__dict__)
+            inputs.pop("customer_id")
+            batch = CustomerBatch(
+                ids=[customer_id], matrix=model.schema.encode_rows([inputs]), inputs=[inputs]
+            )
+            results = self._compute[task](options, batch)
+            response[_ASSESSMENT_KEYS[task]] = results[0]
+            response["models"].append({"task": task.value, "version": model.manifest.version})
+            rows.extend(self._rows(task, model, request_id, batch, results))
+        await self.persist(rows)
+        return response
+
+    @staticmethod
+    def _rows(
+        task: Task,
+        model: ScoringModel,
+        request_id: str,
+        batch: CustomerBatch,
+        results: list[dict[str, Any]],
+    ) -> list[ScoreRow]:
+        now = datetime.now(UTC)
+        rows: list[ScoreRow] = []
+        for customer_id, inputs, result in zip(batch.ids, batch.inputs, results, strict=True):
+            outputs = {k: v for k, v in result.items() if k not in ("customer_id", "explanation")}
+            reasons = result.get("explanation")
+            if task is Task.RECOMMENDATION:
+                reasons = [
+                    {"product": p["product"], "explanation": p["explanation"]}
+                    for p in result["products"]
+                ]
+                outputs["products"] = [
+                    {"product": p["product"], "propensity": p["propensity"]}
+                    for p in result["products"]
+                ]
+            rows.append(
+                ScoreRow(
+                    request_id=request_id,
+                    task=task.value,
+                    customer_id=customer_id,
+                    model_name=task.value,
+                    model_version=model.manifest.version,
+                    outputs=outputs,
+                    reasons=[] if reasons is None else [reasons] if isinstance(reasons, dict) else reasons,
+                    features=inputs,
+                    created_at=now,
+                )
+            )
+        return rows
+
+    # --- per task -------------------------------------------------------------------------
+
+    @staticmethod
+    def _explanations(
+        model: ScoringModel,
+        options: ScoreOptions,
+        matrix: FloatArray,
+        class_index: Sequence[int] | None = None,
+    ) -> tuple[Explanation, list[dict[str, Any] | None]]:
+        explanation = model.explain(matrix, exact=options.exact)
+        outputs: list[dict[str, Any] | None] = []
+        for row in range(len(matrix)):
+            if options.reasons == 0:
+                outputs.append(None)
+                continue
+            index = 0 if class_index is None else class_index[row]
+            outputs.append(explanation_dict(model, matrix, explanation, row, index, options))
+        return explanation, outputs
+
+    def _churn(self, options: ScoreOptions, batch: CustomerBatch) -> list[dict[str, Any]]:
+        model = self.model(Task.CHURN)
+        explanation, explained = self._explanations(model, options, batch.matrix)
+        probability = model.probabilities_from_raw(explanation.raw_score)
+        thresholds = model.manifest.thresholds
+        return [
+            {
+                "customer_id": customer_id,
+                "probability": round(float(p), 6),
+                "risk_band": band(float(p), thresholds),
+                "explanation": explained[i],
+            }
+            for i, (customer_id, p) in enumerate(zip(batch.ids, probability, strict=True))
+        ]
+
+    def _prospect(self, options: ScoreOptions, batch: CustomerBatch) -> list[dict[str, Any]]:
+        model = self.model(Task.PROSPECT)
+        explanation, explained = self._explanations(model, options, batch.matrix)
+        probability = model.probabilities_from_raw(explanation.raw_score)
+        value = (
+            model.expected_value_if_converted(batch.matrix)
+            if model.value_booster is not None
+            else None
+        )
+        results = []
+        for i, customer_id in enumerate(batch.ids):
+            p = float(probability[i])
+            worth = None if value is None else max(float(value[i]), 0.0)
+            expected = None if worth is None else p * worth
+            results.append(
+                {
+                    "customer_id": customer_id,
+                    "conversion_probability": round(p, 6),
+                    "value_if_converted": None if worth is None else round(worth, 2),
+                    "expected_value": None if expected is None else round(expected, 2),
+                    "priority": band(expected if expected is not None else p, model.manifest.thresholds),
+                    "explanation": explained[i],
+                }
+            )
+        return results
+
+    def _tier(self, options: ScoreOptions, batch: CustomerBatch) -> list[dict[str, Any]]:
+        model = self.model(Task.TIER)
+        raw = model.explain(batch.matrix, exact=options.exact)
+        probabilities = model.probabilities_from_raw(raw.raw_score)
+        tiers = probabilities.argmax(axis=1)
+        explained = [
+            None
+            if options.reasons == 0
+            else explanation_dict(model, batch.matrix, raw, row, int(tiers[row]), options)
+            for row in range(len(batch.ids))
+        ]
+        gaps = (
+            find_next_tier_gap(model, batch.matrix, tiers)
+            if options.next_tier_gap
+            else [None] * len(batch.ids)
+        )
+        classes = model.classes
+        return [
+            {
+                "customer_id": customer_id,
+                "tier": classes[int(tiers[i])],
+                "probabilities": {
+                    c: round(float(probabilities[i, j]), 6) for j, c in enumerate(classes)
+                },
+                "service_plan": self.service_plans.get(classes[int(tiers[i])]),
+                "next_tier_gap": gaps[i],
+                "explanation": explained[i],
+            }
+            for i, customer_id in enumerate(batch.ids)
+        ]
+
+    def _recommend(self, options: ScoreOptions, batch: CustomerBatch) -> list[dict[str, Any]]:
+        model = self.model(Task.RECOMMENDATION)
+        products = model.classes
+        names = model.schema.names
+        flag_columns = [
+            names.index(f"has_{p}") if f"has_{p}" in names else None for p in products
+        ]
+        explanation = model.explain(batch.matrix, exact=options.exact)
+        probabilities = model.probabilities_from_raw(explanation.raw_score)
+        results = []
+        for row, customer_id in enumerate(batch.ids):
+            flags = [
+                math.nan if j is None else batch.matrix[row, j] for j in flag_columns
+            ]
+            cold_start = all(math.isnan(f) for f in flags)
+            held = None if cold_start else np.array([f == 1.0 for f in flags], dtype=bool)
+            allowed = self.eligibility.eligible(products, held, batch.inputs[row])
+            ranked = [
+                products[j]
+                for j in np.argsort(-probabilities[row], kind="stable")
+                if allowed[j]
+            ]
+            chosen = self.eligibility.drop_conflicts(ranked)[: options.top_k]
+            results.append(
+                {
+                    "customer_id": customer_id,
+                    "cold_start": cold_start,
+                    "products": [
+                        {
+                            "product": product,
+                            "propensity": round(float(probabilities[row, products.index(product)]), 6),
+                            "explanation": None
+                            if options.reasons == 0
+                            else explanation_dict(
+                                model, batch.matrix, explanation, row,
+                                products.index(product), options,
+                            ),
+                        }
+                        for product in chosen
+                    ],
+                }
+            )
+        return results
+
+
+def explanation_dict(
+    model: ScoringModel,
+    matrix: FloatArray,
+    explanation: Explanation,
+    row: int,
+    class_index: int,
+    options: ScoreOptions,
+) -> dict[str, Any]:
+    """The wire form of one row's explanation."""
+    explained = model.explain_row(
+        matrix, explanation, row, class_index, top=options.reasons, exact=options.exact
+    )
+    return {
+        "method": explained.method,
+        "raw_score": explained.raw_score,
+        "bias": explained.bias,
+        "reasons": [
+            {
+                "feature": r.feature,
+                "value": r.value,
+                "contribution": r.contribution,
+                "direction": r.direction,
+                "text": r.text,
+            }
+            for r in explained.reasons
+        ],
+        "other_contribution": explained.other_contribution,
+    }
+
+
+_ASSESSMENT_KEYS = {
+    Task.TIER: "tier",
+    Task.RECOMMENDATION: "recommendations",
+    Task.CHURN: "churn",
+    Task.PROSPECT: "prospect",
+}
+LIFECYCLE_TASKS: dict[str, tuple[Task, ...]] = {
+    "prospect": (Task.PROSPECT,),
+    "new": (Task.RECOMMENDATION,),
+    "existing": (Task.TIER, Task.RECOMMENDATION, Task.CHURN),
+}
+NEW_CUSTOMER_MONTHS = 3

@@ -1,0 +1,266 @@
+"""Bring your own data: infer a feature schema from a bank's own file and train a servable model."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from app.ml.manifest import Manifest, Objective, Task
+from app.ml.schema import FeatureKind, FeatureSchema, FeatureSpec
+from app.training import evaluate
+from app.training.train import (
+    ProgressCallback,
+    Split,
+    TrainingDataError,
+    build_manifest,
+    fingerprint,
+    fit_booster,
+    predict,
+    risk_thresholds,
+    save_model,
+)
+
+MAX_CATEGORIES = 200
+TRUE_WORDS = frozenset({"1", "yes", "y", "true", "t"})
+FALSE_WORDS = frozenset({"0", "no", "n", "false", "f"})
+SPLIT_SHARES = (0.70, 0.15, 0.15)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the caller told us about the file's columns."""
+
+    target: str
+    id_column: str
+    drop: Sequence[str] = ()
+    categorical: Sequence[str] = ()
+    positive: str | None = None
+    time_column: str | None = None
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read CSV (delimiter sniffed, BOM tolerated) or Parquet."""
+    if not path.exists():
+        raise TrainingDataError(f"data file not found: {path}")
+    if path.suffix.lower() in {".parquet", ".pq"}:
+        return pd.read_parquet(path)
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        header = handle.readline()
+    try:
+        delimiter = csv.Sniffer().sniff(header, delimiters=",;\t|").delimiter
+    except csv.Error:
+        delimiter = ","
+    return pd.read_csv(path, sep=delimiter, encoding="utf-8-sig")
+
+
+def binary_target(column: pd.Series, positive: str | None) -> pd.Series:
+    """0/1 labels from 0/1, yes/no, true/false, or equality with ``positive``."""
+    if column.isna().any():
+        raise TrainingDataError(f"target column {column.name!r} has missing values")
+    text = column.astype(str).str.strip().str.lower()
+    if positive is not None:
+        labels = (text == positive.strip().lower()).astype(int)
+        if not labels.any():
+            raise TrainingDataError(
+                f"no row of target {column.name!r} equals --positive {positive!r}"
+            )
+    else:
+        values = set(text.unique())
+        if not values <= TRUE_WORDS | FALSE_WORDS:
+            shown = sorted(values)[:10]
+            raise TrainingDataError(
+                f"target {column.name!r} is not binary (values {shown}); name the positive "
+                "class with --positive"
+            )
+        labels = text.isin(TRUE_WORDS).astype(int)
+    if labels.nunique() < 2:
+        raise TrainingDataError(f"target {column.name!r} holds a single class")
+    return labels
+
+
+def infer_schema(frame: pd.DataFrame, categorical: Sequence[str], source: str) -> FeatureSchema:
+    """One feature per column: strings and named columns categorical, the rest numeric."""
+    features = []
+    for name in frame.columns:
+        column = frame[name]
+        safe = _safe_name(str(name))
+        description = f"Column {name!r} of {source}."
+        if column.nunique(dropna=True) < 2:
+            raise TrainingDataError(f"column {name!r} is constant; drop it with --drop")
+        if name in categorical or not pd.api.types.is_numeric_dtype(column):
+            categories = tuple(sorted(column.dropna().astype(str).unique()))
+            if len(categories) > MAX_CATEGORIES:
+                raise TrainingDataError(
+                    f"column {name!r} has {len(categories)} distinct values; drop it with "
+                    f"--drop (at most {MAX_CATEGORIES} categories)"
+                )
+            features.append(
+                FeatureSpec(
+                    name=safe,
+                    source=None if safe == name else str(name),
+                    kind=FeatureKind.CATEGORY,
+                    categories=categories,
+                    description=description,
+                    required=not column.isna().any(),
+                    reason=f"{name} is {{value}}",
+                )
+            )
+            continue
+        is_bool = pd.api.types.is_bool_dtype(column)
+        is_int = pd.api.types.is_integer_dtype(column)
+        kind = (
+            FeatureKind.BOOLEAN
+            if is_bool
+            else FeatureKind.INTEGER
+            if is_int
+            else FeatureKind.NUMBER
+        )
+        non_negative = bool((column.dropna() >= 0).all())
+        features.append(
+            FeatureSpec(
+                name=safe,
+                source=None if safe == name else str(name),
+                kind=kind,
+                description=description,
+                minimum=0.0 if non_negative and not is_bool else None,
+                required=not column.isna().any(),
+                reason=f"{name} is {{value}}",
+            )
+        )
+    return FeatureSchema(features=tuple(features))
+
+
+def _safe_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c == "_" else "_" for c in name.strip())
+    return cleaned if cleaned and not cleaned[0].isdigit() else f"f_{cleaned}"
+
+
+def encode_frame(frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """The feature matrix in schema order, categories as codes."""
+    columns = []
+    for feature, name in zip(schema.features, frame.columns, strict=True):
+        column = frame[name]
+        if feature.kind is FeatureKind.CATEGORY:
+            assert feature.categories is not None
+            as_text = column.astype(str).where(column.notna())
+            codes = pd.Categorical(as_text, categories=list(feature.categories)).codes
+            columns.append(np.where(codes < 0, np.nan, codes).astype(np.float64))
+        else:
+            columns.append(column.astype(np.float64).to_numpy())
+    return np.column_stack(columns)
+
+
+def split_rows(labels: np.ndarray[Any, Any], time: pd.Series | None, seed: int) -> Split:
+    """Time-ordered 70/15/15 when a time column is given, else stratified random."""
+    n = len(labels)
+    index = np.arange(n)
+    masks = [np.zeros(n, dtype=bool) for _ in range(3)]
+    if time is not None:
+        values = pd.to_datetime(time) if not pd.api.types.is_numeric_dtype(time) else time
+        order = np.argsort(values.to_numpy(), kind="stable")
+        cut_1 = int(n * SPLIT_SHARES[0])
+        cut_2 = int(n * (SPLIT_SHARES[0] + SPLIT_SHARES[1]))
+        for mask, part in zip(masks, (order[:cut_1], order[cut_1:cut_2], order[cut_2:]), strict=True):
+            mask[part] = True
+        method = {"method": "time", "time_column": time.name, "shares": list(SPLIT_SHARES)}
+    else:
+        train, rest = train_test_split(
+            index, train_size=SPLIT_SHARES[0], stratify=labels, random_state=seed
+        )
+        validation, test = train_test_split(
+            rest, test_size=0.5, stratify=labels[rest], random_state=seed
+        )
+        for mask, part in zip(masks, (train, validation, test), strict=True):
+            mask[part] = True
+        method = {"method": "stratified_random", "seed": seed, "shares": list(SPLIT_SHARES)}
+    return Split(train=masks[0], validation=masks[1], test=masks[2], description=method)
+
+
+def train_from_file(
+    task: Task,
+    *,
+    data_path: Path,
+    spec: DataSpec,
+    out_dir: Path,
+    seed: int = 7,
+    progress: ProgressCallback | None = None,
+) -> Manifest:
+    """Train ``task`` on a bank's own table; the result is served like a bundled model."""
+    if task is Task.RECOMMENDATION:
+        raise TrainingDataError(
+            "recommendation needs the monthly book layout; train it with --book"
+        )
+    frame = read_table(data_path)
+    named = [spec.target, spec.id_column, *spec.drop, *spec.categorical]
+    if spec.time_column:
+        named.append(spec.time_column)
+    missing = [c for c in named if c not in frame.columns]
+    if missing:
+        raise TrainingDataError(f"column(s) not in {data_path.name}: {missing}")
+    if frame[spec.id_column].duplicated().any():
+        raise TrainingDataError(f"id column {spec.id_column!r} is not unique")
+    if task is Task.TIER:
+        objective = Objective.MULTICLASS
+        classes = tuple(sorted(frame[spec.target].astype(str).unique()))
+        if len(classes) < 3:
+            raise TrainingDataError(
+                f"tier needs at least 3 classes in {spec.target!r}, found {list(classes)}; "
+                "train a binary task (churn, prospect) instead"
+            )
+        labels = frame[spec.target].astype(str).map({c: i for i, c in enumerate(classes)})
+    else:
+        objective = Objective.BINARY
+        labels = binary_target(frame[spec.target], spec.positive)
+        positive = spec.positive or "1"
+        classes = (f"not {positive}", positive)
+    excluded = {spec.target, spec.id_column, *spec.drop}
+    if spec.time_column:
+        excluded.add(spec.time_column)
+    feature_frame = frame[[c for c in frame.columns if c not in excluded]]
+    schema = infer_schema(feature_frame, spec.categorical, data_path.name)
+    matrix = encode_frame(feature_frame, schema)
+    y = labels.to_numpy()
+    split = split_rows(y, frame[spec.time_column] if spec.time_column else None, seed)
+    booster = fit_booster(
+        objective=objective,
+        num_classes=len(classes),
+        schema=schema,
+        train=(matrix[split.train], y[split.train]),
+        validation=(matrix[split.validation], y[split.validation]),
+        params={},
+        seed=seed,
+        progress=progress,
+    )
+    test_proba = predict(booster, matrix[split.test])
+    thresholds: dict[str, float] = {}
+    if objective is Objective.BINARY:
+        metrics = evaluate.binary_metrics(y[split.test], test_proba)
+        thresholds = risk_thresholds(predict(booster, matrix[split.validation]))
+    else:
+        metrics = evaluate.multiclass_metrics(y[split.test], test_proba, classes)
+    manifest = build_manifest(
+        task=task,
+        version=out_dir.name,
+        objective=objective,
+        classes=classes,
+        schema=schema,
+        booster=booster,
+        params={},
+        data_fingerprint=fingerprint(matrix, y, names=schema.names),
+        data_source=data_path.name,
+        training_rows=int(split.train.sum()),
+        split=split,
+        metrics={"test": metrics},
+        thresholds=thresholds,
+        target=spec.target,
+        id_column=spec.id_column,
+    )
+    save_model(out_dir, booster, manifest)
+    return manifest

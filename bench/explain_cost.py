@@ -1,0 +1,168 @@
+"""Cost of reason codes relative to a plain prediction, measured in one run.
+
+Trains a binary LightGBM model of the requested size on synthetic data, then times, for a single
+row (repeated over distinct rows) and for batches of 1,000 rows:
+
+* ``booster.predict`` (the plain prediction the service would make anyway),
+* ``PathExplainer.explain`` (prediction and Saabas reason codes from one LightGBM call),
+* ``booster.predict(pred_contrib=True)`` (exact TreeSHAP; fewer repetitions, it is slow).
+
+Predict and explain are timed in interleaved rounds so that noise from other processes hits both
+alike; each figure is the median over rounds. Usage::
+
+    .venv/bin/python bench/explain_cost.py --trees 300 --leaves 63 --rows 20000 --features 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import lightgbm as lgb
+import numpy as np
+import numpy.typing as npt
+
+from app.ml.explain import PathExplainer
+
+FloatArray = npt.NDArray[np.float64]
+BATCH = 1000
+
+
+def synthetic_book(rows: int, features: int, seed: int) -> tuple[FloatArray, FloatArray]:
+    """Features with NaNs and interactions, and a noisy binary label that depends on them."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, features))
+    weights = rng.normal(size=features) * (rng.random(features) < 0.5)
+    logit = X @ weights + np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2]
+    y = (logit + rng.logistic(size=rows) > 0).astype(np.float64)
+    X[rng.random(X.shape) < 0.05] = np.nan
+    return X, y
+
+
+def train(X: FloatArray, y: FloatArray, trees: int, leaves: int, seed: int) -> lgb.Booster:
+    """A model of exactly the size under study (no early stopping)."""
+    params = {
+        "objective": "binary",
+        "num_leaves": leaves,
+        "learning_rate": 0.05,
+        "min_data_in_leaf": 20,
+        "seed": seed,
+        "verbose": -1,
+    }
+    return lgb.train(params, lgb.Dataset(X, y), num_boost_round=trees)
+
+
+def per_row_us(call: Callable[[FloatArray], object], inputs: list[FloatArray]) -> float:
+    """Mean microseconds per row over one pass of the inputs."""
+    start = time.perf_counter()
+    for X in inputs:
+        call(X)
+    elapsed = time.perf_counter() - start
+    return elapsed * 1e6 / sum(len(X) for X in inputs)
+
+
+def interleaved(
+    calls: dict[str, Callable[[FloatArray], object]], inputs: list[FloatArray], rounds: int
+) -> dict[str, float]:
+    """Median per-row cost of each call, rounds interleaved so drift affects all of them."""
+    for call in calls.values():  # warm-up: caches, lazy initialisation, thread pools
+        call(inputs[0])
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            samples[name].append(per_row_us(call, inputs))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def tree_depths(booster: lgb.Booster) -> list[int]:
+    """Depth of every leaf, to relate cost to the shape of the trees."""
+    depths: list[int] = []
+    for tree in booster.dump_model()["tree_info"]:
+        stack = [(tree["tree_structure"], 0)]
+        while stack:
+            node, depth = stack.pop()
+            if "leaf_value" in node:
+                depths.append(depth)
+            else:
+                stack.extend([(node["left_child"], depth + 1), (node["right_child"], depth + 1)])
+    return depths
+
+
+def main() -> None:
+    """Train, time, print the table and the ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trees", type=int, default=300)
+    parser.add_argument("--leaves", type=int, default=63)
+    parser.add_argument("--rows", type=int, default=20000, help="training rows")
+    parser.add_argument("--features", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
+    parser.add_argument("--single-rows", type=int, default=300, help="distinct rows per round")
+    parser.add_argument("--contrib-single-rows", type=int, default=20)
+    parser.add_argument("--contrib-batch-rows", type=int, default=BATCH)
+    args = parser.parse_args()
+
+    X, y = synthetic_book(args.rows, args.features, args.seed)
+    start = time.perf_counter()
+    booster = train(X, y, args.trees, args.leaves, args.seed)
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    explainer = PathExplainer.from_booster(booster)
+    load_ms = (time.perf_counter() - start) * 1e3
+
+    X_score, _ = synthetic_book(max(BATCH, args.single_rows), args.features, args.seed + 1)
+    raw = np.asarray(booster.predict(X_score, raw_score=True), dtype=np.float64)
+    explanation = explainer.explain(X_score)
+    additivity_error = float(np.abs(explanation.contributions.sum(-1)[:, 0] - raw).max())
+    score_error = float(np.abs(explanation.raw_score[:, 0] - raw).max())
+
+    singles = [X_score[i : i + 1] for i in range(args.single_rows)]
+    calls: dict[str, Callable[[FloatArray], object]] = {
+        "predict": booster.predict,
+        "explain": explainer.explain,
+    }
+    single = interleaved(calls, singles, args.rounds)
+    batch = interleaved(calls, [X_score[:BATCH]] * 3, args.rounds)
+
+    def contrib(X: FloatArray) -> object:
+        return booster.predict(X, pred_contrib=True)
+
+    contrib_single = per_row_us(contrib, singles[: args.contrib_single_rows])
+    contrib_batch = per_row_us(contrib, [X_score[: args.contrib_batch_rows]])
+
+    depths = tree_depths(booster)
+    print(
+        f"model: {booster.num_trees()} trees, {args.leaves} leaves max, {args.features} features;"
+        f" leaf depth mean {np.mean(depths):.1f}, max {max(depths)};"
+        f" trained on {args.rows} rows in {train_s:.1f} s"
+    )
+    print(
+        f"explainer: tables {explainer.table_bytes / 2**20:.1f} MiB, built in {load_ms:.0f} ms;"
+        f" |sum(contrib) - raw| max {additivity_error:.1e}, |raw_score - raw| max {score_error:.1e}"
+    )
+    print(f"machine: {os.cpu_count()} cores, LightGBM {lgb.__version__}, numpy {np.__version__}")
+    print()
+    print(f"{'method':<28}{'1 row (us/row)':>16}{f'{BATCH} rows (us/row)':>20}")
+    rows = [
+        ("booster.predict", single["predict"], batch["predict"]),
+        ("PathExplainer.explain", single["explain"], batch["explain"]),
+        ("pred_contrib (TreeSHAP)", contrib_single, contrib_batch),
+    ]
+    for label, one, many in rows:
+        print(f"{label:<28}{one:>16.1f}{many:>20.1f}")
+    print()
+    print(
+        f"ratio explain/predict:   1 row {single['explain'] / single['predict']:.2f}x,"
+        f" {BATCH} rows {batch['explain'] / batch['predict']:.2f}x"
+    )
+    print(
+        f"ratio treeshap/predict:  1 row {contrib_single / single['predict']:.0f}x,"
+        f" {BATCH} rows {contrib_batch / batch['predict']:.0f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Shared fixtures: a small synthetic book, tiny models trained from it, and real databases.
+
+Every API test runs twice: on a SQLite file and on a throw-away PostgreSQL database, both
+built by running the real Alembic migrations.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings
+from app.db.migrate import upgrade
+from app.main import create_app
+from app.ml.manifest import Task
+from app.ml.registry import ModelRegistry
+from app.ml.schema import FeatureKind, FeatureSchema
+from app.training.features import prepare_book
+from app.training.synth import read_book, write_book
+from app.training.train import train_bundled
+from tests.db_support import temporary_postgres_database, temporary_sqlite_database
+
+TEST_CUSTOMERS = 3000
+TEST_MONTHS = 15
+TEST_ROUNDS = 60
+
+
+@pytest.fixture(scope="session")
+def book_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small seeded book, shared by every test."""
+    out = tmp_path_factory.mktemp("book")
+    return write_book(out_dir=out, customers=TEST_CUSTOMERS, months=TEST_MONTHS, seed=11)
+
+
+@pytest.fixture(scope="session")
+def prepared_book(book_path: Path) -> pd.DataFrame:
+    """The book with derived feature columns, as training sees it."""
+    return prepare_book(read_book(book_path).to_pandas())
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory, book_path: Path) -> Path:
+    """Tiny versions of the four models, trained from the small book."""
+    root = tmp_path_factory.mktemp("models")
+    for task in Task:
+        train_bundled(task, book_path=book_path, out_dir=root / task.value / "1", max_rounds=TEST_ROUNDS)
+    return root
+
+
+@pytest.fixture(scope="session")
+def registry(models_dir: Path) -> ModelRegistry:
+    """The tiny models, loaded once."""
+    return ModelRegistry.load(models_dir)
+
+
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A migrated database of each kind, for the whole session."""
+    factory = temporary_sqlite_database if request.param == "sqlite" else temporary_postgres_database
+    with factory() as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def settings_for(models_dir: Path) -> Any:
+    """Build settings pointing at the tiny models and a given database."""
+
+    def build(database_url: str, **overrides: Any) -> Settings:
+        return Settings(
+            database_url=database_url,
+            models_dir=models_dir,
+            log_json=True,
+            log_level="WARNING",
+            **overrides,
+        )
+
+    return build
+
+
+@pytest.fixture
+def client(database_url: str, settings_for: Any, registry: ModelRegistry) -> Iterator[TestClient]:
+    """A running app on the tiny models and the parametrised database."""
+    app = create_app(settings_for(database_url), registry)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def customer_record(row: pd.Series, schema: FeatureSchema, customer_id: str | None = None) -> dict[str, Any]:
+    """A book row as the JSON a core banking system would send for one customer."""
+    record: dict[str, Any] = {"customer_id": customer_id or f"T-{uuid.uuid4().hex[:12]}"}
+    for feature in schema.features:
+        value = row[feature.name]
+        if feature.kind is FeatureKind.BOOLEAN:
+            record[feature.name] = bool(value)
+        elif feature.kind is FeatureKind.INTEGER:
+            record[feature.name] = int(value)
+        elif feature.kind is FeatureKind.NUMBER:
+            record[feature.name] = float(value)
+        else:
+            record[feature.name] = str(value)
+    return record
+
+
+@pytest.fixture(scope="session")
+def sample_rows(prepared_book: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Recent rows of existing customers, new customers and prospects."""
+    last = prepared_book[prepared_book["month"] == prepared_book["month"].max() - 1]
+    return {
+        "existing": last[(last["lifecycle"] == "existing") & (last["history_months"] >= 3)].head(50),
+        "new": last[last["lifecycle"] == "new"].head(20),
+        "prospect": last[last["lifecycle"] == "prospect"].head(20),
+    }

@@ -1,0 +1,172 @@
+"""Throw-away databases for tests: a PostgreSQL database per session, a temporary SQLite file.
+
+The PostgreSQL server defaults to ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``;
+``CVM_TEST_POSTGRES_URL`` points the tests at another server (its database part is ignored).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+from sqlalchemy import create_engine
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
+
+POSTGRES_SERVER_URL_ENV = "CVM_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+TEST_DATABASE_PREFIX = "cvm_test_"
+
+
+def postgres_server_url() -> URL:
+    """The server on which throw-away databases are created."""
+    return make_url(os.environ.get(POSTGRES_SERVER_URL_ENV, DEFAULT_POSTGRES_SERVER_URL))
+
+
+def _run_on_maintenance_db(server: URL, sql: str) -> None:
+    # CREATE/DROP DATABASE cannot run inside a transaction.
+    engine = create_engine(
+        server.set(database="postgres"), isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(sql)
+    finally:
+        engine.dispose()
+
+
+def create_postgres_database(server_url: URL | str | None = None) -> str:
+    """Create an empty ``cvm_test_<hex>`` database and return its URL."""
+    server = make_url(server_url) if server_url is not None else postgres_server_url()
+    name = f"{TEST_DATABASE_PREFIX}{secrets.token_hex(6)}"
+    _run_on_maintenance_db(server, f'CREATE DATABASE "{name}"')
+    return server.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres_database(url: str) -> None:
+    """Drop a database made by ``create_postgres_database``, even with sessions still open."""
+    database_url = make_url(url)
+    name = database_url.database or ""
+    if not name.startswith(TEST_DATABASE_PREFIX):
+        raise ValueError(f"refusing to drop {name!r}: not a throw-away test database")
+    _run_on_maintenance_db(database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def temporary_postgres_database(server_url: URL | str | None = None) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for the duration of the block."""
+    url = create_postgres_database(server_url)
+    try:
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+def sqlite_file_url(path: Path) -> str:
+    """The SQLAlchemy URL of a SQLite file."""
+    return f"sqlite:///{path}"
+
+
+@contextmanager
+def temporary_sqlite_database() -> Iterator[str]:
+    """The URL of a SQLite file in a temporary folder removed afterwards (with -wal/-shm)."""
+    with tempfile.TemporaryDirectory(prefix="cvm-test-") as folder:
+        yield sqlite_file_url(Path(folder) / "cvm.db")
+
+
+class TcpProxy:
+    """A TCP forwarder that can be cut and restored, to simulate a database server outage.
+
+    ``stop`` closes the listening port and severs every open connection, as a crashed or
+    unreachable server would; ``start`` listens again on the same port.
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self._target = (target_host, target_port)
+        self._port = 0
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
+        self._listener: socket.socket | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def port(self) -> int:
+        """The local port clients connect to (fixed after the first ``start``)."""
+        return self._port
+
+    def start(self) -> None:
+        """Accept and forward connections."""
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self._port))
+        listener.listen()
+        listener.settimeout(0.05)
+        self._port = listener.getsockname()[1]
+        self._listener = listener
+        self._stopped.clear()
+        self._spawn(self._accept_loop, listener)
+
+    def stop(self) -> None:
+        """Close the port and sever every forwarded connection."""
+        self._stopped.set()
+        with self._lock:
+            doomed = list(self._sockets)
+            self._sockets.clear()
+        for sock in doomed:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+        for sock in doomed:
+            sock.close()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def _spawn(self, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self._target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            client.settimeout(None)
+            upstream.settimeout(None)
+            with self._lock:
+                if self._stopped.is_set():
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets.update((client, upstream))
+                self._spawn(self._pump, client, upstream)
+                self._spawn(self._pump, upstream, client)
+
+    @staticmethod
+    def _pump(source: socket.socket, destination: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                destination.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with suppress(OSError):
+                destination.shutdown(socket.SHUT_WR)
