@@ -52,7 +52,9 @@ def _fail(message: str) -> typer.Exit:
 @cli.command()
 def synth(
     out: Annotated[Path, typer.Option(help="Folder to write book.parquet into.")],
-    customers: Annotated[int, typer.Option(min=100, help="Customers and prospects at start.")] = 100_000,
+    customers: Annotated[
+        int, typer.Option(min=100, help="Customers and prospects at start.")
+    ] = 100_000,
     months: Annotated[int, typer.Option(min=12, max=120, help="Monthly snapshots.")] = 18,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same book.")] = 7,
 ) -> None:
@@ -105,7 +107,9 @@ def train(
 
         try:
             if book is not None:
-                manifest = train_bundled(task, book_path=book, out_dir=out, seed=seed, progress=on_round)
+                manifest = train_bundled(
+                    task, book_path=book, out_dir=out, seed=seed, progress=on_round
+                )
             else:
                 assert data is not None
                 if target is None or id_column is None:
@@ -137,7 +141,9 @@ def score(
         Path | None, typer.Option(help="Model folder; default: the active bundled model.")
     ] = None,
     reasons: Annotated[int, typer.Option(min=0, max=20, help="Top reasons per row.")] = 3,
-    id_column: Annotated[str | None, typer.Option("--id", help="Id column (default: manifest's).")] = None,
+    id_column: Annotated[
+        str | None, typer.Option("--id", help="Id column (default: manifest's).")
+    ] = None,
     threads: Annotated[int, typer.Option(min=1, help="Prediction threads.")] = 2,
 ) -> None:
     """Score a file with a model: id, score, band or tier, top reasons."""
@@ -196,7 +202,11 @@ def models() -> None:
                 f"map_at_7={test.get('all_customers', {}).get('map_at_7')}",
             )
             table.add_row(
-                task.value, version, str(manifest.num_trees), headline, f"{manifest.created_at:%Y-%m-%d}"
+                task.value,
+                version,
+                str(manifest.num_trees),
+                headline,
+                f"{manifest.created_at:%Y-%m-%d}",
             )
     Console().print(table)
 

@@ -18,14 +18,16 @@ class Settings(BaseSettings):
 
     database_url: str = Field(
         default=f"sqlite:///{PROJECT_ROOT / 'var' / 'cvm.db'}",
-        description="SQLAlchemy URL; SQLite file by default, postgresql+psycopg://... in production.",
+        description="SQLAlchemy URL: SQLite file by default, postgresql+psycopg://... live.",
     )
     models_dir: Path = Field(default=PROJECT_ROOT / "models")
     model_versions: dict[str, str] = Field(
         default_factory=dict,
         description="Pinned version per task, e.g. {'churn': '2'}; unpinned tasks use the newest.",
     )
-    service_plans_file: Path = Field(default=PROJECT_ROOT / "app" / "resources" / "service_plans.json")
+    service_plans_file: Path = Field(
+        default=PROJECT_ROOT / "app" / "resources" / "service_plans.json"
+    )
     eligibility_file: Path = Field(default=PROJECT_ROOT / "app" / "resources" / "eligibility.json")
     host: str = "127.0.0.1"
     port: int = 8000
@@ -34,7 +36,7 @@ class Settings(BaseSettings):
     group_commit_max_wait_ms: float = Field(
         default=0.0,
         ge=0,
-        description="Extra wait for more rows once one is queued; commits already batch under load.",
+        description="Extra wait for more rows once one is queued (load batches anyway).",
     )
     log_level: str = "INFO"
     log_json: bool = True

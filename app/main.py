@@ -114,7 +114,11 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
 def _as_invalid_input(error: RequestValidationError) -> InvalidInput:
     """FastAPI's own validation errors (path and query parameters) in our problem shape."""
     details = [
-        {"field": field_path(e.get("loc", ())), "message": e.get("msg", ""), "type": e.get("type", "")}
+        {
+            "field": field_path(e.get("loc", ())),
+            "message": e.get("msg", ""),
+            "type": e.get("type", ""),
+        }
         for e in error.errors()
     ]
     return InvalidInput(
@@ -142,4 +146,3 @@ def _openapi(app: FastAPI, scoring: ScoringService) -> dict[str, Any]:
         components[model.__name__] = schema
     app.openapi_schema = spec
     return spec
-

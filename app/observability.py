@@ -83,7 +83,7 @@ class _CallbackCollector(Collector):
 def _request_id(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if name == REQUEST_ID_HEADER:
-            text = value.decode("latin-1")[:_MAX_REQUEST_ID]
+            text = str(value.decode("latin-1"))[:_MAX_REQUEST_ID]
             if text.isascii() and text.replace("-", "").replace("_", "").isalnum():
                 return text
     return uuid.uuid4().hex

@@ -77,6 +77,71 @@ def interleaved(
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def accumulators(explainer: PathExplainer, X: FloatArray) -> dict[str, Callable[[], object]]:
+    """Ways to sum per-leaf contributions (binary model), given LightGBM's leaf indices.
+
+    The dense per-leaf vectors held by the explainer are compared with the sparse alternative
+    (each leaf's (feature, delta) pairs along its path, padded to the longest path).
+    """
+    dense = explainer._leaf_contributions
+    width = dense.shape[1]
+    leaves = np.asarray(explainer.booster.predict(X, pred_leaf=True), dtype=np.int32)
+    leaf_rows = np.add(leaves, explainer._tree_offsets, dtype=np.intp)
+    n, trees = leaf_rows.shape
+    nonzero = dense != 0
+    depth = int(nonzero.sum(axis=1).max())
+    slots = np.full((len(dense), depth), width - 1, dtype=np.int32)  # padding adds 0 to the bias
+    deltas = np.zeros((len(dense), depth))
+    for leaf, row in enumerate(nonzero):
+        columns = np.flatnonzero(row)
+        slots[leaf, : len(columns)] = columns
+        deltas[leaf, : len(columns)] = dense[leaf, columns]
+    ones = np.ones(trees)
+    block = max(1, (2 << 20) // (trees * width * 8))
+
+    def sparse_bincount() -> object:
+        flat = slots[leaf_rows] + (np.arange(n, dtype=np.intp) * width)[:, None, None]
+        return np.bincount(flat.ravel(), deltas[leaf_rows].ravel(), minlength=n * width)
+
+    def sparse_add_at() -> object:
+        out = np.zeros((n, width))
+        rows = np.broadcast_to(np.arange(n)[:, None, None], (n, trees, depth))
+        np.add.at(out, (rows, slots[leaf_rows]), deltas[leaf_rows])
+        return out
+
+    def dense_tree_loop() -> object:
+        out = np.zeros((n, width))
+        for tree_rows in leaf_rows.T.copy():
+            out += dense[tree_rows]
+        return out
+
+    def dense_block_sum() -> object:
+        return [dense[leaf_rows[i : i + block]].sum(axis=1) for i in range(0, n, block)]
+
+    def dense_block_matmul() -> object:
+        return [ones @ dense[leaf_rows[i : i + block]] for i in range(0, n, block)]
+
+    return {
+        f"sparse (padded to {depth}) + np.bincount": sparse_bincount,
+        f"sparse (padded to {depth}) + np.add.at": sparse_add_at,
+        "dense, loop over trees": dense_tree_loop,
+        f"dense, {block}-row blocks, .sum(axis)": dense_block_sum,
+        f"dense, {block}-row blocks, ones @ (used)": dense_block_matmul,
+    }
+
+
+def median_call_us(call: Callable[[], object], repeat: int, rounds: int) -> float:
+    """Median over rounds of the mean microseconds per call."""
+    call()
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeat):
+            call()
+        samples.append((time.perf_counter() - start) * 1e6 / repeat)
+    return statistics.median(samples)
+
+
 def tree_depths(booster: lgb.Booster) -> list[int]:
     """Depth of every leaf, to relate cost to the shape of the trees."""
     depths: list[int] = []
@@ -103,6 +168,9 @@ def main() -> None:
     parser.add_argument("--single-rows", type=int, default=300, help="distinct rows per round")
     parser.add_argument("--contrib-single-rows", type=int, default=20)
     parser.add_argument("--contrib-batch-rows", type=int, default=BATCH)
+    parser.add_argument(
+        "--accumulators", action="store_true", help="also time alternative ways to sum leaves"
+    )
     args = parser.parse_args()
 
     X, y = synthetic_book(args.rows, args.features, args.seed)
@@ -162,6 +230,16 @@ def main() -> None:
         f"ratio treeshap/predict:  1 row {contrib_single / single['predict']:.0f}x,"
         f" {BATCH} rows {contrib_batch / batch['predict']:.0f}x"
     )
+
+    if args.accumulators:
+        print()
+        print(f"{'summing step only, us/row':<44}{'1 row':>10}{f'{BATCH} rows':>12}")
+        one_row = accumulators(explainer, X_score[:1])
+        many_rows = accumulators(explainer, X_score[:BATCH])
+        for label, sum_one in one_row.items():
+            one_us = median_call_us(sum_one, repeat=200, rounds=args.rounds)
+            many_us = median_call_us(many_rows[label], repeat=3, rounds=args.rounds) / BATCH
+            print(f"{label:<44}{one_us:>10.1f}{many_us:>12.1f}")
 
 
 if __name__ == "__main__":

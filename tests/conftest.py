@@ -49,7 +49,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory, book_path: Path) -> Pat
     """Tiny versions of the four models, trained from the small book."""
     root = tmp_path_factory.mktemp("models")
     for task in Task:
-        train_bundled(task, book_path=book_path, out_dir=root / task.value / "1", max_rounds=TEST_ROUNDS)
+        train_bundled(
+            task, book_path=book_path, out_dir=root / task.value / "1", max_rounds=TEST_ROUNDS
+        )
     return root
 
 
@@ -59,10 +61,14 @@ def registry(models_dir: Path) -> ModelRegistry:
     return ModelRegistry.load(models_dir)
 
 
-@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A migrated database of each kind, for the whole session."""
-    factory = temporary_sqlite_database if request.param == "sqlite" else temporary_postgres_database
+    factory = (
+        temporary_sqlite_database if request.param == "sqlite" else temporary_postgres_database
+    )
     with factory() as url:
         upgrade(url)
         yield url
@@ -92,7 +98,9 @@ def client(database_url: str, settings_for: Any, registry: ModelRegistry) -> Ite
         yield test_client
 
 
-def customer_record(row: pd.Series, schema: FeatureSchema, customer_id: str | None = None) -> dict[str, Any]:
+def customer_record(
+    row: pd.Series, schema: FeatureSchema, customer_id: str | None = None
+) -> dict[str, Any]:
     """A book row as the JSON a core banking system would send for one customer."""
     record: dict[str, Any] = {"customer_id": customer_id or f"T-{uuid.uuid4().hex[:12]}"}
     for feature in schema.features:
@@ -113,7 +121,9 @@ def sample_rows(prepared_book: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Recent rows of existing customers, new customers and prospects."""
     last = prepared_book[prepared_book["month"] == prepared_book["month"].max() - 1]
     return {
-        "existing": last[(last["lifecycle"] == "existing") & (last["history_months"] >= 3)].head(50),
+        "existing": last[(last["lifecycle"] == "existing") & (last["history_months"] >= 3)].head(
+            50
+        ),
         "new": last[last["lifecycle"] == "new"].head(20),
         "prospect": last[last["lifecycle"] == "prospect"].head(20),
     }

@@ -47,7 +47,9 @@ async def list_models(registry: RegistryDep) -> list[dict[str, Any]]:
     return [_summary(model) for model in registry.loaded.values()]
 
 
-@router.get("/models/{task}", response_model=ModelCard, responses={404: {"description": "No model"}})
+@router.get(
+    "/models/{task}", response_model=ModelCard, responses={404: {"description": "No model"}}
+)
 async def model_card(task: Task, registry: RegistryDep, settings: SettingsDep) -> dict[str, Any]:
     """The model card: version, schema, held-out metrics, training data fingerprint."""
     model = registry.get(task)

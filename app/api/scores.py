@@ -24,7 +24,7 @@ from app.schemas.responses import (
 
 router = APIRouter(prefix="/v1", tags=["scores"])
 
-PROBLEM = {"content": {"application/problem+json": {}}}
+PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"description": "Too many customers in one call", **PROBLEM},
     422: {"description": "Invalid input; the body names every offending field", **PROBLEM},
@@ -111,4 +111,3 @@ async def prospect_scores(
 async def assessments(request: Request, scoring: ScoringDep, request_id: RequestIdDep) -> Response:
     """One customer: lifecycle group and every score that applies to it, saved together."""
     return json_response(await scoring.assess(await request.body(), request_id))
-

@@ -20,7 +20,9 @@ def check_columns(schema: FeatureSchema, available: list[str]) -> None:
         raise MissingColumnsError(f"input lacks the model's columns: {missing}")
 
 
-def encode_batch(schema: FeatureSchema, batch: pa.RecordBatch) -> tuple[FloatMatrix, list[str | None]]:
+def encode_batch(
+    schema: FeatureSchema, batch: pa.RecordBatch
+) -> tuple[FloatMatrix, list[str | None]]:
     """The float matrix of a batch plus, per row, the first problem found (None if valid)."""
     n = batch.num_rows
     matrix = np.empty((n, len(schema.features)), dtype=np.float64)
@@ -50,8 +52,8 @@ def encode_batch(schema: FeatureSchema, batch: pa.RecordBatch) -> tuple[FloatMat
                 unknown_category.append((int(i), f"{feature.name}: not a number"))
         matrix[:, j] = numeric.to_numpy(zero_copy_only=False)
     problems = schema.validate_matrix(matrix)
-    for i, message in unknown_category:
-        problems[i] = problems[i] or message
+    for row, message in unknown_category:
+        problems[row] = problems[row] or message
     return matrix, problems
 
 

@@ -1,4 +1,4 @@
-"""The model manifest: what a trained model is, what it takes, and how well it did on held-out data."""
+"""The model manifest: what a model is, what it takes, and how it did on held-out data."""
 
 from __future__ import annotations
 

@@ -56,11 +56,7 @@ class FeatureSpec(BaseModel):
             raise ValueError(f"categorical feature {self.name!r} needs its categories")
         if self.kind is not FeatureKind.CATEGORY and self.categories:
             raise ValueError(f"only categorical features take categories ({self.name!r})")
-        if (
-            self.minimum is not None
-            and self.maximum is not None
-            and self.minimum > self.maximum
-        ):
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
             raise ValueError(f"minimum above maximum for {self.name!r}")
         return self
 

@@ -58,7 +58,7 @@ def feature_annotation(feature: FeatureSpec) -> Any:
             bounds["le"] = feature.maximum
         if number_type is float:
             bounds["allow_inf_nan"] = False
-        base = Annotated[number_type, Field(**bounds)]  # type: ignore[valid-type]
+        base = Annotated[number_type, Field(**bounds)]
     return Annotated[base, info]
 
 
@@ -102,11 +102,9 @@ def columns_model(task: Task, schema: FeatureSchema) -> type[BaseModel]:
             )
         return self
 
+    validators: dict[str, Any] = {"same_lengths": model_validator(mode="after")(same_lengths)}
     return create_model(
-        f"{_title(task)}Columns",
-        __config__=STRICT,
-        __validators__={"same_lengths": model_validator(mode="after")(same_lengths)},
-        **fields,
+        f"{_title(task)}Columns", __config__=STRICT, __validators__=validators, **fields
     )
 
 
@@ -141,16 +139,20 @@ def score_request_model(task: Task, schema: FeatureSchema) -> type[ScoreRequestB
             Annotated[bool, Field(description="Search the smallest change lifting one tier.")],
             True,
         )
-    return create_model(
-        f"{_title(task)}ScoreRequest",
-        __base__=ScoreRequestBase,
-        __validators__={"one_layout": model_validator(mode="after")(one_layout)},
-        customers=(
+    fields: dict[str, Any] = {
+        "customers": (
             list[customer] | None,  # type: ignore[valid-type]
             Field(default=None, min_length=1, description="One object per customer."),
         ),
-        columns=(columns | None, Field(default=None, description="One array per feature.")),
+        "columns": (columns | None, Field(default=None, description="One array per feature.")),
         **extra_fields,
+    }
+    validators: dict[str, Any] = {"one_layout": model_validator(mode="after")(one_layout)}
+    return create_model(
+        f"{_title(task)}ScoreRequest",
+        __base__=ScoreRequestBase,
+        __validators__=validators,
+        **fields,
     )
 
 

@@ -61,9 +61,7 @@ def read_batches(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[pa.Record
             yield batch.slice(start, chunk_rows)
 
 
-def result_columns(
-    model: ScoringModel, matrix: FloatArray, reasons: int
-) -> dict[str, pa.Array]:
+def result_columns(model: ScoringModel, matrix: FloatArray, reasons: int) -> dict[str, pa.Array]:
     """The score columns of one validated chunk (and its top reasons when asked)."""
     manifest = model.manifest
     if reasons:

@@ -11,7 +11,19 @@ from app.ml.model import FloatArray, ScoringModel
 from app.ml.schema import FeatureKind
 
 # Amounts (EUR) tried on each actionable balance, smallest first.
-STEPS_EUR = (1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000)
+STEPS_EUR = (
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+)
 
 
 def _candidates(model: ScoringModel) -> list[tuple[int, float, str]]:

@@ -30,6 +30,17 @@ class ProductRule(BaseModel):
     occupations: list[str] | None = Field(default=None, description="Only these occupations.")
     requires: list[str] = Field(default_factory=list, description="Products held beforehand.")
 
+    def allows(self, *, age: Any, occupation: Any, holding: set[str] | None) -> bool:
+        """Whether the rule lets this customer be offered the product (unknowns pass)."""
+        if age is not None and self.min_age is not None and age < self.min_age:
+            return False
+        if age is not None and self.max_age is not None and age > self.max_age:
+            return False
+        jobs = self.occupations
+        if jobs is not None and occupation is not None and occupation not in jobs:
+            return False
+        return holding is None or all(p in holding for p in self.requires)
+
 
 class EligibilityRules(BaseModel):
     """Product eligibility: per-product rules and groups of mutually exclusive products."""
@@ -65,16 +76,9 @@ class EligibilityRules(BaseModel):
             rule = self.products.get(product)
             if rule is None or not allowed[index]:
                 continue
-            if age is not None and rule.min_age is not None and age < rule.min_age:
-                allowed[index] = False
-            elif age is not None and rule.max_age is not None and age > rule.max_age:
-                allowed[index] = False
-            elif (
-                rule.occupations is not None
-                and occupation is not None
-                and occupation not in rule.occupations
-            ) or (known and any(p not in holding for p in rule.requires)):
-                allowed[index] = False
+            allowed[index] = rule.allows(
+                age=age, occupation=occupation, holding=holding if known else None
+            )
         for group in self.exclusive_groups:
             if holding & set(group):
                 for index, product in enumerate(products):

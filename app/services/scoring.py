@@ -1,4 +1,4 @@
-"""Scoring use cases: validated request -> feature matrix -> predict + explain -> persist -> respond.
+"""Scoring use cases: validated request -> matrix -> predict + explain -> persist -> respond.
 
 Each function reads top to bottom in that order. Everything between parsing and persisting is
 numpy on the model's own schema; nothing here knows about HTTP.
@@ -118,8 +118,7 @@ class ScoringService:
         self.eligibility = eligibility
         self.max_batch_size = max_batch_size
         self.request_models: dict[Task, type[ScoreRequestBase]] = {
-            task: score_request_model(task, model.schema)
-            for task, model in registry.loaded.items()
+            task: score_request_model(task, model.schema) for task, model in registry.loaded.items()
         }
         self._compute: dict[Task, Callable[[ScoreOptions, CustomerBatch], list[dict[str, Any]]]] = {
             Task.CHURN: self._churn,
@@ -148,9 +147,10 @@ class ScoringService:
             request = self.request_models[task].model_validate_json(body)
         except ValidationError as error:
             raise invalid_input(error) from error
-        customers: list[BaseModel] | None = getattr(request, "customers", None)
-        columns: BaseModel | None = getattr(request, "columns", None)
-        count = len(customers) if customers is not None else len(columns.customer_id)  # type: ignore[union-attr,attr-defined]
+        customers: list[BaseModel] | None = request.__dict__["customers"]
+        columns: BaseModel | None = request.__dict__["columns"]
+        column_ids = columns.__dict__["customer_id"] if columns is not None else []
+        count = len(customers) if customers is not None else len(column_ids)
         if count > self.max_batch_size:
             raise BatchTooLarge(
                 f"{count} customers in one call; the limit is {self.max_batch_size}",
@@ -219,6 +219,7 @@ class ScoringService:
             "lifecycle": lifecycle,
             "saved": True,
             "models": [],
+            **dict.fromkeys(_ASSESSMENT_KEYS.values()),
         }
         rows: list[ScoreRow] = []
         for task in LIFECYCLE_TASKS[lifecycle]:
@@ -271,7 +272,11 @@ class ScoringService:
                     model_name=task.value,
                     model_version=model.manifest.version,
                     outputs=outputs,
-                    reasons=[] if reasons is None else [reasons] if isinstance(reasons, dict) else reasons,
+                    reasons=[]
+                    if reasons is None
+                    else [reasons]
+                    if isinstance(reasons, dict)
+                    else reasons,
                     features=inputs,
                     created_at=now,
                 )
@@ -332,7 +337,9 @@ class ScoringService:
                     "conversion_probability": round(p, 6),
                     "value_if_converted": None if worth is None else round(worth, 2),
                     "expected_value": None if expected is None else round(expected, 2),
-                    "priority": band(expected if expected is not None else p, model.manifest.thresholds),
+                    "priority": band(
+                        expected if expected is not None else p, model.manifest.thresholds
+                    ),
                     "explanation": explained[i],
                 }
             )
@@ -373,23 +380,17 @@ class ScoringService:
         model = self.model(Task.RECOMMENDATION)
         products = model.classes
         names = model.schema.names
-        flag_columns = [
-            names.index(f"has_{p}") if f"has_{p}" in names else None for p in products
-        ]
+        flag_columns = [names.index(f"has_{p}") if f"has_{p}" in names else None for p in products]
         explanation = model.explain(batch.matrix, exact=options.exact)
         probabilities = model.probabilities_from_raw(explanation.raw_score)
         results = []
         for row, customer_id in enumerate(batch.ids):
-            flags = [
-                math.nan if j is None else batch.matrix[row, j] for j in flag_columns
-            ]
+            flags = [math.nan if j is None else batch.matrix[row, j] for j in flag_columns]
             cold_start = all(math.isnan(f) for f in flags)
             held = None if cold_start else np.array([f == 1.0 for f in flags], dtype=bool)
             allowed = self.eligibility.eligible(products, held, batch.inputs[row])
             ranked = [
-                products[j]
-                for j in np.argsort(-probabilities[row], kind="stable")
-                if allowed[j]
+                products[j] for j in np.argsort(-probabilities[row], kind="stable") if allowed[j]
             ]
             chosen = self.eligibility.drop_conflicts(ranked)[: options.top_k]
             results.append(
@@ -399,12 +400,18 @@ class ScoringService:
                     "products": [
                         {
                             "product": product,
-                            "propensity": round(float(probabilities[row, products.index(product)]), 6),
+                            "propensity": round(
+                                float(probabilities[row, products.index(product)]), 6
+                            ),
                             "explanation": None
                             if options.reasons == 0
                             else explanation_dict(
-                                model, batch.matrix, explanation, row,
-                                products.index(product), options,
+                                model,
+                                batch.matrix,
+                                explanation,
+                                row,
+                                products.index(product),
+                                options,
                             ),
                         }
                         for product in chosen

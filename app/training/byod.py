@@ -142,7 +142,9 @@ def _safe_name(name: str) -> str:
     return cleaned if cleaned and not cleaned[0].isdigit() else f"f_{cleaned}"
 
 
-def encode_frame(frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray[Any, np.dtype[np.float64]]:
+def encode_frame(
+    frame: pd.DataFrame, schema: FeatureSchema
+) -> np.ndarray[Any, np.dtype[np.float64]]:
     """The feature matrix in schema order, categories as codes."""
     columns = []
     for feature, name in zip(schema.features, frame.columns, strict=True):
@@ -153,7 +155,7 @@ def encode_frame(frame: pd.DataFrame, schema: FeatureSchema) -> np.ndarray[Any, 
             codes = pd.Categorical(as_text, categories=list(feature.categories)).codes
             columns.append(np.where(codes < 0, np.nan, codes).astype(np.float64))
         else:
-            columns.append(column.astype(np.float64).to_numpy())
+            columns.append(column.to_numpy(dtype=np.float64))
     return np.column_stack(columns)
 
 
@@ -167,7 +169,9 @@ def split_rows(labels: np.ndarray[Any, Any], time: pd.Series | None, seed: int) 
         order = np.argsort(values.to_numpy(), kind="stable")
         cut_1 = int(n * SPLIT_SHARES[0])
         cut_2 = int(n * (SPLIT_SHARES[0] + SPLIT_SHARES[1]))
-        for mask, part in zip(masks, (order[:cut_1], order[cut_1:cut_2], order[cut_2:]), strict=True):
+        for mask, part in zip(
+            masks, (order[:cut_1], order[cut_1:cut_2], order[cut_2:]), strict=True
+        ):
             mask[part] = True
         method = {"method": "time", "time_column": time.name, "shares": list(SPLIT_SHARES)}
     else:

@@ -21,7 +21,9 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 
-def calibration_table(y_true: npt.ArrayLike, proba: npt.ArrayLike, bins: int = 10) -> list[dict[str, Any]]:
+def calibration_table(
+    y_true: npt.ArrayLike, proba: npt.ArrayLike, bins: int = 10
+) -> list[dict[str, Any]]:
     """Predicted against observed rate in equal-width probability bins (empty bins left out)."""
     y = np.asarray(y_true, dtype=np.float64)
     p = np.asarray(proba, dtype=np.float64)
@@ -49,7 +51,7 @@ def binary_metrics(y_true: npt.ArrayLike, proba: npt.ArrayLike) -> dict[str, Any
     if len(np.unique(y)) < 2:
         raise ValueError("the test split holds a single class; metrics are undefined")
     return {
-        "rows": int(len(y)),
+        "rows": len(y),
         "positive_rate": round(float(y.mean()), 4),
         "roc_auc": round(float(roc_auc_score(y, p)), 4),
         "pr_auc": round(float(average_precision_score(y, p)), 4),
@@ -66,7 +68,7 @@ def multiclass_metrics(
     predicted = np.asarray(proba).argmax(axis=1)
     labels = list(range(len(classes)))
     return {
-        "rows": int(len(y)),
+        "rows": len(y),
         "accuracy": round(float(accuracy_score(y, predicted)), 4),
         "macro_f1": round(float(f1_score(y, predicted, labels=labels, average="macro")), 4),
         "classes": list(classes),
@@ -79,7 +81,7 @@ def regression_metrics(y_true: npt.ArrayLike, predicted: npt.ArrayLike) -> dict[
     y = np.asarray(y_true, dtype=np.float64)
     p = np.asarray(predicted, dtype=np.float64)
     return {
-        "rows": int(len(y)),
+        "rows": len(y),
         "mae": round(float(mean_absolute_error(y, p)), 2),
         "mean_actual": round(float(y.mean()), 2),
         "spearman": round(float(_spearman(y, p)), 4),
@@ -113,7 +115,7 @@ def ranking_metrics(
     denominators = np.minimum(relevant.sum(axis=1), k)
     average_precision = (precision_at * top_k).sum(axis=1) / denominators
     return {
-        "customers": int(len(relevant)),
+        "customers": len(relevant),
         f"map_at_{k}": round(float(average_precision.mean()), 4),
         "hit_rate_at_3": round(float(relevant[:, :3].any(axis=1).mean()), 4),
     }

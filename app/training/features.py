@@ -139,9 +139,7 @@ BALANCES: tuple[FeatureSpec, ...] = (
         actionable=True,
     ),
     _money("savings_balance", "Savings balance.", "savings of {value}", actionable=True),
-    _money(
-        "term_deposit_balance", "Term deposits.", "term deposits of {value}", actionable=True
-    ),
+    _money("term_deposit_balance", "Term deposits.", "term deposits of {value}", actionable=True),
     _money(
         "fund_holdings", "Investment fund holdings.", "fund holdings of {value}", actionable=True
     ),
@@ -155,12 +153,8 @@ BALANCES: tuple[FeatureSpec, ...] = (
         "pension_holdings", "Pension plan holdings.", "pension holdings of {value}", actionable=True
     ),
     _money("mortgage_balance", "Outstanding mortgage.", "mortgage of {value} outstanding"),
-    _money(
-        "personal_loan_balance", "Outstanding personal loans.", "personal loans of {value}"
-    ),
-    _money(
-        "business_loan_balance", "Outstanding business loans.", "business loans of {value}"
-    ),
+    _money("personal_loan_balance", "Outstanding personal loans.", "personal loans of {value}"),
+    _money("business_loan_balance", "Outstanding business loans.", "business loans of {value}"),
     _money("card_spend", "Card spend this month.", "card spend of {value} this month"),
 )
 
@@ -229,9 +223,7 @@ PROSPECT_FEATURES: tuple[FeatureSpec, ...] = (
     ),
     _count("campaign_contacts", "Bank contacts this month.", "{value} contacts this month", 100),
     _count("web_visits", "Visits to the bank's website this month.", "{value} web visits", 1000),
-    _count(
-        "campaign_contacts_3m", "Bank contacts in the last 3 months.", "{value} contacts", 300
-    ),
+    _count("campaign_contacts_3m", "Bank contacts in the last 3 months.", "{value} contacts", 300),
     _count("web_visits_3m", "Website visits in the last 3 months.", "{value} web visits", 3000),
 )
 
@@ -308,9 +300,7 @@ def prepare_book(book: pd.DataFrame) -> pd.DataFrame:
         ("campaign_contacts", "campaign_contacts_3m"),
         ("web_visits", "web_visits_3m"),
     ):
-        frame[target] = (
-            by_customer[source].rolling(HISTORY_MONTHS, min_periods=1).sum().to_numpy()
-        )
+        frame[target] = by_customer[source].rolling(HISTORY_MONTHS, min_periods=1).sum().to_numpy()
     frame["products_held"] = frame[[f"has_{p}" for p in PRODUCTS]].sum(axis=1)
     frame["history_months"] = by_customer.cumcount()
     return frame
@@ -331,9 +321,7 @@ def _encode(frame: pd.DataFrame, schema: FeatureSchema) -> pd.DataFrame:
         if feature.kind is FeatureKind.CATEGORY:
             assert feature.categories is not None
             codes = pd.Categorical(column, categories=list(feature.categories)).codes
-            columns[feature.name] = pd.Series(
-                np.where(codes < 0, np.nan, codes), index=frame.index
-            )
+            columns[feature.name] = pd.Series(np.where(codes < 0, np.nan, codes), index=frame.index)
         else:
             columns[feature.name] = column.astype(np.float64)
     return pd.DataFrame(columns, index=frame.index)
@@ -397,9 +385,9 @@ def _prospect_frame(book: pd.DataFrame, schema: FeatureSchema) -> TaskFrame:
 
 def _recommendation_frame(book: pd.DataFrame, schema: FeatureSchema) -> TaskFrame:
     """One row per product a customer added the following month; class = that product."""
-    eligible = _is_customer(book["lifecycle"]) & _is_customer(
-        _future(book, "lifecycle", 1)
-    ).fillna(False).astype(bool)
+    eligible = _is_customer(book["lifecycle"]) & _is_customer(_future(book, "lifecycle", 1)).fillna(
+        False
+    ).astype(bool)
     parts: list[pd.DataFrame] = []
     for index, product in enumerate(PRODUCTS):
         column = f"has_{product}"

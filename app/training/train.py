@@ -1,4 +1,4 @@
-"""Training: fit a LightGBM model on a time-based (or stratified) split and save it with its manifest.
+"""Training: fit LightGBM on a time-based (or stratified) split; save it with its manifest.
 
 The split is always train -> validation -> test. Early stopping and every decision threshold
 are chosen on the validation split; the test split is only ever used to report metrics.
@@ -336,7 +336,7 @@ def _mask_cold_start(
     tenure = matrix[:, schema.names.index("tenure_months")]
     rng = np.random.default_rng(seed)
     chosen = rows & (tenure < 3) & (rng.random(len(matrix)) < COLD_START_MASK_SHARE)
-    unknown = [i for i, name in enumerate(schema.names) if name not in COLD_START_KNOWN]
+    unknown = np.array([i for i, name in enumerate(schema.names) if name not in COLD_START_KNOWN])
     masked = matrix.copy()
     masked[np.ix_(chosen, unknown)] = np.nan
     return masked

@@ -1,0 +1,344 @@
+"""The scoring API end to end, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from typing import Any
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, func, select
+
+from app.db.tables import Score
+from app.ml.manifest import Task
+from app.ml.registry import ModelRegistry
+from tests.conftest import customer_record
+
+
+def records(
+    rows: pd.DataFrame, registry: ModelRegistry, task: Task, n: int
+) -> list[dict[str, Any]]:
+    model = registry.get(task)
+    assert model is not None
+    return [customer_record(row, model.schema) for _, row in rows.head(n).iterrows()]
+
+
+def stored_count(database_url: str, customer_ids: list[str]) -> int:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return int(
+                connection.scalar(
+                    select(func.count())
+                    .select_from(Score)
+                    .where(Score.customer_id.in_(customer_ids))
+                )
+                or 0
+            )
+    finally:
+        engine.dispose()
+
+
+def assert_explanation_adds_up(explanation: dict[str, Any]) -> None:
+    total = explanation["bias"] + explanation["other_contribution"]
+    total += sum(r["contribution"] for r in explanation["reasons"])
+    assert math.isclose(total, explanation["raw_score"], abs_tol=1e-9)
+    sizes = [abs(r["contribution"]) for r in explanation["reasons"]]
+    assert sizes == sorted(sizes, reverse=True)
+    for reason in explanation["reasons"]:
+        assert reason["direction"] == ("raises" if reason["contribution"] > 0 else "lowers")
+        assert reason["text"]
+
+
+def test_churn_scores_are_explained_and_saved(
+    client: TestClient,
+    sample_rows: dict[str, pd.DataFrame],
+    registry: ModelRegistry,
+    database_url: str,
+) -> None:
+    customers = records(sample_rows["existing"], registry, Task.CHURN, 5)
+    response = client.post("/v1/churn/scores", json={"customers": customers, "reasons": 3})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["saved"] is True
+    assert [r["customer_id"] for r in body["results"]] == [c["customer_id"] for c in customers]
+    model = registry.get(Task.CHURN)
+    assert model is not None
+    direct = model.predict(model.schema.encode_rows(customers))
+    for result, expected in zip(body["results"], direct, strict=True):
+        assert result["probability"] == pytest.approx(float(expected), abs=1e-6)
+        assert result["risk_band"] in {"low", "medium", "high"}
+        assert len(result["explanation"]["reasons"]) <= 3
+        assert_explanation_adds_up(result["explanation"])
+        raw = result["explanation"]["raw_score"]
+        assert 1 / (1 + math.exp(-raw)) == pytest.approx(result["probability"], abs=1e-6)
+    history = client.get(f"/v1/customers/{customers[0]['customer_id']}/scores").json()
+    assert history["total"] == 1
+    stored = history["items"][0]
+    assert stored["task"] == "churn"
+    assert stored["request_id"] == body["request_id"]
+    assert stored["outputs"]["probability"] == body["results"][0]["probability"]
+    assert stored["reasons"][0] == body["results"][0]["explanation"]
+    assert stored_count(database_url, [c["customer_id"] for c in customers]) == 5
+
+
+def test_columns_layout_gives_the_same_scores(
+    client: TestClient, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
+) -> None:
+    customers = records(sample_rows["existing"], registry, Task.CHURN, 4)
+    columns = {name: [c[name] for c in customers] for name in customers[0]}
+    by_rows = client.post("/v1/churn/scores", json={"customers": customers, "reasons": 0}).json()
+    by_columns = client.post("/v1/churn/scores", json={"columns": columns, "reasons": 0}).json()
+    assert [r["probability"] for r in by_rows["results"]] == [
+        r["probability"] for r in by_columns["results"]
+    ]
+    assert all(r["explanation"] is None for r in by_columns["results"])
+
+
+def test_exact_treeshap_on_request(
+    client: TestClient, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
+) -> None:
+    customers = records(sample_rows["existing"], registry, Task.CHURN, 2)
+    body = client.post("/v1/churn/scores", json={"customers": customers, "explain": "exact"}).json()
+    for result in body["results"]:
+        assert result["explanation"]["method"] == "tree_shap_exact"
+        assert_explanation_adds_up(result["explanation"])
+
+
+def test_tier_scores_with_plan_and_next_tier_gap(
+    client: TestClient, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
+) -> None:
+    customers = records(sample_rows["existing"], registry, Task.TIER, 20)
+    response = client.post("/v1/tier/scores", json={"customers": customers})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    tiers = list(registry.get(Task.TIER).classes)  # type: ignore[union-attr]
+    gaps = 0
+    for result in results:
+        assert result["tier"] in tiers
+        assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert result["service_plan"]["services"]
+        assert_explanation_adds_up(result["explanation"])
+        gap = result["next_tier_gap"]
+        if gap is not None:
+            gaps += 1
+            assert tiers.index(gap["target_tier"]) > tiers.index(result["tier"])
+            assert gap["changes"][0]["text"]
+        elif result["tier"] != tiers[-1]:
+            continue
+    assert gaps > 0, "no customer got a next-tier gap"
+
+
+def test_recommendations_skip_held_products_and_apply_rules(
+    client: TestClient, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
+) -> None:
+    customers = records(sample_rows["existing"], registry, Task.RECOMMENDATION, 10)
+    body = client.post("/v1/recommendations", json={"customers": customers, "top_k": 4}).json()
+    for customer, result in zip(customers, body["results"], strict=True):
+        assert result["cold_start"] is False
+        assert 0 < len(result["products"]) <= 4
+        propensities = [p["propensity"] for p in result["products"]]
+        assert propensities == sorted(propensities, reverse=True)
+        for product in result["products"]:
+            assert customer[f"has_{product['product']}"] is False
+            assert_explanation_adds_up(product["explanation"])
+        offered = {p["product"] for p in result["products"]}
+        assert not {"personal_loan", "business_loan"} <= offered
+        if customer["occupation"] not in {"self_employed", "business_owner"}:
+            assert "business_loan" not in offered
+
+
+def test_cold_start_recommendations_from_demographics_only(client: TestClient) -> None:
+    customer = {
+        "customer_id": f"N-{uuid.uuid4().hex[:8]}",
+        "age": 19,
+        "income": 21000.0,
+        "occupation": "student",
+        "region": "capital",
+        "tenure_months": 0,
+    }
+    response = client.post("/v1/recommendations", json={"customers": [customer]})
+    assert response.status_code == 200, response.text
+    result = response.json()["results"][0]
+    assert result["cold_start"] is True
+    offered = [p["product"] for p in result["products"]]
+    assert offered and "mortgage" not in offered  # under the rules' minimum age of 21
+    assert "business_loan" not in offered
+
+
+def test_prospect_scores(
+    client: TestClient, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
+) -> None:
+    prospects = records(sample_rows["prospect"], registry, Task.PROSPECT, 5)
+    body = client.post("/v1/prospect/scores", json={"customers": prospects}).json()
+    for result in body["results"]:
+        assert 0 <= result["conversion_probability"] <= 1
+        assert result["value_if_converted"] >= 0
+        assert result["expected_value"] == pytest.approx(
+            result["conversion_probability"] * result["value_if_converted"], abs=0.01
+        )
+        assert result["priority"] in {"low", "medium", "high"}
+
+
+def test_assessment_by_lifecycle(
+    client: TestClient,
+    sample_rows: dict[str, pd.DataFrame],
+    registry: ModelRegistry,
+    database_url: str,
+) -> None:
+    schemas = {t: registry.get(t).schema for t in Task}  # type: ignore[union-attr]
+    row = sample_rows["existing"].iloc[0]
+    customer: dict[str, Any] = {}
+    for task in (Task.TIER, Task.CHURN, Task.RECOMMENDATION):
+        customer.update(customer_record(row, schemas[task], customer_id="A-1"))
+    customer["customer_id"] = f"A-{uuid.uuid4().hex[:8]}"
+    response = client.post("/v1/assessments", json=customer)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["lifecycle"] == "existing"
+    assert body["tier"] and body["churn"] and body["recommendations"]
+    assert body["prospect"] is None
+    assert stored_count(database_url, [customer["customer_id"]]) == 3
+
+    prospect = customer_record(sample_rows["prospect"].iloc[0], schemas[Task.PROSPECT])
+    body = client.post("/v1/assessments", json=prospect).json()
+    assert body["lifecycle"] == "prospect"
+    assert body["prospect"] and body["churn"] is None
+
+    incomplete = {"customer_id": "A-2", "tenure_months": 40, "age": 40}
+    response = client.post("/v1/assessments", json=incomplete)
+    assert response.status_code == 422
+    assert "income" in {e["field"] for e in response.json()["errors"]}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"age": 12}, "customers[0].age"),
+        ({"income": "lots"}, "customers[0].income"),
+        ({"occupation": "astronaut"}, "customers[0].occupation"),
+        ({"has_mortgage": 1}, "customers[0].has_mortgage"),
+        ({"unexpected": 1}, "customers[0].unexpected"),
+        ({"income": None}, "customers[0].income"),
+    ],
+)
+def test_invalid_fields_are_named(
+    client: TestClient,
+    sample_rows: dict[str, pd.DataFrame],
+    registry: ModelRegistry,
+    database_url: str,
+    change: dict[str, Any],
+    field: str,
+) -> None:
+    customers = records(sample_rows["existing"], registry, Task.CHURN, 2)
+    customers[0].update(change)
+    response = client.post("/v1/churn/scores", json={"customers": customers})
+    assert response.status_code == 422
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert field in {e["field"] for e in response.json()["errors"]}
+    assert stored_count(database_url, [c["customer_id"] for c in customers]) == 0
+
+
+def test_missing_field_nan_and_infinity_are_rejected(
+    client: TestClient, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
+) -> None:
+    customer = records(sample_rows["existing"], registry, Task.CHURN, 1)[0]
+    del customer["age"]
+    response = client.post("/v1/churn/scores", json={"customers": [customer]})
+    assert response.status_code == 422
+    assert "customers[0].age" in response.json()["detail"]
+    customer["age"] = 40
+    body = json.dumps({"customers": [customer]}).replace(
+        f'"income": {json.dumps(customer["income"])}', '"income": NaN'
+    )
+    response = client.post(
+        "/v1/churn/scores", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert "customers[0].income" in response.json()["detail"]
+    body = body.replace('"income": NaN', '"income": 1e999')
+    response = client.post(
+        "/v1/churn/scores", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+
+
+def test_malformed_json_and_wrong_layouts(client: TestClient) -> None:
+    response = client.post(
+        "/v1/churn/scores", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert client.post("/v1/churn/scores", json={}).status_code == 422
+    assert client.post("/v1/churn/scores", json={"customers": []}).status_code == 422
+    response = client.post(
+        "/v1/churn/scores", json={"columns": {"customer_id": ["a"], "age": [1, 2]}}
+    )
+    assert response.status_code == 422
+
+
+def test_batch_limit_is_413(
+    database_url: str,
+    settings_for: Any,
+    registry: ModelRegistry,
+    sample_rows: dict[str, pd.DataFrame],
+) -> None:
+    from app.main import create_app
+
+    app = create_app(settings_for(database_url, max_batch_size=3), registry)
+    customers = records(sample_rows["existing"], registry, Task.CHURN, 4)
+    with TestClient(app) as limited:
+        response = limited.post("/v1/churn/scores", json={"customers": customers})
+    assert response.status_code == 413
+    assert "limit is 3" in response.json()["detail"]
+    assert stored_count(database_url, [c["customer_id"] for c in customers]) == 0
+
+
+def test_history_filters_and_pages(
+    client: TestClient, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
+) -> None:
+    customer = records(sample_rows["existing"], registry, Task.CHURN, 1)[0]
+    for _ in range(3):
+        assert client.post("/v1/churn/scores", json={"customers": [customer]}).status_code == 200
+    tier_customer = records(sample_rows["existing"], registry, Task.TIER, 1)[0]
+    tier_customer["customer_id"] = customer["customer_id"]
+    assert client.post("/v1/tier/scores", json={"customers": [tier_customer]}).status_code == 200
+    url = f"/v1/customers/{customer['customer_id']}/scores"
+    assert client.get(url).json()["total"] == 4
+    page = client.get(url, params={"task": "churn", "limit": 2, "offset": 2}).json()
+    assert page["total"] == 3 and len(page["items"]) == 1
+    assert client.get(url, params={"task": "nonsense"}).status_code == 422
+    assert client.get(url, params={"limit": 0}).status_code == 422
+
+
+def test_models_and_model_card(client: TestClient) -> None:
+    models = client.get("/v1/models").json()
+    assert {m["task"] for m in models} == {t.value for t in Task}
+    card = client.get("/v1/models/churn").json()
+    assert card["explanation_method"] == "path_attribution_saabas"
+    assert card["metrics"]["test"]["roc_auc"] > 0.5
+    assert card["data_fingerprint"]
+    assert card["feature_schema"]["features"][0]["name"] == "age"
+    assert client.get("/v1/models/unknown").status_code == 422
+
+
+def test_health_ready_metrics_and_docs(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["database"] is True
+    client.post("/v1/churn/scores", json={})
+    metrics = client.get("/metrics").text
+    assert 'cvm_http_requests_total{method="POST",route="/v1/churn/scores",status="422"}' in metrics
+    spec = client.get("/openapi.json").json()
+    churn_customer = spec["components"]["schemas"]["ChurnCustomer"]
+    age = churn_customer["properties"]["age"]
+    assert age["minimum"] == 18 and age["unit"] == "years" and age["description"]
+    request_body = spec["paths"]["/v1/churn/scores"]["post"]["requestBody"]
+    assert request_body["content"]["application/json"]["schema"]["$ref"].endswith(
+        "ChurnScoreRequest"
+    )
+    assert client.get("/docs").status_code == 200
+    response = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
