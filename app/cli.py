@@ -133,6 +133,25 @@ def train(
 
 
 @cli.command()
+def snapshot(
+    book: Annotated[Path, typer.Option(help="Monthly book: folder or Parquet file.")],
+    out: Annotated[Path, typer.Option(help="Parquet file to write.")],
+    month: Annotated[
+        int | None, typer.Option(help="Month to take (default: the last in the book).")
+    ] = None,
+) -> None:
+    """Write one month of the book with every model feature derived, ready for `cvm score`."""
+    from app.training.features import month_snapshot
+    from app.training.synth import read_book
+
+    with console.status("Deriving features"):
+        table = month_snapshot(read_book(book).to_pandas(), month)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out, index=False)
+    console.print(f"wrote {len(table):,} customers of month {int(table['month'].iloc[0])} to {out}")
+
+
+@cli.command()
 def score(
     task: Annotated[Task, typer.Argument(help="Which kind of model scores the file.")],
     input_path: Annotated[Path, typer.Option("--input", help="CSV or Parquet to score.")],

@@ -306,6 +306,16 @@ def prepare_book(book: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def month_snapshot(book: pd.DataFrame, month: int | None = None) -> pd.DataFrame:
+    """Every known customer in one month, with the derived features models take."""
+    prepared = prepare_book(book)
+    chosen = int(prepared["month"].max()) if month is None else month
+    snapshot = prepared[prepared["month"] == chosen]
+    if snapshot.empty:
+        raise ValueError(f"month {chosen} is not in the book")
+    return snapshot.reset_index(drop=True)
+
+
 def _future(frame: pd.DataFrame, column: str, months: int) -> pd.Series:
     """The value of ``column`` exactly ``months`` later for the same customer (NaN if absent)."""
     shifted = frame.groupby("customer_id", sort=False)[column].shift(-months)
