@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sklearn.model_selection import train_test_split
 
 from app.ml.manifest import Manifest, Objective, Task
@@ -95,7 +97,7 @@ def infer_schema(frame: pd.DataFrame, categorical: Sequence[str], source: str) -
         if column.nunique(dropna=True) < 2:
             raise TrainingDataError(f"column {name!r} is constant; drop it with --drop")
         if name in categorical or not pd.api.types.is_numeric_dtype(column):
-            categories = tuple(sorted(column.dropna().astype(str).unique()))
+            categories = tuple(sorted(category_text(column).dropna().unique()))
             if len(categories) > MAX_CATEGORIES:
                 raise TrainingDataError(
                     f"column {name!r} has {len(categories)} distinct values; drop it with "
@@ -137,6 +139,18 @@ def infer_schema(frame: pd.DataFrame, categorical: Sequence[str], source: str) -
     return FeatureSchema(features=tuple(features))
 
 
+def category_text(column: pd.Series) -> pd.Series:
+    """Category values as text, spelt as the batch scorer's Arrow cast spells them; NaN kept.
+
+    pandas writes a float 2.0 as "2.0" and True as "True", Arrow as "2" and "true": a numeric
+    column named with --categorical must be spelt one way in training and in scoring.
+    """
+    if pd.api.types.is_numeric_dtype(column):
+        text = pc.cast(pa.array(column, from_pandas=True), pa.string())
+        return pd.Series(text.to_pylist(), index=column.index, dtype=object)
+    return column.astype(str).where(column.notna())
+
+
 def _safe_name(name: str) -> str:
     cleaned = "".join(c if c.isalnum() or c == "_" else "_" for c in name.strip())
     return cleaned if cleaned and not cleaned[0].isdigit() else f"f_{cleaned}"
@@ -151,8 +165,7 @@ def encode_frame(
         column = frame[name]
         if feature.kind is FeatureKind.CATEGORY:
             assert feature.categories is not None
-            as_text = column.astype(str).where(column.notna())
-            codes = pd.Categorical(as_text, categories=list(feature.categories)).codes
+            codes = pd.Categorical(category_text(column), categories=list(feature.categories)).codes
             columns.append(np.where(codes < 0, np.nan, codes).astype(np.float64))
         else:
             columns.append(column.to_numpy(dtype=np.float64))
