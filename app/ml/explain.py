@@ -5,8 +5,8 @@ Two methods share one layout, ``(n_rows, n_outputs, n_features + 1)`` with the b
 * ``PathExplainer`` (Saabas path attribution) runs on every score. Each leaf's contribution
   vector is fixed by the tree, so it is computed once at load time; explaining is then one
   ``pred_leaf`` call to LightGBM plus a gather-and-sum in numpy.
-* ``exact_explanation`` (TreeSHAP via ``pred_contrib``) is ~200x a prediction and is meant for
-  audits, not the request path.
+* ``exact_explanation`` (TreeSHAP via ``pred_contrib``) costs hundreds of predictions per row and
+  is meant for audits, not the request path.
 
 See docs/explanations.md for the measured costs and the trade-off between the two.
 """
@@ -24,7 +24,6 @@ METHOD_PATH: Final = "path_attribution_saabas"
 METHOD_TREESHAP: Final = "tree_shap_exact"
 
 FloatArray = npt.NDArray[np.float64]
-IndexArray = npt.NDArray[np.intp]
 
 # Rows handed to LightGBM per call: bounds the (rows, trees) leaf-index matrix.
 DEFAULT_CHUNK_ROWS: Final = 4096
@@ -40,7 +39,7 @@ class Explanation:
     raw_score: FloatArray
     """(n, k), before the link: k = 1 for binary and regression, num_class for multiclass."""
     contributions: FloatArray
-    """(n, k, n_features + 1): last column is the bias; ``contributions.sum(-1) == raw_score``."""
+    """(n, k, n_features + 1), bias last; ``contributions.sum(-1)`` is raw_score up to rounding."""
     method: str = METHOD_PATH
 
 
@@ -176,7 +175,7 @@ class PathExplainer:
             )
         if n <= self.chunk_rows:  # the common case: no copy into a preallocated result
             raw_score, contributions = self._explain_chunk(X)
-            return Explanation(raw_score=raw_score, contributions=contributions)
+            return Explanation(raw_score=raw_score, contributions=contributions, method=METHOD_PATH)
         raw_score = np.empty((n, k))
         contributions = np.empty((n, k, self.n_features + 1))
         for start in range(0, n, self.chunk_rows):

@@ -55,6 +55,8 @@ def read_batches(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[pa.Record
         path,
         read_options=pacsv.ReadOptions(block_size=1 << 22),
         parse_options=pacsv.ParseOptions(delimiter=delimiter),
+        # Blank cells are missing values, as they are to training's reader.
+        convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
     )
     for batch in reader:
         for start in range(0, batch.num_rows, chunk_rows):

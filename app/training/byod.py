@@ -245,6 +245,12 @@ def train_from_file(
     matrix = encode_frame(feature_frame, schema)
     y = labels.to_numpy()
     split = split_rows(y, frame[spec.time_column] if spec.time_column else None, seed)
+    for name in ("train", "validation", "test"):
+        if len(np.unique(y[getattr(split, name)])) < 2:
+            raise TrainingDataError(
+                f"the {name} split holds a single class of {spec.target!r}; "
+                "more rows or a split without --time are needed"
+            )
     booster = fit_booster(
         objective=objective,
         num_classes=len(classes),

@@ -107,7 +107,7 @@ LOAN_COLUMNS = (B_MORT, B_PL, B_BL)
 # Occupation codes (index into OCCUPATIONS).
 EMPLOYEE, CIVIL_SERVANT, SELF_EMPLOYED, BUSINESS_OWNER, RETIRED, STUDENT, UNEMPLOYED = range(7)
 PROSPECT, CUSTOMER, GONE = 0, 1, 2
-NOT_A_CUSTOMER = -1_000_000  # customer_since of a prospect (null in the table)
+NOT_A_CUSTOMER = -1_000_000  # `since` of a prospect: customer_since is null
 
 # Start-of-book composition.
 PROSPECT_SHARE = 0.12
@@ -122,8 +122,8 @@ DRIFT_BALANCE_DECAY = (0.15, 0.45)  # log-decline of deposits and wealth per dri
 DRIFT_ACTIVITY_FACTOR = 0.55  # activity multiplier per drifting month
 SUDDEN_CHURN_BASE = 0.0008  # moving abroad, death: leaves without drifting first
 # Prospects: log-odds of converting in a month, by acquisition channel.
-CONVERSION_INTERCEPT = -3.7
-CHANNEL_CONVERSION_LOGIT = (0.6, 0.0, 0.9, -0.1, -0.7)
+CONVERSION_INTERCEPT = -3.8
+CHANNEL_CONVERSION_LOGIT = (0.7, 0.0, 1.0, -0.1, -1.0)
 CHANNEL_CAMPAIGN_CONTACTS = (0.4, 0.5, 0.2, 0.6, 1.4)
 # Product take-up: monthly hazard of a non-holder with neutral affinity.
 TAKE_UP_BASE = (
@@ -177,6 +177,8 @@ ANNUAL_RATE = {  # net interest margin or fee, per year, on the balance
 }
 LOAN_AMORTISATION = {B_MORT: 0.004, B_PL: 0.02, B_BL: 0.012}
 MEDIAN_INCOME = 32_000.0
+INCOME_RANGE = (8_000.0, 1_000_000.0)
+INCOME_GROWTH = 0.0015  # per month, about 1.8% a year
 WEALTHY_SHARE = 0.08  # old money: wealth far beyond what income explains
 MAX_WEALTH = 50_000_000.0
 
@@ -206,7 +208,7 @@ class _State:
     """What the simulation carries from one month to the next."""
 
     status: IntArray
-    since: IntArray  # month index (relative to start) when the customer joined
+    since: IntArray  # month (relative to start) the customer joined; NOT_A_CUSTOMER if not yet
     held: BoolArray  # (n, 13)
     balances: FloatArray  # (n, 10)
     drift: IntArray  # months on the drifting-away path so far; 0 = not drifting
@@ -214,6 +216,8 @@ class _State:
     open_complaint: BoolArray
     complaints: IntArray
     activity: IntArray  # last month's transactions + logins
+    contacts: IntArray  # last month's campaign contacts
+    web_visits: IntArray  # last month's web visits
     days_since: IntArray
     liquid_history: FloatArray  # (n, 3) deposits + wealth 1, 2 and 3 months ago
     value_history: FloatArray  # (n, 2) relationship value 1 and 2 months ago
@@ -267,7 +271,7 @@ def _draw_population(rng: np.random.Generator, n: int, is_prospect: BoolArray) -
     regional = np.array([0.15, 0.0, -0.10, -0.08, 0.0])[region]
     rich_tail = (rng.random(n) < 0.02) * np.abs(rng.normal(0.6, 0.5, n))
     log_income = np.log(median) + career + regional + spread * rng.normal(size=n) + rich_tail
-    income0 = np.clip(np.exp(log_income), 8_000.0, 1_000_000.0)
+    income0 = np.clip(np.exp(log_income), *INCOME_RANGE)
 
     # Wealth is accumulated income: it grows with age and has its own (inheritance) spread.
     accumulation = 0.3 + 3.2 * np.clip((age0 - 22) / 43, 0, 1) ** 1.4
@@ -321,7 +325,8 @@ def _affinity(pop: _Population, age: IntArray, income: FloatArray, held: BoolArr
     a[:, SAV] = 0.4 * ln_income + 0.3 * over40 + 0.3 * wealth_ratio
     a[:, TD] = 0.5 * ln_income + 0.6 * (age >= 50) + 1.2 * savings + 0.4 * wealth_ratio
     a[:, CC] = 1.0 * young - 1.2 * senior + 0.4 * ln_income - 0.5 * no_income
-    a[:, MORT] = 1.3 * prime - 1.0 * (age < 25) - 2.5 * senior + 0.6 * ln_income - 1.5 * no_income
+    a[:, MORT] = 1.3 * prime - 1.0 * (age < 25) - 0.8 * (age >= 50) - 1.7 * senior
+    a[:, MORT] += 0.6 * ln_income - 1.5 * no_income
     a[:, PL] = 0.8 * young + 0.3 * prime - 1.2 * senior - 0.8 * (occupation == STUDENT)
     a[:, BL] = 2.8 * business - 1.5 * (1 - business)
     a[:, FUND] = 0.6 * over40 + 1.0 * savings + 0.5 * over40 * savings + 0.5 * ln_income
@@ -397,19 +402,21 @@ def _starter_products(rng: np.random.Generator, pop: _Population, age: IntArray)
     return held
 
 
-def _initial_state(
-    rng: np.random.Generator, pop: _Population, is_prospect: BoolArray, months: int
-) -> _State:
+def _initial_state(rng: np.random.Generator, pop: _Population, is_prospect: BoolArray) -> _State:
     """The book as it stands on the first day: prospects, new and long-standing customers."""
     n: int = is_prospect.shape[0]
     age, income = pop.age0, pop.income0
     is_new = ~is_prospect & (rng.random(n) < NEW_SHARE / (1 - PROSPECT_SHARE))
     existing = ~is_prospect & ~is_new
-    longest = np.clip((age - 16) * 12, 3, MAX_TENURE_MONTHS)
-    tenure_existing = 3 + np.floor(rng.exponential(MEAN_EXISTING_TENURE_MONTHS, n))
+    # Exponential tenure truncated at 30 years and at age 16 (accounts opened for minors).
+    longest = np.clip((age - 16) * 12, 4, MAX_TENURE_MONTHS + 1) - NEW_CUSTOMER_MONTHS
+    reach = 1 - np.exp(-longest / MEAN_EXISTING_TENURE_MONTHS)
+    tenure_existing = NEW_CUSTOMER_MONTHS + np.floor(
+        -MEAN_EXISTING_TENURE_MONTHS * np.log1p(-reach * rng.random(n))
+    )
     tenure = np.where(
         existing,
-        np.minimum(tenure_existing, longest),
+        np.minimum(tenure_existing, MAX_TENURE_MONTHS),
         np.where(is_new, rng.integers(0, NEW_CUSTOMER_MONTHS, n), 0),
     ).astype(np.int64)
 
@@ -442,7 +449,7 @@ def _initial_state(
 
     return _State(
         status=np.where(is_prospect, PROSPECT, CUSTOMER),
-        since=np.where(is_prospect, months + 1, -tenure),
+        since=np.where(is_prospect, NOT_A_CUSTOMER, -tenure),
         held=held,
         balances=balances,
         drift=drift,
@@ -450,6 +457,8 @@ def _initial_state(
         open_complaint=~is_prospect & (rng.random(n) < 0.015 + 0.2 * drifting),
         complaints=np.zeros(n, dtype=np.int64),
         activity=np.zeros(n, dtype=np.int64),
+        contacts=np.zeros(n, dtype=np.int64),
+        web_visits=np.zeros(n, dtype=np.int64),
         days_since=rng.integers(20, 200, size=n),
         liquid_history=np.repeat(liquid[:, None], 3, axis=1),
         value_history=np.zeros((n, 2)),
@@ -508,16 +517,14 @@ def _convert(
     pop: _Population,
     state: _State,
     income: FloatArray,
-    contacts: IntArray,
-    web_visits: IntArray,
 ) -> BoolArray:
-    """Prospects who open an account this month: better channels, income and contact help."""
+    """Prospects who open an account this month: channel, income and last month's contact."""
     logit = (
         CONVERSION_INTERCEPT
         + np.array(CHANNEL_CONVERSION_LOGIT)[pop.channel]
         + 0.6 * np.log(income / MEDIAN_INCOME)
-        + 0.3 * np.minimum(contacts, 5)
-        + 0.2 * np.minimum(web_visits, 8)
+        + 0.45 * np.minimum(state.contacts, 5)
+        + 0.2 * np.minimum(state.web_visits, 8)
         + 0.5 * np.log(pop.interest)
     )
     converts: BoolArray = (state.status == PROSPECT) & (
@@ -533,7 +540,6 @@ def _take_up(
     age: IntArray,
     income: FloatArray,
     tenure: IntArray,
-    contacts: IntArray,
     eligible: BoolArray,
 ) -> None:
     """Products added (life stage, holdings, new-customer zeal) and the rare ones given up."""
@@ -541,7 +547,7 @@ def _take_up(
     hazard = np.array(TAKE_UP_BASE) * np.exp(_affinity(pop, age, income, state.held))
     boost = np.where(tenure < NEW_CUSTOMER_MONTHS, NEW_CUSTOMER_TAKE_UP_BOOST, 1.0)
     boost = np.where((tenure >= NEW_CUSTOMER_MONTHS) & (tenure < 6), 3.0, boost)
-    boost = boost * (1 + 0.25 * contacts) * np.where(state.drift > 0, 0.1, 1.0)
+    boost = boost * (1 + 0.25 * state.contacts) * np.where(state.drift > 0, 0.1, 1.0)
     hazard *= boost[:, None]
     hazard[:, BL] *= np.isin(pop.occupation, (SELF_EMPLOYED, BUSINESS_OWNER)) + 0.05
     takes = eligible[:, None] & ~state.held & (rng.random((n, k)) < 1 - np.exp(-hazard))
@@ -668,29 +674,32 @@ def _simulate_month(
     """Transitions into month m, then that month's balances, behaviour, profit and tier."""
     n = pop.age0.shape[0]
     age = np.minimum(pop.age0 + (m + pop.birthday_offset) // 12, 95)
-    income = np.round(pop.income0 * 1.0015**m, 2)
+    grown = np.minimum(pop.income0 * (1 + INCOME_GROWTH) ** m, INCOME_RANGE[1])
+    income: FloatArray = np.round(grown, 2).astype(np.float64)
     prospect_before = state.status == PROSPECT
     customer_before = state.status == CUSTOMER
-
-    channel_contacts = np.array(CHANNEL_CAMPAIGN_CONTACTS)[pop.channel]
-    contacts = rng.poisson(np.where(prospect_before, channel_contacts, 0.25))
-    web_rate = np.where(
-        prospect_before, 1.2 * pop.interest * (1 + 0.8 * (pop.channel == 1)), 0.5 * pop.digital
-    )
-    web_visits = rng.poisson(web_rate)
 
     leaves = np.zeros(n, dtype=bool)
     if m > 0:
         leaves = _churn(rng, state, m - state.since, income)
-        converts = _convert(rng, pop, state, income, contacts, web_visits)
+        converts = _convert(rng, pop, state, income)
         state.status[converts] = CUSTOMER
         state.since[converts] = m
         state.held[converts] = _starter_products(rng, pop, age)[converts]
         state.balances[converts] = 0.0
         state.value_months[converts] = 0
         state.drift[converts] = 0
-        _take_up(rng, pop, state, age, income, m - state.since, contacts, customer_before & ~leaves)
+        _take_up(rng, pop, state, age, income, m - state.since, customer_before & ~leaves)
     tenure = np.where(state.status == CUSTOMER, m - state.since, 0)
+
+    # Contacts and web visits act on next month's conversion and take-up.
+    still_prospect = state.status == PROSPECT
+    channel_contacts = np.array(CHANNEL_CAMPAIGN_CONTACTS)[pop.channel]
+    contacts = rng.poisson(np.where(still_prospect, channel_contacts, 0.25))
+    web_rate = np.where(
+        still_prospect, 1.2 * pop.interest * (1 + 0.8 * (pop.channel == 1)), 0.5 * pop.digital
+    )
+    web_visits = rng.poisson(web_rate)
 
     _evolve_balances(rng, pop, state, age, income, tenure, market_return)
     behaviour = _behave(rng, pop, state, income)
@@ -740,7 +749,7 @@ def _simulate_month(
         "lifecycle": lifecycle,
         "age": age,
         "income": income,
-        "since": np.where(prospect_before & ~customer, NOT_A_CUSTOMER, state.since),
+        "since": state.since,
         "tenure_months": np.where(customer | leaves, m - state.since, 0),
         "balances": shown_balances,
         "held": shown_held,
@@ -761,6 +770,7 @@ def _simulate_month(
     state.status[leaves] = GONE
     state.complaints = complaints
     state.activity = behaviour.transactions + behaviour.logins
+    state.contacts, state.web_visits = contacts, web_visits
     liquid = b[:, list(DEPOSIT_COLUMNS + WEALTH_COLUMNS)].sum(axis=1)
     state.liquid_history = np.column_stack([liquid, state.liquid_history[:, :2]])
     state.value_history = np.column_stack([value, state.value_history[:, 0]])
@@ -834,7 +844,7 @@ def generate_book(
     rng = np.random.default_rng(seed)
     is_prospect = rng.random(customers) < PROSPECT_SHARE
     pop = _draw_population(rng, customers, is_prospect)
-    state = _initial_state(rng, pop, is_prospect, months)
+    state = _initial_state(rng, pop, is_prospect)
     chunks: list[_MonthRows] = []
     for m in range(months):
         market_return = float(rng.normal(0.004, 0.03))
