@@ -362,7 +362,7 @@ def _norms(
     norm[:, B_FUND] *= 1 + 0.5 * held[:, BROK]
     norm[:, B_INS] += 0.1 * income
     years_saving = np.clip(age - 25, 1, 40)
-    norm[:, B_PEN] = 0.04 * income * years_saving * _share_of_wallet(tenure)
+    norm[:, B_PEN] = 0.03 * income * years_saving * _share_of_wallet(tenure)
     norm[:, B_CARD] = income / 12 * 0.12 * pop.spend_affinity
     for column in LOAN_COLUMNS:
         norm[:, column] = pop.loan_size[:, column] * income
