@@ -301,7 +301,8 @@ def train_bundled(
             "cut-offs 25k / 100k / 500k / 2M EUR"
         )
     elif task is Task.RECOMMENDATION:
-        metrics = _recommendation_metrics(frame, booster, schema, split.test)
+        popularity = np.bincount(target[split.train], minlength=len(PRODUCTS)).astype(float)
+        metrics = _recommendation_metrics(frame, booster, schema, split.test, popularity)
     else:
         value_booster, metrics, thresholds = _prospect_value(
             frame, booster, schema, matrix, split, seed, max_rounds or MAX_ROUNDS
@@ -343,9 +344,17 @@ def _mask_cold_start(
 
 
 def _recommendation_metrics(
-    frame: TaskFrame, booster: lgb.Booster, schema: FeatureSchema, test: BoolArray
+    frame: TaskFrame,
+    booster: lgb.Booster,
+    schema: FeatureSchema,
+    test: BoolArray,
+    popularity: FloatArray,
 ) -> dict[str, Any]:
-    """MAP@7 and hit rate@3 over customer-months of the test month, all and new customers."""
+    """MAP@7 and hit rate@3 over customer-months of the test month, all and new customers.
+
+    A popularity ranking (products by how often the training months added them) is reported
+    alongside, so the model's figures can be read against the obvious baseline.
+    """
     test_rows = frame.features[test].reset_index(drop=True)
     keys = frame.customer_id[test].reset_index(drop=True)
     products = frame.target[test].reset_index(drop=True).to_numpy()
@@ -364,6 +373,12 @@ def _recommendation_metrics(
         "new_customers": evaluate.ranking_metrics(scores[new], held[new], added[new]),
         "new_customers_demographics_only": evaluate.ranking_metrics(
             predict(booster, cold[new]), np.zeros_like(held[new]), added[new] & ~held[new]
+        ),
+        "popularity_baseline_all_customers": evaluate.ranking_metrics(
+            np.broadcast_to(popularity, scores.shape), held, added
+        ),
+        "popularity_baseline_new_customers": evaluate.ranking_metrics(
+            np.broadcast_to(popularity, scores[new].shape), held[new], added[new]
         ),
     }
     return metrics
