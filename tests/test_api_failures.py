@@ -1,0 +1,128 @@
+"""The scoring API when its database fails: 503, nothing written, and recovery afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from app.db.migrate import upgrade
+from app.main import create_app
+from app.ml.manifest import Task
+from app.ml.registry import ModelRegistry
+from tests.conftest import customer_record
+from tests.db_support import TcpProxy, temporary_postgres_database
+
+
+def churn_customers(rows: pd.DataFrame, registry: ModelRegistry, n: int) -> list[dict[str, Any]]:
+    model = registry.get(Task.CHURN)
+    assert model is not None
+    return [customer_record(row, model.schema) for _, row in rows.head(n).iterrows()]
+
+
+def count_rows(url: str, customer_ids: list[str]) -> int:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            query = text("SELECT count(*) FROM score WHERE customer_id = ANY(:ids)")
+            if engine.dialect.name == "sqlite":
+                marks = ", ".join(f":id{i}" for i in range(len(customer_ids)))
+                query = text(f"SELECT count(*) FROM score WHERE customer_id IN ({marks})")
+                return int(
+                    connection.scalar(query, {f"id{i}": c for i, c in enumerate(customer_ids)}) or 0
+                )
+            return int(connection.scalar(query, {"ids": customer_ids}) or 0)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def proxied_postgres() -> Iterator[tuple[str, str, TcpProxy]]:
+    """A migrated PostgreSQL database, reached directly and through a proxy a test can cut."""
+    with temporary_postgres_database() as database_url:
+        upgrade(database_url)
+        direct = make_url(database_url)
+        proxy = TcpProxy("127.0.0.1", direct.port or 5432)
+        proxy.start()
+        try:
+            proxied = direct.set(port=proxy.port).render_as_string(hide_password=False)
+            yield database_url, proxied, proxy
+        finally:
+            proxy.stop()
+
+
+@pytest.mark.postgres
+def test_postgres_down_gives_503_and_writes_nothing(
+    proxied_postgres: tuple[str, str, TcpProxy],
+    settings_for: Any,
+    registry: ModelRegistry,
+    sample_rows: dict[str, pd.DataFrame],
+) -> None:
+    database_url, url, proxy = proxied_postgres
+    customers = churn_customers(sample_rows["existing"], registry, 3)
+    app = create_app(settings_for(url), registry)
+    with TestClient(app) as client:
+        assert client.post("/v1/churn/scores", json={"customers": customers[:1]}).status_code == 200
+        proxy.stop()
+        response = client.post("/v1/churn/scores", json={"customers": customers[1:]})
+        assert response.status_code == 503
+        problem = response.json()
+        assert problem["code"] == "database_unavailable"
+        assert "nothing was saved" in problem["detail"]
+        assert "psycopg" not in response.text.lower()  # no driver internals leak
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["database"] is False
+        proxy.start()
+        assert count_rows(database_url, [c["customer_id"] for c in customers[1:]]) == 0
+        again = client.post("/v1/churn/scores", json={"customers": customers[1:]})
+        assert again.status_code == 200
+        assert client.get("/readyz").status_code == 200
+    assert count_rows(database_url, [c["customer_id"] for c in customers]) == 3
+
+
+def test_broken_database_gives_503_and_writes_nothing(
+    tmp_path: Any,
+    settings_for: Any,
+    registry: ModelRegistry,
+    sample_rows: dict[str, pd.DataFrame],
+) -> None:
+    """A SQLite database whose score table is gone: the call fails whole, then recovers."""
+    url = f"sqlite:///{tmp_path / 'broken.db'}"
+    upgrade(url)
+    customers = churn_customers(sample_rows["existing"], registry, 2)
+    engine = create_engine(url)
+    app = create_app(settings_for(url), registry)
+    with TestClient(app) as client:
+        with engine.begin() as connection:
+            connection.execute(text("ALTER TABLE score RENAME TO score_away"))
+        response = client.post("/v1/churn/scores", json={"customers": customers})
+        assert response.status_code == 503
+        assert response.json()["code"] == "database_unavailable"
+        with engine.begin() as connection:
+            connection.execute(text("ALTER TABLE score_away RENAME TO score"))
+        assert count_rows(url, [c["customer_id"] for c in customers]) == 0
+        assert client.post("/v1/churn/scores", json={"customers": customers}).status_code == 200
+    assert count_rows(url, [c["customer_id"] for c in customers]) == 2
+    engine.dispose()
+
+
+def test_missing_model_gives_503(
+    database_url: str, settings_for: Any, models_dir: Any, sample_rows: dict[str, pd.DataFrame]
+) -> None:
+    full = ModelRegistry.load(models_dir)
+    partial = ModelRegistry(
+        {t: m for t, m in full.loaded.items() if t is not Task.PROSPECT},
+        {Task.PROSPECT: "no model"},
+    )
+    app = create_app(settings_for(database_url), partial)
+    with TestClient(app) as client:
+        response = client.post("/v1/prospect/scores", json={"customers": [{"customer_id": "p"}]})
+        assert response.status_code == 503
+        assert response.json()["code"] == "model_unavailable"
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "missing" in ready.json()["models"]["prospect"]
