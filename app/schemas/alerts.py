@@ -1,0 +1,135 @@
+"""Wire shapes of churn alerts: lifecycle requests, alert pages and an alert with its history."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+AlertStatus = Literal["open", "acknowledged", "resolved"]
+RiskBand = Literal["low", "medium", "high"]
+Outcome = Literal["retained", "lost", "not_reachable", "other"]
+EventKind = Literal[
+    "opened", "rescored", "below_threshold", "above_threshold", "acknowledged", "resolved"
+]
+
+StaffId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$",
+        description="The staff member acting. Taken from the body until authentication exists.",
+        examples=["rm-042"],
+    ),
+]
+Note = Annotated[str, Field(max_length=2000, description="Free text kept in the history.")]
+
+
+class AcknowledgeRequest(BaseModel):
+    """Take ownership of an open alert."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: StaffId
+    note: Note | None = None
+
+
+class ResolveRequest(BaseModel):
+    """Close an acknowledged alert with what happened."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: StaffId
+    outcome: Outcome
+    note: Note | None = None
+
+    @model_validator(mode="after")
+    def _other_needs_a_note(self) -> ResolveRequest:
+        if self.outcome == "other" and not (self.note and self.note.strip()):
+            raise ValueError("outcome 'other' needs a note saying what happened")
+        return self
+
+
+class AlertReason(BaseModel):
+    """One reason of the latest score, as the scoring response gave it."""
+
+    feature: str
+    value: str
+    contribution: float
+    direction: Literal["raises", "lowers"]
+    text: str
+
+
+class AlertSummary(BaseModel):
+    """An alert as listed: its state, owner and latest score."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    customer_id: str
+    status: AlertStatus
+    risk_band: RiskBand = Field(description="Band of the latest score.")
+    probability: float = Field(description="Churn probability of the latest score.")
+    peak_probability: float = Field(description="Highest probability while the alert was active.")
+    above_threshold: bool = Field(description="Whether the latest score is above the threshold.")
+    actions: list[str] = Field(description="Recommended retention actions, from the reasons.")
+    model_version: str | None
+    score_count: int = Field(description="Scores recorded on the alert, the opening one included.")
+    opened_at: datetime
+    last_scored_at: datetime
+    updated_at: datetime
+    owner: str | None = Field(description="Who acknowledged it, and so owns it.")
+    acknowledged_at: datetime | None
+    resolved_by: str | None
+    resolved_at: datetime | None
+    outcome: Outcome | None
+
+
+class AlertEventOut(BaseModel):
+    """One history entry: a score, a threshold crossing or a transition."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: EventKind
+    at: datetime
+    by: str | None
+    status: AlertStatus = Field(description="The alert's status after the event.")
+    probability: float | None
+    risk_band: RiskBand | None
+    request_id: str | None
+    note: str | None
+
+
+class AlertDetail(AlertSummary):
+    """An alert with its reasons and full history, oldest first."""
+
+    reasons: list[AlertReason]
+    resolution_note: str | None
+    opened_request_id: str
+    last_request_id: str
+    history: list[AlertEventOut]
+
+
+class AlertPage(BaseModel):
+    """One page of alerts, oldest opened first."""
+
+    total: int
+    limit: int
+    offset: int
+    items: list[AlertSummary]
+
+
+def alert_detail(alert: Any, history: list[Any]) -> AlertDetail:
+    """An ORM alert and its events in the wire shape."""
+    summary = AlertSummary.model_validate(alert, from_attributes=True)
+    return AlertDetail(
+        **summary.model_dump(),
+        reasons=[AlertReason.model_validate(r) for r in alert.reasons],
+        resolution_note=alert.resolution_note,
+        opened_request_id=alert.opened_request_id,
+        last_request_id=alert.last_request_id,
+        history=[AlertEventOut.model_validate(e, from_attributes=True) for e in history],
+    )
