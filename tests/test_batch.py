@@ -1,0 +1,384 @@
+"""Batch scoring: equal chunks, streaming output, bulk persistence and resuming after a crash.
+
+Persistence runs on a fresh SQLite file and a fresh PostgreSQL database per test, both built by
+the real migrations; the crash is a real one (SIGKILL in the middle of a chunk's transaction).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import Engine, text
+from typer.testing import CliRunner
+
+import app.services.batch_persist as batch_persist
+from app.cli import cli
+from app.config import PROJECT_ROOT, get_settings
+from app.db.migrate import upgrade
+from app.db.repository import ScoreRow, bulk_insert_scores, list_scores
+from app.db.session import create_db_engine, create_session_factory
+from app.ml.model import ScoringModel
+from app.services.batch import read_batches, rechunk, score_batches, score_file
+from app.services.batch_persist import DatabaseChunkSink, chunk_request_id, run_id_for
+from tests.db_support import temporary_postgres_database, temporary_sqlite_database
+
+CHUNK = 64
+ROWS = 300
+BAD_ROWS = 7
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def fresh_database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """An empty, migrated database per test: counts of rows are this test's alone."""
+    factory = (
+        temporary_sqlite_database if request.param == "sqlite" else temporary_postgres_database
+    )
+    with factory() as url:
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture
+def engine(fresh_database: str) -> Iterator[Engine]:
+    """An engine on the fresh database."""
+    engine = create_db_engine(fresh_database)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def churn_model(models_dir: Path) -> ScoringModel:
+    """The tiny churn model."""
+    return ScoringModel.load(models_dir / "churn" / "1", threads=2)
+
+
+@pytest.fixture
+def churn_file(prepared_book: pd.DataFrame, tmp_path: Path) -> Path:
+    """300 customers with full histories, 7 of them with an out-of-range age."""
+    known = prepared_book[
+        (prepared_book["lifecycle"] == "existing") & (prepared_book["history_months"] >= 3)
+    ]
+    rows = known.drop_duplicates("customer_id").head(ROWS).copy()
+    rows.loc[rows.index[10 : 10 + BAD_ROWS], "age"] = 7
+    path = tmp_path / "customers.parquet"
+    rows.to_parquet(path, index=False, row_group_size=100)
+    return path
+
+
+def stored(engine: Engine) -> list[tuple[str, str]]:
+    """(request_id, customer_id) of every stored score."""
+    with engine.connect() as connection:
+        result = connection.execute(text("SELECT request_id, customer_id FROM score"))
+        return [(str(r[0]), str(r[1])) for r in result]
+
+
+def valid_ids(path: Path) -> set[str]:
+    """Ids of the rows that pass validation."""
+    frame = pd.read_parquet(path)
+    return set(frame.loc[frame["age"] >= 18, "customer_id"])
+
+
+def test_rechunk_cuts_equal_chunks_across_batch_boundaries() -> None:
+    batches = [
+        pa.record_batch({"x": list(range(start, start + n))}) for start, n in [(0, 5), (5, 9)]
+    ]
+    chunks = list(rechunk(batches, 4))
+    assert [c.num_rows for c in chunks] == [4, 4, 4, 2]
+    assert [x for c in chunks for x in c.column(0).to_pylist()] == list(range(14))
+
+
+def test_csv_and_parquet_dataset_give_the_same_scores(
+    churn_model: ScoringModel, churn_file: Path, tmp_path: Path
+) -> None:
+    frame = pd.read_parquet(churn_file)
+    csv_path = tmp_path / "customers.csv"
+    frame.to_csv(csv_path, index=False)
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    frame.iloc[:150].to_parquet(dataset / "a.parquet", index=False)
+    frame.iloc[150:].to_parquet(dataset / "b.parquet", index=False)
+    results = []
+    for source in (churn_file, csv_path, dataset):
+        output = tmp_path / f"{source.stem}.scores.parquet"
+        summary = score_file(
+            churn_model, input_path=source, output_path=output, reasons=0, chunk_rows=CHUNK
+        )
+        assert (summary.rows_read, summary.rows_rejected, summary.chunks) == (ROWS, BAD_ROWS, 5)
+        results.append(pq.read_table(output))
+    assert results[0].equals(results[1]) and results[0].equals(results[2])
+    assert [len(b) for b in read_batches(csv_path, CHUNK)] == [64, 64, 64, 64, 44]
+
+
+def test_a_failed_run_leaves_no_output_and_a_clean_run_replaces_stale_rejects(
+    churn_model: ScoringModel, churn_file: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "scores.parquet"
+
+    class Failing:
+        def write(self, chunk: Any) -> int | None:
+            if chunk.index == 2:
+                raise RuntimeError("disk full")
+            return len(chunk.ids)
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        score_file(
+            churn_model, input_path=churn_file, output_path=output, chunk_rows=CHUNK, sink=Failing()
+        )
+    assert list(tmp_path.glob("scores*")) == []  # no truncated output, no partial files
+    (tmp_path / "scores.rejects.csv").write_text("stale\n")
+    clean = tmp_path / "clean.parquet"
+    pd.read_parquet(churn_file).query("age >= 18").to_parquet(clean, index=False)
+    summary = score_file(churn_model, input_path=clean, output_path=output, reasons=0)
+    assert summary.rows_rejected == 0 and summary.rejects_path is None
+    assert not (tmp_path / "scores.rejects.csv").exists()
+
+
+def test_bulk_insert_round_trips_json_and_timestamps(engine: Engine) -> None:
+    now = datetime(2026, 11, 28, 12, 30, 15, 123456, tzinfo=UTC)
+    rows = [
+        ScoreRow(
+            request_id="batch:test:0",
+            task="churn",
+            customer_id=f"C{i}",
+            model_name="churn",
+            model_version="1",
+            outputs={"probability": 0.1 * i, "band": "low"},
+            reasons=[f'a tab\there, a backslash \\ and a quote " {i}'],
+            features={"age": 40 + i, "region": "north", "card_spend": None, "flag": True},
+            created_at=now,
+        )
+        for i in range(3)
+    ]
+    with engine.begin() as connection:
+        assert bulk_insert_scores(connection, rows=rows) == 3
+    with create_session_factory(engine)() as session:
+        found, total = list_scores(session, customer_id="C2")
+    assert total == 1
+    assert found[0].outputs == {"probability": 0.2, "band": "low"}
+    assert found[0].reasons == ['a tab\there, a backslash \\ and a quote " 2']
+    assert found[0].features == {"age": 42, "region": "north", "card_spend": None, "flag": True}
+    assert found[0].created_at == now
+
+
+def test_persist_writes_each_valid_row_once_per_chunk(
+    churn_model: ScoringModel, churn_file: Path, engine: Engine, tmp_path: Path
+) -> None:
+    run_id = run_id_for(input_path=churn_file, model=churn_model, chunk_rows=CHUNK)
+    sink = DatabaseChunkSink(engine, model=churn_model, run_id=run_id)
+    output = tmp_path / "scores.parquet"
+    summary = score_file(
+        churn_model,
+        input_path=churn_file,
+        output_path=output,
+        reasons=2,
+        chunk_rows=CHUNK,
+        sink=sink,
+    )
+    assert (summary.chunks_persisted, summary.rows_persisted) == (5, ROWS - BAD_ROWS)
+    rows = stored(engine)
+    assert Counter(c for _, c in rows) == Counter(valid_ids(churn_file))
+    assert {r for r, _ in rows} == {chunk_request_id(run_id, i) for i in range(5)}
+    scored = pq.read_table(output).to_pandas().set_index("customer_id")
+    with create_session_factory(engine)() as session:
+        customer = str(scored.index[0])
+        (row,), _ = list_scores(session, customer_id=customer)
+    assert row.outputs["probability"] == scored.loc[customer, "probability"]
+    assert row.outputs["band"] == scored.loc[customer, "band"]
+    assert row.reasons == list(scored.loc[customer, "reasons"])
+    assert row.features["region"] in {"capital", "north", "south", "east", "west"}
+    assert isinstance(row.features["has_mortgage"], bool)
+
+
+def test_a_crash_inside_a_chunk_rolls_it_back_and_the_rerun_resumes(
+    churn_model: ScoringModel,
+    churn_file: Path,
+    engine: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_insert = bulk_insert_scores
+    calls: list[int] = []
+
+    def insert_then_fail_on_third(connection: Any, *, rows: Any) -> int:
+        calls.append(len(rows))
+        written = real_insert(connection, rows=rows)
+        if len(calls) == 3:  # rows are in, the commit is not: the chunk must vanish
+            raise ConnectionError("server went away")
+        return written
+
+    monkeypatch.setattr(batch_persist, "bulk_insert_scores", insert_then_fail_on_third)
+    run_id = run_id_for(input_path=churn_file, model=churn_model, chunk_rows=CHUNK)
+    sink = DatabaseChunkSink(engine, model=churn_model, run_id=run_id)
+    output = tmp_path / "scores.parquet"
+    with pytest.raises(ConnectionError):
+        score_file(
+            churn_model, input_path=churn_file, output_path=output, chunk_rows=CHUNK, sink=sink
+        )
+    assert {r for r, _ in stored(engine)} == {chunk_request_id(run_id, i) for i in (0, 1)}
+    monkeypatch.setattr(batch_persist, "bulk_insert_scores", real_insert)
+    summary = score_file(
+        churn_model, input_path=churn_file, output_path=output, chunk_rows=CHUNK, sink=sink
+    )
+    assert (summary.chunks_skipped, summary.chunks_persisted) == (2, 3)
+    assert Counter(c for _, c in stored(engine)) == Counter(valid_ids(churn_file))
+    again = score_file(
+        churn_model, input_path=churn_file, output_path=output, chunk_rows=CHUNK, sink=sink
+    )
+    assert (again.chunks_skipped, again.chunks_persisted) == (5, 0)
+    assert len(stored(engine)) == ROWS - BAD_ROWS
+
+
+KILLED_RUN = """
+import os, signal, sys
+from pathlib import Path
+import app.services.batch_persist as batch_persist
+from app.db.session import create_db_engine
+from app.ml.model import ScoringModel
+from app.services.batch import score_file
+from app.services.batch_persist import DatabaseChunkSink, run_id_for
+
+real_insert = batch_persist.bulk_insert_scores
+calls = []
+
+def insert_then_die(connection, *, rows):
+    calls.append(1)
+    written = real_insert(connection, rows=rows)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # mid-transaction: no rollback, no cleanup
+    return written
+
+batch_persist.bulk_insert_scores = insert_then_die
+model_dir, source, output, url, chunk = sys.argv[1:]
+model = ScoringModel.load(Path(model_dir))
+run_id = run_id_for(input_path=Path(source), model=model, chunk_rows=int(chunk))
+sink = DatabaseChunkSink(create_db_engine(url), model=model, run_id=run_id)
+score_file(
+    model,
+    input_path=Path(source),
+    output_path=Path(output),
+    reasons=0,
+    chunk_rows=int(chunk),
+    sink=sink,
+)
+"""
+
+
+def test_a_killed_run_leaves_whole_chunks_and_cvm_score_resumes_it(
+    churn_model: ScoringModel,
+    churn_file: Path,
+    fresh_database: str,
+    engine: Engine,
+    models_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    output = tmp_path / "scores.parquet"
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(KILLED_RUN),
+            str(models_dir / "churn" / "1"),
+            str(churn_file),
+            str(output),
+            fresh_database,
+            str(CHUNK),
+        ],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        capture_output=True,
+        timeout=120,
+    )
+    assert killed.returncode == -9, killed.stderr.decode()
+    run_id = run_id_for(input_path=churn_file, model=churn_model, chunk_rows=CHUNK)
+    rows = stored(engine)
+    assert {r for r, _ in rows} == {chunk_request_id(run_id, i) for i in (0, 1)}
+    first_chunks = pd.read_parquet(churn_file).head(2 * CHUNK).query("age >= 18")
+    assert Counter(c for _, c in rows) == Counter(first_chunks["customer_id"])
+    assert not output.exists()
+    monkeypatch.setenv("CVM_DATABASE_URL", fresh_database)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            cli,
+            [
+                "score",
+                "churn",
+                "--model",
+                str(models_dir / "churn" / "1"),
+                "--input",
+                str(churn_file),
+                "--output",
+                str(output),
+                "--persist",
+                "--chunk-rows",
+                str(CHUNK),
+                "--reasons",
+                "0",
+                "--backend",
+                "lightgbm",
+            ],
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "2 chunks were already saved" in result.output
+    assert Counter(c for _, c in stored(engine)) == Counter(valid_ids(churn_file))
+    assert pq.read_table(output).num_rows == ROWS - BAD_ROWS
+
+
+def test_the_run_id_follows_the_input_the_model_and_the_chunking(
+    churn_model: ScoringModel, churn_file: Path, models_dir: Path
+) -> None:
+    first = run_id_for(input_path=churn_file, model=churn_model, chunk_rows=CHUNK)
+    assert run_id_for(input_path=churn_file, model=churn_model, chunk_rows=CHUNK) == first
+    assert run_id_for(input_path=churn_file, model=churn_model, chunk_rows=CHUNK * 2) != first
+    other = ScoringModel.load(models_dir / "tier" / "1")
+    assert run_id_for(input_path=churn_file, model=other, chunk_rows=CHUNK) != first
+    stat = churn_file.stat()
+    os.utime(churn_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert run_id_for(input_path=churn_file, model=churn_model, chunk_rows=CHUNK) != first
+    assert len(chunk_request_id(first, 123_456)) <= 64  # fits score.request_id
+
+
+def test_chunks_stream_through_with_at_most_a_couple_in_flight(
+    churn_model: ScoringModel, churn_file: Path, tmp_path: Path
+) -> None:
+    """Memory stays flat: the scorer never pulls more than a chunk or two ahead of its writes."""
+    batch = next(read_batches(churn_file, CHUNK))
+    pulled = 0
+    ahead: list[int] = []
+
+    def endless() -> Iterator[pa.RecordBatch]:
+        nonlocal pulled
+        for _ in range(40):
+            pulled += 1
+            yield batch
+
+    class Recorder:
+        def write(self, chunk: Any) -> int | None:
+            ahead.append(pulled - chunk.index - 1)
+            return 0
+
+    summary = score_batches(
+        churn_model,
+        endless(),
+        output_path=tmp_path / "stream.parquet",
+        id_column="customer_id",
+        reasons=0,
+        sink=Recorder(),
+    )
+    assert summary.chunks == 40 and len(ahead) == 40
+    assert max(ahead) <= 3, ahead

@@ -1,0 +1,135 @@
+"""Compiled inference: built once per model file, cached, checked against LightGBM on load."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from app.ml.compiled import (
+    TOLERANCE,
+    check_rows,
+    compile_library,
+    library_path,
+    select_backend,
+    use_compiled,
+)
+from app.ml.model import ScoringModel
+from app.services.batch import score_file
+
+
+@pytest.fixture(scope="module")
+def compiled_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder for the module: each tiny model is compiled once."""
+    return tmp_path_factory.mktemp("compiled")
+
+
+@pytest.fixture(scope="module")
+def customers(prepared_book: pd.DataFrame) -> pd.DataFrame:
+    """Rows of existing customers with full histories."""
+    known = prepared_book[
+        (prepared_book["lifecycle"] == "existing") & (prepared_book["history_months"] >= 3)
+    ]
+    return known.head(2000)
+
+
+@pytest.mark.parametrize("task", ["churn", "tier"])
+def test_compiled_predictions_equal_lightgbm_and_are_cached(
+    task: str, models_dir: Path, compiled_cache: Path, customers: pd.DataFrame
+) -> None:
+    directory = models_dir / task / "1"
+    model = ScoringModel.load(directory, threads=2)
+    model_file = directory / model.manifest.model_file
+    status = use_compiled(
+        model, model_file=model_file, cache_dir=compiled_cache, compile_missing=True
+    )
+    assert status.backend == "compiled" and model.backend == "compiled"
+    assert status.library == library_path(compiled_cache, model, model_file)
+    assert status.library.parent == compiled_cache / task / "1"
+    assert status.compile_seconds is not None
+    assert status.max_difference is not None and status.max_difference <= TOLERANCE
+    matrix = model.schema.encode_columns({n: customers[n].tolist() for n in model.schema.names})
+    reference = model.booster.predict(matrix)
+    np.testing.assert_allclose(model.predict(matrix), reference, rtol=0, atol=TOLERANCE)
+    again = ScoringModel.load(directory, threads=2)
+    cached = use_compiled(
+        again, model_file=model_file, cache_dir=compiled_cache, compile_missing=False
+    )
+    assert cached.backend == "compiled" and cached.compile_seconds is None
+
+
+def test_auto_uses_a_cached_library_only_and_lightgbm_stays_available(
+    models_dir: Path, compiled_cache: Path, tmp_path: Path
+) -> None:
+    directory = models_dir / "churn" / "1"
+    model = ScoringModel.load(directory)
+    model_file = directory / model.manifest.model_file
+    empty = tmp_path / "empty-cache"
+    status = select_backend(model, model_file=model_file, choice="auto", cache_dir=empty)
+    assert status.backend == "lightgbm" and not empty.exists()  # never compiles on its own
+    compile_library(model_file, library_path(compiled_cache, model, model_file))
+    status = select_backend(model, model_file=model_file, choice="auto", cache_dir=compiled_cache)
+    assert status.backend == "compiled"
+    model.use_predictor(None)
+    assert model.backend == "lightgbm"
+    status = select_backend(
+        model, model_file=model_file, choice="lightgbm", cache_dir=compiled_cache
+    )
+    assert status.backend == "lightgbm"
+
+
+def test_a_library_that_disagrees_is_refused_with_a_warning(
+    models_dir: Path, compiled_cache: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = models_dir / "churn" / "1"
+    model = ScoringModel.load(source)
+    # Another model of the same features: the first 10 trees only.
+    shorter = tmp_path / "churn" / "1"
+    shutil.copytree(source, shorter)
+    model.booster.save_model(shorter / "model.txt", num_iteration=10)
+    other = ScoringModel.load(shorter)
+    wrong = library_path(compiled_cache, other, shorter / "model.txt")
+    wrong.parent.mkdir(parents=True, exist_ok=True)
+    # The full model's library filed under the short model's key: it must not be trusted.
+    compile_library(source / "model.txt", wrong)
+    with caplog.at_level(logging.WARNING, logger="app.ml.compiled"):
+        status = use_compiled(
+            other, model_file=shorter / "model.txt", cache_dir=compiled_cache, compile_missing=False
+        )
+    assert status.backend == "lightgbm" and other.backend == "lightgbm"
+    assert status.max_difference is not None and status.max_difference > TOLERANCE
+    assert "keeping LightGBM" in caplog.text
+
+
+def test_check_rows_reach_every_split_edge(models_dir: Path) -> None:
+    model = ScoringModel.load(models_dir / "churn" / "1")
+    rows = check_rows(model.booster, rows=512)
+    assert rows.shape == (512, len(model.schema.names))
+    assert np.isnan(rows).any() and np.isfinite(rows).any()
+
+
+def test_score_file_on_the_compiled_backend_matches_lightgbm(
+    models_dir: Path, compiled_cache: Path, customers: pd.DataFrame, tmp_path: Path
+) -> None:
+    directory = models_dir / "churn" / "1"
+    source = tmp_path / "customers.parquet"
+    customers.to_parquet(source, index=False)
+    outputs = []
+    for backend in ("lightgbm", "compiled"):
+        model = ScoringModel.load(directory, threads=2)
+        select_backend(
+            model, model_file=directory / "model.txt", choice=backend, cache_dir=compiled_cache
+        )
+        assert model.backend == backend
+        output = tmp_path / f"{backend}.parquet"
+        score_file(model, input_path=source, output_path=output, reasons=0)
+        outputs.append(pq.read_table(output).to_pandas())
+    lightgbm, compiled = outputs
+    assert lightgbm["customer_id"].equals(compiled["customer_id"])
+    np.testing.assert_allclose(compiled["probability"], lightgbm["probability"], atol=TOLERANCE)
+    assert (compiled["band"] == lightgbm["band"]).all()
