@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck models migrate bench clean
+.PHONY: run test lint typecheck models migrate bench bench-batch clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ models: $(STAMP)
 	for task in tier recommendation churn prospect; do \
 		$(BIN)/cvm train $$task --book var/book --out models/$$task/1 || exit 1; \
 	done
+
+# Batch scoring against raw LightGBM predict, 1M and 4M customers (issue 6; SCALING.md).
+bench-batch: $(STAMP)
+	$(BIN)/python bench/batch_bench.py
 
 migrate: $(STAMP)
 	$(BIN)/cvm db upgrade

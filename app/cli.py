@@ -29,6 +29,8 @@ cli = typer.Typer(
 )
 db_cli = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
+clients_cli = typer.Typer(help="API clients: keys, scopes, tenants.", no_args_is_help=True)
+cli.add_typer(clients_cli, name="clients")
 console = Console(stderr=True)
 
 
@@ -92,6 +94,16 @@ def train(
         str | None, typer.Option(help="Time column: split by time instead of at random.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for splits and training.")] = 7,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDRESS|local",
+            help="Train on a Dask cluster (lightgbm.dask): scheduler address, or 'local'.",
+        ),
+    ] = None,
+    rounds: Annotated[
+        int, typer.Option(min=1, help="Boosting rounds with --dask (it has no early stopping).")
+    ] = 200,
 ) -> None:
     """Train a model and write model.txt and manifest.json (test metrics included)."""
     from app.training.byod import DataSpec, train_from_file
@@ -99,6 +111,24 @@ def train(
 
     if (book is None) == (data is None):
         raise _fail("give exactly one of --book (synthetic book) or --data (your own file)")
+    if dask is not None:
+        from app.services.dask_scoring import dask_client
+        from app.training.distributed import train_on_dask
+
+        if book is None:
+            raise _fail("--dask trains from a --book")
+        try:
+            with (
+                console.status(f"Training {task.value} on Dask ({dask})"),
+                dask_client(dask) as client,
+            ):
+                manifest = train_on_dask(
+                    task, client=client, book_path=book, out_dir=out, seed=seed, rounds=rounds
+                )
+        except TrainingDataError as error:
+            raise _fail(str(error)) from error
+        console.print(f"wrote {out} ({manifest.num_trees} trees, trained on Dask)")
+        return
     with _progress() as progress:
         bar = progress.add_task(f"Training {task.value}", total=None)
 
@@ -154,8 +184,12 @@ def snapshot(
 @cli.command()
 def score(
     task: Annotated[Task, typer.Argument(help="Which kind of model scores the file.")],
-    input_path: Annotated[Path, typer.Option("--input", help="CSV or Parquet to score.")],
-    output: Annotated[Path, typer.Option(help="Parquet file to write.")],
+    input_path: Annotated[
+        Path, typer.Option("--input", help="CSV or Parquet (file or folder) to score.")
+    ],
+    output: Annotated[
+        Path, typer.Option(help="Parquet file to write (a folder of part files with --dask).")
+    ],
     model: Annotated[
         Path | None, typer.Option(help="Model folder; default: the active bundled model.")
     ] = None,
@@ -163,9 +197,42 @@ def score(
     id_column: Annotated[
         str | None, typer.Option("--id", help="Id column (default: manifest's).")
     ] = None,
-    threads: Annotated[int, typer.Option(min=1, help="Prediction threads.")] = 2,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="Prediction threads (default: every core; per task with --dask)."),
+    ] = None,
+    persist: Annotated[
+        bool,
+        typer.Option(
+            "--persist",
+            help="Also save the scores to the database, one transaction per chunk; "
+            "a rerun after a crash skips the chunks already committed.",
+        ),
+    ] = False,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            metavar="auto|lightgbm|compiled",
+            help="Prediction engine: compiled (lleaves; compiled once and cached), lightgbm, "
+            "or auto (compiled when already cached). Default from settings.",
+        ),
+    ] = None,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDRESS|local",
+            help="Score on a Dask cluster: scheduler address, or 'local' for this machine.",
+        ),
+    ] = None,
+    chunk_rows: Annotated[
+        int | None, typer.Option(min=1, help="Rows per chunk (default from settings).")
+    ] = None,
 ) -> None:
     """Score a file with a model: id, score, band or tier, top reasons."""
+    import os
+    import time
+
+    from app.ml.compiled import CompiledUnavailable, select_backend
     from app.ml.model import ModelLoadError, ScoringModel
     from app.ml.registry import available_versions
     from app.services.batch import count_rows, score_file
@@ -176,6 +243,9 @@ def score(
         if not versions:
             raise _fail(f"no {task.value} model under {settings.models_dir}")
         model = settings.models_dir / task.value / versions[-1]
+    chunk_rows = chunk_rows or settings.batch_chunk_rows
+    default_threads = 1 if dask is not None else (os.cpu_count() or 1)
+    threads = threads or settings.batch_threads or default_threads
     try:
         loaded = ScoringModel.load(model, threads=threads)
     except ModelLoadError as error:
@@ -184,24 +254,93 @@ def score(
         raise _fail(f"{model} holds a {loaded.manifest.task.value} model, not {task.value}")
     if not input_path.exists():
         raise _fail(f"input not found: {input_path}")
-    with _progress() as progress:
-        bar = progress.add_task("Scoring", total=count_rows(input_path))
+    database_url = settings.database_url if persist else None
+    started = time.perf_counter()
+    if dask is not None:
+        from app.services.dask_scoring import dask_client, score_on_dask
+
+        with _progress() as progress, dask_client(dask) as client:
+            bar = progress.add_task("Scoring on Dask", total=count_rows(input_path))
+            try:
+                summary = score_on_dask(
+                    client,
+                    model_dir=model,
+                    input_path=input_path,
+                    output_dir=output,
+                    id_column=id_column,
+                    reasons=reasons,
+                    chunk_rows=chunk_rows,
+                    threads=threads,
+                    database_url=database_url,
+                    on_partition=lambda rows: progress.advance(bar, rows),
+                )
+            except ValueError as error:
+                raise _fail(str(error)) from error
+        engine_name = "lightgbm"
+    else:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from app.db.errors import describe_db_error
+        from app.db.session import create_db_engine
+        from app.services.batch_persist import DatabaseChunkSink, run_id_for
+
         try:
-            summary = score_file(
+            status = select_backend(
                 loaded,
-                input_path=input_path,
-                output_path=output,
-                id_column=id_column,
-                reasons=reasons,
-                on_chunk=lambda rows: progress.advance(bar, rows),
+                model_file=model / loaded.manifest.model_file,
+                choice=backend or settings.batch_backend,
+                cache_dir=settings.compiled_dir,
             )
+        except CompiledUnavailable as error:
+            raise _fail(str(error)) from error
+        if status.compile_seconds is not None:
+            console.print(f"compiled the model in {status.compile_seconds:.1f} s")
+        if status.reason and (backend or settings.batch_backend) == "compiled":
+            console.print(f"[yellow]warning:[/yellow] using LightGBM: {status.reason}")
+        engine_name = loaded.backend
+        engine = create_db_engine(database_url) if database_url is not None else None
+        sink = None
+        if engine is not None:
+            run_id = run_id_for(input_path=input_path, model=loaded, chunk_rows=chunk_rows)
+            sink = DatabaseChunkSink(engine, model=loaded, run_id=run_id)
+        try:
+            with _progress() as progress:
+                bar = progress.add_task("Scoring", total=count_rows(input_path))
+                summary = score_file(
+                    loaded,
+                    input_path=input_path,
+                    output_path=output,
+                    id_column=id_column,
+                    reasons=reasons,
+                    chunk_rows=chunk_rows,
+                    sink=sink,
+                    on_chunk=lambda rows: progress.advance(bar, rows),
+                )
         except ValueError as error:
             raise _fail(str(error)) from error
+        except SQLAlchemyError as error:
+            raise _fail(
+                f"could not save the scores ({describe_db_error(error)}); committed chunks are "
+                "kept and a rerun resumes after them (is the database migrated? cvm db upgrade)"
+            ) from error
+        finally:
+            if engine is not None:
+                engine.dispose()
+        if sink is not None:
+            summary.run_id = sink.run_id
+    seconds = time.perf_counter() - started
     console.print(
         f"scored {summary.rows_scored:,} of {summary.rows_read:,} rows -> {output}; "
         f"rejected {summary.rows_rejected:,}"
         + (f" (see {summary.rejects_path})" if summary.rejects_path else "")
+        + f"; {seconds:.1f} s, {summary.rows_read / max(seconds, 1e-9):,.0f} rows/s"
+        + f" on {engine_name}"
     )
+    if persist:
+        console.print(
+            f"saved {summary.rows_persisted:,} rows in {summary.chunks_persisted} chunks "
+            f"(run {summary.run_id}); {summary.chunks_skipped} chunks were already saved"
+        )
 
 
 @cli.command()
@@ -257,6 +396,81 @@ def db_current() -> None:
 
 
 @cli.command()
+def dispatch(
+    once: Annotated[
+        bool, typer.Option("--once", help="Deliver what is due now, then exit (for cron).")
+    ] = False,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Messages claimed per round (default from settings).")
+    ] = None,
+    requeue_failed: Annotated[
+        bool,
+        typer.Option("--requeue-failed", help="First retry messages that ran out of attempts."),
+    ] = False,
+) -> None:
+    """Deliver alert notifications from the outbox (e-mail, webhook), retrying until they land.
+
+    Runs until Ctrl-C or SIGTERM, finishing the message in hand. Several may run at once.
+    With --once the exit code is 1 when any attempt failed (it will be retried).
+    """
+    import signal
+
+    from sqlalchemy.engine import make_url
+
+    from app.db.alert_repository import outbox_counts
+    from app.db.alert_repository import requeue_failed as requeue
+    from app.db.session import create_db_engine
+    from app.services.alerts import utc_now
+    from app.services.notifications import DispatchReport, build_dispatcher
+
+    settings = get_settings()
+    if batch_size is not None:
+        settings = settings.model_copy(update={"dispatch_batch_size": batch_size})
+    engine = create_db_engine(settings.database_url)
+    dispatcher = build_dispatcher(settings, engine)
+    if dispatcher is None:
+        engine.dispose()
+        raise _fail("no notification channel is on: set CVM_EMAIL_ENABLED or CVM_WEBHOOK_ENABLED")
+
+    def summary(report: DispatchReport) -> str:
+        return (
+            f"delivered {report.delivered}, retrying {report.retried}, failed {report.failed}"
+            + (f", digests composed {report.digests}" if report.digests else "")
+            + (f", released {report.released}" if report.released else "")
+        )
+
+    try:
+        database = make_url(settings.database_url).render_as_string(hide_password=True)
+        console.print(
+            f"dispatcher {dispatcher.name}: channels {', '.join(sorted(dispatcher.channels))}; "
+            f"database {database}"
+        )
+        if requeue_failed:
+            with engine.begin() as connection:
+                console.print(f"requeued {requeue(connection, now=utc_now())} failed messages")
+        if once:
+            with console.status("Delivering"):
+                report = dispatcher.drain()
+            with engine.connect() as connection:
+                left = outbox_counts(connection)
+            console.print(
+                f"{summary(report)}; outbox now: pending {left.get('pending', 0)}, "
+                f"delivered {left.get('delivered', 0)}, failed {left.get('failed', 0)}"
+            )
+            if report.retried or report.failed:
+                raise typer.Exit(code=1)
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda _signum, _frame: dispatcher.request_stop())
+        console.print("dispatching; Ctrl-C to stop")
+        dispatcher.run(on_round=lambda report: console.log(summary(report)))
+        console.print("stopped")
+    finally:
+        dispatcher.stop()
+        engine.dispose()
+
+
+@cli.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default from settings).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
@@ -274,7 +488,96 @@ def serve(
         workers=workers,
         log_config=None,
         access_log=False,
+        server_header=False,
     )
+
+
+@clients_cli.command("create")
+def clients_create(
+    name: Annotated[str, typer.Argument(help="Who the key is for, e.g. core-banking.")],
+    scopes: Annotated[
+        list[str],
+        typer.Option(
+            "--scopes",
+            help="scores:write, scores:read, alerts:read, alerts:write, models:read, admin "
+            "(repeat, or comma-separated).",
+        ),
+    ],
+    tenant: Annotated[
+        str | None, typer.Option(help="Limit the client to this tenant's data.")
+    ] = None,
+    rate_limit: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Requests per second (default from settings)."),
+    ] = None,
+) -> None:
+    """Create a client and print its API key once: only its hash is stored."""
+    from app.db.session import create_db_engine
+    from app.security.api_keys import create_client
+
+    wanted = [s for item in scopes for s in item.replace(",", " ").split()]
+    engine = create_db_engine(get_settings().database_url)
+    try:
+        info, key = create_client(
+            engine, name=name, scopes=wanted, tenant=tenant, rate_limit_per_s=rate_limit
+        )
+    except ValueError as error:
+        raise _fail(str(error)) from error
+    finally:
+        engine.dispose()
+    console.print(
+        f"created client {info.id} ({info.name}; scopes {' '.join(info.scopes)}"
+        + (f"; tenant {info.tenant}" if info.tenant else "")
+        + "). Its API key, shown this once:"
+    )
+    typer.echo(key)
+
+
+@clients_cli.command("revoke")
+def clients_revoke(
+    client_id: Annotated[str, typer.Argument(help="The client's id (cl_...).")],
+) -> None:
+    """Revoke a client's key; every replica refuses it within the auth cache TTL."""
+    from app.db.session import create_db_engine
+    from app.security.api_keys import revoke_client
+
+    settings = get_settings()
+    engine = create_db_engine(settings.database_url)
+    try:
+        revoked = revoke_client(engine, client_id=client_id)
+    finally:
+        engine.dispose()
+    if not revoked:
+        raise _fail(f"no active client {client_id}")
+    console.print(f"revoked {client_id}; refused everywhere within {settings.auth_cache_ttl_s:g} s")
+
+
+@clients_cli.command("list")
+def clients_list(
+    revoked: Annotated[bool, typer.Option("--revoked", help="Include revoked clients.")] = False,
+) -> None:
+    """List clients: id, name, key prefix, scopes, tenant (never a key)."""
+    from app.db.session import create_db_engine
+    from app.security.api_keys import list_clients
+
+    engine = create_db_engine(get_settings().database_url)
+    try:
+        clients = list_clients(engine, include_revoked=revoked)
+    finally:
+        engine.dispose()
+    table = Table("id", "name", "key", "scopes", "tenant", "rate/s", "created", "revoked")
+    for c in clients:
+        table.add_row(
+            c.id,
+            c.name,
+            c.key_prefix + "...",
+            " ".join(c.scopes),
+            c.tenant or "",
+            "" if c.rate_limit_per_s is None else f"{c.rate_limit_per_s:g}",
+            f"{c.created_at:%Y-%m-%d %H:%M}",
+            "" if c.revoked_at is None else f"{c.revoked_at:%Y-%m-%d %H:%M}",
+        )
+    Console(width=200).print(table)
 
 
 def main() -> None:

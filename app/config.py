@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +42,197 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
     log_json: bool = True
+
+    # Batch scoring and compiled inference
+    batch_chunk_rows: int = Field(
+        default=65_536, ge=1, description="Rows per chunk: one validation, predict and commit."
+    )
+    batch_threads: int | None = Field(
+        default=None, ge=1, description="Prediction threads for `cvm score`; None: every core."
+    )
+    batch_backend: str = Field(
+        default="auto",
+        pattern=r"^(auto|lightgbm|compiled)$",
+        description="auto: a compiled model when one is cached for the model file, else LightGBM.",
+    )
+    compiled_dir: Path = Field(
+        default=PROJECT_ROOT / "var" / "compiled",
+        description="Cache of compiled models: <task>/<version>/<sha256 of model file>.o.",
+    )
+
+    # Churn alerts and notifications
+    churn_alerts_enabled: bool = Field(
+        default=True, description="Open an alert when a churn score crosses the threshold."
+    )
+    churn_alert_band: Literal["medium", "high"] = Field(
+        default="high", description="Lowest risk band that opens an alert."
+    )
+    churn_alert_probability: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Probability that opens an alert; when set, it replaces the band threshold.",
+    )
+    retention_actions_file: Path = Field(
+        default=PROJECT_ROOT / "app" / "resources" / "retention_actions.json",
+        description="Retention actions recommended for each churn reason.",
+    )
+    email_enabled: bool = Field(default=False, description="Send alerts by e-mail (SMTP).")
+    email_from: str = "cvm@bank.example"
+    email_recipients: list[str] = Field(
+        default_factory=list, description='Staff addresses, as JSON: ["retention@bank.example"].'
+    )
+    email_digest_minutes: float = Field(
+        default=0,
+        ge=0,
+        description="0: one e-mail per alert; otherwise one digest per recipient per interval.",
+    )
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_starttls: bool = True
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout_s: float = Field(default=10.0, gt=0)
+    smtp_ca_file: Path | None = Field(
+        default=None, description="CA bundle to verify the SMTP server (default: system CAs)."
+    )
+    webhook_enabled: bool = Field(
+        default=False, description="Post alerts to the office-automation system's webhook."
+    )
+    webhook_url: str | None = Field(
+        default=None, description="HTTPS URL (plain HTTP only on loopback, for tests)."
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="Key of the HMAC-SHA256 signature of every webhook body."
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    dispatch_in_process: bool = Field(
+        default=False, description="Deliver notifications from the API process too."
+    )
+    dispatch_poll_s: float = Field(default=1.0, gt=0, description="Idle wait between polls.")
+    dispatch_batch_size: int = Field(default=50, ge=1, description="Messages claimed at once.")
+    dispatch_lease_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a claim holds; a killed dispatcher's messages are retried after.",
+    )
+    dispatch_max_attempts: int = Field(
+        default=30, ge=1, description="Attempts before a message is marked failed."
+    )
+    dispatch_backoff_base_s: float = Field(default=2.0, gt=0)
+    dispatch_backoff_max_s: float = Field(default=3600.0, gt=0)
+
+    # Security
+    auth_enabled: bool = Field(
+        default=True,
+        description="Require a credential everywhere but /healthz and /readyz (off: dev only).",
+    )
+    auth_cache_ttl_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="How long an API-key lookup is cached; a revoke takes effect within it.",
+    )
+    metrics_public: bool = Field(
+        default=True,
+        description="Serve /metrics without a credential (no customer data in it; keep scrapers "
+        "on the internal network). Off: needs the admin scope.",
+    )
+    docs_public: bool = Field(
+        default=False, description="Serve /docs and /openapi.json without a credential."
+    )
+    jwt_public_key_file: Path | None = Field(
+        default=None, description="PEM public key of the token issuer (enables bearer JWTs)."
+    )
+    jwt_jwks_file: Path | None = Field(
+        default=None, description="JWKS file of the token issuer (enables bearer JWTs)."
+    )
+    jwt_issuer: str | None = Field(default=None, description="Required `iss` of bearer JWTs.")
+    jwt_audience: str | None = Field(default=None, description="Required `aud` of bearer JWTs.")
+    jwt_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"])
+    jwt_scope_claim: str = Field(default="scope", description="Space-separated scopes, or a list.")
+    jwt_tenant_claim: str = "tenant"
+    jwt_leeway_s: float = Field(default=30.0, ge=0, le=300)
+    tenant_isolation: bool = Field(
+        default=True,
+        description="History and alert reads return only rows of the caller's tenant (rows "
+        "without a tenant to clients without one).",
+    )
+    rate_limit_per_s: float | None = Field(
+        default=1000.0, gt=0, description="Requests per second per client (None: no limit)."
+    )
+    rate_limit_burst: int = Field(default=200, ge=1, description="Requests allowed at once.")
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="redis://host:6379/0 to share rate limits across replicas; None: per process.",
+    )
+    redis_timeout_s: float = Field(
+        default=0.05, gt=0, description="Beyond this a Redis call fails over to local limits."
+    )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Larger request bodies are refused (413)."
+    )
+    strict_json: bool = Field(default=True, description="Refuse bodies with duplicate keys (422).")
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="Requests running longer are answered 504."
+    )
+    idempotency_ttl_s: float = Field(
+        default=86_400.0, gt=0, description="How long an Idempotency-Key's response is kept."
+    )
+    idempotency_lock_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="After this, a run whose replica died may be retried (> request_timeout_s).",
+    )
+    pseudonym_secret: SecretStr | None = Field(
+        default=None,
+        description="32+ byte secret: customer ids are stored as their HMAC-SHA256 under it.",
+    )
+    pseudonym_previous_secrets: list[SecretStr] = Field(
+        default_factory=list,
+        description="Secrets rotated out: history reads still find rows stored under them.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed to call the API (none: off)."
+    )
+    hsts_max_age_s: int = Field(
+        default=0, ge=0, description="Send Strict-Transport-Security with this max-age (0: off)."
+    )
+
+    @model_validator(mode="after")
+    def _check_notifications(self) -> Settings:
+        if self.email_enabled and not self.email_recipients:
+            raise ValueError("email_enabled needs at least one address in email_recipients")
+        if self.webhook_enabled:
+            if not self.webhook_url or self.webhook_secret is None:
+                raise ValueError("webhook_enabled needs webhook_url and webhook_secret")
+            url = urlsplit(self.webhook_url)
+            loopback = url.hostname in ("127.0.0.1", "localhost", "::1")
+            if url.scheme != "https" and not (url.scheme == "http" and loopback):
+                raise ValueError("webhook_url must be https:// (http:// only on loopback)")
+        # A claim must outlive one send, or a slow send could be retried by another dispatcher.
+        if self.dispatch_lease_s <= 2 * max(self.smtp_timeout_s, self.webhook_timeout_s):
+            raise ValueError("dispatch_lease_s must exceed twice the SMTP and webhook timeouts")
+        return self
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        if self.jwt_public_key_file is not None or self.jwt_jwks_file is not None:
+            if not self.jwt_issuer or not self.jwt_audience:
+                raise ValueError("bearer JWTs need jwt_issuer and jwt_audience")
+            # Symmetric algorithms would let anyone holding the public key mint tokens.
+            if not self.jwt_algorithms or any(a.startswith("HS") for a in self.jwt_algorithms):
+                raise ValueError("jwt_algorithms must be asymmetric (RS*, PS*, ES*, EdDSA)")
+        if self.idempotency_lock_s <= self.request_timeout_s:
+            raise ValueError("idempotency_lock_s must exceed request_timeout_s")
+        secrets = [self.pseudonym_secret, *self.pseudonym_previous_secrets]
+        if any(s is not None and len(s.get_secret_value().encode()) < 32 for s in secrets):
+            raise ValueError("pseudonymisation secrets must be at least 32 bytes")
+        if self.pseudonym_previous_secrets and self.pseudonym_secret is None:
+            raise ValueError("pseudonym_previous_secrets needs pseudonym_secret")
+        if "*" in self.cors_origins:
+            raise ValueError("cors_origins must name origins; '*' is not allowed")
+        return self
 
 
 @lru_cache

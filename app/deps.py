@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db.repository import TenantScope
 from app.ml.registry import ModelRegistry
+from app.security.errors import Forbidden, Unauthenticated
+from app.security.principal import Principal, Scope
+from app.security.pseudonyms import Pseudonymizer
 from app.services.scoring import ScoringService
 
 
@@ -42,8 +46,52 @@ def get_request_id(request: Request) -> str:
     return str(request.scope["state"]["request_id"])
 
 
+def get_principal(request: Request) -> Principal:
+    """The client the security middleware authenticated."""
+    principal: Principal | None = request.scope["state"].get("principal")
+    if principal is None:
+        raise Unauthenticated()
+    return principal
+
+
+def require(scope: Scope) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency that passes clients holding ``scope`` and answers 403 to the others."""
+
+    # async: a sync dependency would cost a thread-pool hop on every request.
+    async def holds_scope(request: Request) -> Principal:
+        principal = get_principal(request)
+        if scope.value not in principal.scopes:
+            raise Forbidden(f"this operation needs the {scope.value} scope")
+        return principal
+
+    holds_scope.__name__ = f"requires_{scope.name.lower()}"
+    return holds_scope
+
+
+async def get_tenant_scope(request: Request) -> TenantScope | None:
+    """The rows the caller may read: its tenant's when isolation is on, else every row."""
+    settings: Settings = request.app.state.settings
+    if not settings.tenant_isolation:
+        return None
+    return TenantScope(get_principal(request).tenant)
+
+
+async def get_pseudonymizer(request: Request) -> Pseudonymizer | None:
+    """The customer-id pseudonymizer, when a secret is configured."""
+    pseudonymizer: Pseudonymizer | None = request.app.state.pseudonymizer
+    return pseudonymizer
+
+
 ScoringDep = Annotated[ScoringService, Depends(get_scoring)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
+ScoresWriter = Annotated[Principal, Depends(require(Scope.SCORES_WRITE))]
+ScoresReader = Annotated[Principal, Depends(require(Scope.SCORES_READ))]
+AlertsReader = Annotated[Principal, Depends(require(Scope.ALERTS_READ))]
+AlertsWriter = Annotated[Principal, Depends(require(Scope.ALERTS_WRITE))]
+ModelsReader = Annotated[Principal, Depends(require(Scope.MODELS_READ))]
+Admin = Annotated[Principal, Depends(require(Scope.ADMIN))]
+TenantDep = Annotated[TenantScope | None, Depends(get_tenant_scope)]
+PseudonymizerDep = Annotated[Pseudonymizer | None, Depends(get_pseudonymizer)]

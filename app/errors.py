@@ -70,3 +70,11 @@ class DatabaseUnavailable(ServiceError):
     status = 503
     code = "database_unavailable"
     title = "Database unavailable"
+
+
+class Conflict(ServiceError):
+    """The request does not fit the resource's current state (e.g. an illegal transition)."""
+
+    status = 409
+    code = "conflict"
+    title = "Conflict"

@@ -9,16 +9,22 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from app.api import health, history, models, scores
+from app.api import alerts, health, history, models, scores
 from app.config import Settings, get_settings
 from app.db.group_commit import GroupCommitWriter
 from app.db.session import create_db_engine, create_session_factory
 from app.errors import InvalidInput, ServiceError
 from app.ml.registry import ModelRegistry
 from app.observability import Metrics, RequestContextMiddleware, configure_logging
+from app.security.middleware import SecurityMiddleware
+from app.security.openapi import document_security
+from app.security.setup import DOCS_PATHS, build_guard, build_pseudonymizer
+from app.services.alerts import ChurnAlerts
+from app.services.notifications import build_dispatcher
 from app.services.policies import EligibilityRules, load_service_plans
 from app.services.scoring import ScoringService, field_path
 
@@ -50,7 +56,12 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         service_plans=load_service_plans(settings.service_plans_file),
         eligibility=EligibilityRules.load(settings.eligibility_file),
         max_batch_size=settings.max_batch_size,
+        alerts=ChurnAlerts.from_settings(settings),
+        pseudonymizer=(pseudonymizer := build_pseudonymizer(settings)),
     )
+    guard = build_guard(settings, engine, docs_paths=DOCS_PATHS)
+    # The in-process dispatcher is optional: `cvm dispatch` can deliver the outbox instead.
+    dispatcher = build_dispatcher(settings, engine) if settings.dispatch_in_process else None
     metrics = Metrics()
     metrics.add_gauges(
         "cvm_group_commit",
@@ -61,6 +72,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         writer.start()
+        if dispatcher is not None:
+            dispatcher.start()
         log.info(
             "started",
             models={t.value: m.manifest.version for t, m in registry.loaded.items()},
@@ -70,6 +83,10 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             yield
         finally:
             writer.stop(timeout=30)
+            if dispatcher is not None:
+                dispatcher.stop(timeout=30)
+            if guard.limiter is not None:
+                await guard.limiter.close()
             engine.dispose()
 
     app = FastAPI(
@@ -87,10 +104,26 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.engine = engine
     app.state.session_factory = create_session_factory(engine)
     app.state.scoring = scoring
+    app.state.pseudonymizer = pseudonymizer
+    app.state.guard = guard
+    app.state.dispatcher = dispatcher
     app.state.metrics = metrics
-    for router in (health.router, scores.router, history.router, models.router):
+    for router in (health.router, scores.router, history.router, models.router, alerts.router):
         app.include_router(router)
+    # Added innermost first: request ids and access logs wrap CORS, which answers preflights
+    # before the security middleware asks for a credential.
+    app.add_middleware(SecurityMiddleware, guard=guard)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
+            expose_headers=["X-Request-ID", "Retry-After", "Idempotent-Replayed"],
+        )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    if not settings.auth_enabled:
+        log.warning("authentication_disabled", detail="every caller has every scope")
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, error: ServiceError) -> JSONResponse:
@@ -104,7 +137,9 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
-        log.error("unhandled_error", error_type=type(error).__name__, path=request.url.path)
+        # The route template, not the path: a path may hold a raw customer id.
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        log.error("unhandled_error", error_type=type(error).__name__, route=route)
         return problem_response(ServiceError("an unexpected error occurred"), request)
 
     app.openapi = lambda: _openapi(app, scoring)  # type: ignore[method-assign]
@@ -144,5 +179,6 @@ def _openapi(app: FastAPI, scoring: ScoringService) -> dict[str, Any]:
         schema = model.model_json_schema(ref_template=template)
         components.update(schema.pop("$defs", {}))
         components[model.__name__] = schema
+    document_security(spec)
     app.openapi_schema = spec
     return spec

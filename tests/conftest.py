@@ -21,6 +21,8 @@ from app.main import create_app
 from app.ml.manifest import Task
 from app.ml.registry import ModelRegistry
 from app.ml.schema import FeatureKind, FeatureSchema
+from app.security.api_keys import create_client
+from app.security.principal import ALL_SCOPES
 from app.training.features import prepare_book
 from app.training.synth import read_book, write_book
 from app.training.train import train_bundled
@@ -79,22 +81,22 @@ def settings_for(models_dir: Path) -> Any:
     """Build settings pointing at the tiny models and a given database."""
 
     def build(database_url: str, **overrides: Any) -> Settings:
-        return Settings(
-            database_url=database_url,
-            models_dir=models_dir,
-            log_json=True,
-            log_level="WARNING",
-            **overrides,
-        )
+        # Apps that test modules build for themselves send no credentials: authentication is
+        # off unless asked for. The `client` fixture and tests/test_security.py turn it on.
+        overrides.setdefault("auth_enabled", False)
+        overrides.setdefault("log_level", "WARNING")
+        overrides.setdefault("log_json", True)
+        return Settings(database_url=database_url, models_dir=models_dir, **overrides)
 
     return build
 
 
 @pytest.fixture
 def client(database_url: str, settings_for: Any, registry: ModelRegistry) -> Iterator[TestClient]:
-    """A running app on the tiny models and the parametrised database."""
-    app = create_app(settings_for(database_url), registry)
-    with TestClient(app) as test_client:
+    """A running app on the tiny models and the parametrised database; every scope's key."""
+    app = create_app(settings_for(database_url, auth_enabled=True), registry)
+    _, key = create_client(app.state.engine, name="tests", scopes=sorted(ALL_SCOPES))
+    with TestClient(app, headers={"X-API-Key": key}) as test_client:
         yield test_client
 
 

@@ -1,17 +1,18 @@
-"""Liveness, readiness and metrics: the endpoints that need no credentials."""
+"""Liveness, readiness and metrics: the endpoints that need no credentials (metrics: by default)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.db.session import database_is_reachable
-from app.deps import RegistryDep
+from app.deps import RegistryDep, require
 from app.schemas.responses import Readiness
+from app.security.principal import Scope
 
 router = APIRouter(tags=["health"])
 
@@ -33,7 +34,16 @@ async def readyz(request: Request, registry: RegistryDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-@router.get("/metrics", include_in_schema=False)
+_admin = require(Scope.ADMIN)
+
+
+async def metrics_access(request: Request) -> None:
+    """Public by default (counters only, no customer data); else the admin scope."""
+    if not request.app.state.settings.metrics_public:
+        await _admin(request)
+
+
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(metrics_access)])
 async def metrics(request: Request) -> Response:
     """Prometheus metrics."""
     return Response(

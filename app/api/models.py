@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from app.deps import RegistryDep, SettingsDep
+from app.deps import RegistryDep, SettingsDep, require
 from app.errors import NotFound
 from app.ml.manifest import Task
 from app.ml.model import ScoringModel
 from app.ml.registry import available_versions
 from app.schemas.responses import ModelCard, ModelSummary
+from app.security.principal import Scope
 
-router = APIRouter(prefix="/v1", tags=["models"])
+router = APIRouter(
+    prefix="/v1", tags=["models"], dependencies=[Depends(require(Scope.MODELS_READ))]
+)
 
 _HEADLINE_KEYS = ("roc_auc", "pr_auc", "accuracy", "macro_f1")
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from app.deps import RequestIdDep, ScoringDep
+from app.deps import RequestIdDep, ScoresWriter, ScoringDep
 from app.ml.manifest import Task
 from app.schemas.responses import (
     AssessmentResponse,
@@ -21,6 +21,7 @@ from app.schemas.responses import (
     RecommendationResponse,
     TierScoreResponse,
 )
+from app.security.audit import note
 
 router = APIRouter(prefix="/v1", tags=["scores"])
 
@@ -47,10 +48,13 @@ def json_response(content: dict[str, Any]) -> Response:
     return Response(orjson.dumps(content), media_type="application/json")
 
 
-async def _score(task: Task, request: Request, scoring: ScoringDep, request_id: str) -> Response:
-    result = await scoring.score(task, await request.body(), request_id)
+async def _score(
+    task: Task, request: Request, scoring: ScoringDep, request_id: str, caller: ScoresWriter
+) -> Response:
+    result = await scoring.score(task, await request.body(), request_id, tenant=caller.tenant)
     scoring_metrics = request.app.state.metrics.scores
     scoring_metrics.labels(task.value).inc(len(result["results"]))
+    note(request, task=task.value, customers=len(result["results"]))
     return json_response(result)
 
 
@@ -60,9 +64,11 @@ async def _score(task: Task, request: Request, scoring: ScoringDep, request_id: 
     responses=ERROR_RESPONSES,
     openapi_extra=body_schema("ChurnScoreRequest"),
 )
-async def churn_scores(request: Request, scoring: ScoringDep, request_id: RequestIdDep) -> Response:
+async def churn_scores(
+    request: Request, scoring: ScoringDep, request_id: RequestIdDep, caller: ScoresWriter
+) -> Response:
     """Churn risk over the next 3 months, risk band and reasons; saved before answering."""
-    return await _score(Task.CHURN, request, scoring, request_id)
+    return await _score(Task.CHURN, request, scoring, request_id, caller)
 
 
 @router.post(
@@ -71,9 +77,11 @@ async def churn_scores(request: Request, scoring: ScoringDep, request_id: Reques
     responses=ERROR_RESPONSES,
     openapi_extra=body_schema("TierScoreRequest"),
 )
-async def tier_scores(request: Request, scoring: ScoringDep, request_id: RequestIdDep) -> Response:
+async def tier_scores(
+    request: Request, scoring: ScoringDep, request_id: RequestIdDep, caller: ScoresWriter
+) -> Response:
     """Value-pyramid tier, service plan, next-tier gap and reasons; saved before answering."""
-    return await _score(Task.TIER, request, scoring, request_id)
+    return await _score(Task.TIER, request, scoring, request_id, caller)
 
 
 @router.post(
@@ -83,10 +91,10 @@ async def tier_scores(request: Request, scoring: ScoringDep, request_id: Request
     openapi_extra=body_schema("RecommendationScoreRequest"),
 )
 async def recommendations(
-    request: Request, scoring: ScoringDep, request_id: RequestIdDep
+    request: Request, scoring: ScoringDep, request_id: RequestIdDep, caller: ScoresWriter
 ) -> Response:
     """Top products not yet held, after eligibility rules; works from demographics alone."""
-    return await _score(Task.RECOMMENDATION, request, scoring, request_id)
+    return await _score(Task.RECOMMENDATION, request, scoring, request_id, caller)
 
 
 @router.post(
@@ -96,10 +104,10 @@ async def recommendations(
     openapi_extra=body_schema("ProspectScoreRequest"),
 )
 async def prospect_scores(
-    request: Request, scoring: ScoringDep, request_id: RequestIdDep
+    request: Request, scoring: ScoringDep, request_id: RequestIdDep, caller: ScoresWriter
 ) -> Response:
     """Conversion probability, value if converted, expected value and priority."""
-    return await _score(Task.PROSPECT, request, scoring, request_id)
+    return await _score(Task.PROSPECT, request, scoring, request_id, caller)
 
 
 @router.post(
@@ -108,6 +116,10 @@ async def prospect_scores(
     responses=ERROR_RESPONSES,
     openapi_extra=body_schema("AssessmentRequest"),
 )
-async def assessments(request: Request, scoring: ScoringDep, request_id: RequestIdDep) -> Response:
+async def assessments(
+    request: Request, scoring: ScoringDep, request_id: RequestIdDep, caller: ScoresWriter
+) -> Response:
     """One customer: lifecycle group and every score that applies to it, saved together."""
-    return json_response(await scoring.assess(await request.body(), request_id))
+    result = await scoring.assess(await request.body(), request_id, tenant=caller.tenant)
+    note(request, task="assessment", customers=1)
+    return json_response(result)

@@ -13,16 +13,20 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from app.db.errors import PersistenceUnavailable, describe_db_error
 from app.db.repository import ScoreRow, insert_scores
 
 logger = logging.getLogger(__name__)
+
+# Extra work a write needs in its rows' transaction (e.g. churn alerts and their outbox): it
+# runs on the same connection after the rows are inserted, and failing it fails the group.
+AfterInsert = Callable[[Connection], None]
 
 
 @dataclass(frozen=True)  # no slots: callers may read it with vars() or dataclasses.asdict()
@@ -42,6 +46,7 @@ class _PendingWrite:
     rows: Sequence[ScoreRow]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[None]
+    also: AfterInsert | None = None
 
 
 def _settle_future(future: asyncio.Future[None], error: BaseException | None) -> None:
@@ -124,9 +129,10 @@ class GroupCommitWriter:
         with self._condition:
             self._thread = None
 
-    async def write(self, rows: Sequence[ScoreRow]) -> None:
+    async def write(self, rows: Sequence[ScoreRow], *, also: AfterInsert | None = None) -> None:
         """Return once ``rows`` are committed; raise ``PersistenceUnavailable`` if they are not.
 
+        ``also`` runs in the same transaction, after the group's rows are inserted.
         Cancelling the caller stops the wait, not the write: queued rows are still committed.
         """
         if not rows:
@@ -136,16 +142,16 @@ class GroupCommitWriter:
         with self._condition:
             if not self._accepting:
                 raise PersistenceUnavailable("the score writer is not running")
-            self._queue.append(_PendingWrite(rows=rows, loop=loop, future=future))
+            self._queue.append(_PendingWrite(rows=rows, loop=loop, future=future, also=also))
             self._condition.notify()
         await future
 
-    def write_now(self, rows: Sequence[ScoreRow]) -> None:
-        """Insert and commit ``rows`` on the calling thread, outside any group (CLI, batch)."""
+    def write_now(self, rows: Sequence[ScoreRow], *, also: AfterInsert | None = None) -> None:
+        """Insert and commit ``rows`` (then ``also``) on the calling thread, outside any group."""
         if not rows:
             return
         try:
-            self._insert_and_commit(rows)
+            self._insert_and_commit(rows, () if also is None else (also,))
         except Exception as exc:
             self._count_failure(len(rows))
             raise PersistenceUnavailable(
@@ -194,8 +200,9 @@ class GroupCommitWriter:
 
     def _commit_group(self, group: list[_PendingWrite]) -> None:
         rows = [row for pending in group for row in pending.rows]
+        callbacks = [pending.also for pending in group if pending.also is not None]
         try:
-            self._insert_and_commit(rows)
+            self._insert_and_commit(rows, callbacks)
         except Exception as exc:
             reason = describe_db_error(exc)
             logger.error(
@@ -212,11 +219,15 @@ class GroupCommitWriter:
         for pending in group:
             self._settle(pending, None)
 
-    def _insert_and_commit(self, rows: Sequence[ScoreRow]) -> None:
+    def _insert_and_commit(
+        self, rows: Sequence[ScoreRow], callbacks: Sequence[AfterInsert] = ()
+    ) -> None:
         # engine.begin() commits on success and rolls back on any error, so a failed group
         # leaves nothing behind and its connection returns clean to the pool.
         with self._engine.begin() as connection:
             insert_scores(connection, rows=rows)
+            for callback in callbacks:
+                callback(connection)
 
     @staticmethod
     def _settle(pending: _PendingWrite, error: BaseException | None) -> None:

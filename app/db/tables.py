@@ -72,6 +72,8 @@ class Score(Base):
     reasons: Mapped[list[Any]] = mapped_column(JSONDocument)
     features: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The calling client's tenant (None: none); reads are limited to it when isolation is on.
+    tenant: Mapped[str | None] = mapped_column(String(64))
 
 
 # The Core table behind Score, for set-based statements that need no ORM objects.

@@ -111,7 +111,11 @@ def columns_model(task: Task, schema: FeatureSchema) -> type[BaseModel]:
 class ScoreRequestBase(BaseModel):
     """Options common to every scoring call."""
 
-    model_config = STRICT
+    # The one_layout rule below, stated in the schema too (clients and fuzzers read it there).
+    model_config = ConfigDict(
+        **STRICT,
+        json_schema_extra={"oneOf": [{"required": ["customers"]}, {"required": ["columns"]}]},
+    )
 
     reasons: ReasonCount = 5
     explain: ExplainMethod = "fast"

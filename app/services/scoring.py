@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from app.db.errors import PersistenceUnavailable
-from app.db.group_commit import GroupCommitWriter
+from app.db.group_commit import AfterInsert, GroupCommitWriter
 from app.db.repository import ScoreRow
 from app.errors import BatchTooLarge, DatabaseUnavailable, InvalidInput, ModelUnavailable
 from app.ml.explain import Explanation
@@ -31,6 +31,8 @@ from app.schemas.requests import (
     score_request_model,
 )
 from app.schemas.responses import ServicePlan
+from app.security.pseudonyms import Pseudonymizer
+from app.services.alerts import ChurnAlerts
 from app.services.next_tier import find_next_tier_gap
 from app.services.policies import EligibilityRules
 
@@ -111,8 +113,12 @@ class ScoringService:
         service_plans: dict[str, ServicePlan],
         eligibility: EligibilityRules,
         max_batch_size: int,
+        alerts: ChurnAlerts | None = None,
+        pseudonymizer: Pseudonymizer | None = None,
     ) -> None:
         self.registry = registry
+        self.alerts = alerts
+        self.pseudonymizer = pseudonymizer
         self.writer = writer
         self.service_plans = {k: v.model_dump() for k, v in service_plans.items()}
         self.eligibility = eligibility
@@ -169,16 +175,18 @@ class ScoringService:
             rows = [{n: data[n][i] for n in names} for i in range(len(ids))]
         return ScoreOptions.of(request), CustomerBatch(ids=ids, matrix=matrix, inputs=rows)
 
-    async def persist(self, rows: list[ScoreRow]) -> None:
-        """Wait until the rows are committed (group commit); 503 if they cannot be."""
+    async def persist(self, rows: list[ScoreRow], *, also: AfterInsert | None = None) -> None:
+        """Wait until the rows (and ``also``'s writes) are committed; 503 if they cannot be."""
         try:
-            await self.writer.write(rows)
+            await self.writer.write(rows, also=also)
         except PersistenceUnavailable as error:
             raise DatabaseUnavailable(
                 "the database is unavailable; nothing was saved, retry later"
             ) from error
 
-    async def score(self, task: Task, body: bytes, request_id: str) -> dict[str, Any]:
+    async def score(
+        self, task: Task, body: bytes, request_id: str, *, tenant: str | None = None
+    ) -> dict[str, Any]:
         """One scoring call: parse, compute, persist, respond (all or nothing)."""
         options, batch = self.parse(task, body)
         compute = self._compute[task]
@@ -187,7 +195,11 @@ class ScoringService:
         else:
             results = compute(options, batch)
         model = self.model(task)
-        await self.persist(self._rows(task, model, request_id, batch, results))
+        stored = self.stored_batch(batch)
+        alerts = self._churn_alerts(task, model, request_id, stored, results, tenant)
+        await self.persist(
+            self._rows(task, model, request_id, stored, results, tenant), also=alerts
+        )
         return {
             "request_id": request_id,
             "model": {"task": task.value, "version": model.manifest.version},
@@ -195,7 +207,9 @@ class ScoringService:
             "results": results,
         }
 
-    async def assess(self, body: bytes, request_id: str) -> dict[str, Any]:
+    async def assess(
+        self, body: bytes, request_id: str, *, tenant: str | None = None
+    ) -> dict[str, Any]:
         """Everything that applies to one customer, by lifecycle group, saved together."""
         try:
             request = self.assessment_model.model_validate_json(body)
@@ -222,6 +236,7 @@ class ScoringService:
             **dict.fromkeys(_ASSESSMENT_KEYS.values()),
         }
         rows: list[ScoreRow] = []
+        alerts: AfterInsert | None = None
         for task in LIFECYCLE_TASKS[lifecycle]:
             model = self.model(task)
             names = {"customer_id", *model.schema.names}
@@ -238,9 +253,37 @@ class ScoringService:
             results = self._compute[task](options, batch)
             response[_ASSESSMENT_KEYS[task]] = results[0]
             response["models"].append({"task": task.value, "version": model.manifest.version})
-            rows.extend(self._rows(task, model, request_id, batch, results))
-        await self.persist(rows)
+            stored = self.stored_batch(batch)
+            rows.extend(self._rows(task, model, request_id, stored, results, tenant))
+            alerts = alerts or self._churn_alerts(task, model, request_id, stored, results, tenant)
+        await self.persist(rows, also=alerts)
         return response
+
+    def stored_batch(self, batch: CustomerBatch) -> CustomerBatch:
+        """The batch as it is saved: customer ids pseudonymised when a secret is configured."""
+        if self.pseudonymizer is None:
+            return batch
+        return replace(batch, ids=self.pseudonymizer.pseudonyms(batch.ids))
+
+    def _churn_alerts(
+        self,
+        task: Task,
+        model: ScoringModel,
+        request_id: str,
+        batch: CustomerBatch,
+        results: list[dict[str, Any]],
+        tenant: str | None = None,
+    ) -> AfterInsert | None:
+        """Churn results open or update alerts in the scores' own transaction."""
+        if task is not Task.CHURN or self.alerts is None:
+            return None
+        return self.alerts.observe(
+            customer_ids=batch.ids,
+            results=results,
+            request_id=request_id,
+            model_version=model.manifest.version,
+            tenant=tenant,
+        )
 
     @staticmethod
     def _rows(
@@ -249,6 +292,7 @@ class ScoringService:
         request_id: str,
         batch: CustomerBatch,
         results: list[dict[str, Any]],
+        tenant: str | None = None,
     ) -> list[ScoreRow]:
         now = datetime.now(UTC)
         rows: list[ScoreRow] = []
@@ -279,6 +323,7 @@ class ScoringService:
                     else reasons,
                     features=inputs,
                     created_at=now,
+                    tenant=tenant,
                 )
             )
         return rows

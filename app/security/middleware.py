@@ -1,0 +1,397 @@
+"""One pure-ASGI middleware for everything a request passes before its handler.
+
+In order: security headers on every response; public paths pass; credential (401); rate limit
+(429); body read up to the limit (413) and checked for duplicate keys (422); Idempotency-Key
+(replay, 409, 422); all within the request timeout (504); then one audit line. Scopes are
+checked per route by dependencies (403), since only the route knows what it needs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import orjson
+import structlog
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import DatabaseUnavailable, InvalidInput, ServiceError
+from app.security.api_keys import KeyCache, find_active_client, key_digest, looks_like_api_key
+from app.security.errors import (
+    IdempotencyInProgress,
+    IdempotencyMismatch,
+    PayloadTooLarge,
+    RateLimited,
+    RequestTimeout,
+    SecurityError,
+    Unauthenticated,
+)
+from app.security.idempotency import MAX_KEY_LENGTH, IdempotencyStore, KeyMaterial
+from app.security.principal import ANONYMOUS, Principal
+from app.security.rate_limit import RateLimiter
+from app.security.strict_json import duplicate_key
+from app.security.tokens import TokenVerifier
+
+PROBLEM_JSON = b"application/problem+json"
+_MAX_TOKEN = 4096
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_PURGE_EVERY_S = 600.0
+
+# Loggers are taken per app (not at import): structlog caches a logger with the output and
+# level configured when it is first used, and each app configures logging when it is built.
+
+
+def security_headers(*, hsts_max_age_s: int, docs: bool) -> list[tuple[bytes, bytes]]:
+    """Headers added to every response (the docs page may load its scripts and styles)."""
+    headers = [
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"cache-control", b"no-store"),
+        (b"cross-origin-resource-policy", b"same-origin"),
+        (
+            b"content-security-policy",
+            b"frame-ancestors 'none'" if docs else b"default-src 'none'; frame-ancestors 'none'",
+        ),
+    ]
+    if hsts_max_age_s:
+        headers.append(
+            (b"strict-transport-security", f"max-age={hsts_max_age_s}; includeSubDomains".encode())
+        )
+    return headers
+
+
+@dataclass
+class Guard:
+    """What the middleware needs, built once by the app factory."""
+
+    engine: Engine
+    auth_enabled: bool
+    keys: KeyCache
+    tokens: TokenVerifier | None
+    limiter: RateLimiter | None
+    idempotency: IdempotencyStore
+    idempotency_secret: bytes
+    max_body_bytes: int
+    strict_json: bool
+    request_timeout_s: float
+    public_paths: frozenset[str]
+    docs_paths: frozenset[str]
+    hsts_max_age_s: int = 0
+    _last_purge: float = field(default_factory=time.monotonic)
+    log: Any = field(default_factory=lambda: structlog.get_logger("cvm.security"))
+    audit: Any = field(default_factory=lambda: structlog.get_logger("cvm.audit"))
+
+    async def authenticate(self, scope: Scope) -> Principal:
+        """The caller named by the Authorization (Bearer) or X-API-Key header, or 401."""
+        if not self.auth_enabled:
+            return ANONYMOUS
+        token: str | None = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, credentials = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer":
+                    token = credentials.strip()
+            elif name == b"x-api-key":
+                token = value.decode("latin-1").strip()
+        if not token or len(token) > _MAX_TOKEN:
+            raise Unauthenticated()
+        principal: Principal | None = None
+        if looks_like_api_key(token):
+            digest = key_digest(token)
+            found, principal = self.keys.get(digest)
+            if not found:
+                try:
+                    principal = await anyio.to_thread.run_sync(
+                        lambda: find_active_client(self.engine, digest=digest)
+                    )
+                except SQLAlchemyError as error:
+                    raise DatabaseUnavailable(
+                        "credentials cannot be checked right now; retry later"
+                    ) from error
+                self.keys.put(digest, principal)
+        elif self.tokens is not None:
+            principal = self.tokens.verify(token)
+        if principal is None:
+            raise Unauthenticated()
+        return principal
+
+    async def purge_now_and_then(self) -> None:
+        """Delete expired idempotency records, at most every few minutes per process."""
+        now = time.monotonic()
+        if now - self._last_purge < _PURGE_EVERY_S:
+            return
+        self._last_purge = now
+        try:
+            purged = await anyio.to_thread.run_sync(self.idempotency.purge_expired)
+        except SQLAlchemyError as error:
+            self.log.warning("idempotency_purge_failed", error_type=type(error).__name__)
+        else:
+            if purged:
+                self.log.info("idempotency_purged", records=purged)
+
+
+class _Exchange:
+    """One request's progress, for the audit line and the error path."""
+
+    __slots__ = ("outcome", "principal", "started", "status")
+
+    def __init__(self) -> None:
+        self.status = 500
+        self.started = False
+        self.principal: Principal | None = None
+        self.outcome = "ok"
+
+
+class SecurityMiddleware:
+    """Headers, authentication, rate limits, body limits, idempotency, timeout and audit."""
+
+    def __init__(self, app: ASGIApp, guard: Guard) -> None:
+        self.app = app
+        self.guard = guard
+        self.headers = security_headers(hsts_max_age_s=guard.hsts_max_age_s, docs=False)
+        self.docs_headers = security_headers(hsts_max_age_s=guard.hsts_max_age_s, docs=True)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        extra = self.docs_headers if path in self.guard.docs_paths else self.headers
+        exchange = _Exchange()
+
+        async def send_secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                exchange.started = True
+                exchange.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        if path in self.guard.public_paths:
+            await self.app(scope, receive, send_secured)
+            return
+        try:
+            with anyio.fail_after(self.guard.request_timeout_s):
+                await self._guarded(scope, receive, send_secured, exchange)
+        except ServiceError as error:
+            exchange.outcome = error.code
+            if exchange.started:
+                raise
+            headers = error.headers if isinstance(error, SecurityError) else None
+            await _send_problem(send_secured, error, path, headers)
+        except TimeoutError:
+            exchange.outcome = "timeout"
+            if not exchange.started:
+                timeout = RequestTimeout(
+                    f"the request took longer than {self.guard.request_timeout_s:g} s"
+                )
+                await _send_problem(send_secured, timeout, path)
+        finally:
+            self._audit(scope, exchange)
+
+    async def _guarded(
+        self, scope: Scope, receive: Receive, send: Send, exchange: _Exchange
+    ) -> None:
+        guard = self.guard
+        principal = await guard.authenticate(scope)
+        exchange.principal = principal
+        scope.setdefault("state", {})["principal"] = principal
+        if guard.limiter is not None:
+            wait = await guard.limiter.wait_s(principal.client_id, principal.rate_limit_per_s)
+            if wait > 0:
+                raise RateLimited(wait)
+        if scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(scope, receive, guard.max_body_bytes)
+        if body is None:
+            exchange.outcome = "client_disconnected"
+            return
+        if guard.strict_json and body:
+            duplicate = duplicate_key(body)
+            if duplicate is not None:
+                raise InvalidInput(
+                    f"duplicate key {duplicate[:64]!r} in the JSON body",
+                    extra={"errors": [{"field": "body", "message": "duplicate key"}]},
+                )
+        replayed = _replay(body, receive)
+        idempotency_key = _header(scope, b"idempotency-key")
+        if idempotency_key is None or scope["method"] != "POST":
+            await self.app(scope, replayed, send)
+            return
+        await self._idempotent(scope, replayed, send, principal, idempotency_key, body)
+
+    async def _idempotent(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        principal: Principal,
+        idempotency_key: str,
+        body: bytes,
+    ) -> None:
+        guard = self.guard
+        if not 0 < len(idempotency_key) <= MAX_KEY_LENGTH or not idempotency_key.isprintable():
+            raise InvalidInput(
+                f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters"
+            )
+        material = KeyMaterial.derive(
+            secret=guard.idempotency_secret, client_id=principal.client_id, key=idempotency_key
+        )
+        request_digest = material.request_digest(scope["method"], scope["path"], body)
+        claim = await _in_thread(
+            lambda: guard.idempotency.claim(
+                client_id=principal.client_id,
+                key_digest=material.digest,
+                request_digest=request_digest,
+            )
+        )
+        if claim.outcome == "mismatch":
+            raise IdempotencyMismatch(
+                "this Idempotency-Key was already used with another request; use a new key"
+            )
+        if claim.outcome == "in_progress":
+            raise IdempotencyInProgress()
+        if claim.outcome == "replay":
+            opened = material.open(claim.response or b"")
+            if opened is None or claim.status is None:
+                raise IdempotencyMismatch("this Idempotency-Key cannot be replayed; use a new key")
+            content_type, stored = opened
+            headers = [
+                (b"content-type", content_type.encode()),
+                (b"content-length", str(len(stored)).encode()),
+                (b"idempotent-replayed", b"true"),
+            ]
+            await send({"type": "http.response.start", "status": claim.status, "headers": headers})
+            await send({"type": "http.response.body", "body": stored})
+            return
+        assert claim.record_id is not None
+        record_id = claim.record_id
+        # The response is held until it is stored: once a client has it, a retry replays it.
+        held: list[Message] = []
+
+        async def hold(message: Message) -> None:
+            held.append(message)
+
+        try:
+            await self.app(scope, receive, hold)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await _release(guard, record_id)
+            raise
+        start = next((m for m in held if m["type"] == "http.response.start"), None)
+        status = int(start["status"]) if start is not None else 500
+        if status >= 500:
+            await _release(guard, record_id)
+        else:
+            assert start is not None
+            content_type = next(
+                (v.decode("latin-1") for k, v in start.get("headers", ()) if k == b"content-type"),
+                "application/json",
+            )
+            response = b"".join(
+                m.get("body", b"") for m in held if m["type"] == "http.response.body"
+            )
+            sealed = material.seal(content_type, response)
+            try:
+                await _in_thread(
+                    lambda: guard.idempotency.complete(
+                        record_id=record_id, status=status, response=sealed
+                    )
+                )
+            except DatabaseUnavailable:
+                guard.log.warning("idempotency_not_recorded", status=status)
+            await guard.purge_now_and_then()
+        for message in held:
+            await send(message)
+
+    def _audit(self, scope: Scope, exchange: _Exchange) -> None:
+        principal = exchange.principal
+        route = scope.get("route")
+        state = scope.get("state", {})
+        self.guard.audit.info(
+            "audit",
+            request_id=state.get("request_id"),
+            client=principal.client_id if principal else None,
+            tenant=principal.tenant if principal else None,
+            auth=principal.method if principal else None,
+            method=scope["method"],
+            route=getattr(route, "path", "unmatched"),
+            status=exchange.status,
+            outcome=exchange.outcome,
+            **state.get("audit", {}),
+        )
+
+
+async def _in_thread(call: Callable[[], Any]) -> Any:
+    try:
+        return await anyio.to_thread.run_sync(call)
+    except SQLAlchemyError as error:
+        raise DatabaseUnavailable("the database is unavailable; nothing was done") from error
+
+
+async def _release(guard: Guard, record_id: int) -> None:
+    try:
+        await _in_thread(lambda: guard.idempotency.release(record_id=record_id))
+    except DatabaseUnavailable:
+        # The record stays claimed until idempotency_lock_s passes; a retry then runs again.
+        guard.log.warning("idempotency_not_released")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+    """The whole body, refused with 413 as soon as it exceeds ``limit`` (None: client left)."""
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body exceeds {limit} bytes", extra={"limit": limit})
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:  # chunked, or a Content-Length that lied
+            raise PayloadTooLarge(f"the request body exceeds {limit} bytes", extra={"limit": limit})
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Callable[[], Awaitable[Message]]:
+    pending = True
+
+    async def replayed() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+async def _send_problem(
+    send: Send, error: ServiceError, path: str, headers: dict[str, str] | None = None
+) -> None:
+    body = orjson.dumps(error.problem(instance=path))
+    raw_headers = [
+        (b"content-type", PROBLEM_JSON),
+        (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()),
+    ]
+    await send({"type": "http.response.start", "status": error.status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})

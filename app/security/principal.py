@@ -1,0 +1,46 @@
+"""The authenticated caller and the scopes it may hold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Scope(StrEnum):
+    """What a credential allows; `admin` does not imply the others."""
+
+    SCORES_WRITE = "scores:write"
+    SCORES_READ = "scores:read"
+    ALERTS_READ = "alerts:read"
+    ALERTS_WRITE = "alerts:write"
+    MODELS_READ = "models:read"
+    ADMIN = "admin"
+
+
+ALL_SCOPES: frozenset[str] = frozenset(s.value for s in Scope)
+
+
+def parse_scopes(values: str | list[str] | tuple[str, ...]) -> frozenset[str]:
+    """Known scopes from a space- or comma-separated string or a list; unknown ones dropped."""
+    items = values.replace(",", " ").split() if isinstance(values, str) else values
+    return frozenset(item for item in items if item in ALL_SCOPES)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated client: the id used in logs, limits and idempotency, and its rights."""
+
+    client_id: str
+    name: str
+    scopes: frozenset[str]
+    tenant: str | None = None
+    method: str = "api_key"
+    rate_limit_per_s: float | None = None
+
+    def allows(self, scope: Scope) -> bool:
+        """Whether this client holds ``scope``."""
+        return scope.value in self.scopes
+
+
+# With authentication off (development only) every request runs as this client.
+ANONYMOUS = Principal(client_id="anonymous", name="anonymous", scopes=ALL_SCOPES, method="none")
