@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import lightgbm as lgb
 import numpy as np
@@ -18,6 +19,16 @@ FloatArray = npt.NDArray[np.float64]
 
 class ModelLoadError(RuntimeError):
     """A model directory is missing, malformed or disagrees with its manifest."""
+
+
+class Predictor(Protocol):
+    """A prediction engine that stands in for ``Booster.predict`` with the same outputs."""
+
+    backend: str
+
+    def predict(self, matrix: FloatArray, *, threads: int) -> FloatArray:
+        """Outputs of ``Booster.predict`` (not raw scores) for a float64 matrix."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,8 @@ class ScoringModel:
         self.threads = threads
         self.booster = booster
         self.value_booster = value_booster
+        # None: LightGBM itself, the reference every other engine is checked against.
+        self.predictor: Predictor | None = None
         self.explainer = PathExplainer.from_booster(booster)
         names = booster.feature_name()
         if names != manifest.feature_schema.names:
@@ -116,7 +129,18 @@ class ScoringModel:
     def predict(self, matrix: FloatArray) -> FloatArray:
         """Probability of the positive class (binary, shape (n,)), per class (multiclass, (n, k))
         or the value (regression)."""
+        if self.predictor is not None:
+            return self.predictor.predict(matrix, threads=self.threads)
         return np.asarray(self.booster.predict(matrix, num_threads=self.threads), dtype=np.float64)
+
+    @property
+    def backend(self) -> str:
+        """The engine behind ``predict``: "lightgbm" or the predictor's name."""
+        return "lightgbm" if self.predictor is None else self.predictor.backend
+
+    def use_predictor(self, predictor: Predictor | None) -> None:
+        """Run ``predict`` on another engine (None: back to LightGBM); explanations stay on it."""
+        self.predictor = predictor
 
     def probabilities_from_raw(self, raw: FloatArray) -> FloatArray:
         """The same outputs as ``predict``, from an explanation's raw scores (no second pass)."""
