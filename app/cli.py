@@ -477,8 +477,13 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
 ) -> None:
     """Run the HTTP service with uvicorn."""
+    import os
+
     import uvicorn
 
+    # One request is one row: OpenMP threads would only contend with the event loop. Must be
+    # set before LightGBM loads (the app factory imports it).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     settings = get_settings()
     uvicorn.run(
         "app.main:create_app",

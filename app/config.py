@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=1000, ge=1)
     group_commit_max_rows: int = Field(default=5000, ge=1)
     group_commit_max_wait_ms: float = Field(
-        default=0.0,
+        default=1.0,
         ge=0,
         description="Extra wait for more rows once one is queued (load batches anyway).",
     )

@@ -1,4 +1,8 @@
-"""Dependencies injected into routes, one ``Annotated`` alias each."""
+"""Dependencies injected into routes, one ``Annotated`` alias each.
+
+Cheap dependencies are ``async``: FastAPI runs a sync dependency in the thread pool, two thread
+hops per request that cost more than the scoring itself.
+"""
 
 from __future__ import annotations
 
@@ -17,19 +21,19 @@ from app.security.pseudonyms import Pseudonymizer
 from app.services.scoring import ScoringService
 
 
-def get_scoring(request: Request) -> ScoringService:
+async def get_scoring(request: Request) -> ScoringService:
     """The scoring service built at start-up."""
     service: ScoringService = request.app.state.scoring
     return service
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     """The loaded models."""
     registry: ModelRegistry = request.app.state.registry
     return registry
 
 
-def get_settings_dep(request: Request) -> Settings:
+async def get_settings_dep(request: Request) -> Settings:
     """The settings the app was created with."""
     settings: Settings = request.app.state.settings
     return settings
@@ -41,7 +45,7 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_request_id(request: Request) -> str:
+async def get_request_id(request: Request) -> str:
     """The id of this request (from X-Request-ID or generated)."""
     return str(request.scope["state"]["request_id"])
 

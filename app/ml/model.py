@@ -142,6 +142,14 @@ class ScoringModel:
         """Run ``predict`` on another engine (None: back to LightGBM); explanations stay on it."""
         self.predictor = predictor
 
+    def raw_scores(self, matrix: FloatArray) -> FloatArray:
+        """Raw scores (n, k), no contributions: log-odds for binary, per class for multiclass."""
+        raw = np.asarray(
+            self.booster.predict(matrix, raw_score=True, num_threads=self.threads),
+            dtype=np.float64,
+        )
+        return raw.reshape(len(matrix), -1)
+
     def probabilities_from_raw(self, raw: FloatArray) -> FloatArray:
         """The same outputs as ``predict``, from an explanation's raw scores (no second pass)."""
         if self.manifest.objective is Objective.BINARY:
