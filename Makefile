@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck models migrate bench bench-batch clean
+.PHONY: run test lint typecheck models migrate bench bench-batch clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,3 +42,10 @@ migrate: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var/book .pytest_cache .mypy_cache .ruff_cache
+
+# Scoring service vs a bare endpoint on the same server and MLServer; interleaved rounds
+# (bench/README.md). Needs wrk (apt-get install -y wrk); builds MLServer's venv in var/bench once.
+# Options: make bench BENCH_ARGS="--database postgres --rounds 5"
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 2; }
+	$(BIN)/python bench/serve_bench.py $(BENCH_ARGS)

@@ -382,7 +382,9 @@ def start_process(
 
 def start_service(models_dir: Path, database_url: str, port: int, log: Path) -> Server:
     """Our service (with the bare route), migrated, ready to score, with its API key if any."""
+    # One OpenMP thread, as `cvm serve` sets: a request is one row.
     env = {**os.environ, "CVM_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
+    env.setdefault("OMP_NUM_THREADS", "1")
     key_file = BENCH_VAR / "api-key"
     key_file.unlink(missing_ok=True)
     command = [sys.executable, str(Path(__file__).resolve()), "--serve"]
@@ -415,8 +417,16 @@ def start_mlserver(repository: Path) -> Server:
     base_url = f"http://127.0.0.1:{settings['http_port']}"
     log = BENCH_VAR / "logs" / f"{repository.name}.log"
     # cwd under var/: MLServer writes a .metrics folder into its working directory.
+    # The same single OpenMP thread as our service, so neither side is slowed by spinning.
+    env = {**os.environ}
+    env.setdefault("OMP_NUM_THREADS", "1")
     server = start_process(
-        repository.name, [str(MLSERVER_BIN), "start", str(repository)], log, BENCH_VAR, base_url
+        repository.name,
+        [str(MLSERVER_BIN), "start", str(repository)],
+        log,
+        BENCH_VAR,
+        base_url,
+        env,
     )
     server.wait_ready("/v2/models/churn/ready")
     return server
