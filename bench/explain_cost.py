@@ -8,7 +8,7 @@ row (repeated over distinct rows) and for batches of 1,000 rows:
 * ``booster.predict(pred_contrib=True)`` (exact TreeSHAP; fewer repetitions, it is slow).
 
 Predict and explain are timed in interleaved rounds so that noise from other processes hits both
-alike; each figure is the median over rounds. Usage::
+alike; the best round (as ``timeit`` advises) and the median are both printed. Usage::
 
     .venv/bin/python bench/explain_cost.py --trees 300 --leaves 63 --rows 20000 --features 40
 """
@@ -66,31 +66,31 @@ def per_row_us(call: Callable[[FloatArray], object], inputs: list[FloatArray]) -
 
 def interleaved(
     calls: dict[str, Callable[[FloatArray], object]], inputs: list[FloatArray], rounds: int
-) -> dict[str, float]:
-    """Median per-row cost of each call, rounds interleaved so drift affects all of them."""
+) -> dict[str, list[float]]:
+    """Per-row cost of each call in every round, rounds interleaved so drift hits all alike."""
     for call in calls.values():  # warm-up: caches, lazy initialisation, thread pools
         call(inputs[0])
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
             samples[name].append(per_row_us(call, inputs))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
 
 
 def accumulators(explainer: PathExplainer, X: FloatArray) -> dict[str, Callable[[], object]]:
-    """Ways to sum per-leaf contributions (binary model), given LightGBM's leaf indices.
+    """Ways to sum the per-leaf table rows (binary model), given LightGBM's leaf indices.
 
-    The dense per-leaf vectors held by the explainer are compared with the sparse alternative
-    (each leaf's (feature, delta) pairs along its path, padded to the longest path).
+    The explainer's dense rows (contributions, bias, leaf value) are compared with the sparse
+    alternative: each leaf's nonzero (column, value) pairs, padded to the longest.
     """
-    dense = explainer._leaf_contributions
+    dense = explainer._leaf_table
     width = dense.shape[1]
     leaves = np.asarray(explainer.booster.predict(X, pred_leaf=True), dtype=np.int32)
-    leaf_rows = np.add(leaves, explainer._tree_offsets, dtype=np.intp)
+    leaf_rows = leaves + explainer._tree_offsets
     n, trees = leaf_rows.shape
     nonzero = dense != 0
     depth = int(nonzero.sum(axis=1).max())
-    slots = np.full((len(dense), depth), width - 1, dtype=np.int32)  # padding adds 0 to the bias
+    slots = np.zeros((len(dense), depth), dtype=np.int32)  # padding adds 0.0 to column 0
     deltas = np.zeros((len(dense), depth))
     for leaf, row in enumerate(nonzero):
         columns = np.flatnonzero(row)
@@ -121,17 +121,21 @@ def accumulators(explainer: PathExplainer, X: FloatArray) -> dict[str, Callable[
     def dense_block_matmul() -> object:
         return [ones @ dense[leaf_rows[i : i + block]] for i in range(0, n, block)]
 
+    def dense_block_einsum() -> object:
+        return [np.einsum("rtw->rw", dense[leaf_rows[i : i + block]]) for i in range(0, n, block)]
+
     return {
         f"sparse (padded to {depth}) + np.bincount": sparse_bincount,
         f"sparse (padded to {depth}) + np.add.at": sparse_add_at,
         "dense, loop over trees": dense_tree_loop,
         f"dense, {block}-row blocks, .sum(axis)": dense_block_sum,
-        f"dense, {block}-row blocks, ones @ (used)": dense_block_matmul,
+        f"dense, {block}-row blocks, ones @ (BLAS)": dense_block_matmul,
+        f"dense, {block}-row blocks, einsum (used)": dense_block_einsum,
     }
 
 
-def median_call_us(call: Callable[[], object], repeat: int, rounds: int) -> float:
-    """Median over rounds of the mean microseconds per call."""
+def best_call_us(call: Callable[[], object], repeat: int, rounds: int) -> float:
+    """Fastest round's mean microseconds per call."""
     call()
     samples = []
     for _ in range(rounds):
@@ -139,7 +143,7 @@ def median_call_us(call: Callable[[], object], repeat: int, rounds: int) -> floa
         for _ in range(repeat):
             call()
         samples.append((time.perf_counter() - start) * 1e6 / repeat)
-    return statistics.median(samples)
+    return min(samples)
 
 
 def tree_depths(booster: lgb.Booster) -> list[int]:
@@ -164,6 +168,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20000, help="training rows")
     parser.add_argument("--features", type=int, default=40)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--model", help="time this LightGBM model file instead (inputs: random, with NaNs)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="LightGBM predict threads (0: its default, all)"
+    )
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
     parser.add_argument("--single-rows", type=int, default=300, help="distinct rows per round")
     parser.add_argument("--contrib-single-rows", type=int, default=20)
@@ -173,73 +183,96 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    X, y = synthetic_book(args.rows, args.features, args.seed)
     start = time.perf_counter()
-    booster = train(X, y, args.trees, args.leaves, args.seed)
-    train_s = time.perf_counter() - start
+    if args.model:
+        booster = lgb.Booster(model_file=args.model)
+        args.features = booster.num_feature()
+        origin = f"loaded from {args.model}"
+    else:
+        X, y = synthetic_book(args.rows, args.features, args.seed)
+        booster = train(X, y, args.trees, args.leaves, args.seed)
+        origin = f"trained on {args.rows} rows in {time.perf_counter() - start:.1f} s"
     start = time.perf_counter()
-    explainer = PathExplainer.from_booster(booster)
+    explainer = PathExplainer.from_booster(booster, num_threads=args.threads)
     load_ms = (time.perf_counter() - start) * 1e3
 
     X_score, _ = synthetic_book(max(BATCH, args.single_rows), args.features, args.seed + 1)
+    k = booster.num_model_per_iteration()
     raw = np.asarray(booster.predict(X_score, raw_score=True), dtype=np.float64)
+    raw = raw.reshape(len(X_score), k)
     explanation = explainer.explain(X_score)
-    additivity_error = float(np.abs(explanation.contributions.sum(-1)[:, 0] - raw).max())
-    score_error = float(np.abs(explanation.raw_score[:, 0] - raw).max())
+    additivity_error = float(np.abs(explanation.contributions.sum(-1) - raw).max())
+    score_error = float(np.abs(explanation.raw_score - raw).max())
 
     singles = [X_score[i : i + 1] for i in range(args.single_rows)]
+    threads = {"num_threads": args.threads} if args.threads > 0 else {}
+
+    def predict(X: FloatArray) -> object:
+        return booster.predict(X, **threads)
+
     calls: dict[str, Callable[[FloatArray], object]] = {
-        "predict": booster.predict,
+        "predict": predict,
         "explain": explainer.explain,
     }
     single = interleaved(calls, singles, args.rounds)
     batch = interleaved(calls, [X_score[:BATCH]] * 3, args.rounds)
 
     def contrib(X: FloatArray) -> object:
-        return booster.predict(X, pred_contrib=True)
+        return booster.predict(X, pred_contrib=True, **threads)
 
     contrib_single = per_row_us(contrib, singles[: args.contrib_single_rows])
     contrib_batch = per_row_us(contrib, [X_score[: args.contrib_batch_rows]])
 
     depths = tree_depths(booster)
+    leaves = [tree["num_leaves"] for tree in booster.dump_model()["tree_info"]]
     print(
-        f"model: {booster.num_trees()} trees, {args.leaves} leaves max, {args.features} features;"
-        f" leaf depth mean {np.mean(depths):.1f}, max {max(depths)};"
-        f" trained on {args.rows} rows in {train_s:.1f} s"
+        f"model: {booster.num_trees()} trees ({k} per iteration), {max(leaves)} leaves max,"
+        f" {args.features} features; leaf depth mean {np.mean(depths):.1f}, max {max(depths)};"
+        f" {origin}"
     )
     print(
         f"explainer: tables {explainer.table_bytes / 2**20:.1f} MiB, built in {load_ms:.0f} ms;"
         f" |sum(contrib) - raw| max {additivity_error:.1e}, |raw_score - raw| max {score_error:.1e}"
     )
-    print(f"machine: {os.cpu_count()} cores, LightGBM {lgb.__version__}, numpy {np.__version__}")
-    print()
-    print(f"{'method':<28}{'1 row (us/row)':>16}{f'{BATCH} rows (us/row)':>20}")
-    rows = [
-        ("booster.predict", single["predict"], batch["predict"]),
-        ("PathExplainer.explain", single["explain"], batch["explain"]),
-        ("pred_contrib (TreeSHAP)", contrib_single, contrib_batch),
-    ]
-    for label, one, many in rows:
-        print(f"{label:<28}{one:>16.1f}{many:>20.1f}")
-    print()
     print(
-        f"ratio explain/predict:   1 row {single['explain'] / single['predict']:.2f}x,"
-        f" {BATCH} rows {batch['explain'] / batch['predict']:.2f}x"
+        f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f},"
+        f" LightGBM threads {args.threads or 'default'},"
+        f" LightGBM {lgb.__version__}, numpy {np.__version__}"
     )
+    print()
+    print(f"us/row over {args.rounds} interleaved rounds: best (median)")
+    print(f"{'method':<26}{'1 row':>20}{f'{BATCH} rows':>20}")
+    for label, name in (("booster.predict", "predict"), ("PathExplainer.explain", "explain")):
+        one, many = single[name], batch[name]
+        one_text = f"{min(one):.1f} ({statistics.median(one):.1f})"
+        many_text = f"{min(many):.1f} ({statistics.median(many):.1f})"
+        print(f"{label:<26}{one_text:>20}{many_text:>20}")
+    print(f"{'pred_contrib (TreeSHAP)':<26}{contrib_single:>20.0f}{contrib_batch:>20.0f}")
+    print()
+    for stat_name, stat in (("best", min), ("median", statistics.median)):
+        one_ratio = stat(single["explain"]) / stat(single["predict"])
+        many_ratio = stat(batch["explain"]) / stat(batch["predict"])
+        print(
+            f"ratio explain/predict ({stat_name}):".ljust(34)
+            + f"1 row {one_ratio:.2f}x, {BATCH} rows {many_ratio:.2f}x"
+        )
     print(
-        f"ratio treeshap/predict:  1 row {contrib_single / single['predict']:.0f}x,"
-        f" {BATCH} rows {contrib_batch / batch['predict']:.0f}x"
+        "ratio treeshap/predict (best):".ljust(34)
+        + f"1 row {contrib_single / min(single['predict']):.0f}x,"
+        + f" {BATCH} rows {contrib_batch / min(batch['predict']):.0f}x"
     )
 
-    if args.accumulators:
+    if args.accumulators and k > 1:
+        print("\n--accumulators times binary models only")
+    elif args.accumulators:
         print()
-        print(f"{'summing step only, us/row':<44}{'1 row':>10}{f'{BATCH} rows':>12}")
+        print(f"{'summing step only, best us/row':<48}{'1 row':>8}{f'{BATCH} rows':>12}")
         one_row = accumulators(explainer, X_score[:1])
         many_rows = accumulators(explainer, X_score[:BATCH])
         for label, sum_one in one_row.items():
-            one_us = median_call_us(sum_one, repeat=200, rounds=args.rounds)
-            many_us = median_call_us(many_rows[label], repeat=3, rounds=args.rounds) / BATCH
-            print(f"{label:<44}{one_us:>10.1f}{many_us:>12.1f}")
+            one_us = best_call_us(sum_one, repeat=200, rounds=args.rounds)
+            many_us = best_call_us(many_rows[label], repeat=3, rounds=args.rounds) / BATCH
+            print(f"{label:<48}{one_us:>8.1f}{many_us:>12.1f}")
 
 
 if __name__ == "__main__":

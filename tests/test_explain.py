@@ -150,6 +150,21 @@ def test_single_rows_and_chunks_match_one_batch(
     np.testing.assert_allclose(single.contributions[0], whole.contributions[42], atol=1e-12)
 
 
+def test_thread_count_does_not_change_the_numbers(
+    model: tuple[lgb.Booster, int], X: FloatArray
+) -> None:
+    booster, _ = model
+
+    default = PathExplainer.from_booster(booster).explain(X)
+    one_thread = PathExplainer.from_booster(booster, num_threads=1).explain(X)
+
+    np.testing.assert_array_equal(one_thread.contributions, default.contributions)
+    np.testing.assert_array_equal(
+        exact_explanation(booster, X[:20], num_threads=1).contributions,
+        exact_explanation(booster, X[:20]).contributions,
+    )
+
+
 def test_empty_batch_keeps_the_layout(model: tuple[lgb.Booster, int], X: FloatArray) -> None:
     booster, k = model
 

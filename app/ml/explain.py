@@ -60,17 +60,21 @@ def _averages_iterations(booster: lightgbm.Booster) -> bool:
     return bool(booster.dump_model(num_iteration=1).get("average_output", False))
 
 
+def _threads(num_threads: int) -> dict[str, Any]:
+    """Predict keyword for LightGBM; none at all when 0, so its default stays in charge."""
+    return {"num_threads": num_threads} if num_threads > 0 else {}
+
+
 def _check_matrix(X: np.ndarray, n_features: int) -> None:
     """Reject input LightGBM would misread or fail on with a less useful message."""
     if X.ndim != 2 or X.shape[1] != n_features:
         raise ValueError(f"expected a 2-D array with {n_features} columns, got shape {X.shape}")
 
 
-def _tree_leaf_table(tree: dict[str, Any], n_features: int) -> tuple[FloatArray, FloatArray]:
-    """Per-leaf contribution vectors (bias in the last column) and leaf values of one tree."""
+def _tree_leaf_table(tree: dict[str, Any], n_features: int) -> FloatArray:
+    """One row per leaf of one tree: its contributions, bias, then its leaf value."""
     num_leaves = int(tree["num_leaves"])
-    contributions = np.zeros((num_leaves, n_features + 1))
-    leaf_values = np.zeros(num_leaves)
+    table = np.zeros((num_leaves, n_features + 2))
     root: dict[str, Any] = tree["tree_structure"]
     root_value = float(root["leaf_value"] if "leaf_value" in root else root["internal_value"])
     # Iterative walk: leaf-wise trees can be far deeper than Python's recursion limit allows.
@@ -80,10 +84,9 @@ def _tree_leaf_table(tree: dict[str, Any], n_features: int) -> tuple[FloatArray,
         if "leaf_value" in node:
             if "leaf_coeff" in node:
                 raise ValueError("linear_tree models are not supported: leaves are not constants")
-            leaf = int(node.get("leaf_index", 0))
-            leaf_values[leaf] = node["leaf_value"]
-            row = contributions[leaf]
+            row = table[int(node.get("leaf_index", 0))]
             row[n_features] = root_value
+            row[n_features + 1] = node["leaf_value"]
             for feature, delta in path:
                 row[feature] += delta
             continue
@@ -95,7 +98,7 @@ def _tree_leaf_table(tree: dict[str, Any], n_features: int) -> tuple[FloatArray,
                 child["leaf_value"] if "leaf_value" in child else child["internal_value"]
             )
             stack.append((child, [*path, (feature, child_value - parent_value)]))
-    return contributions, leaf_values
+    return table
 
 
 class PathExplainer:
@@ -106,24 +109,25 @@ class PathExplainer:
         *,
         booster: lightgbm.Booster,
         num_iteration: int,
-        num_outputs: int,
         feature_names: tuple[str, ...],
-        leaf_contributions: FloatArray,
-        leaf_values: FloatArray,
-        tree_offsets: npt.NDArray[np.int32],
+        leaf_table: FloatArray,
+        tree_offsets: npt.NDArray[np.intp],
+        num_threads: int = 0,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
     ) -> None:
         if chunk_rows < 1:
             raise ValueError("chunk_rows must be positive")
         self.booster = booster
         self.num_iteration = num_iteration
-        self.num_outputs = num_outputs
+        self.num_threads = num_threads
+        self.num_outputs = len(tree_offsets) // num_iteration
         self.feature_names = feature_names
         self.n_features = len(feature_names)
         self.chunk_rows = chunk_rows
-        self._leaf_contributions = leaf_contributions
-        self._leaf_values = leaf_values
-        self._tree_offsets = tree_offsets
+        # One row per leaf of every tree: contributions, bias, leaf value (n_features + 2).
+        # The leaf value rides along so one gather yields both the reasons and the raw score.
+        self._leaf_table = leaf_table
+        self._tree_offsets = tree_offsets  # first row of each tree in the table
 
     @classmethod
     def from_booster(
@@ -131,93 +135,92 @@ class PathExplainer:
         booster: lightgbm.Booster,
         *,
         num_iteration: int | None = None,
+        num_threads: int = 0,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
     ) -> PathExplainer:
-        """Parse the model once and precompute every leaf's contribution vector."""
+        """Parse the model once and precompute every leaf's contribution vector.
+
+        ``num_threads`` goes to LightGBM's predict (0: its default, all cores).
+        """
         n_iter = _resolve_num_iteration(booster, num_iteration)
-        k = booster.num_model_per_iteration()
         model = booster.dump_model(num_iteration=n_iter)
         feature_names = tuple(str(name) for name in model["feature_names"])
-        trees: list[dict[str, Any]] = model["tree_info"][: n_iter * k]
+        trees: list[dict[str, Any]] = model["tree_info"][
+            : n_iter * booster.num_model_per_iteration()
+        ]
         tables = [_tree_leaf_table(tree, len(feature_names)) for tree in trees]
-        leaf_contributions = np.concatenate([contrib for contrib, _ in tables])
-        leaf_values = np.concatenate([values for _, values in tables])
+        leaf_table = np.concatenate(tables)
         if model.get("average_output", False):  # see _averages_iterations
-            leaf_contributions /= n_iter
-            leaf_values /= n_iter
-        sizes = [len(values) for _, values in tables]
-        tree_offsets = np.concatenate([[0], np.cumsum(sizes[:-1])]).astype(np.int32)
+            leaf_table /= n_iter
+        sizes = np.array([len(table) for table in tables], dtype=np.intp)
         return cls(
             booster=booster,
             num_iteration=n_iter,
-            num_outputs=k,
             feature_names=feature_names,
-            leaf_contributions=leaf_contributions,
-            leaf_values=leaf_values,
-            tree_offsets=tree_offsets,
+            leaf_table=leaf_table,
+            tree_offsets=np.cumsum(sizes) - sizes,
+            num_threads=num_threads,
             chunk_rows=chunk_rows,
         )
 
     @property
     def table_bytes(self) -> int:
         """Memory held by the precomputed tables, to keep model size honest."""
-        return int(
-            self._leaf_contributions.nbytes + self._leaf_values.nbytes + self._tree_offsets.nbytes
-        )
+        return int(self._leaf_table.nbytes + self._tree_offsets.nbytes)
 
     def explain(self, X: np.ndarray) -> Explanation:
         """Raw score and path contributions for each row, from a single LightGBM call per chunk."""
         _check_matrix(X, self.n_features)
         n, k = X.shape[0], self.num_outputs
-        if n == 0:
-            return Explanation(
-                raw_score=np.empty((0, k)), contributions=np.empty((0, k, self.n_features + 1))
-            )
-        if n <= self.chunk_rows:  # the common case: no copy into a preallocated result
-            raw_score, contributions = self._explain_chunk(X)
-            return Explanation(raw_score=raw_score, contributions=contributions, method=METHOD_PATH)
-        raw_score = np.empty((n, k))
-        contributions = np.empty((n, k, self.n_features + 1))
+        summed = np.empty((n, k, self.n_features + 2))
         for start in range(0, n, self.chunk_rows):
-            stop = min(start + self.chunk_rows, n)
-            raw_score[start:stop], contributions[start:stop] = self._explain_chunk(X[start:stop])
-        return Explanation(raw_score=raw_score, contributions=contributions, method=METHOD_PATH)
+            self._sum_leaves(X[start : start + self.chunk_rows], summed[start:])
+        # Views, not copies: the leaf-value column summed to the raw score, the rest to reasons.
+        return Explanation(
+            raw_score=summed[..., -1], contributions=summed[..., :-1], method=METHOD_PATH
+        )
 
-    def _explain_chunk(self, X: np.ndarray) -> tuple[FloatArray, FloatArray]:
-        """Leaf indices from LightGBM, then gather and sum the precomputed per-leaf vectors."""
+    def _sum_leaves(self, X: np.ndarray, out: FloatArray) -> None:
+        """Into out[:len(X)]: per row and output, the sum of the table rows of the leaves hit."""
         leaves = np.asarray(
-            self.booster.predict(X, pred_leaf=True, num_iteration=self.num_iteration),
+            self.booster.predict(
+                X, pred_leaf=True, num_iteration=self.num_iteration, **_threads(self.num_threads)
+            ),
             dtype=np.int32,
         )
-        n, k, width = X.shape[0], self.num_outputs, self.n_features + 1
-        # Flat-table row of each (row, tree) leaf; tree t belongs to output t % k, so after the
-        # transpose the trees of one output are contiguous: (rows, outputs, iterations).
-        leaf_rows = np.add(leaves, self._tree_offsets, dtype=np.intp)
-        leaf_rows = leaf_rows.reshape(n, self.num_iteration, k).transpose(0, 2, 1).copy()
-        ones = np.ones(self.num_iteration)
-        raw_score: FloatArray = np.take(self._leaf_values, leaf_rows) @ ones
-        contributions = np.empty((n, k, width))
-        # A matrix-vector product over a small block of gathered rows sums the trees faster than
-        # a reduction or a per-tree loop (docs/explanations.md); the block bounds memory.
-        block = max(1, _GATHER_BLOCK_BYTES // (leaf_rows[0].size * width * 8))
+        n, k = X.shape[0], self.num_outputs
+        # Tree t belongs to output t % k; after the transpose the trees of one output are
+        # contiguous: (rows, outputs, iterations).
+        leaf_rows = (leaves + self._tree_offsets).reshape(n, self.num_iteration, k)
+        leaf_rows = np.ascontiguousarray(leaf_rows.transpose(0, 2, 1))
+        # Gather a block of rows' leaf vectors and sum over the trees with einsum: faster than
+        # .sum(axis=-2), and unlike matmul it never wakes BLAS threads that would fight
+        # LightGBM's OpenMP pool for the cores (docs/explanations.md). The block bounds memory.
+        block = max(1, _GATHER_BLOCK_BYTES // (leaf_rows[0].size * self._leaf_table.shape[1] * 8))
         for start in range(0, n, block):
-            gathered = np.take(self._leaf_contributions, leaf_rows[start : start + block], axis=0)
-            np.matmul(ones, gathered, out=contributions[start : start + block])
-        return raw_score, contributions
+            gathered = np.take(self._leaf_table, leaf_rows[start : start + block], axis=0)
+            np.einsum("rkiw->rkw", gathered, out=out[start : start + len(gathered)])
 
 
 def exact_explanation(
-    booster: lightgbm.Booster, X: np.ndarray, *, num_iteration: int | None = None
+    booster: lightgbm.Booster,
+    X: np.ndarray,
+    *,
+    num_iteration: int | None = None,
+    num_threads: int = 0,
 ) -> Explanation:
     """TreeSHAP contributions in the PathExplainer layout; slow, for audits."""
     n_features = booster.num_feature()
     _check_matrix(X, n_features)
     n_iter = _resolve_num_iteration(booster, num_iteration)
     k = booster.num_model_per_iteration()
+    threads = _threads(num_threads)
     contrib = np.asarray(
-        booster.predict(X, pred_contrib=True, num_iteration=n_iter), dtype=np.float64
+        booster.predict(X, pred_contrib=True, num_iteration=n_iter, **threads), dtype=np.float64
     )
-    raw = np.asarray(booster.predict(X, raw_score=True, num_iteration=n_iter), dtype=np.float64)
+    raw = np.asarray(
+        booster.predict(X, raw_score=True, num_iteration=n_iter, **threads), dtype=np.float64
+    )
     if _averages_iterations(booster):
         contrib /= n_iter
         raw /= n_iter
