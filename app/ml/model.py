@@ -85,7 +85,7 @@ class ScoringModel:
         self.value_booster = value_booster
         # None: LightGBM itself, the reference every other engine is checked against.
         self.predictor: Predictor | None = None
-        self.explainer = PathExplainer.from_booster(booster)
+        self.explainer = PathExplainer.from_booster(booster, num_threads=threads)
         names = booster.feature_name()
         if names != manifest.feature_schema.names:
             raise ModelLoadError(
