@@ -5,7 +5,7 @@ Two methods share one layout, ``(n_rows, n_outputs, n_features + 1)`` with the b
 * ``PathExplainer`` (Saabas path attribution) runs on every score. Each leaf's contribution
   vector is fixed by the tree, so it is computed once at load time; explaining is then one
   ``pred_leaf`` call to LightGBM plus a gather-and-sum in numpy.
-* ``exact_explanation`` (TreeSHAP via ``pred_contrib``) costs hundreds of predictions per row and
+* ``exact_explanation`` (TreeSHAP via ``pred_contrib``) costs tens to hundreds of predictions and
   is meant for audits, not the request path.
 
 See docs/explanations.md for the measured costs and the trade-off between the two.
