@@ -7,13 +7,16 @@ Request schemas are built from the loaded models, so they are linked into /docs 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel
 
 from app.deps import RequestIdDep, ScoresWriter, ScoringDep
 from app.ml.manifest import Task
+from app.schemas.requests import score_request_name
 from app.schemas.responses import (
     AssessmentResponse,
     ChurnScoreResponse,
@@ -48,66 +51,60 @@ def json_response(content: dict[str, Any]) -> Response:
     return Response(orjson.dumps(content), media_type="application/json")
 
 
-async def _score(
-    task: Task, request: Request, scoring: ScoringDep, request_id: str, caller: ScoresWriter
-) -> Response:
-    result = await scoring.score(task, await request.body(), request_id, tenant=caller.tenant)
-    scoring_metrics = request.app.state.metrics.scores
-    scoring_metrics.labels(task.value).inc(len(result["results"]))
-    note(request, task=task.value, customers=len(result["results"]))
-    return json_response(result)
+def _scoring_endpoint(task: Task) -> Callable[..., Awaitable[Response]]:
+    """The endpoint of one task: hand the body to the service, count, audit, answer."""
+
+    async def endpoint(
+        request: Request, scoring: ScoringDep, request_id: RequestIdDep, caller: ScoresWriter
+    ) -> Response:
+        body = await request.body()
+        result = await scoring.score(task, body, request_id, tenant=caller.tenant)
+        request.app.state.metrics.scores.labels(task.value).inc(len(result["results"]))
+        note(request, task=task.value, customers=len(result["results"]))
+        return json_response(result)
+
+    return endpoint
 
 
-@router.post(
-    "/churn/scores",
-    response_model=ChurnScoreResponse,
-    responses=ERROR_RESPONSES,
-    openapi_extra=body_schema("ChurnScoreRequest"),
-)
-async def churn_scores(
-    request: Request, scoring: ScoringDep, request_id: RequestIdDep, caller: ScoresWriter
-) -> Response:
-    """Churn risk over the next 3 months, risk band and reasons; saved before answering."""
-    return await _score(Task.CHURN, request, scoring, request_id, caller)
+# path, response model, route name, summary: one row per task, one endpoint each.
+SCORING_ROUTES: dict[Task, tuple[str, type[BaseModel], str, str]] = {
+    Task.CHURN: (
+        "/churn/scores",
+        ChurnScoreResponse,
+        "churn_scores",
+        "Churn risk over the next 3 months, risk band and reasons; saved before answering.",
+    ),
+    Task.TIER: (
+        "/tier/scores",
+        TierScoreResponse,
+        "tier_scores",
+        "Value-pyramid tier, service plan, next-tier gap and reasons; saved before answering.",
+    ),
+    Task.RECOMMENDATION: (
+        "/recommendations",
+        RecommendationResponse,
+        "recommendations",
+        "Top products not yet held, after eligibility rules; works from demographics alone.",
+    ),
+    Task.PROSPECT: (
+        "/prospect/scores",
+        ProspectScoreResponse,
+        "prospect_scores",
+        "Conversion probability, value if converted, expected value and priority.",
+    ),
+}
 
-
-@router.post(
-    "/tier/scores",
-    response_model=TierScoreResponse,
-    responses=ERROR_RESPONSES,
-    openapi_extra=body_schema("TierScoreRequest"),
-)
-async def tier_scores(
-    request: Request, scoring: ScoringDep, request_id: RequestIdDep, caller: ScoresWriter
-) -> Response:
-    """Value-pyramid tier, service plan, next-tier gap and reasons; saved before answering."""
-    return await _score(Task.TIER, request, scoring, request_id, caller)
-
-
-@router.post(
-    "/recommendations",
-    response_model=RecommendationResponse,
-    responses=ERROR_RESPONSES,
-    openapi_extra=body_schema("RecommendationScoreRequest"),
-)
-async def recommendations(
-    request: Request, scoring: ScoringDep, request_id: RequestIdDep, caller: ScoresWriter
-) -> Response:
-    """Top products not yet held, after eligibility rules; works from demographics alone."""
-    return await _score(Task.RECOMMENDATION, request, scoring, request_id, caller)
-
-
-@router.post(
-    "/prospect/scores",
-    response_model=ProspectScoreResponse,
-    responses=ERROR_RESPONSES,
-    openapi_extra=body_schema("ProspectScoreRequest"),
-)
-async def prospect_scores(
-    request: Request, scoring: ScoringDep, request_id: RequestIdDep, caller: ScoresWriter
-) -> Response:
-    """Conversion probability, value if converted, expected value and priority."""
-    return await _score(Task.PROSPECT, request, scoring, request_id, caller)
+for _task, (_path, _response, _name, _summary) in SCORING_ROUTES.items():
+    router.add_api_route(
+        _path,
+        _scoring_endpoint(_task),
+        methods=["POST"],
+        name=_name,
+        description=_summary,
+        response_model=_response,
+        responses=ERROR_RESPONSES,
+        openapi_extra=body_schema(score_request_name(_task)),
+    )
 
 
 @router.post(

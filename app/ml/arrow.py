@@ -44,7 +44,7 @@ def encode_batch(
             continue
         try:
             numeric = pc.cast(column, pa.float64())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        except pa.ArrowException:  # not castable to float: parse what parses
             numeric = _lenient_float(column)
             for i in np.flatnonzero(
                 pc.and_(pc.is_valid(column), pc.is_null(numeric)).to_numpy(zero_copy_only=False)

@@ -66,6 +66,11 @@ def _title(task: Task) -> str:
     return "".join(part.title() for part in task.value.split("_"))
 
 
+def score_request_name(task: Task) -> str:
+    """The component name of a task's request schema in the OpenAPI document."""
+    return f"{_title(task)}ScoreRequest"
+
+
 STRICT = ConfigDict(extra="forbid", strict=True)
 
 
@@ -153,7 +158,7 @@ def score_request_model(task: Task, schema: FeatureSchema) -> type[ScoreRequestB
     }
     validators: dict[str, Any] = {"one_layout": model_validator(mode="after")(one_layout)}
     return create_model(
-        f"{_title(task)}ScoreRequest",
+        score_request_name(task),
         __base__=ScoreRequestBase,
         __validators__=validators,
         **fields,
