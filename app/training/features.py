@@ -13,19 +13,8 @@ import pandas as pd
 
 from app.ml.manifest import Task
 from app.ml.schema import FeatureKind, FeatureSchema, FeatureSpec
-from app.training.synth import PRODUCTS, TIERS
+from app.training.synth import CHANNELS, OCCUPATIONS, PRODUCTS, REGIONS, TIERS
 
-OCCUPATIONS = (
-    "employee",
-    "civil_servant",
-    "self_employed",
-    "business_owner",
-    "retired",
-    "student",
-    "unemployed",
-)
-REGIONS = ("capital", "north", "south", "east", "west")
-CHANNELS = ("branch", "web", "referral", "partner", "campaign")
 CUSTOMER_LIFECYCLES = ("new", "existing")
 CHANGE_DENOMINATOR_FLOOR = 100.0  # EUR or events: keeps tiny bases from producing huge percentages
 HORIZON_MONTHS = 3
