@@ -601,3 +601,43 @@ def test_policy_by_band_or_probability() -> None:
     by_probability = AlertPolicy(min_band="high", min_probability=0.3)
     assert by_probability.crosses(probability=0.3, risk_band="low")
     assert not by_probability.crosses(probability=0.29, risk_band="high")
+
+
+def test_a_group_of_writes_records_alerts_in_one_pass() -> None:
+    """Callbacks of one tenant merge (one alert lookup per group); others stay apart."""
+    from app.db.group_commit import coalesce
+    from app.services.alerts import RecordObservations
+
+    alerts = ChurnAlerts(
+        policy=AlertPolicy(min_probability=0.5),
+        actions=RetentionActions.load(ACTIONS_FILE),
+        plan=NotificationPlan(),
+    )
+
+    def observed(customer_id: str, tenant: str | None) -> RecordObservations:
+        result = {"probability": 0.9, "risk_band": "high", "explanation": None}
+        callback = alerts.observe(
+            customer_ids=[customer_id],
+            results=[result],
+            request_id="r",
+            model_version="1",
+            tenant=tenant,
+        )
+        assert isinstance(callback, RecordObservations)
+        return callback
+
+    calls: list[str] = []
+
+    def plain(connection: Any) -> None:
+        calls.append("plain")
+
+    merged = coalesce(
+        [observed("a", None), observed("b", None), plain, observed("c", "t1"), observed("d", "t1")]
+    )
+    assert len(merged) == 3
+    first, middle, last = merged
+    assert isinstance(first, RecordObservations) and isinstance(last, RecordObservations)
+    assert [o.customer_id for o in first.observations] == ["a", "b"]
+    assert middle is plain
+    assert [o.customer_id for o in last.observations] == ["c", "d"] and last.tenant == "t1"
+    assert coalesce([observed("x", None), observed("y", "t2")])[1].tenant == "t2"  # type: ignore[attr-defined]

@@ -29,6 +29,20 @@ logger = logging.getLogger(__name__)
 AfterInsert = Callable[[Connection], None]
 
 
+def coalesce(callbacks: Sequence[AfterInsert]) -> list[AfterInsert]:
+    """Merge neighbouring callbacks that know how (a ``merge`` method), so a group of writes
+    runs one alert lookup instead of one per write; the others run as they are."""
+    merged: list[AfterInsert] = []
+    for callback in callbacks:
+        combine = getattr(merged[-1], "merge", None) if merged else None
+        joined = combine(callback) if combine is not None else None
+        if joined is not None:
+            merged[-1] = joined
+        else:
+            merged.append(callback)
+    return merged
+
+
 @dataclass(frozen=True)  # no slots: callers may read it with vars() or dataclasses.asdict()
 class GroupCommitStats:
     """Counters since the writer was built, for metrics."""
@@ -200,7 +214,7 @@ class GroupCommitWriter:
 
     def _commit_group(self, group: list[_PendingWrite]) -> None:
         rows = [row for pending in group for row in pending.rows]
-        callbacks = [pending.also for pending in group if pending.also is not None]
+        callbacks = coalesce([pending.also for pending in group if pending.also is not None])
         try:
             self._insert_and_commit(rows, callbacks)
         except Exception as exc:

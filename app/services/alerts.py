@@ -195,10 +195,7 @@ class ChurnAlerts:
             for customer_id, result in zip(customer_ids, results, strict=True)
         ]
 
-        def record(connection: Connection) -> None:
-            self.record(connection, observations=observations, tenant=tenant)
-
-        return record
+        return RecordObservations(alerts=self, observations=observations, tenant=tenant)
 
     def record(
         self,
@@ -587,3 +584,29 @@ def _refusal(
         detail = f"alert {alert_id} is owned by {alert.owner}; only its owner may resolve it"
     session.rollback()
     return Conflict(detail, extra=extra)
+
+
+@dataclass(frozen=True)
+class RecordObservations:
+    """The after-insert callback of one scoring call; calls of one tenant merge into one."""
+
+    alerts: ChurnAlerts
+    observations: Sequence[ChurnObservation]
+    tenant: str | None
+
+    def __call__(self, connection: Connection) -> None:
+        self.alerts.record(connection, observations=self.observations, tenant=self.tenant)
+
+    def merge(self, other: object) -> RecordObservations | None:
+        """One callback for both, when they record for the same alerts and tenant."""
+        if (
+            not isinstance(other, RecordObservations)
+            or other.alerts is not self.alerts
+            or other.tenant != self.tenant
+        ):
+            return None
+        return RecordObservations(
+            alerts=self.alerts,
+            observations=[*self.observations, *other.observations],
+            tenant=self.tenant,
+        )
