@@ -344,6 +344,19 @@ def score(
 
 
 @cli.command()
+def plot(
+    model: Annotated[Path, typer.Argument(help="Model folder, e.g. models/churn/1.")],
+    out: Annotated[Path, typer.Option(help="PNG file to write.")],
+) -> None:
+    """Draw a model's held-out metrics (calibration, confusion matrix or ranking) as a PNG."""
+    from app.training.report import plot_model_card
+
+    if not (model / "manifest.json").is_file():
+        raise _fail(f"no manifest.json in {model}")
+    console.print(f"wrote {plot_model_card(model, out)}")
+
+
+@cli.command()
 def models() -> None:
     """List the models on disk and their test metrics."""
     from app.ml.manifest import Manifest

@@ -109,3 +109,17 @@ def test_db_upgrade_and_current(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         assert current(url) is None
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("task", ["churn", "tier", "recommendation", "prospect"])
+def test_plot_draws_each_model_card(task: str, models_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / f"{task}.png"
+    result = runner.invoke(cli, ["plot", str(models_dir / task / "1"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = out.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+
+
+def test_plot_needs_a_model_folder(tmp_path: Path) -> None:
+    result = runner.invoke(cli, ["plot", str(tmp_path), "--out", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "no manifest.json" in result.output
