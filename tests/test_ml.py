@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -79,6 +80,20 @@ def test_encode_rows_and_columns_agree() -> None:
     np.testing.assert_array_equal(by_rows, by_columns)
     assert by_rows[1, schema.names.index("occupation")] == 4.0  # "retired" is the 5th category
     assert schema.validate_matrix(by_rows) == [None, None]
+
+
+def test_row_wise_and_column_wise_encodings_agree(prepared_book: pd.DataFrame) -> None:
+    schema = schema_for(Task.RECOMMENDATION)
+    rows: list[dict[str, Any]] = [
+        dict(zip(schema.names, values, strict=True))
+        for values in prepared_book.head(40)[schema.names].itertuples(index=False)
+    ]
+    for row in rows[::3]:
+        row["card_spend"] = None  # optional features may be missing
+    large = schema.encode_rows(rows)  # above the row-wise limit: by column
+    small = np.vstack([schema.encode_rows(rows[i : i + 8]) for i in range(0, 40, 8)])
+    np.testing.assert_array_equal(large, small)
+    assert np.isnan(large[0, schema.names.index("card_spend")])
 
 
 def test_validate_matrix_names_the_problem() -> None:

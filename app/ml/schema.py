@@ -17,6 +17,8 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 FloatMatrix = npt.NDArray[np.float64]
+# Up to this many rows, encoding row by row into one flat list is fastest; above, by column.
+_ROW_WISE_MAX_ROWS = 16
 
 
 class FeatureKind(StrEnum):
@@ -139,6 +141,8 @@ class FeatureSchema(BaseModel):
         """Already-validated records to the float matrix LightGBM takes (missing -> NaN)."""
         codes = self._category_codes()
         nan = float("nan")
+        if len(rows) > _ROW_WISE_MAX_ROWS:
+            return self._encode_rows_by_column(rows, codes)
         values: list[float] = []
         for row in rows:
             for feature in self.features:
@@ -150,6 +154,24 @@ class FeatureSchema(BaseModel):
                     values.append(lookup[value] if lookup is not None else value)
         # One array from a flat list: far cheaper than writing numpy elements one by one.
         return np.array(values, dtype=np.float64).reshape(len(rows), len(self.features))
+
+    def _encode_rows_by_column(
+        self, rows: Sequence[Mapping[str, Any]], codes: dict[str, dict[str, int]]
+    ) -> FloatMatrix:
+        """Column at a time: 2x faster than row-wise for a batch, 4x slower for one row."""
+        nan = float("nan")
+        matrix = np.empty((len(rows), len(self.features)), dtype=np.float64)
+        for j, feature in enumerate(self.features):
+            name = feature.name
+            lookup = codes.get(name)
+            if lookup is None:
+                column = [row.get(name) for row in rows]
+                if None in column:
+                    column = [nan if v is None else v for v in column]
+            else:
+                column = [nan if (v := row.get(name)) is None else lookup[v] for row in rows]
+            matrix[:, j] = column
+        return matrix
 
     def encode_columns(self, columns: Mapping[str, Sequence[Any]]) -> FloatMatrix:
         """Already-validated columns (one sequence per feature) to the float matrix."""
