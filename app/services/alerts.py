@@ -493,9 +493,10 @@ def acknowledge_alert(
 ) -> AlertDetail:
     """open -> acknowledged: the caller takes ownership; 409 from any other status."""
     now = now or utc_now()
-    changed = repo.transition_alert(
+    return _apply_transition(
         session,
         alert_id=alert_id,
+        action="acknowledge",
         from_status="open",
         owner=None,
         values={
@@ -504,14 +505,10 @@ def acknowledge_alert(
             "acknowledged_at": now,
             "updated_at": now,
         },
+        request=request,
+        now=now,
         tenant=tenant,
     )
-    if not changed:
-        session.rollback()
-        raise _refusal(session, alert_id, "acknowledge", tenant)
-    repo.add_alert_event(session, row=_transition_event(alert_id, "acknowledged", request, now))
-    session.commit()
-    return get_alert(session, alert_id=alert_id, tenant=tenant)
 
 
 def resolve_alert(
@@ -524,9 +521,10 @@ def resolve_alert(
 ) -> AlertDetail:
     """acknowledged -> resolved, by its owner only, with the outcome; 409 otherwise."""
     now = now or utc_now()
-    changed = repo.transition_alert(
+    return _apply_transition(
         session,
         alert_id=alert_id,
+        action="resolve",
         from_status="acknowledged",
         owner=request.by,
         values={
@@ -537,12 +535,37 @@ def resolve_alert(
             "resolution_note": request.note,
             "updated_at": now,
         },
+        request=request,
+        now=now,
+        tenant=tenant,
+    )
+
+
+def _apply_transition(
+    session: Session,
+    *,
+    alert_id: int,
+    action: str,
+    from_status: str,
+    owner: str | None,
+    values: dict[str, Any],
+    request: AcknowledgeRequest | ResolveRequest,
+    now: datetime,
+    tenant: TenantScope | None,
+) -> AlertDetail:
+    """One conditional UPDATE plus its history event, committed together; 404/409 if refused."""
+    changed = repo.transition_alert(
+        session,
+        alert_id=alert_id,
+        from_status=from_status,
+        owner=owner,
+        values=values,
         tenant=tenant,
     )
     if not changed:
         session.rollback()
-        raise _refusal(session, alert_id, "resolve", tenant)
-    repo.add_alert_event(session, row=_transition_event(alert_id, "resolved", request, now))
+        raise _refusal(session, alert_id, action, tenant)
+    repo.add_alert_event(session, row=_transition_event(alert_id, values["status"], request, now))
     session.commit()
     return get_alert(session, alert_id=alert_id, tenant=tenant)
 
