@@ -16,6 +16,7 @@ from app.ml.explain import (
     PathExplainer,
     exact_explanation,
 )
+from app.ml.single_row import PREDICT_LEAF_INDEX, PREDICT_RAW_SCORE, SingleRowPredictor
 
 FloatArray = npt.NDArray[np.float64]
 N_ROWS = 2000
@@ -148,6 +149,34 @@ def test_single_rows_and_chunks_match_one_batch(
     np.testing.assert_allclose(chunked.contributions, whole.contributions, rtol=0, atol=1e-12)
     np.testing.assert_allclose(chunked.raw_score, whole.raw_score, rtol=0, atol=1e-12)
     np.testing.assert_allclose(single.contributions[0], whole.contributions[42], atol=1e-12)
+
+
+def test_the_single_row_fast_path_matches_booster_predict(
+    model: tuple[lgb.Booster, int], X: FloatArray
+) -> None:
+    """One row goes through LightGBM's C fast path: same leaves, same raw scores, every row."""
+    booster, k = model
+    rows = X[:150]
+    n_iter = booster.num_trees() // k
+    leaves = SingleRowPredictor(
+        booster, predict_type=PREDICT_LEAF_INDEX, num_iteration=n_iter, n_outputs=n_iter * k
+    )
+    raw = SingleRowPredictor(
+        booster, predict_type=PREDICT_RAW_SCORE, num_iteration=n_iter, n_outputs=k
+    )
+    explainer = PathExplainer.from_booster(booster)
+    whole = explainer.explain(rows)
+
+    expected_leaves = booster.predict(rows, pred_leaf=True)
+    expected_raw = _raw(booster, rows)
+    for i in range(len(rows)):
+        np.testing.assert_array_equal(leaves(rows[i]), expected_leaves[i])
+        np.testing.assert_allclose(raw(rows[i]), expected_raw[i], rtol=0, atol=1e-12)
+        single = explainer.explain(rows[i : i + 1])
+        np.testing.assert_allclose(single.contributions[0], whole.contributions[i], atol=1e-12)
+        np.testing.assert_allclose(single.raw_score[0], expected_raw[i], rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="float64 values"):
+        raw(rows[0, :3])
 
 
 def test_thread_count_does_not_change_the_numbers(

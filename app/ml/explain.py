@@ -20,6 +20,8 @@ import lightgbm
 import numpy as np
 import numpy.typing as npt
 
+from app.ml.single_row import PREDICT_LEAF_INDEX, SingleRowPredictor
+
 METHOD_PATH: Final = "path_attribution_saabas"
 METHOD_TREESHAP: Final = "tree_shap_exact"
 
@@ -128,6 +130,13 @@ class PathExplainer:
         # The leaf value rides along so one gather yields both the reasons and the raw score.
         self._leaf_table = leaf_table
         self._tree_offsets = tree_offsets  # first row of each tree in the table
+        # One row (a single-customer API call) skips Booster.predict's Python overhead.
+        self._single_row_leaves = SingleRowPredictor(
+            booster,
+            predict_type=PREDICT_LEAF_INDEX,
+            num_iteration=num_iteration,
+            n_outputs=len(tree_offsets),
+        )
 
     @classmethod
     def from_booster(
@@ -172,6 +181,11 @@ class PathExplainer:
         """Raw score and path contributions for each row, from a single LightGBM call per chunk."""
         _check_matrix(X, self.n_features)
         n, k = X.shape[0], self.num_outputs
+        if n == 1:
+            summed = self._sum_leaves_of_row(X[0])
+            return Explanation(
+                raw_score=summed[..., -1], contributions=summed[..., :-1], method=METHOD_PATH
+            )
         summed = np.empty((n, k, self.n_features + 2))
         for start in range(0, n, self.chunk_rows):
             self._sum_leaves(X[start : start + self.chunk_rows], summed[start:])
@@ -179,6 +193,13 @@ class PathExplainer:
         return Explanation(
             raw_score=summed[..., -1], contributions=summed[..., :-1], method=METHOD_PATH
         )
+
+    def _sum_leaves_of_row(self, row: np.ndarray) -> FloatArray:
+        """(1, outputs, n_features + 2) for one row: the single-row fast path, one gather."""
+        leaves = self._single_row_leaves(row).astype(np.intp) + self._tree_offsets
+        # Trees run iteration-major (tree t belongs to output t % k): one column per output.
+        per_output = leaves.reshape(self.num_iteration, self.num_outputs)
+        return np.add.reduce(self._leaf_table[per_output], axis=0)[np.newaxis]
 
     def _sum_leaves(self, X: np.ndarray, out: FloatArray) -> None:
         """Into out[:len(X)]: per row and output, the sum of the table rows of the leaves hit."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -13,6 +14,7 @@ import numpy.typing as npt
 from app.ml.explain import METHOD_TREESHAP, Explanation, PathExplainer, exact_explanation
 from app.ml.manifest import Manifest, Objective
 from app.ml.schema import FeatureSchema
+from app.ml.single_row import PREDICT_RAW_SCORE, SingleRowPredictor
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -86,6 +88,12 @@ class ScoringModel:
         # None: LightGBM itself, the reference every other engine is checked against.
         self.predictor: Predictor | None = None
         self.explainer = PathExplainer.from_booster(booster, num_threads=threads)
+        self._single_row_raw = SingleRowPredictor(
+            booster,
+            predict_type=PREDICT_RAW_SCORE,
+            num_iteration=self.explainer.num_iteration,
+            n_outputs=booster.num_model_per_iteration(),
+        )
         names = booster.feature_name()
         if names != manifest.feature_schema.names:
             raise ModelLoadError(
@@ -144,6 +152,8 @@ class ScoringModel:
 
     def raw_scores(self, matrix: FloatArray) -> FloatArray:
         """Raw scores (n, k), no contributions: log-odds for binary, per class for multiclass."""
+        if len(matrix) == 1:
+            return self._single_row_raw(matrix[0]).reshape(1, -1)
         raw = np.asarray(
             self.booster.predict(matrix, raw_score=True, num_threads=self.threads),
             dtype=np.float64,
@@ -185,20 +195,24 @@ class ScoringModel:
         """The top reasons of one row for one output class, worded from the schema."""
         contributions = explanation.contributions[row, class_index]
         features = contributions[:-1]
-        order = np.argsort(-np.abs(features), kind="stable")[:top]
+        order = np.argsort(-np.abs(features), kind="stable")[:top].tolist()
+        # Python floats from here: numpy scalars cost more than they save on a handful of values.
+        pushes = features.tolist()
+        values = matrix[row].tolist()
+        specs = self.schema.features
         reasons = []
         for j in order:
-            contribution = float(features[j])
+            contribution = pushes[j]
             if contribution == 0.0:
                 break
-            spec = self.schema.features[j]
-            value = float(matrix[row, j])
+            spec = specs[j]
+            described = spec.describe_value(values[j])
             reasons.append(
                 Reason(
                     feature=spec.name,
-                    value=spec.describe_value(value),
+                    value=described,
                     contribution=contribution,
-                    text=spec.reason_text(value),
+                    text=spec.reason_text(values[j], described),
                 )
             )
         listed = sum(r.contribution for r in reasons)
@@ -207,5 +221,5 @@ class ScoringModel:
             raw_score=float(explanation.raw_score[row, class_index]),
             bias=float(contributions[-1]),
             reasons=reasons,
-            other_contribution=float(features.sum() - listed),
+            other_contribution=math.fsum(pushes) - listed,
         )

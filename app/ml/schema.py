@@ -84,12 +84,13 @@ class FeatureSpec(BaseModel):
             text = f"{value:,.2f}"
         return f"{text} {self.unit}" if self.unit and self.unit != "count" else text
 
-    def reason_text(self, value: float) -> str:
-        """The reason sentence for this feature at this value."""
+    def reason_text(self, value: float, described: str | None = None) -> str:
+        """The reason sentence for this feature at this value (``described``: the value as
+        ``describe_value`` words it, when the caller already has it)."""
         if math.isnan(value):
             return f"not on file yet: {self.description.rstrip('.').lower()}"
         template = self.reason or f"{self.description}: {{value}}"
-        return template.replace("{value}", self.describe_value(value))
+        return template.replace("{value}", described or self.describe_value(value))
 
 
 class FeatureSchema(BaseModel):
