@@ -966,14 +966,16 @@ def measure(
 
 
 def profile_churn(case: Case, args: argparse.Namespace, accounting: Accounting, log: Path) -> None:
-    """A flame graph of the service under single-customer churn load (not part of the figures)."""
+    """Where the service's time goes under single-customer churn load (not part of the figures):
+    py-spy's collapsed stacks per thread, and the functions most often on them."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists() or case.server is None:
         raise SystemExit("py-spy not found: .venv/bin/pip install py-spy")
-    flame = args.out.parent / "churn-flame.svg"
-    flame.parent.mkdir(parents=True, exist_ok=True)
+    stacks = args.out.parent / "churn-stacks.txt"
+    stacks.parent.mkdir(parents=True, exist_ok=True)
     command = [py_spy, "record", "--pid", str(case.server.process.pid), "--rate", "250"]
-    command += ["--duration", f"{args.py_spy:.0f}", "--nonblocking", "--output", str(flame)]
+    command += ["--duration", f"{args.py_spy:.0f}", "--nonblocking", "--threads", "--gil"]
+    command += ["--format", "raw", "--output", str(stacks)]
     with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as spy:
         time.sleep(1)  # attach before the load starts
         run = measure_once(case, args, args.py_spy, -1, log)
@@ -981,8 +983,27 @@ def profile_churn(case: Case, args: argparse.Namespace, accounting: Accounting, 
         _, errors = spy.communicate(timeout=args.py_spy + 60)
     if spy.returncode != 0:
         print(f"py-spy failed: {errors.decode(errors='replace')[-500:]}")
-    else:
-        print(f"py-spy flame graph of {run.requests:,} churn calls under load: {flame}")
+        return
+    print(f"py-spy samples holding the GIL during {run.requests:,} churn calls: {stacks}")
+    print("share of samples in which a function is on the stack:")
+    for name, share in functions_on_stack(stacks)[:40]:
+        print(f"  {share:6.1%}  {name}")
+
+
+def functions_on_stack(stacks: Path) -> list[tuple[str, float]]:
+    """Each function's share of samples (inclusive), from py-spy's collapsed stacks."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in stacks.read_text().splitlines():
+        path, _, count_text = line.rpartition(" ")
+        if not path:
+            continue
+        count = int(count_text)
+        total += count
+        for name in {frame.split(" (")[0] for frame in path.split(";")}:
+            counts[name] = counts.get(name, 0) + count
+    ranked = sorted(counts.items(), key=lambda item: -item[1])
+    return [(name, count / max(total, 1)) for name, count in ranked]
 
 
 def verify(rows: dict[str, int], accounting: Accounting, scored: int) -> dict[str, Any]:
