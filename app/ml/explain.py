@@ -199,7 +199,8 @@ class PathExplainer:
         leaves = self._single_row_leaves(row).astype(np.intp) + self._tree_offsets
         # Trees run iteration-major (tree t belongs to output t % k): one column per output.
         per_output = leaves.reshape(self.num_iteration, self.num_outputs)
-        return np.add.reduce(self._leaf_table[per_output], axis=0)[np.newaxis]
+        summed: FloatArray = np.add.reduce(self._leaf_table[per_output], axis=0)
+        return summed[np.newaxis]
 
     def _sum_leaves(self, X: np.ndarray, out: FloatArray) -> None:
         """Into out[:len(X)]: per row and output, the sum of the table rows of the leaves hit."""

@@ -127,10 +127,19 @@ class ScoringModel:
         return self.manifest.classes
 
     def warm_up(self) -> None:
-        """Run one prediction and one explanation so the first request pays no setup cost."""
+        """Run one prediction and one explanation so the first request pays no setup cost, and
+        check the single-row fast path against `Booster.predict`."""
         row = np.zeros((1, len(self.schema.features)), dtype=np.float64)
         self.predict(row)
         self.explain(row)
+        for probe in (row, np.full_like(row, np.nan)):
+            fast = self.raw_scores(probe)
+            reference = self.booster.predict(probe, raw_score=True, num_threads=1)
+            if not np.allclose(fast.ravel(), np.ravel(reference), rtol=0, atol=1e-9):
+                raise ModelLoadError(
+                    f"{self.manifest.task} v{self.manifest.version}: the single-row fast path "
+                    f"disagrees with Booster.predict ({fast.ravel()} vs {np.ravel(reference)})"
+                )
         if self.value_booster is not None:
             self.expected_value_if_converted(row)
 

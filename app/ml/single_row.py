@@ -6,8 +6,9 @@ row, so that overhead is most of its model cost. The fast path sets the predicti
 model (``...FastInit``) and then costs one ctypes call per row into a preallocated buffer.
 
 Only documented C API entry points are used (LightGBM's ``c_api.h``), through our own handle on
-the library the ``lightgbm`` package loaded, so nothing of the package's private state is
-touched. Results are checked against ``Booster.predict`` at load (``check_against``).
+the library the ``lightgbm`` package loaded (its path is the one private name we read), so none
+of the package's state is touched. ``ScoringModel.warm_up`` checks its answers against
+``Booster.predict`` when a model is loaded.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Final
 import lightgbm
 import numpy as np
 import numpy.typing as npt
+from lightgbm.libpath import _LIB as _PACKAGE_LIBRARY
 
 PREDICT_RAW_SCORE: Final = 1
 PREDICT_LEAF_INDEX: Final = 2
@@ -28,7 +30,7 @@ _DTYPE_FLOAT64: Final = 1
 def _library() -> ctypes.CDLL:
     # The package loads lib_lightgbm once; a second CDLL on the same path shares the loaded
     # library (dlopen reference count) but gives us our own function objects to type.
-    library = ctypes.CDLL(lightgbm.basic._LIB._name)
+    library = ctypes.CDLL(_PACKAGE_LIBRARY._name)
     library.LGBM_GetLastError.restype = ctypes.c_char_p
     library.LGBM_BoosterPredictForMatSingleRowFastInit.argtypes = [
         ctypes.c_void_p,  # booster
