@@ -16,7 +16,6 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import StatementError
 
 from app.db import migrate
 from app.db.base import Base
@@ -229,7 +228,7 @@ def test_numpy_values_and_other_timezones_are_stored_faithfully(engine: Engine) 
 
 
 def test_naive_timestamps_are_refused(engine: Engine) -> None:
-    with pytest.raises(StatementError, match="naive datetime"), engine.begin() as connection:
+    with pytest.raises(ValueError, match="naive datetime"), engine.begin() as connection:
         insert_scores(connection, rows=[make_row(created_at=datetime(2026, 11, 1))])
 
 

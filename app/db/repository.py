@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, NotRequired, TypedDict
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, false, func, select, text
+from sqlalchemy import ColumnElement, Connection, Dialect, false, func, select, text
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.db.tables import Score, score_table
@@ -41,49 +41,86 @@ class TenantScope:
 
 
 def insert_scores(target: Connection | Session, *, rows: Sequence[ScoreRow]) -> int:
-    """Insert ``rows`` with one executemany INSERT (no ORM objects: hot path); returns the count."""
+    """Insert ``rows`` in the caller's transaction; returns the count.
+
+    This is the hot path of every scoring call, so it skips SQLAlchemy's per-row parameter
+    processing: JSON is serialised once with orjson, each distinct timestamp goes through the
+    column type's own bind processor once, and the driver gets plain tuples (COPY on
+    PostgreSQL, one executemany on SQLite). Other dialects take the Core INSERT.
+    """
     if not rows:
         return 0
     connection = target.connection() if isinstance(target, Session) else target
-    connection.execute(score_table.insert(), list(rows))
+    dialect = connection.dialect
+    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        _copy_scores(connection, rows)
+    elif dialect.name == "sqlite":
+        connection.exec_driver_sql(_SQLITE_INSERT, _driver_tuples(dialect, rows))
+    else:
+        connection.execute(score_table.insert(), list(rows))
     return len(rows)
 
 
-# Columns a COPY fills, in order (the generated id is left to the database).
-_COPY_COLUMNS = (
-    "request_id, task, customer_id, model_name, model_version, outputs, reasons, features, "
-    "created_at"
+# Columns written by insert_scores, in order (the generated id is left to the database).
+_COLUMNS = (
+    "request_id",
+    "task",
+    "customer_id",
+    "model_name",
+    "model_version",
+    "outputs",
+    "reasons",
+    "features",
+    "created_at",
+    "tenant",
 )
+_SQLITE_INSERT = (
+    f"INSERT INTO {score_table.name} ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+)
+_COPY = f"COPY {score_table.name} ({', '.join(_COLUMNS)}) FROM STDIN"
+# Rows per executemany on the bulk path: bounds the memory of the tuples built for one call.
 BULK_EXECUTEMANY_ROWS = 5_000
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
-def _json_text(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
+def _driver_tuples(dialect: Dialect, rows: Sequence[ScoreRow]) -> list[tuple[Any, ...]]:
+    """One tuple per row in ``_COLUMNS`` order, as the driver takes them."""
+    stamp = score_table.c.created_at.type.bind_processor(dialect)
+    stamps: dict[datetime, Any] = {}  # rows of one call share their timestamp
+    dumps = orjson.dumps
+    tuples = []
+    for row in rows:
+        created_at = row["created_at"]
+        stored_at = stamps.get(created_at)
+        if stored_at is None:
+            stored_at = stamps[created_at] = created_at if stamp is None else stamp(created_at)
+        tuples.append(
+            (
+                row["request_id"],
+                row["task"],
+                row["customer_id"],
+                row["model_name"],
+                row["model_version"],
+                dumps(row["outputs"], option=_JSON_OPTIONS).decode(),
+                dumps(row["reasons"], option=_JSON_OPTIONS).decode(),
+                dumps(row["features"], option=_JSON_OPTIONS).decode(),
+                stored_at,
+                row.get("tenant"),
+            )
+        )
+    return tuples
+
+
+def _copy_scores(connection: Connection, rows: Sequence[ScoreRow]) -> None:
+    driver_connection: Any = connection.connection.driver_connection
+    with driver_connection.cursor() as cursor, cursor.copy(_COPY) as copy:
+        for values in _driver_tuples(connection.dialect, rows):
+            copy.write_row(values)
 
 
 def bulk_insert_scores(connection: Connection, *, rows: Sequence[ScoreRow]) -> int:
-    """Insert many rows: COPY on PostgreSQL (psycopg 3), batched executemany elsewhere."""
-    if not rows:
-        return 0
-    if connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg":
-        driver_connection: Any = connection.connection.driver_connection
-        statement = f"COPY {score_table.name} ({_COPY_COLUMNS}) FROM STDIN"
-        with driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
-            for row in rows:
-                copy.write_row(
-                    (
-                        row["request_id"],
-                        row["task"],
-                        row["customer_id"],
-                        row["model_name"],
-                        row["model_version"],
-                        _json_text(row["outputs"]),
-                        _json_text(row["reasons"]),
-                        _json_text(row["features"]),
-                        row["created_at"],
-                    )
-                )
-        return len(rows)
+    """Insert many rows (a batch file's chunk) in slices that bound the memory per call."""
     for start in range(0, len(rows), BULK_EXECUTEMANY_ROWS):
         insert_scores(connection, rows=rows[start : start + BULK_EXECUTEMANY_ROWS])
     return len(rows)
