@@ -63,14 +63,18 @@ class _PendingWrite:
     also: AfterInsert | None = None
 
 
-def _settle_future(future: asyncio.Future[None], error: BaseException | None) -> None:
-    # Runs on the waiter's event loop; the waiter may have been cancelled meanwhile.
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+_Outcome = tuple[asyncio.Future[None], BaseException | None]
+
+
+def _settle_futures(outcomes: list[_Outcome]) -> None:
+    # Runs on the waiters' event loop; a waiter may have been cancelled meanwhile.
+    for future, error in outcomes:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 class GroupCommitWriter:
@@ -184,8 +188,9 @@ class GroupCommitWriter:
                 self._accepting = False
                 leftovers = list(self._queue)
                 self._queue.clear()
-            for pending in leftovers:
-                self._settle(pending, PersistenceUnavailable("the score writer stopped"))
+            self._settle(
+                leftovers, [PersistenceUnavailable("the score writer stopped") for _ in leftovers]
+            )
 
     def _next_group(self) -> list[_PendingWrite] | None:
         with self._condition:
@@ -223,15 +228,16 @@ class GroupCommitWriter:
                 "score group of %d writes (%d rows) rolled back: %s", len(group), len(rows), reason
             )
             self._count_failure(len(rows))
-            for pending in group:
+            errors: list[BaseException] = []
+            for _ in group:
                 # One exception object per waiter: tracebacks are mutated when raised.
                 error = PersistenceUnavailable(f"could not commit the scores: {reason}")
                 error.__cause__ = exc
-                self._settle(pending, error)
+                errors.append(error)
+            self._settle(group, errors)
             return
         self._count_success(rows=len(rows), writes=len(group))
-        for pending in group:
-            self._settle(pending, None)
+        self._settle(group, [None] * len(group))
 
     def _insert_and_commit(
         self, rows: Sequence[ScoreRow], callbacks: Sequence[AfterInsert] = ()
@@ -244,10 +250,16 @@ class GroupCommitWriter:
                 callback(connection)
 
     @staticmethod
-    def _settle(pending: _PendingWrite, error: BaseException | None) -> None:
-        # RuntimeError: the waiter's event loop is closed, so nobody is left to tell.
-        with suppress(RuntimeError):
-            pending.loop.call_soon_threadsafe(_settle_future, pending.future, error)
+    def _settle(group: Sequence[_PendingWrite], errors: Sequence[BaseException | None]) -> None:
+        """Wake the waiters: one call per event loop, not per waiter (each call is a wake-up
+        write to the loop's self-pipe)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+        for pending, error in zip(group, errors, strict=True):
+            by_loop.setdefault(pending.loop, []).append((pending.future, error))
+        for loop, outcomes in by_loop.items():
+            # RuntimeError: the waiters' event loop is closed, so nobody is left to tell.
+            with suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle_futures, outcomes)
 
     def _count_success(self, *, rows: int, writes: int) -> None:
         with self._stats_lock:
