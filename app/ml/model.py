@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import lightgbm as lgb
 import numpy as np
@@ -33,9 +33,11 @@ class Predictor(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class Reason:
-    """One feature's signed push on a score, in the model's raw units, worded for staff."""
+class Reason(NamedTuple):
+    """One feature's signed push on a score, in the model's raw units, worded for staff.
+
+    A named tuple: five are built for every score, and it is the cheapest immutable record.
+    """
 
     feature: str
     value: str
