@@ -7,6 +7,7 @@ hops per request that cost more than the scoring itself.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -19,12 +20,6 @@ from app.security.errors import Forbidden, Unauthenticated
 from app.security.principal import Principal, Scope
 from app.security.pseudonyms import Pseudonymizer
 from app.services.scoring import ScoringService
-
-
-async def get_scoring(request: Request) -> ScoringService:
-    """The scoring service built at start-up."""
-    service: ScoringService = request.app.state.scoring
-    return service
 
 
 async def get_registry(request: Request) -> ModelRegistry:
@@ -43,11 +38,6 @@ def get_session(request: Request) -> Iterator[Session]:
     """A database session for one request, closed afterwards."""
     with request.app.state.session_factory() as session:
         yield session
-
-
-async def get_request_id(request: Request) -> str:
-    """The id of this request (from X-Request-ID or generated)."""
-    return str(request.scope["state"]["request_id"])
 
 
 def get_principal(request: Request) -> Principal:
@@ -86,11 +76,34 @@ async def get_pseudonymizer(request: Request) -> Pseudonymizer | None:
     return pseudonymizer
 
 
-ScoringDep = Annotated[ScoringService, Depends(get_scoring)]
+@dataclass(frozen=True, slots=True)
+class ScoringCall:
+    """What a scoring route needs, resolved as one dependency: FastAPI's cost is per
+    dependency, and on a single-customer call three of them cost more than the prediction."""
+
+    service: ScoringService
+    request_id: str
+    tenant: str | None
+
+
+_holds_scores_write = require(Scope.SCORES_WRITE)
+
+
+async def get_scoring_call(request: Request) -> ScoringCall:
+    """The scoring service, this request's id, and the caller's tenant (403 without
+    the scores:write scope)."""
+    caller = await _holds_scores_write(request)
+    return ScoringCall(
+        service=request.app.state.scoring,
+        request_id=str(request.scope["state"]["request_id"]),
+        tenant=caller.tenant,
+    )
+
+
+ScoringCallDep = Annotated[ScoringCall, Depends(get_scoring_call)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
-RequestIdDep = Annotated[str, Depends(get_request_id)]
 ScoresWriter = Annotated[Principal, Depends(require(Scope.SCORES_WRITE))]
 ScoresReader = Annotated[Principal, Depends(require(Scope.SCORES_READ))]
 AlertsReader = Annotated[Principal, Depends(require(Scope.ALERTS_READ))]

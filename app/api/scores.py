@@ -14,7 +14,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
-from app.deps import RequestIdDep, ScoresWriter, ScoringDep
+from app.deps import ScoringCallDep
 from app.ml.manifest import Task
 from app.schemas.requests import score_request_name
 from app.schemas.responses import (
@@ -54,11 +54,9 @@ def json_response(content: dict[str, Any]) -> Response:
 def _scoring_endpoint(task: Task) -> Callable[..., Awaitable[Response]]:
     """The endpoint of one task: hand the body to the service, count, audit, answer."""
 
-    async def endpoint(
-        request: Request, scoring: ScoringDep, request_id: RequestIdDep, caller: ScoresWriter
-    ) -> Response:
+    async def endpoint(request: Request, call: ScoringCallDep) -> Response:
         body = await request.body()
-        result = await scoring.score(task, body, request_id, tenant=caller.tenant)
+        result = await call.service.score(task, body, call.request_id, tenant=call.tenant)
         request.app.state.metrics.scores.labels(task.value).inc(len(result["results"]))
         note(request, task=task.value, customers=len(result["results"]))
         return json_response(result)
@@ -113,10 +111,8 @@ for _task, (_path, _response, _name, _summary) in SCORING_ROUTES.items():
     responses=ERROR_RESPONSES,
     openapi_extra=body_schema("AssessmentRequest"),
 )
-async def assessments(
-    request: Request, scoring: ScoringDep, request_id: RequestIdDep, caller: ScoresWriter
-) -> Response:
+async def assessments(request: Request, call: ScoringCallDep) -> Response:
     """One customer: lifecycle group and every score that applies to it, saved together."""
-    result = await scoring.assess(await request.body(), request_id, tenant=caller.tenant)
+    result = await call.service.assess(await request.body(), call.request_id, tenant=call.tenant)
     note(request, task="assessment", customers=1)
     return json_response(result)
