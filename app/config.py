@@ -36,9 +36,10 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=1000, ge=1)
     group_commit_max_rows: int = Field(default=5000, ge=1)
     group_commit_max_wait_ms: float = Field(
-        default=1.0,
+        default=5.0,
         ge=0,
-        description="Extra wait for more rows once one is queued (load batches anyway).",
+        description="Longest a commit group stays open for calls still computing their scores "
+        "(a call arriving at an idle service commits at once).",
     )
     log_level: str = "INFO"
     log_json: bool = True

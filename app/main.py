@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         engine,
         max_rows=settings.group_commit_max_rows,
         max_wait_ms=settings.group_commit_max_wait_ms,
+        close_early=True,  # the scoring service announces its writes
     )
     scoring = ScoringService(
         registry=registry,

@@ -290,6 +290,38 @@ def test_max_rows_bounds_a_group_but_never_splits_a_write(engine: Engine) -> Non
     assert count_rows(engine) == 24
 
 
+def test_announced_writes_share_a_group_and_a_lone_write_does_not_wait(engine: Engine) -> None:
+    # A wait far beyond the test's patience: only the announcements can close the groups.
+    writer = GroupCommitWriter(engine, max_rows=5000, max_wait_ms=60_000, close_early=True)
+
+    async def announced_call(i: int) -> None:
+        with writer.announce() as announcement:
+            if i == 0:
+                await asyncio.sleep(0.2)  # still "computing" while the others have written
+            await writer.write([make_row(customer_id=f"c-{i}")], announcement=announcement)
+
+    async def withdrawn_call() -> None:
+        with pytest.raises(RuntimeError), writer.announce():
+            await asyncio.sleep(0.05)
+            raise RuntimeError("invalid input: nothing to write")
+
+    async def main() -> float:
+        await asyncio.gather(*(announced_call(i) for i in range(4)), withdrawn_call())
+        started = asyncio.get_running_loop().time()
+        await writer.write([make_row(customer_id="lone")])  # nothing announced: commits at once
+        return asyncio.get_running_loop().time() - started
+
+    writer.start()
+    try:
+        lone_write_s = asyncio.run(asyncio.wait_for(main(), timeout=30))
+    finally:
+        writer.stop()
+    assert count_rows(engine) == 5
+    assert lone_write_s < 5
+    # The group stayed open for the late call (not for the withdrawn one), then closed at once.
+    assert (writer.stats.writes_committed, writer.stats.groups_committed) == (5, 2)
+
+
 def test_stop_commits_what_is_queued_then_refuses_writes(engine: Engine) -> None:
     writer = GroupCommitWriter(engine, max_rows=5000, max_wait_ms=20)
     rows = [make_row() for _ in range(30)]

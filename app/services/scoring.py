@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from app.db.errors import PersistenceUnavailable
-from app.db.group_commit import AfterInsert, GroupCommitWriter
+from app.db.group_commit import AfterInsert, Announcement, GroupCommitWriter
 from app.db.repository import ScoreRow
 from app.errors import BatchTooLarge, DatabaseUnavailable, InvalidInput, ModelUnavailable
 from app.ml.explain import Explanation
@@ -175,10 +175,16 @@ class ScoringService:
             rows = [{n: data[n][i] for n in names} for i in range(len(ids))]
         return ScoreOptions.of(request), CustomerBatch(ids=ids, matrix=matrix, inputs=rows)
 
-    async def persist(self, rows: list[ScoreRow], *, also: AfterInsert | None = None) -> None:
+    async def persist(
+        self,
+        rows: list[ScoreRow],
+        *,
+        also: AfterInsert | None = None,
+        announcement: Announcement | None = None,
+    ) -> None:
         """Wait until the rows (and ``also``'s writes) are committed; 503 if they cannot be."""
         try:
-            await self.writer.write(rows, also=also)
+            await self.writer.write(rows, also=also, announcement=announcement)
         except PersistenceUnavailable as error:
             raise DatabaseUnavailable(
                 "the database is unavailable; nothing was saved, retry later"
@@ -188,18 +194,20 @@ class ScoringService:
         self, task: Task, body: bytes, request_id: str, *, tenant: str | None = None
     ) -> dict[str, Any]:
         """One scoring call: parse, compute, persist, respond (all or nothing)."""
-        options, batch = self.parse(task, body)
-        compute = self._compute[task]
-        if len(batch.ids) > INLINE_MAX_ROWS:
-            results = await anyio.to_thread.run_sync(compute, options, batch)
-        else:
-            results = compute(options, batch)
-        model = self.model(task)
-        stored = self.stored_batch(batch)
-        alerts = self._churn_alerts(task, model, request_id, stored, results, tenant)
-        await self.persist(
-            self._rows(task, model, request_id, stored, results, tenant), also=alerts
-        )
+        # Announced from the start, so that the writer keeps its group open for this call's
+        # rows while other calls' rows are committed (see app/db/group_commit.py).
+        with self.writer.announce() as announcement:
+            options, batch = self.parse(task, body)
+            compute = self._compute[task]
+            if len(batch.ids) > INLINE_MAX_ROWS:
+                results = await anyio.to_thread.run_sync(compute, options, batch)
+            else:
+                results = compute(options, batch)
+            model = self.model(task)
+            stored = self.stored_batch(batch)
+            alerts = self._churn_alerts(task, model, request_id, stored, results, tenant)
+            rows = self._rows(task, model, request_id, stored, results, tenant)
+            await self.persist(rows, also=alerts, announcement=announcement)
         return {
             "request_id": request_id,
             "model": {"task": task.value, "version": model.manifest.version},
