@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from app.ml.arrow import MissingColumnsError, check_columns, encode_batch
+from app.ml.arrow import MissingColumnsError, check_columns, encode, encode_batch
 from app.ml.manifest import Task
 from app.ml.model import ModelLoadError, ScoringModel
 from app.ml.registry import ModelRegistry, available_versions
@@ -129,6 +129,58 @@ def test_encode_batch_flags_unknown_categories_and_bad_numbers() -> None:
     assert problems[1] is not None and ("occupation" in problems[1] or "income" in problems[1])
     with pytest.raises(MissingColumnsError, match="age"):
         check_columns(schema, ["income"])
+
+
+@pytest.mark.parametrize("category_type", [pa.string(), pa.large_string(), "dictionary"])
+def test_encode_gives_each_row_its_first_problem(category_type: Any) -> None:
+    """Column by column, as ``validate_matrix`` row by row: the first feature's problem wins,
+    and a broken rule wins over a value that could not be read at all."""
+    schema = FeatureSchema(
+        features=(
+            FeatureSpec(name="a", kind=FeatureKind.INTEGER, minimum=0, maximum=10, description="a"),
+            FeatureSpec(name="b", kind=FeatureKind.NUMBER, required=False, description="b"),
+            FeatureSpec(
+                name="c",
+                kind=FeatureKind.CATEGORY,
+                categories=("x", "y"),
+                required=False,
+                description="c",
+            ),
+            FeatureSpec(name="d", kind=FeatureKind.BOOLEAN, description="d"),
+        )
+    )
+    categories = pa.array(["x", "z", "z", "z", "y", "y", "x", "x"])
+    if category_type == "dictionary":
+        categories = categories.dictionary_encode()
+    else:
+        categories = categories.cast(category_type)
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "a": [1.0, 11.0, 1.0, 1.0, None, 1.0, 2.5, -math.inf],
+            "b": ["2.5", "2.5", "lots", None, "1", "1", "1", "1"],
+            "c": categories,
+            "d": [True, True, True, True, None, None, True, False],
+        }
+    )
+    encoded = encode(schema, batch)
+    expected = [
+        None,
+        "a: above maximum 10",
+        "b: not a number",
+        "c: unknown category",
+        "a: required value is missing",
+        "d: required value is missing",
+        "a: must be a whole number",
+        "a: below minimum 0",
+    ]
+    assert [encoded.problem(row) for row in range(8)] == expected
+    assert encoded.valid.tolist() == [p is None for p in expected]
+    assert encode_batch(schema, batch)[1] == expected
+    assert encoded.matrix.flags.c_contiguous and encoded.matrix.dtype == np.float64
+    np.testing.assert_array_equal(encoded.matrix[0], [1.0, 2.5, 0.0, 1.0])
+    assert np.isnan(encoded.matrix[3, 2])  # an unknown category is a missing value
+    # The rules are the schema's own; unreadable values (rows 2, 3) are missing to them.
+    assert schema.validate_matrix(encoded.matrix) == [*expected[:2], None, None, *expected[4:]]
 
 
 def test_registry_picks_newest_or_pinned(models_dir: Path, tmp_path: Path) -> None:

@@ -92,6 +92,25 @@ class FeatureSpec(BaseModel):
         template = self.reason or f"{self.description}: {{value}}"
         return template.replace("{value}", described or self.describe_value(value))
 
+    def problems(self, values: FloatMatrix) -> list[tuple[npt.NDArray[np.bool_], str]]:
+        """The rows of one encoded column that break this feature's rules, each mask with its
+        message; a row in several masks takes the last one. Masks that hold no row are left out."""
+        missing = np.isnan(values)
+        found: list[tuple[npt.NDArray[np.bool_], str]] = []
+        if self.required:
+            found.append((missing, f"{self.name}: required value is missing"))
+        found.append((np.isinf(values), f"{self.name}: must be finite"))
+        # Comparisons with NaN are false: a missing value is never below or above a bound.
+        if self.minimum is not None:
+            found.append((values < self.minimum, f"{self.name}: below minimum {self.minimum:g}"))
+        if self.maximum is not None:
+            found.append((values > self.maximum, f"{self.name}: above maximum {self.maximum:g}"))
+        if self.kind in (FeatureKind.INTEGER, FeatureKind.BOOLEAN):
+            # Infinities round to themselves, so only present fractional values are caught.
+            fractional = ~missing & (np.round(values) != values)
+            found.append((fractional, f"{self.name}: must be a whole number"))
+        return [(mask, message) for mask, message in found if mask.any()]
+
 
 class FeatureSchema(BaseModel):
     """An ordered list of features: the column order of the model's matrix."""
@@ -196,26 +215,7 @@ class FeatureSchema(BaseModel):
         """Per row, the first problem found (None when the row is valid); vectorised for files."""
         problems: list[str | None] = [None] * matrix.shape[0]
         for j, feature in reversed(list(enumerate(self.features))):
-            column = matrix[:, j]
-            missing = np.isnan(column)
-            bad_rows: list[tuple[npt.NDArray[np.bool_], str]] = []
-            if feature.required:
-                bad_rows.append((missing, f"{feature.name}: required value is missing"))
-            present = ~missing
-            if np.isinf(column).any():
-                bad_rows.append((np.isinf(column), f"{feature.name}: must be finite"))
-            if feature.minimum is not None:
-                below = present & (column < feature.minimum)
-                bad_rows.append((below, f"{feature.name}: below minimum {feature.minimum:g}"))
-            if feature.maximum is not None:
-                above = present & (column > feature.maximum)
-                bad_rows.append((above, f"{feature.name}: above maximum {feature.maximum:g}"))
-            if feature.kind in (FeatureKind.INTEGER, FeatureKind.BOOLEAN):
-                finite = present & np.isfinite(column)
-                fractional = np.zeros_like(missing)
-                fractional[finite] = column[finite] != np.round(column[finite])
-                bad_rows.append((fractional, f"{feature.name}: must be a whole number"))
-            for mask, message in bad_rows:
+            for mask, message in feature.problems(matrix[:, j]):
                 for i in np.flatnonzero(mask):
                     problems[int(i)] = message
         return problems
