@@ -6,10 +6,11 @@ acknowledged write is therefore committed; a failed transaction fails every wait
 and writes none of their rows.
 
 How long a group stays open is the trade-off between latency and cost per row (each group pays
-a BEGIN, the alert lookup, a COMMIT with its fsync, and the wake-ups). Callers may *announce* a
-write before computing it (``announce``); a writer built with ``close_early=True`` then holds a
-group open only while announced writes are still on their way (at most ``max_wait_ms``), so
-a lone request commits at once and a busy server commits in large groups.
+a BEGIN, the alert lookup, and a COMMIT whose fsync alone costs about 0.4 ms of CPU here).
+Callers may *announce* a write before computing it (``announce``). A writer built with
+``close_early=True`` holds a group open for ``max_wait_ms`` only while it is busy (its last
+group held more than one write) or announced writes are still on their way; so a lone request
+commits at once and a busy server commits in large groups.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ class GroupCommitWriter:
         self._queued_rows = 0
         self._announced = 0  # announced writes not yet queued
         self._gathering = False  # the writer holds a group open, waiting for more writes
+        self._busy = False  # the last group held more than one write
         self._accepting = False
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -191,7 +193,7 @@ class GroupCommitWriter:
         # Holding the condition. The last outstanding write lets an open group close.
         announcement.outstanding = False
         self._announced -= 1
-        if self._announced == 0 and self._close_early:
+        if self._announced == 0 and self._close_early and not self._busy:
             self._condition.notify()
 
     async def write(
@@ -222,7 +224,7 @@ class GroupCommitWriter:
             if (
                 not self._gathering
                 or self._queued_rows >= self._max_rows
-                or (self._close_early and self._announced == 0)
+                or (self._close_early and not self._busy and self._announced == 0)
             ):
                 self._condition.notify()
         await future
@@ -280,11 +282,12 @@ class GroupCommitWriter:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or self._stopping:
                         break
-                    if self._close_early and self._announced == 0:
+                    if self._close_early and not self._busy and self._announced == 0:
                         break
                     self._condition.wait(remaining)
             finally:
                 self._gathering = False
+            self._busy = len(group) > 1
             return group
 
     def _take(self) -> _PendingWrite:
