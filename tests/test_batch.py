@@ -6,10 +6,12 @@ the real migrations; the crash is a real one (SIGKILL in the middle of a chunk's
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -30,7 +32,15 @@ from app.db.migrate import upgrade
 from app.db.repository import ScoreRow, bulk_insert_scores, list_scores
 from app.db.session import create_db_engine, create_session_factory
 from app.ml.model import ScoringModel
-from app.services.batch import read_batches, rechunk, score_batches, score_file
+from app.services.batch import (
+    map_in_order,
+    read_batches,
+    rechunk,
+    rejects_path_for,
+    score_batches,
+    score_chunk,
+    score_file,
+)
 from app.services.batch_persist import DatabaseChunkSink, chunk_request_id, run_id_for
 from tests.db_support import temporary_postgres_database, temporary_sqlite_database
 
@@ -382,3 +392,77 @@ def test_chunks_stream_through_with_at_most_a_couple_in_flight(
     )
     assert summary.chunks == 40 and len(ahead) == 40
     assert max(ahead) <= 3, ahead
+
+
+@pytest.mark.parametrize("reasons", [0, 2])
+def test_chunks_scored_side_by_side_equal_the_sequential_path(
+    churn_model: ScoringModel, churn_file: Path, tmp_path: Path, reasons: int
+) -> None:
+    """Whatever the number of workers, the output and the rejects are the same, byte for byte,
+    as scoring each chunk in turn."""
+    columns = pq.ParquetFile(churn_file).schema_arrow.names
+    sequential = [
+        score_chunk(churn_model, batch, index=i, id_column="customer_id", reasons=reasons)
+        for i, batch in enumerate(read_batches(churn_file, CHUNK, columns))
+    ]
+    expected = pa.concat_tables(chunk.table("customer_id") for chunk in sequential)
+    expected_rejects = [r for chunk in sequential for r in chunk.rejects]
+    assert len(expected_rejects) == BAD_ROWS
+    for workers in (1, 2, 5):
+        output = tmp_path / f"workers-{workers}.parquet"
+        summary = score_batches(
+            churn_model,
+            read_batches(churn_file, CHUNK, columns),
+            output_path=output,
+            id_column="customer_id",
+            reasons=reasons,
+            workers=workers,
+        )
+        assert (summary.rows_read, summary.rows_rejected, summary.chunks) == (ROWS, BAD_ROWS, 5)
+        assert pq.read_table(output).equals(expected)
+        with rejects_path_for(output).open(newline="") as handle:
+            rejects = [(row["customer_id"], row["reason"]) for row in csv.DictReader(handle)]
+        assert rejects == expected_rejects
+        assert all(reason == "age: below minimum 18" for _, reason in rejects)
+
+
+def test_a_chunk_that_fails_on_a_worker_fails_the_run_and_leaves_no_output(
+    churn_model: ScoringModel, churn_file: Path, tmp_path: Path
+) -> None:
+    batches = list(read_batches(churn_file, CHUNK))
+    batches[3] = batches[3].drop_columns(["customer_id"])  # no id: fails inside the worker
+    output = tmp_path / "scores.parquet"
+    with pytest.raises(KeyError):
+        score_batches(
+            churn_model,
+            iter(batches),
+            output_path=output,
+            id_column="customer_id",
+            reasons=0,
+            workers=2,
+        )
+    assert list(tmp_path.glob("scores*")) == []  # no output, no partial files
+
+
+def test_map_in_order_keeps_the_order_and_a_bounded_window() -> None:
+    drawn = 0
+    handed_back = 0
+    outstanding: list[int] = []
+
+    def items() -> Iterator[int]:
+        nonlocal drawn
+        for item in range(30):
+            drawn += 1
+            outstanding.append(drawn - handed_back)
+            yield item
+
+    def slow_for_early_items(item: int) -> int:
+        time.sleep(0.002 * (item % 3))  # later items often finish first
+        return item * item
+
+    results = []
+    for result in map_in_order(slow_for_early_items, items(), workers=3, ahead=4):
+        handed_back += 1
+        results.append(result)
+    assert results == [i * i for i in range(30)]
+    assert max(outstanding) <= 5  # the item drawn, and at most `ahead` not yet handed back

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
+from app.config import PROJECT_ROOT
 from app.db.migrate import current, head
 
 runner = CliRunner()
@@ -92,6 +98,58 @@ def test_score_reports_a_missing_input(tmp_path: Path, models_dir: Path) -> None
     )
     assert result.exit_code == 2
     assert "input not found" in result.output
+
+
+IMPORTS_OF_A_RUN = """
+import json, sys
+from app.cli import cli
+from app.config import PROJECT_ROOT
+try:
+    cli(sys.argv[1:])
+except SystemExit as exit:
+    if exit.code:
+        raise
+print(json.dumps(sorted({name.partition(".")[0] for name in sys.modules})))
+"""
+HEAVY = {"sklearn", "pandas", "dask", "distributed", "matplotlib", "sqlalchemy"}
+
+
+def packages_imported_by(arguments: list[str], **env: str) -> set[str]:
+    """Run ``cvm`` in a fresh interpreter; the top-level packages it had imported at the end."""
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTS_OF_A_RUN, *arguments],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(result.stdout.splitlines()[-1]))
+
+
+def test_cvm_score_imports_only_what_scoring_needs(
+    models_dir: Path, prepared_book: pd.DataFrame, tmp_path: Path
+) -> None:
+    """No scikit-learn, pandas or Dask behind LightGBM; no SQLAlchemy without --persist; and
+    no LightGBM at all for scores alone from a library whose reference vouches for it."""
+    source = tmp_path / "customers.parquet"
+    prepared_book.head(500).to_parquet(source, index=False)
+    score = ["score", "churn", "--model", str(models_dir / "churn" / "1"), "--input", str(source)]
+    cache = {"CVM_COMPILED_DIR": str(tmp_path / "compiled")}
+    plain = [*score, "--output", str(tmp_path / "a.parquet"), "--backend", "lightgbm"]
+    assert packages_imported_by(plain, **cache) & HEAVY == set()
+    # The first compiled run compiles the library and its reference (LightGBM loaded) ...
+    compiling = [*score, "--output", str(tmp_path / "b.parquet"), "--backend", "compiled"]
+    assert {"lightgbm", "lleaves"} <= packages_imported_by([*compiling, "--reasons", "0"], **cache)
+    # ... the next ones need neither LightGBM nor what it imports.
+    alone = packages_imported_by([*compiling, "--reasons", "0"], **cache)
+    assert "lleaves" in alone
+    assert alone & {*HEAVY, "lightgbm", "scipy"} == set()
+    with_reasons = packages_imported_by([*compiling, "--reasons", "2"], **cache)
+    assert "lightgbm" in with_reasons and with_reasons & HEAVY == set()
+    first, second = (pq.read_table(tmp_path / name) for name in ("a.parquet", "b.parquet"))
+    assert first["customer_id"].equals(second["customer_id"])
 
 
 def test_db_upgrade_and_current(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

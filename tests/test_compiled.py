@@ -11,11 +11,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from app.ml import compiled
 from app.ml.compiled import (
     TOLERANCE,
     check_rows,
     compile_library,
     library_path,
+    load_compiled_model,
+    reference_path,
     select_backend,
     use_compiled,
 )
@@ -133,3 +136,77 @@ def test_score_file_on_the_compiled_backend_matches_lightgbm(
     assert lightgbm["customer_id"].equals(compiled["customer_id"])
     np.testing.assert_allclose(compiled["probability"], lightgbm["probability"], atol=TOLERANCE)
     assert (compiled["band"] == lightgbm["band"]).all()
+
+
+def test_scores_alone_run_on_the_cached_library_and_equal_lightgbms(
+    models_dir: Path, compiled_cache: Path, customers: pd.DataFrame, tmp_path: Path
+) -> None:
+    directory = models_dir / "churn" / "1"
+    model = ScoringModel.load(directory, threads=2)
+    select_backend(
+        model, model_file=directory / "model.txt", choice="compiled", cache_dir=compiled_cache
+    )
+    alone = load_compiled_model(directory, cache_dir=compiled_cache, threads=2)
+    assert alone is not None and alone.backend == "compiled"
+    assert alone.max_difference <= TOLERANCE
+    matrix = model.schema.encode_columns({n: customers[n].tolist() for n in model.schema.names})
+    np.testing.assert_allclose(
+        alone.predict(matrix), model.booster.predict(matrix), rtol=0, atol=TOLERANCE
+    )
+    source = tmp_path / "customers.parquet"
+    customers.to_parquet(source, index=False)
+    for scorer, name in ((model, "loaded"), (alone, "alone")):
+        score_file(scorer, input_path=source, output_path=tmp_path / f"{name}.parquet", reasons=0)
+    assert pq.read_table(tmp_path / "alone.parquet").equals(
+        pq.read_table(tmp_path / "loaded.parquet")
+    )
+    with pytest.raises(ValueError, match="reasons"):
+        score_file(alone, input_path=source, output_path=tmp_path / "reasons.parquet", reasons=1)
+
+
+def test_a_reference_vouches_only_for_its_model_file_and_lightgbm_version(
+    models_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source = models_dir / "churn" / "1"
+    cache = tmp_path / "cache"
+    model = ScoringModel.load(source)
+    library = library_path(cache, model, source / "model.txt")
+    assert load_compiled_model(source, cache_dir=cache, threads=1) is None  # nothing cached
+    compile_library(source / "model.txt", library)
+    assert reference_path(library).is_file()
+    assert load_compiled_model(source, cache_dir=cache, threads=1) is not None
+    # Made by another LightGBM: not trusted, until LightGBM itself is loaded and redoes it.
+    monkeypatch.setattr(compiled, "lightgbm_version", lambda: "0.0.0")
+    assert load_compiled_model(source, cache_dir=cache, threads=1) is None
+    status = use_compiled(
+        model, model_file=source / "model.txt", cache_dir=cache, compile_missing=False
+    )
+    assert status.backend == "compiled"
+    assert load_compiled_model(source, cache_dir=cache, threads=1) is not None
+    monkeypatch.undo()
+    # A library that does not reproduce its reference (falsified here) is refused, with a warning.
+    reference = compiled.Reference.load(reference_path(library))
+    assert reference is not None
+    compiled.Reference(
+        reference.rows,
+        reference.expected + 1e-6,
+        reference.model_digest,
+        compiled.lightgbm_version(),
+    ).save(reference_path(library))
+    with caplog.at_level(logging.WARNING, logger="app.ml.compiled"):
+        assert load_compiled_model(source, cache_dir=cache, threads=1) is None
+    assert "keeping LightGBM" in caplog.text
+    # Another model file (the first 10 trees) finds the full model's entry under its key: its
+    # digest is not the reference's, so it is not used, and no prediction is even compared.
+    shorter = tmp_path / "models" / "churn" / "1"
+    shutil.copytree(source, shorter)
+    model.booster.save_model(shorter / "model.txt", num_iteration=10)
+    other = library_path(cache, model, shorter / "model.txt")
+    shutil.copy(library, other)
+    shutil.copy(reference_path(library), reference_path(other))
+    caplog.clear()
+    assert load_compiled_model(shorter, cache_dir=cache, threads=1) is None
+    assert caplog.text == ""

@@ -145,12 +145,13 @@ class ScoringModel:
         if self.value_booster is not None:
             self.expected_value_if_converted(row)
 
-    def predict(self, matrix: FloatArray) -> FloatArray:
+    def predict(self, matrix: FloatArray, *, threads: int | None = None) -> FloatArray:
         """Probability of the positive class (binary, shape (n,)), per class (multiclass, (n, k))
-        or the value (regression)."""
+        or the value (regression); on ``threads`` threads (default: the model's)."""
+        threads = threads or self.threads
         if self.predictor is not None:
-            return self.predictor.predict(matrix, threads=self.threads)
-        return np.asarray(self.booster.predict(matrix, num_threads=self.threads), dtype=np.float64)
+            return self.predictor.predict(matrix, threads=threads)
+        return np.asarray(self.booster.predict(matrix, num_threads=threads), dtype=np.float64)
 
     @property
     def backend(self) -> str:
@@ -185,12 +186,15 @@ class ScoringModel:
             return exact_explanation(self.booster, matrix)
         return self.explainer.explain(matrix)
 
-    def expected_value_if_converted(self, matrix: FloatArray) -> FloatArray:
+    def expected_value_if_converted(
+        self, matrix: FloatArray, *, threads: int | None = None
+    ) -> FloatArray:
         """Prospect only: the annual value a prospect would bring once a customer."""
         if self.value_booster is None:
             raise ModelLoadError(f"{self.manifest.task} has no value model")
         return np.asarray(
-            self.value_booster.predict(matrix, num_threads=self.threads), dtype=np.float64
+            self.value_booster.predict(matrix, num_threads=threads or self.threads),
+            dtype=np.float64,
         )
 
     def explain_row(

@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from app.ml.manifest import MANIFEST_FILE, Task
-from app.ml.model import ModelLoadError, ScoringModel
+
+if TYPE_CHECKING:  # imported by load(): listing versions (cvm score) needs no LightGBM
+    from app.ml.model import ScoringModel
 
 
 def _version_key(version: str) -> tuple[tuple[int, str], ...]:
@@ -42,6 +45,8 @@ class ModelRegistry:
         A manifest that fails validation stops the start-up: serving a model that disagrees
         with its schema is worse than not serving.
         """
+        from app.ml.model import ModelLoadError, ScoringModel
+
         pinned = pinned or {}
         unknown = sorted(set(pinned) - {t.value for t in Task})
         if unknown:

@@ -10,24 +10,34 @@ from __future__ import annotations
 
 import csv
 import os
-import queue
-import threading
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TextIO, TypeVar
+from typing import TYPE_CHECKING, Protocol, TextIO, TypeAlias, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from app.ml.arrow import check_columns, encode_batch
+from app.ml.arrow import check_columns, encode
+from app.ml.compiled import CompiledModel
 from app.ml.manifest import Objective
-from app.ml.model import FloatArray, ScoringModel
+from app.ml.schema import FloatMatrix as FloatArray
+
+if TYPE_CHECKING:  # not imported to run: a compiled model alone scores without LightGBM
+    from app.ml.explain import Explanation
+    from app.ml.model import ScoringModel
+
+    # LightGBM's model (reasons, value models) or its compiled library alone (scores only).
+    BatchModel: TypeAlias = ScoringModel | CompiledModel
 
 T = TypeVar("T")
+R = TypeVar("R")
 CHUNK_ROWS = 65_536
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 _BANDS = pa.array(["low", "medium", "high"], pa.string())
@@ -156,12 +166,16 @@ def iter_row_groups(
 
     A single ``iter_batches`` over a whole file keeps allocations as it goes (about 1 MB per
     64k-row batch, measured with pyarrow 26): memory would grow with the file. A reader per
-    row group holds at most one row group's buffers.
+    row group holds at most one row group's buffers. Columns are decoded on the calling thread:
+    Arrow's own thread pool costs half as much CPU again (measured), and the scorer keeps the
+    other cores busy with chunks of their own.
     """
     reader = pq.ParquetFile(file)
     groups = range(reader.metadata.num_row_groups) if row_groups is None else row_groups
     for group in groups:
-        yield from reader.iter_batches(batch_size=chunk_rows, row_groups=[group], columns=columns)
+        yield from reader.iter_batches(
+            batch_size=chunk_rows, row_groups=[group], columns=columns, use_threads=False
+        )
 
 
 def read_batches(
@@ -179,50 +193,44 @@ def read_batches(
     return rechunk(raw, chunk_rows)
 
 
-def read_ahead(items: Iterator[T], depth: int = 1) -> Generator[T, None, None]:
-    """Run an iterator on a thread of its own, at most ``depth`` items ahead of the consumer."""
-    slots: queue.Queue[T | BaseException | None] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+def map_in_order(
+    function: Callable[[T], R], items: Iterable[T], *, workers: int, ahead: int
+) -> Generator[R, None, None]:
+    """``map(function, items)`` on ``workers`` threads, results in input order.
 
-    def offer(item: T | BaseException | None) -> bool:
-        # Never block for good: the consumer may have stopped early (error, interrupt).
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
+    At most ``ahead`` items are handed to the threads and not yet taken back, so memory is
+    bounded whatever the input's length. Items are drawn on the caller's thread.
+    """
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cvm-batch") as pool:
+        pending: deque[Future[R]] = deque()
         try:
             for item in items:
-                if not offer(item):
-                    return
-            offer(None)
-        except BaseException as error:  # handed to the consumer, raised there
-            offer(error)
-
-    thread = threading.Thread(target=produce, name="cvm-batch-reader", daemon=True)
-    thread.start()
-    try:
-        while (item := slots.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
+                pending.append(pool.submit(function, item))
+                if len(pending) > ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # the consumer stopped early (an error, an interrupt): drop what has not run
+            for future in pending:
+                future.cancel()
 
 
-def result_columns(model: ScoringModel, matrix: FloatArray, reasons: int) -> dict[str, pa.Array]:
+def result_columns(
+    model: BatchModel, matrix: FloatArray, reasons: int, *, threads: int | None = None
+) -> dict[str, pa.Array]:
     """The score columns of one validated chunk (and its top reasons when asked)."""
     manifest = model.manifest
+    texts = None
     if reasons:
+        if isinstance(model, CompiledModel):
+            raise ValueError("reasons are worded from LightGBM: load the model with it")
         explanation = model.explain(matrix)
         outputs = model.probabilities_from_raw(explanation.raw_score)
+        # The reasons of the class predicted (multiclass), of the positive class (binary).
+        predicted = outputs.argmax(axis=1) if outputs.ndim == 2 else np.zeros(len(outputs), int)
+        texts = reason_texts(model, matrix, explanation, predicted, top=reasons)
     else:
-        outputs = model.predict(matrix)
+        outputs = model.predict(matrix, threads=threads)
     columns: dict[str, pa.Array] = {}
     if manifest.objective is Objective.BINARY:
         columns["probability"] = pa.array(outputs)
@@ -233,72 +241,59 @@ def result_columns(model: ScoringModel, matrix: FloatArray, reasons: int) -> dic
                 np.where(outputs >= manifest.thresholds["medium"], 1, 0),
             ).astype(np.int8)
             columns["band"] = _BANDS.take(pa.array(codes))
-        if model.value_booster is not None:
+        # A compiled model alone never has a value model (load_compiled_model).
+        if not isinstance(model, CompiledModel) and model.value_booster is not None:
             columns["expected_value"] = pa.array(
-                outputs * model.expected_value_if_converted(matrix)
+                outputs * model.expected_value_if_converted(matrix, threads=threads)
             )
-        class_index = np.zeros(len(matrix), dtype=np.int64)
     else:
         class_index = outputs.argmax(axis=1)
         columns["prediction"] = pa.array(model.classes, pa.string()).take(pa.array(class_index))
         columns["probability"] = pa.array(outputs[np.arange(len(outputs)), class_index])
-    if reasons:
-        texts = []
-        for row in range(len(matrix)):
-            explained = model.explain_row(
-                matrix, explanation, row, int(class_index[row]), top=reasons
-            )
-            texts.append(
-                [f"{r.text} ({r.direction} {abs(r.contribution):.3f})" for r in explained.reasons]
-            )
+    if texts is not None:
         columns["reasons"] = pa.array(texts, pa.list_(pa.string()))
     return columns
 
 
-@dataclass(frozen=True)
-class PreparedChunk:
-    """A chunk validated and encoded, not yet scored."""
-
-    index: int
-    rows: int
-    ids: pa.Array
-    matrix: FloatArray
-    rejects: list[tuple[str, str]]
-
-
-def prepare_chunk(
-    model: ScoringModel, batch: pa.RecordBatch, *, index: int, id_column: str
-) -> PreparedChunk:
-    """Validate and encode one chunk; rows that fail validation come back as rejects."""
-    matrix, problems = encode_batch(model.schema, batch)
-    ids = batch.column(batch.schema.get_field_index(id_column)).cast(pa.string())
-    valid = np.fromiter((p is None for p in problems), dtype=bool, count=len(problems))
-    rejected = np.flatnonzero(~valid)
-    rejects = [(str(ids[int(i)].as_py()), str(problems[int(i)])) for i in rejected]
-    if len(rejected):
-        ids = ids.filter(pa.array(valid))
-        matrix = matrix[valid]
-    return PreparedChunk(index, batch.num_rows, ids, matrix, rejects)
-
-
-def finish_chunk(model: ScoringModel, prepared: PreparedChunk, *, reasons: int) -> ScoredChunk:
-    """Score a prepared chunk."""
-    columns = result_columns(model, prepared.matrix, reasons) if len(prepared.matrix) else {}
-    return ScoredChunk(
-        index=prepared.index,
-        ids=prepared.ids,
-        columns=columns,
-        matrix=prepared.matrix,
-        rejects=prepared.rejects,
-    )
+def reason_texts(
+    model: ScoringModel,
+    matrix: FloatArray,
+    explanation: Explanation,
+    class_index: npt.NDArray[np.int64],
+    *,
+    top: int,
+) -> list[list[str]]:
+    """Each row's top reasons for one class, worded."""
+    texts = []
+    for row in range(len(matrix)):
+        explained = model.explain_row(matrix, explanation, row, int(class_index[row]), top=top)
+        texts.append(
+            [f"{r.text} ({r.direction} {abs(r.contribution):.3f})" for r in explained.reasons]
+        )
+    return texts
 
 
 def score_chunk(
-    model: ScoringModel, batch: pa.RecordBatch, *, index: int, id_column: str, reasons: int
+    model: BatchModel,
+    batch: pa.RecordBatch,
+    *,
+    index: int,
+    id_column: str,
+    reasons: int,
+    threads: int | None = None,
 ) -> ScoredChunk:
     """Validate, encode and score one chunk; rows that fail validation come back as rejects."""
-    prepared = prepare_chunk(model, batch, index=index, id_column=id_column)
-    return finish_chunk(model, prepared, reasons=reasons)
+    encoded = encode(model.schema, batch)
+    ids = batch.column(id_column).cast(pa.string())
+    rejected = np.flatnonzero(encoded.problem_codes)
+    rejects = [(str(ids[int(i)].as_py()), str(encoded.problem(int(i)))) for i in rejected]
+    matrix = encoded.matrix
+    if len(rejected):
+        valid = encoded.valid
+        ids = ids.filter(pa.array(valid))
+        matrix = matrix[valid]
+    columns = result_columns(model, matrix, reasons, threads=threads) if len(matrix) else {}
+    return ScoredChunk(index=index, ids=ids, columns=columns, matrix=matrix, rejects=rejects)
 
 
 def rejects_path_for(output_path: Path) -> Path:
@@ -338,7 +333,17 @@ class _Outputs:
             table = chunk.table(self.id_column)
             if self.writer is None:
                 self.output_path.parent.mkdir(parents=True, exist_ok=True)
-                self.writer = pq.ParquetWriter(_partial(self.output_path), table.schema)
+                # Dictionary pages only for the labels (band, class, reasons): ids and scores
+                # are unique per row, and trying a dictionary on them halves the writer's
+                # speed for nothing (measured).
+                labels = [
+                    f.name
+                    for f in table.schema
+                    if f.name != self.id_column and not pa.types.is_floating(f.type)
+                ]
+                self.writer = pq.ParquetWriter(
+                    _partial(self.output_path), table.schema, use_dictionary=labels
+                )
             self.writer.write_table(table)
 
     def close(self, *, finished: bool) -> Path | None:
@@ -364,7 +369,7 @@ class _Outputs:
 
 
 def score_batches(
-    model: ScoringModel,
+    model: BatchModel,
     batches: Iterable[pa.RecordBatch],
     *,
     output_path: Path,
@@ -373,24 +378,36 @@ def score_batches(
     rejects_path: Path | None = None,
     sink: ChunkSink | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> BatchSummary:
-    """Score chunks into ``output_path`` (Parquet) and its rejects CSV; persist each to ``sink``."""
+    """Score chunks into ``output_path`` (Parquet) and its rejects CSV; persist each to ``sink``.
+
+    ``workers`` chunks (default: the model's thread count) are validated, encoded and predicted
+    side by side, each on one thread, while this thread reads the next chunks and writes the
+    finished ones in input order.
+    """
+    workers = workers or model.threads
+    # One chunk per thread rather than one chunk on every thread: Arrow, numpy and LightGBM all
+    # release the GIL, and no thread waits at an OpenMP barrier for a core busy elsewhere.
+    threads = max(1, model.threads // workers)
     summary = BatchSummary()
     outputs = _Outputs(output_path, rejects_path or rejects_path_for(output_path), id_column)
-    # Reading, validating and encoding run a chunk ahead on a thread of their own: Arrow and
-    # numpy release the GIL, so they overlap with the prediction of the chunk before.
-    ahead = read_ahead(
-        prepare_chunk(model, batch, index=index, id_column=id_column)
-        for index, batch in enumerate(batches)
-    )
+
+    def score(item: tuple[int, pa.RecordBatch]) -> ScoredChunk:
+        index, batch = item
+        return score_chunk(
+            model, batch, index=index, id_column=id_column, reasons=reasons, threads=threads
+        )
+
+    scored = map_in_order(score, enumerate(batches), workers=workers, ahead=workers + 1)
     finished = False
     try:
-        with closing(ahead):
-            for prepared in ahead:
-                chunk = finish_chunk(model, prepared, reasons=reasons)
+        with closing(scored):
+            for chunk in scored:
                 outputs.write(chunk)
+                rows = len(chunk.ids) + len(chunk.rejects)
                 summary.chunks += 1
-                summary.rows_read += prepared.rows
+                summary.rows_read += rows
                 summary.rows_scored += len(chunk.ids)
                 summary.rows_rejected += len(chunk.rejects)
                 if sink is not None:
@@ -401,7 +418,7 @@ def score_batches(
                         summary.chunks_persisted += 1
                         summary.rows_persisted += written
                 if on_chunk is not None:
-                    on_chunk(prepared.rows)
+                    on_chunk(rows)
         finished = True
     finally:
         summary.rejects_path = outputs.close(finished=finished)
@@ -409,7 +426,7 @@ def score_batches(
 
 
 def score_file(
-    model: ScoringModel,
+    model: BatchModel,
     *,
     input_path: Path,
     output_path: Path,

@@ -13,20 +13,23 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import Engine
 
 from app.db.repository import ScoreRow, bulk_insert_scores, lock_request_id, request_id_exists
-from app.ml.model import FloatArray, ScoringModel
 from app.ml.schema import FeatureKind, FeatureSchema
+from app.ml.schema import FloatMatrix as FloatArray
 from app.services.batch import ScoredChunk, is_parquet, parquet_files
+
+if TYPE_CHECKING:
+    from app.services.batch import BatchModel
 
 REQUEST_PREFIX = "batch"
 
 
-def run_id_for(*, input_path: Path, model: ScoringModel, chunk_rows: int) -> str:
+def run_id_for(*, input_path: Path, model: BatchModel, chunk_rows: int) -> str:
     """A run's identity: the same input, model and chunking always give the same id."""
     digest = hashlib.sha256()
     files = parquet_files(input_path) if is_parquet(input_path) else [input_path]
@@ -72,7 +75,7 @@ class DatabaseChunkSink:
     """Writes each scored chunk to the ``score`` table in its own transaction, once."""
 
     def __init__(
-        self, engine: Engine, *, model: ScoringModel, run_id: str, unit_prefix: str = ""
+        self, engine: Engine, *, model: BatchModel, run_id: str, unit_prefix: str = ""
     ) -> None:
         self.engine = engine
         self.model = model
