@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,16 @@ def test_encode_gives_each_row_its_first_problem(category_type: Any) -> None:
     assert np.isnan(encoded.matrix[3, 2])  # an unknown category is a missing value
     # The rules are the schema's own; unreadable values (rows 2, 3) are missing to them.
     assert schema.validate_matrix(encoded.matrix) == [*expected[:2], None, None, *expected[4:]]
+
+
+def test_the_explainer_is_built_once_on_first_use(models_dir: Path) -> None:
+    """Scores alone (a batch file without reasons) never pay for the explainer's tables."""
+    model = ScoringModel.load(models_dir / "churn" / "1", threads=2)
+    assert vars(model)["_explainer"] is None
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        built = list(pool.map(lambda _: model.explainer, range(8)))
+    assert all(explainer is built[0] for explainer in built)
+    assert built[0].num_iteration == model.booster.num_trees()
 
 
 def test_registry_picks_newest_or_pinned(models_dir: Path, tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ class Explanation:
     method: str = METHOD_PATH
 
 
-def _resolve_num_iteration(booster: lightgbm.Booster, num_iteration: int | None) -> int:
+def resolve_num_iteration(booster: lightgbm.Booster, num_iteration: int | None) -> int:
     """Iterations to use, following ``Booster.predict``: None means best_iteration, else all."""
     total = booster.num_trees() // booster.num_model_per_iteration()
     if total == 0:
@@ -151,7 +151,7 @@ class PathExplainer:
 
         ``num_threads`` goes to LightGBM's predict (0: its default, all cores).
         """
-        n_iter = _resolve_num_iteration(booster, num_iteration)
+        n_iter = resolve_num_iteration(booster, num_iteration)
         model = booster.dump_model(num_iteration=n_iter)
         feature_names = tuple(str(name) for name in model["feature_names"])
         trees: list[dict[str, Any]] = model["tree_info"][
@@ -234,7 +234,7 @@ def exact_explanation(
     """TreeSHAP contributions in the PathExplainer layout; slow, for audits."""
     n_features = booster.num_feature()
     _check_matrix(X, n_features)
-    n_iter = _resolve_num_iteration(booster, num_iteration)
+    n_iter = resolve_num_iteration(booster, num_iteration)
     k = booster.num_model_per_iteration()
     threads = _threads(num_threads)
     contrib = np.asarray(

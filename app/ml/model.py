@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -11,7 +12,13 @@ import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 
-from app.ml.explain import METHOD_TREESHAP, Explanation, PathExplainer, exact_explanation
+from app.ml.explain import (
+    METHOD_TREESHAP,
+    Explanation,
+    PathExplainer,
+    exact_explanation,
+    resolve_num_iteration,
+)
 from app.ml.manifest import Manifest, Objective
 from app.ml.schema import FeatureSchema
 from app.ml.single_row import PREDICT_RAW_SCORE, SingleRowPredictor
@@ -89,11 +96,12 @@ class ScoringModel:
         self.value_booster = value_booster
         # None: LightGBM itself, the reference every other engine is checked against.
         self.predictor: Predictor | None = None
-        self.explainer = PathExplainer.from_booster(booster, num_threads=threads)
+        self._explainer: PathExplainer | None = None
+        self._explainer_lock = threading.Lock()
         self._single_row_raw = SingleRowPredictor(
             booster,
             predict_type=PREDICT_RAW_SCORE,
-            num_iteration=self.explainer.num_iteration,
+            num_iteration=resolve_num_iteration(booster, None),  # the explainer's
             n_outputs=booster.num_model_per_iteration(),
         )
         names = booster.feature_name()
@@ -102,6 +110,18 @@ class ScoringModel:
                 f"{manifest.task} v{manifest.version}: model features {names} differ from "
                 "the manifest schema"
             )
+
+    @property
+    def explainer(self) -> PathExplainer:
+        """Path attribution for this model, built on first use (``warm_up`` builds it): scores
+        without reasons, as in most batch files, never pay for its tables."""
+        if self._explainer is None:
+            with self._explainer_lock:
+                if self._explainer is None:
+                    self._explainer = PathExplainer.from_booster(
+                        self.booster, num_threads=self.threads
+                    )
+        return self._explainer
 
     @classmethod
     def load(cls, directory: Path, *, threads: int = 1) -> ScoringModel:
