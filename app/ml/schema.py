@@ -157,23 +157,32 @@ class FeatureSchema(BaseModel):
             object.__setattr__(self, "_codes_cache", cache)  # frozen model: store a derived cache
         return cache
 
+    def _column_codes(self) -> tuple[tuple[str, dict[str, int] | None], ...]:
+        """Per column, its name and its category codes (None: numeric); cached like the codes."""
+        cache: tuple[tuple[str, dict[str, int] | None], ...] | None = self.__dict__.get(
+            "_columns_cache"
+        )
+        if cache is None:
+            codes = self._category_codes()
+            cache = tuple((f.name, codes.get(f.name)) for f in self.features)
+            object.__setattr__(self, "_columns_cache", cache)
+        return cache
+
     def encode_rows(self, rows: Sequence[Mapping[str, Any]]) -> FloatMatrix:
         """Already-validated records to the float matrix LightGBM takes (missing -> NaN)."""
-        codes = self._category_codes()
-        nan = float("nan")
         if len(rows) > _ROW_WISE_MAX_ROWS:
-            return self._encode_rows_by_column(rows, codes)
-        values: list[float] = []
+            return self._encode_rows_by_column(rows, self._category_codes())
+        nan = float("nan")
+        columns = self._column_codes()
+        values: list[Any] = []
         for row in rows:
-            for feature in self.features:
-                value = row.get(feature.name)
-                if value is None:
-                    values.append(nan)
-                else:
-                    lookup = codes.get(feature.name)
-                    values.append(lookup[value] if lookup is not None else value)
+            get = row.get
+            values += [
+                nan if (v := get(name)) is None else v if codes is None else codes[v]
+                for name, codes in columns
+            ]
         # One array from a flat list: far cheaper than writing numpy elements one by one.
-        return np.array(values, dtype=np.float64).reshape(len(rows), len(self.features))
+        return np.array(values, dtype=np.float64).reshape(len(rows), len(columns))
 
     def _encode_rows_by_column(
         self, rows: Sequence[Mapping[str, Any]], codes: dict[str, dict[str, int]]
