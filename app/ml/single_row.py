@@ -90,6 +90,10 @@ class SingleRowPredictor:
                 ctypes.byref(self._handle),
             )
         )
+        # Preallocated buffers with their addresses taken once: ``ndarray.ctypes`` costs more
+        # per call than the tree walk of a small model.
+        self._row = np.empty(self.n_features, dtype=np.float64)
+        self._row_address = self._row.ctypes.data
         self._out = np.empty(n_outputs, dtype=np.float64)
         self._out_address = self._out.ctypes.data
         self._out_len = ctypes.c_int64()
@@ -97,14 +101,14 @@ class SingleRowPredictor:
         self._lock = threading.Lock()
 
     def __call__(self, row: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        """The outputs for one C-contiguous float64 row of ``n_features`` values (a copy)."""
+        """The outputs for one row of ``n_features`` float64 values (a copy)."""
         if row.shape != (self.n_features,) or row.dtype != np.float64:
             raise ValueError(f"expected {self.n_features} float64 values, got {row.shape}")
-        row = np.ascontiguousarray(row)
         with self._lock:
+            self._row[:] = row
             _check(
                 _LIBRARY.LGBM_BoosterPredictForMatSingleRowFast(
-                    self._handle, row.ctypes.data, self._out_len_ref, self._out_address
+                    self._handle, self._row_address, self._out_len_ref, self._out_address
                 )
             )
             if self._out_len.value != len(self._out):
