@@ -204,21 +204,22 @@ class FeatureSchema(BaseModel):
 
     def encode_columns(self, columns: Mapping[str, Sequence[Any]]) -> FloatMatrix:
         """Already-validated columns (one sequence per feature) to the float matrix."""
-        codes = self._category_codes()
         lengths = {len(v) for v in columns.values()}
         n = lengths.pop() if lengths else 0
-        matrix = np.empty((n, len(self.features)), dtype=np.float64)
-        for j, feature in enumerate(self.features):
-            values = columns.get(feature.name)
+        if n == 0:
+            return np.empty((0, len(self.features)), dtype=np.float64)
+        missing = [None] * n
+        encoded: list[Sequence[Any]] = []
+        for name, codes in self._column_codes():
+            values = columns.get(name)
             if values is None:
-                matrix[:, j] = np.nan
-                continue
-            lookup = codes.get(feature.name)
-            if lookup is not None:
-                matrix[:, j] = [np.nan if v is None else lookup[v] for v in values]
+                encoded.append(missing)
+            elif codes is not None:
+                encoded.append([None if v is None else codes[v] for v in values])
             else:
-                matrix[:, j] = [np.nan if v is None else v for v in values]
-        return matrix
+                encoded.append(values)
+        # One conversion of every column at once (None becomes NaN), then C order for LightGBM.
+        return np.ascontiguousarray(np.array(encoded, dtype=np.float64).reshape(-1, n).T)
 
     def validate_matrix(self, matrix: FloatMatrix) -> list[str | None]:
         """Per row, the first problem found (None when the row is valid); vectorised for files."""
