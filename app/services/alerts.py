@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection
@@ -109,9 +109,9 @@ class NotificationPlan:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ChurnObservation:
-    """One churn score as the alert logic needs it."""
+class ChurnObservation(NamedTuple):
+    """One churn score as the alert logic needs it (a named tuple: one per scored customer,
+    built on the request path)."""
 
     customer_id: str
     probability: float
@@ -180,20 +180,23 @@ class ChurnAlerts:
         tenant: str | None = None,
     ) -> Callable[[Connection], None]:
         """A callback recording these churn results on alerts, inside the scores' transaction."""
-        observations = [
-            ChurnObservation(
-                customer_id=customer_id,
-                probability=float(result["probability"]),
-                risk_band=str(result["risk_band"]),
-                above_threshold=self.policy.crosses(
-                    probability=float(result["probability"]), risk_band=str(result["risk_band"])
-                ),
-                reasons=list((result.get("explanation") or {}).get("reasons") or []),
-                request_id=request_id,
-                model_version=model_version,
+        crosses = self.policy.crosses
+        observations = []
+        for customer_id, result in zip(customer_ids, results, strict=True):
+            probability = float(result["probability"])
+            risk_band = str(result["risk_band"])
+            explanation = result.get("explanation")
+            observations.append(
+                ChurnObservation(
+                    customer_id,
+                    probability,
+                    risk_band,
+                    crosses(probability=probability, risk_band=risk_band),
+                    list(explanation["reasons"]) if explanation else [],
+                    request_id,
+                    model_version,
+                )
             )
-            for customer_id, result in zip(customer_ids, results, strict=True)
-        ]
 
         return RecordObservations(alerts=self, observations=observations, tenant=tenant)
 
