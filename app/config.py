@@ -46,7 +46,7 @@ class Settings(BaseSettings):
 
     # Batch scoring and compiled inference
     batch_chunk_rows: int = Field(
-        default=65_536, ge=1, description="Rows per chunk: one validation, predict and commit."
+        default=32_768, ge=1, description="Rows per chunk: one validation, predict and commit."
     )
     batch_threads: int | None = Field(
         default=None, ge=1, description="Prediction threads for `cvm score`; None: every core."

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from app.config import PROJECT_ROOT
-from app.db.migrate import current, head
+from app.db.migrate import current, head, upgrade
 
 runner = CliRunner()
 
@@ -139,6 +139,10 @@ def test_cvm_score_imports_only_what_scoring_needs(
     cache = {"CVM_COMPILED_DIR": str(tmp_path / "compiled")}
     plain = [*score, "--output", str(tmp_path / "a.parquet"), "--backend", "lightgbm"]
     assert packages_imported_by(plain, **cache) & HEAVY == set()
+    database = f"sqlite:///{tmp_path / 'scores.db'}"
+    upgrade(database)
+    persisting = packages_imported_by([*plain, "--persist"], CVM_DATABASE_URL=database, **cache)
+    assert persisting & HEAVY == {"sqlalchemy"}
     # The first compiled run compiles the library and its reference (LightGBM loaded) ...
     compiling = [*score, "--output", str(tmp_path / "b.parquet"), "--backend", "compiled"]
     assert {"lightgbm", "lleaves"} <= packages_imported_by([*compiling, "--reasons", "0"], **cache)

@@ -38,7 +38,9 @@ if TYPE_CHECKING:  # not imported to run: a compiled model alone scores without 
 
 T = TypeVar("T")
 R = TypeVar("R")
-CHUNK_ROWS = 65_536
+# Measured (cvm score, 1M rows, 2 cores): 32k rows ~4% faster than 64k on compiled trees (less
+# time with one core idle on the last chunk) and 60 MB less peak memory; 128k and up slower.
+CHUNK_ROWS = 32_768
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 _BANDS = pa.array(["low", "medium", "high"], pa.string())
 _PARTIAL_SUFFIX = ".partial"
