@@ -93,17 +93,25 @@ def invalid_input(error: ValidationError) -> InvalidInput:
     return InvalidInput(f"invalid field(s): {fields}{more}", extra={"errors": errors})
 
 
+# Up to this many values, plain Python beats numpy's per-call overhead.
+_SCALAR_MAX = 8
+
+
 def bands(values: FloatArray, thresholds: dict[str, float]) -> list[str]:
     """low / medium / high against the manifest's thresholds, for a whole batch at once."""
+    order = [(label, thresholds[label]) for label in ("high", "medium") if label in thresholds]
+    if len(values) <= _SCALAR_MAX:
+        return [next((label for label, cut in order if v >= cut), "low") for v in values.tolist()]
     labels = np.full(len(values), "low", dtype=object)
-    for label in ("medium", "high"):  # the higher band wins: applied last
-        if label in thresholds:
-            labels[values >= thresholds[label]] = label
+    for label, cut in reversed(order):  # the higher band wins: applied last
+        labels[values >= cut] = label
     return list(labels)
 
 
 def rounded(values: FloatArray, digits: int) -> list[float]:
     """Python floats rounded for the wire (one numpy call instead of a round() per value)."""
+    if len(values) <= _SCALAR_MAX:
+        return [round(v, digits) for v in values.tolist()]
     return list(np.round(values, digits).tolist())
 
 
