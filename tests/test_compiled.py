@@ -10,7 +10,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from sqlalchemy import text
 
+from app.db.migrate import upgrade
+from app.db.session import create_db_engine
 from app.ml import compiled
 from app.ml.compiled import (
     TOLERANCE,
@@ -24,6 +27,8 @@ from app.ml.compiled import (
 )
 from app.ml.model import ScoringModel
 from app.services.batch import score_file
+from app.services.batch_persist import DatabaseChunkSink, run_id_for
+from tests.db_support import temporary_sqlite_database
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +215,41 @@ def test_a_reference_vouches_only_for_its_model_file_and_lightgbm_version(
     caplog.clear()
     assert load_compiled_model(shorter, cache_dir=cache, threads=1) is None
     assert caplog.text == ""
+
+
+def test_scores_alone_persist_like_lightgbms(
+    models_dir: Path, compiled_cache: Path, customers: pd.DataFrame, tmp_path: Path
+) -> None:
+    """The database rows of a compiled-alone run are those of a LightGBM-loaded one."""
+    directory = models_dir / "churn" / "1"
+    model = ScoringModel.load(directory, threads=2)
+    select_backend(
+        model, model_file=directory / "model.txt", choice="compiled", cache_dir=compiled_cache
+    )
+    alone = load_compiled_model(directory, cache_dir=compiled_cache, threads=2)
+    assert alone is not None
+    source = tmp_path / "customers.parquet"
+    customers.head(300).to_parquet(source, index=False)
+    stored = []
+    for scorer in (model, alone):
+        with temporary_sqlite_database() as url:
+            upgrade(url)
+            engine = create_db_engine(url)
+            run_id = run_id_for(input_path=source, model=scorer, chunk_rows=64)
+            sink = DatabaseChunkSink(engine, model=scorer, run_id=run_id)
+            summary = score_file(
+                scorer,
+                input_path=source,
+                output_path=tmp_path / "scores.parquet",
+                reasons=0,
+                chunk_rows=64,
+                sink=sink,
+            )
+            assert summary.rows_persisted == summary.rows_scored > 0
+            with engine.connect() as connection:
+                rows = connection.execute(
+                    text("SELECT request_id, customer_id, outputs, features FROM score")
+                )
+                stored.append(sorted(tuple(row) for row in rows))
+            engine.dispose()
+    assert stored[0] == stored[1]
