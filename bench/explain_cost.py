@@ -4,6 +4,8 @@ Trains a binary LightGBM model of the requested size on synthetic data, then tim
 row (repeated over distinct rows) and for batches of 1,000 rows:
 
 * ``booster.predict`` (the plain prediction the service would make anyway),
+* for one row, LightGBM's C single-row fast path (``SingleRowPredictor``, raw score), which is
+  what the service predicts a single customer with,
 * ``PathExplainer.explain`` (prediction and Saabas reason codes from one LightGBM call),
 * ``booster.predict(pred_contrib=True)`` (exact TreeSHAP; fewer repetitions, it is slow).
 
@@ -26,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from app.ml.explain import PathExplainer
+from app.ml.single_row import PREDICT_RAW_SCORE, SingleRowPredictor
 
 FloatArray = npt.NDArray[np.float64]
 BATCH = 1000
@@ -210,11 +213,18 @@ def main() -> None:
     def predict(X: FloatArray) -> object:
         return booster.predict(X, **threads)
 
+    fast = SingleRowPredictor(
+        booster, predict_type=PREDICT_RAW_SCORE, num_iteration=explainer.num_iteration, n_outputs=k
+    )
+
+    def predict_fast(X: FloatArray) -> object:
+        return fast(X[0])
+
     calls: dict[str, Callable[[FloatArray], object]] = {
         "predict": predict,
         "explain": explainer.explain,
     }
-    single = interleaved(calls, singles, args.rounds)
+    single = interleaved({**calls, "fast": predict_fast}, singles, args.rounds)
     batch = interleaved(calls, [X_score[:BATCH]] * 3, args.rounds)
 
     def contrib(X: FloatArray) -> object:
@@ -242,10 +252,14 @@ def main() -> None:
     print()
     print(f"us/row over {args.rounds} interleaved rounds: best (median)")
     print(f"{'method':<26}{'1 row':>20}{f'{BATCH} rows':>20}")
-    for label, name in (("booster.predict", "predict"), ("PathExplainer.explain", "explain")):
-        one, many = single[name], batch[name]
+    for label, name in (
+        ("booster.predict", "predict"),
+        ("single-row fast path", "fast"),
+        ("PathExplainer.explain", "explain"),
+    ):
+        one, many = single[name], batch.get(name)
         one_text = f"{min(one):.1f} ({statistics.median(one):.1f})"
-        many_text = f"{min(many):.1f} ({statistics.median(many):.1f})"
+        many_text = "-" if many is None else f"{min(many):.1f} ({statistics.median(many):.1f})"
         print(f"{label:<26}{one_text:>20}{many_text:>20}")
     print(f"{'pred_contrib (TreeSHAP)':<26}{contrib_single:>20.0f}{contrib_batch:>20.0f}")
     print()
@@ -256,6 +270,10 @@ def main() -> None:
             f"ratio explain/predict ({stat_name}):".ljust(34)
             + f"1 row {one_ratio:.2f}x, {BATCH} rows {many_ratio:.2f}x"
         )
+    print(
+        "ratio explain/fast path (best):".ljust(34)
+        + f"1 row {min(single['explain']) / min(single['fast']):.2f}x"
+    )
     print(
         "ratio treeshap/predict (best):".ljust(34)
         + f"1 row {contrib_single / min(single['predict']):.0f}x,"
