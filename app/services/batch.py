@@ -1,9 +1,10 @@
 """Scoring a whole file: stream chunks, validate against the schema, predict, write results.
 
-Memory stays flat as the input grows: one chunk is in memory at a time (plus the one being read
-ahead), scores stream into a Parquet writer and rejects into a CSV writer, and nothing is kept
-per row. Outputs are written under a temporary name and renamed into place at the end, so a
-crashed run never leaves a truncated file where a finished one is expected.
+Memory stays flat as the input grows: a few chunks are in memory at a time (one per worker
+thread, one queued, one being written), scores stream into a Parquet writer and rejects into a
+CSV writer, and nothing is kept per row. Outputs are written under a temporary name and
+renamed into place at the end, so a crashed run never leaves a truncated file where a finished
+one is expected.
 """
 
 from __future__ import annotations
