@@ -243,12 +243,7 @@ class ScoringModel:
             spec = specs[j]
             described = spec.describe_value(values[j])
             reasons.append(
-                Reason(
-                    feature=spec.name,
-                    value=described,
-                    contribution=contribution,
-                    text=spec.reason_text(values[j], described),
-                )
+                Reason(spec.name, described, contribution, spec.reason_text(values[j], described))
             )
         listed = sum(r.contribution for r in reasons)
         return RowExplanation(

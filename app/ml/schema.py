@@ -8,8 +8,9 @@ against it, and reason codes are worded from it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -67,22 +68,32 @@ class FeatureSpec(BaseModel):
         """The column holding this feature in a bank's files."""
         return self.source or self.name
 
+    @cached_property
+    def describer(self) -> Callable[[float], str]:
+        """The function behind ``describe_value``, chosen once per feature: it runs for every
+        reason of every score."""
+        if self.kind is FeatureKind.CATEGORY:
+            names = self.categories or ()
+            return lambda value: "unknown" if math.isnan(value) else names[int(value)]
+        if self.kind is FeatureKind.BOOLEAN:
+            return lambda value: "unknown" if math.isnan(value) else "yes" if value else "no"
+        if self.unit == "%":
+            return lambda value: "unknown" if math.isnan(value) else f"{value:+.0f}%"
+        suffix = f" {self.unit}" if self.unit and self.unit != "count" else ""
+        whole = self.kind is FeatureKind.INTEGER
+
+        def number(value: float) -> str:
+            if math.isnan(value):
+                return "unknown"
+            if whole or float(value).is_integer():
+                return f"{value:,.0f}{suffix}"
+            return f"{value:,.2f}{suffix}"
+
+        return number
+
     def describe_value(self, value: float) -> str:
         """The encoded value as staff would read it (categories by name, money with unit)."""
-        if math.isnan(value):
-            return "unknown"
-        if self.kind is FeatureKind.CATEGORY:
-            assert self.categories is not None
-            return self.categories[int(value)]
-        if self.kind is FeatureKind.BOOLEAN:
-            return "yes" if value else "no"
-        if self.unit == "%":
-            return f"{value:+.0f}%"
-        if self.kind is FeatureKind.INTEGER or float(value).is_integer():
-            text = f"{value:,.0f}"
-        else:
-            text = f"{value:,.2f}"
-        return f"{text} {self.unit}" if self.unit and self.unit != "count" else text
+        return self.describer(value)
 
     def reason_text(self, value: float, described: str | None = None) -> str:
         """The reason sentence for this feature at this value (``described``: the value as
