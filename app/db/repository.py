@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NotRequired, TypedDict
 
-import orjson
 from sqlalchemy import ColumnElement, Connection, Dialect, false, func, select, text
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from app.db.session import json_text
 from app.db.tables import Score, score_table
 
 
@@ -81,14 +81,12 @@ _SQLITE_INSERT = (
 _COPY = f"COPY {score_table.name} ({', '.join(_COLUMNS)}) FROM STDIN"
 # Rows per executemany on the bulk path: bounds the memory of the tuples built for one call.
 BULK_EXECUTEMANY_ROWS = 5_000
-_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
 def _driver_tuples(dialect: Dialect, rows: Sequence[ScoreRow]) -> list[tuple[Any, ...]]:
     """One tuple per row in ``_COLUMNS`` order, as the driver takes them."""
     stamp = score_table.c.created_at.type.bind_processor(dialect)
     stamps: dict[datetime, Any] = {}  # rows of one call share their timestamp
-    dumps = orjson.dumps
     tuples = []
     for row in rows:
         created_at = row["created_at"]
@@ -102,9 +100,9 @@ def _driver_tuples(dialect: Dialect, rows: Sequence[ScoreRow]) -> list[tuple[Any
                 row["customer_id"],
                 row["model_name"],
                 row["model_version"],
-                dumps(row["outputs"], option=_JSON_OPTIONS).decode(),
-                dumps(row["reasons"], option=_JSON_OPTIONS).decode(),
-                dumps(row["features"], option=_JSON_OPTIONS).decode(),
+                json_text(row["outputs"]),
+                json_text(row["reasons"]),
+                json_text(row["features"]),
                 stored_at,
                 row.get("tenant"),
             )

@@ -23,7 +23,8 @@ POSTGRES_MAX_OVERFLOW = 10
 REACHABILITY_TIMEOUT_MS = 2_000
 
 
-def _json_dumps(value: Any) -> str:
+def json_text(value: Any) -> str:
+    """A stored JSON document's text: the engines' serializer and the fast insert path."""
     # orjson is several times faster than json.dumps and understands numpy scalars/arrays,
     # which is what model outputs and feature vectors are made of.
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
@@ -45,7 +46,7 @@ def create_db_engine(url: str) -> Engine:
         max_overflow=POSTGRES_MAX_OVERFLOW,
         pool_recycle=1800,
         connect_args=connect_args,
-        json_serializer=_json_dumps,
+        json_serializer=json_text,
         json_deserializer=orjson.loads,
         # Row values are customer data: keep them out of exception text and logs.
         hide_parameters=True,
@@ -66,7 +67,7 @@ def _create_sqlite_engine(sa_url: URL) -> Engine:
         },
         # An in-memory database lives in one connection; share it across threads.
         poolclass=StaticPool if in_memory else None,
-        json_serializer=_json_dumps,
+        json_serializer=json_text,
         json_deserializer=orjson.loads,
         # Row values are customer data: keep them out of exception text and logs.
         hide_parameters=True,
