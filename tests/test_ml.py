@@ -50,6 +50,20 @@ def test_reason_texts_read_naturally() -> None:
     assert schema["card_spend"].reason_text(math.nan).startswith("not on file yet")
 
 
+def test_values_are_worded_by_kind_and_unit() -> None:
+    money = FeatureSpec(name="savings", kind=FeatureKind.NUMBER, description="d", unit="EUR")
+    count = FeatureSpec(name="products", kind=FeatureKind.INTEGER, description="d", unit="count")
+    share = FeatureSpec(name="change", kind=FeatureKind.NUMBER, description="d", unit="%")
+    flag = FeatureSpec(name="flag", kind=FeatureKind.BOOLEAN, description="d")
+    assert [money.describe_value(v) for v in (12500.0, 1234.567, math.nan)] == [
+        "12,500 EUR",
+        "1,234.57 EUR",
+        "unknown",
+    ]
+    assert [count.describe_value(3.0), share.describe_value(-39.6)] == ["3", "-40%"]
+    assert [flag.describe_value(v) for v in (1.0, 0.0, math.nan)] == ["yes", "no", "unknown"]
+
+
 def test_encode_rows_and_columns_agree() -> None:
     schema = schema_for(Task.PROSPECT)
     rows = [
