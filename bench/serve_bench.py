@@ -857,51 +857,54 @@ def versions() -> dict[str, str]:
 
 def service_cases(service: Server, bodies: Bodies) -> list[Case]:
     """The bare endpoint, single-customer churn and the 1,000-customer batch, on our service."""
-    return [
-        Case(
+    # name, path, bodies, customers per call, persisted, note
+    table: list[tuple[str, str, Path, int, bool, str]] = [
+        (
             "bare",
-            service.base_url + BARE_PATH,
+            BARE_PATH,
             bodies.single,
             1,
-            persisted=False,
-            note="same app and middleware; reads the body, answers a tiny JSON",
-            server=service,
-            counted=True,
-            api_key=service.api_key,
+            False,
+            "same app and middleware; reads the body, answers a tiny JSON",
         ),
-        Case(
+        (
             "churn",
-            service.base_url + CHURN_PATH,
+            CHURN_PATH,
             bodies.single,
             1,
-            persisted=True,
-            note=f"1 customer, {SINGLE_REASONS} reasons, saved before answering",
-            server=service,
-            counted=True,
-            api_key=service.api_key,
+            True,
+            f"1 customer, {SINGLE_REASONS} reasons, saved before answering",
         ),
-        Case(
+        (
             "batch",
-            service.base_url + CHURN_PATH,
+            CHURN_PATH,
             bodies.batch,
             BATCH_SIZE,
-            persisted=True,
-            note=f"{BATCH_SIZE:,} customers per call, reasons=0, saved before answering",
-            server=service,
-            counted=True,
-            api_key=service.api_key,
+            True,
+            f"{BATCH_SIZE:,} customers per call, reasons=0, saved before answering",
         ),
-        Case(
+        (
             "batch_columns",
-            service.base_url + CHURN_PATH,
+            CHURN_PATH,
             bodies.batch_columns,
             BATCH_SIZE,
-            persisted=True,
-            note=f"the same {BATCH_SIZE:,} customers as columns (one array per feature)",
+            True,
+            f"the same {BATCH_SIZE:,} customers as columns (one array per feature)",
+        ),
+    ]
+    return [
+        Case(
+            name,
+            service.base_url + path,
+            body_file,
+            customers,
+            persisted=persisted,
+            note=note,
             server=service,
             counted=True,
             api_key=service.api_key,
-        ),
+        )
+        for name, path, body_file, customers, persisted, note in table
     ]
 
 
