@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, func, inspect, select
+from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.engine import make_url
 
 from app.db import migrate
@@ -225,6 +225,22 @@ def test_numpy_values_and_other_timezones_are_stored_faithfully(engine: Engine) 
     assert stored.outputs == {"proba": 0.5, "classes": [1, 2, 3], "n": 7}
     assert stored.created_at == paris
     assert stored.created_at.utcoffset() == timedelta(0)
+
+
+def test_the_fast_insert_path_stores_timestamps_as_the_core_insert_does(engine: Engine) -> None:
+    # Stored forms that differ (SQLite keeps text) would sort and compare differently.
+    stamp = datetime(2026, 11, 1, 10, 30, 15, 123456, tzinfo=UTC)
+    with engine.begin() as connection:
+        insert_scores(connection, rows=[make_row(request_id="fast", created_at=stamp)])
+        connection.execute(score_table.insert(), [make_row(request_id="core", created_at=stamp)])
+        stored = dict(
+            connection.execute(text("SELECT request_id, CAST(created_at AS TEXT) FROM score")).all()
+        )
+        at_stamp = connection.scalars(
+            select(score_table.c.request_id).where(score_table.c.created_at == stamp)
+        ).all()
+    assert stored["fast"] == stored["core"]
+    assert sorted(at_stamp) == ["core", "fast"]
 
 
 def test_naive_timestamps_are_refused(engine: Engine) -> None:

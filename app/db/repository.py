@@ -85,7 +85,9 @@ BULK_EXECUTEMANY_ROWS = 5_000
 
 def _driver_tuples(dialect: Dialect, rows: Sequence[ScoreRow]) -> list[tuple[Any, ...]]:
     """One tuple per row in ``_COLUMNS`` order, as the driver takes them."""
-    stamp = score_table.c.created_at.type.bind_processor(dialect)
+    # The dialect's own processor (SQLite: the text SQLAlchemy writes and parses back), so
+    # rows from this path and from the Core INSERT store the same form.
+    stamp = score_table.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
     stamps: dict[datetime, Any] = {}  # rows of one call share their timestamp
     tuples = []
     for row in rows:
