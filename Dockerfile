@@ -11,9 +11,9 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /srv/cvm
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY app ./app
-RUN pip install --upgrade pip && pip install -e .
+RUN pip install --upgrade pip && pip install -e . -c constraints.txt
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
 # libgomp1: LightGBM's OpenMP runtime.

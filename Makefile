@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck models migrate bench bench-batch clean
+.PHONY: run test lint typecheck models migrate bench bench-batch lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -c constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -49,3 +49,14 @@ clean:
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 2; }
 	$(BIN)/python bench/serve_bench.py $(BENCH_ARGS)
+
+# Re-resolve every dependency to the newest release pyproject.toml allows, in a throw-away
+# venv, and record the versions; then run `make test` before committing constraints.txt.
+lock:
+	rm -rf var/lock-venv
+	$(PYTHON) -m venv var/lock-venv
+	var/lock-venv/bin/pip install --quiet --upgrade pip
+	var/lock-venv/bin/pip install --quiet -e '.[dev]'
+	{ sed -n '1,3p' constraints.txt; var/lock-venv/bin/pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf var/lock-venv
