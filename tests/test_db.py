@@ -233,7 +233,7 @@ def test_the_fast_insert_path_stores_timestamps_as_the_core_insert_does(engine: 
     with engine.begin() as connection:
         insert_scores(connection, rows=[make_row(request_id="fast", created_at=stamp)])
         connection.execute(score_table.insert(), [make_row(request_id="core", created_at=stamp)])
-        stored = dict(
+        stored: dict[str, str] = dict(
             connection.execute(text("SELECT request_id, CAST(created_at AS TEXT) FROM score")).all()
         )
         at_stamp = connection.scalars(
