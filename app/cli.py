@@ -250,6 +250,8 @@ def score(
             select_backend,
         )
         from app.ml.registry import available_versions
+        from app.security.pseudonyms import Pseudonymizer
+        from app.services.alerts import ChurnAlerts
         from app.services.batch import count_rows, score_file
 
         settings = get_settings()
@@ -279,6 +281,9 @@ def score(
         if not input_path.exists():
             raise _fail(f"input not found: {input_path}")
         database_url = settings.database_url if persist else None
+        # Saved as the API saves: ids pseudonymised when a secret is set, churn alerts opened.
+        pseudonymizer = Pseudonymizer.from_settings(settings) if persist else None
+        alerts = ChurnAlerts.from_settings(settings) if persist else None
         started = time.perf_counter()
         if dask is not None:
             from app.services.dask_scoring import dask_client, score_on_dask
@@ -296,6 +301,8 @@ def score(
                         chunk_rows=chunk_rows,
                         threads=threads,
                         database_url=database_url,
+                        pseudonymizer=pseudonymizer,
+                        alerts=alerts,
                         on_partition=lambda rows: progress.advance(bar, rows),
                     )
                 except ValueError as error:
@@ -329,7 +336,13 @@ def score(
                 database_errors = (SQLAlchemyError,)
                 engine = create_db_engine(database_url)
                 run_id = run_id_for(input_path=input_path, model=loaded, chunk_rows=chunk_rows)
-                sink = DatabaseChunkSink(engine, model=loaded, run_id=run_id)
+                sink = DatabaseChunkSink(
+                    engine,
+                    model=loaded,
+                    run_id=run_id,
+                    pseudonymizer=pseudonymizer,
+                    alerts=alerts,
+                )
             try:
                 with _progress() as progress:
                     bar = progress.add_task("Scoring", total=count_rows(input_path))

@@ -23,7 +23,8 @@ from app.ml.registry import ModelRegistry
 from app.observability import Metrics, RequestContextMiddleware, configure_logging
 from app.security.middleware import SecurityMiddleware
 from app.security.openapi import document_security
-from app.security.setup import DOCS_PATHS, build_guard, build_pseudonymizer
+from app.security.pseudonyms import Pseudonymizer
+from app.security.setup import DOCS_PATHS, build_guard
 from app.services.alerts import ChurnAlerts
 from app.services.notifications import build_dispatcher
 from app.services.policies import EligibilityRules, load_service_plans
@@ -59,7 +60,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         eligibility=EligibilityRules.load(settings.eligibility_file),
         max_batch_size=settings.max_batch_size,
         alerts=ChurnAlerts.from_settings(settings),
-        pseudonymizer=(pseudonymizer := build_pseudonymizer(settings)),
+        pseudonymizer=(pseudonymizer := Pseudonymizer.from_settings(settings)),
     )
     guard = build_guard(settings, engine, docs_paths=DOCS_PATHS)
     # The in-process dispatcher is optional: `cvm dispatch` can deliver the outbox instead.

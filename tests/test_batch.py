@@ -22,16 +22,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, func, select, text
 from typer.testing import CliRunner
 
 import app.services.batch_persist as batch_persist
 from app.cli import cli
-from app.config import PROJECT_ROOT, get_settings
+from app.config import PROJECT_ROOT, Settings, get_settings
+from app.db.alert_tables import Alert, AlertEvent
 from app.db.migrate import upgrade
 from app.db.repository import ScoreRow, bulk_insert_scores, list_scores
 from app.db.session import create_db_engine, create_session_factory
 from app.ml.model import ScoringModel
+from app.security.pseudonyms import Pseudonymizer
+from app.services.alerts import ChurnAlerts
 from app.services.batch import (
     map_in_order,
     read_batches,
@@ -211,6 +214,43 @@ def test_persist_writes_each_valid_row_once_per_chunk(
     assert isinstance(row.features["has_mortgage"], bool)
 
 
+def alerts_by_customer(engine: Engine) -> dict[str, list[Any]]:
+    """Each alert's customer id and reasons."""
+    with engine.connect() as connection:
+        result = connection.execute(select(Alert.customer_id, Alert.reasons))
+        return {str(customer): list(reasons) for customer, reasons in result}
+
+
+def alert_events(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return int(connection.scalar(select(func.count()).select_from(AlertEvent)) or 0)
+
+
+def test_persisted_churn_scores_open_alerts_with_reasons_once(
+    churn_model: ScoringModel, churn_file: Path, engine: Engine, tmp_path: Path
+) -> None:
+    alerts = ChurnAlerts.from_settings(Settings(churn_alert_band="medium"))
+    run_id = run_id_for(input_path=churn_file, model=churn_model, chunk_rows=CHUNK)
+    sink = DatabaseChunkSink(engine, model=churn_model, run_id=run_id, alerts=alerts)
+    output = tmp_path / "scores.parquet"
+    arguments: dict[str, Any] = {"input_path": churn_file, "output_path": output, "sink": sink}
+    score_file(churn_model, reasons=0, chunk_rows=CHUNK, **arguments)
+    scored = pq.read_table(output).to_pandas()
+    at_risk = set(scored.loc[scored["band"].isin(["medium", "high"]), "customer_id"])
+    assert 0 < len(at_risk) < len(scored)
+    opened = alerts_by_customer(engine)
+    assert set(opened) == at_risk
+    # Explained although the run asked for no reasons: staff act on the alert's reasons.
+    for reasons in opened.values():
+        assert reasons and all(
+            r["text"] and r["direction"] in {"raises", "lowers"} for r in reasons
+        )
+    events = alert_events(engine)
+    again = score_file(churn_model, reasons=0, chunk_rows=CHUNK, **arguments)
+    assert again.chunks_persisted == 0 and alert_events(engine) == events
+    assert alerts_by_customer(engine) == opened
+
+
 def test_a_crash_inside_a_chunk_rolls_it_back_and_the_rerun_resumes(
     churn_model: ScoringModel,
     churn_file: Path,
@@ -347,6 +387,52 @@ def test_a_killed_run_leaves_whole_chunks_and_cvm_score_resumes_it(
     assert "2 chunks were already saved" in result.output
     assert Counter(c for _, c in stored(engine)) == Counter(valid_ids(churn_file))
     assert pq.read_table(output).num_rows == ROWS - BAD_ROWS
+
+
+def test_cvm_score_persists_pseudonyms_when_a_secret_is_set(
+    churn_file: Path,
+    fresh_database: str,
+    engine: Engine,
+    models_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Batch rows hold ids in the form the API stores, so the history endpoint finds them."""
+    secret = "batch-test-secret-" + "s" * 32
+    monkeypatch.setenv("CVM_DATABASE_URL", fresh_database)
+    monkeypatch.setenv("CVM_PSEUDONYM_SECRET", secret)
+    monkeypatch.setenv("CVM_CHURN_ALERT_BAND", "medium")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            cli,
+            [
+                "score",
+                "churn",
+                "--model",
+                str(models_dir / "churn" / "1"),
+                "--input",
+                str(churn_file),
+                "--output",
+                str(tmp_path / "scores.parquet"),
+                "--persist",
+                "--reasons",
+                "0",
+            ],
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    pseudonymizer = Pseudonymizer(secret.encode())
+    ids = valid_ids(churn_file)
+    assert Counter(c for _, c in stored(engine)) == Counter(pseudonymizer.pseudonyms(sorted(ids)))
+    customer = sorted(ids)[0]
+    with create_session_factory(engine)() as session:
+        _, total = list_scores(session, customer_id=pseudonymizer.lookup_forms(customer))
+    assert total == 1
+    scored = pq.read_table(tmp_path / "scores.parquet").to_pandas()
+    at_risk = scored.loc[scored["band"].isin(["medium", "high"]), "customer_id"]
+    assert set(alerts_by_customer(engine)) == set(pseudonymizer.pseudonyms(list(at_risk)))
 
 
 def test_the_run_id_follows_the_input_the_model_and_the_chunking(

@@ -15,12 +15,15 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from app.config import Settings, get_settings
 from app.db.migrate import upgrade
 from app.db.session import create_db_engine
 from app.main import create_app
 from app.ml.manifest import Manifest, Task
 from app.ml.model import ScoringModel
 from app.ml.registry import ModelRegistry
+from app.security.pseudonyms import Pseudonymizer
+from app.services.alerts import ChurnAlerts
 from app.services.batch import score_file
 from app.services.dask_scoring import REJECTS_DIR, dask_client, plan_partitions, score_on_dask
 from app.training.distributed import train_on_dask
@@ -129,6 +132,52 @@ def test_dask_persists_each_partition_once(
     # output of that run was lost; the next failure should say which count was off.
     assert first.chunks_persisted == first.chunks and first.chunks_skipped == 0, first
     assert again.chunks_skipped == first.chunks and again.rows_persisted == 0, (first, again)
+
+
+def test_dask_workers_store_pseudonyms_open_alerts_and_refuse_another_secret(
+    threads_cluster: Any,
+    models_dir: Path,
+    book_rows: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = b"dask-test-secret-" + b"d" * 32
+    # The workers (threads here) read the secret from their own settings, never from the client.
+    monkeypatch.setenv("CVM_PSEUDONYM_SECRET", secret.decode())
+    get_settings.cache_clear()
+    try:
+        with temporary_sqlite_database() as url:
+            upgrade(url)
+            arguments: dict[str, Any] = {
+                "model_dir": models_dir / "churn" / "1",
+                "input_path": book_rows,
+                "output_dir": tmp_path / "scored",
+                "reasons": 0,
+                "partition_rows": 300,
+                "database_url": url,
+            }
+            with pytest.raises(ValueError, match="differs from the client"):
+                score_on_dask(threads_cluster, **arguments, pseudonymizer=Pseudonymizer(b"x" * 32))
+            alerts = ChurnAlerts.from_settings(Settings(churn_alert_band="medium"))
+            score_on_dask(
+                threads_cluster, **arguments, pseudonymizer=Pseudonymizer(secret), alerts=alerts
+            )
+            engine = create_db_engine(url)
+            try:
+                with engine.connect() as connection:
+                    ids = [r[0] for r in connection.execute(text("SELECT customer_id FROM score"))]
+                    alerted = {
+                        r[0] for r in connection.execute(text("SELECT customer_id FROM alert"))
+                    }
+            finally:
+                engine.dispose()
+    finally:
+        get_settings.cache_clear()
+    scored = pq.read_table(tmp_path / "scored").to_pandas()
+    pseudonyms = Pseudonymizer(secret).pseudonyms
+    assert Counter(ids) == Counter(pseudonyms(list(scored["customer_id"])))
+    at_risk = scored.loc[scored["band"].isin(["medium", "high"]), "customer_id"]
+    assert alerted and alerted == set(pseudonyms(list(at_risk)))
 
 
 def test_a_model_trained_on_dask_is_served_like_any_other(

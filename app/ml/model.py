@@ -56,6 +56,16 @@ class Reason(NamedTuple):
         """Whether the feature raises or lowers the score."""
         return "raises" if self.contribution > 0 else "lowers"
 
+    def wire(self) -> dict[str, str | float]:
+        """The reason as the API returns and stores it."""
+        return {
+            "feature": self.feature,
+            "value": self.value,
+            "contribution": self.contribution,
+            "direction": self.direction,
+            "text": self.text,
+        }
+
 
 @dataclass(frozen=True)
 class RowExplanation:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 _BLOCK = 64  # SHA-256's block size
 
@@ -32,6 +36,22 @@ class Pseudonymizer:
             raise ValueError("the pseudonymisation secret must be at least 32 bytes")
         self._current = _Hmac(secret)
         self._all = (self._current, *(_Hmac(key) for key in previous))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Pseudonymizer | None:
+        """The pseudonymizer the settings configure, or None (ids are stored as given)."""
+        if settings.pseudonym_secret is None:
+            return None
+        return cls(
+            settings.pseudonym_secret.get_secret_value().encode(),
+            [s.get_secret_value().encode() for s in settings.pseudonym_previous_secrets],
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        """Names the current secret without revealing it: processes compare it to be sure
+        they store the same pseudonyms."""
+        return self._current.hexdigest("cvm:pseudonym-fingerprint")[:16]
 
     def pseudonym(self, customer_id: str) -> str:
         """The stored form of ``customer_id`` (64 hex characters)."""

@@ -11,7 +11,6 @@ from app.config import Settings
 from app.security.api_keys import KeyCache
 from app.security.idempotency import IdempotencyStore
 from app.security.middleware import Guard
-from app.security.pseudonyms import Pseudonymizer
 from app.security.rate_limit import RateLimiter
 from app.security.tokens import TokenVerifier
 
@@ -20,16 +19,6 @@ ALWAYS_PUBLIC = frozenset({"/healthz", "/readyz"})
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 # Keys records of idempotent requests when no deployment secret is set.
 _DEFAULT_IDEMPOTENCY_SECRET = b"cvm-idempotency-v1"
-
-
-def build_pseudonymizer(settings: Settings) -> Pseudonymizer | None:
-    """The pseudonymizer the settings configure, or None."""
-    if settings.pseudonym_secret is None:
-        return None
-    return Pseudonymizer(
-        settings.pseudonym_secret.get_secret_value().encode(),
-        [s.get_secret_value().encode() for s in settings.pseudonym_previous_secrets],
-    )
 
 
 def build_rate_limiter(settings: Settings) -> RateLimiter | None:

@@ -5,7 +5,10 @@ from the input (path, size and modification time of each file), the model (task,
 creation time) and the chunk size, so a rerun of the same job on the same file finds the chunks
 an earlier, crashed run committed and skips them; a changed file or model is a new run. Inside
 each chunk's transaction the request id is locked (PostgreSQL) and looked up before anything is
-written, so two runs racing over the same file still write each chunk once.
+written, so two runs racing over the same file still write each chunk once. Customer ids are
+stored as the API stores them (pseudonymised when a secret is configured), and churn scores
+open and update churn alerts in the chunk's transaction, as the API's do: a nightly run of the
+whole book is how most at-risk customers reach the staff.
 """
 
 from __future__ import annotations
@@ -19,14 +22,20 @@ import numpy as np
 from sqlalchemy import Engine
 
 from app.db.repository import ScoreRow, bulk_insert_scores, lock_request_id, request_id_exists
+from app.ml.compiled import CompiledModel
+from app.ml.manifest import Task
 from app.ml.schema import FeatureKind, FeatureSchema
 from app.ml.schema import FloatMatrix as FloatArray
+from app.security.pseudonyms import Pseudonymizer
+from app.services.alerts import ChurnAlerts, ChurnObservation
 from app.services.batch import ScoredChunk, is_parquet, parquet_files
 
 if TYPE_CHECKING:
     from app.services.batch import BatchModel
 
 REQUEST_PREFIX = "batch"
+# Reasons kept on an alert a batch score opens (the API's default for a score).
+ALERT_REASONS = 5
 
 
 def run_id_for(*, input_path: Path, model: BatchModel, chunk_rows: int) -> str:
@@ -75,12 +84,21 @@ class DatabaseChunkSink:
     """Writes each scored chunk to the ``score`` table in its own transaction, once."""
 
     def __init__(
-        self, engine: Engine, *, model: BatchModel, run_id: str, unit_prefix: str = ""
+        self,
+        engine: Engine,
+        *,
+        model: BatchModel,
+        run_id: str,
+        unit_prefix: str = "",
+        pseudonymizer: Pseudonymizer | None = None,
+        alerts: ChurnAlerts | None = None,
     ) -> None:
         self.engine = engine
         self.model = model
         self.run_id = run_id
         self.unit_prefix = unit_prefix
+        self.pseudonymizer = pseudonymizer
+        self.alerts = alerts if model.manifest.task is Task.CHURN else None
 
     def request_id(self, index: int) -> str:
         """The request id of chunk ``index`` of this run (or of this Dask partition)."""
@@ -95,6 +113,8 @@ class DatabaseChunkSink:
                 return None
             rows = self.rows(chunk, request_id)
             bulk_insert_scores(connection, rows=rows)
+            if self.alerts is not None:
+                self.alerts.record(connection, observations=self.observations(chunk, rows))
         return len(rows)
 
     def rows(self, chunk: ScoredChunk, request_id: str) -> list[ScoreRow]:
@@ -108,6 +128,8 @@ class DatabaseChunkSink:
             else [[]] * len(chunk.ids)
         )
         features = feature_records(self.model.schema, chunk.matrix)
+        ids = chunk.ids.to_pylist()
+        stored_ids = ids if self.pseudonymizer is None else self.pseudonymizer.pseudonyms(ids)
         now = datetime.now(UTC)
         return [
             ScoreRow(
@@ -121,7 +143,49 @@ class DatabaseChunkSink:
                 features=features[i],
                 created_at=now,
             )
-            for i, (customer_id, *values) in enumerate(
-                zip(chunk.ids.to_pylist(), *outputs, strict=True)
+            for i, (customer_id, *values) in enumerate(zip(stored_ids, *outputs, strict=True))
+        ]
+
+    def observations(self, chunk: ScoredChunk, rows: list[ScoreRow]) -> list[ChurnObservation]:
+        """The chunk's churn scores as the alert logic reads them. Only the scores that cross
+        the alert threshold are explained (a few in a hundred): a score below it updates an
+        open alert's figures and keeps its reasons, as the API's ``reasons: 0`` does."""
+        assert self.alerts is not None
+        crosses = self.alerts.policy.crosses
+        probabilities = chunk.columns["probability"].to_pylist()
+        bands = (
+            chunk.columns["band"].to_pylist()
+            if "band" in chunk.columns
+            else ["low"] * len(probabilities)
+        )
+        crossing = [
+            crosses(probability=p, risk_band=b) for p, b in zip(probabilities, bands, strict=True)
+        ]
+        explained = iter(self.reasons(chunk.matrix[np.flatnonzero(crossing)]))
+        version = self.model.manifest.version
+        return [
+            ChurnObservation(
+                row["customer_id"],
+                probability,
+                band,
+                above,
+                next(explained) if above else [],
+                row["request_id"],
+                version,
             )
+            for row, probability, band, above in zip(
+                rows, probabilities, bands, crossing, strict=True
+            )
+        ]
+
+    def reasons(self, matrix: FloatArray) -> list[list[dict[str, Any]]]:
+        """Each row's top reasons as the API words them; none from compiled trees, which score
+        without LightGBM's tree structure (the alert then carries the default actions)."""
+        model = self.model
+        if isinstance(model, CompiledModel) or len(matrix) == 0:
+            return [[] for _ in range(len(matrix))]
+        explanation = model.explain(matrix)
+        return [
+            [r.wire() for r in model.explain_row(matrix, explanation, i, top=ALERT_REASONS).reasons]
+            for i in range(len(matrix))
         ]

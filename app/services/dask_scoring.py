@@ -23,10 +23,13 @@ import lightgbm as lgb
 import pyarrow.parquet as pq
 from sqlalchemy import Engine
 
+from app.config import get_settings
 from app.db.session import create_db_engine
 from app.ml.arrow import check_columns
 from app.ml.manifest import Manifest
 from app.ml.model import ScoringModel
+from app.security.pseudonyms import Pseudonymizer
+from app.services.alerts import ChurnAlerts
 from app.services.batch import (
     CHUNK_ROWS,
     BatchSummary,
@@ -121,6 +124,20 @@ def _worker_engine(url: str) -> Engine:
         return _engines[url]
 
 
+def _worker_pseudonymizer(fingerprint: str | None) -> Pseudonymizer | None:
+    """The worker's own pseudonymizer (from its settings: the secret never crosses the
+    cluster), checked against the client's, so that no worker stores raw or foreign ids."""
+    if fingerprint is None:
+        return None
+    pseudonymizer = Pseudonymizer.from_settings(get_settings())
+    if pseudonymizer is None or pseudonymizer.fingerprint != fingerprint:
+        raise ValueError(
+            "this Dask worker's CVM_PSEUDONYM_SECRET is missing or differs from the client's: "
+            "every worker needs the same secret to store pseudonymised ids"
+        )
+    return pseudonymizer
+
+
 @dataclass(frozen=True)
 class Partition:
     """Consecutive row groups of one Parquet file, scored as one task."""
@@ -165,6 +182,8 @@ def score_partition(
     threads: int,
     database_url: str | None,
     run_id: str | None,
+    pseudonym_fingerprint: str | None = None,
+    alerts: ChurnAlerts | None = None,
 ) -> BatchSummary:
     """Worker side: score one partition into its own Parquet file (and database chunks)."""
     model = _worker_model(payload, threads)
@@ -181,6 +200,8 @@ def score_partition(
             model=model,
             run_id=run_id,
             unit_prefix=f"{partition.index}.",
+            pseudonymizer=_worker_pseudonymizer(pseudonym_fingerprint),
+            alerts=alerts,
         )
     out = Path(output_dir)
     return score_batches(
@@ -205,10 +226,17 @@ def score_on_dask(
     chunk_rows: int = CHUNK_ROWS,
     threads: int = 1,
     database_url: str | None = None,
+    pseudonymizer: Pseudonymizer | None = None,
+    alerts: ChurnAlerts | None = None,
     partition_rows: int = PARTITION_ROWS,
     on_partition: Callable[[int], None] | None = None,
 ) -> BatchSummary:
-    """Score a Parquet file or dataset on the cluster; results form a partitioned dataset."""
+    """Score a Parquet file or dataset on the cluster; results form a partitioned dataset.
+
+    With ``database_url`` the rows are saved, their ids pseudonymised when ``pseudonymizer`` is
+    given (each worker then needs the same secret in its own settings: checked), and churn
+    scores open ``alerts`` when given.
+    """
     from distributed import as_completed
 
     if not is_parquet(input_path):
@@ -244,6 +272,8 @@ def score_on_dask(
         threads=threads,
         database_url=database_url,
         run_id=run_id,
+        pseudonym_fingerprint=None if pseudonymizer is None else pseudonymizer.fingerprint,
+        alerts=alerts,
         pure=False,
     )
     summary = BatchSummary(run_id=run_id)

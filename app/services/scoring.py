@@ -522,16 +522,7 @@ def explanation_dict(
         "method": explained.method,
         "raw_score": explained.raw_score,
         "bias": explained.bias,
-        "reasons": [
-            {
-                "feature": r.feature,
-                "value": r.value,
-                "contribution": r.contribution,
-                "direction": r.direction,
-                "text": r.text,
-            }
-            for r in explained.reasons
-        ],
+        "reasons": [r.wire() for r in explained.reasons],
         "other_contribution": explained.other_contribution,
     }
 
