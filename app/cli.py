@@ -208,8 +208,9 @@ def score(
         bool,
         typer.Option(
             "--persist",
-            help="Also save the scores to the database, one transaction per chunk; "
-            "a rerun after a crash skips the chunks already committed.",
+            help="Also save the scores to the database, one transaction per chunk (ids "
+            "pseudonymised and churn alerts opened as the API does); a rerun after a crash "
+            "skips the chunks already committed.",
         ),
     ] = False,
     backend: Annotated[
