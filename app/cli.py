@@ -23,6 +23,8 @@ from app.config import get_settings
 from app.ml.manifest import Task
 
 if TYPE_CHECKING:
+    from app.security.pseudonyms import Pseudonymizer
+    from app.services.alerts import ChurnAlerts
     from app.services.batch import BatchModel
 
 cli = typer.Typer(
@@ -251,8 +253,6 @@ def score(
             select_backend,
         )
         from app.ml.registry import available_versions
-        from app.security.pseudonyms import Pseudonymizer
-        from app.services.alerts import ChurnAlerts
         from app.services.batch import count_rows, score_file
 
         settings = get_settings()
@@ -283,8 +283,14 @@ def score(
             raise _fail(f"input not found: {input_path}")
         database_url = settings.database_url if persist else None
         # Saved as the API saves: ids pseudonymised when a secret is set, churn alerts opened.
-        pseudonymizer = Pseudonymizer.from_settings(settings) if persist else None
-        alerts = ChurnAlerts.from_settings(settings) if persist else None
+        pseudonymizer: Pseudonymizer | None = None
+        alerts: ChurnAlerts | None = None
+        if persist:  # imported only to save: the alert logic brings SQLAlchemy
+            from app.security.pseudonyms import Pseudonymizer
+            from app.services.alerts import ChurnAlerts
+
+            pseudonymizer = Pseudonymizer.from_settings(settings)
+            alerts = ChurnAlerts.from_settings(settings)
         started = time.perf_counter()
         if dask is not None:
             from app.services.dask_scoring import dask_client, score_on_dask
