@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from app.config import PROJECT_ROOT, Settings
+from app.db.alert_repository import NewAlertRow, insert_new_alerts
 from app.db.alert_tables import (
     Alert,
     OutboxMessage,
@@ -351,6 +352,47 @@ def test_the_database_allows_one_active_alert_per_customer(engine: Engine) -> No
             .values(status="resolved")
         )
         connection.execute(alert_table.insert(), [row])  # a new episode after resolution
+
+
+def test_one_active_alert_per_customer_and_tenant(engine: Engine) -> None:
+    now = datetime.now(UTC)
+    customer_id = new_customer()
+
+    def alert(tenant: str | None) -> NewAlertRow:
+        return NewAlertRow(
+            customer_id=customer_id,
+            status="open",
+            risk_band="high",
+            probability=0.9,
+            peak_probability=0.9,
+            above_threshold=True,
+            reasons=[],
+            actions=[],
+            model_version="1",
+            score_count=1,
+            opened_request_id="r",
+            last_request_id="r",
+            opened_at=now,
+            last_scored_at=now,
+            updated_at=now,
+            tenant=tenant,
+        )
+
+    for tenant in (None, "bank-a", "bank-b"):
+        with engine.begin() as connection:
+            assert list(insert_new_alerts(connection, rows=[alert(tenant)])) == [customer_id]
+        # The same customer of the same tenant (or of none): skipped, as a lost race is.
+        with engine.begin() as connection:
+            assert insert_new_alerts(connection, rows=[alert(tenant)]) == {}
+        with pytest.raises(IntegrityError), engine.begin() as connection:
+            connection.execute(alert_table.insert(), [alert(tenant)])
+    with engine.connect() as connection:
+        tenants = connection.scalars(
+            select(alert_table.c.tenant).where(alert_table.c.customer_id == customer_id)
+        ).all()
+    assert sorted(tenants, key=str) == sorted([None, "bank-a", "bank-b"], key=str)
+    with pytest.raises(ValueError, match="one tenant"), engine.begin() as connection:
+        insert_new_alerts(connection, rows=[alert("bank-a"), alert("bank-c")])
 
 
 # --- lifecycle -----------------------------------------------------------------------------------

@@ -312,17 +312,25 @@ def test_history_and_alerts_never_cross_tenants(
     owned = client.post(f"{alert_url}/acknowledge", json={"by": "rm-a"}, headers=bank_a)
     assert owned.status_code == 200
 
-    # Bank B scoring the same customer id neither reads nor writes bank A's alert.
+    # Bank B scoring the same customer id neither reads nor writes bank A's alert, and gets
+    # its own: one active alert per customer id and tenant.
     assert client.post(
         "/v1/churn/scores", json={"customers": [customer]}, headers=bank_b
     ).is_success
     assert client.get(alert_url, headers=bank_a).json()["score_count"] == 1
     assert client.get(history, headers=bank_b).json()["total"] == 1
+    (own,) = client.get("/v1/alerts", params={"customer_id": cid}, headers=bank_b).json()["items"]
+    assert own["id"] != alert["id"] and own["status"] == "open" and own["score_count"] == 1
+    assert client.post(
+        "/v1/churn/scores", json={"customers": [customer]}, headers=bank_b
+    ).is_success
+    assert client.get(f"/v1/alerts/{own['id']}", headers=bank_b).json()["score_count"] == 2
+    assert client.get(alert_url, headers=bank_a).json()["score_count"] == 1
 
     # Isolation off: tags are labels only and every client reads every row.
     app, client = make_app(tenant_isolation=False)
     assert (
-        client.get(history, headers=key_for(app.state.engine, tenant="bank-c")).json()["total"] == 2
+        client.get(history, headers=key_for(app.state.engine, tenant="bank-c")).json()["total"] == 3
     )
 
 

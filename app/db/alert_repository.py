@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 
 from app.db.alert_tables import (
     ACTIVE_ALERT,
+    ACTIVE_TAGGED_ALERT,
+    ACTIVE_UNTAGGED_ALERT,
     Alert,
     AlertEvent,
     alert_event_table,
@@ -190,23 +192,35 @@ def lock_active_alerts(
 
 
 def insert_new_alerts(connection: Connection, *, rows: Sequence[NewAlertRow]) -> dict[str, int]:
-    """Insert alerts, skipping customers whose active alert a concurrent transaction just made.
+    """Insert one tenant's alerts, skipping customers whose active alert (of that tenant) a
+    concurrent transaction just made.
 
     Returns the ids of the alerts inserted, by customer; a missing customer lost the race and
     must be treated as having an active alert.
     """
     if not rows:
         return {}
-    result = connection.execute(_insert_alert_statement(connection.dialect.name), list(rows))
+    tenants = {row.get("tenant") for row in rows}
+    if len(tenants) != 1:
+        raise ValueError("insert_new_alerts takes the alerts of one tenant at a time")
+    tagged = tenants.pop() is not None
+    statement = _insert_alert_statement(connection.dialect.name, tagged)
+    result = connection.execute(statement, list(rows))
     return {row.customer_id: row.id for row in result}
 
 
 @cache
-def _insert_alert_statement(dialect: str) -> Any:
+def _insert_alert_statement(dialect: str, tagged: bool) -> Any:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    # The conflict target names the unique index the rows fall under (alert_tables.py).
+    columns, where = (
+        (["tenant", "customer_id"], ACTIVE_TAGGED_ALERT)
+        if tagged
+        else (["customer_id"], ACTIVE_UNTAGGED_ALERT)
+    )
     return (
         insert(alert_table)
-        .on_conflict_do_nothing(index_elements=["customer_id"], index_where=text(ACTIVE_ALERT))
+        .on_conflict_do_nothing(index_elements=columns, index_where=text(where))
         .returning(alert_table.c.id, alert_table.c.customer_id)
     )
 

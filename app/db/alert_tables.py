@@ -27,9 +27,13 @@ RESOLUTION_OUTCOMES = ("retained", "lost", "not_reachable", "other")
 MESSAGE_STATUSES = ("pending", "delivered", "failed")
 
 # An alert is active until it is resolved. The predicate is written once and used verbatim by
-# the partial unique index and by every lookup of active alerts, so both SQLite and PostgreSQL
-# can answer those lookups from the index.
+# the partial indexes and by every lookup of active alerts, so both SQLite and PostgreSQL
+# can answer those lookups from an index.
 ACTIVE_ALERT = "status != 'resolved'"
+# One active alert per customer id and tenant; rows without a tenant count as one tenant. Two
+# partial unique indexes say it on both databases (a NULL never equals another in an index).
+ACTIVE_UNTAGGED_ALERT = f"{ACTIVE_ALERT} AND tenant IS NULL"
+ACTIVE_TAGGED_ALERT = f"{ACTIVE_ALERT} AND tenant IS NOT NULL"
 
 
 class Alert(Base):
@@ -37,13 +41,29 @@ class Alert(Base):
 
     __tablename__ = "alert"
     __table_args__ = (
-        # One active alert per customer, even when two transactions open one at the same time.
+        # Lookups of a customer's active alerts, of any tenant or of one.
         Index(
-            "uq_alert_customer_id_active",
+            "ix_alert_customer_id_active",
             "customer_id",
-            unique=True,
             sqlite_where=text(ACTIVE_ALERT),
             postgresql_where=text(ACTIVE_ALERT),
+        ),
+        # One active alert per customer of a tenant, even when two transactions open one at the
+        # same time (insert_new_alerts names the index its rows fall under).
+        Index(
+            "uq_alert_customer_id_active_untagged",
+            "customer_id",
+            unique=True,
+            sqlite_where=text(ACTIVE_UNTAGGED_ALERT),
+            postgresql_where=text(ACTIVE_UNTAGGED_ALERT),
+        ),
+        Index(
+            "uq_alert_tenant_customer_id_active",
+            "tenant",
+            "customer_id",
+            unique=True,
+            sqlite_where=text(ACTIVE_TAGGED_ALERT),
+            postgresql_where=text(ACTIVE_TAGGED_ALERT),
         ),
         Index("ix_alert_status_opened_at", "status", "opened_at"),
         Index("ix_alert_owner", "owner"),

@@ -209,9 +209,9 @@ class ChurnAlerts:
     ) -> AlertWriteSummary:
         """Open, update and announce alerts for these scores on ``connection`` (no commit).
 
-        New alerts carry ``tenant``. With tenant isolation, a score sees only its tenant's
-        alerts: while another tenant's alert on the same customer id is active (one per id,
-        by the unique index), this score opens none rather than write into that alert.
+        New alerts carry ``tenant``. With tenant isolation, a score sees and opens only its
+        tenant's alerts: two tenants with the same customer id each have their own (the unique
+        index allows one active alert per customer id and tenant).
         """
         summary = AlertWriteSummary()
         customer_ids = list(dict.fromkeys(o.customer_id for o in observations))
