@@ -197,6 +197,8 @@ async def measure(args: argparse.Namespace, case: str, app: Any, key: str) -> No
             instruments.enter_context(collector_pauses(pauses))
         if args.single_row:
             instruments.enter_context(single_row_calls(predictions))
+        writer = app.state.scoring.writer
+        before = writer.stats
         loop_cpu, process_cpu, wall = time.thread_time(), time.process_time(), time.perf_counter()
         if profiler is not None:
             profiler.enable()
@@ -207,10 +209,13 @@ async def measure(args: argparse.Namespace, case: str, app: Any, key: str) -> No
         process_cpu = time.process_time() - process_cpu
         wall = time.perf_counter() - wall
     calls = args.callers * args.calls
+    after = writer.stats
+    groups = after.groups_committed - before.groups_committed
+    rows = after.rows_committed - before.rows_committed
     print(
         f"{case:>13}: {calls:,} calls, {args.callers} concurrent; per call: event loop "
         f"{loop_cpu / calls * 1e6:,.0f} µs CPU, process {process_cpu / calls * 1e6:,.0f} µs "
-        f"CPU, wall {wall / calls * 1e6:,.0f} µs"
+        f"CPU, wall {wall / calls * 1e6:,.0f} µs; {rows / max(groups, 1):,.1f} rows per commit"
     )
     if args.gc:
         print(
