@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import Engine, func, select, text
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 import app.services.batch_persist as batch_persist
 from app.cli import cli
@@ -325,6 +325,33 @@ score_file(
 """
 
 
+def persist_with_cli(models_dir: Path, source: Path, output: Path, *options: str) -> Result:
+    """``cvm score churn --persist --reasons 0`` under the environment's settings; must succeed."""
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            cli,
+            [
+                "score",
+                "churn",
+                "--model",
+                str(models_dir / "churn" / "1"),
+                "--input",
+                str(source),
+                "--output",
+                str(output),
+                "--persist",
+                "--reasons",
+                "0",
+                *options,
+            ],
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    return result
+
+
 def test_a_killed_run_leaves_whole_chunks_and_cvm_score_resumes_it(
     churn_model: ScoringModel,
     churn_file: Path,
@@ -359,31 +386,9 @@ def test_a_killed_run_leaves_whole_chunks_and_cvm_score_resumes_it(
     assert Counter(c for _, c in rows) == Counter(first_chunks["customer_id"])
     assert not output.exists()
     monkeypatch.setenv("CVM_DATABASE_URL", fresh_database)
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(
-            cli,
-            [
-                "score",
-                "churn",
-                "--model",
-                str(models_dir / "churn" / "1"),
-                "--input",
-                str(churn_file),
-                "--output",
-                str(output),
-                "--persist",
-                "--chunk-rows",
-                str(CHUNK),
-                "--reasons",
-                "0",
-                "--backend",
-                "lightgbm",
-            ],
-        )
-    finally:
-        get_settings.cache_clear()
-    assert result.exit_code == 0, result.output
+    result = persist_with_cli(
+        models_dir, churn_file, output, "--chunk-rows", str(CHUNK), "--backend", "lightgbm"
+    )
     assert "2 chunks were already saved" in result.output
     assert Counter(c for _, c in stored(engine)) == Counter(valid_ids(churn_file))
     assert pq.read_table(output).num_rows == ROWS - BAD_ROWS
@@ -402,27 +407,7 @@ def test_cvm_score_persists_pseudonyms_when_a_secret_is_set(
     monkeypatch.setenv("CVM_DATABASE_URL", fresh_database)
     monkeypatch.setenv("CVM_PSEUDONYM_SECRET", secret)
     monkeypatch.setenv("CVM_CHURN_ALERT_BAND", "medium")
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(
-            cli,
-            [
-                "score",
-                "churn",
-                "--model",
-                str(models_dir / "churn" / "1"),
-                "--input",
-                str(churn_file),
-                "--output",
-                str(tmp_path / "scores.parquet"),
-                "--persist",
-                "--reasons",
-                "0",
-            ],
-        )
-    finally:
-        get_settings.cache_clear()
-    assert result.exit_code == 0, result.output
+    persist_with_cli(models_dir, churn_file, tmp_path / "scores.parquet")
     pseudonymizer = Pseudonymizer(secret.encode())
     ids = valid_ids(churn_file)
     assert Counter(c for _, c in stored(engine)) == Counter(pseudonymizer.pseudonyms(sorted(ids)))
