@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
 
+from app.config import Settings
 from app.db.migrate import upgrade
 from app.db.session import create_db_engine
 from app.ml import compiled
@@ -26,6 +27,7 @@ from app.ml.compiled import (
     use_compiled,
 )
 from app.ml.model import ScoringModel
+from app.services.alerts import ChurnAlerts
 from app.services.batch import score_file
 from app.services.batch_persist import DatabaseChunkSink, run_id_for
 from tests.db_support import temporary_sqlite_database
@@ -220,7 +222,8 @@ def test_a_reference_vouches_only_for_its_model_file_and_lightgbm_version(
 def test_scores_alone_persist_like_lightgbms(
     models_dir: Path, compiled_cache: Path, customers: pd.DataFrame, tmp_path: Path
 ) -> None:
-    """The database rows of a compiled-alone run are those of a LightGBM-loaded one."""
+    """The database rows of a compiled-alone run are those of a LightGBM-loaded one, and so
+    are the churn alerts they open (LightGBM words their reasons)."""
     directory = models_dir / "churn" / "1"
     model = ScoringModel.load(directory, threads=2)
     select_backend(
@@ -230,13 +233,16 @@ def test_scores_alone_persist_like_lightgbms(
     assert alone is not None
     source = tmp_path / "customers.parquet"
     customers.head(300).to_parquet(source, index=False)
-    stored = []
+    alerts = ChurnAlerts.from_settings(Settings(churn_alert_band="medium"))
+    stored, opened = [], []
     for scorer in (model, alone):
         with temporary_sqlite_database() as url:
             upgrade(url)
             engine = create_db_engine(url)
             run_id = run_id_for(input_path=source, model=scorer, chunk_rows=64)
-            sink = DatabaseChunkSink(engine, model=scorer, run_id=run_id)
+            sink = DatabaseChunkSink(
+                engine, model=scorer, run_id=run_id, alerts=alerts, explainer=model
+            )
             summary = score_file(
                 scorer,
                 input_path=source,
@@ -251,5 +257,9 @@ def test_scores_alone_persist_like_lightgbms(
                     text("SELECT request_id, customer_id, outputs, features FROM score")
                 )
                 stored.append(sorted(tuple(row) for row in rows))
+                alerted = connection.execute(text("SELECT customer_id, reasons FROM alert"))
+                opened.append(sorted(tuple(row) for row in alerted))
             engine.dispose()
     assert stored[0] == stored[1]
+    assert opened[0] and opened[0] == opened[1]
+    assert all(reasons != "[]" for _, reasons in opened[1])

@@ -31,6 +31,7 @@ from app.services.alerts import ChurnAlerts, ChurnObservation
 from app.services.batch import ScoredChunk, is_parquet, parquet_files
 
 if TYPE_CHECKING:
+    from app.ml.model import ScoringModel
     from app.services.batch import BatchModel
 
 REQUEST_PREFIX = "batch"
@@ -92,6 +93,7 @@ class DatabaseChunkSink:
         unit_prefix: str = "",
         pseudonymizer: Pseudonymizer | None = None,
         alerts: ChurnAlerts | None = None,
+        explainer: ScoringModel | None = None,
     ) -> None:
         self.engine = engine
         self.model = model
@@ -99,6 +101,8 @@ class DatabaseChunkSink:
         self.unit_prefix = unit_prefix
         self.pseudonymizer = pseudonymizer
         self.alerts = alerts if model.manifest.task is Task.CHURN else None
+        # Words the alerts' reasons when ``model`` runs on compiled trees, which cannot.
+        self.explainer = model if not isinstance(model, CompiledModel) else explainer
 
     def request_id(self, index: int) -> str:
         """The request id of chunk ``index`` of this run (or of this Dask partition)."""
@@ -179,10 +183,10 @@ class DatabaseChunkSink:
         ]
 
     def reasons(self, matrix: FloatArray) -> list[list[dict[str, Any]]]:
-        """Each row's top reasons as the API words them; none from compiled trees, which score
-        without LightGBM's tree structure (the alert then carries the default actions)."""
-        model = self.model
-        if isinstance(model, CompiledModel) or len(matrix) == 0:
+        """Each row's top reasons as the API words them (none without an explainer: the alert
+        then carries the default actions)."""
+        model = self.explainer
+        if model is None or len(matrix) == 0:
             return [[] for _ in range(len(matrix))]
         explanation = model.explain(matrix)
         return [
