@@ -102,6 +102,29 @@ def test_dask_scores_equal_the_single_process_scorer_exactly(
     )
 
 
+def persisting(models_dir: Path, book_rows: Path, tmp_path: Path, url: str) -> dict[str, Any]:
+    """score_on_dask's arguments for a churn run saved to ``url``."""
+    return {
+        "model_dir": models_dir / "churn" / "1",
+        "input_path": book_rows,
+        "output_dir": tmp_path / "scored",
+        "reasons": 0,
+        "chunk_rows": 128,
+        "partition_rows": 300,
+        "database_url": url,
+    }
+
+
+def customer_ids_in(url: str, table: str) -> list[str]:
+    """Every customer_id stored in ``table``."""
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as connection:
+            return [r[0] for r in connection.execute(text(f"SELECT customer_id FROM {table}"))]
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_dask_persists_each_partition_once(
     threads_cluster: Any, models_dir: Path, book_rows: Path, tmp_path: Path, kind: str
@@ -109,23 +132,10 @@ def test_dask_persists_each_partition_once(
     factory = temporary_sqlite_database if kind == "sqlite" else temporary_postgres_database
     with factory() as url:
         upgrade(url)
-        arguments: dict[str, Any] = {
-            "model_dir": models_dir / "churn" / "1",
-            "input_path": book_rows,
-            "output_dir": tmp_path / "scored",
-            "reasons": 0,
-            "chunk_rows": 128,
-            "partition_rows": 300,
-            "database_url": url,
-        }
+        arguments = persisting(models_dir, book_rows, tmp_path, url)
         first = score_on_dask(threads_cluster, **arguments)
         again = score_on_dask(threads_cluster, **arguments)
-        engine = create_db_engine(url)
-        try:
-            with engine.connect() as connection:
-                ids = [r[0] for r in connection.execute(text("SELECT customer_id FROM score"))]
-        finally:
-            engine.dispose()
+        ids = customer_ids_in(url, "score")
     scored = pq.read_table(tmp_path / "scored").column("customer_id").to_pylist()
     assert Counter(ids) == Counter(scored)
     # The summaries in the messages: this failed once in ~20 full runs on PostgreSQL, and the
@@ -148,29 +158,15 @@ def test_dask_workers_store_pseudonyms_open_alerts_and_refuse_another_secret(
     try:
         with temporary_sqlite_database() as url:
             upgrade(url)
-            arguments: dict[str, Any] = {
-                "model_dir": models_dir / "churn" / "1",
-                "input_path": book_rows,
-                "output_dir": tmp_path / "scored",
-                "reasons": 0,
-                "partition_rows": 300,
-                "database_url": url,
-            }
+            arguments = persisting(models_dir, book_rows, tmp_path, url)
             with pytest.raises(ValueError, match="differs from the client"):
                 score_on_dask(threads_cluster, **arguments, pseudonymizer=Pseudonymizer(b"x" * 32))
             alerts = ChurnAlerts.from_settings(Settings(churn_alert_band="medium"))
             score_on_dask(
                 threads_cluster, **arguments, pseudonymizer=Pseudonymizer(secret), alerts=alerts
             )
-            engine = create_db_engine(url)
-            try:
-                with engine.connect() as connection:
-                    ids = [r[0] for r in connection.execute(text("SELECT customer_id FROM score"))]
-                    alerted = {
-                        r[0] for r in connection.execute(text("SELECT customer_id FROM alert"))
-                    }
-            finally:
-                engine.dispose()
+            ids = customer_ids_in(url, "score")
+            alerted = set(customer_ids_in(url, "alert"))
     finally:
         get_settings.cache_clear()
     scored = pq.read_table(tmp_path / "scored").to_pandas()
