@@ -343,19 +343,13 @@ def score(
                 database_errors = (SQLAlchemyError,)
                 engine = create_db_engine(database_url)
                 run_id = run_id_for(input_path=input_path, model=loaded, chunk_rows=chunk_rows)
-                explainer = None
-                if alerts is not None and task is Task.CHURN and isinstance(loaded, CompiledModel):
-                    # Compiled trees score; LightGBM words the reasons of the alerts opened.
-                    from app.ml.model import ScoringModel
-
-                    explainer = ScoringModel.load(model, threads=threads)
                 sink = DatabaseChunkSink(
                     engine,
                     model=loaded,
                     run_id=run_id,
                     pseudonymizer=pseudonymizer,
                     alerts=alerts,
-                    explainer=explainer,
+                    model_dir=model,
                 )
             try:
                 with _progress() as progress:

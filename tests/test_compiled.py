@@ -241,7 +241,7 @@ def test_scores_alone_persist_like_lightgbms(
             engine = create_db_engine(url)
             run_id = run_id_for(input_path=source, model=scorer, chunk_rows=64)
             sink = DatabaseChunkSink(
-                engine, model=scorer, run_id=run_id, alerts=alerts, explainer=model
+                engine, model=scorer, run_id=run_id, alerts=alerts, model_dir=directory
             )
             summary = score_file(
                 scorer,

@@ -93,7 +93,7 @@ class DatabaseChunkSink:
         unit_prefix: str = "",
         pseudonymizer: Pseudonymizer | None = None,
         alerts: ChurnAlerts | None = None,
-        explainer: ScoringModel | None = None,
+        model_dir: Path | None = None,
     ) -> None:
         self.engine = engine
         self.model = model
@@ -101,8 +101,10 @@ class DatabaseChunkSink:
         self.unit_prefix = unit_prefix
         self.pseudonymizer = pseudonymizer
         self.alerts = alerts if model.manifest.task is Task.CHURN else None
-        # Words the alerts' reasons when ``model`` runs on compiled trees, which cannot.
-        self.explainer = model if not isinstance(model, CompiledModel) else explainer
+        # Compiled trees cannot word reasons: the model in ``model_dir`` does, loaded with
+        # LightGBM only when a score first crosses the alert threshold.
+        self.model_dir = model_dir
+        self._explainer = None if isinstance(model, CompiledModel) else model
 
     def request_id(self, index: int) -> str:
         """The request id of chunk ``index`` of this run (or of this Dask partition)."""
@@ -185,11 +187,19 @@ class DatabaseChunkSink:
     def reasons(self, matrix: FloatArray) -> list[list[dict[str, Any]]]:
         """Each row's top reasons as the API words them (none without an explainer: the alert
         then carries the default actions)."""
-        model = self.explainer
-        if model is None or len(matrix) == 0:
+        model = self.explainer() if len(matrix) else None
+        if model is None:
             return [[] for _ in range(len(matrix))]
         explanation = model.explain(matrix)
         return [
             [r.wire() for r in model.explain_row(matrix, explanation, i, top=ALERT_REASONS).reasons]
             for i in range(len(matrix))
         ]
+
+    def explainer(self) -> ScoringModel | None:
+        """The LightGBM model that words the reasons (None: compiled trees, no ``model_dir``)."""
+        if self._explainer is None and self.model_dir is not None:
+            from app.ml.model import ScoringModel
+
+            self._explainer = ScoringModel.load(self.model_dir, threads=self.model.threads)
+        return self._explainer
