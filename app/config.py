@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         description="Longest a commit group stays open for calls still computing their scores "
         "(a call arriving at an idle service commits at once).",
     )
+    score_writer: Literal["process", "thread"] = Field(
+        default="process",
+        description="Where scores are committed: a child process (the group-commit writer "
+        "works on another core instead of sharing the requests' GIL) or a thread of the "
+        "service (needed for an in-memory SQLite database).",
+    )
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -16,7 +16,6 @@ from fastapi.responses import JSONResponse
 
 from app.api import alerts, health, history, models, scores
 from app.config import Settings, get_settings
-from app.db.group_commit import GroupCommitWriter
 from app.db.session import create_db_engine, create_session_factory
 from app.errors import InvalidInput, ServiceError
 from app.ml.registry import ModelRegistry
@@ -29,6 +28,7 @@ from app.services.alerts import ChurnAlerts
 from app.services.notifications import build_dispatcher
 from app.services.policies import EligibilityRules, load_service_plans
 from app.services.scoring import ScoringService, field_path
+from app.services.writer_process import build_score_writer
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("cvm")
@@ -47,12 +47,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     configure_logging(settings.log_level, settings.log_json)
     registry = registry or ModelRegistry.load(settings.models_dir, pinned=settings.model_versions)
     engine = create_db_engine(settings.database_url)
-    writer = GroupCommitWriter(
-        engine,
-        max_rows=settings.group_commit_max_rows,
-        max_wait_ms=settings.group_commit_max_wait_ms,
-        close_early=True,  # the scoring service announces its writes
-    )
+    writer = build_score_writer(settings, engine)
     scoring = ScoringService(
         registry=registry,
         writer=writer,
@@ -79,7 +74,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         # which would otherwise stall all requests in flight for milliseconds.
         gc.collect()
         gc.freeze()
-        writer.start()
+        await writer.open()
         if dispatcher is not None:
             dispatcher.start()
         log.info(
@@ -90,7 +85,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         try:
             yield
         finally:
-            writer.stop(timeout=30)
+            await writer.close(timeout=30)
             if dispatcher is not None:
                 dispatcher.stop(timeout=30)
             if guard.limiter is not None:

@@ -326,6 +326,7 @@ def test_health_ready_metrics_and_docs(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["database"] is True
+    assert ready.json()["writer"] is True  # the score writer's child process is up
     client.post("/v1/churn/scores", json={})
     metrics = client.get("/metrics").text
     assert 'cvm_http_requests_total{method="POST",route="/v1/churn/scores",status="422"}' in metrics
@@ -337,6 +338,11 @@ def test_health_ready_metrics_and_docs(client: TestClient) -> None:
     assert request_body["content"]["application/json"]["schema"]["$ref"].endswith(
         "ChurnScoreRequest"
     )
+    responses = spec["paths"]["/v1/churn/scores"]["post"]["responses"]
+    assert responses["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "ChurnScoreResponse"
+    )
+    assert {"413", "422", "503"} <= set(responses)
     assert client.get("/docs").status_code == 200
     response = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
     assert response.headers["x-request-id"] == "abc-123"

@@ -509,19 +509,3 @@ def test_postgres_outage_fails_waiters_and_the_writer_recovers_when_it_returns()
         finally:
             direct.dispose()
         assert stored == ["before", "after"]
-
-
-def test_write_now_commits_directly_and_reports_failures(engine: Engine, tmp_path: Path) -> None:
-    writer = GroupCommitWriter(engine)  # never started: the CLI path needs no thread
-    writer.write_now([make_row(), make_row()])
-    writer.write_now([])
-    assert count_rows(engine) == 2
-    assert (writer.stats.groups_committed, writer.stats.rows_committed) == (1, 2)
-
-    (tmp_path / "dir.db").mkdir()
-    broken = create_db_engine(sqlite_file_url(tmp_path / "dir.db"))
-    try:
-        with pytest.raises(PersistenceUnavailable, match="could not commit 1 score rows"):
-            GroupCommitWriter(broken).write_now([make_row()])
-    finally:
-        broken.dispose()

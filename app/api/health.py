@@ -25,12 +25,13 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(request: Request, registry: RegistryDep) -> JSONResponse:
-    """Ready to score: the database answers and every task has a model loaded."""
+    """Ready to score: the database answers, the score writer runs, every task has a model."""
     database = await run_in_threadpool(database_is_reachable, request.app.state.engine)
     models: dict[str, Any] = {t.value: f"v{m.manifest.version}" for t, m in registry.loaded.items()}
     models.update({t.value: f"missing: {why}" for t, why in registry.missing.items()})
-    ready = database and registry.complete
-    body = Readiness(ready=ready, database=database, models=models)
+    writer = request.app.state.scoring.writer.running
+    ready = database and writer and registry.complete
+    body = Readiness(ready=ready, database=database, writer=writer, models=models)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 

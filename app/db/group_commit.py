@@ -21,8 +21,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy import Connection, Engine
 
@@ -93,6 +94,31 @@ class Announcement:
         self.outstanding = True
 
 
+class ScoreWriter(Protocol):
+    """What the scoring service needs of a writer: this module's thread, or the child
+    process of app/services/writer_process.py."""
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def stats(self) -> GroupCommitStats: ...
+
+    async def open(self) -> None: ...
+
+    async def close(self, timeout: float) -> None: ...
+
+    def announce(self) -> AbstractContextManager[Announcement]: ...
+
+    async def write(
+        self,
+        rows: Sequence[ScoreRow],
+        *,
+        also: AfterInsert | None = None,
+        announcement: Announcement | None = None,
+    ) -> None: ...
+
+
 class GroupCommitWriter:
     """Batches concurrent score writes into few transactions without weakening durability."""
 
@@ -148,6 +174,14 @@ class GroupCommitWriter:
                 rows_failed=self._rows_failed,
                 writes_queued=queued,
             )
+
+    async def open(self) -> None:
+        """Start the writer thread (the ``ScoreWriter`` interface)."""
+        self.start()
+
+    async def close(self, timeout: float) -> None:
+        """Stop off the event loop, so the last groups' waiters can still be woken."""
+        await asyncio.to_thread(self.stop, timeout)
 
     def start(self) -> None:
         """Start the background writer thread."""
@@ -228,19 +262,6 @@ class GroupCommitWriter:
             if not self._gathering or self._queued_rows >= self._max_rows or self._closes_early():
                 self._condition.notify()
         await future
-
-    def write_now(self, rows: Sequence[ScoreRow], *, also: AfterInsert | None = None) -> None:
-        """Insert and commit ``rows`` (then ``also``) on the calling thread, outside any group."""
-        if not rows:
-            return
-        try:
-            self._insert_and_commit(rows, () if also is None else (also,))
-        except Exception as exc:
-            self._count_failure(len(rows))
-            raise PersistenceUnavailable(
-                f"could not commit {len(rows)} score rows: {describe_db_error(exc)}"
-            ) from exc
-        self._count_success(rows=len(rows), writes=1)
 
     def _run(self) -> None:
         try:

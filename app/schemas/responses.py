@@ -210,4 +210,5 @@ class Readiness(BaseModel):
 
     ready: bool
     database: bool
+    writer: bool = Field(description="The score writer (thread or child process) accepts writes.")
     models: dict[str, str]

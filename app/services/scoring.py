@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from app.db.errors import PersistenceUnavailable
-from app.db.group_commit import AfterInsert, Announcement, GroupCommitWriter
+from app.db.group_commit import AfterInsert, Announcement, ScoreWriter
 from app.db.repository import ScoreRow
 from app.errors import BatchTooLarge, DatabaseUnavailable, InvalidInput, ModelUnavailable
 from app.ml.explain import Explanation
@@ -122,7 +122,7 @@ class ScoringService:
         self,
         *,
         registry: ModelRegistry,
-        writer: GroupCommitWriter,
+        writer: ScoreWriter,
         service_plans: dict[str, ServicePlan],
         eligibility: EligibilityRules,
         max_batch_size: int,

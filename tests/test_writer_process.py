@@ -1,0 +1,186 @@
+"""The score writer in a child process: same contract as the thread (acknowledged means
+committed, a failed group writes nothing), plus what a second process adds: its death fails
+the writes in flight and a new child takes over; closing drains what was sent."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+
+from app.db.errors import PersistenceUnavailable
+from app.db.group_commit import GroupCommitWriter
+from app.db.migrate import upgrade
+from app.db.session import create_db_engine
+from app.db.tables import Score
+from app.services.alerts import ChurnAlerts
+from app.services.writer_process import ProcessWriter, build_score_writer
+from tests.db_support import sqlite_file_url
+from tests.test_db import make_row
+
+
+def score_count(engine: Engine, customer_ids: list[str]) -> int:
+    with engine.connect() as connection:
+        query = select(func.count()).select_from(Score).where(Score.customer_id.in_(customer_ids))
+        return int(connection.scalar(query) or 0)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_db_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def test_acknowledged_writes_are_committed_with_their_alerts(
+    database_url: str, settings_for: Any, engine: Engine
+) -> None:
+    settings = settings_for(database_url)
+    writer = ProcessWriter(settings)
+    alerts = ChurnAlerts.from_settings(settings)
+    assert alerts is not None
+    prefix = secrets.token_hex(4)
+    ids = [f"{prefix}-{i}" for i in range(40)]
+    risky = f"{prefix}-risky"
+
+    async def main() -> None:
+        await writer.open()
+        try:
+            await asyncio.gather(*(writer.write([make_row(customer_id=c)]) for c in ids))
+            for customer_id in ids[::10]:  # acknowledged: visible to another connection now
+                assert await asyncio.to_thread(score_count, engine, [customer_id]) == 1
+            observed = alerts.observe(
+                customer_ids=[risky],
+                results=[
+                    {
+                        "probability": 0.97,
+                        "risk_band": "high",
+                        "explanation": {"reasons": [{"feature": "tenure_months", "value": -0.4}]},
+                    }
+                ],
+                request_id="r-1",
+                model_version="1",
+            )
+            await writer.write([make_row(customer_id=risky)], also=observed)
+        finally:
+            await writer.close(timeout=30)
+
+    asyncio.run(main())
+    assert score_count(engine, [*ids, risky]) == 41
+    with engine.connect() as connection:
+        opened = connection.execute(
+            text("SELECT status, probability FROM alert WHERE customer_id = :c"), {"c": risky}
+        ).all()
+    assert [(status, round(p, 2)) for status, p in opened] == [("open", 0.97)]
+    stats = writer.stats
+    assert (stats.writes_committed, stats.rows_committed, stats.writes_queued) == (41, 41, 0)
+    assert 1 <= stats.groups_committed <= 41
+    assert not writer.running
+
+
+def test_failed_group_writes_nothing_and_the_writer_recovers(
+    tmp_path: Any, settings_for: Any
+) -> None:
+    url = sqlite_file_url(tmp_path / "broken.db")
+    upgrade(url)
+    engine = create_db_engine(url)
+    writer = ProcessWriter(settings_for(url))
+
+    async def main() -> None:
+        await writer.open()
+        try:
+            with engine.begin() as connection:
+                connection.execute(text("ALTER TABLE score RENAME TO score_away"))
+            with pytest.raises(PersistenceUnavailable, match="could not commit the scores"):
+                await writer.write([make_row(customer_id="lost-1"), make_row(customer_id="lost-2")])
+            with engine.begin() as connection:
+                connection.execute(text("ALTER TABLE score_away RENAME TO score"))
+            await writer.write([make_row(customer_id="kept")])
+        finally:
+            await writer.close(timeout=30)
+
+    asyncio.run(main())
+    assert score_count(engine, ["lost-1", "lost-2"]) == 0
+    assert score_count(engine, ["kept"]) == 1
+    assert (writer.stats.groups_failed, writer.stats.rows_failed) == (1, 2)
+    engine.dispose()
+
+
+def test_a_dead_child_fails_the_writes_in_flight_and_is_replaced(
+    tmp_path: Any, settings_for: Any
+) -> None:
+    url = sqlite_file_url(tmp_path / "child.db")
+    upgrade(url)
+    engine = create_db_engine(url)
+    writer = ProcessWriter(settings_for(url))
+
+    async def main() -> None:
+        await writer.open()
+        try:
+            first = writer.pid
+            assert first is not None
+            os.kill(first, signal.SIGSTOP)  # the write below reaches a child that cannot answer
+            in_flight = asyncio.create_task(writer.write([make_row(customer_id="unknown")]))
+            await asyncio.sleep(0.2)
+            assert not in_flight.done()
+            os.kill(first, signal.SIGKILL)
+            with pytest.raises(PersistenceUnavailable, match="stopped before confirming"):
+                await in_flight
+            deadline = time.monotonic() + 30
+            while not (writer.running and writer.pid != first):
+                assert time.monotonic() < deadline, "no new writer process"
+                await asyncio.sleep(0.05)
+            assert writer.restarts == 1
+            await writer.write([make_row(customer_id="after")])
+        finally:
+            await writer.close(timeout=30)
+
+    asyncio.run(main())
+    assert score_count(engine, ["unknown"]) == 0  # stopped before it could read the write
+    assert score_count(engine, ["after"]) == 1
+    engine.dispose()
+
+
+def test_close_commits_every_write_already_sent(tmp_path: Any, settings_for: Any) -> None:
+    url = sqlite_file_url(tmp_path / "drain.db")
+    upgrade(url)
+    engine = create_db_engine(url)
+    writer = ProcessWriter(settings_for(url))
+    ids = [f"drain-{i}" for i in range(30)]
+
+    async def main() -> None:
+        await writer.open()
+        writes = [asyncio.create_task(writer.write([make_row(customer_id=c)])) for c in ids]
+        await asyncio.sleep(0)  # every write is on the wire
+        await writer.close(timeout=30)
+        await asyncio.gather(*writes)  # all acknowledged, none failed
+        with pytest.raises(PersistenceUnavailable, match="not running"):
+            await writer.write([make_row(customer_id="late")])
+
+    asyncio.run(main())
+    assert score_count(engine, ids) == 30
+    assert score_count(engine, ["late"]) == 0
+    engine.dispose()
+
+
+def test_the_settings_choose_the_writer(tmp_path: Any, settings_for: Any) -> None:
+    url = sqlite_file_url(tmp_path / "choice.db")
+    file_engine = create_db_engine(url)
+    memory_engine = create_db_engine("sqlite://")
+    try:
+        assert isinstance(build_score_writer(settings_for(url), file_engine), ProcessWriter)
+        threaded = settings_for(url, score_writer="thread")
+        assert isinstance(build_score_writer(threaded, file_engine), GroupCommitWriter)
+        # A database that lives in this process cannot be written from another.
+        in_memory = settings_for("sqlite://")
+        assert isinstance(build_score_writer(in_memory, memory_engine), GroupCommitWriter)
+    finally:
+        file_engine.dispose()
+        memory_engine.dispose()
