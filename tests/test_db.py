@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import Awaitable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -509,3 +510,49 @@ def test_postgres_outage_fails_waiters_and_the_writer_recovers_when_it_returns()
         finally:
             direct.dispose()
         assert stored == ["before", "after"]
+
+
+def test_sqlite_log_is_checkpointed_beside_the_commits_not_inside_them(tmp_path: Path) -> None:
+    """The writer's connections never checkpoint in a commit (a 9 ms stall for the whole
+    group); its checkpointer thread copies the log into the database file instead."""
+    url = sqlite_file_url(tmp_path / "wal.db")
+    migrate.upgrade(url)
+    engine = create_db_engine(url)
+    writer = GroupCommitWriter(engine, max_rows=5000, max_wait_ms=0)
+    assert writer.checkpointer is not None
+    autocheckpoint: list[int] = []
+
+    def read_pragma(connection: Any) -> None:
+        autocheckpoint.append(connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar())
+
+    async def main() -> None:
+        # ~2,000 pages of log: past SQLite's automatic checkpoint at 1,000.
+        for _ in range(40):
+            await writer.write([make_row() for _ in range(100)], also=read_pragma)
+
+    writer.start()
+    try:
+        asyncio.run(main())
+        done = writer.checkpointer.checkpoints
+        deadline = time.monotonic() + 10
+        while writer.checkpointer.checkpoints < done + 2:  # one full round after the writes
+            assert time.monotonic() < deadline, "no checkpoint"
+            time.sleep(0.05)
+        with engine.connect() as connection:
+            busy, log_pages, copied = connection.exec_driver_sql(
+                "PRAGMA wal_checkpoint(PASSIVE)"
+            ).one()
+        assert count_rows(engine) == 4000
+    finally:
+        writer.stop()
+        engine.dispose()
+    assert set(autocheckpoint) == {0}
+    assert busy == 0 and log_pages > 1000 and copied == log_pages  # nothing left to copy
+
+
+def test_no_checkpointer_where_there_is_no_log() -> None:
+    memory = create_db_engine("sqlite://")
+    try:
+        assert GroupCommitWriter(memory).checkpointer is None
+    finally:
+        memory.dispose()

@@ -27,6 +27,7 @@ from typing import Protocol
 
 from sqlalchemy import Connection, Engine
 
+from app.db.checkpoint import WalCheckpointer
 from app.db.errors import PersistenceUnavailable, describe_db_error
 from app.db.repository import ScoreRow, insert_scores
 
@@ -135,6 +136,8 @@ class GroupCommitWriter:
         if max_wait_ms < 0:
             raise ValueError("max_wait_ms must be >= 0")
         self._engine = engine
+        # SQLite: the log is checkpointed beside the commits, never inside one.
+        self.checkpointer = WalCheckpointer(engine) if WalCheckpointer.applies_to(engine) else None
         self._max_rows = max_rows
         self._max_wait_s = max_wait_ms / 1000
         self._close_early = close_early
@@ -192,6 +195,8 @@ class GroupCommitWriter:
             self._stopping = False
             self._thread = threading.Thread(target=self._run, name="cvm-group-commit", daemon=True)
             self._thread.start()
+        if self.checkpointer is not None:
+            self.checkpointer.start()
 
     def stop(self, timeout: float | None = None) -> None:
         """Refuse new writes, commit everything already queued, then end the writer thread."""
@@ -203,6 +208,8 @@ class GroupCommitWriter:
             self._stopping = True
             self._condition.notify_all()
         thread.join(timeout)
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         if thread.is_alive():
             logger.warning("group commit writer still draining after %s s", timeout)
             return

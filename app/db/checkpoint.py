@@ -1,0 +1,77 @@
+"""SQLite's write-ahead log moved into the database file by a thread, not by a commit.
+
+By default SQLite checkpoints inside the commit that takes the log past 1,000 pages: that
+commit copies the pages into the database file and fsyncs it, 9 ms where a commit otherwise
+takes 0.2 ms (measured here on 20-row groups). Every score waiting on that group waits too,
+and with group commit that is every request in flight: the stall lands on the p99 latency and
+leaves the event loop idle. The score writer's connections therefore turn automatic
+checkpoints off, and this thread checkpoints every ``interval_s`` in PASSIVE mode, which never
+waits for, nor blocks, the writer or readers. Durability is unchanged: a commit is durable
+once it is in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from app.db.errors import describe_db_error
+
+logger = logging.getLogger(__name__)
+
+
+def _no_automatic_checkpoints(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
+
+
+class WalCheckpointer:
+    """Checkpoints a SQLite file database in the background (see the module docstring)."""
+
+    def __init__(self, engine: Engine, *, interval_s: float = 0.5) -> None:
+        self._engine = engine
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.checkpoints = 0
+        # Before the engine's first connection: every connection it opens leaves checkpoints
+        # to this thread.
+        event.listen(engine, "connect", _no_automatic_checkpoints)
+
+    @staticmethod
+    def applies_to(engine: Engine) -> bool:
+        """A SQLite database in a file (an in-memory one has no write-ahead log)."""
+        return engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:")
+
+    def start(self) -> None:
+        """Begin checkpointing every interval."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="cvm-wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Checkpoint once more and end the thread."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            self.checkpoint()
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Copy what the log holds into the database file, as far as readers allow."""
+        try:
+            with self._engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except SQLAlchemyError as error:  # the next round tries again; commits are unaffected
+            logger.warning("WAL checkpoint failed: %s", describe_db_error(error))
+        else:
+            self.checkpoints += 1
