@@ -29,7 +29,7 @@ from sqlalchemy import Connection, Engine
 
 from app.db.checkpoint import WalCheckpointer
 from app.db.errors import PersistenceUnavailable, describe_db_error
-from app.db.repository import ScoreRow, insert_scores
+from app.db.repository import EncodedScore, ScoreRow, insert_scores
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class GroupCommitStats:
 
 @dataclass(slots=True, eq=False)
 class _PendingWrite:
-    rows: Sequence[ScoreRow]
+    rows: Sequence[ScoreRow | EncodedScore]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[None]
     also: AfterInsert | None = None
@@ -113,7 +113,7 @@ class ScoreWriter(Protocol):
 
     async def write(
         self,
-        rows: Sequence[ScoreRow],
+        rows: Sequence[ScoreRow | EncodedScore],
         *,
         also: AfterInsert | None = None,
         announcement: Announcement | None = None,
@@ -243,7 +243,7 @@ class GroupCommitWriter:
 
     async def write(
         self,
-        rows: Sequence[ScoreRow],
+        rows: Sequence[ScoreRow | EncodedScore],
         *,
         also: AfterInsert | None = None,
         announcement: Announcement | None = None,
@@ -345,7 +345,7 @@ class GroupCommitWriter:
         self._settle(group, [None] * len(group))
 
     def _insert_and_commit(
-        self, rows: Sequence[ScoreRow], callbacks: Sequence[AfterInsert] = ()
+        self, rows: Sequence[ScoreRow | EncodedScore], callbacks: Sequence[AfterInsert] = ()
     ) -> None:
         # engine.begin() commits on success and rolls back on any error, so a failed group
         # leaves nothing behind and its connection returns clean to the pool.

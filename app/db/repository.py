@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NotRequired, TypedDict
 
+import orjson
 from sqlalchemy import ColumnElement, Connection, Dialect, false, func, select, text
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from app.db.session import json_text
+from app.db.session import json_bytes
 from app.db.tables import Score, score_table
 
 
@@ -40,7 +41,36 @@ class TenantScope:
         return column.is_(None) if self.tenant is None else column == self.tenant
 
 
-def insert_scores(target: Connection | Session, *, rows: Sequence[ScoreRow]) -> int:
+# A score row in ``_COLUMNS`` order with its three JSON documents already encoded (UTF-8):
+# what a writer in another process receives, and what every insert starts from.
+EncodedScore = tuple[
+    str, str, str, str | None, str | None, bytes, bytes, bytes, datetime, str | None
+]
+
+
+def encode_scores(rows: Sequence[ScoreRow | EncodedScore]) -> list[EncodedScore]:
+    """The rows with their JSON encoded once (orjson), ready for any database; rows already
+    encoded pass through."""
+    return [
+        row
+        if isinstance(row, tuple)
+        else (
+            row["request_id"],
+            row["task"],
+            row["customer_id"],
+            row["model_name"],
+            row["model_version"],
+            json_bytes(row["outputs"]),
+            json_bytes(row["reasons"]),
+            json_bytes(row["features"]),
+            row["created_at"],
+            row.get("tenant"),
+        )
+        for row in rows
+    ]
+
+
+def insert_scores(target: Connection | Session, *, rows: Sequence[ScoreRow | EncodedScore]) -> int:
     """Insert ``rows`` in the caller's transaction; returns the count.
 
     This is the hot path of every scoring call, so it skips SQLAlchemy's per-row parameter
@@ -51,13 +81,20 @@ def insert_scores(target: Connection | Session, *, rows: Sequence[ScoreRow]) -> 
     if not rows:
         return 0
     connection = target.connection() if isinstance(target, Session) else target
+    encoded = encode_scores(rows)
     dialect = connection.dialect
     if dialect.name == "postgresql" and dialect.driver == "psycopg":
-        _copy_scores(connection, rows)
+        _copy_scores(connection, encoded)
     elif dialect.name == "sqlite":
-        connection.exec_driver_sql(_SQLITE_INSERT, _driver_tuples(dialect, rows))
+        connection.exec_driver_sql(_SQLITE_INSERT, _driver_tuples(dialect, encoded))
     else:
-        connection.execute(score_table.insert(), list(rows))
+        connection.execute(
+            score_table.insert(),
+            [
+                dict(zip(_COLUMNS, (*e[:5], *map(orjson.loads, e[5:8]), *e[8:]), strict=True))
+                for e in encoded
+            ],
+        )
     return len(rows)
 
 
@@ -83,7 +120,7 @@ _COPY = f"COPY {score_table.name} ({', '.join(_COLUMNS)}) FROM STDIN"
 BULK_EXECUTEMANY_ROWS = 5_000
 
 
-def _driver_tuples(dialect: Dialect, rows: Sequence[ScoreRow]) -> list[tuple[Any, ...]]:
+def _driver_tuples(dialect: Dialect, rows: Sequence[EncodedScore]) -> list[tuple[Any, ...]]:
     """One tuple per row in ``_COLUMNS`` order, as the driver takes them."""
     # The dialect's own processor (SQLite: the text SQLAlchemy writes and parses back), so
     # rows from this path and from the Core INSERT store the same form.
@@ -91,28 +128,17 @@ def _driver_tuples(dialect: Dialect, rows: Sequence[ScoreRow]) -> list[tuple[Any
     stamps: dict[datetime, Any] = {}  # rows of one call share their timestamp
     tuples = []
     for row in rows:
-        created_at = row["created_at"]
+        created_at = row[8]
         stored_at = stamps.get(created_at)
         if stored_at is None:
             stored_at = stamps[created_at] = created_at if stamp is None else stamp(created_at)
         tuples.append(
-            (
-                row["request_id"],
-                row["task"],
-                row["customer_id"],
-                row["model_name"],
-                row["model_version"],
-                json_text(row["outputs"]),
-                json_text(row["reasons"]),
-                json_text(row["features"]),
-                stored_at,
-                row.get("tenant"),
-            )
+            (*row[:5], row[5].decode(), row[6].decode(), row[7].decode(), stored_at, row[9])
         )
     return tuples
 
 
-def _copy_scores(connection: Connection, rows: Sequence[ScoreRow]) -> None:
+def _copy_scores(connection: Connection, rows: Sequence[EncodedScore]) -> None:
     driver_connection: Any = connection.connection.driver_connection
     with driver_connection.cursor() as cursor, cursor.copy(_COPY) as copy:
         for values in _driver_tuples(connection.dialect, rows):

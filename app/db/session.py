@@ -23,11 +23,16 @@ POSTGRES_MAX_OVERFLOW = 10
 REACHABILITY_TIMEOUT_MS = 2_000
 
 
-def json_text(value: Any) -> str:
-    """A stored JSON document's text: the engines' serializer and the fast insert path."""
+def json_bytes(value: Any) -> bytes:
+    """A stored JSON document, UTF-8: the engines' serializer and the fast insert path."""
     # orjson is several times faster than json.dumps and understands numpy scalars/arrays,
     # which is what model outputs and feature vectors are made of.
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def json_text(value: Any) -> str:
+    """``json_bytes`` as text (SQLAlchemy's JSON serializer returns text)."""
+    return json_bytes(value).decode()
 
 
 def create_db_engine(url: str) -> Engine:

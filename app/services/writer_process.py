@@ -5,14 +5,15 @@ One uvicorn worker runs its requests on one event loop under one GIL. The group-
 SQLAlchemy's own Python work are time every request waits, while the machine's other core
 idles. ``ProcessWriter`` keeps the same contract (``write`` returns once the rows are
 committed, and raises ``PersistenceUnavailable`` when they are not) but runs that writer in a
-child process: the request path encodes its rows once with orjson and waits for the child's
-acknowledgement, which is sent after the commit.
+child process: the request path encodes its rows' JSON once, as it would for the database,
+and waits for the child's acknowledgement, which is sent after the commit.
 
-The wire is a socket pair carrying length-prefixed frames: the settings (pickled, once), then
-one orjson frame per write from the service, and from the child one frame per committed or
-failed group listing the writes it settled. The child builds its own engine and alert logic
-from the settings. If it dies, the writes in flight fail (503: their outcome is unknown, so
-they are never acknowledged) and a new child takes over.
+The wire is a socket pair carrying length-prefixed frames: the settings, then one frame per
+write from the service (both pickled: the child is our own process on a private socket, and
+the rows' JSON documents travel as the bytes they are stored as), and from the child one
+orjson frame per committed or failed group listing the writes it settled. The child builds
+its own engine and alert logic from the settings. If it dies, the writes in flight fail (503:
+their outcome is unknown, so they are never acknowledged) and a new child takes over.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import fields
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -43,10 +43,9 @@ from app.db.group_commit import (
     GroupCommitWriter,
     ScoreWriter,
 )
-from app.db.repository import ScoreRow
+from app.db.repository import EncodedScore, ScoreRow, encode_scores
 
 _HEADER = struct.Struct("!I")
-_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _NO_STATS = GroupCommitStats(0, 0, 0, 0, 0, 0)
 _BACKLOG_BYTES = 4 * 1024 * 1024  # unsent to the child; more makes writers wait
 log = structlog.get_logger("cvm.writer")
@@ -145,7 +144,7 @@ class ProcessWriter:
 
     async def write(
         self,
-        rows: Sequence[ScoreRow],
+        rows: Sequence[ScoreRow | EncodedScore],
         *,
         also: AfterInsert | None = None,
         announcement: Announcement | None = None,
@@ -155,12 +154,14 @@ class ProcessWriter:
             return
         if not self._accepting or self._out is None:
             raise PersistenceUnavailable("the score writer is not running")
-        message: dict[str, Any] = {"rows": rows}
-        if also is not None:
-            message.update(_alert_message(also))
         self._last_id += 1
-        message["id"] = write_id = self._last_id
-        payload = orjson.dumps(message, option=_JSON_OPTIONS)
+        write_id = self._last_id
+        observations, tenant = _observations(also)
+        # Pickle: the rows' JSON documents travel as the bytes they are stored as, and the
+        # child, our own process on a private socket, needs no second encoding.
+        payload = pickle.dumps(
+            (write_id, encode_scores(rows), observations, tenant), protocol=pickle.HIGHEST_PROTOCOL
+        )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._pending[write_id] = (future, len(rows))
@@ -250,13 +251,15 @@ class ProcessWriter:
             await loop.run_in_executor(None, process.wait)
 
 
-def _alert_message(also: AfterInsert) -> dict[str, Any]:
-    """The churn observations of an after-insert callback, for the child to record."""
+def _observations(also: AfterInsert | None) -> tuple[Sequence[Any] | None, str | None]:
+    """The churn observations (and tenant) of an after-insert callback, for the child."""
     from app.services.alerts import RecordObservations
 
+    if also is None:
+        return None, None
     if not isinstance(also, RecordObservations):
         raise TypeError(f"{type(also).__name__} cannot be sent to the writer process")
-    return {"observations": [list(o) for o in also.observations], "tenant": also.tenant}
+    return also.observations, also.tenant
 
 
 # --- the child ----------------------------------------------------------------------------
@@ -265,7 +268,7 @@ def _alert_message(also: AfterInsert) -> dict[str, Any]:
 async def _serve(sock: socket.socket) -> None:
     from app.db.session import create_db_engine
     from app.observability import configure_logging
-    from app.services.alerts import ChurnAlerts, ChurnObservation, RecordObservations
+    from app.services.alerts import ChurnAlerts, RecordObservations
 
     reader, out = await asyncio.open_unix_connection(sock=sock)
     settings: Settings = pickle.loads(await _read_frame(reader))
@@ -285,14 +288,11 @@ async def _serve(sock: socket.socket) -> None:
         out.writelines(_frame(orjson.dumps(message)))
         acks.clear()
 
-    async def commit(message: dict[str, Any]) -> None:
-        rows: list[ScoreRow] = message["rows"]
-        for row in rows:
-            row["created_at"] = datetime.fromisoformat(row["created_at"])  # type: ignore[arg-type]
+    async def commit(payload: bytes) -> None:
+        write_id, rows, observations, tenant = pickle.loads(payload)
         also = None
-        if alerts is not None and "observations" in message:
-            observations = [ChurnObservation(*o) for o in message["observations"]]
-            also = RecordObservations(alerts, observations, message["tenant"])
+        if alerts is not None and observations is not None:
+            also = RecordObservations(alerts, observations, tenant)
         error: str | None = None
         try:
             await writer.write(rows, also=also)
@@ -300,7 +300,7 @@ async def _serve(sock: socket.socket) -> None:
             error = str(failure)
         if not acks:
             loop.call_soon(send_acks)
-        acks.append((message["id"], error))
+        acks.append((write_id, error))
 
     writer.start()
     out.writelines(_frame(orjson.dumps({"pid": os.getpid()})))
@@ -310,7 +310,7 @@ async def _serve(sock: socket.socket) -> None:
                 payload = await _read_frame(reader)
             except (asyncio.IncompleteReadError, ConnectionError):
                 break  # the service closed its end (or is gone): finish and stop
-            task = asyncio.create_task(commit(orjson.loads(payload)))
+            task = asyncio.create_task(commit(payload))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
         if in_flight:
