@@ -109,6 +109,18 @@ class NotificationPlan:
         )
 
 
+class ChurnScores(NamedTuple):
+    """One call's churn results as columns: cheap to gather on the request path and to send to
+    a writer process; the observations are built where they are recorded."""
+
+    customer_ids: list[str]
+    probabilities: list[float]
+    risk_bands: list[str]
+    reasons: list[list[dict[str, Any]]]
+    request_id: str
+    model_version: str | None
+
+
 class ChurnObservation(NamedTuple):
     """One churn score as the alert logic needs it (a named tuple: one per scored customer,
     built on the request path)."""
@@ -180,25 +192,15 @@ class ChurnAlerts:
         tenant: str | None = None,
     ) -> Callable[[Connection], None]:
         """A callback recording these churn results on alerts, inside the scores' transaction."""
-        crosses = self.policy.crosses
-        observations = []
-        for customer_id, result in zip(customer_ids, results, strict=True):
-            probability = float(result["probability"])
-            risk_band = str(result["risk_band"])
-            explanation = result.get("explanation")
-            observations.append(
-                ChurnObservation(
-                    customer_id,
-                    probability,
-                    risk_band,
-                    crosses(probability=probability, risk_band=risk_band),
-                    list(explanation["reasons"]) if explanation else [],
-                    request_id,
-                    model_version,
-                )
-            )
-
-        return RecordObservations(alerts=self, observations=observations, tenant=tenant)
+        scores = ChurnScores(
+            list(customer_ids),
+            [float(result["probability"]) for result in results],
+            [str(result["risk_band"]) for result in results],
+            [list(e["reasons"]) if (e := result.get("explanation")) else [] for result in results],
+            request_id,
+            model_version,
+        )
+        return RecordObservations(alerts=self, scores=(scores,), tenant=tenant)
 
     def record(
         self,
@@ -617,8 +619,32 @@ class RecordObservations:
     """The after-insert callback of one scoring call; calls of one tenant merge into one."""
 
     alerts: ChurnAlerts
-    observations: Sequence[ChurnObservation]
+    scores: tuple[ChurnScores, ...]
     tenant: str | None
+
+    @property
+    def observations(self) -> list[ChurnObservation]:
+        """Every score of the calls, with whether it crosses the alert threshold."""
+        crosses = self.alerts.policy.crosses
+        return [
+            ChurnObservation(
+                customer_id,
+                probability,
+                band,
+                crosses(probability=probability, risk_band=band),
+                reasons,
+                scores.request_id,
+                scores.model_version,
+            )
+            for scores in self.scores
+            for customer_id, probability, band, reasons in zip(
+                scores.customer_ids,
+                scores.probabilities,
+                scores.risk_bands,
+                scores.reasons,
+                strict=True,
+            )
+        ]
 
     def __call__(self, connection: Connection) -> None:
         self.alerts.record(connection, observations=self.observations, tenant=self.tenant)
@@ -632,7 +658,5 @@ class RecordObservations:
         ):
             return None
         return RecordObservations(
-            alerts=self.alerts,
-            observations=[*self.observations, *other.observations],
-            tenant=self.tenant,
+            alerts=self.alerts, scores=(*self.scores, *other.scores), tenant=self.tenant
         )

@@ -319,6 +319,8 @@ class ScoringService:
         tenant: str | None = None,
     ) -> list[ScoreRow]:
         now = datetime.now(UTC)
+        name = task.value
+        version = model.manifest.version
         rows: list[ScoreRow] = []
         for customer_id, inputs, result in zip(batch.ids, batch.inputs, results, strict=True):
             outputs = {k: v for k, v in result.items() if k not in ("customer_id", "explanation")}
@@ -335,10 +337,10 @@ class ScoringService:
             rows.append(
                 ScoreRow(
                     request_id=request_id,
-                    task=task.value,
+                    task=name,
                     customer_id=customer_id,
-                    model_name=task.value,
-                    model_version=model.manifest.version,
+                    model_name=name,
+                    model_version=version,
                     outputs=outputs,
                     reasons=[]
                     if reasons is None

@@ -156,11 +156,11 @@ class ProcessWriter:
             raise PersistenceUnavailable("the score writer is not running")
         self._last_id += 1
         write_id = self._last_id
-        observations, tenant = _observations(also)
+        scores, tenant = _churn_scores(also)
         # Pickle: the rows' JSON documents travel as the bytes they are stored as, and the
         # child, our own process on a private socket, needs no second encoding.
         payload = pickle.dumps(
-            (write_id, encode_scores(rows), observations, tenant), protocol=pickle.HIGHEST_PROTOCOL
+            (write_id, encode_scores(rows), scores, tenant), protocol=pickle.HIGHEST_PROTOCOL
         )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -251,15 +251,15 @@ class ProcessWriter:
             await loop.run_in_executor(None, process.wait)
 
 
-def _observations(also: AfterInsert | None) -> tuple[Sequence[Any] | None, str | None]:
-    """The churn observations (and tenant) of an after-insert callback, for the child."""
+def _churn_scores(also: AfterInsert | None) -> tuple[Sequence[Any] | None, str | None]:
+    """The churn scores (and tenant) of an after-insert callback, for the child to record."""
     from app.services.alerts import RecordObservations
 
     if also is None:
         return None, None
     if not isinstance(also, RecordObservations):
         raise TypeError(f"{type(also).__name__} cannot be sent to the writer process")
-    return also.observations, also.tenant
+    return also.scores, also.tenant
 
 
 # --- the child ----------------------------------------------------------------------------
@@ -289,10 +289,10 @@ async def _serve(sock: socket.socket) -> None:
         acks.clear()
 
     async def commit(payload: bytes) -> None:
-        write_id, rows, observations, tenant = pickle.loads(payload)
+        write_id, rows, scores, tenant = pickle.loads(payload)
         also = None
-        if alerts is not None and observations is not None:
-            also = RecordObservations(alerts, observations, tenant)
+        if alerts is not None and scores is not None:
+            also = RecordObservations(alerts, scores, tenant)
         error: str | None = None
         try:
             await writer.write(rows, also=also)
