@@ -113,7 +113,7 @@ def test_failed_group_writes_nothing_and_the_writer_recovers(
     engine.dispose()
 
 
-def test_a_dead_child_fails_the_writes_in_flight_and_is_replaced(
+def test_signals_leave_the_child_alone_but_a_dead_one_is_replaced(
     tmp_path: Any, settings_for: Any
 ) -> None:
     url = sqlite_file_url(tmp_path / "child.db")
@@ -126,6 +126,10 @@ def test_a_dead_child_fails_the_writes_in_flight_and_is_replaced(
         try:
             first = writer.pid
             assert first is not None
+            os.kill(first, signal.SIGINT)  # Ctrl-C reaches the whole process group
+            os.kill(first, signal.SIGTERM)
+            await writer.write([make_row(customer_id="after-signals")])
+            assert writer.pid == first and writer.restarts == 0
             os.kill(first, signal.SIGSTOP)  # the write below reaches a child that cannot answer
             in_flight = asyncio.create_task(writer.write([make_row(customer_id="unknown")]))
             await asyncio.sleep(0.2)
@@ -144,7 +148,7 @@ def test_a_dead_child_fails_the_writes_in_flight_and_is_replaced(
 
     asyncio.run(main())
     assert score_count(engine, ["unknown"]) == 0  # stopped before it could read the write
-    assert score_count(engine, ["after"]) == 1
+    assert score_count(engine, ["after-signals", "after"]) == 2
     engine.dispose()
 
 

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import os
 import pickle
+import signal
 import socket
 import struct
 import subprocess
@@ -326,6 +327,10 @@ async def _serve(sock: socket.socket) -> None:
 
 def main() -> None:
     """Entry point of the child: ``python -m app.services.writer_process FD``."""
+    # The service decides when this process ends (it closes the socket): Ctrl-C in a terminal
+    # or a signal to the process group must not cut the writes in flight short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sock = socket.socket(fileno=int(sys.argv[1]))
     asyncio.run(_serve(sock))
 
