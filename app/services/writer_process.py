@@ -45,6 +45,9 @@ from app.db.group_commit import (
     ScoreWriter,
 )
 from app.db.repository import EncodedScore, ScoreRow, encode_scores
+from app.db.session import create_db_engine
+from app.observability import configure_logging
+from app.services.alerts import ChurnAlerts, ChurnScores, RecordObservations
 
 _HEADER = struct.Struct("!I")
 _NO_STATS = GroupCommitStats(0, 0, 0, 0, 0, 0)
@@ -252,25 +255,20 @@ class ProcessWriter:
             await loop.run_in_executor(None, process.wait)
 
 
-def _churn_scores(also: AfterInsert | None) -> tuple[Sequence[Any] | None, str | None]:
-    """The churn scores (and tenant) of an after-insert callback, for the child to record."""
-    from app.services.alerts import RecordObservations
-
+def _churn_scores(also: AfterInsert | None) -> tuple[list[tuple[Any, ...]] | None, str | None]:
+    """The churn scores (and tenant) of an after-insert callback, for the child to record
+    (as plain tuples: pickling a named tuple calls back into Python)."""
     if also is None:
         return None, None
     if not isinstance(also, RecordObservations):
         raise TypeError(f"{type(also).__name__} cannot be sent to the writer process")
-    return also.scores, also.tenant
+    return [tuple(scores) for scores in also.scores], also.tenant
 
 
 # --- the child ----------------------------------------------------------------------------
 
 
 async def _serve(sock: socket.socket) -> None:
-    from app.db.session import create_db_engine
-    from app.observability import configure_logging
-    from app.services.alerts import ChurnAlerts, RecordObservations
-
     reader, out = await asyncio.open_unix_connection(sock=sock)
     settings: Settings = pickle.loads(await _read_frame(reader))
     configure_logging(settings.log_level, settings.log_json)
@@ -293,7 +291,7 @@ async def _serve(sock: socket.socket) -> None:
         write_id, rows, scores, tenant = pickle.loads(payload)
         also = None
         if alerts is not None and scores is not None:
-            also = RecordObservations(alerts, scores, tenant)
+            also = RecordObservations(alerts, tuple(ChurnScores(*s) for s in scores), tenant)
         error: str | None = None
         try:
             await writer.write(rows, also=also)
