@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import os
 import pstats
 import tempfile
 import time
@@ -185,6 +186,15 @@ class Driver:
         await asyncio.gather(*(caller(k * calls) for k in range(callers)))
 
 
+def writer_process_cpu_s(writer: Any) -> float:
+    """CPU seconds the score writer's child process has used (0 for the thread writer)."""
+    pid = getattr(writer, "pid", None)
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 async def measure(args: argparse.Namespace, case: str, app: Any, key: str) -> None:
     path, bodies_file = CASES[case]
     bodies = [line.encode() for line in (BODIES / bodies_file).read_text().splitlines() if line]
@@ -199,6 +209,7 @@ async def measure(args: argparse.Namespace, case: str, app: Any, key: str) -> No
             instruments.enter_context(single_row_calls(predictions))
         writer = app.state.scoring.writer
         before = writer.stats
+        writer_cpu = writer_process_cpu_s(writer)
         loop_cpu, process_cpu, wall = time.thread_time(), time.process_time(), time.perf_counter()
         if profiler is not None:
             profiler.enable()
@@ -208,6 +219,7 @@ async def measure(args: argparse.Namespace, case: str, app: Any, key: str) -> No
         loop_cpu = time.thread_time() - loop_cpu
         process_cpu = time.process_time() - process_cpu
         wall = time.perf_counter() - wall
+        writer_cpu = writer_process_cpu_s(writer) - writer_cpu
     calls = args.callers * args.calls
     after = writer.stats
     groups = after.groups_committed - before.groups_committed
@@ -217,6 +229,8 @@ async def measure(args: argparse.Namespace, case: str, app: Any, key: str) -> No
         f"{loop_cpu / calls * 1e6:,.0f} µs CPU, process {process_cpu / calls * 1e6:,.0f} µs "
         f"CPU, wall {wall / calls * 1e6:,.0f} µs; {rows / max(groups, 1):,.1f} rows per commit"
     )
+    if writer_cpu:
+        print(f"{'':>15}writer process: {writer_cpu / calls * 1e6:,.0f} µs CPU per call")
     if args.gc:
         print(
             f"{'':>15}collector: {pauses.count / calls:.2f} pauses "
