@@ -85,13 +85,20 @@ def test_acknowledged_writes_are_committed_with_their_alerts(
     assert not writer.running
 
 
-def test_failed_group_writes_nothing_and_the_writer_recovers(
-    tmp_path: Any, settings_for: Any
-) -> None:
-    url = sqlite_file_url(tmp_path / "broken.db")
+@pytest.fixture
+def sqlite_writer(tmp_path: Any, settings_for: Any) -> Iterator[tuple[Engine, ProcessWriter]]:
+    """A migrated SQLite file of this test's own and a (not yet opened) writer process on it."""
+    url = sqlite_file_url(tmp_path / "writer.db")
     upgrade(url)
     engine = create_db_engine(url)
-    writer = ProcessWriter(settings_for(url))
+    yield engine, ProcessWriter(settings_for(url))
+    engine.dispose()
+
+
+def test_failed_group_writes_nothing_and_the_writer_recovers(
+    sqlite_writer: tuple[Engine, ProcessWriter],
+) -> None:
+    engine, writer = sqlite_writer
 
     async def main() -> None:
         await writer.open()
@@ -110,16 +117,12 @@ def test_failed_group_writes_nothing_and_the_writer_recovers(
     assert score_count(engine, ["lost-1", "lost-2"]) == 0
     assert score_count(engine, ["kept"]) == 1
     assert (writer.stats.groups_failed, writer.stats.rows_failed) == (1, 2)
-    engine.dispose()
 
 
 def test_signals_leave_the_child_alone_but_a_dead_one_is_replaced(
-    tmp_path: Any, settings_for: Any
+    sqlite_writer: tuple[Engine, ProcessWriter],
 ) -> None:
-    url = sqlite_file_url(tmp_path / "child.db")
-    upgrade(url)
-    engine = create_db_engine(url)
-    writer = ProcessWriter(settings_for(url))
+    engine, writer = sqlite_writer
 
     async def main() -> None:
         await writer.open()
@@ -149,14 +152,12 @@ def test_signals_leave_the_child_alone_but_a_dead_one_is_replaced(
     asyncio.run(main())
     assert score_count(engine, ["unknown"]) == 0  # stopped before it could read the write
     assert score_count(engine, ["after-signals", "after"]) == 2
-    engine.dispose()
 
 
-def test_close_commits_every_write_already_sent(tmp_path: Any, settings_for: Any) -> None:
-    url = sqlite_file_url(tmp_path / "drain.db")
-    upgrade(url)
-    engine = create_db_engine(url)
-    writer = ProcessWriter(settings_for(url))
+def test_close_commits_every_write_already_sent(
+    sqlite_writer: tuple[Engine, ProcessWriter],
+) -> None:
+    engine, writer = sqlite_writer
     ids = [f"drain-{i}" for i in range(30)]
 
     async def main() -> None:
@@ -171,7 +172,6 @@ def test_close_commits_every_write_already_sent(tmp_path: Any, settings_for: Any
     asyncio.run(main())
     assert score_count(engine, ids) == 30
     assert score_count(engine, ["late"]) == 0
-    engine.dispose()
 
 
 def test_the_settings_choose_the_writer(tmp_path: Any, settings_for: Any) -> None:

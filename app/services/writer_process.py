@@ -28,7 +28,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 import orjson
@@ -113,14 +113,7 @@ class ProcessWriter:
     def stats(self) -> GroupCommitStats:
         """The children's counters, with the writes waiting here for an acknowledgement."""
         total = _sum_stats(self._earlier_stats, self._child_stats)
-        return GroupCommitStats(
-            groups_committed=total.groups_committed,
-            rows_committed=total.rows_committed,
-            writes_committed=total.writes_committed,
-            groups_failed=total.groups_failed,
-            rows_failed=total.rows_failed,
-            writes_queued=len(self._pending),
-        )
+        return replace(total, writes_queued=len(self._pending))
 
     async def open(self) -> None:
         """Start the child and wait until it is ready to write."""
