@@ -188,3 +188,19 @@ def test_the_settings_choose_the_writer(tmp_path: Any, settings_for: Any) -> Non
     finally:
         file_engine.dispose()
         memory_engine.dispose()
+
+
+def test_a_writer_process_that_cannot_start_fails_the_start_up(
+    sqlite_writer: tuple[Engine, ProcessWriter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, writer = sqlite_writer
+    monkeypatch.setattr("sys.executable", "/bin/false")  # exits before saying it is ready
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="did not start"):
+            await writer.open()
+        assert not writer.running
+        with pytest.raises(PersistenceUnavailable, match="not running"):
+            await writer.write([make_row()])
+
+    asyncio.run(main())
