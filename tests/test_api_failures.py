@@ -1,7 +1,11 @@
-"""The scoring API when its database fails: 503, nothing written, and recovery afterwards."""
+"""The scoring API when its database or score writer fails: 503, nothing written, and
+recovery afterwards."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -126,3 +130,34 @@ def test_missing_model_gives_503(
         assert response.json()["code"] == "model_unavailable"
         ready = client.get("/readyz")
         assert ready.status_code == 503 and "missing" in ready.json()["models"]["prospect"]
+
+
+def test_a_score_writer_that_cannot_come_back_fails_liveness(
+    tmp_path: Any,
+    settings_for: Any,
+    registry: ModelRegistry,
+    sample_rows: dict[str, pd.DataFrame],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The writer process dies and its replacement cannot start: scoring answers 503 with
+    nothing written, and /healthz fails so that the orchestrator restarts the worker."""
+    url = f"sqlite:///{tmp_path / 'writer.db'}"
+    upgrade(url)
+    customers = churn_customers(sample_rows["existing"], registry, 2)
+    app = create_app(settings_for(url), registry)
+    with TestClient(app) as client:
+        assert client.post("/v1/churn/scores", json={"customers": customers[:1]}).status_code == 200
+        writer = app.state.scoring.writer
+        monkeypatch.setattr("sys.executable", "/bin/false")  # no replacement will start
+        os.kill(writer.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while writer.alive:
+            assert time.monotonic() < deadline, "the writer did not give up"
+            time.sleep(0.05)
+        assert client.get("/healthz").status_code == 503
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["writer"] is False
+        response = client.post("/v1/churn/scores", json={"customers": customers[1:]})
+        assert response.status_code == 503 and "nothing was saved" in response.json()["detail"]
+        monkeypatch.undo()
+    assert count_rows(url, [c["customer_id"] for c in customers]) == 1

@@ -17,10 +17,16 @@ from app.security.principal import Scope
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    """The process is alive."""
-    return {"status": "ok"}
+@router.get("/healthz", responses={503: {"description": "The score writer is down for good"}})
+async def healthz(request: Request) -> JSONResponse:
+    """The process is alive and can save scores: its score writer runs or is being replaced.
+
+    A worker whose writer cannot be restarted answers every scoring call with 503; failing
+    liveness lets the orchestrator restart it rather than leave it unready for ever.
+    """
+    if not request.app.state.scoring.writer.alive:
+        return JSONResponse({"status": "score writer down"}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})

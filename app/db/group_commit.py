@@ -103,6 +103,9 @@ class ScoreWriter(Protocol):
     def running(self) -> bool: ...
 
     @property
+    def alive(self) -> bool: ...
+
+    @property
     def stats(self) -> GroupCommitStats: ...
 
     async def open(self) -> None: ...
@@ -162,6 +165,11 @@ class GroupCommitWriter:
         """Whether ``write`` is accepted (between ``start`` and ``stop``)."""
         with self._condition:
             return self._accepting
+
+    @property
+    def alive(self) -> bool:
+        """Whether writes are accepted (this writer is never replaced: as ``running``)."""
+        return self.running
 
     @property
     def stats(self) -> GroupCommitStats:

@@ -90,6 +90,7 @@ class ProcessWriter:
         self._pending: dict[int, tuple[asyncio.Future[None], int]] = {}
         self._last_id = 0
         self._accepting = False
+        self._restarting = False
         self._closing = False
         self._process: subprocess.Popen[bytes] | None = None
         self._out: asyncio.StreamWriter | None = None
@@ -103,6 +104,11 @@ class ProcessWriter:
     def running(self) -> bool:
         """Whether writes are accepted (a child is up and the writer is not closing)."""
         return self._accepting
+
+    @property
+    def alive(self) -> bool:
+        """Running, or replacing a child that died (false once a replacement failed)."""
+        return self._accepting or self._restarting
 
     @property
     def pid(self) -> int | None:
@@ -211,6 +217,7 @@ class ProcessWriter:
         await self._child_ended()
 
     async def _child_ended(self) -> None:
+        self._accepting = False
         lost = list(self._pending.values())
         self._pending.clear()
         self._unsent = []
@@ -227,12 +234,14 @@ class ProcessWriter:
         if self._closing:
             return
         log.error("writer_process_died", writes_failed=len(lost))
-        self._accepting = False
+        self._restarting = True
         try:
             await self._spawn()
         except RuntimeError:
             log.error("writer_process_restart_failed")
             return
+        finally:
+            self._restarting = False
         self.restarts += 1
         self._accepting = True
 
