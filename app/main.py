@@ -63,8 +63,13 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     metrics = Metrics()
     metrics.add_gauges(
         "cvm_group_commit",
-        "Group-commit writer counters (groups, rows, writes committed or failed).",
-        lambda: {k: float(v) for k, v in vars(writer.stats).items()},
+        "Score writer: groups, rows and writes committed or failed; whether it is alive and "
+        "how often its process was replaced.",
+        lambda: {
+            **{k: float(v) for k, v in vars(writer.stats).items()},
+            "alive": float(writer.alive),
+            "restarts": float(writer.restarts),
+        },
     )
 
     @asynccontextmanager

@@ -330,6 +330,8 @@ def test_health_ready_metrics_and_docs(client: TestClient) -> None:
     client.post("/v1/churn/scores", json={})
     metrics = client.get("/metrics").text
     assert 'cvm_http_requests_total{method="POST",route="/v1/churn/scores",status="422"}' in metrics
+    assert 'cvm_group_commit{kind="alive"} 1.0' in metrics
+    assert 'cvm_group_commit{kind="restarts"} 0.0' in metrics
     spec = client.get("/openapi.json").json()
     churn_customer = spec["components"]["schemas"]["ChurnCustomer"]
     age = churn_customer["properties"]["age"]

@@ -99,6 +99,8 @@ class ScoreWriter(Protocol):
     """What the scoring service needs of a writer: this module's thread, or the child
     process of app/services/writer_process.py."""
 
+    restarts: int
+
     @property
     def running(self) -> bool: ...
 
@@ -125,6 +127,8 @@ class ScoreWriter(Protocol):
 
 class GroupCommitWriter:
     """Batches concurrent score writes into few transactions without weakening durability."""
+
+    restarts = 0  # a thread that dies is not replaced: see ``alive``
 
     def __init__(
         self,
