@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import pickle
 import signal
 import socket
@@ -191,12 +190,12 @@ class ProcessWriter:
         reader, self._out = await asyncio.open_unix_connection(sock=ours)
         self._out.writelines(_frame(pickle.dumps(self._settings)))
         try:
-            ready = orjson.loads(await asyncio.wait_for(_read_frame(reader), self._start_timeout_s))
+            await asyncio.wait_for(_read_frame(reader), self._start_timeout_s)  # "ready"
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as error:
             await self._reap(timeout=5.0)
             raise RuntimeError("the score writer process did not start") from error
         self._child_stats = _NO_STATS
-        log.info("writer_process_started", pid=self._process.pid, ready=ready)
+        log.info("writer_process_started", pid=self._process.pid)
         self._listener = asyncio.create_task(self._listen(reader))
 
     async def _listen(self, reader: asyncio.StreamReader) -> None:
@@ -304,7 +303,7 @@ async def _serve(sock: socket.socket) -> None:
         acks.append((write_id, error))
 
     writer.start()
-    out.writelines(_frame(orjson.dumps({"pid": os.getpid()})))
+    out.writelines(_frame(b"ready"))
     try:
         while True:
             try:
