@@ -5,11 +5,12 @@ the writes in flight and a new child takes over; closing drains what was sent.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -24,6 +25,16 @@ from app.services.alerts import ChurnAlerts
 from app.services.writer_process import ProcessWriter, build_score_writer
 from tests.db_support import sqlite_file_url
 from tests.test_db import make_row
+
+
+@contextlib.asynccontextmanager
+async def opened(writer: ProcessWriter) -> AsyncIterator[ProcessWriter]:
+    """The writer between open and close (which drains it)."""
+    await writer.open()
+    try:
+        yield writer
+    finally:
+        await writer.close(timeout=30)
 
 
 def score_count(engine: Engine, customer_ids: list[str]) -> int:
@@ -51,8 +62,7 @@ def test_acknowledged_writes_are_committed_with_their_alerts(
     risky = f"{prefix}-risky"
 
     async def main() -> None:
-        await writer.open()
-        try:
+        async with opened(writer):
             await asyncio.gather(*(writer.write([make_row(customer_id=c)]) for c in ids))
             for customer_id in ids[::10]:  # acknowledged: visible to another connection now
                 assert await asyncio.to_thread(score_count, engine, [customer_id]) == 1
@@ -69,16 +79,14 @@ def test_acknowledged_writes_are_committed_with_their_alerts(
                 model_version="1",
             )
             await writer.write([make_row(customer_id=risky)], also=observed)
-        finally:
-            await writer.close(timeout=30)
 
     asyncio.run(main())
     assert score_count(engine, [*ids, risky]) == 41
     with engine.connect() as connection:
-        opened = connection.execute(
+        stored_alerts = connection.execute(
             text("SELECT status, probability FROM alert WHERE customer_id = :c"), {"c": risky}
         ).all()
-    assert [(status, round(p, 2)) for status, p in opened] == [("open", 0.97)]
+    assert [(status, round(p, 2)) for status, p in stored_alerts] == [("open", 0.97)]
     stats = writer.stats
     assert (stats.writes_committed, stats.rows_committed, stats.writes_queued) == (41, 41, 0)
     assert 1 <= stats.groups_committed <= 41
@@ -101,8 +109,7 @@ def test_failed_group_writes_nothing_and_the_writer_recovers(
     engine, writer = sqlite_writer
 
     async def main() -> None:
-        await writer.open()
-        try:
+        async with opened(writer):
             with engine.begin() as connection:
                 connection.execute(text("ALTER TABLE score RENAME TO score_away"))
             with pytest.raises(PersistenceUnavailable, match="could not commit the scores"):
@@ -110,8 +117,6 @@ def test_failed_group_writes_nothing_and_the_writer_recovers(
             with engine.begin() as connection:
                 connection.execute(text("ALTER TABLE score_away RENAME TO score"))
             await writer.write([make_row(customer_id="kept")])
-        finally:
-            await writer.close(timeout=30)
 
     asyncio.run(main())
     assert score_count(engine, ["lost-1", "lost-2"]) == 0
@@ -125,8 +130,7 @@ def test_signals_leave_the_child_alone_but_a_dead_one_is_replaced(
     engine, writer = sqlite_writer
 
     async def main() -> None:
-        await writer.open()
-        try:
+        async with opened(writer):
             first = writer.pid
             assert first is not None
             os.kill(first, signal.SIGINT)  # Ctrl-C reaches the whole process group
@@ -146,8 +150,6 @@ def test_signals_leave_the_child_alone_but_a_dead_one_is_replaced(
                 await asyncio.sleep(0.05)
             assert writer.restarts == 1
             await writer.write([make_row(customer_id="after")])
-        finally:
-            await writer.close(timeout=30)
 
     asyncio.run(main())
     assert score_count(engine, ["unknown"]) == 0  # stopped before it could read the write
