@@ -38,8 +38,9 @@ class Settings(BaseSettings):
     group_commit_max_wait_ms: float = Field(
         default=5.0,
         ge=0,
-        description="Longest a commit group stays open for calls still computing their scores "
-        "(a call arriving at an idle service commits at once).",
+        description="Thread writer: longest a commit group stays open for calls still "
+        "computing their scores (a call arriving at an idle service commits at once). The "
+        "writer process holds no group open: what arrives during a commit forms the next.",
     )
     score_writer: Literal["process", "thread"] = Field(
         default="process",
