@@ -21,9 +21,11 @@ from app.config import PROJECT_ROOT, Settings
 from app.db.alert_repository import NewAlertRow, insert_new_alerts
 from app.db.alert_tables import (
     Alert,
+    AlertEvent,
     OutboxMessage,
     alert_table,
 )
+from app.db.group_commit import coalesce
 from app.db.migrate import upgrade
 from app.db.session import create_db_engine
 from app.db.tables import Score, score_table
@@ -35,6 +37,7 @@ from app.services.alerts import (
     ChurnAlerts,
     ChurnObservation,
     NotificationPlan,
+    RecordObservations,
     RetentionActions,
 )
 from tests.conftest import customer_record
@@ -683,3 +686,54 @@ def test_a_group_of_writes_records_alerts_in_one_pass() -> None:
     assert middle is plain
     assert [o.customer_id for o in last.observations] == ["c", "d"] and last.tenant == "t1"
     assert coalesce([observed("x", None), observed("y", "t2")])[1].tenant == "t2"  # type: ignore[attr-defined]
+
+
+def test_scores_as_columns_record_exactly_what_observations_record(engine: Engine) -> None:
+    """The writer records calls' scores as columns and builds observations only for the
+    customers an alert concerns; the outcome must be that of recording every observation."""
+    alerts = ChurnAlerts(
+        policy=AlertPolicy(min_probability=0.5),
+        actions=RetentionActions.load(ACTIONS_FILE),
+        plan=NotificationPlan(),
+    )
+
+    def one_group() -> tuple[RecordObservations, list[str]]:
+        a, b, c = new_customer(), new_customer(), new_customer()
+        calls = [
+            (a, 0.2, "low"),
+            (a, 0.9, "high"),
+            (b, 0.1, "low"),
+            (a, 0.3, "low"),
+            (c, 0.7, "high"),
+        ]
+        callbacks = [
+            alerts.observe(
+                customer_ids=[customer_id],
+                results=[{"probability": p, "risk_band": band, "explanation": None}],
+                request_id=f"r{i}",
+                model_version="1",
+            )
+            for i, (customer_id, p, band) in enumerate(calls)
+        ]
+        (merged,) = coalesce(callbacks)
+        assert isinstance(merged, RecordObservations)
+        return merged, [a, b, c]
+
+    def history(customers: list[str]) -> list[tuple[int, str]]:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                select(Alert.customer_id, AlertEvent.kind)
+                .join(AlertEvent, AlertEvent.alert_id == Alert.id)
+                .where(Alert.customer_id.in_(customers))
+                .order_by(AlertEvent.id)
+            ).all()
+        return [(customers.index(customer_id), kind) for customer_id, kind in rows]
+
+    as_columns, columns_customers = one_group()
+    with engine.begin() as connection:
+        alerts.record_scores(connection, scores=as_columns.scores)
+    as_rows, rows_customers = one_group()
+    with engine.begin() as connection:
+        alerts.record(connection, observations=as_rows.observations)
+    expected = [(0, "opened"), (0, "below_threshold"), (2, "opened")]
+    assert history(columns_customers) == history(rows_customers) == expected

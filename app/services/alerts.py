@@ -215,14 +215,72 @@ class ChurnAlerts:
         tenant's alerts: two tenants with the same customer id each have their own (the unique
         index allows one active alert per customer id and tenant).
         """
-        summary = AlertWriteSummary()
-        customer_ids = list(dict.fromkeys(o.customer_id for o in observations))
         scope = TenantScope(tenant) if self.tenant_isolation else None
+        active = self._lock_active(connection, [o.customer_id for o in observations], scope)
+        if not active and not any(o.above_threshold for o in observations):
+            return AlertWriteSummary()
+        return self._apply(connection, observations, active, scope, tenant)
+
+    def record_scores(
+        self,
+        connection: Connection,
+        *,
+        scores: Sequence[ChurnScores],
+        tenant: str | None = None,
+    ) -> AlertWriteSummary:
+        """``record`` for calls' scores as columns: observations are built only for the
+        customers alerts concern (a score that crosses the threshold, or an active alert);
+        a 1,000-customer call usually concerns a few dozen."""
+        crosses = self.policy.crosses
+        flags = [
+            [
+                crosses(probability=p, risk_band=b)
+                for p, b in zip(s.probabilities, s.risk_bands, strict=True)
+            ]
+            for s in scores
+        ]
+        scope = TenantScope(tenant) if self.tenant_isolation else None
+        active = self._lock_active(
+            connection, [cid for s in scores for cid in s.customer_ids], scope
+        )
+        crossing = {
+            cid
+            for s, f in zip(scores, flags, strict=True)
+            for cid, above in zip(s.customer_ids, f, strict=True)
+            if above
+        }
+        if not active and not crossing:
+            return AlertWriteSummary()
+        concerned = crossing | active.keys()
+        observations = [
+            ChurnObservation(cid, p, band, above, reasons, s.request_id, s.model_version)
+            for s, f in zip(scores, flags, strict=True)
+            for cid, p, band, above, reasons in zip(
+                s.customer_ids, s.probabilities, s.risk_bands, f, s.reasons, strict=True
+            )
+            if cid in concerned
+        ]
+        return self._apply(connection, observations, active, scope, tenant)
+
+    @staticmethod
+    def _lock_active(
+        connection: Connection, customer_ids: list[str], scope: TenantScope | None
+    ) -> dict[str, ActiveAlert]:
         # The one statement every churn write pays: an index lookup that finds nothing when
         # no customer in the write has an alert.
-        active = repo.lock_active_alerts(connection, customer_ids=customer_ids, tenant=scope)
-        if not active and not any(o.above_threshold for o in observations):
-            return summary
+        unique = list(dict.fromkeys(customer_ids))
+        return repo.lock_active_alerts(connection, customer_ids=unique, tenant=scope)
+
+    def _apply(
+        self,
+        connection: Connection,
+        observations: Sequence[ChurnObservation],
+        active: dict[str, ActiveAlert],
+        scope: TenantScope | None,
+        tenant: str | None,
+    ) -> AlertWriteSummary:
+        """Open, update and announce, given the customers' active alerts (locked)."""
+        summary = AlertWriteSummary()
         now = self.clock()
 
         # The first crossing of each customer without an active alert opens one.
@@ -647,7 +705,7 @@ class RecordObservations:
         ]
 
     def __call__(self, connection: Connection) -> None:
-        self.alerts.record(connection, observations=self.observations, tenant=self.tenant)
+        self.alerts.record_scores(connection, scores=self.scores, tenant=self.tenant)
 
     def merge(self, other: object) -> RecordObservations | None:
         """One callback for both, when they record for the same alerts and tenant."""
