@@ -86,7 +86,7 @@ class ProcessWriter:
     def __init__(self, settings: Settings, *, start_timeout_s: float = 60.0) -> None:
         self._settings = settings
         self._start_timeout_s = start_timeout_s
-        self._pending: dict[int, tuple[asyncio.Future[None], int]] = {}
+        self._pending: dict[int, asyncio.Future[None]] = {}
         self._last_id = 0
         self._accepting = False
         self._restarting = False
@@ -166,7 +166,7 @@ class ProcessWriter:
         )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._pending[write_id] = (future, len(rows))
+        self._pending[write_id] = future
         if not self._unsent:  # one send per loop turn for all the writes of that turn
             loop.call_soon(self._send)
         self._unsent.extend(_frame(payload))
@@ -192,6 +192,7 @@ class ProcessWriter:
         try:
             await asyncio.wait_for(_read_frame(reader), self._start_timeout_s)  # "ready"
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as error:
+            self._out.close()
             await self._reap(timeout=5.0)
             raise RuntimeError("the score writer process did not start") from error
         self._child_stats = _NO_STATS
@@ -204,8 +205,8 @@ class ProcessWriter:
                 message = orjson.loads(await _read_frame(reader))
                 self._child_stats = GroupCommitStats(**message["stats"])
                 for write_id, error in message["acks"]:
-                    future, _ = self._pending.pop(write_id)
-                    if future.done():  # the caller was cancelled; the write still happened
+                    future = self._pending.pop(write_id, None)
+                    if future is None or future.done():  # the caller was cancelled
                         continue
                     if error is None:
                         future.set_result(None)
@@ -220,7 +221,7 @@ class ProcessWriter:
         lost = list(self._pending.values())
         self._pending.clear()
         self._unsent = []
-        for future, _ in lost:
+        for future in lost:
             if not future.done():
                 future.set_exception(
                     PersistenceUnavailable("the score writer stopped before confirming the commit")
