@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NotRequired, TypedDict
 
 import orjson
@@ -41,16 +41,27 @@ class TenantScope:
         return column.is_(None) if self.tenant is None else column == self.tenant
 
 
-# A score row in ``_COLUMNS`` order with its three JSON documents already encoded (UTF-8):
-# what a writer in another process receives, and what every insert starts from.
-EncodedScore = tuple[
-    str, str, str, str | None, str | None, bytes, bytes, bytes, datetime, str | None
-]
+# A score row in ``_COLUMNS`` order with its three JSON documents already encoded (UTF-8) and
+# its time as microseconds since the epoch (an int pickles in a third of an aware datetime's
+# time): what a writer in another process receives, and what every insert starts from.
+EncodedScore = tuple[str, str, str, str | None, str | None, bytes, bytes, bytes, int, str | None]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def encode_scores(rows: Sequence[ScoreRow | EncodedScore]) -> list[EncodedScore]:
     """The rows with their JSON encoded once (orjson), ready for any database; rows already
     encoded pass through."""
+    micros: dict[datetime, int] = {}  # rows of one call share their timestamp
+
+    def since_epoch(created_at: datetime) -> int:
+        value = micros.get(created_at)
+        if value is None:
+            if created_at.tzinfo is None:
+                raise ValueError("naive datetime given for a timezone-aware column")
+            value = micros[created_at] = (created_at - _EPOCH) // _MICROSECOND
+        return value
+
     return [
         row
         if isinstance(row, tuple)
@@ -63,11 +74,15 @@ def encode_scores(rows: Sequence[ScoreRow | EncodedScore]) -> list[EncodedScore]
             json_bytes(row["outputs"]),
             json_bytes(row["reasons"]),
             json_bytes(row["features"]),
-            row["created_at"],
+            since_epoch(row["created_at"]),
             row.get("tenant"),
         )
         for row in rows
     ]
+
+
+def _timestamp(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
 
 
 def insert_scores(target: Connection | Session, *, rows: Sequence[ScoreRow | EncodedScore]) -> int:
@@ -91,7 +106,13 @@ def insert_scores(target: Connection | Session, *, rows: Sequence[ScoreRow | Enc
         connection.execute(
             score_table.insert(),
             [
-                dict(zip(_COLUMNS, (*e[:5], *map(orjson.loads, e[5:8]), *e[8:]), strict=True))
+                dict(
+                    zip(
+                        _COLUMNS,
+                        (*e[:5], *map(orjson.loads, e[5:8]), _timestamp(e[8]), e[9]),
+                        strict=True,
+                    )
+                )
                 for e in encoded
             ],
         )
@@ -125,13 +146,14 @@ def _driver_tuples(dialect: Dialect, rows: Sequence[EncodedScore]) -> list[tuple
     # The dialect's own processor (SQLite: the text SQLAlchemy writes and parses back), so
     # rows from this path and from the Core INSERT store the same form.
     stamp = score_table.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
-    stamps: dict[datetime, Any] = {}  # rows of one call share their timestamp
+    stamps: dict[int, Any] = {}  # rows of one call share their timestamp
     tuples = []
     for row in rows:
-        created_at = row[8]
-        stored_at = stamps.get(created_at)
+        micros = row[8]
+        stored_at = stamps.get(micros)
         if stored_at is None:
-            stored_at = stamps[created_at] = created_at if stamp is None else stamp(created_at)
+            created_at = _timestamp(micros)
+            stored_at = stamps[micros] = created_at if stamp is None else stamp(created_at)
         tuples.append(
             (*row[:5], row[5].decode(), row[6].decode(), row[7].decode(), stored_at, row[9])
         )
