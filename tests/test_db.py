@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from app.db import migrate
 from app.db.base import Base
+from app.db.checkpoint import WRITER_CACHE_KIB
 from app.db.errors import PersistenceUnavailable
 from app.db.group_commit import GroupCommitWriter
 from app.db.repository import ScoreRow, insert_scores, list_scores
@@ -521,9 +522,11 @@ def test_sqlite_log_is_checkpointed_beside_the_commits_not_inside_them(tmp_path:
     writer = GroupCommitWriter(engine, max_rows=5000, max_wait_ms=0)
     assert writer.checkpointer is not None
     autocheckpoint: list[int] = []
+    cache_sizes: list[int] = []
 
     def read_pragma(connection: Any) -> None:
         autocheckpoint.append(connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar())
+        cache_sizes.append(connection.exec_driver_sql("PRAGMA cache_size").scalar())
 
     async def main() -> None:
         # ~2,000 pages of log: past SQLite's automatic checkpoint at 1,000.
@@ -547,6 +550,7 @@ def test_sqlite_log_is_checkpointed_beside_the_commits_not_inside_them(tmp_path:
         writer.stop()
         engine.dispose()
     assert set(autocheckpoint) == {0}
+    assert set(cache_sizes) == {-WRITER_CACHE_KIB}  # negative: KiB rather than pages
     assert busy == 0 and log_pages > 1000 and copied == log_pages  # nothing left to copy
 
 
