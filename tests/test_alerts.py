@@ -682,9 +682,10 @@ def test_a_group_of_writes_records_alerts_in_one_pass() -> None:
     assert len(merged) == 3
     first, middle, last = merged
     assert isinstance(first, RecordObservations) and isinstance(last, RecordObservations)
-    assert [o.customer_id for o in first.observations] == ["a", "b"]
+    assert [c for scores in first.scores for c in scores.customer_ids] == ["a", "b"]
     assert middle is plain
-    assert [o.customer_id for o in last.observations] == ["c", "d"] and last.tenant == "t1"
+    assert [c for scores in last.scores for c in scores.customer_ids] == ["c", "d"]
+    assert last.tenant == "t1"
     assert coalesce([observed("x", None), observed("y", "t2")])[1].tenant == "t2"  # type: ignore[attr-defined]
 
 
@@ -734,6 +735,25 @@ def test_scores_as_columns_record_exactly_what_observations_record(engine: Engin
         alerts.record_scores(connection, scores=as_columns.scores)
     as_rows, rows_customers = one_group()
     with engine.begin() as connection:
-        alerts.record(connection, observations=as_rows.observations)
+        every_score = [
+            ChurnObservation(
+                customer_id,
+                p,
+                band,
+                alerts.policy.crosses(probability=p, risk_band=band),
+                reasons,
+                scores.request_id,
+                scores.model_version,
+            )
+            for scores in as_rows.scores
+            for customer_id, p, band, reasons in zip(
+                scores.customer_ids,
+                scores.probabilities,
+                scores.risk_bands,
+                scores.reasons,
+                strict=True,
+            )
+        ]
+        alerts.record(connection, observations=every_score)
     expected = [(0, "opened"), (0, "below_threshold"), (2, "opened")]
     assert history(columns_customers) == history(rows_customers) == expected

@@ -680,30 +680,6 @@ class RecordObservations:
     scores: tuple[ChurnScores, ...]
     tenant: str | None
 
-    @property
-    def observations(self) -> list[ChurnObservation]:
-        """Every score of the calls, with whether it crosses the alert threshold."""
-        crosses = self.alerts.policy.crosses
-        return [
-            ChurnObservation(
-                customer_id,
-                probability,
-                band,
-                crosses(probability=probability, risk_band=band),
-                reasons,
-                scores.request_id,
-                scores.model_version,
-            )
-            for scores in self.scores
-            for customer_id, probability, band, reasons in zip(
-                scores.customer_ids,
-                scores.probabilities,
-                scores.risk_bands,
-                scores.reasons,
-                strict=True,
-            )
-        ]
-
     def __call__(self, connection: Connection) -> None:
         self.alerts.record_scores(connection, scores=self.scores, tenant=self.tenant)
 
