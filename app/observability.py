@@ -7,9 +7,9 @@ matters on a scoring endpoint that answers in a few hundred.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -86,7 +86,21 @@ def _request_id(scope: Scope) -> str:
             text = str(value.decode("latin-1"))[:_MAX_REQUEST_ID]
             if text.isascii() and text.replace("-", "").replace("_", "").isalnum():
                 return text
-    return uuid.uuid4().hex
+    return time_ordered_id()
+
+
+def time_ordered_id() -> str:
+    """A UUIDv7 (RFC 9562) as 32 hex digits: milliseconds since the epoch, then 74 random bits.
+
+    Scores are stored with their request id, which is indexed: random ids (UUIDv4) put every
+    single-customer call's row on a random leaf page of that index, time-ordered ones on the
+    last few. In a million-row SQLite table a 25-row commit wrote 42 pages to the log instead
+    of 73 (bench/README.md). ``uuid.uuid7`` arrives with Python 3.14.
+    """
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10))
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # RFC 9562 variant
+    return f"{value:032x}"
 
 
 class RequestContextMiddleware:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import uuid
 from typing import Any
 
@@ -348,3 +349,16 @@ def test_health_ready_metrics_and_docs(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     response = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
     assert response.headers["x-request-id"] == "abc-123"
+
+
+def test_request_ids_the_service_generates_are_time_ordered_uuids(client: TestClient) -> None:
+    # UUIDv7: stored scores' request ids then append to their index instead of scattering.
+    first = client.get("/healthz").headers["x-request-id"]
+    time.sleep(0.002)
+    second = client.get("/healthz").headers["x-request-id"]
+    for value in (first, second):
+        parsed = uuid.UUID(value)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert value == parsed.hex
+    assert first < second
+    assert abs(int(first[:12], 16) / 1000 - time.time()) < 60  # the clock's milliseconds
