@@ -10,6 +10,8 @@ the CPU. It prints, per call, the CPU time of the event-loop thread and of the w
 * ``--gc``: the collector's pauses per call;
 * ``--single-row``: CPU and wall time of each LightGBM single-row call, which shows how much
   more a prediction costs between requests than in a hot loop (the model falls out of cache);
+* ``--table-rows N``: N score rows stored before measuring (the writer's cost per row grows
+  with the table; a benchmark run's batch cases leave ~2M);
 * ``--profile N``: cProfile of the event-loop thread with a CPU clock (``time.thread_time``),
   the N functions with the highest cumulative CPU; profiling inflates Python calls, so read
   the shares, not the absolute figures.
@@ -20,6 +22,7 @@ Bodies come from ``serve_bench.py`` (``var/bench/bodies/``; run it once). Usage:
     .venv/bin/python bench/inprocess.py --case churn --single-row --gc
     .venv/bin/python bench/inprocess.py --case batch --callers 4 --calls 10 --gc
     .venv/bin/python bench/inprocess.py --case churn --profile 40
+    .venv/bin/python bench/inprocess.py --case churn --table-rows 2000000   # a grown table
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import argparse
 import asyncio
 import cProfile
 import gc
-import os
 import pstats
 import tempfile
 import time
@@ -38,12 +40,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serve_bench import BARE_PATH, bench_client_key  # this folder: run as a script
+import orjson
+from serve_bench import BARE_PATH, bench_client_key, process_cpu_seconds  # this folder
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from app.config import Settings
 from app.db.migrate import upgrade
+from app.db.session import create_db_engine
 from app.main import create_app
 from app.ml import single_row
 
@@ -191,8 +195,7 @@ def writer_process_cpu_s(writer: Any) -> float:
     pid = getattr(writer, "pid", None)
     if pid is None:
         return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return process_cpu_seconds(pid)
 
 
 async def measure(args: argparse.Namespace, case: str, app: Any, key: str) -> None:
@@ -246,9 +249,25 @@ async def measure(args: argparse.Namespace, case: str, app: Any, key: str) -> No
         stats.sort_stats("cumulative").print_stats(args.profile)
 
 
+def prefill_scores(database: Path, rows: int) -> None:
+    """Grow the score table to ``rows`` rows of the batch body's customers before measuring:
+    a writer's cost per row grows with the table's indexes (bench/README.md)."""
+    from persist_ceiling import churn_rows, prefill
+
+    records = orjson.loads((BODIES / CASES["batch"][1]).read_bytes())["customers"]
+    engine = create_db_engine(f"sqlite:///{database}")
+    try:
+        seconds = prefill(engine, churn_rows(records), rows)
+    finally:
+        engine.dispose()
+    print(f"score table prefilled with {rows:,} rows in {seconds:.0f} s")
+
+
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="cvm-inprocess-") as folder:
         app, key = build_app(Path(folder) / "bench.db")
+        if args.table_rows:
+            prefill_scores(Path(folder) / "bench.db", args.table_rows)
         async with app.router.lifespan_context(app):
             for case in args.case:
                 await measure(args, case, app, key)
@@ -264,9 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gc", action="store_true", help="count the collector's pauses")
     parser.add_argument("--single-row", action="store_true", help="time single-row predictions")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile, top N")
+    parser.add_argument(
+        "--table-rows", type=int, default=0, metavar="N", help="score rows stored beforehand"
+    )
     args = parser.parse_args(argv)
     args.case = args.case or ["bare", "churn"]
-    missing = [CASES[c][1] for c in args.case if not (BODIES / CASES[c][1]).exists()]
+    needed = {*args.case, "batch"} if args.table_rows else set(args.case)
+    missing = [CASES[c][1] for c in sorted(needed) if not (BODIES / CASES[c][1]).exists()]
     if missing:
         parser.error(f"no {', '.join(missing)} in {BODIES}: run bench/serve_bench.py once")
     asyncio.run(main_async(args))

@@ -311,6 +311,13 @@ def http(
         return 0, b""
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one local process so far (whole clock ticks: 10 ms)."""
+    # Fields after the parenthesised command: state ppid ... utime(12) stime(13).
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 @dataclass
 class Server:
     """A server process started by this script, with its log file."""
