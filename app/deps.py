@@ -96,9 +96,14 @@ async def get_scoring_call(request: Request) -> ScoringCall:
     caller = await _holds_scores_write(request)
     return ScoringCall(
         service=request.app.state.scoring,
-        request_id=str(request.scope["state"]["request_id"]),
+        request_id=await get_request_id(request),
         tenant=caller.tenant,
     )
+
+
+async def get_request_id(request: Request) -> str:
+    """This request's id (X-Request-ID): what ties a stored row to its audit-log line."""
+    return str(request.scope["state"]["request_id"])
 
 
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
@@ -112,3 +117,4 @@ ModelsReader = Annotated[Principal, Depends(require(Scope.MODELS_READ))]
 Admin = Annotated[Principal, Depends(require(Scope.ADMIN))]
 TenantDep = Annotated[TenantScope | None, Depends(get_tenant_scope)]
 PseudonymizerDep = Annotated[Pseudonymizer | None, Depends(get_pseudonymizer)]
+RequestIdDep = Annotated[str, Depends(get_request_id)]

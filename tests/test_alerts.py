@@ -415,7 +415,11 @@ def test_lifecycle_transitions_keep_history_and_refuse_illegal_moves(
     assert refused.json()["code"] == "conflict"
     assert "acknowledge it before" in refused.json()["detail"]
 
-    acknowledged = alert_client.post(f"{url}/acknowledge", json={"by": "rm-1", "note": "mine"})
+    acknowledged = alert_client.post(
+        f"{url}/acknowledge",
+        json={"by": "rm-1", "note": "mine"},
+        headers={"X-Request-ID": "office-call-1"},
+    )
     assert acknowledged.status_code == 200, acknowledged.text
     body = acknowledged.json()
     assert (body["status"], body["owner"]) == ("acknowledged", "rm-1")
@@ -449,6 +453,11 @@ def test_lifecycle_transitions_keep_history_and_refuse_illegal_moves(
         ("resolved", "rm-1", "resolved"),
     ]
     assert body["history"][-1]["note"] == "outcome: retained; rate matched"
+    # Each transition keeps the id of the call that made it: the audit log's line for that id
+    # names the authenticated client that reported the staff member.
+    transitions = [e for e in body["history"] if e["kind"] in ("acknowledged", "resolved")]
+    assert transitions[0]["request_id"] == "office-call-1"
+    assert transitions[1]["request_id"] == resolved.headers["x-request-id"]
 
     for action, payload in [
         ("acknowledge", {"by": "rm-1"}),

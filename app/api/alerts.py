@@ -7,7 +7,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from pydantic import AwareDatetime
 
-from app.deps import AlertsReader, AlertsWriter, PseudonymizerDep, SessionDep, TenantDep
+from app.deps import (
+    AlertsReader,
+    AlertsWriter,
+    PseudonymizerDep,
+    RequestIdDep,
+    SessionDep,
+    TenantDep,
+)
 from app.schemas.alerts import (
     AcknowledgeRequest,
     AlertDetail,
@@ -82,16 +89,26 @@ def acknowledge_alert(
     session: SessionDep,
     _: AlertsWriter,
     tenant: TenantDep,
+    request_id: RequestIdDep,
     alert_id: AlertId,
     body: AcknowledgeRequest,
 ) -> AlertDetail:
     """Take ownership of an open alert (the first to acknowledge owns it)."""
-    return alerts.acknowledge_alert(session, alert_id=alert_id, request=body, tenant=tenant)
+    return alerts.acknowledge_alert(
+        session, alert_id=alert_id, request=body, request_id=request_id, tenant=tenant
+    )
 
 
 @router.post("/{alert_id}/resolve", response_model=AlertDetail, responses=TRANSITION_ERRORS)
 def resolve_alert(
-    session: SessionDep, _: AlertsWriter, tenant: TenantDep, alert_id: AlertId, body: ResolveRequest
+    session: SessionDep,
+    _: AlertsWriter,
+    tenant: TenantDep,
+    request_id: RequestIdDep,
+    alert_id: AlertId,
+    body: ResolveRequest,
 ) -> AlertDetail:
     """Close an acknowledged alert with its outcome; only its owner may."""
-    return alerts.resolve_alert(session, alert_id=alert_id, request=body, tenant=tenant)
+    return alerts.resolve_alert(
+        session, alert_id=alert_id, request=body, request_id=request_id, tenant=tenant
+    )

@@ -20,7 +20,11 @@ StaffId = Annotated[
         min_length=1,
         max_length=64,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$",
-        description="The staff member acting. Taken from the body until authentication exists.",
+        description=(
+            "The staff member acting, as the calling system (e.g. the office system) reports"
+            " it; the history keeps the call's request id, which the audit log ties to the"
+            " authenticated client."
+        ),
         examples=["rm-042"],
     ),
 ]

@@ -551,6 +551,7 @@ def acknowledge_alert(
     *,
     alert_id: int,
     request: AcknowledgeRequest,
+    request_id: str | None = None,
     now: datetime | None = None,
     tenant: TenantScope | None = None,
 ) -> AlertDetail:
@@ -569,6 +570,7 @@ def acknowledge_alert(
             "updated_at": now,
         },
         request=request,
+        request_id=request_id,
         now=now,
         tenant=tenant,
     )
@@ -579,6 +581,7 @@ def resolve_alert(
     *,
     alert_id: int,
     request: ResolveRequest,
+    request_id: str | None = None,
     now: datetime | None = None,
     tenant: TenantScope | None = None,
 ) -> AlertDetail:
@@ -599,6 +602,7 @@ def resolve_alert(
             "updated_at": now,
         },
         request=request,
+        request_id=request_id,
         now=now,
         tenant=tenant,
     )
@@ -613,6 +617,7 @@ def _apply_transition(
     owner: str | None,
     values: dict[str, Any],
     request: AcknowledgeRequest | ResolveRequest,
+    request_id: str | None,
     now: datetime,
     tenant: TenantScope | None,
 ) -> AlertDetail:
@@ -628,13 +633,18 @@ def _apply_transition(
     if not changed:
         session.rollback()
         raise _refusal(session, alert_id, action, tenant)
-    repo.add_alert_event(session, row=_transition_event(alert_id, values["status"], request, now))
+    event = _transition_event(alert_id, values["status"], request, request_id, now)
+    repo.add_alert_event(session, row=event)
     session.commit()
     return get_alert(session, alert_id=alert_id, tenant=tenant)
 
 
 def _transition_event(
-    alert_id: int, kind: str, request: AcknowledgeRequest | ResolveRequest, now: datetime
+    alert_id: int,
+    kind: str,
+    request: AcknowledgeRequest | ResolveRequest,
+    request_id: str | None,
+    now: datetime,
 ) -> AlertEventRow:
     note = request.note
     if isinstance(request, ResolveRequest):
@@ -647,7 +657,8 @@ def _transition_event(
         status=kind,
         probability=None,
         risk_band=None,
-        request_id=None,
+        # The call that made the transition: the audit log's line for it names the client.
+        request_id=request_id,
         note=note,
     )
 
