@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from serve_bench import (
+    DEFAULT_POSTGRES_SERVER,
     bench_database,
     churn_records,
     ensure_models,
@@ -211,9 +212,7 @@ def report(size: int, groups: list[Group], server_cpu: float, sqlite: bool) -> d
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
-    parser.add_argument(
-        "--postgres-server", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-    )
+    parser.add_argument("--postgres-server", default=DEFAULT_POSTGRES_SERVER)
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument(
         "--sizes", default="0,1000000", help="table sizes to measure at, rows, comma-separated"
