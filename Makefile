@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck models migrate bench bench-batch lock clean
+.PHONY: run test lint typecheck models migrate bench bench-batch bench-persist lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ models: $(STAMP)
 # Batch scoring against raw LightGBM predict, 1M and 4M customers (issue 6; SCALING.md).
 bench-batch: $(STAMP)
 	$(BIN)/python bench/batch_bench.py
+
+# What the score table takes durably on its own, 1,000-row commits (bench/README.md).
+bench-persist: $(STAMP)
+	$(BIN)/python bench/persist_ceiling.py $(BENCH_ARGS)
 
 migrate: $(STAMP)
 	$(BIN)/cvm db upgrade
