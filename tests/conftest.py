@@ -14,9 +14,11 @@ from typing import Any
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
 
 from app.config import Settings
 from app.db.migrate import upgrade
+from app.db.session import create_db_engine
 from app.main import create_app
 from app.ml.manifest import Task
 from app.ml.registry import ModelRegistry
@@ -74,6 +76,14 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     with factory() as url:
         upgrade(url)
         yield url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A direct connection pool to the test database, for assertions."""
+    engine = create_db_engine(database_url)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")

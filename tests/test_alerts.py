@@ -100,14 +100,6 @@ def alert_client(alert_settings: Settings, registry: ModelRegistry) -> Iterator[
         yield client
 
 
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    """A direct connection pool to the test database, for assertions."""
-    engine = create_db_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
 def new_customer() -> str:
     return f"AL-{uuid.uuid4().hex[:12]}"
 

@@ -23,7 +23,6 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.db.alert_tables import Alert
 from app.db.security_tables import IdempotencyRecord
-from app.db.session import create_db_engine
 from app.db.tables import Score
 from app.main import create_app
 from app.ml.manifest import Task
@@ -58,14 +57,6 @@ def make_app(database_url: str, settings_for: Any, registry: ModelRegistry) -> I
     yield build
     for test_client in clients:
         test_client.__exit__(None, None, None)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    """A direct connection pool to the test database, for assertions."""
-    engine = create_db_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 def key_for(

@@ -43,13 +43,6 @@ def score_count(engine: Engine, customer_ids: list[str]) -> int:
         return int(connection.scalar(query) or 0)
 
 
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = create_db_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
 def test_acknowledged_writes_are_committed_with_their_alerts(
     database_url: str, settings_for: Any, engine: Engine
 ) -> None:
