@@ -42,15 +42,15 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.ml.arrow import encode_batch  # noqa: E402
-from app.ml.compiled import (  # noqa: E402
+from app.scoring.arrow import encode_batch  # noqa: E402
+from app.scoring.compiled import (  # noqa: E402
     compile_library,
     library_path,
     load_library,
     reference_path,
 )
-from app.ml.manifest import Manifest, Task  # noqa: E402
-from app.ml.model import ScoringModel  # noqa: E402
+from app.scoring.manifest import Manifest, Task  # noqa: E402
+from app.scoring.model import ScoringModel  # noqa: E402
 
 WORK = ROOT / "var" / "bench" / "batch"
 BOOK = ROOT / "var" / "book"

@@ -27,8 +27,8 @@ import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 
-from app.ml.explain import PathExplainer
-from app.ml.single_row import PREDICT_RAW_SCORE, SingleRowPredictor
+from app.scoring.explain import PathExplainer
+from app.scoring.single_row import PREDICT_RAW_SCORE, SingleRowPredictor
 
 FloatArray = npt.NDArray[np.float64]
 BATCH = 1000

@@ -48,8 +48,8 @@ from starlette.responses import JSONResponse
 from app.config import Settings
 from app.db.migrate import upgrade
 from app.db.session import create_db_engine
-from app.main import create_app
-from app.ml import single_row
+from app.http.app import create_app
+from app.scoring import single_row
 
 BODIES = Path("var/bench/bodies")
 # case -> (path, bodies file)

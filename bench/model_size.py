@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from app.ml.explain import PathExplainer
-from app.ml.manifest import Objective, Task
+from app.scoring.explain import PathExplainer
+from app.scoring.manifest import Objective, Task
 from app.training.features import build_task_frame, prepare_book, schema_for
 from app.training.synth import read_book
 from app.training.train import fit_booster, predict, time_split

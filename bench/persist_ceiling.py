@@ -48,8 +48,8 @@ from sqlalchemy import Connection, Engine
 
 from app.db.checkpoint import WalCheckpointer
 from app.db.migrate import upgrade
-from app.db.repository import EncodedScore, ScoreRow, encode_scores, insert_scores
 from app.db.session import create_db_engine
+from app.scoring.repository import EncodedScore, ScoreRow, encode_scores, insert_scores
 
 GROUP_ROWS = 1_000
 PREFILL_GROUP_ROWS = 20_000  # prefill in larger transactions: only the measured groups matter

@@ -45,10 +45,10 @@ import pyarrow.parquet as pq
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, TimeSeriesSplit, train_test_split
 
-from app.ml.manifest import Objective, Task
-from app.ml.model import ScoringModel
-from app.ml.schema import FeatureSchema
-from app.services.batch import score_file
+from app.batch.service import score_file
+from app.scoring.feature_schema import FeatureSchema
+from app.scoring.manifest import Objective, Task
+from app.scoring.model import ScoringModel
 from app.training.byod import (
     SPLIT_SHARES,
     DataSpec,

@@ -33,11 +33,11 @@ from fastapi import FastAPI, Request, Response  # noqa: E402
 
 from app.config import Settings  # noqa: E402
 from app.db.migrate import upgrade  # noqa: E402
-from app.deps import ScoresWriter  # noqa: E402
-from app.main import create_app  # noqa: E402
-from app.ml.manifest import Task  # noqa: E402
-from app.ml.registry import ModelRegistry  # noqa: E402
+from app.http.app import create_app  # noqa: E402
+from app.http.deps import ScoresWriter  # noqa: E402
 from app.observability import configure_logging  # noqa: E402
+from app.scoring.manifest import Task  # noqa: E402
+from app.scoring.registry import ModelRegistry  # noqa: E402
 from app.security.api_keys import create_client  # noqa: E402
 from app.security.middleware import SecurityMiddleware  # noqa: E402
 from app.security.principal import ALL_SCOPES  # noqa: E402

@@ -93,7 +93,7 @@ def serve(models_dir: Path, database_url: str, port: int, key_file: Path) -> Non
 
     from app.config import Settings
     from app.db.migrate import upgrade
-    from app.main import create_app
+    from app.http.app import create_app
 
     upgrade(database_url)
     settings = Settings(database_url=database_url, models_dir=models_dir, log_level="WARNING")
@@ -179,16 +179,16 @@ def ensure_models(models_dir: Path) -> tuple[Path, Path | None]:
 
 def newest_version(models_dir: Path, task: str) -> Path:
     """The folder of a task's newest version (the one the registry serves unpinned)."""
-    from app.ml.manifest import Task
-    from app.ml.registry import available_versions
+    from app.scoring.manifest import Task
+    from app.scoring.registry import available_versions
 
     return models_dir / task / available_versions(models_dir, Task(task))[-1]
 
 
 def churn_records(model_dir: Path, book: Path | None, count: int) -> list[dict[str, Any]]:
     """``count`` distinct customers from a synthetic book, as a core banking system sends them."""
-    from app.ml.manifest import Manifest, Task
-    from app.ml.schema import FeatureKind
+    from app.scoring.feature_schema import FeatureKind
+    from app.scoring.manifest import Manifest, Task
     from app.training.features import build_task_frame, prepare_book
     from app.training.synth import read_book, write_book
 
@@ -238,7 +238,7 @@ class Bodies:
 
 def write_bodies(model_dir: Path, records: list[dict[str, Any]], folder: Path) -> Bodies:
     """Single-customer bodies (reasons on), one 1,000-customer body (reasons=0), V2 tensors."""
-    from app.ml.manifest import Manifest
+    from app.scoring.manifest import Manifest
 
     schema = Manifest.load(model_dir).feature_schema
     folder.mkdir(parents=True, exist_ok=True)

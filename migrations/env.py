@@ -7,7 +7,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection
 
-import app.db.tables  # noqa: F401  (registers the tables on Base.metadata)
+import app.tables  # noqa: F401  (registers every domain's tables on Base.metadata)
 from app.db.base import Base
 from app.db.session import create_db_engine
 

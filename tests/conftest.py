@@ -16,13 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+import app.tables  # noqa: F401  (every table on Base.metadata)
 from app.config import Settings
 from app.db.migrate import upgrade
 from app.db.session import create_db_engine
-from app.main import create_app
-from app.ml.manifest import Task
-from app.ml.registry import ModelRegistry
-from app.ml.schema import FeatureKind, FeatureSchema
+from app.http.app import create_app
+from app.scoring.feature_schema import FeatureKind, FeatureSchema
+from app.scoring.manifest import Task
+from app.scoring.registry import ModelRegistry
 from app.security.api_keys import create_client
 from app.security.principal import ALL_SCOPES
 from app.training.features import prepare_book

@@ -17,22 +17,8 @@ from sqlalchemy import Engine, func, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
-from app.config import PROJECT_ROOT, Settings
-from app.db.alert_repository import NewAlertRow, insert_new_alerts
-from app.db.alert_tables import (
-    Alert,
-    AlertEvent,
-    OutboxMessage,
-    alert_table,
-)
-from app.db.group_commit import coalesce
-from app.db.migrate import upgrade
-from app.db.session import create_db_engine
-from app.db.tables import Score, score_table
-from app.main import create_app
-from app.ml.manifest import Task
-from app.ml.registry import ModelRegistry
-from app.services.alerts import (
+from app.alerts.repository import NewAlertRow, insert_new_alerts
+from app.alerts.service import (
     AlertPolicy,
     ChurnAlerts,
     ChurnObservation,
@@ -40,6 +26,20 @@ from app.services.alerts import (
     RecordObservations,
     RetentionActions,
 )
+from app.alerts.tables import (
+    Alert,
+    AlertEvent,
+    OutboxMessage,
+    alert_table,
+)
+from app.config import PROJECT_ROOT, Settings
+from app.db.migrate import upgrade
+from app.db.session import create_db_engine
+from app.http.app import create_app
+from app.scoring.manifest import Task
+from app.scoring.registry import ModelRegistry
+from app.scoring.tables import Score, score_table
+from app.scoring.writer import coalesce
 from tests.conftest import customer_record
 from tests.db_support import TcpProxy, temporary_postgres_database
 
@@ -651,8 +651,8 @@ def test_policy_by_band_or_probability() -> None:
 
 def test_a_group_of_writes_records_alerts_in_one_pass() -> None:
     """Callbacks of one tenant merge (one alert lookup per group); others stay apart."""
-    from app.db.group_commit import coalesce
-    from app.services.alerts import RecordObservations
+    from app.alerts.service import RecordObservations
+    from app.scoring.writer import coalesce
 
     alerts = ChurnAlerts(
         policy=AlertPolicy(min_probability=0.5),

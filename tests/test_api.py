@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
 
-from app.db.tables import Score
-from app.ml.manifest import Task
-from app.ml.registry import ModelRegistry
+from app.scoring.manifest import Task
+from app.scoring.registry import ModelRegistry
+from app.scoring.tables import Score
 from tests.conftest import customer_record
 
 
@@ -284,7 +284,7 @@ def test_batch_limit_is_413(
     registry: ModelRegistry,
     sample_rows: dict[str, pd.DataFrame],
 ) -> None:
-    from app.main import create_app
+    from app.http.app import create_app
 
     app = create_app(settings_for(database_url, max_batch_size=3), registry)
     customers = records(sample_rows["existing"], registry, Task.CHURN, 4)

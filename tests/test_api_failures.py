@@ -16,9 +16,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from app.db.migrate import upgrade
-from app.main import create_app
-from app.ml.manifest import Task
-from app.ml.registry import ModelRegistry
+from app.http.app import create_app
+from app.scoring.manifest import Task
+from app.scoring.registry import ModelRegistry
 from tests.conftest import customer_record
 from tests.db_support import TcpProxy, temporary_postgres_database
 

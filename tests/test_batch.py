@@ -25,17 +25,11 @@ import pytest
 from sqlalchemy import Engine, func, select, text
 from typer.testing import CliRunner, Result
 
-import app.services.batch_persist as batch_persist
-from app.cli import cli
-from app.config import PROJECT_ROOT, Settings, get_settings
-from app.db.alert_tables import Alert, AlertEvent
-from app.db.migrate import upgrade
-from app.db.repository import ScoreRow, bulk_insert_scores, list_scores
-from app.db.session import create_db_engine, create_session_factory
-from app.ml.model import ScoringModel
-from app.security.pseudonyms import Pseudonymizer
-from app.services.alerts import ChurnAlerts
-from app.services.batch import (
+import app.batch.persist as batch_persist
+from app.alerts.service import ChurnAlerts
+from app.alerts.tables import Alert, AlertEvent
+from app.batch.persist import DatabaseChunkSink, chunk_request_id, run_id_for
+from app.batch.service import (
     map_in_order,
     read_batches,
     rechunk,
@@ -44,7 +38,13 @@ from app.services.batch import (
     score_chunk,
     score_file,
 )
-from app.services.batch_persist import DatabaseChunkSink, chunk_request_id, run_id_for
+from app.cli.main import cli
+from app.config import PROJECT_ROOT, Settings, get_settings
+from app.db.migrate import upgrade
+from app.db.session import create_db_engine, create_session_factory
+from app.scoring.model import ScoringModel
+from app.scoring.repository import ScoreRow, bulk_insert_scores, list_scores
+from app.security.pseudonyms import Pseudonymizer
 from tests.db_support import temporary_postgres_database, temporary_sqlite_database
 
 CHUNK = 64
@@ -293,11 +293,11 @@ def test_a_crash_inside_a_chunk_rolls_it_back_and_the_rerun_resumes(
 KILLED_RUN = """
 import os, signal, sys
 from pathlib import Path
-import app.services.batch_persist as batch_persist
+import app.batch.persist as batch_persist
 from app.db.session import create_db_engine
-from app.ml.model import ScoringModel
-from app.services.batch import score_file
-from app.services.batch_persist import DatabaseChunkSink, run_id_for
+from app.scoring.model import ScoringModel
+from app.batch.service import score_file
+from app.batch.persist import DatabaseChunkSink, run_id_for
 
 real_insert = batch_persist.bulk_insert_scores
 calls = []

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from app.cli import cli
+from app.cli.main import cli
 from app.config import PROJECT_ROOT
 from app.db.migrate import current, head, upgrade
 
@@ -102,7 +102,7 @@ def test_score_reports_a_missing_input(tmp_path: Path, models_dir: Path) -> None
 
 IMPORTS_OF_A_RUN = """
 import json, sys
-from app.cli import cli
+from app.cli.main import cli
 from app.config import PROJECT_ROOT
 try:
     cli(sys.argv[1:])

@@ -12,11 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import text
 
+from app.alerts.service import ChurnAlerts
+from app.batch.persist import DatabaseChunkSink, run_id_for
+from app.batch.service import score_file
 from app.config import Settings
 from app.db.migrate import upgrade
 from app.db.session import create_db_engine
-from app.ml import compiled
-from app.ml.compiled import (
+from app.scoring import compiled
+from app.scoring.compiled import (
     TOLERANCE,
     check_rows,
     compile_library,
@@ -26,10 +29,7 @@ from app.ml.compiled import (
     select_backend,
     use_compiled,
 )
-from app.ml.model import ScoringModel
-from app.services.alerts import ChurnAlerts
-from app.services.batch import score_file
-from app.services.batch_persist import DatabaseChunkSink, run_id_for
+from app.scoring.model import ScoringModel
 from tests.db_support import temporary_sqlite_database
 
 
@@ -107,7 +107,7 @@ def test_a_library_that_disagrees_is_refused_with_a_warning(
     wrong.parent.mkdir(parents=True, exist_ok=True)
     # The full model's library filed under the short model's key: it must not be trusted.
     compile_library(source / "model.txt", wrong)
-    with caplog.at_level(logging.WARNING, logger="app.ml.compiled"):
+    with caplog.at_level(logging.WARNING, logger="app.scoring.compiled"):
         status = use_compiled(
             other, model_file=shorter / "model.txt", cache_dir=compiled_cache, compile_missing=False
         )
@@ -203,7 +203,7 @@ def test_a_reference_vouches_only_for_its_model_file_and_lightgbm_version(
         reference.model_digest,
         compiled.lightgbm_version(),
     ).save(reference_path(library))
-    with caplog.at_level(logging.WARNING, logger="app.ml.compiled"):
+    with caplog.at_level(logging.WARNING, logger="app.scoring.compiled"):
         assert load_compiled_model(source, cache_dir=cache, threads=1) is None
     assert "keeping LightGBM" in caplog.text
     # Another model file (the first 10 trees) finds the full model's entry under its key: its

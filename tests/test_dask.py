@@ -15,17 +15,17 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from app.alerts.service import ChurnAlerts
+from app.batch.dask import REJECTS_DIR, dask_client, plan_partitions, score_on_dask
+from app.batch.service import score_file
 from app.config import Settings, get_settings
 from app.db.migrate import upgrade
 from app.db.session import create_db_engine
-from app.main import create_app
-from app.ml.manifest import Manifest, Task
-from app.ml.model import ScoringModel
-from app.ml.registry import ModelRegistry
+from app.http.app import create_app
+from app.scoring.manifest import Manifest, Task
+from app.scoring.model import ScoringModel
+from app.scoring.registry import ModelRegistry
 from app.security.pseudonyms import Pseudonymizer
-from app.services.alerts import ChurnAlerts
-from app.services.batch import score_file
-from app.services.dask_scoring import REJECTS_DIR, dask_client, plan_partitions, score_on_dask
 from app.training.distributed import train_on_dask
 from tests.conftest import customer_record
 from tests.db_support import temporary_postgres_database, temporary_sqlite_database

@@ -22,10 +22,10 @@ from app.db import migrate
 from app.db.base import Base
 from app.db.checkpoint import WRITER_CACHE_KIB
 from app.db.errors import PersistenceUnavailable
-from app.db.group_commit import GroupCommitWriter
-from app.db.repository import ScoreRow, insert_scores, list_scores
 from app.db.session import create_db_engine, create_session_factory, database_is_reachable
-from app.db.tables import Score, score_table
+from app.scoring.repository import ScoreRow, insert_scores, list_scores
+from app.scoring.tables import Score, score_table
+from app.scoring.writer import GroupCommitWriter
 from tests.db_support import TcpProxy, sqlite_file_url, temporary_postgres_database
 
 BACKENDS = [

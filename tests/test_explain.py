@@ -9,14 +9,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from app.ml.explain import (
+from app.scoring.explain import (
     METHOD_PATH,
     METHOD_TREESHAP,
     Explanation,
     PathExplainer,
     exact_explanation,
 )
-from app.ml.single_row import PREDICT_LEAF_INDEX, PREDICT_RAW_SCORE, SingleRowPredictor
+from app.scoring.single_row import PREDICT_LEAF_INDEX, PREDICT_RAW_SCORE, SingleRowPredictor
 
 FloatArray = npt.NDArray[np.float64]
 N_ROWS = 2000

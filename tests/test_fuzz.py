@@ -21,8 +21,8 @@ from schemathesis.generation.case import Case
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from app.db.migrate import upgrade
-from app.main import create_app
-from app.ml.registry import ModelRegistry
+from app.http.app import create_app
+from app.scoring.registry import ModelRegistry
 from app.security.api_keys import create_client
 from app.security.principal import ALL_SCOPES
 from tests.db_support import temporary_sqlite_database

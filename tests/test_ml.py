@@ -15,12 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from app.ml.arrow import MissingColumnsError, check_columns, encode, encode_batch
-from app.ml.manifest import Task
-from app.ml.model import ModelLoadError, ScoringModel
-from app.ml.registry import ModelRegistry, available_versions
-from app.ml.schema import FeatureKind, FeatureSchema, FeatureSpec
-from app.services.batch import score_file
+from app.batch.service import score_file
+from app.scoring.arrow import MissingColumnsError, check_columns, encode, encode_batch
+from app.scoring.feature_schema import FeatureKind, FeatureSchema, FeatureSpec
+from app.scoring.manifest import Task
+from app.scoring.model import ModelLoadError, ScoringModel
+from app.scoring.registry import ModelRegistry, available_versions
 from app.training.features import schema_for
 
 

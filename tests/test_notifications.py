@@ -34,27 +34,25 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, delete, select
 from typer.testing import CliRunner
 
-from app.cli import cli
-from app.config import PROJECT_ROOT, Settings, get_settings
-from app.db.alert_repository import ClaimedMessage, claim_messages, outbox_counts, requeue_failed
-from app.db.alert_tables import (
-    OutboxMessage,
-    digest_entry_table,
-    outbox_attempt_table,
-    outbox_message_table,
-)
-from app.db.session import create_db_engine
-from app.main import create_app
-from app.ml.manifest import Task
-from app.ml.registry import ModelRegistry
-from app.services.alerts import (
+from app.alerts.repository import ClaimedMessage, claim_messages, outbox_counts, requeue_failed
+from app.alerts.service import (
     AlertPolicy,
     ChurnAlerts,
     ChurnObservation,
     NotificationPlan,
     RetentionActions,
 )
-from app.services.notifications import (
+from app.alerts.tables import (
+    OutboxMessage,
+    digest_entry_table,
+    outbox_attempt_table,
+    outbox_message_table,
+)
+from app.cli.main import cli
+from app.config import PROJECT_ROOT, Settings, get_settings
+from app.db.session import create_db_engine
+from app.http.app import create_app
+from app.notifications.service import (
     Channel,
     DeliveryError,
     Dispatcher,
@@ -65,6 +63,8 @@ from app.services.notifications import (
     message_id_header,
     retry_delay,
 )
+from app.scoring.manifest import Task
+from app.scoring.registry import ModelRegistry
 from tests.conftest import customer_record
 
 SECRET = "webhook-s3cret"

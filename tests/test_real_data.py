@@ -20,12 +20,12 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from app.cli import cli
-from app.ml.arrow import encode_batch
-from app.ml.manifest import Manifest
-from app.ml.model import ScoringModel
-from app.ml.schema import FeatureKind
-from app.services.batch import read_batches
+from app.batch.service import read_batches
+from app.cli.main import cli
+from app.scoring.arrow import encode_batch
+from app.scoring.feature_schema import FeatureKind
+from app.scoring.manifest import Manifest
+from app.scoring.model import ScoringModel
 from app.training.byod import (
     binary_target,
     encode_frame,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.services.scoring import bands, rounded
+from app.scoring.service import bands, rounded
 
 THRESHOLDS = {"medium": 0.2, "high": 0.5}
 

@@ -20,19 +20,19 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 from typer.testing import CliRunner
 
-from app.cli import cli
-from app.db.alert_tables import Alert
-from app.db.security_tables import IdempotencyRecord
-from app.db.tables import Score
-from app.main import create_app
-from app.ml.manifest import Task
-from app.ml.registry import ModelRegistry
+from app.alerts.tables import Alert
+from app.cli.main import cli
+from app.http.app import create_app
+from app.scoring.manifest import Task
+from app.scoring.registry import ModelRegistry
+from app.scoring.tables import Score
 from app.security.api_keys import KeyCache, create_client, key_digest, revoke_client
 from app.security.idempotency import IdempotencyStore, KeyMaterial
 from app.security.principal import ALL_SCOPES
 from app.security.pseudonyms import Pseudonymizer
 from app.security.rate_limit import LocalLimiter
 from app.security.strict_json import duplicate_key
+from app.security.tables import IdempotencyRecord
 from tests.conftest import customer_record
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from app.ml.manifest import Manifest, Task
-from app.ml.model import ScoringModel
+from app.scoring.manifest import Manifest, Task
+from app.scoring.model import ScoringModel
 from app.training.features import HORIZON_MONTHS, build_task_frame, schema_for
 from app.training.synth import PRODUCTS, TIERS
 from app.training.train import TrainingDataError, time_split
@@ -117,10 +117,9 @@ def test_recommendation_rows_are_real_additions(prepared_book: pd.DataFrame) -> 
 
 def test_serving_never_imports_training() -> None:
     code = (
-        "import sys, app.main, app.services.batch\n"
+        "import sys, app.http.app, app.batch.service\n"
         "bad = sorted(m for m in sys.modules if m.startswith('app.training'))\n"
         "assert not bad, bad\n"
-        "ml = [m for m in sys.modules if m.startswith('app.ml')]\n"
         "print('ok')\n"
     )
     result = subprocess.run(
@@ -131,7 +130,7 @@ def test_serving_never_imports_training() -> None:
 
 def test_ml_layer_knows_no_web_or_database() -> None:
     code = (
-        "import sys, app.ml.registry, app.ml.arrow, app.ml.explain\n"
+        "import sys, app.scoring.registry, app.scoring.arrow, app.scoring.explain\n"
         "web = {'fastapi', 'sqlalchemy', 'starlette'}\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in web)\n"
         "assert not bad, bad\n"

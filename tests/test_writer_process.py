@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, text
 
+from app.alerts.service import ChurnAlerts
 from app.db.errors import PersistenceUnavailable
-from app.db.group_commit import GroupCommitWriter
 from app.db.migrate import upgrade
 from app.db.session import create_db_engine
-from app.db.tables import Score
-from app.services.alerts import ChurnAlerts
-from app.services.writer_process import ProcessWriter, build_score_writer
+from app.scoring.tables import Score
+from app.scoring.writer import GroupCommitWriter
+from app.scoring.writer_process import ProcessWriter, build_score_writer
 from tests.db_support import sqlite_file_url
 from tests.test_db import make_row
 

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, select, update
 
-from app.db.security_tables import ApiClient, api_client_table
 from app.security.principal import Principal, parse_scopes
+from app.security.tables import ApiClient, api_client_table
 
 KEY_PREFIX = "cvm_"
 _DISPLAYED = 8  # characters of the key after the prefix that `cvm clients list` shows

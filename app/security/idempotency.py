@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from app.db.security_tables import idempotency_record_table
+from app.security.tables import idempotency_record_table
 
 MAX_KEY_LENGTH = 255
 _NONCE = 12

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sklearn.model_selection import train_test_split
 
-from app.ml.manifest import Manifest, Objective, Task
-from app.ml.schema import FeatureKind, FeatureSchema, FeatureSpec
+from app.scoring.feature_schema import FeatureKind, FeatureSchema, FeatureSpec
+from app.scoring.manifest import Manifest, Objective, Task
 from app.training import evaluate
 from app.training.train import (
     ProgressCallback,

@@ -25,7 +25,7 @@ import numpy.typing as npt
 import pandas as pd
 import pyarrow.parquet as pq
 
-from app.ml.manifest import Manifest, Objective, Task
+from app.scoring.manifest import Manifest, Objective, Task
 from app.training import evaluate
 from app.training.features import build_task_frame, prepare_book, schema_for
 from app.training.synth import BOOK_FILE, TIERS

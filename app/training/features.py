@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from app.ml.manifest import Task
-from app.ml.schema import FeatureKind, FeatureSchema, FeatureSpec
+from app.scoring.feature_schema import FeatureKind, FeatureSchema, FeatureSpec
+from app.scoring.manifest import Task
 from app.training.synth import CHANNELS, OCCUPATIONS, PRODUCTS, REGIONS, TIERS
 
 CUSTOMER_LIFECYCLES = ("new", "existing")

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from app.ml.manifest import Manifest, Objective, Task
+from app.scoring.manifest import Manifest, Objective, Task
 
 
 def _calibration(axes: Axes, test: dict[str, Any]) -> None:

@@ -18,9 +18,9 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from app.ml.explain import METHOD_PATH
-from app.ml.manifest import MODEL_FILE, Manifest, Objective, Task
-from app.ml.schema import FeatureSchema
+from app.scoring.explain import METHOD_PATH
+from app.scoring.feature_schema import FeatureSchema
+from app.scoring.manifest import MODEL_FILE, Manifest, Objective, Task
 from app.training import evaluate
 from app.training.features import (
     COLD_START_KNOWN,

@@ -1,0 +1,1 @@
+"""Churn alerts: tables, state machine, policy, outbox and routes."""

@@ -1,0 +1,114 @@
+"""Churn alerts: the work queue of the retention team, and its lifecycle transitions."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from pydantic import AwareDatetime
+
+from app.alerts import service as alerts
+from app.alerts.schemas import (
+    AcknowledgeRequest,
+    AlertDetail,
+    AlertPage,
+    AlertStatus,
+    ResolveRequest,
+    RiskBand,
+    StaffId,
+)
+from app.http.deps import (
+    AlertsReader,
+    AlertsWriter,
+    PseudonymizerDep,
+    RequestIdDep,
+    SessionDep,
+    TenantDep,
+)
+
+router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
+
+PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such alert", **PROBLEM}}
+TRANSITION_ERRORS: dict[int | str, dict[str, Any]] = {
+    **NOT_FOUND,
+    409: {"description": "Not allowed from the alert's current status or owner", **PROBLEM},
+    422: {"description": "Invalid body", **PROBLEM},
+}
+# Bounded by the column's range: a larger id cannot exist, and would overflow the driver (500).
+AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+@router.get("", response_model=AlertPage)
+def list_alerts(
+    session: SessionDep,
+    _: AlertsReader,
+    tenant: TenantDep,
+    pseudonymizer: PseudonymizerDep,
+    status: Annotated[AlertStatus | None, Query(description="Only this status.")] = None,
+    band: Annotated[RiskBand | None, Query(description="Only this latest risk band.")] = None,
+    owner: Annotated[StaffId | None, Query(description="Only alerts this person owns.")] = None,
+    customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    opened_before: Annotated[
+        AwareDatetime | None, Query(description="Opened before this instant (ISO 8601, zoned).")
+    ] = None,
+    older_than_hours: Annotated[
+        float | None, Query(ge=0, le=876_000, description="Opened at least this many hours ago.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> AlertPage:
+    """Alerts matching every filter given, oldest opened first, one page at a time."""
+    return alerts.list_alerts(
+        session,
+        status=status,
+        risk_band=band,
+        owner=owner,
+        # Stored ids are pseudonyms when a secret is set: look up the caller's id's pseudonym.
+        customer_id=customer_id
+        if customer_id is None or pseudonymizer is None
+        else pseudonymizer.pseudonym(customer_id),
+        opened_before=opened_before,
+        older_than_hours=older_than_hours,
+        limit=limit,
+        offset=offset,
+        tenant=tenant,
+    )
+
+
+@router.get("/{alert_id}", response_model=AlertDetail, responses=NOT_FOUND)
+def get_alert(
+    session: SessionDep, _: AlertsReader, tenant: TenantDep, alert_id: AlertId
+) -> AlertDetail:
+    """One alert with its reasons, recommended actions and full history."""
+    return alerts.get_alert(session, alert_id=alert_id, tenant=tenant)
+
+
+@router.post("/{alert_id}/acknowledge", response_model=AlertDetail, responses=TRANSITION_ERRORS)
+def acknowledge_alert(
+    session: SessionDep,
+    _: AlertsWriter,
+    tenant: TenantDep,
+    request_id: RequestIdDep,
+    alert_id: AlertId,
+    body: AcknowledgeRequest,
+) -> AlertDetail:
+    """Take ownership of an open alert (the first to acknowledge owns it)."""
+    return alerts.acknowledge_alert(
+        session, alert_id=alert_id, request=body, request_id=request_id, tenant=tenant
+    )
+
+
+@router.post("/{alert_id}/resolve", response_model=AlertDetail, responses=TRANSITION_ERRORS)
+def resolve_alert(
+    session: SessionDep,
+    _: AlertsWriter,
+    tenant: TenantDep,
+    request_id: RequestIdDep,
+    alert_id: AlertId,
+    body: ResolveRequest,
+) -> AlertDetail:
+    """Close an acknowledged alert with its outcome; only its owner may."""
+    return alerts.resolve_alert(
+        session, alert_id=alert_id, request=body, request_id=request_id, tenant=tenant
+    )

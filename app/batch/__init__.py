@@ -1,0 +1,1 @@
+"""Whole-book scoring from files, on one machine or a Dask cluster."""

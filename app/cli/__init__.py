@@ -1,0 +1,5 @@
+"""The ``cvm`` command."""
+
+from app.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,1 @@
+"""The HTTP edge: the app factory, injected dependencies, health endpoints."""

@@ -1,0 +1,197 @@
+"""The app factory: models and database are loaded here, never at import time."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+
+from app.alerts import routes as alerts
+from app.alerts.service import ChurnAlerts
+from app.config import Settings, get_settings
+from app.db.session import create_db_engine, create_session_factory
+from app.errors import InvalidInput, ServiceError
+from app.http import health
+from app.modelops import routes as models
+from app.notifications.service import build_dispatcher
+from app.observability import Metrics, RequestContextMiddleware, configure_logging
+from app.scoring import history_routes as history
+from app.scoring import routes as scores
+from app.scoring.policies import EligibilityRules, load_service_plans
+from app.scoring.registry import ModelRegistry
+from app.scoring.service import ScoringService, field_path
+from app.scoring.writer_process import build_score_writer
+from app.security.middleware import SecurityMiddleware
+from app.security.openapi import document_security
+from app.security.pseudonyms import Pseudonymizer
+from app.security.setup import DOCS_PATHS, build_guard
+
+PROBLEM_JSON = "application/problem+json"
+log = structlog.get_logger("cvm")
+
+
+def problem_response(error: ServiceError, request: Request) -> JSONResponse:
+    """Render a domain error as problem details."""
+    return JSONResponse(
+        error.problem(instance=request.url.path), status_code=error.status, media_type=PROBLEM_JSON
+    )
+
+
+def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
+    """Build the service: load models, prepare the database writer, wire routes and errors."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    registry = registry or ModelRegistry.load(settings.models_dir, pinned=settings.model_versions)
+    engine = create_db_engine(settings.database_url)
+    writer = build_score_writer(settings, engine)
+    scoring = ScoringService(
+        registry=registry,
+        writer=writer,
+        service_plans=load_service_plans(settings.service_plans_file),
+        eligibility=EligibilityRules.load(settings.eligibility_file),
+        max_batch_size=settings.max_batch_size,
+        alerts=ChurnAlerts.from_settings(settings),
+        pseudonymizer=(pseudonymizer := Pseudonymizer.from_settings(settings)),
+    )
+    guard = build_guard(settings, engine, docs_paths=DOCS_PATHS)
+    # The in-process dispatcher is optional: `cvm dispatch` can deliver the outbox instead.
+    dispatcher = build_dispatcher(settings, engine) if settings.dispatch_in_process else None
+    metrics = Metrics()
+    metrics.add_gauges(
+        "cvm_group_commit",
+        "Score writer: groups, rows and writes committed or failed; whether it is alive and "
+        "how often its process was replaced.",
+        lambda: {
+            **{k: float(v) for k, v in vars(writer.stats).items()},
+            "alive": float(writer.alive),
+            "restarts": float(writer.restarts),
+        },
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Everything loaded so far (models, schemas, routes) lives as long as the process:
+        # frozen out of the collector, it is no longer rescanned by every full collection,
+        # which would otherwise stall all requests in flight for milliseconds.
+        gc.collect()
+        gc.freeze()
+        await writer.open()
+        if dispatcher is not None:
+            dispatcher.start()
+        log.info(
+            "started",
+            models={t.value: m.manifest.version for t, m in registry.loaded.items()},
+            missing=[t.value for t in registry.missing],
+        )
+        try:
+            yield
+        finally:
+            await writer.close(timeout=30)
+            if dispatcher is not None:
+                dispatcher.stop(timeout=30)
+            if guard.limiter is not None:
+                await guard.limiter.close()
+            engine.dispose()
+            gc.unfreeze()  # an app built again in this process (tests) starts clean
+
+    app = FastAPI(
+        title="CVM",
+        summary="Customer value scoring for retail banks",
+        description=(
+            "Tier, next-product, churn and prospect scores from LightGBM models, every score "
+            "explained with reason codes and saved before the answer is sent."
+        ),
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.engine = engine
+    app.state.session_factory = create_session_factory(engine)
+    app.state.scoring = scoring
+    app.state.pseudonymizer = pseudonymizer
+    app.state.guard = guard
+    app.state.dispatcher = dispatcher
+    app.state.metrics = metrics
+    for router in (health.router, scores.router, history.router, models.router, alerts.router):
+        app.include_router(router)
+    # Added innermost first: request ids and access logs wrap CORS, which answers preflights
+    # before the security middleware asks for a credential.
+    app.add_middleware(SecurityMiddleware, guard=guard)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
+            expose_headers=["X-Request-ID", "Retry-After", "Idempotent-Replayed"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    if not settings.auth_enabled:
+        log.warning("authentication_disabled", detail="every caller has every scope")
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, error: ServiceError) -> JSONResponse:
+        if error.status >= 500:
+            log.warning("service_error", code=error.code, detail=error.detail)
+        return problem_response(error, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        return problem_response(_as_invalid_input(error), request)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
+        # The route template, not the path: a path may hold a raw customer id.
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        log.error("unhandled_error", error_type=type(error).__name__, route=route)
+        return problem_response(ServiceError("an unexpected error occurred"), request)
+
+    app.openapi = lambda: _openapi(app, scoring)  # type: ignore[method-assign]
+    return app
+
+
+def _as_invalid_input(error: RequestValidationError) -> InvalidInput:
+    """FastAPI's own validation errors (path and query parameters) in our problem shape."""
+    details = [
+        {
+            "field": field_path(e.get("loc", ())),
+            "message": e.get("msg", ""),
+            "type": e.get("type", ""),
+        }
+        for e in error.errors()
+    ]
+    return InvalidInput(
+        "invalid field(s): " + ", ".join(d["field"] for d in details[:5]),
+        extra={"errors": details},
+    )
+
+
+def _openapi(app: FastAPI, scoring: ScoringService) -> dict[str, Any]:
+    """The generated spec, plus the request schemas built from the loaded models."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    spec = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+    )
+    components = spec.setdefault("components", {}).setdefault("schemas", {})
+    template = "#/components/schemas/{model}"
+    for model in (*scoring.request_models.values(), scoring.assessment_model):
+        schema = model.model_json_schema(ref_template=template)
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+    document_security(spec)
+    app.openapi_schema = spec
+    return spec

@@ -1,0 +1,1 @@
+"""Model inventory: which versions are loaded and their model cards."""

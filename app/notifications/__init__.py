@@ -1,0 +1,1 @@
+"""Delivering alert notifications by e-mail and webhook from the outbox."""

@@ -1,0 +1,90 @@
+"""The model manifest: what a model is, what it takes, and how it did on held-out data."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.scoring.feature_schema import FeatureSchema
+
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.txt"
+
+
+class Task(StrEnum):
+    """The four things CVM scores."""
+
+    TIER = "tier"
+    RECOMMENDATION = "recommendation"
+    CHURN = "churn"
+    PROSPECT = "prospect"
+
+
+class Objective(StrEnum):
+    """The LightGBM objective family, which decides how raw scores become outputs."""
+
+    BINARY = "binary"
+    MULTICLASS = "multiclass"
+    REGRESSION = "regression"
+
+
+class Manifest(BaseModel):
+    """Everything the service needs besides the trees themselves, saved next to ``model.txt``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    task: Task
+    version: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    objective: Objective
+    classes: tuple[str, ...] = Field(
+        description="Multiclass: class labels in model output order. Binary: (negative, positive)."
+    )
+    feature_schema: FeatureSchema = Field(alias="schema")
+    target: str
+    id_column: str
+    model_file: str = MODEL_FILE
+    value_model_file: str | None = Field(
+        default=None, description="Prospect only: regression model of the value a convert brings."
+    )
+    params: dict[str, Any]
+    num_trees: int
+    lightgbm_version: str
+    data_fingerprint: str = Field(description="SHA-256 of the training data as used.")
+    data_source: str
+    training_rows: int
+    split: dict[str, Any] = Field(description="How train, validation and test were separated.")
+    metrics: dict[str, Any] = Field(description="Measured on the test split only.")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Decision thresholds, e.g. churn risk bands, chosen on the validation split.",
+    )
+    explanation_method: str
+    extras: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+
+    @model_validator(mode="after")
+    def _check_classes(self) -> Manifest:
+        if self.objective is Objective.BINARY and len(self.classes) != 2:
+            raise ValueError("a binary model names exactly two classes")
+        if self.objective is Objective.MULTICLASS and len(self.classes) < 3:
+            raise ValueError("a multiclass model names at least three classes")
+        return self
+
+    def save(self, directory: Path) -> Path:
+        """Write ``manifest.json`` into the model's directory."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / MANIFEST_FILE
+        text = json.dumps(self.model_dump(mode="json", by_alias=True), indent=2) + "\n"
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> Manifest:
+        """Read and validate a model directory's manifest."""
+        path = directory / MANIFEST_FILE
+        return cls.model_validate_json(path.read_text(encoding="utf-8"))

@@ -1,0 +1,232 @@
+"""Reads and writes of stored scores; callers own the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, NotRequired, TypedDict
+
+import orjson
+from sqlalchemy import ColumnElement, Connection, Dialect, false, func, select, text
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from app.db.session import json_bytes
+from app.scoring.tables import Score, score_table
+
+
+class ScoreRow(TypedDict):
+    """One row to insert into ``score`` (every column but the generated ``id``)."""
+
+    request_id: str
+    task: str
+    customer_id: str
+    model_name: str | None
+    model_version: str | None
+    outputs: dict[str, Any]
+    reasons: list[Any]
+    features: dict[str, Any]
+    created_at: datetime
+    tenant: NotRequired[str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class TenantScope:
+    """Only rows of ``tenant``; ``None`` means rows stored without a tenant."""
+
+    tenant: str | None
+
+    def condition(self, column: InstrumentedAttribute[str | None]) -> ColumnElement[bool]:
+        """The WHERE clause on a table's tenant column (plain equality: index friendly)."""
+        return column.is_(None) if self.tenant is None else column == self.tenant
+
+
+# A score row in ``_COLUMNS`` order with its three JSON documents already encoded (UTF-8) and
+# its time as microseconds since the epoch (an int pickles in a third of an aware datetime's
+# time): what a writer in another process receives, and what every insert starts from.
+EncodedScore = tuple[str, str, str, str | None, str | None, bytes, bytes, bytes, int, str | None]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def encode_scores(rows: Sequence[ScoreRow | EncodedScore]) -> list[EncodedScore]:
+    """The rows with their JSON encoded once (orjson), ready for any database; rows already
+    encoded pass through."""
+    micros: dict[datetime, int] = {}  # rows of one call share their timestamp
+
+    def since_epoch(created_at: datetime) -> int:
+        value = micros.get(created_at)
+        if value is None:
+            if created_at.tzinfo is None:
+                raise ValueError("naive datetime given for a timezone-aware column")
+            value = micros[created_at] = (created_at - _EPOCH) // _MICROSECOND
+        return value
+
+    return [
+        row
+        if isinstance(row, tuple)
+        else (
+            row["request_id"],
+            row["task"],
+            row["customer_id"],
+            row["model_name"],
+            row["model_version"],
+            json_bytes(row["outputs"]),
+            json_bytes(row["reasons"]),
+            json_bytes(row["features"]),
+            since_epoch(row["created_at"]),
+            row.get("tenant"),
+        )
+        for row in rows
+    ]
+
+
+def _timestamp(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def insert_scores(target: Connection | Session, *, rows: Sequence[ScoreRow | EncodedScore]) -> int:
+    """Insert ``rows`` in the caller's transaction; returns the count.
+
+    This is the hot path of every scoring call, so it skips SQLAlchemy's per-row parameter
+    processing: JSON is serialised once with orjson, each distinct timestamp goes through the
+    column type's own bind processor once, and the driver gets plain tuples (COPY on
+    PostgreSQL, one executemany on SQLite). Other dialects take the Core INSERT.
+    """
+    if not rows:
+        return 0
+    connection = target.connection() if isinstance(target, Session) else target
+    encoded = encode_scores(rows)
+    dialect = connection.dialect
+    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        _copy_scores(connection, encoded)
+    elif dialect.name == "sqlite":
+        connection.exec_driver_sql(_SQLITE_INSERT, _driver_tuples(dialect, encoded))
+    else:
+        connection.execute(
+            score_table.insert(),
+            [
+                dict(
+                    zip(
+                        _COLUMNS,
+                        (*e[:5], *map(orjson.loads, e[5:8]), _timestamp(e[8]), e[9]),
+                        strict=True,
+                    )
+                )
+                for e in encoded
+            ],
+        )
+    return len(rows)
+
+
+# Columns written by insert_scores, in order (the generated id is left to the database).
+_COLUMNS = (
+    "request_id",
+    "task",
+    "customer_id",
+    "model_name",
+    "model_version",
+    "outputs",
+    "reasons",
+    "features",
+    "created_at",
+    "tenant",
+)
+_SQLITE_INSERT = (
+    f"INSERT INTO {score_table.name} ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+)
+_COPY = f"COPY {score_table.name} ({', '.join(_COLUMNS)}) FROM STDIN"
+# Rows per executemany on the bulk path: bounds the memory of the tuples built for one call.
+BULK_EXECUTEMANY_ROWS = 5_000
+
+
+def _driver_tuples(dialect: Dialect, rows: Sequence[EncodedScore]) -> list[tuple[Any, ...]]:
+    """One tuple per row in ``_COLUMNS`` order, as the driver takes them."""
+    # The dialect's own processor (SQLite: the text SQLAlchemy writes and parses back), so
+    # rows from this path and from the Core INSERT store the same form.
+    stamp = score_table.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
+    stamps: dict[int, Any] = {}  # rows of one call share their timestamp
+    tuples = []
+    for row in rows:
+        micros = row[8]
+        stored_at = stamps.get(micros)
+        if stored_at is None:
+            created_at = _timestamp(micros)
+            stored_at = stamps[micros] = created_at if stamp is None else stamp(created_at)
+        tuples.append(
+            (*row[:5], row[5].decode(), row[6].decode(), row[7].decode(), stored_at, row[9])
+        )
+    return tuples
+
+
+def _copy_scores(connection: Connection, rows: Sequence[EncodedScore]) -> None:
+    driver_connection: Any = connection.connection.driver_connection
+    with driver_connection.cursor() as cursor, cursor.copy(_COPY) as copy:
+        for values in _driver_tuples(connection.dialect, rows):
+            copy.write_row(values)
+
+
+def bulk_insert_scores(connection: Connection, *, rows: Sequence[ScoreRow]) -> int:
+    """Insert many rows (a batch file's chunk) in slices that bound the memory per call."""
+    for start in range(0, len(rows), BULK_EXECUTEMANY_ROWS):
+        insert_scores(connection, rows=rows[start : start + BULK_EXECUTEMANY_ROWS])
+    return len(rows)
+
+
+def request_id_exists(connection: Connection, *, request_id: str) -> bool:
+    """Whether any score row carries ``request_id`` (an index lookup)."""
+    found = connection.execute(
+        select(score_table.c.id).where(score_table.c.request_id == request_id).limit(1)
+    ).first()
+    return found is not None
+
+
+def lock_request_id(connection: Connection, *, request_id: str) -> None:
+    """Serialise transactions writing the same ``request_id`` until they end."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:request_id))"),
+            {"request_id": request_id},
+        )
+    elif connection.dialect.name == "sqlite":
+        # Take SQLite's write lock before reading: a reader that later writes is refused at
+        # once (SQLITE_BUSY) when another writer is active; a writer waits for the lock.
+        connection.execute(score_table.delete().where(false()))
+
+
+def list_scores(
+    session: Session,
+    *,
+    customer_id: str | Sequence[str],
+    task: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+    tenant: TenantScope | None = None,
+) -> tuple[list[Score], int]:
+    """One page of a customer's scores, newest first, and the total across all pages.
+
+    ``customer_id`` may list every stored form of one id (pseudonyms under rotated secrets);
+    ``tenant`` limits the rows to one tenant's.
+    """
+    if limit < 0 or offset < 0:
+        raise ValueError("limit and offset must be >= 0")
+    conditions = [
+        Score.customer_id == customer_id
+        if isinstance(customer_id, str)
+        else Score.customer_id.in_(customer_id)
+    ]
+    if task is not None:
+        conditions.append(Score.task == task)
+    if tenant is not None:
+        conditions.append(tenant.condition(Score.tenant))
+    total = session.scalar(select(func.count()).select_from(Score).where(*conditions)) or 0
+    page = session.scalars(
+        select(Score)
+        .where(*conditions)
+        # id breaks ties between rows written in the same instant.
+        .order_by(Score.created_at.desc(), Score.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return list(page), total
