@@ -46,9 +46,12 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, TimeSeriesSplit, train_test_split
 
 from app.batch.service import score_file
+from app.config import Settings
+from app.scoring.assess import Options
 from app.scoring.feature_schema import FeatureSchema
 from app.scoring.manifest import Objective, Task
 from app.scoring.model import ScoringModel
+from app.scoring.rules import rules_from_settings
 from app.training.byod import (
     SPLIT_SHARES,
     DataSpec,
@@ -60,6 +63,8 @@ from app.training.byod import (
     train_from_file,
 )
 from app.training.train import fit_booster, predict
+
+RULES = rules_from_settings(Settings())
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -279,7 +284,13 @@ def served_auc(
     """Score the file with the saved model; rows scored, rejected, test AUC served, seconds."""
     started = time.perf_counter()
     model = ScoringModel.load(model_dir, threads=2)
-    summary = score_file(model, input_path=case.data_path, output_path=scores_path, reasons=3)
+    summary = score_file(
+        model,
+        input_path=case.data_path,
+        output_path=scores_path,
+        rules=RULES,
+        options=Options(reasons=3),
+    )
     seconds = time.perf_counter() - started
     scores = pq.read_table(scores_path).to_pandas()
     id_column = case.spec.id_column

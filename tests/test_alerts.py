@@ -313,6 +313,7 @@ def _score_row(customer_id: str) -> dict[str, Any]:
         "reasons": [],
         "features": {},
         "created_at": datetime.now(UTC),
+        "source": "api",
     }
 
 
@@ -665,6 +666,7 @@ def test_a_group_of_writes_records_alerts_in_one_pass() -> None:
         callback = alerts.observe(
             customer_ids=[customer_id],
             results=[result],
+            crossed=[True],
             request_id="r",
             model_version="1",
             tenant=tenant,
@@ -712,6 +714,7 @@ def test_scores_as_columns_record_exactly_what_observations_record(engine: Engin
             alerts.observe(
                 customer_ids=[customer_id],
                 results=[{"probability": p, "risk_band": band, "explanation": None}],
+                crossed=[p >= 0.5],
                 request_id=f"r{i}",
                 model_version="1",
             )

@@ -42,10 +42,13 @@ from app.cli.main import cli
 from app.config import PROJECT_ROOT, Settings, get_settings
 from app.db.migrate import upgrade
 from app.db.session import create_db_engine, create_session_factory
+from app.scoring.assess import Options
 from app.scoring.model import ScoringModel
 from app.scoring.repository import ScoreRow, bulk_insert_scores, list_scores
+from app.scoring.rules import rules_from_settings
 from app.security.pseudonyms import Pseudonymizer
 from tests.db_support import temporary_postgres_database, temporary_sqlite_database
+from tests.rules_support import RULES
 
 CHUNK = 64
 ROWS = 300
@@ -126,7 +129,12 @@ def test_csv_and_parquet_dataset_give_the_same_scores(
     for source in (churn_file, csv_path, dataset):
         output = tmp_path / f"{source.stem}.scores.parquet"
         summary = score_file(
-            churn_model, input_path=source, output_path=output, reasons=0, chunk_rows=CHUNK
+            churn_model,
+            input_path=source,
+            output_path=output,
+            rules=RULES,
+            options=Options(reasons=0),
+            chunk_rows=CHUNK,
         )
         assert (summary.rows_read, summary.rows_rejected, summary.chunks) == (ROWS, BAD_ROWS, 5)
         results.append(pq.read_table(output))
@@ -147,13 +155,21 @@ def test_a_failed_run_leaves_no_output_and_a_clean_run_replaces_stale_rejects(
 
     with pytest.raises(RuntimeError, match="disk full"):
         score_file(
-            churn_model, input_path=churn_file, output_path=output, chunk_rows=CHUNK, sink=Failing()
+            churn_model,
+            input_path=churn_file,
+            output_path=output,
+            chunk_rows=CHUNK,
+            sink=Failing(),
+            rules=RULES,
+            options=Options(reasons=3),
         )
     assert list(tmp_path.glob("scores*")) == []  # no truncated output, no partial files
     (tmp_path / "scores.rejects.csv").write_text("stale\n")
     clean = tmp_path / "clean.parquet"
     pd.read_parquet(churn_file).query("age >= 18").to_parquet(clean, index=False)
-    summary = score_file(churn_model, input_path=clean, output_path=output, reasons=0)
+    summary = score_file(
+        churn_model, input_path=clean, output_path=output, rules=RULES, options=Options(reasons=0)
+    )
     assert summary.rows_rejected == 0 and summary.rejects_path is None
     assert not (tmp_path / "scores.rejects.csv").exists()
 
@@ -167,6 +183,11 @@ def test_bulk_insert_round_trips_json_and_timestamps(engine: Engine) -> None:
             customer_id=f"C{i}",
             model_name="churn",
             model_version="1",
+            source="api",
+            stage="existing",
+            probability=None,
+            band=None,
+            alert=False,
             outputs={"probability": 0.1 * i, "band": "low"},
             reasons=[f'a tab\there, a backslash \\ and a quote " {i}'],
             features={"age": 40 + i, "region": "north", "card_spend": None, "flag": True},
@@ -195,7 +216,8 @@ def test_persist_writes_each_valid_row_once_per_chunk(
         churn_model,
         input_path=churn_file,
         output_path=output,
-        reasons=2,
+        rules=RULES,
+        options=Options(reasons=2),
         chunk_rows=CHUNK,
         sink=sink,
     )
@@ -207,9 +229,16 @@ def test_persist_writes_each_valid_row_once_per_chunk(
     with create_session_factory(engine)() as session:
         customer = str(scored.index[0])
         (row,), _ = list_scores(session, customer_id=customer)
-    assert row.outputs["probability"] == scored.loc[customer, "probability"]
-    assert row.outputs["band"] == scored.loc[customer, "band"]
-    assert row.reasons == list(scored.loc[customer, "reasons"])
+    # Stored in the API's shape: probability rounded as it answers, structured reasons.
+    assert row.outputs["probability"] == round(scored.loc[customer, "probability"], 6)
+    assert row.outputs["risk_band"] == row.band == scored.loc[customer, "band"]
+    assert (row.source, row.stage) == ("batch", scored.loc[customer, "stage"])
+    (explanation,) = row.reasons
+    worded = [
+        f"{r['text']} ({r['direction']} {abs(r['contribution']):.3f})"
+        for r in explanation["reasons"]
+    ]
+    assert worded == list(scored.loc[customer, "reasons"])
     assert row.features["region"] in {"capital", "north", "south", "east", "west"}
     assert isinstance(row.features["has_mortgage"], bool)
 
@@ -229,12 +258,18 @@ def alert_events(engine: Engine) -> int:
 def test_persisted_churn_scores_open_alerts_with_reasons_once(
     churn_model: ScoringModel, churn_file: Path, engine: Engine, tmp_path: Path
 ) -> None:
-    alerts = ChurnAlerts.from_settings(Settings(churn_alert_band="medium"))
+    settings = Settings(churn_alert_band="medium")
+    alerts = ChurnAlerts.from_settings(settings)
     run_id = run_id_for(input_path=churn_file, model=churn_model, chunk_rows=CHUNK)
     sink = DatabaseChunkSink(engine, model=churn_model, run_id=run_id, alerts=alerts)
     output = tmp_path / "scores.parquet"
-    arguments: dict[str, Any] = {"input_path": churn_file, "output_path": output, "sink": sink}
-    score_file(churn_model, reasons=0, chunk_rows=CHUNK, **arguments)
+    arguments: dict[str, Any] = {
+        "input_path": churn_file,
+        "output_path": output,
+        "sink": sink,
+        "rules": rules_from_settings(settings),
+    }
+    score_file(churn_model, options=Options(reasons=0), chunk_rows=CHUNK, **arguments)
     scored = pq.read_table(output).to_pandas()
     at_risk = set(scored.loc[scored["band"].isin(["medium", "high"]), "customer_id"])
     assert 0 < len(at_risk) < len(scored)
@@ -246,7 +281,7 @@ def test_persisted_churn_scores_open_alerts_with_reasons_once(
             r["text"] and r["direction"] in {"raises", "lowers"} for r in reasons
         )
     events = alert_events(engine)
-    again = score_file(churn_model, reasons=0, chunk_rows=CHUNK, **arguments)
+    again = score_file(churn_model, options=Options(reasons=0), chunk_rows=CHUNK, **arguments)
     assert again.chunks_persisted == 0 and alert_events(engine) == events
     assert alerts_by_customer(engine) == opened
 
@@ -274,17 +309,35 @@ def test_a_crash_inside_a_chunk_rolls_it_back_and_the_rerun_resumes(
     output = tmp_path / "scores.parquet"
     with pytest.raises(ConnectionError):
         score_file(
-            churn_model, input_path=churn_file, output_path=output, chunk_rows=CHUNK, sink=sink
+            churn_model,
+            input_path=churn_file,
+            output_path=output,
+            chunk_rows=CHUNK,
+            sink=sink,
+            rules=RULES,
+            options=Options(reasons=3),
         )
     assert {r for r, _ in stored(engine)} == {chunk_request_id(run_id, i) for i in (0, 1)}
     monkeypatch.setattr(batch_persist, "bulk_insert_scores", real_insert)
     summary = score_file(
-        churn_model, input_path=churn_file, output_path=output, chunk_rows=CHUNK, sink=sink
+        churn_model,
+        input_path=churn_file,
+        output_path=output,
+        chunk_rows=CHUNK,
+        sink=sink,
+        rules=RULES,
+        options=Options(reasons=3),
     )
     assert (summary.chunks_skipped, summary.chunks_persisted) == (2, 3)
     assert Counter(c for _, c in stored(engine)) == Counter(valid_ids(churn_file))
     again = score_file(
-        churn_model, input_path=churn_file, output_path=output, chunk_rows=CHUNK, sink=sink
+        churn_model,
+        input_path=churn_file,
+        output_path=output,
+        chunk_rows=CHUNK,
+        sink=sink,
+        rules=RULES,
+        options=Options(reasons=3),
     )
     assert (again.chunks_skipped, again.chunks_persisted) == (5, 0)
     assert len(stored(engine)) == ROWS - BAD_ROWS
@@ -298,7 +351,11 @@ from app.db.session import create_db_engine
 from app.scoring.model import ScoringModel
 from app.batch.service import score_file
 from app.batch.persist import DatabaseChunkSink, run_id_for
+from app.config import Settings
+from app.scoring.assess import Options
+from app.scoring.rules import rules_from_settings
 
+RULES = rules_from_settings(Settings())
 real_insert = batch_persist.bulk_insert_scores
 calls = []
 
@@ -318,7 +375,7 @@ score_file(
     model,
     input_path=Path(source),
     output_path=Path(output),
-    reasons=0,
+    rules=RULES, options=Options(reasons=0),
     chunk_rows=int(chunk),
     sink=sink,
 )
@@ -458,7 +515,8 @@ def test_chunks_stream_through_with_at_most_a_couple_in_flight(
         endless(),
         output_path=tmp_path / "stream.parquet",
         id_column="customer_id",
-        reasons=0,
+        rules=RULES,
+        options=Options(reasons=0),
         sink=Recorder(),
     )
     assert summary.chunks == 40 and len(ahead) == 40
@@ -473,7 +531,14 @@ def test_chunks_scored_side_by_side_equal_the_sequential_path(
     as scoring each chunk in turn."""
     columns = pq.ParquetFile(churn_file).schema_arrow.names
     sequential = [
-        score_chunk(churn_model, batch, index=i, id_column="customer_id", reasons=reasons)
+        score_chunk(
+            churn_model,
+            batch,
+            index=i,
+            id_column="customer_id",
+            rules=RULES,
+            options=Options(reasons=reasons),
+        )
         for i, batch in enumerate(read_batches(churn_file, CHUNK, columns))
     ]
     expected = pa.concat_tables(chunk.table("customer_id") for chunk in sequential)
@@ -486,7 +551,8 @@ def test_chunks_scored_side_by_side_equal_the_sequential_path(
             read_batches(churn_file, CHUNK, columns),
             output_path=output,
             id_column="customer_id",
-            reasons=reasons,
+            rules=RULES,
+            options=Options(reasons=reasons),
             workers=workers,
         )
         assert (summary.rows_read, summary.rows_rejected, summary.chunks) == (ROWS, BAD_ROWS, 5)
@@ -509,7 +575,8 @@ def test_a_chunk_that_fails_on_a_worker_fails_the_run_and_leaves_no_output(
             iter(batches),
             output_path=output,
             id_column="customer_id",
-            reasons=0,
+            rules=RULES,
+            options=Options(reasons=0),
             workers=2,
         )
     assert list(tmp_path.glob("scores*")) == []  # no output, no partial files

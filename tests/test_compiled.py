@@ -19,6 +19,7 @@ from app.config import Settings
 from app.db.migrate import upgrade
 from app.db.session import create_db_engine
 from app.scoring import compiled
+from app.scoring.assess import Options
 from app.scoring.compiled import (
     TOLERANCE,
     check_rows,
@@ -31,6 +32,7 @@ from app.scoring.compiled import (
 )
 from app.scoring.model import ScoringModel
 from tests.db_support import temporary_sqlite_database
+from tests.rules_support import RULES
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +139,9 @@ def test_score_file_on_the_compiled_backend_matches_lightgbm(
         )
         assert model.backend == backend
         output = tmp_path / f"{backend}.parquet"
-        score_file(model, input_path=source, output_path=output, reasons=0)
+        score_file(
+            model, input_path=source, output_path=output, rules=RULES, options=Options(reasons=0)
+        )
         outputs.append(pq.read_table(output).to_pandas())
     lightgbm, compiled = outputs
     assert lightgbm["customer_id"].equals(compiled["customer_id"])
@@ -163,12 +167,24 @@ def test_scores_alone_run_on_the_cached_library_and_equal_lightgbms(
     source = tmp_path / "customers.parquet"
     customers.to_parquet(source, index=False)
     for scorer, name in ((model, "loaded"), (alone, "alone")):
-        score_file(scorer, input_path=source, output_path=tmp_path / f"{name}.parquet", reasons=0)
+        score_file(
+            scorer,
+            input_path=source,
+            output_path=tmp_path / f"{name}.parquet",
+            rules=RULES,
+            options=Options(reasons=0),
+        )
     assert pq.read_table(tmp_path / "alone.parquet").equals(
         pq.read_table(tmp_path / "loaded.parquet")
     )
     with pytest.raises(ValueError, match="reasons"):
-        score_file(alone, input_path=source, output_path=tmp_path / "reasons.parquet", reasons=1)
+        score_file(
+            alone,
+            input_path=source,
+            output_path=tmp_path / "reasons.parquet",
+            rules=RULES,
+            options=Options(reasons=1),
+        )
 
 
 def test_a_reference_vouches_only_for_its_model_file_and_lightgbm_version(
@@ -247,7 +263,8 @@ def test_scores_alone_persist_like_lightgbms(
                 scorer,
                 input_path=source,
                 output_path=tmp_path / "scores.parquet",
-                reasons=0,
+                rules=RULES,
+                options=Options(reasons=0),
                 chunk_rows=64,
                 sink=sink,
             )

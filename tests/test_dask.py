@@ -22,13 +22,16 @@ from app.config import Settings, get_settings
 from app.db.migrate import upgrade
 from app.db.session import create_db_engine
 from app.http.app import create_app
+from app.scoring.assess import Options
 from app.scoring.manifest import Manifest, Task
 from app.scoring.model import ScoringModel
 from app.scoring.registry import ModelRegistry
+from app.scoring.rules import rules_from_settings
 from app.security.pseudonyms import Pseudonymizer
 from app.training.distributed import train_on_dask
 from tests.conftest import customer_record
 from tests.db_support import temporary_postgres_database, temporary_sqlite_database
+from tests.rules_support import RULES
 
 ROWS = 1000
 ROW_GROUP = 100
@@ -76,7 +79,11 @@ def test_dask_scores_equal_the_single_process_scorer_exactly(
     model_dir = models_dir / "churn" / "1"
     single = tmp_path / "single.parquet"
     expected = score_file(
-        ScoringModel.load(model_dir), input_path=book_rows, output_path=single, reasons=reasons
+        ScoringModel.load(model_dir),
+        input_path=book_rows,
+        output_path=single,
+        rules=RULES,
+        options=Options(reasons=reasons),
     )
     output = tmp_path / "scored"
     summary = score_on_dask(
@@ -84,7 +91,8 @@ def test_dask_scores_equal_the_single_process_scorer_exactly(
         model_dir=model_dir,
         input_path=book_rows,
         output_dir=output,
-        reasons=reasons,
+        rules=RULES,
+        options=Options(reasons=reasons),
         chunk_rows=128,
         partition_rows=300,
     )
@@ -108,7 +116,8 @@ def persisting(models_dir: Path, book_rows: Path, tmp_path: Path, url: str) -> d
         "model_dir": models_dir / "churn" / "1",
         "input_path": book_rows,
         "output_dir": tmp_path / "scored",
-        "reasons": 0,
+        "rules": RULES,
+        "options": Options(reasons=0),
         "chunk_rows": 128,
         "partition_rows": 300,
         "database_url": url,
@@ -160,10 +169,18 @@ def test_dask_workers_store_pseudonyms_open_alerts_and_refuse_another_secret(
             upgrade(url)
             arguments = persisting(models_dir, book_rows, tmp_path, url)
             with pytest.raises(ValueError, match="differs from the client"):
-                score_on_dask(threads_cluster, **arguments, pseudonymizer=Pseudonymizer(b"x" * 32))
-            alerts = ChurnAlerts.from_settings(Settings(churn_alert_band="medium"))
+                score_on_dask(
+                    threads_cluster,
+                    **arguments,
+                    pseudonymizer=Pseudonymizer(b"x" * 32),
+                )
+            settings = Settings(churn_alert_band="medium")
+            arguments["rules"] = rules_from_settings(settings)
             score_on_dask(
-                threads_cluster, **arguments, pseudonymizer=Pseudonymizer(secret), alerts=alerts
+                threads_cluster,
+                **arguments,
+                pseudonymizer=Pseudonymizer(secret),
+                alerts=ChurnAlerts.from_settings(settings),
             )
             ids = customer_ids_in(url, "score")
             alerted = set(customer_ids_in(url, "alert"))
@@ -172,8 +189,10 @@ def test_dask_workers_store_pseudonyms_open_alerts_and_refuse_another_secret(
     scored = pq.read_table(tmp_path / "scored").to_pandas()
     pseudonyms = Pseudonymizer(secret).pseudonyms
     assert Counter(ids) == Counter(pseudonyms(list(scored["customer_id"])))
-    at_risk = scored.loc[scored["band"].isin(["medium", "high"]), "customer_id"]
-    assert alerted and alerted == set(pseudonyms(list(at_risk)))
+    # Medium or high risk opens an alert, for customers the bank can still keep.
+    at_risk = scored["band"].isin(["medium", "high"]) & scored["stage"].isin(["new", "existing"])
+    assert (scored["alert"] == at_risk).all()
+    assert alerted and alerted == set(pseudonyms(list(scored.loc[at_risk, "customer_id"])))
 
 
 def test_a_model_trained_on_dask_is_served_like_any_other(

@@ -17,11 +17,13 @@ from pydantic import ValidationError
 
 from app.batch.service import score_file
 from app.scoring.arrow import MissingColumnsError, check_columns, encode, encode_batch
+from app.scoring.assess import Options
 from app.scoring.feature_schema import FeatureKind, FeatureSchema, FeatureSpec
 from app.scoring.manifest import Task
 from app.scoring.model import ModelLoadError, ScoringModel
 from app.scoring.registry import ModelRegistry, available_versions
 from app.training.features import schema_for
+from tests.rules_support import RULES
 
 
 def test_feature_spec_consistency_is_enforced() -> None:
@@ -252,10 +254,24 @@ def test_score_file_writes_scores_and_rejects(
     source = tmp_path / "book.csv"
     rows.to_csv(source, index=False)
     output = tmp_path / "scores.parquet"
-    summary = score_file(model, input_path=source, output_path=output, reasons=2, chunk_rows=64)
+    summary = score_file(
+        model,
+        input_path=source,
+        output_path=output,
+        rules=RULES,
+        options=Options(reasons=2),
+        chunk_rows=64,
+    )
     assert summary.rows_read == 300 and summary.rows_rejected == 5 and summary.rows_scored == 295
     scored = pq.read_table(output).to_pandas()
-    assert list(scored.columns) == ["customer_id", "probability", "band", "reasons"]
+    assert list(scored.columns) == [
+        "customer_id",
+        "stage",
+        "probability",
+        "band",
+        "alert",
+        "reasons",
+    ]
     assert scored["probability"].between(0, 1).all()
     assert all(1 <= len(r) <= 2 for r in scored["reasons"])
     valid = rows.iloc[5:]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,15 +18,20 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from fastapi.testclient import TestClient
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from app.batch.service import read_batches
 from app.cli.main import cli
+from app.config import Settings
+from app.db.migrate import upgrade
+from app.http.app import create_app
 from app.scoring.arrow import encode_batch
 from app.scoring.feature_schema import FeatureKind
-from app.scoring.manifest import Manifest
+from app.scoring.manifest import Manifest, Task
 from app.scoring.model import ScoringModel
+from app.scoring.registry import ModelRegistry
 from app.training.byod import (
     binary_target,
     encode_frame,
@@ -33,6 +39,7 @@ from app.training.byod import (
     read_table,
     split_rows,
 )
+from tests.conftest import customer_record
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CHURN_DIR = SHARED_DATA / "churn_modelling"
@@ -267,3 +274,61 @@ def test_numeric_categories_are_spelt_as_the_scorer_reads_them(tmp_path: Path) -
     served, problems = encode_batch(schema, next(read_batches(data)))
     assert problems == [None] * len(frame)
     np.testing.assert_array_equal(served, encode_frame(features, schema))
+
+
+@needs_real_data
+@pytest.mark.slow
+def test_a_bank_trained_churn_model_never_breaks_the_endpoints(
+    tmp_path: Path,
+    models_dir: Path,
+    settings_for: Callable[..., Settings],
+    sample_rows: dict[str, pd.DataFrame],
+) -> None:
+    """Churn_Modelling's churn model served beside the bundled tier, recommendation and
+    prospect models: assessments still answer, scoring churn on its own columns too."""
+    served = tmp_path / "models"
+    for task in ("tier", "recommendation", "prospect"):
+        shutil.copytree(models_dir / task, served / task)
+    trained = runner.invoke(
+        cli,
+        [
+            *("train", "churn", "--data", str(CHURN_FILE), "--target", "Exited"),
+            *("--id", "CustomerId", "--drop", "RowNumber", "--drop", "Surname"),
+            *("--out", str(served / "churn" / "1")),
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+    url = f"sqlite:///{tmp_path / 'cvm.db'}"
+    upgrade(url)
+    settings = settings_for(url).model_copy(update={"models_dir": served})
+    registry = ModelRegistry.load(served)
+    churn_schema = registry.loaded[Task.CHURN].schema
+    existing = sample_rows["existing"].iloc[0]
+    bank_row = pd.read_csv(CHURN_FILE).iloc[0]
+    own_columns = {f.name: bank_row[f.column] for f in churn_schema.features}
+    own = {k: v.item() if hasattr(v, "item") else v for k, v in own_columns.items()}
+    with TestClient(create_app(settings, registry)) as client:
+        body = customer_record(existing, registry.loaded[Task.TIER].schema, "C-1")
+        plain = client.post("/v1/assessments", json=body)
+        assert plain.status_code == 200, plain.text
+        answer = plain.json()
+        assert answer["lifecycle"] == "existing" and answer["churn"] is None
+        assert answer["tier"] is not None and answer["recommendations"] is not None
+        (skipped,) = answer["skipped"]
+        assert skipped["task"] == "churn" and "Geography" in skipped["missing"]
+
+        both = client.post("/v1/assessments", json={**body, **own})
+        assert both.status_code == 200, both.text
+        assert both.json()["churn"]["risk_band"] in {"low", "medium", "high"}
+        assert both.json()["skipped"] == []
+
+        half = {k: v for k, v in own.items() if k != "Geography"}
+        refused = client.post("/v1/assessments", json={**body, **half})
+        assert refused.status_code == 422
+        assert refused.json()["errors"][0]["field"] == "Geography"
+
+        scored = client.post(
+            "/v1/churn/scores", json={"customers": [{"customer_id": "C-1", **own}]}
+        )
+        assert scored.status_code == 200, scored.text
+        assert scored.json()["results"][0]["stage"] == "existing"  # a churn model scores customers

@@ -68,6 +68,7 @@ def test_acknowledged_writes_are_committed_with_their_alerts(
                         "explanation": {"reasons": [{"feature": "tenure_months", "value": -0.4}]},
                     }
                 ],
+                crossed=[True],
                 request_id="r-1",
                 model_version="1",
             )

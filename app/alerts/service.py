@@ -119,6 +119,8 @@ class ChurnScores(NamedTuple):
     reasons: list[list[dict[str, Any]]]
     request_id: str
     model_version: str | None
+    # Per score, whether the assessment found the alert threshold for its stage crossed.
+    crossed: list[bool]
 
 
 class ChurnObservation(NamedTuple):
@@ -187,11 +189,13 @@ class ChurnAlerts:
         *,
         customer_ids: Sequence[str],
         results: Sequence[Mapping[str, Any]],
+        crossed: Sequence[bool],
         request_id: str,
         model_version: str | None,
         tenant: str | None = None,
     ) -> Callable[[Connection], None]:
-        """A callback recording these churn results on alerts, inside the scores' transaction."""
+        """A callback recording these churn results on alerts, inside the scores' transaction;
+        ``crossed`` is the assessment's verdict on the threshold for each customer's stage."""
         scores = ChurnScores(
             list(customer_ids),
             [float(result["probability"]) for result in results],
@@ -199,6 +203,7 @@ class ChurnAlerts:
             [list(e["reasons"]) if (e := result.get("explanation")) else [] for result in results],
             request_id,
             model_version,
+            list(crossed),
         )
         return RecordObservations(alerts=self, scores=(scores,), tenant=tenant)
 
@@ -231,14 +236,7 @@ class ChurnAlerts:
         """``record`` for calls' scores as columns: observations are built only for the
         customers alerts concern (a score that crosses the threshold, or an active alert);
         a 1,000-customer call usually concerns a few dozen."""
-        crosses = self.policy.crosses
-        flags = [
-            [
-                crosses(probability=p, risk_band=b)
-                for p, b in zip(s.probabilities, s.risk_bands, strict=True)
-            ]
-            for s in scores
-        ]
+        flags = [s.crossed for s in scores]
         scope = TenantScope(tenant) if self.tenant_isolation else None
         active = self._lock_active(
             connection, [cid for s in scores for cid in s.customer_ids], scope

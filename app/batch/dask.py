@@ -28,7 +28,7 @@ from app.batch.persist import DatabaseChunkSink, run_id_for
 from app.batch.service import (
     CHUNK_ROWS,
     BatchSummary,
-    input_columns,
+    columns_to_read,
     is_parquet,
     iter_row_groups,
     parquet_files,
@@ -37,7 +37,7 @@ from app.batch.service import (
 )
 from app.config import get_settings
 from app.db.session import create_db_engine
-from app.scoring.arrow import check_columns
+from app.scoring.assess import Options, Rules
 from app.scoring.manifest import Manifest
 from app.scoring.model import ScoringModel
 from app.security.pseudonyms import Pseudonymizer
@@ -177,7 +177,8 @@ def score_partition(
     output_dir: str,
     id_column: str,
     columns: list[str],
-    reasons: int,
+    rules: Rules,
+    options: Options,
     chunk_rows: int,
     threads: int,
     database_url: str | None,
@@ -210,7 +211,8 @@ def score_partition(
         output_path=part_path(out, partition.index),
         rejects_path=out / REJECTS_DIR / f"part-{partition.index:05d}.rejects.csv",
         id_column=id_column,
-        reasons=reasons,
+        rules=rules,
+        options=options,
         sink=sink,
     )
 
@@ -221,8 +223,9 @@ def score_on_dask(
     model_dir: Path,
     input_path: Path,
     output_dir: Path,
+    rules: Rules,
+    options: Options,
     id_column: str | None = None,
-    reasons: int = 3,
     chunk_rows: int = CHUNK_ROWS,
     threads: int = 1,
     database_url: str | None = None,
@@ -243,15 +246,7 @@ def score_on_dask(
         raise ValueError("scoring on Dask reads Parquet (a file or a folder of files), not CSV")
     model = ScoringModel.load(model_dir)
     id_column = id_column or model.manifest.id_column
-    available = input_columns(input_path)
-    check_columns(model.schema, available)
-    if id_column not in available:
-        raise ValueError(f"input lacks the id column {id_column!r}")
-    columns = list(
-        dict.fromkeys(
-            [id_column, *(f.column for f in model.schema.features if f.column in available)]
-        )
-    )
+    columns = columns_to_read(model, input_path, id_column)
     output_dir.mkdir(parents=True, exist_ok=True)
     partitions = plan_partitions(input_path, rows=partition_rows)
     run_id = (
@@ -267,7 +262,8 @@ def score_on_dask(
         output_dir=str(output_dir),
         id_column=id_column,
         columns=columns,
-        reasons=reasons,
+        rules=rules,
+        options=options,
         chunk_rows=chunk_rows,
         threads=threads,
         database_url=database_url,

@@ -14,19 +14,21 @@ whole book is how most at-risk customers reach the staff.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 from sqlalchemy import Engine
 
 from app.alerts.service import ChurnAlerts, ChurnObservation
 from app.batch.service import ScoredChunk, is_parquet, parquet_files
+from app.scoring.assess import Block, TaskAssessment, assess_task
 from app.scoring.compiled import CompiledModel
-from app.scoring.feature_schema import FeatureKind, FeatureSchema
-from app.scoring.feature_schema import FloatMatrix as FloatArray
 from app.scoring.manifest import Task
+from app.scoring.records import Source, score_rows
 from app.scoring.repository import ScoreRow, bulk_insert_scores, lock_request_id, request_id_exists
 from app.security.pseudonyms import Pseudonymizer
 
@@ -55,30 +57,6 @@ def run_id_for(*, input_path: Path, model: BatchModel, chunk_rows: int) -> str:
 def chunk_request_id(run_id: str, chunk: int | str) -> str:
     """The request id every row of one chunk is stored under."""
     return f"{REQUEST_PREFIX}:{run_id}:{chunk}"
-
-
-def feature_records(schema: FeatureSchema, matrix: FloatArray) -> list[dict[str, Any]]:
-    """Each row's inputs as the API stores them: categories by name, missing values as null."""
-    columns: list[list[Any]] = []
-    for j, spec in enumerate(schema.features):
-        values = matrix[:, j]
-        missing = np.isnan(values)
-        if spec.kind is FeatureKind.CATEGORY:
-            assert spec.categories is not None
-            labels = np.asarray([*spec.categories, None], dtype=object)
-            codes = np.where(missing, len(spec.categories), values).astype(np.intp)
-            columns.append(labels[codes].tolist())
-            continue
-        if spec.kind is FeatureKind.BOOLEAN:
-            converted = (np.nan_to_num(values) != 0).astype(object)
-        elif spec.kind is FeatureKind.INTEGER:
-            converted = np.nan_to_num(values).astype(np.int64).astype(object)
-        else:
-            converted = values.astype(object)
-        converted[missing] = None
-        columns.append(converted.tolist())
-    names = schema.names
-    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
 class DatabaseChunkSink:
@@ -124,77 +102,64 @@ class DatabaseChunkSink:
         return len(rows)
 
     def rows(self, chunk: ScoredChunk, request_id: str) -> list[ScoreRow]:
-        """The chunk's score rows: outputs, reasons and features per customer."""
-        manifest = self.model.manifest
-        output_names = [name for name in chunk.columns if name != "reasons"]
-        outputs = [chunk.columns[name].to_pylist() for name in output_names]
-        reasons: list[Any] = (
-            chunk.columns["reasons"].to_pylist()
-            if "reasons" in chunk.columns
-            else [[]] * len(chunk.ids)
-        )
-        features = feature_records(self.model.schema, chunk.matrix)
+        """The chunk's score rows, in the one stored shape (``app.scoring.records``)."""
+        if chunk.assessment is None:
+            return []
         ids = chunk.ids.to_pylist()
-        stored_ids = ids if self.pseudonymizer is None else self.pseudonymizer.pseudonyms(ids)
-        now = datetime.now(UTC)
-        return [
-            ScoreRow(
-                request_id=request_id,
-                task=manifest.task.value,
-                customer_id=customer_id,
-                model_name=manifest.task.value,
-                model_version=manifest.version,
-                outputs=dict(zip(output_names, values, strict=True)),
-                reasons=reasons[i],
-                features=features[i],
-                created_at=now,
-            )
-            for i, (customer_id, *values) in enumerate(zip(stored_ids, *outputs, strict=True))
-        ]
+        return score_rows(
+            chunk.assessment,
+            stored_ids=ids if self.pseudonymizer is None else self.pseudonymizer.pseudonyms(ids),
+            request_id=request_id,
+            source=Source.BATCH,
+            created_at=datetime.now(UTC),
+        )
 
     def observations(self, chunk: ScoredChunk, rows: list[ScoreRow]) -> list[ChurnObservation]:
-        """The chunk's churn scores as the alert logic reads them. Only the scores that cross
-        the alert threshold are explained (a few in a hundred): a score below it updates an
-        open alert's figures and keeps its reasons, as the API's ``reasons: 0`` does."""
-        assert self.alerts is not None
-        crosses = self.alerts.policy.crosses
-        probabilities = chunk.columns["probability"].to_pylist()
-        bands = (
-            chunk.columns["band"].to_pylist()
-            if "band" in chunk.columns
-            else ["low"] * len(probabilities)
-        )
-        crossing = [
-            crosses(probability=p, risk_band=b) for p, b in zip(probabilities, bands, strict=True)
-        ]
-        explained = iter(self.reasons(chunk.matrix[np.flatnonzero(crossing)]))
-        version = self.model.manifest.version
+        """The chunk's churn scores as the alert logic reads them, flagged where the threshold
+        for the customer's stage is crossed. Those few are explained when the run asked for
+        no reasons: a score below it updates an open alert's figures and keeps its reasons."""
+        assessment = chunk.assessment
+        if assessment is None:
+            return []
+        crossing = np.flatnonzero(assessment.alert)
+        explained = dict(zip(crossing.tolist(), self.explained(assessment, crossing), strict=True))
         return [
             ChurnObservation(
                 row["customer_id"],
-                probability,
-                band,
-                above,
-                next(explained) if above else [],
+                row["probability"] or 0.0,
+                str(row["band"]),
+                i in explained,
+                explained.get(i, []),
                 row["request_id"],
-                version,
+                assessment.model_version,
             )
-            for row, probability, band, above in zip(
-                rows, probabilities, bands, crossing, strict=True
-            )
+            for i, row in enumerate(rows)
         ]
 
-    def reasons(self, matrix: FloatArray) -> list[list[dict[str, Any]]]:
-        """Each row's top reasons as the API words them (none without an explainer: the alert
-        then carries the default actions)."""
-        model = self.explainer() if len(matrix) else None
+    def explained(
+        self, assessment: TaskAssessment, rows: npt.NDArray[np.intp]
+    ) -> list[list[dict[str, Any]]]:
+        """The reasons of some of an assessment's rows, by the same assessment function with
+        reasons asked for (none without an explainer: the alert carries default actions)."""
+        if assessment.explanation is not None:
+            return [_reason_codes(assessment, int(i)) for i in rows]
+        model = self.explainer() if len(rows) else None
         if model is None:
-            return [[] for _ in range(len(matrix))]
-        explanation = model.explain(matrix)
-        return [
-            [r.wire() for r in model.explain_row(matrix, explanation, i, top=ALERT_REASONS).reasons]
-            for i in range(len(matrix))
-        ]
+            return [[] for _ in rows]
+        block = assessment.block
+        subset = Block(
+            ids=[block.ids[int(i)] for i in rows],
+            matrix=block.matrix[rows],
+            stages=block.stages[rows],
+        )
+        again = assess_task(
+            assessment.task,
+            model,
+            subset,
+            rules=assessment.rules,
+            options=replace(assessment.options, reasons=ALERT_REASONS),
+        )
+        return [_reason_codes(again, i) for i in range(len(subset))]
 
     def explainer(self) -> ScoringModel | None:
         """The LightGBM model that words the reasons (None: compiled trees, no ``model_dir``)."""
@@ -203,3 +168,8 @@ class DatabaseChunkSink:
 
             self._explainer = ScoringModel.load(self.model_dir, threads=self.model.threads)
         return self._explainer
+
+
+def _reason_codes(assessment: TaskAssessment, i: int) -> list[dict[str, Any]]:
+    explained = assessment.explained(i, assessment.headline_class(i))
+    return [] if explained is None else list(explained["reasons"])

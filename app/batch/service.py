@@ -22,16 +22,26 @@ from typing import TYPE_CHECKING, Protocol, TextIO, TypeAlias, TypeVar
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from app.scoring.arrow import check_columns, encode
-from app.scoring.compiled import CompiledModel
+from app.scoring.assess import (
+    STAGES,
+    Block,
+    Options,
+    Rules,
+    Stage,
+    TaskAssessment,
+    assess_task,
+    lifecycle_stages,
+)
 from app.scoring.feature_schema import FloatMatrix as FloatArray
-from app.scoring.manifest import Objective
+from app.scoring.manifest import Objective, Task
 
 if TYPE_CHECKING:  # not imported to run: a compiled model alone scores without LightGBM
-    from app.scoring.explain import Explanation
+    from app.scoring.compiled import CompiledModel
     from app.scoring.model import ScoringModel
 
     # LightGBM's model (reasons, value models) or its compiled library alone (scores only).
@@ -43,7 +53,9 @@ R = TypeVar("R")
 # time with one core idle on the last chunk) and 60 MB less peak memory; 128k and up slower.
 CHUNK_ROWS = 32_768
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
-_BANDS = pa.array(["low", "medium", "high"], pa.string())
+# A snapshot's own lifecycle column, when it has one, says who is a prospect or has left.
+LIFECYCLE_COLUMN = "lifecycle"
+_STAGE_NAMES = pa.array([stage.value for stage in STAGES], pa.string())
 _PARTIAL_SUFFIX = ".partial"
 
 
@@ -74,12 +86,12 @@ class BatchSummary:
 
 @dataclass(frozen=True)
 class ScoredChunk:
-    """The valid rows of one chunk: ids, score columns and the features they were scored on."""
+    """The valid rows of one chunk: ids, their assessment and its columns for the output."""
 
     index: int
     ids: pa.Array
+    assessment: TaskAssessment | None  # None when no row of the chunk was valid
     columns: dict[str, pa.Array]
-    matrix: FloatArray
     rejects: list[tuple[str, str]] = field(default_factory=list)
 
     def table(self, id_column: str) -> pa.Table:
@@ -218,62 +230,51 @@ def map_in_order(
                 future.cancel()
 
 
-def result_columns(
-    model: BatchModel, matrix: FloatArray, reasons: int, *, threads: int | None = None
-) -> dict[str, pa.Array]:
-    """The score columns of one validated chunk (and its top reasons when asked)."""
-    manifest = model.manifest
-    texts = None
-    if reasons:
-        if isinstance(model, CompiledModel):
-            raise ValueError("reasons are worded from LightGBM: load the model with it")
-        explanation = model.explain(matrix)
-        outputs = model.probabilities_from_raw(explanation.raw_score)
-        # The reasons of the class predicted (multiclass), of the positive class (binary).
-        predicted = outputs.argmax(axis=1) if outputs.ndim == 2 else np.zeros(len(outputs), int)
-        texts = reason_texts(model, matrix, explanation, predicted, top=reasons)
-    else:
-        outputs = model.predict(matrix, threads=threads)
-    columns: dict[str, pa.Array] = {}
-    if manifest.objective is Objective.BINARY:
-        columns["probability"] = pa.array(outputs)
-        if {"medium", "high"} <= manifest.thresholds.keys():
-            codes = np.where(
-                outputs >= manifest.thresholds["high"],
-                2,
-                np.where(outputs >= manifest.thresholds["medium"], 1, 0),
-            ).astype(np.int8)
-            columns["band"] = _BANDS.take(pa.array(codes))
-        # A compiled model alone never has a value model (load_compiled_model).
-        if not isinstance(model, CompiledModel) and model.value_booster is not None:
+def result_columns(assessment: TaskAssessment) -> dict[str, pa.Array]:
+    """The output file's columns of one assessed chunk."""
+    columns: dict[str, pa.Array] = {"stage": _STAGE_NAMES.take(pa.array(assessment.block.stages))}
+    model = assessment.model
+    if model.manifest.objective is Objective.BINARY:
+        columns["probability"] = pa.array(assessment.probability)
+        columns["band"] = pa.array(assessment.band, pa.string())
+        if assessment.value is not None:
             columns["expected_value"] = pa.array(
-                outputs * model.expected_value_if_converted(matrix, threads=threads)
+                assessment.probability * np.maximum(assessment.value, 0.0)
             )
+        if assessment.task is Task.CHURN:
+            columns["alert"] = pa.array(assessment.alert)
     else:
-        class_index = outputs.argmax(axis=1)
-        columns["prediction"] = pa.array(model.classes, pa.string()).take(pa.array(class_index))
-        columns["probability"] = pa.array(outputs[np.arange(len(outputs)), class_index])
-    if texts is not None:
-        columns["reasons"] = pa.array(texts, pa.list_(pa.string()))
+        columns["prediction"] = pa.array(assessment.band, pa.string())
+        columns["probability"] = pa.array(assessment.probability)
+    if assessment.offers is not None:
+        classes = model.classes
+        columns["products"] = pa.array(
+            [[classes[j] for j in offer] for offer in assessment.offers], pa.list_(pa.string())
+        )
+    if assessment.options.reasons:
+        columns["reasons"] = pa.array(
+            [assessment.reason_texts(i) for i in range(len(assessment))], pa.list_(pa.string())
+        )
     return columns
 
 
-def reason_texts(
-    model: ScoringModel,
-    matrix: FloatArray,
-    explanation: Explanation,
-    class_index: npt.NDArray[np.int64],
-    *,
-    top: int,
-) -> list[list[str]]:
-    """Each row's top reasons for one class, worded."""
-    texts = []
-    for row in range(len(matrix)):
-        explained = model.explain_row(matrix, explanation, row, int(class_index[row]), top=top)
-        texts.append(
-            [f"{r.text} ({r.direction} {abs(r.contribution):.3f})" for r in explained.reasons]
-        )
-    return texts
+def chunk_stages(
+    model: BatchModel, batch: pa.RecordBatch, matrix: FloatArray, rules: Rules
+) -> npt.NDArray[np.int8]:
+    """Each row's stage: the file's lifecycle column where it names one, else from tenure."""
+    given = None
+    if LIFECYCLE_COLUMN in batch.schema.names:
+        names = batch.column(LIFECYCLE_COLUMN).cast(pa.string())
+        found = pc.index_in(names, value_set=_STAGE_NAMES).fill_null(-1)
+        given = found.to_numpy(zero_copy_only=False).astype(np.int8)
+    task = model.manifest.task
+    return lifecycle_stages(
+        len(matrix),
+        tenure_months=model.schema.values_of(matrix, "tenure_months"),
+        given=given,
+        unknown=Stage.PROSPECT if task is Task.PROSPECT else Stage.EXISTING,
+        new_customer_months=rules.new_customer_months,
+    )
 
 
 def score_chunk(
@@ -282,21 +283,35 @@ def score_chunk(
     *,
     index: int,
     id_column: str,
-    reasons: int,
+    rules: Rules,
+    options: Options,
     threads: int | None = None,
 ) -> ScoredChunk:
-    """Validate, encode and score one chunk; rows that fail validation come back as rejects."""
+    """Validate, encode and assess one chunk; rows that fail validation come back as rejects."""
     encoded = encode(model.schema, batch)
     ids = batch.column(id_column).cast(pa.string())
     rejected = np.flatnonzero(encoded.problem_codes)
     rejects = [(str(ids[int(i)].as_py()), str(encoded.problem(int(i)))) for i in rejected]
     matrix = encoded.matrix
+    stages = chunk_stages(model, batch, matrix, rules)
     if len(rejected):
         valid = encoded.valid
         ids = ids.filter(pa.array(valid))
         matrix = matrix[valid]
-    columns = result_columns(model, matrix, reasons, threads=threads) if len(matrix) else {}
-    return ScoredChunk(index=index, ids=ids, columns=columns, matrix=matrix, rejects=rejects)
+        stages = stages[valid]
+    if not len(matrix):
+        return ScoredChunk(index=index, ids=ids, assessment=None, columns={}, rejects=rejects)
+    block = Block(ids=ids.to_pylist(), matrix=matrix, stages=stages)
+    assessment = assess_task(
+        model.manifest.task, model, block, rules=rules, options=options, threads=threads
+    )
+    return ScoredChunk(
+        index=index,
+        ids=ids,
+        assessment=assessment,
+        columns=result_columns(assessment),
+        rejects=rejects,
+    )
 
 
 def rejects_path_for(output_path: Path) -> Path:
@@ -377,7 +392,8 @@ def score_batches(
     *,
     output_path: Path,
     id_column: str,
-    reasons: int,
+    rules: Rules,
+    options: Options,
     rejects_path: Path | None = None,
     sink: ChunkSink | None = None,
     on_chunk: Callable[[int], None] | None = None,
@@ -399,7 +415,13 @@ def score_batches(
     def score(item: tuple[int, pa.RecordBatch]) -> ScoredChunk:
         index, batch = item
         return score_chunk(
-            model, batch, index=index, id_column=id_column, reasons=reasons, threads=threads
+            model,
+            batch,
+            index=index,
+            id_column=id_column,
+            rules=rules,
+            options=options,
+            threads=threads,
         )
 
     scored = map_in_order(score, enumerate(batches), workers=workers, ahead=workers + 1)
@@ -428,31 +450,42 @@ def score_batches(
     return summary
 
 
-def score_file(
-    model: BatchModel,
-    *,
-    input_path: Path,
-    output_path: Path,
-    id_column: str | None = None,
-    reasons: int = 3,
-    chunk_rows: int = CHUNK_ROWS,
-    sink: ChunkSink | None = None,
-    on_chunk: Callable[[int], None] | None = None,
-) -> BatchSummary:
-    """Score every row of a file; rows that fail validation go to a rejects CSV with the reason."""
-    id_column = id_column or model.manifest.id_column
+def columns_to_read(model: BatchModel, input_path: Path, id_column: str) -> list[str]:
+    """The input's columns a run reads: the id, the model's features, the lifecycle if any.
+    Fails before any row is read when a required one is missing."""
     available = input_columns(input_path)
     check_columns(model.schema, available)
     if id_column not in available:
         raise ValueError(f"input lacks the id column {id_column!r}")
     wanted = [id_column, *(f.column for f in model.schema.features if f.column in available)]
-    columns = list(dict.fromkeys(wanted))
+    if LIFECYCLE_COLUMN in available:
+        wanted.append(LIFECYCLE_COLUMN)
+    return list(dict.fromkeys(wanted))
+
+
+def score_file(
+    model: BatchModel,
+    *,
+    input_path: Path,
+    output_path: Path,
+    rules: Rules,
+    options: Options,
+    id_column: str | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+    sink: ChunkSink | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+) -> BatchSummary:
+    """Assess every row of a file under the bank's rules; rows that fail validation go to a
+    rejects CSV with the reason."""
+    id_column = id_column or model.manifest.id_column
+    columns = columns_to_read(model, input_path, id_column)
     return score_batches(
         model,
         read_batches(input_path, chunk_rows, columns=columns),
         output_path=output_path,
         id_column=id_column,
-        reasons=reasons,
+        rules=rules,
+        options=options,
         sink=sink,
         on_chunk=on_chunk,
     )

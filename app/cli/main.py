@@ -247,6 +247,7 @@ def score(
             # pyarrow do not import them, and start-up is ~1.7 s shorter (lean_import.py).
             scope.enter_context(optional_packages_hidden())
         from app.batch.service import count_rows, score_file
+        from app.scoring.assess import Options
         from app.scoring.compiled import (
             CompiledModel,
             CompiledUnavailable,
@@ -254,8 +255,10 @@ def score(
             select_backend,
         )
         from app.scoring.registry import available_versions
+        from app.scoring.rules import rules_from_settings
 
         settings = get_settings()
+        rules = rules_from_settings(settings)
         if model is None:
             versions = available_versions(settings.models_dir, task)
             if not versions:
@@ -304,7 +307,8 @@ def score(
                         input_path=input_path,
                         output_dir=output,
                         id_column=id_column,
-                        reasons=reasons,
+                        rules=rules,
+                        options=Options(reasons=reasons),
                         chunk_rows=chunk_rows,
                         threads=threads,
                         database_url=database_url,
@@ -359,7 +363,8 @@ def score(
                         input_path=input_path,
                         output_path=output,
                         id_column=id_column,
-                        reasons=reasons,
+                        rules=rules,
+                        options=Options(reasons=reasons),
                         chunk_rows=chunk_rows,
                         sink=sink,
                         on_chunk=lambda rows: progress.advance(bar, rows),

@@ -25,8 +25,8 @@ from app.notifications.service import build_dispatcher
 from app.observability import Metrics, RequestContextMiddleware, configure_logging
 from app.scoring import history_routes as history
 from app.scoring import routes as scores
-from app.scoring.policies import EligibilityRules, load_service_plans
 from app.scoring.registry import ModelRegistry
+from app.scoring.rules import rules_from_settings
 from app.scoring.service import ScoringService, field_path
 from app.scoring.writer_process import build_score_writer
 from app.security.middleware import SecurityMiddleware
@@ -55,8 +55,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     scoring = ScoringService(
         registry=registry,
         writer=writer,
-        service_plans=load_service_plans(settings.service_plans_file),
-        eligibility=EligibilityRules.load(settings.eligibility_file),
+        rules=rules_from_settings(settings),
         max_batch_size=settings.max_batch_size,
         alerts=ChurnAlerts.from_settings(settings),
         pseudonymizer=(pseudonymizer := Pseudonymizer.from_settings(settings)),

@@ -240,3 +240,39 @@ class FeatureSchema(BaseModel):
                 for i in np.flatnonzero(mask):
                     problems[int(i)] = message
         return problems
+
+    def values_of(self, matrix: FloatMatrix, name: str) -> FloatMatrix | None:
+        """One feature's column of an encoded matrix (None: the model has no such feature)."""
+        names = self.names
+        return matrix[:, names.index(name)] if name in names else None
+
+    def labels_of(self, matrix: FloatMatrix, name: str) -> list[str | None] | None:
+        """A categorical feature's column as its labels (None where missing)."""
+        values = self.values_of(matrix, name)
+        if values is None:
+            return None
+        categories = self[name].categories or ()
+        return [None if math.isnan(v) else categories[int(v)] for v in values.tolist()]
+
+    def decode_rows(self, matrix: FloatMatrix) -> list[dict[str, Any]]:
+        """Each row of an encoded matrix as the model saw it, by name: categories as labels,
+        integers as ints, missing values as None. What every stored score keeps."""
+        columns: list[list[Any]] = []
+        for j, spec in enumerate(self.features):
+            values = matrix[:, j]
+            missing = np.isnan(values)
+            if spec.kind is FeatureKind.CATEGORY:
+                labels = np.asarray([*(spec.categories or ()), None], dtype=object)
+                codes = np.where(missing, len(labels) - 1, values).astype(np.intp)
+                columns.append(labels[codes].tolist())
+                continue
+            if spec.kind is FeatureKind.BOOLEAN:
+                converted = (np.nan_to_num(values) != 0).astype(object)
+            elif spec.kind is FeatureKind.INTEGER:
+                converted = np.nan_to_num(values).astype(np.int64).astype(object)
+            else:
+                converted = values.astype(object)
+            converted[missing] = None
+            columns.append(converted.tolist())
+        names = self.names
+        return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]

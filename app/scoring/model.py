@@ -181,6 +181,8 @@ class ScoringModel:
         threads = threads or self.threads
         if self.predictor is not None:
             return self.predictor.predict(matrix, threads=threads)
+        if len(matrix) == 1:  # LightGBM's C single-row path: a fifth of Booster.predict's cost
+            return self.probabilities_from_raw(self.raw_scores(matrix))
         return np.asarray(self.booster.predict(matrix, num_threads=threads), dtype=np.float64)
 
     @property

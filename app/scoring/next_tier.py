@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from app.scoring.feature_schema import FeatureKind
-from app.scoring.model import FloatArray, ScoringModel
+from app.scoring.feature_schema import FloatMatrix as FloatArray
+
+if TYPE_CHECKING:  # the tier model is LightGBM's; importing it here would load LightGBM
+    from app.scoring.model import ScoringModel
 
 # Amounts (EUR) tried on each actionable balance, smallest first.
 STEPS_EUR = (

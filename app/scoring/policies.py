@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.scoring.schemas import ServicePlan
+
+FloatArray: TypeAlias = npt.NDArray[np.float64]
+BoolArray: TypeAlias = npt.NDArray[np.bool_]
 
 
 def load_service_plans(path: Path) -> dict[str, ServicePlan]:
@@ -30,17 +33,6 @@ class ProductRule(BaseModel):
     occupations: list[str] | None = Field(default=None, description="Only these occupations.")
     requires: list[str] = Field(default_factory=list, description="Products held beforehand.")
 
-    def allows(self, *, age: Any, occupation: Any, holding: set[str] | None) -> bool:
-        """Whether the rule lets this customer be offered the product (unknowns pass)."""
-        if age is not None and self.min_age is not None and age < self.min_age:
-            return False
-        if age is not None and self.max_age is not None and age > self.max_age:
-            return False
-        jobs = self.occupations
-        if jobs is not None and occupation is not None and occupation not in jobs:
-            return False
-        return holding is None or all(p in holding for p in self.requires)
-
 
 class EligibilityRules(BaseModel):
     """Product eligibility: per-product rules and groups of mutually exclusive products."""
@@ -55,41 +47,58 @@ class EligibilityRules(BaseModel):
         """Read the rules file."""
         return cls.model_validate_json(path.read_text(encoding="utf-8"))
 
-    def eligible(
+    def allowed(
         self,
-        products: tuple[str, ...],
-        held: npt.NDArray[np.bool_] | None,
-        customer: Mapping[str, Any],
-    ) -> npt.NDArray[np.bool_]:
-        """Which products may be offered (held ones never are).
+        products: Sequence[str],
+        *,
+        held: FloatArray,
+        cold_start: BoolArray,
+        age: FloatArray | None,
+        occupation: Sequence[str | None] | None,
+    ) -> BoolArray:
+        """Which products may be offered to each customer, as an (n, products) mask.
 
-        ``held`` is None when holdings are unknown (cold start): prerequisites are then not
-        checked, since a brand-new customer's first products are not on file yet.
+        ``held`` holds the has-product flags (NaN: unknown). Held products are never offered.
+        For a cold-start customer (no holdings on file) prerequisites are not checked: a
+        brand-new customer's first products are not on file yet. Unknown ages and
+        occupations pass their limits.
         """
-        known = held is not None
-        held = held if held is not None else np.zeros(len(products), dtype=bool)
-        allowed = ~held
-        age = customer.get("age")
-        occupation = customer.get("occupation")
-        holding = {p for p, h in zip(products, held, strict=True) if h}
-        for index, product in enumerate(products):
-            rule = self.products.get(product)
-            if rule is None or not allowed[index]:
+        holds = held == 1.0
+        allowed = ~holds
+        n = len(held)
+        ages = np.full(n, np.nan) if age is None else age
+        jobs = np.asarray([None] * n if occupation is None else occupation, dtype=object)
+        index = {p: j for j, p in enumerate(products)}
+        for product, rule in self.products.items():
+            j = index.get(product)
+            if j is None:
                 continue
-            allowed[index] = rule.allows(
-                age=age, occupation=occupation, holding=holding if known else None
-            )
+            ok = np.ones(n, dtype=bool)
+            if rule.min_age is not None:
+                ok &= ~(ages < rule.min_age)
+            if rule.max_age is not None:
+                ok &= ~(ages > rule.max_age)
+            if rule.occupations is not None:
+                ok &= np.fromiter((o is None or o in rule.occupations for o in jobs), bool, n)
+            for required in rule.requires:
+                k = index.get(required)
+                has_it = holds[:, k] if k is not None else np.zeros(n, dtype=bool)
+                ok &= cold_start | has_it
+            allowed[:, j] &= ok
         for group in self.exclusive_groups:
-            if holding & set(group):
-                for index, product in enumerate(products):
-                    if product in group:
-                        allowed[index] = False
-        return allowed
+            members = [index[p] for p in group if p in index]
+            if members:
+                in_group = holds[:, members].any(axis=1)
+                allowed[np.ix_(in_group, members)] = False
+        return np.asarray(allowed, dtype=bool)
 
-    def drop_conflicts(self, ranked: list[str]) -> list[str]:
+    def without_conflicts(self, products: Sequence[str], ranked: Sequence[int]) -> list[int]:
         """Keep only the best-ranked product of each exclusive group in one offer."""
-        kept: list[str] = []
-        for product in ranked:
-            if not any(product in g and set(g) & set(kept) for g in self.exclusive_groups):
-                kept.append(product)
+        kept: list[int] = []
+        taken: set[str] = set()
+        for j in ranked:
+            product = products[j]
+            if not any(product in g and taken & set(g) for g in self.exclusive_groups):
+                kept.append(j)
+                taken.add(product)
         return kept

@@ -28,6 +28,11 @@ class ScoreRow(TypedDict):
     features: dict[str, Any]
     created_at: datetime
     tenant: NotRequired[str | None]
+    source: str
+    stage: str | None
+    probability: float | None
+    band: str | None
+    alert: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +49,23 @@ class TenantScope:
 # A score row in ``_COLUMNS`` order with its three JSON documents already encoded (UTF-8) and
 # its time as microseconds since the epoch (an int pickles in a third of an aware datetime's
 # time): what a writer in another process receives, and what every insert starts from.
-EncodedScore = tuple[str, str, str, str | None, str | None, bytes, bytes, bytes, int, str | None]
+EncodedScore = tuple[
+    str,
+    str,
+    str,
+    str | None,
+    str | None,
+    bytes,
+    bytes,
+    bytes,
+    int,
+    str | None,
+    str,
+    str | None,
+    float | None,
+    str | None,
+    bool,
+]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -76,6 +97,11 @@ def encode_scores(rows: Sequence[ScoreRow | EncodedScore]) -> list[EncodedScore]
             json_bytes(row["features"]),
             since_epoch(row["created_at"]),
             row.get("tenant"),
+            row["source"],
+            row["stage"],
+            row["probability"],
+            row["band"],
+            row["alert"],
         )
         for row in rows
     ]
@@ -109,7 +135,7 @@ def insert_scores(target: Connection | Session, *, rows: Sequence[ScoreRow | Enc
                 dict(
                     zip(
                         _COLUMNS,
-                        (*e[:5], *map(orjson.loads, e[5:8]), _timestamp(e[8]), e[9]),
+                        (*e[:5], *map(orjson.loads, e[5:8]), _timestamp(e[8]), *e[9:]),
                         strict=True,
                     )
                 )
@@ -131,6 +157,11 @@ _COLUMNS = (
     "features",
     "created_at",
     "tenant",
+    "source",
+    "stage",
+    "probability",
+    "band",
+    "alert",
 )
 _SQLITE_INSERT = (
     f"INSERT INTO {score_table.name} ({', '.join(_COLUMNS)}) "
@@ -155,7 +186,7 @@ def _driver_tuples(dialect: Dialect, rows: Sequence[EncodedScore]) -> list[tuple
             created_at = _timestamp(micros)
             stored_at = stamps[micros] = created_at if stamp is None else stamp(created_at)
         tuples.append(
-            (*row[:5], row[5].decode(), row[6].decode(), row[7].decode(), stored_at, row[9])
+            (*row[:5], row[5].decode(), row[6].decode(), row[7].decode(), stored_at, *row[9:])
         )
     return tuples
 

@@ -74,9 +74,22 @@ def score_request_name(task: Task) -> str:
 STRICT = ConfigDict(extra="forbid", strict=True)
 
 
+LifecycleStage = Literal["prospect", "new", "existing", "lost"]
+LIFECYCLE_DESCRIPTION = (
+    "Lifecycle stage when the bank knows it (a lost customer opens no alert); inferred from "
+    "tenure_months when left out (none: prospect, under 3 months: new, else existing)."
+)
+
+
 def customer_model(task: Task, schema: FeatureSchema) -> type[BaseModel]:
     """One customer: id plus every feature; optional features may be left out or null."""
-    fields: dict[str, Any] = {"customer_id": (CustomerId, ...)}
+    fields: dict[str, Any] = {
+        "customer_id": (CustomerId, ...),
+        "lifecycle": (
+            LifecycleStage | None,
+            Field(default=None, description=LIFECYCLE_DESCRIPTION),
+        ),
+    }
     for feature in schema.features:
         annotation = feature_annotation(feature)
         if feature.required:
@@ -88,7 +101,13 @@ def customer_model(task: Task, schema: FeatureSchema) -> type[BaseModel]:
 
 def columns_model(task: Task, schema: FeatureSchema) -> type[BaseModel]:
     """Many customers as columns: one array per feature, all of the same length."""
-    fields: dict[str, Any] = {"customer_id": (list[CustomerId], ...)}
+    fields: dict[str, Any] = {
+        "customer_id": (list[CustomerId], ...),
+        "lifecycle": (
+            list[LifecycleStage | None] | None,
+            Field(default=None, description=LIFECYCLE_DESCRIPTION),
+        ),
+    }
     for feature in schema.features:
         item = feature_annotation(feature)
         if feature.required:
@@ -174,18 +193,28 @@ def assessment_request_model(schemas: dict[Task, FeatureSchema]) -> type[BaseMod
     fields: dict[str, Any] = {
         "customer_id": (CustomerId, ...),
         "lifecycle": (
-            Literal["prospect", "new", "existing"] | None,
-            Field(
-                default=None,
-                description="Lifecycle group; inferred from tenure_months when left out "
-                "(none: prospect, under 3 months: new, else existing).",
-            ),
+            LifecycleStage | None,
+            Field(default=None, description=LIFECYCLE_DESCRIPTION + " A lost one gets no scores."),
         ),
         "reasons": (ReasonCount, 5),
         "explain": (ExplainMethod, "fast"),
     }
+    specs: dict[str, list[FeatureSpec]] = {}
     for schema in schemas.values():
         for feature in schema.features:
-            if feature.name not in fields:
-                fields[feature.name] = (feature_annotation(feature) | None, None)
+            specs.setdefault(feature.name, []).append(feature)
+    for name, same_name in specs.items():
+        if name in fields:
+            continue
+        if all(spec == same_name[0] for spec in same_name):
+            fields[name] = (feature_annotation(same_name[0]) | None, None)
+        else:  # models disagree on the type (a bank's own model): each checks its own part
+            fields[name] = (JsonScalar | None, Field(default=None, description=_shared(same_name)))
     return create_model("AssessmentRequest", __config__=STRICT, **fields)
+
+
+JsonScalar = bool | int | float | str
+
+
+def _shared(specs: list[FeatureSpec]) -> str:
+    return "; ".join(dict.fromkeys(spec.description for spec in specs))

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+StageName = Literal["prospect", "new", "existing", "lost"]
+
 
 class ReasonOut(BaseModel):
     """One feature's push on the score."""
@@ -47,8 +49,12 @@ class ChurnScore(BaseModel):
     """Churn risk of one customer over the next 3 months."""
 
     customer_id: str
+    stage: StageName = Field(description="Lifecycle stage the scores were computed for.")
     probability: float
     risk_band: Literal["low", "medium", "high"]
+    alert: bool = Field(
+        description="Whether the alert policy's threshold for the customer's stage is crossed."
+    )
     explanation: ExplanationOut | None
 
 
@@ -88,6 +94,7 @@ class TierScore(BaseModel):
     """Value-pyramid placement of one customer."""
 
     customer_id: str
+    stage: StageName = Field(description="Lifecycle stage the scores were computed for.")
     tier: str
     probabilities: dict[str, float]
     service_plan: ServicePlan | None
@@ -113,6 +120,7 @@ class CustomerRecommendations(BaseModel):
     """The top products of one customer, after eligibility rules."""
 
     customer_id: str
+    stage: StageName = Field(description="Lifecycle stage the scores were computed for.")
     cold_start: bool = Field(description="True when only demographics were known.")
     products: list[ProductRecommendation]
 
@@ -127,6 +135,7 @@ class ProspectScore(BaseModel):
     """Conversion and value of one prospect."""
 
     customer_id: str
+    stage: StageName = Field(description="Lifecycle stage the scores were computed for.")
     conversion_probability: float
     value_if_converted: float | None = Field(description="Annual profit in EUR once a customer.")
     expected_value: float | None = Field(description="conversion_probability x value.")
@@ -140,14 +149,26 @@ class ProspectScoreResponse(ResponseEnvelope):
     results: list[ProspectScore]
 
 
+class SkippedModel(BaseModel):
+    """A model the assessment left out, and why."""
+
+    task: str
+    reason: str
+    missing: list[str] = Field(description="The inputs it needs.")
+
+
 class AssessmentResponse(BaseModel):
     """Everything that applies to one customer, by lifecycle group."""
 
     request_id: str
     customer_id: str
-    lifecycle: Literal["prospect", "new", "existing"]
+    lifecycle: StageName
     saved: bool
     models: list[ModelRef]
+    skipped: list[SkippedModel] = Field(
+        default_factory=list,
+        description="Models that apply at this stage but got none of their inputs.",
+    )
     tier: TierScore | None = None
     recommendations: CustomerRecommendations | None = None
     churn: ChurnScore | None = None
@@ -165,6 +186,13 @@ class StoredScore(BaseModel):
     outputs: dict[str, Any]
     reasons: list[Any] | dict[str, Any]
     created_at: datetime
+    source: Literal["api", "batch", "event"] = Field(description="Who asked for the score.")
+    stage: StageName | None = Field(description="Lifecycle stage when scored (null: before 0007).")
+    probability: float | None = Field(
+        description="Headline: churn or conversion probability, the tier's, the first offer's."
+    )
+    band: str | None = Field(description="Its label: risk band, priority, tier, first product.")
+    alert: bool | None = Field(description="Whether the alert threshold was crossed.")
 
 
 class ScoreHistory(BaseModel):

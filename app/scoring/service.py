@@ -1,14 +1,13 @@
-"""Scoring use cases: validated request -> matrix -> predict + explain -> persist -> respond.
+"""Scoring use cases: validated request -> matrix -> ``assess_task`` -> stored rows -> respond.
 
-Each function reads top to bottom in that order. Everything between parsing and persisting is
-numpy on the model's own schema; nothing here knows about HTTP.
+Every score is computed by the assessment core (``app.scoring.assess``), as batch scoring's
+are; this module parses requests, persists and answers. Nothing here knows about HTTP.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,11 +18,22 @@ from pydantic import BaseModel, ValidationError
 from app.alerts.service import ChurnAlerts
 from app.db.errors import PersistenceUnavailable
 from app.errors import BatchTooLarge, DatabaseUnavailable, InvalidInput, ModelUnavailable
-from app.scoring.explain import Explanation
+from app.scoring.assess import (
+    STAGE_TASKS,
+    STAGES,
+    Block,
+    Options,
+    Rules,
+    Stage,
+    StageCodes,
+    TaskAssessment,
+    assess_task,
+    lifecycle_stages,
+    stage_codes,
+)
 from app.scoring.manifest import Task
 from app.scoring.model import FloatArray, ScoringModel
-from app.scoring.next_tier import find_next_tier_gap
-from app.scoring.policies import EligibilityRules
+from app.scoring.records import Source, score_rows
 from app.scoring.registry import ModelRegistry
 from app.scoring.repository import ScoreRow
 from app.scoring.request_schemas import (
@@ -32,7 +42,6 @@ from app.scoring.request_schemas import (
     customer_model,
     score_request_model,
 )
-from app.scoring.schemas import ServicePlan
 from app.scoring.writer import AfterInsert, Announcement, ScoreWriter
 from app.security.pseudonyms import Pseudonymizer
 
@@ -41,34 +50,24 @@ from app.security.pseudonyms import Pseudonymizer
 INLINE_MAX_ROWS = 32
 
 
-@dataclass(frozen=True)
-class ScoreOptions:
-    """What the caller asked for besides the scores themselves."""
-
-    reasons: int = 5
-    exact: bool = False
-    top_k: int = 3
-    next_tier_gap: bool = True
-
-    @classmethod
-    def of(cls, request: BaseModel) -> ScoreOptions:
-        """Options from a validated request (fields a task does not have keep defaults)."""
-        given = request.__dict__
-        return cls(
-            reasons=given.get("reasons", 5),
-            exact=given.get("explain") == "exact",
-            top_k=given.get("top_k", 3),
-            next_tier_gap=given.get("next_tier_gap", True),
-        )
+def options_of(request: BaseModel) -> Options:
+    """Options from a validated request (fields a task does not have keep defaults)."""
+    given = request.__dict__
+    return Options(
+        reasons=given.get("reasons", 5),
+        exact=given.get("explain") == "exact",
+        top_k=given.get("top_k", 3),
+        next_tier_gap=given.get("next_tier_gap", True),
+    )
 
 
 @dataclass(frozen=True)
 class CustomerBatch:
-    """Validated customers of one call: ids, the model's matrix, and the inputs as sent."""
+    """Validated customers of one call: ids and the model's matrix."""
 
     ids: list[str]
     matrix: FloatArray
-    inputs: list[dict[str, Any]]
+    lifecycle: StageCodes  # as sent; -1 where not
 
 
 def field_path(location: Sequence[int | str]) -> str:
@@ -93,28 +92,6 @@ def invalid_input(error: ValidationError) -> InvalidInput:
     return InvalidInput(f"invalid field(s): {fields}{more}", extra={"errors": errors})
 
 
-# Up to this many values, plain Python beats numpy's per-call overhead.
-_SCALAR_MAX = 8
-
-
-def bands(values: FloatArray, thresholds: dict[str, float]) -> list[str]:
-    """low / medium / high against the manifest's thresholds, for a whole batch at once."""
-    order = [(label, thresholds[label]) for label in ("high", "medium") if label in thresholds]
-    if len(values) <= _SCALAR_MAX:
-        return [next((label for label, cut in order if v >= cut), "low") for v in values.tolist()]
-    labels = np.full(len(values), "low", dtype=object)
-    for label, cut in reversed(order):  # the higher band wins: applied last
-        labels[values >= cut] = label
-    return list(labels)
-
-
-def rounded(values: FloatArray, digits: int) -> list[float]:
-    """Python floats rounded for the wire (one numpy call instead of a round() per value)."""
-    if len(values) <= _SCALAR_MAX:
-        return [round(v, digits) for v in values.tolist()]
-    return list(np.round(values, digits).tolist())
-
-
 class ScoringService:
     """Everything a scoring call needs, built once at start-up."""
 
@@ -123,8 +100,7 @@ class ScoringService:
         *,
         registry: ModelRegistry,
         writer: ScoreWriter,
-        service_plans: dict[str, ServicePlan],
-        eligibility: EligibilityRules,
+        rules: Rules,
         max_batch_size: int,
         alerts: ChurnAlerts | None = None,
         pseudonymizer: Pseudonymizer | None = None,
@@ -133,17 +109,10 @@ class ScoringService:
         self.alerts = alerts
         self.pseudonymizer = pseudonymizer
         self.writer = writer
-        self.service_plans = {k: v.model_dump() for k, v in service_plans.items()}
-        self.eligibility = eligibility
+        self.rules = rules
         self.max_batch_size = max_batch_size
         self.request_models: dict[Task, type[ScoreRequestBase]] = {
             task: score_request_model(task, model.schema) for task, model in registry.loaded.items()
-        }
-        self._compute: dict[Task, Callable[[ScoreOptions, CustomerBatch], list[dict[str, Any]]]] = {
-            Task.CHURN: self._churn,
-            Task.TIER: self._tier,
-            Task.PROSPECT: self._prospect,
-            Task.RECOMMENDATION: self._recommend,
         }
         self.customer_models = {
             task: customer_model(task, model.schema) for task, model in registry.loaded.items()
@@ -159,7 +128,7 @@ class ScoringService:
             raise ModelUnavailable(f"no {task.value} model is loaded")
         return model
 
-    def parse(self, task: Task, body: bytes) -> tuple[ScoreOptions, CustomerBatch]:
+    def parse(self, task: Task, body: bytes) -> tuple[Options, CustomerBatch]:
         """Validate a raw JSON body against the task's schema and build the feature matrix."""
         model = self.model(task)
         try:
@@ -178,18 +147,16 @@ class ScoringService:
         if customers is not None:
             rows = [dict(c.__dict__) for c in customers]
             ids = [row.pop("customer_id") for row in rows]
+            lifecycle = [row.pop("lifecycle") for row in rows]
             matrix = model.schema.encode_rows(rows)
         else:
             assert columns is not None
             data = dict(columns.__dict__)
             ids = data.pop("customer_id")
+            lifecycle = data.pop("lifecycle") or [None] * len(ids)
             matrix = model.schema.encode_columns(data)
-            names = [n for n, v in data.items() if v is not None]
-            rows = [
-                dict(zip(names, values, strict=True))
-                for values in zip(*map(data.get, names), strict=True)
-            ]
-        return ScoreOptions.of(request), CustomerBatch(ids=ids, matrix=matrix, inputs=rows)
+        batch = CustomerBatch(ids=ids, matrix=matrix, lifecycle=stage_codes(lifecycle))
+        return options_of(request), batch
 
     async def persist(
         self,
@@ -206,27 +173,46 @@ class ScoringService:
                 "the database is unavailable; nothing was saved, retry later"
             ) from error
 
+    def block(self, task: Task, batch: CustomerBatch) -> Block:
+        """The batch with each customer's stage: given, else from tenure (a customer when the
+        model scores customers only and knows no tenure)."""
+        model = self.model(task)
+        return Block(
+            ids=batch.ids,
+            matrix=batch.matrix,
+            stages=lifecycle_stages(
+                len(batch.ids),
+                tenure_months=model.schema.values_of(batch.matrix, "tenure_months"),
+                given=batch.lifecycle,
+                unknown=Stage.PROSPECT if task is Task.PROSPECT else Stage.EXISTING,
+                new_customer_months=self.rules.new_customer_months,
+            ),
+        )
+
+    def compute(self, task: Task, options: Options, block: Block) -> TaskAssessment:
+        """The one assessment function, on this service's models and rules."""
+        return assess_task(task, self.model(task), block, rules=self.rules, options=options)
+
     async def score(
         self, task: Task, body: bytes, request_id: str, *, tenant: str | None = None
     ) -> dict[str, Any]:
-        """One scoring call: parse, compute, persist, respond (all or nothing)."""
+        """One scoring call: parse, assess, persist, respond (all or nothing)."""
         # Announced from the start, so that the writer keeps its group open for this call's
-        # rows while other calls' rows are committed (see app/db/group_commit.py).
+        # rows while other calls' rows are committed (see app/scoring/writer.py).
         with self.writer.announce() as announcement:
             options, batch = self.parse(task, body)
-            compute = self._compute[task]
+            block = self.block(task, batch)
             if len(batch.ids) > INLINE_MAX_ROWS:
-                results = await anyio.to_thread.run_sync(compute, options, batch)
+                assessment = await anyio.to_thread.run_sync(self.compute, task, options, block)
             else:
-                results = compute(options, batch)
-            model = self.model(task)
-            stored = self.stored_batch(batch)
-            alerts = self._churn_alerts(task, model, request_id, stored, results, tenant)
-            rows = self._rows(task, model, request_id, stored, results, tenant)
+                assessment = self.compute(task, options, block)
+            results = [assessment.result(i) for i in range(len(assessment))]
+            rows = self.rows(assessment, request_id, tenant)
+            alerts = self._churn_alerts(assessment, rows, request_id, tenant)
             await self.persist(rows, also=alerts, announcement=announcement)
         return {
             "request_id": request_id,
-            "model": {"task": task.value, "version": model.manifest.version},
+            "model": {"task": task.value, "version": assessment.model_version},
             "saved": True,
             "results": results,
         }
@@ -234,299 +220,120 @@ class ScoringService:
     async def assess(
         self, body: bytes, request_id: str, *, tenant: str | None = None
     ) -> dict[str, Any]:
-        """Everything that applies to one customer, by lifecycle group, saved together."""
+        """Everything that applies to one customer, by lifecycle stage, saved together."""
         try:
             request = self.assessment_model.model_validate_json(body)
         except ValidationError as error:
             raise invalid_input(error) from error
         given = {k: v for k, v in request.__dict__.items() if v is not None}
-        lifecycle: str = given.pop("lifecycle", None) or (
-            "prospect"
-            if given.get("tenure_months") is None
-            else "new"
-            if given["tenure_months"] < NEW_CUSTOMER_MONTHS
-            else "existing"
-        )
-        options = ScoreOptions.of(request)
-        given.pop("reasons")
-        given.pop("explain")
+        options = options_of(request)
         customer_id = given["customer_id"]
+        tenure = given.get("tenure_months")
+        stage = STAGES[
+            lifecycle_stages(
+                1,
+                tenure_months=np.array([np.nan if tenure is None else tenure], dtype=np.float64),
+                given=stage_codes([given.get("lifecycle")]),
+                new_customer_months=self.rules.new_customer_months,
+            )[0]
+        ]
         response: dict[str, Any] = {
             "request_id": request_id,
             "customer_id": customer_id,
-            "lifecycle": lifecycle,
+            "lifecycle": stage.value,
             "saved": True,
             "models": [],
+            "skipped": [],
             **dict.fromkeys(_ASSESSMENT_KEYS.values()),
         }
         rows: list[ScoreRow] = []
         alerts: AfterInsert | None = None
-        for task in LIFECYCLE_TASKS[lifecycle]:
-            model = self.model(task)
-            names = {"customer_id", *model.schema.names}
-            record = {k: v for k, v in given.items() if k in names}
-            try:
-                customer = self.customer_models[task].model_validate(record)
-            except ValidationError as error:
-                raise invalid_input(error) from error
-            inputs = dict(customer.__dict__)
-            inputs.pop("customer_id")
-            batch = CustomerBatch(
-                ids=[customer_id], matrix=model.schema.encode_rows([inputs]), inputs=[inputs]
-            )
-            results = self._compute[task](options, batch)
-            response[_ASSESSMENT_KEYS[task]] = results[0]
-            response["models"].append({"task": task.value, "version": model.manifest.version})
-            stored = self.stored_batch(batch)
-            rows.extend(self._rows(task, model, request_id, stored, results, tenant))
-            alerts = alerts or self._churn_alerts(task, model, request_id, stored, results, tenant)
+        for task in STAGE_TASKS[stage]:
+            missing = self._inputs_missing(task, given)
+            if missing is not None:
+                response["skipped"].append(
+                    {
+                        "task": task.value,
+                        "reason": "none of its inputs were sent",
+                        "missing": missing,
+                    }
+                )
+                continue
+            batch = self._one_customer(task, given, stage)
+            assessment = self.compute(task, options, self.block(task, batch))
+            response[_ASSESSMENT_KEYS[task]] = assessment.result(0)
+            response["models"].append({"task": task.value, "version": assessment.model_version})
+            task_rows = self.rows(assessment, request_id, tenant)
+            rows.extend(task_rows)
+            alerts = alerts or self._churn_alerts(assessment, task_rows, request_id, tenant)
         await self.persist(rows, also=alerts)
         return response
 
-    def stored_batch(self, batch: CustomerBatch) -> CustomerBatch:
-        """The batch as it is saved: customer ids pseudonymised when a secret is configured."""
-        if self.pseudonymizer is None:
-            return batch
-        return replace(batch, ids=self.pseudonymizer.pseudonyms(batch.ids))
-
-    def _churn_alerts(
-        self,
-        task: Task,
-        model: ScoringModel,
-        request_id: str,
-        batch: CustomerBatch,
-        results: list[dict[str, Any]],
-        tenant: str | None = None,
-    ) -> AfterInsert | None:
-        """Churn results open or update alerts in the scores' own transaction."""
-        if task is not Task.CHURN or self.alerts is None:
+    def _inputs_missing(self, task: Task, given: dict[str, Any]) -> list[str] | None:
+        """The model's required inputs when the call sent none of them (a model for other data,
+        e.g. one a bank trained on its own columns): the model is skipped, not the call. None
+        when some were sent: the model then names whatever else it needs."""
+        required = [f.name for f in self.model(task).schema.features if f.required]
+        if not required or any(name in given for name in required):
             return None
-        return self.alerts.observe(
-            customer_ids=batch.ids,
-            results=results,
+        return required
+
+    def _one_customer(self, task: Task, given: dict[str, Any], stage: Stage) -> CustomerBatch:
+        """One customer's features for one task's model, checked against its schema."""
+        model = self.model(task)
+        names = {"customer_id", *model.schema.names}
+        record = {k: v for k, v in given.items() if k in names}
+        try:
+            customer = self.customer_models[task].model_validate(record)
+        except ValidationError as error:
+            raise invalid_input(error) from error
+        inputs = dict(customer.__dict__)
+        customer_id = inputs.pop("customer_id")
+        return CustomerBatch(
+            ids=[customer_id],
+            matrix=model.schema.encode_rows([inputs]),
+            lifecycle=stage_codes([stage.value]),
+        )
+
+    def rows(
+        self, assessment: TaskAssessment, request_id: str, tenant: str | None
+    ) -> list[ScoreRow]:
+        """The assessment's stored rows (customer ids pseudonymised when configured)."""
+        ids = list(assessment.block.ids)
+        return score_rows(
+            assessment,
+            stored_ids=ids if self.pseudonymizer is None else self.pseudonymizer.pseudonyms(ids),
             request_id=request_id,
-            model_version=model.manifest.version,
+            source=Source.API,
+            created_at=datetime.now(UTC),
             tenant=tenant,
         )
 
-    @staticmethod
-    def _rows(
-        task: Task,
-        model: ScoringModel,
+    def _churn_alerts(
+        self,
+        assessment: TaskAssessment,
+        rows: list[ScoreRow],
         request_id: str,
-        batch: CustomerBatch,
-        results: list[dict[str, Any]],
-        tenant: str | None = None,
-    ) -> list[ScoreRow]:
-        now = datetime.now(UTC)
-        name = task.value
-        version = model.manifest.version
-        rows: list[ScoreRow] = []
-        for customer_id, inputs, result in zip(batch.ids, batch.inputs, results, strict=True):
-            outputs = {k: v for k, v in result.items() if k not in ("customer_id", "explanation")}
-            reasons = result.get("explanation")
-            if task is Task.RECOMMENDATION:
-                reasons = [
-                    {"product": p["product"], "explanation": p["explanation"]}
-                    for p in result["products"]
-                ]
-                outputs["products"] = [
-                    {"product": p["product"], "propensity": p["propensity"]}
-                    for p in result["products"]
-                ]
-            rows.append(
-                ScoreRow(
-                    request_id=request_id,
-                    task=name,
-                    customer_id=customer_id,
-                    model_name=name,
-                    model_version=version,
-                    outputs=outputs,
-                    reasons=[]
-                    if reasons is None
-                    else [reasons]
-                    if isinstance(reasons, dict)
-                    else reasons,
-                    features=inputs,
-                    created_at=now,
-                    tenant=tenant,
-                )
-            )
-        return rows
-
-    # --- per task -------------------------------------------------------------------------
-
-    @staticmethod
-    def _explanations(
-        model: ScoringModel,
-        options: ScoreOptions,
-        matrix: FloatArray,
-        class_index: Sequence[int] | None = None,
-    ) -> tuple[Explanation, list[dict[str, Any] | None]]:
-        if options.reasons == 0 and not options.exact:
-            # No reasons asked for: a plain prediction is half the work of an explanation.
-            raw = model.raw_scores(matrix)
-            return Explanation(raw_score=raw, contributions=np.empty((len(matrix), 0, 0))), [
-                None
-            ] * len(matrix)
-        explanation = model.explain(matrix, exact=options.exact)
-        outputs: list[dict[str, Any] | None] = []
-        for row in range(len(matrix)):
-            if options.reasons == 0:
-                outputs.append(None)
-                continue
-            index = 0 if class_index is None else class_index[row]
-            outputs.append(explanation_dict(model, matrix, explanation, row, index, options))
-        return explanation, outputs
-
-    def _churn(self, options: ScoreOptions, batch: CustomerBatch) -> list[dict[str, Any]]:
-        model = self.model(Task.CHURN)
-        explanation, explained = self._explanations(model, options, batch.matrix)
-        probability = model.probabilities_from_raw(explanation.raw_score)
-        return [
-            {
-                "customer_id": customer_id,
-                "probability": p,
-                "risk_band": risk_band,
-                "explanation": reasons,
-            }
-            for customer_id, p, risk_band, reasons in zip(
-                batch.ids,
-                rounded(probability, 6),
-                bands(probability, model.manifest.thresholds),
-                explained,
-                strict=True,
-            )
-        ]
-
-    def _prospect(self, options: ScoreOptions, batch: CustomerBatch) -> list[dict[str, Any]]:
-        model = self.model(Task.PROSPECT)
-        explanation, explained = self._explanations(model, options, batch.matrix)
-        probability = model.probabilities_from_raw(explanation.raw_score)
-        value = (
-            model.expected_value_if_converted(batch.matrix)
-            if model.value_booster is not None
-            else None
-        )
-        worth = None if value is None else np.maximum(value, 0.0)
-        expected = None if worth is None else probability * worth
-        n = len(batch.ids)
-        priorities = bands(probability if expected is None else expected, model.manifest.thresholds)
-        return [
-            {
-                "customer_id": customer_id,
-                "conversion_probability": p,
-                "value_if_converted": worth_i,
-                "expected_value": expected_i,
-                "priority": priority,
-                "explanation": reasons,
-            }
-            for customer_id, p, worth_i, expected_i, priority, reasons in zip(
-                batch.ids,
-                rounded(probability, 6),
-                [None] * n if worth is None else rounded(worth, 2),
-                [None] * n if expected is None else rounded(expected, 2),
-                priorities,
-                explained,
-                strict=True,
-            )
-        ]
-
-    def _tier(self, options: ScoreOptions, batch: CustomerBatch) -> list[dict[str, Any]]:
-        model = self.model(Task.TIER)
-        raw = model.explain(batch.matrix, exact=options.exact)
-        probabilities = model.probabilities_from_raw(raw.raw_score)
-        tiers = probabilities.argmax(axis=1)
-        explained = [
-            None
-            if options.reasons == 0
-            else explanation_dict(model, batch.matrix, raw, row, int(tiers[row]), options)
-            for row in range(len(batch.ids))
-        ]
-        gaps = (
-            find_next_tier_gap(model, batch.matrix, tiers)
-            if options.next_tier_gap
-            else [None] * len(batch.ids)
-        )
-        classes = model.classes
-        return [
-            {
-                "customer_id": customer_id,
-                "tier": classes[int(tiers[i])],
-                "probabilities": {
-                    c: round(float(probabilities[i, j]), 6) for j, c in enumerate(classes)
-                },
-                "service_plan": self.service_plans.get(classes[int(tiers[i])]),
-                "next_tier_gap": gaps[i],
-                "explanation": explained[i],
-            }
-            for i, customer_id in enumerate(batch.ids)
-        ]
-
-    def _recommend(self, options: ScoreOptions, batch: CustomerBatch) -> list[dict[str, Any]]:
-        model = self.model(Task.RECOMMENDATION)
-        products = model.classes
-        names = model.schema.names
-        flag_columns = [names.index(f"has_{p}") if f"has_{p}" in names else None for p in products]
-        explanation = model.explain(batch.matrix, exact=options.exact)
-        probabilities = model.probabilities_from_raw(explanation.raw_score)
-        results = []
-        for row, customer_id in enumerate(batch.ids):
-            flags = [math.nan if j is None else batch.matrix[row, j] for j in flag_columns]
-            cold_start = all(math.isnan(f) for f in flags)
-            held = None if cold_start else np.array([f == 1.0 for f in flags], dtype=bool)
-            allowed = self.eligibility.eligible(products, held, batch.inputs[row])
-            ranked = [
-                products[j] for j in np.argsort(-probabilities[row], kind="stable") if allowed[j]
-            ]
-            chosen = self.eligibility.drop_conflicts(ranked)[: options.top_k]
-            results.append(
+        tenant: str | None,
+    ) -> AfterInsert | None:
+        """Churn results open or update alerts in the scores' own transaction."""
+        if assessment.task is not Task.CHURN or self.alerts is None:
+            return None
+        return self.alerts.observe(
+            customer_ids=[row["customer_id"] for row in rows],
+            results=[
                 {
-                    "customer_id": customer_id,
-                    "cold_start": cold_start,
-                    "products": [
-                        {
-                            "product": product,
-                            "propensity": round(
-                                float(probabilities[row, products.index(product)]), 6
-                            ),
-                            "explanation": None
-                            if options.reasons == 0
-                            else explanation_dict(
-                                model,
-                                batch.matrix,
-                                explanation,
-                                row,
-                                products.index(product),
-                                options,
-                            ),
-                        }
-                        for product in chosen
-                    ],
+                    "probability": row["probability"],
+                    "risk_band": row["band"],
+                    "explanation": assessment.explained(i, 0),
                 }
-            )
-        return results
-
-
-def explanation_dict(
-    model: ScoringModel,
-    matrix: FloatArray,
-    explanation: Explanation,
-    row: int,
-    class_index: int,
-    options: ScoreOptions,
-) -> dict[str, Any]:
-    """The wire form of one row's explanation."""
-    explained = model.explain_row(
-        matrix, explanation, row, class_index, top=options.reasons, exact=options.exact
-    )
-    return {
-        "method": explained.method,
-        "raw_score": explained.raw_score,
-        "bias": explained.bias,
-        "reasons": [r.wire() for r in explained.reasons],
-        "other_contribution": explained.other_contribution,
-    }
+                for i, row in enumerate(rows)
+            ],
+            crossed=assessment.alert.tolist(),
+            request_id=request_id,
+            model_version=assessment.model_version,
+            tenant=tenant,
+        )
 
 
 _ASSESSMENT_KEYS = {
@@ -535,9 +342,3 @@ _ASSESSMENT_KEYS = {
     Task.CHURN: "churn",
     Task.PROSPECT: "prospect",
 }
-LIFECYCLE_TASKS: dict[str, tuple[Task, ...]] = {
-    "prospect": (Task.PROSPECT,),
-    "new": (Task.RECOMMENDATION,),
-    "existing": (Task.TIER, Task.RECOMMENDATION, Task.CHURN),
-}
-NEW_CUSTOMER_MONTHS = 3

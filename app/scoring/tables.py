@@ -8,8 +8,10 @@ from typing import Any, cast
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
+    Float,
     Index,
     Integer,
     String,
@@ -75,6 +77,16 @@ class Score(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # The calling client's tenant (None: none); reads are limited to it when isolation is on.
     tenant: Mapped[str | None] = mapped_column(String(64))
+    # Who asked: "api", "batch" or "event"; the same row shape whatever the source.
+    source: Mapped[str] = mapped_column(String(16))
+    # The customer's lifecycle stage when scored (prospect, new, existing, lost).
+    stage: Mapped[str | None] = mapped_column(String(16))
+    # The headline: churn or conversion probability, the predicted tier's, the first offer's.
+    probability: Mapped[float | None] = mapped_column(Float)
+    # Its label: risk band, priority, tier, first product offered.
+    band: Mapped[str | None] = mapped_column(String(64))
+    # Whether the alert policy's threshold for the customer's stage was crossed.
+    alert: Mapped[bool | None] = mapped_column(Boolean)
 
 
 # The Core table behind Score, for set-based statements that need no ORM objects.

@@ -1,0 +1,440 @@
+"""The assessment core: one set of rules computes every score, whoever asks.
+
+API calls, ``cvm score`` (plain and Dask) and, later, event-driven rescoring all call
+``assess_task`` on a block of customers (one row or a million): the lifecycle stage, the
+model's output, the bank's rules on top of it (product eligibility, tier service plans, the
+alert threshold for the customer's stage) and the reasons. Pure: numpy and the models, no I/O,
+no web framework, no database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from app.scoring.feature_schema import FloatMatrix as FloatArray
+from app.scoring.manifest import Objective, Task
+from app.scoring.next_tier import find_next_tier_gap
+from app.scoring.policies import EligibilityRules
+
+if TYPE_CHECKING:  # not imported to run: a compiled model alone scores without LightGBM
+    from app.scoring.compiled import CompiledModel
+    from app.scoring.explain import Explanation
+    from app.scoring.model import ScoringModel
+
+    # LightGBM's model (reasons, value models) or its compiled library alone (scores only).
+    AnyModel: TypeAlias = ScoringModel | CompiledModel
+
+BoolArray: TypeAlias = npt.NDArray[np.bool_]
+
+
+class Stage(StrEnum):
+    """Where a customer is in the relationship: it decides which scores apply."""
+
+    PROSPECT = "prospect"
+    NEW = "new"
+    EXISTING = "existing"
+    LOST = "lost"
+
+
+# Stages travel as int8 codes into this tuple: a million customers' stages are one array.
+STAGES: tuple[Stage, ...] = tuple(Stage)
+STAGE_CODE = {stage: code for code, stage in enumerate(STAGES)}
+StageCodes: TypeAlias = npt.NDArray[np.int8]
+BAND_LABELS = ("low", "medium", "high")
+_BAND_ARRAY = np.array(BAND_LABELS, dtype=object)
+
+# The scores that apply at each stage; a lost customer is not scored for action.
+STAGE_TASKS: dict[Stage, tuple[Task, ...]] = {
+    Stage.PROSPECT: (Task.PROSPECT,),
+    Stage.NEW: (Task.RECOMMENDATION,),
+    Stage.EXISTING: (Task.TIER, Task.RECOMMENDATION, Task.CHURN),
+    Stage.LOST: (),
+}
+
+
+def stage_codes(values: Sequence[str | None]) -> StageCodes:
+    """Stage names as codes; -1 where the stage is not known."""
+    return np.array([STAGE_CODE[Stage(v)] if v else -1 for v in values], dtype=np.int8)
+
+
+def lifecycle_stages(
+    count: int,
+    *,
+    tenure_months: FloatArray | None,
+    given: StageCodes | None = None,
+    unknown: Stage = Stage.PROSPECT,
+    new_customer_months: int = 3,
+) -> StageCodes:
+    """Each customer's stage code: as given where known (code >= 0), else from tenure;
+    ``unknown`` where tenure is missing too (a prospect, unless the task scores customers)."""
+    if tenure_months is None:
+        codes = np.full(count, STAGE_CODE[unknown], dtype=np.int8)
+    else:
+        codes = np.where(
+            np.isnan(tenure_months),
+            STAGE_CODE[unknown],
+            np.where(
+                tenure_months < new_customer_months,
+                STAGE_CODE[Stage.NEW],
+                STAGE_CODE[Stage.EXISTING],
+            ),
+        ).astype(np.int8)
+    if given is not None:
+        codes = np.where(given >= 0, given, codes).astype(np.int8)
+    return codes
+
+
+@dataclass(frozen=True)
+class AlertThresholds:
+    """When a churn score calls for an alert: from a band (or a probability) up, and only at
+    the stages where the bank can still act (never for prospects or lost customers)."""
+
+    min_band: str = "high"
+    min_probability: float | None = None
+    stages: frozenset[Stage] = frozenset({Stage.NEW, Stage.EXISTING})
+
+    def crossed(
+        self, probability: FloatArray, band_codes: npt.NDArray[np.int8], stages: StageCodes
+    ) -> BoolArray:
+        """Per customer, whether the threshold for the customer's stage is crossed."""
+        if self.min_probability is not None:
+            above = probability >= self.min_probability
+        else:
+            above = band_codes >= BAND_LABELS.index(self.min_band)
+        actionable = np.isin(stages, [STAGE_CODE[s] for s in self.stages])
+        return np.asarray(above & actionable, dtype=bool)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The bank's rules applied on top of the models."""
+
+    eligibility: EligibilityRules = field(default_factory=EligibilityRules)
+    service_plans: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    alerts: AlertThresholds = field(default_factory=AlertThresholds)
+    new_customer_months: int = 3
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the caller asked for besides the scores themselves."""
+
+    reasons: int = 5
+    exact: bool = False
+    top_k: int = 3
+    next_tier_gap: bool = True
+
+
+@dataclass(frozen=True)
+class Block:
+    """Customers to assess with one model: ids, the model's feature matrix, their stages."""
+
+    ids: Sequence[str]
+    matrix: FloatArray
+    stages: StageCodes
+
+    def __len__(self) -> int:
+        return len(self.matrix)
+
+    def stage(self, i: int) -> Stage:
+        """Customer ``i``'s stage."""
+        return STAGES[int(self.stages[i])]
+
+
+@dataclass(frozen=True)
+class TaskAssessment:
+    """One model's assessment of a block of customers, as columns.
+
+    ``probability`` and ``band`` are the headline every stored row carries: churn risk and
+    band, conversion and priority, the predicted tier's probability and name, the first
+    offer's propensity and product. ``result(i)`` is customer ``i`` as the API answers it.
+    """
+
+    task: Task
+    model: AnyModel
+    block: Block
+    options: Options
+    rules: Rules
+    probabilities: FloatArray
+    probability: FloatArray
+    band: npt.NDArray[np.object_]
+    alert: BoolArray
+    explanation: Explanation | None = None
+    class_index: npt.NDArray[np.intp] | None = None
+    offers: list[list[int]] | None = None
+    cold_start: list[bool] | None = None
+    gaps: list[dict[str, Any] | None] | None = None
+    value: FloatArray | None = None
+    _explained: dict[tuple[int, int], dict[str, Any] | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    def __len__(self) -> int:
+        return len(self.block)
+
+    @property
+    def model_version(self) -> str:
+        """The version of the model that scored."""
+        return self.model.manifest.version
+
+    def result(self, i: int) -> dict[str, Any]:
+        """Customer ``i``'s result in the API's shape."""
+        body: dict[str, Any] = {
+            "customer_id": self.block.ids[i],
+            "stage": self.block.stage(i).value,
+        }
+        body.update(self.outputs(i))
+        if self.task is Task.RECOMMENDATION:
+            body["products"] = self.offered(i, explained=True)
+        else:
+            body["explanation"] = self.explained(i, self.headline_class(i))
+        return body
+
+    def outputs(self, i: int) -> dict[str, Any]:
+        """What the model and rules say of customer ``i``, without the reasons."""
+        probability = float(self.probability[i])
+        if self.task is Task.CHURN:
+            return {"probability": round(probability, 6), "risk_band": self.band[i]}
+        if self.task is Task.PROSPECT:
+            worth = None if self.value is None else max(float(self.value[i]), 0.0)
+            return {
+                "conversion_probability": round(probability, 6),
+                "value_if_converted": None if worth is None else round(worth, 2),
+                "expected_value": None if worth is None else round(probability * worth, 2),
+                "priority": self.band[i],
+            }
+        if self.task is Task.TIER:
+            tier = str(self.band[i])
+            return {
+                "tier": tier,
+                "probabilities": {
+                    c: round(float(p), 6)
+                    for c, p in zip(self.model.classes, self.probabilities[i], strict=True)
+                },
+                "service_plan": self.rules.service_plans.get(tier),
+                "next_tier_gap": None if self.gaps is None else self.gaps[i],
+            }
+        assert self.cold_start is not None
+        return {"cold_start": self.cold_start[i], "products": self.offered(i, explained=False)}
+
+    def offered(self, i: int, *, explained: bool) -> list[dict[str, Any]]:
+        """Customer ``i``'s offers, best first, with their propensity (and reasons)."""
+        assert self.offers is not None
+        offers = []
+        for j in self.offers[i]:
+            offer: dict[str, Any] = {
+                "product": self.model.classes[j],
+                "propensity": round(float(self.probabilities[i, j]), 6),
+            }
+            if explained:
+                offer["explanation"] = self.explained(i, j)
+            offers.append(offer)
+        return offers
+
+    def headline_class(self, i: int) -> int:
+        """The output class the headline's reasons explain."""
+        if self.class_index is not None:
+            return int(self.class_index[i])
+        return 0
+
+    def explained(self, i: int, class_index: int) -> dict[str, Any] | None:
+        """The wire form of customer ``i``'s reasons for one class (None: none asked for)."""
+        key = (i, class_index)
+        if key not in self._explained:
+            self._explained[key] = self._explain(i, class_index)
+        return self._explained[key]
+
+    def _explain(self, i: int, class_index: int) -> dict[str, Any] | None:
+        if self.explanation is None or self.options.reasons == 0:
+            return None
+        model: ScoringModel = self.model  # type: ignore[assignment]  # explained: LightGBM's
+        row = model.explain_row(
+            self.block.matrix,
+            self.explanation,
+            i,
+            class_index,
+            top=self.options.reasons,
+            exact=self.options.exact,
+        )
+        return {
+            "method": row.method,
+            "raw_score": row.raw_score,
+            "bias": row.bias,
+            "reasons": [r.wire() for r in row.reasons],
+            "other_contribution": row.other_contribution,
+        }
+
+    def stored_reasons(self, i: int) -> list[dict[str, Any]]:
+        """Customer ``i``'s reasons as stored: one explanation, or one per offered product."""
+        if self.task is Task.RECOMMENDATION:
+            assert self.offers is not None
+            offers = [(self.model.classes[j], self.explained(i, j)) for j in self.offers[i]]
+            return [{"product": p, "explanation": e} for p, e in offers if e is not None]
+        explained = self.explained(i, self.headline_class(i))
+        return [] if explained is None else [explained]
+
+    def reason_texts(self, i: int) -> list[str]:
+        """Customer ``i``'s headline reasons worded on one line each (for files)."""
+        if self.task is Task.RECOMMENDATION:
+            assert self.offers is not None
+            if not self.offers[i]:
+                return []
+            explained = self.explained(i, self.offers[i][0])
+        else:
+            explained = self.explained(i, self.headline_class(i))
+        if explained is None:
+            return []
+        return [
+            f"{r['text']} ({r['direction']} {abs(r['contribution']):.3f})"
+            for r in explained["reasons"]
+        ]
+
+
+def assess_task(
+    task: Task,
+    model: AnyModel,
+    block: Block,
+    *,
+    rules: Rules,
+    options: Options,
+    threads: int | None = None,
+) -> TaskAssessment:
+    """Assess a block of customers with one task's model, under the bank's rules."""
+    if model.manifest.task is not task:
+        raise ValueError(f"a {model.manifest.task.value} model cannot assess {task.value}")
+    probabilities, explanation = _outputs(model, block.matrix, options, threads)
+    if task is Task.TIER:
+        return _tier(model, block, rules, options, probabilities, explanation)
+    if task is Task.RECOMMENDATION:
+        return _recommend(model, block, rules, options, probabilities, explanation)
+    if model.manifest.objective is not Objective.BINARY:
+        raise ValueError(f"the {task.value} model must be binary")
+    thresholds = model.manifest.thresholds
+    band_codes = _band_codes(probabilities, thresholds)
+    value = None
+    if task is Task.PROSPECT and getattr(model, "value_booster", None) is not None:
+        value = model.expected_value_if_converted(block.matrix, threads=threads)  # type: ignore[union-attr]
+        band_codes = _band_codes(probabilities * np.maximum(value, 0.0), thresholds)
+    alert = (
+        rules.alerts.crossed(probabilities, band_codes, block.stages)
+        if task is Task.CHURN
+        else np.zeros(len(block), dtype=bool)
+    )
+    return TaskAssessment(
+        task=task,
+        model=model,
+        block=block,
+        options=options,
+        rules=rules,
+        probabilities=probabilities,
+        probability=probabilities,
+        band=_BAND_ARRAY[band_codes],
+        alert=alert,
+        explanation=explanation,
+        value=value,
+    )
+
+
+def _outputs(
+    model: AnyModel, matrix: FloatArray, options: Options, threads: int | None
+) -> tuple[FloatArray, Explanation | None]:
+    """The model's outputs, with the contributions when reasons are asked for."""
+    if options.reasons == 0 and not options.exact:
+        return model.predict(matrix, threads=threads), None
+    if not hasattr(model, "explain"):
+        raise ValueError("reasons are worded from LightGBM: load the model with it")
+    explainable = cast("ScoringModel", model)
+    explanation = explainable.explain(matrix, exact=options.exact)
+    return explainable.probabilities_from_raw(explanation.raw_score), explanation
+
+
+def _band_codes(values: FloatArray, thresholds: Mapping[str, float]) -> npt.NDArray[np.int8]:
+    """0 (low), 1 (medium) or 2 (high) against the manifest's thresholds."""
+    codes = np.zeros(len(values), dtype=np.int8)
+    for code, label in ((1, "medium"), (2, "high")):  # the higher band wins: applied last
+        if label in thresholds:
+            codes[values >= thresholds[label]] = code
+    return codes
+
+
+def _tier(
+    model: AnyModel,
+    block: Block,
+    rules: Rules,
+    options: Options,
+    probabilities: FloatArray,
+    explanation: Explanation | None,
+) -> TaskAssessment:
+    tiers = probabilities.argmax(axis=1)
+    gaps = None
+    if options.next_tier_gap and len(block):
+        gaps = find_next_tier_gap(model, block.matrix, tiers)  # type: ignore[arg-type]
+    return TaskAssessment(
+        task=Task.TIER,
+        model=model,
+        block=block,
+        options=options,
+        rules=rules,
+        probabilities=probabilities,
+        probability=probabilities[np.arange(len(block)), tiers],
+        band=np.array(model.classes, dtype=object)[tiers],
+        alert=np.zeros(len(block), dtype=bool),
+        explanation=explanation,
+        class_index=tiers,
+        gaps=gaps,
+    )
+
+
+def _recommend(
+    model: AnyModel,
+    block: Block,
+    rules: Rules,
+    options: Options,
+    probabilities: FloatArray,
+    explanation: Explanation | None,
+) -> TaskAssessment:
+    products = model.classes
+    schema = model.schema
+    n = len(block)
+    held = np.full((n, len(products)), np.nan)
+    for j, product in enumerate(products):
+        flags = schema.values_of(block.matrix, f"has_{product}")
+        if flags is not None:
+            held[:, j] = flags
+    cold_start = np.isnan(held).all(axis=1)
+    allowed = rules.eligibility.allowed(
+        products,
+        held=held,
+        cold_start=cold_start,
+        age=schema.values_of(block.matrix, "age"),
+        occupation=schema.labels_of(block.matrix, "occupation"),
+    )
+    ranked = np.argsort(-np.where(allowed, probabilities, -np.inf), axis=1, kind="stable")
+    offers = []
+    for row in range(n):
+        candidates = [int(j) for j in ranked[row] if allowed[row, j]]
+        offers.append(rules.eligibility.without_conflicts(products, candidates)[: options.top_k])
+    first = [o[0] if o else None for o in offers]
+    return TaskAssessment(
+        task=Task.RECOMMENDATION,
+        model=model,
+        block=block,
+        options=options,
+        rules=rules,
+        probabilities=probabilities,
+        probability=np.array(
+            [np.nan if j is None else probabilities[i, j] for i, j in enumerate(first)],
+            dtype=np.float64,
+        ),
+        band=np.array([None if j is None else products[j] for j in first], dtype=object),
+        alert=np.zeros(n, dtype=bool),
+        explanation=explanation,
+        offers=offers,
+        cold_start=cold_start.tolist(),
+    )
