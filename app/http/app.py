@@ -20,6 +20,7 @@ from app.config import Settings, get_settings
 from app.db.session import create_db_engine, create_session_factory
 from app.errors import InvalidInput, ServiceError
 from app.http import health
+from app.http.query import RejectUnknownQueryParameters
 from app.modelops import routes as models
 from app.notifications.service import build_dispatcher
 from app.observability import Metrics, RequestContextMiddleware, configure_logging
@@ -124,7 +125,9 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     for router in (health.router, scores.router, history.router, models.router, alerts.router):
         app.include_router(router)
     # Added innermost first: request ids and access logs wrap CORS, which answers preflights
-    # before the security middleware asks for a credential.
+    # before the security middleware asks for a credential; only an authenticated request
+    # learns which query parameters a route takes.
+    app.add_middleware(RejectUnknownQueryParameters, routes=app.router.routes)
     app.add_middleware(SecurityMiddleware, guard=guard)
     if settings.cors_origins:
         app.add_middleware(
