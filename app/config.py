@@ -147,7 +147,10 @@ class Settings(BaseSettings):
         "on the internal network). Off: needs the admin scope.",
     )
     docs_public: bool = Field(
-        default=False, description="Serve /docs and /openapi.json without a credential."
+        default=True,
+        description="Serve /openapi.json without a credential (the /docs page and its assets "
+        "always are). Off: the spec needs any valid credential, so a browser's /docs cannot "
+        "show it (SECURITY.md).",
     )
     jwt_public_key_file: Path | None = Field(
         default=None, description="PEM public key of the token issuer (enables bearer JWTs)."

@@ -35,13 +35,14 @@ from app.config import Settings  # noqa: E402
 from app.db.migrate import upgrade  # noqa: E402
 from app.http.app import create_app  # noqa: E402
 from app.http.deps import ScoresWriter  # noqa: E402
+from app.http.docs import PAGE_PATHS, SPEC_PATH  # noqa: E402
 from app.observability import configure_logging  # noqa: E402
 from app.scoring.manifest import Task  # noqa: E402
 from app.scoring.registry import ModelRegistry  # noqa: E402
 from app.security.api_keys import create_client  # noqa: E402
 from app.security.middleware import SecurityMiddleware  # noqa: E402
 from app.security.principal import ALL_SCOPES  # noqa: E402
-from app.security.setup import DOCS_PATHS, build_guard  # noqa: E402
+from app.security.setup import build_guard  # noqa: E402
 
 
 def churn_body(registry: ModelRegistry) -> bytes:
@@ -147,11 +148,10 @@ async def main() -> None:
     settings = Settings(database_url=url, models_dir=args.models, log_level="INFO")
     configure_logging("INFO", json_logs=True)
 
-    def guarded(**overrides: Any) -> tuple[Any, list[tuple[bytes, bytes]]]:
+    def guarded(**overrides: Any) -> tuple[SecurityMiddleware, list[tuple[bytes, bytes]]]:
         chosen = settings.model_copy(update=overrides)
-        guard = build_guard(
-            chosen, create_app(chosen, registry).state.engine, docs_paths=DOCS_PATHS
-        )
+        engine = create_app(chosen, registry).state.engine
+        guard = build_guard(chosen, engine, docs_paths=PAGE_PATHS, spec_path=SPEC_PATH)
         _, key = create_client(guard.engine, name="bench", scopes=sorted(ALL_SCOPES))
         return SecurityMiddleware(bare_endpoint, guard), [(b"x-api-key", key.encode())]
 
@@ -205,7 +205,8 @@ async def main() -> None:
             for name, (app, scope) in cases.items():
                 n = args.n // 10 if name.startswith("churn") else args.n
                 results[name].append(await time_calls(app, scope, body, n))
-    await shared.guard.limiter.close()  # type: ignore[union-attr]
+    assert shared.guard.limiter is not None  # rate limits are on in these settings
+    await shared.guard.limiter.close()
     print(f"one-customer churn body: {len(body)} bytes; medians of {args.rounds} rounds")
     print(
         compare(

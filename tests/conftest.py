@@ -95,6 +95,9 @@ def settings_for(models_dir: Path) -> Any:
         # Apps that test modules build for themselves send no credentials: authentication is
         # off unless asked for. The `client` fixture and tests/test_security.py turn it on.
         overrides.setdefault("auth_enabled", False)
+        # Scores are committed by a thread of the app: a writer child process costs a second
+        # or more to start per app. Tests of that process ask for it (score_writer="process").
+        overrides.setdefault("score_writer", "thread")
         overrides.setdefault("log_level", "WARNING")
         overrides.setdefault("log_json", True)
         return Settings(database_url=database_url, models_dir=models_dir, **overrides)

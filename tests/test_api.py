@@ -327,7 +327,7 @@ def test_health_ready_metrics_and_docs(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["database"] is True
-    assert ready.json()["writer"] is True  # the score writer's child process is up
+    assert ready.json()["writer"] is True  # the score writer is up
     client.post("/v1/churn/scores", json={})
     metrics = client.get("/metrics").text
     assert 'cvm_http_requests_total{method="POST",route="/v1/churn/scores",status="422"}' in metrics
@@ -362,3 +362,85 @@ def test_request_ids_the_service_generates_are_time_ordered_uuids(client: TestCl
         assert value == parsed.hex
     assert first < second
     assert abs(int(first[:12], 16) / 1000 - time.time()) < 60  # the clock's milliseconds
+
+
+def test_integer_fields_take_whole_floats_and_name_a_fraction(
+    client: TestClient,
+    database_url: str,
+    sample_rows: dict[str, pd.DataFrame],
+    registry: ModelRegistry,
+) -> None:
+    """Parquet snapshots written by pandas hold integer columns as floats (30.0)."""
+    customers = records(sample_rows["existing"], registry, Task.CHURN, 2)
+    whole = [{**c, "tenure_months": float(c["tenure_months"])} for c in customers]
+    answer = client.post("/v1/churn/scores", json={"customers": whole})
+    assert answer.status_code == 200, answer.text
+    columns = {name: [c[name] for c in whole] for name in whole[0]}
+    assert client.post("/v1/churn/scores", json={"columns": columns}).status_code == 200
+
+    fraction = [{**whole[0], "tenure_months": 30.5}, whole[1]]
+    refused = client.post("/v1/churn/scores", json={"customers": fraction})
+    assert refused.status_code == 422
+    assert refused.json()["errors"] == [
+        {
+            "field": "customers[0].tenure_months",
+            "message": "Input should be a whole number, got 30.5",
+            "type": "int_from_float",
+        }
+    ]
+    assert "customers[0].tenure_months" in refused.json()["detail"]
+    columns["tenure_months"] = [columns["tenure_months"][0], 30.5]
+    refused = client.post("/v1/churn/scores", json={"columns": columns})
+    assert refused.status_code == 422
+    assert [e["field"] for e in refused.json()["errors"]] == ["columns.tenure_months[1]"]
+    assessed = client.post("/v1/assessments", json={**whole[0], "tenure_months": 30.5})
+    assert assessed.status_code == 422
+    assert [e["field"] for e in assessed.json()["errors"]] == ["tenure_months"]
+    assert stored_count(database_url, [c["customer_id"] for c in customers]) == 4
+
+
+def test_a_body_with_customers_and_columns_is_refused_saying_so(
+    client: TestClient, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
+) -> None:
+    customers = records(sample_rows["existing"], registry, Task.CHURN, 1)
+    columns = {name: [value] for name, value in customers[0].items()}
+    answer = client.post("/v1/churn/scores", json={"customers": customers, "columns": columns})
+    assert answer.status_code == 422
+    (error,) = answer.json()["errors"]
+    assert error["type"] == "customers_and_columns"
+    assert error["message"] == (
+        "the body has both 'customers' and 'columns'; send one of them, not both"
+    )
+    neither = client.post("/v1/churn/scores", json={"reasons": 3})
+    assert neither.status_code == 422
+    assert neither.json()["errors"][0]["type"] == "customers_or_columns"
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "unknown"),
+    [
+        ("GET", "/v1/alerts?foo=1", ["foo"]),
+        ("GET", "/v1/alerts?status=open&zeta=&alpha=2", ["alpha", "zeta"]),
+        ("GET", "/v1/customers/X/scores?bogus=", ["bogus"]),
+        ("GET", "/v1/models?verbose=1", ["verbose"]),
+        ("GET", "/v1/alerts/1?x=1", ["x"]),
+        ("POST", "/v1/churn/scores?dry_run=true", ["dry_run"]),
+        ("GET", "/healthz?probe=1", ["probe"]),
+    ],
+)
+def test_unknown_query_parameters_are_named_in_a_422(
+    client: TestClient, method: str, url: str, unknown: list[str]
+) -> None:
+    answer = client.request(method, url, json={} if method == "POST" else None)
+    assert answer.status_code == 422, answer.text
+    problem = answer.json()
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert [e["field"] for e in problem["errors"]] == [f"query.{name}" for name in unknown]
+    assert all(repr(name) in problem["detail"] for name in unknown)
+
+
+def test_declared_query_parameters_still_pass(client: TestClient) -> None:
+    assert client.get("/v1/alerts?status=open&limit=5&offset=0").status_code == 200
+    assert client.get("/v1/customers/X/scores?task=churn&limit=2").status_code == 200
+    assert client.get("/v1/models/churn").status_code == 200
+    assert client.get("/v1/nowhere?foo=1").status_code == 404  # unknown route: 404 as before

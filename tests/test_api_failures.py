@@ -144,7 +144,7 @@ def test_a_score_writer_that_cannot_come_back_fails_liveness(
     url = f"sqlite:///{tmp_path / 'writer.db'}"
     upgrade(url)
     customers = churn_customers(sample_rows["existing"], registry, 2)
-    app = create_app(settings_for(url), registry)
+    app = create_app(settings_for(url, score_writer="process"), registry)
     with TestClient(app) as client:
         assert client.post("/v1/churn/scores", json={"customers": customers[:1]}).status_code == 200
         writer = app.state.scoring.writer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -119,20 +120,33 @@ def _client_id(app: FastAPI, key: str) -> str:
     return principal.client_id
 
 
-def test_health_is_public_metrics_public_by_default_docs_need_a_key(make_app: Any) -> None:
+def test_health_docs_and_metrics_are_public_by_default(make_app: Any) -> None:
     app, client = make_app()
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
     assert client.get("/metrics").status_code == 200
-    assert client.get("/openapi.json").status_code == 401
-    assert client.get("/docs").status_code == 401
-    headers = key_for(app.state.engine, "models:read")
-    assert client.get("/openapi.json", headers=headers).status_code == 200
-    spec = client.get("/openapi.json", headers=headers).json()
-    assert set(spec["components"]["securitySchemes"]) == {"ApiKey", "Bearer"}
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    # The Authorize button of /docs offers both schemes: an API key header or a bearer token.
+    assert spec["components"]["securitySchemes"] == {
+        "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        "Bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key (cvm_...) or an OAuth2 access token (JWT).",
+        },
+    }
     operation = spec["paths"]["/v1/churn/scores"]["post"]
+    assert operation["security"] == [{"ApiKey": []}, {"Bearer": []}]
     assert {"401", "403", "413", "422", "429"} <= set(operation["responses"])
     assert "security" not in spec["paths"]["/healthz"]["get"]
+    assert client.get("/v1/models").status_code == 401  # the API itself is not
+
+    app, client = make_app(docs_public=False)
+    assert client.get("/openapi.json").status_code == 401
+    assert client.get("/docs").status_code == 200  # the page holds nothing of ours
+    headers = key_for(app.state.engine, "models:read")
+    assert client.get("/openapi.json", headers=headers).status_code == 200
 
     app, client = make_app(metrics_public=False)
     assert client.get("/metrics").status_code == 401
@@ -641,3 +655,30 @@ def test_cli_creates_lists_and_revokes_clients(
         assert bad.exit_code == 2
     finally:
         get_settings.cache_clear()
+
+
+def test_docs_load_offline_without_a_key(make_app: Any) -> None:
+    """The docs page and everything it loads come from this service, without a credential."""
+    _, client = make_app()
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert re.search(r"https?://", html) is None  # no CDN, no other host at all
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+    spec = re.findall(r"""url: ?["']([^"']+)["']""", html)
+    assert spec == ["/openapi.json"]
+    assert {a.rsplit(".", 1)[-1] for a in assets} == {"js", "css", "png"}
+    for url in [*assets, *spec]:
+        assert url.startswith("/"), url
+        answer = client.get(url)
+        assert answer.status_code == 200, url
+        assert answer.content
+    script = next(url for url in assets if url.endswith(".js"))
+    assert "SwaggerUIBundle" in client.get(script).text
+    # The page's policy lets it load from this origin only.
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "http" not in policy
+    assert "frame-ancestors 'none'" in policy
+    # The rest of the folder is not public: only the files the page names.
+    assert client.get("/docs/assets/__init__.py").status_code == 401
+    assert client.get("/redoc").status_code == 401  # not served (it needs a CDN); no hint

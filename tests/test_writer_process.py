@@ -175,11 +175,14 @@ def test_the_settings_choose_the_writer(tmp_path: Any, settings_for: Any) -> Non
     file_engine = create_db_engine(url)
     memory_engine = create_db_engine("sqlite://")
     try:
-        assert isinstance(build_score_writer(settings_for(url), file_engine), ProcessWriter)
+        assert isinstance(
+            build_score_writer(settings_for(url, score_writer="process"), file_engine),
+            ProcessWriter,
+        )
         threaded = settings_for(url, score_writer="thread")
         assert isinstance(build_score_writer(threaded, file_engine), GroupCommitWriter)
         # A database that lives in this process cannot be written from another.
-        in_memory = settings_for("sqlite://")
+        in_memory = settings_for("sqlite://", score_writer="process")
         assert isinstance(build_score_writer(in_memory, memory_engine), GroupCommitWriter)
     finally:
         file_engine.dispose()

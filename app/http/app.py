@@ -20,6 +20,8 @@ from app.config import Settings, get_settings
 from app.db.session import create_db_engine, create_session_factory
 from app.errors import InvalidInput, ServiceError
 from app.http import health
+from app.http.docs import PAGE_PATHS, SPEC_PATH, add_docs
+from app.http.query import RejectUnknownQueryParameters
 from app.modelops import routes as models
 from app.notifications.service import build_dispatcher
 from app.observability import Metrics, RequestContextMiddleware, configure_logging
@@ -32,7 +34,7 @@ from app.scoring.writer_process import build_score_writer
 from app.security.middleware import SecurityMiddleware
 from app.security.openapi import document_security
 from app.security.pseudonyms import Pseudonymizer
-from app.security.setup import DOCS_PATHS, build_guard
+from app.security.setup import build_guard
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("cvm")
@@ -60,7 +62,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         alerts=ChurnAlerts.from_settings(settings),
         pseudonymizer=(pseudonymizer := Pseudonymizer.from_settings(settings)),
     )
-    guard = build_guard(settings, engine, docs_paths=DOCS_PATHS)
+    guard = build_guard(settings, engine, docs_paths=PAGE_PATHS, spec_path=SPEC_PATH)
     # The in-process dispatcher is optional: `cvm dispatch` can deliver the outbox instead.
     dispatcher = build_dispatcher(settings, engine) if settings.dispatch_in_process else None
     metrics = Metrics()
@@ -110,6 +112,11 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         ),
         version="0.1.0",
         lifespan=lifespan,
+        openapi_url=SPEC_PATH,
+        # FastAPI's own pages load Swagger UI and ReDoc from CDNs; add_docs serves the former.
+        docs_url=None,
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     app.state.settings = settings
     app.state.registry = registry
@@ -122,8 +129,11 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.metrics = metrics
     for router in (health.router, scores.router, history.router, models.router, alerts.router):
         app.include_router(router)
+    add_docs(app)
     # Added innermost first: request ids and access logs wrap CORS, which answers preflights
-    # before the security middleware asks for a credential.
+    # before the security middleware asks for a credential; only an authenticated request
+    # learns which query parameters a route takes.
+    app.add_middleware(RejectUnknownQueryParameters, routes=app.router.routes)
     app.add_middleware(SecurityMiddleware, guard=guard)
     if settings.cors_origins:
         app.add_middleware(

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
+from pydantic_core import PydanticCustomError
 
 from app.scoring.feature_schema import FeatureKind, FeatureSchema, FeatureSpec
 from app.scoring.manifest import Task
@@ -35,6 +36,23 @@ ExplainMethod = Annotated[
 ]
 
 
+def integral(value: Any) -> Any:
+    """A whole float (``30.0``, as Parquet and pandas write integer columns) as an int.
+
+    Models are strict (no strings for numbers), so this is the one conversion allowed;
+    ``30.5`` is refused here, naming the field.
+    """
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise PydanticCustomError(
+                "int_from_float",
+                "Input should be a whole number, got {value}",
+                {"value": value},
+            )
+        return int(value)
+    return value
+
+
 def feature_annotation(feature: FeatureSpec) -> Any:
     """The pydantic type of one feature, with its constraints and documentation."""
     extra: dict[str, Any] = {}
@@ -59,6 +77,9 @@ def feature_annotation(feature: FeatureSpec) -> Any:
         if number_type is float:
             bounds["allow_inf_nan"] = False
         base = Annotated[number_type, Field(**bounds)]
+        if number_type is int:
+            # Outside the bounds, so that the schema still shows minimum and maximum.
+            base = Annotated[base, BeforeValidator(integral)]
     return Annotated[base, info]
 
 
@@ -152,8 +173,16 @@ def score_request_model(task: Task, schema: FeatureSchema) -> type[ScoreRequestB
 
     def one_layout(self: ScoreRequestBase) -> ScoreRequestBase:
         given = [name for name in ("customers", "columns") if getattr(self, name) is not None]
-        if len(given) != 1:
-            raise ValueError("send exactly one of 'customers' (objects) or 'columns' (arrays)")
+        if len(given) == 2:
+            raise PydanticCustomError(
+                "customers_and_columns",
+                "the body has both 'customers' and 'columns'; send one of them, not both",
+            )
+        if not given:
+            raise PydanticCustomError(
+                "customers_or_columns",
+                "the body has neither 'customers' (objects) nor 'columns' (arrays); send one",
+            )
         return self
 
     extra_fields: dict[str, Any] = {}

@@ -15,8 +15,6 @@ from app.security.rate_limit import RateLimiter
 from app.security.tokens import TokenVerifier
 
 ALWAYS_PUBLIC = frozenset({"/healthz", "/readyz"})
-# FastAPI's documentation routes (its defaults, which create_app keeps).
-DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 # Keys records of idempotent requests when no deployment secret is set.
 _DEFAULT_IDEMPOTENCY_SECRET = b"cvm-idempotency-v1"
 
@@ -39,13 +37,19 @@ def build_rate_limiter(settings: Settings) -> RateLimiter | None:
     )
 
 
-def build_guard(settings: Settings, engine: Engine, *, docs_paths: frozenset[str]) -> Guard:
-    """Everything the security middleware needs."""
-    public = set(ALWAYS_PUBLIC)
+def build_guard(
+    settings: Settings, engine: Engine, *, docs_paths: frozenset[str], spec_path: str
+) -> Guard:
+    """Everything the security middleware needs.
+
+    ``docs_paths`` (the docs page and its static files) are always public: they hold Swagger
+    UI and nothing of ours. ``spec_path`` (the OpenAPI document) is public with ``docs_public``.
+    """
+    public = set(ALWAYS_PUBLIC) | docs_paths
     if settings.metrics_public:
         public.add("/metrics")
     if settings.docs_public:
-        public |= docs_paths
+        public.add(spec_path)
     tokens = None
     if settings.jwt_public_key_file is not None or settings.jwt_jwks_file is not None:
         assert settings.jwt_issuer is not None and settings.jwt_audience is not None
