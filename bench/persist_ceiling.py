@@ -90,6 +90,11 @@ def group_rows(customers: list[tuple[str, dict[str, Any]]], at: datetime) -> lis
             features=features,
             created_at=at,
             tenant=None,
+            source="api",
+            stage="existing",
+            probability=0.031415,
+            band="low",
+            alert=False,
         )
         for customer_id, features in customers
     ]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,29 +111,3 @@ def test_recommendation_rows_are_real_additions(prepared_book: pd.DataFrame) -> 
     product = PRODUCTS[int(frame.target.iloc[0])]
     flag = frame.features[f"has_{product}"].iloc[0]
     assert flag == 0.0  # not held in the month the features describe
-
-
-def test_serving_never_imports_training() -> None:
-    code = (
-        "import sys, app.http.app, app.batch.service\n"
-        "bad = sorted(m for m in sys.modules if m.startswith('app.training'))\n"
-        "assert not bad, bad\n"
-        "print('ok')\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
-
-
-def test_ml_layer_knows_no_web_or_database() -> None:
-    code = (
-        "import sys, app.scoring.registry, app.scoring.arrow, app.scoring.explain\n"
-        "web = {'fastapi', 'sqlalchemy', 'starlette'}\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in web)\n"
-        "assert not bad, bad\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr

@@ -190,6 +190,8 @@ class TaskAssessment:
             "stage": self.block.stage(i).value,
         }
         body.update(self.outputs(i))
+        if self.task is Task.CHURN:
+            body["alert"] = bool(self.alert[i])
         if self.task is Task.RECOMMENDATION:
             body["products"] = self.offered(i, explained=True)
         else:

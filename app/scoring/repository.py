@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NotRequired, TypedDict
 
-import orjson
 from sqlalchemy import ColumnElement, Connection, Dialect, false, func, select, text
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
@@ -117,31 +116,17 @@ def insert_scores(target: Connection | Session, *, rows: Sequence[ScoreRow | Enc
     This is the hot path of every scoring call, so it skips SQLAlchemy's per-row parameter
     processing: JSON is serialised once with orjson, each distinct timestamp goes through the
     column type's own bind processor once, and the driver gets plain tuples (COPY on
-    PostgreSQL, one executemany on SQLite). Other dialects take the Core INSERT.
+    PostgreSQL, one executemany on SQLite, the two databases CVM runs on).
     """
     if not rows:
         return 0
     connection = target.connection() if isinstance(target, Session) else target
     encoded = encode_scores(rows)
     dialect = connection.dialect
-    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+    if dialect.name == "postgresql":  # psycopg 3, the driver create_db_engine uses
         _copy_scores(connection, encoded)
-    elif dialect.name == "sqlite":
-        connection.exec_driver_sql(_SQLITE_INSERT, _driver_tuples(dialect, encoded))
     else:
-        connection.execute(
-            score_table.insert(),
-            [
-                dict(
-                    zip(
-                        _COLUMNS,
-                        (*e[:5], *map(orjson.loads, e[5:8]), _timestamp(e[8]), *e[9:]),
-                        strict=True,
-                    )
-                )
-                for e in encoded
-            ],
-        )
+        connection.exec_driver_sql(_SQLITE_INSERT, _driver_tuples(dialect, encoded))
     return len(rows)
 
 

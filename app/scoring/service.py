@@ -87,6 +87,8 @@ def invalid_input(error: ValidationError) -> InvalidInput:
         {"field": field_path(e["loc"]), "message": e["msg"], "type": e["type"]}
         for e in error.errors(include_url=False, include_input=False)
     ]
+    if [e["field"] for e in errors] == ["body"]:  # the body as a whole: its message says why
+        return InvalidInput(str(errors[0]["message"]), extra={"errors": errors})
     fields = ", ".join(e["field"] for e in errors[:5])
     more = f" and {len(errors) - 5} more" if len(errors) > 5 else ""
     return InvalidInput(f"invalid field(s): {fields}{more}", extra={"errors": errors})
