@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -185,3 +186,52 @@ def test_plot_draws_each_model_card(task: str, models_dir: Path, tmp_path: Path)
 def test_plot_needs_a_model_folder(tmp_path: Path) -> None:
     result = runner.invoke(cli, ["plot", str(tmp_path), "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "no manifest.json" in result.output
+
+
+def bad_snapshots(good: pa.Table, folder: Path) -> dict[str, tuple[Path, str | None]]:
+    """Inputs `cvm score` must refuse, each with the column its message must name."""
+    age = good.schema.get_field_index("age")
+    region = good.schema.get_field_index("region")
+    nested = pa.array([[value] for value in good.column("region").to_pylist()])
+    cases = {
+        "missing column": (good.drop_columns(["age"]), "age"),
+        "no id column": (good.drop_columns(["customer_id"]), "customer_id"),
+        "dates for a number": (good.set_column(age, "age", good.column("snapshot_date")), "age"),
+        "lists for a category": (good.set_column(region, "region", nested), "region"),
+    }
+    files: dict[str, tuple[Path, str | None]] = {}
+    for name, (table, column) in cases.items():
+        path = folder / f"{name.replace(' ', '-')}.parquet"
+        pq.write_table(table, path)
+        files[name] = (path, column)
+    unreadable = folder / "unreadable.parquet"
+    unreadable.write_bytes(b"not a Parquet file " * 20)
+    files["unreadable file"] = (unreadable, None)
+    return files
+
+
+def test_score_refuses_a_bad_snapshot_in_one_line(
+    models_dir: Path, prepared_book: pd.DataFrame, tmp_path: Path
+) -> None:
+    good = pa.Table.from_pandas(prepared_book.head(200), preserve_index=False)
+    for name, (path, column) in bad_snapshots(good, tmp_path).items():
+        result = runner.invoke(
+            cli,
+            [
+                "score",
+                "churn",
+                "--model",
+                str(models_dir / "churn" / "1"),
+                "--input",
+                str(path),
+                "--output",
+                str(tmp_path / "scores.parquet"),
+            ],
+        )
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2, (name, result.output)
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, result.output)
+        assert str(path) in lines[0], name
+        assert column is None or repr(column) in lines[0], (name, lines[0])
+        assert not (tmp_path / "scores.parquet").exists()
+

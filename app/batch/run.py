@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import pyarrow as pa
+
 from app.scoring.lean_import import optional_packages_hidden
 from app.scoring.manifest import Task
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:  # imported when a run starts: `cvm --help` needs none of them
     from app.batch.persist import DatabaseChunkSink
     from app.batch.service import BatchModel, BatchSummary
     from app.config import Settings
+    from app.scoring.feature_schema import FeatureSchema
     from app.security.pseudonyms import Pseudonymizer
 
 
@@ -104,6 +107,7 @@ def run_batch(
         )
         if not input_path.exists():
             raise BatchRunError(f"input not found: {input_path}")
+        check_input(input_path, model.schema, id_column or model.manifest.id_column)
         persistence = _persistence(settings) if persist else None
         started = time.perf_counter()
         if dask is not None:
@@ -136,6 +140,61 @@ def run_batch(
                 progress=progress,
             )
     return BatchRun(summary, model_dir, engine_name, time.perf_counter() - started)
+
+
+def check_input(input_path: Path, schema: FeatureSchema, id_column: str) -> None:
+    """Refuse, before a row is read, an input that cannot be read, lacks a column the model
+    needs or holds one in a type it cannot read: one line naming the file and the column."""
+    from app.batch.service import input_schema, is_parquet
+    from app.scoring.arrow import MissingColumnsError, check_columns
+
+    try:
+        columns = input_schema(input_path)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        kind = "Parquet" if is_parquet(input_path) else "CSV"
+        raise BatchRunError(
+            f"{input_path}: cannot be read as {kind}: {_one_line(error)}"
+        ) from error
+    try:
+        check_columns(schema, columns.names)
+    except MissingColumnsError as error:
+        raise BatchRunError(f"{input_path}: {error}") from error
+    if id_column not in columns.names:
+        raise BatchRunError(f"{input_path}: no id column {id_column!r} (name another with --id)")
+    if pa.types.is_nested(columns.field(id_column).type):
+        raise BatchRunError(
+            f"{input_path}: id column {id_column!r} holds {columns.field(id_column).type}, "
+            "not text or numbers"
+        )
+    for feature in schema.features:
+        if feature.column in columns.names:
+            kind = columns.field(feature.column).type
+            if not _readable_feature_type(kind):
+                raise BatchRunError(
+                    f"{input_path}: column {feature.column!r} holds {kind}; the model reads "
+                    f"{feature.name} from numbers, booleans or text"
+                )
+
+
+def _readable_feature_type(kind: pa.DataType) -> bool:
+    """Whether the encoder reads a feature from a column of this type (text is parsed value by
+    value, and a value that does not parse rejects its row alone)."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return bool(
+        pa.types.is_null(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_decimal(kind)
+        or pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+    )
+
+
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line (Arrow's may span several)."""
+    return " ".join(str(error).split())
 
 
 def _default_model_dir(settings: Settings, task: Task) -> Path:
@@ -241,8 +300,12 @@ def _score_on_dask(
                 alerts=None if persistence is None else persistence.alerts,
                 on_partition=progress.advance,
             )
+        except OSError as error:  # reading the input or writing the output: names the file
+            raise BatchRunError(_one_line(error)) from error
+        except pa.ArrowException as error:  # the input, from the first row on
+            raise BatchRunError(f"{input_path}: {_one_line(error)}") from error
         except ValueError as error:
-            raise BatchRunError(str(error)) from error
+            raise BatchRunError(_one_line(error)) from error
 
 
 def _score_here(
@@ -274,8 +337,12 @@ def _score_here(
                 sink=sink,
                 on_chunk=progress.advance,
             )
+        except OSError as error:  # reading the input or writing the output: names the file
+            raise BatchRunError(_one_line(error)) from error
+        except pa.ArrowException as error:  # the input, from the first row on
+            raise BatchRunError(f"{input_path}: {_one_line(error)}") from error
         except ValueError as error:
-            raise BatchRunError(str(error)) from error
+            raise BatchRunError(_one_line(error)) from error
     if sink is not None:
         summary.run_id = sink.run_id
     return summary

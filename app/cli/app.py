@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -37,6 +38,7 @@ def progress_bar() -> Progress:
 
 
 def fail(message: str) -> typer.Exit:
-    """Print one error line; the exit (code 2) for the caller to raise."""
-    console.print(f"[red]error:[/red] {message}")
+    """Print the error on one line (never wrapped, brackets shown as they are); the exit
+    (code 2) for the caller to raise."""
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     return typer.Exit(code=2)
