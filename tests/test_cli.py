@@ -235,3 +235,41 @@ def test_score_refuses_a_bad_snapshot_in_one_line(
         assert column is None or repr(column) in lines[0], (name, lines[0])
         assert not (tmp_path / "scores.parquet").exists()
 
+
+def test_the_reject_file_gives_the_true_reason(
+    models_dir: Path, prepared_book: pd.DataFrame, tmp_path: Path
+) -> None:
+    """An unseen category (or a word where a number belongs) is named as such, not reported as
+    the missing value it becomes once encoded."""
+    known = prepared_book[
+        (prepared_book["lifecycle"] == "existing") & (prepared_book["history_months"] >= 3)
+    ]
+    rows = known.drop_duplicates("customer_id").head(20).copy()
+    rows["income"] = rows["income"].astype(object)
+    rows.loc[rows.index[3], "region"] = "atlantis"
+    rows.loc[rows.index[5], "income"] = "plenty"
+    source = tmp_path / "customers.csv"
+    rows.to_csv(source, index=False)
+    output = tmp_path / "scores.parquet"
+    result = runner.invoke(
+        cli,
+        [
+            "score",
+            "churn",
+            "--model",
+            str(models_dir / "churn" / "1"),
+            "--input",
+            str(source),
+            "--output",
+            str(output),
+            "--reasons",
+            "0",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rejects = pd.read_csv(output.with_name("scores.rejects.csv")).set_index("customer_id")
+    ids = rows["customer_id"]
+    assert rejects["reason"].to_dict() == {
+        ids.iloc[3]: "region: unknown category",
+        ids.iloc[5]: "income: not a number",
+    }
