@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 from app.cli.main import cli
 from app.config import PROJECT_ROOT
 from app.db.migrate import current, head, upgrade
+from app.training.train import MAX_ROUNDS
 
 runner = CliRunner()
 
@@ -41,17 +43,30 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert "Usage" in result.output
 
 
+def final_progress(output: str) -> tuple[int, int]:
+    """The last ``done/total`` a progress bar printed."""
+    counts = re.findall(r"\s(\d+)/(\d+)\s", output)
+    assert counts, output
+    done, total = counts[-1]
+    return int(done), int(total)
+
+
 def test_synth_train_score_round_trip(tmp_path: Path) -> None:
+    """Every progress bar ends full: training's too, although early stopping ends it before
+    the most rounds it may run (it used to stop at 159/400)."""
     book = tmp_path / "book"
     result = runner.invoke(
         cli, ["synth", "--customers", "1500", "--months", "15", "--seed", "3", "--out", str(book)]
     )
     assert result.exit_code == 0, result.output
     assert (book / "book.parquet").exists()
+    assert final_progress(result.output) == (15, 15)
     model_dir = tmp_path / "models" / "churn" / "1"
     result = runner.invoke(cli, ["train", "churn", "--book", str(book), "--out", str(model_dir)])
     assert result.exit_code == 0, result.output
     assert "roc_auc" in result.output
+    done, total = final_progress(result.output)
+    assert done == total < MAX_ROUNDS  # stopped early, and said it was done
     snapshot = tmp_path / "snapshot.parquet"
     result = runner.invoke(cli, ["snapshot", "--book", str(book), "--out", str(snapshot)])
     assert result.exit_code == 0, result.output
@@ -74,6 +89,7 @@ def test_synth_train_score_round_trip(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     scored = pq.read_table(output)
     assert scored.num_rows > 0 and "probability" in scored.column_names
+    assert final_progress(result.output) == (pq.read_metadata(snapshot).num_rows,) * 2
     assert "rejected" in result.output  # prospects and short histories lack churn features
 
 
