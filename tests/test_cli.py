@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from typer.testing import CliRunner
 from app.cli.main import cli
 from app.config import PROJECT_ROOT
 from app.db.migrate import current, head, upgrade
+from app.scoring.manifest import Task
 from app.training.train import MAX_ROUNDS
 
 runner = CliRunner()
@@ -289,3 +291,63 @@ def test_the_reject_file_gives_the_true_reason(
         ids.iloc[3]: "region: unknown category",
         ids.iloc[5]: "income: not a number",
     }
+
+
+def active_marks(output: str) -> dict[tuple[str, str], str]:
+    """(task, version) -> the 'active' cell of each row `cvm models` printed."""
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in output.splitlines()]
+    return {(row[0], row[1]): row[2] for row in rows if len(row) == 6}
+
+
+def test_models_marks_the_version_the_service_serves(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.config import get_settings
+    from app.scoring.manifest import Manifest
+    from app.scoring.registry import ModelRegistry
+
+    root = tmp_path / "models"
+    for version in ("1", "2", "10"):  # 10 is the newest: versions sort as numbers
+        shutil.copytree(models_dir / "churn" / "1", root / "churn" / version)
+        manifest = Manifest.load(root / "churn" / version)
+        manifest.model_copy(update={"version": version}).save(root / "churn" / version)
+    shutil.copytree(models_dir / "tier" / "1", root / "tier" / "1")
+    monkeypatch.setenv("CVM_MODELS_DIR", str(root))
+    for pins, churn_active in [({}, ("10", "yes")), ({"churn": "2"}, ("2", "yes (pinned)"))]:
+        monkeypatch.setenv("CVM_MODEL_VERSIONS", json.dumps(pins))
+        get_settings.cache_clear()
+        try:
+            result = runner.invoke(cli, ["models"])
+        finally:
+            get_settings.cache_clear()
+        assert result.exit_code == 0, result.output
+        version, mark = churn_active
+        assert active_marks(result.output) == {
+            ("churn", "1"): "",
+            ("churn", "2"): mark if version == "2" else "",
+            ("churn", "10"): mark if version == "10" else "",
+            ("tier", "1"): "yes",
+        }
+        served = ModelRegistry.load(root, pinned=pins).get(Task.CHURN)
+        assert served is not None and served.manifest.version == version
+
+
+def test_score_refuses_a_pin_to_a_missing_version(
+    prepared_book: pd.DataFrame, models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --model, `cvm score` uses the version the service serves, pins included."""
+    from app.config import get_settings
+
+    source = tmp_path / "customers.parquet"
+    prepared_book.head(50).to_parquet(source, index=False)
+    monkeypatch.setenv("CVM_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("CVM_MODEL_VERSIONS", '{"churn": "9"}')
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(
+            cli, ["score", "churn", "--input", str(source), "--output", str(tmp_path / "o.pq")]
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2
+    assert "pins churn to '9'" in result.output

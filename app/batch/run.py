@@ -198,12 +198,19 @@ def _one_line(error: BaseException) -> str:
 
 
 def _default_model_dir(settings: Settings, task: Task) -> Path:
-    from app.scoring.registry import available_versions
+    """The folder of the model the service serves: pinned in settings, else the newest."""
+    from app.scoring.registry import active_version, available_versions
 
     versions = available_versions(settings.models_dir, task)
-    if not versions:
+    version = active_version(versions, settings.model_versions.get(task.value))
+    if version is None:
         raise BatchRunError(f"no {task.value} model under {settings.models_dir}")
-    return settings.models_dir / task.value / versions[-1]
+    if version not in versions:
+        raise BatchRunError(
+            f"CVM_MODEL_VERSIONS pins {task.value} to {version!r}, "
+            f"which is not under {settings.models_dir / task.value}"
+        )
+    return settings.models_dir / task.value / version
 
 
 def _load_model(
