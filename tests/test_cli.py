@@ -9,11 +9,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from matplotlib.text import Text
 from typer.testing import CliRunner
 
 from app.cli.main import cli
@@ -351,3 +354,40 @@ def test_score_refuses_a_pin_to_a_missing_version(
         get_settings.cache_clear()
     assert result.exit_code == 2
     assert "pins churn to '9'" in result.output
+
+
+def figure_texts(figure: Any) -> str:
+    """Every piece of text drawn on a figure: titles, axis labels, legends, annotations."""
+    return " | ".join(t.get_text() for t in figure.findobj(Text) if t.get_text())
+
+
+def test_plots_label_the_split_they_show(tmp_path: Path, models_dir: Path) -> None:
+    """A model trained on a random split is not labelled "test month" (it was)."""
+    from app.scoring.manifest import Manifest
+    from app.training.report import model_card_figure
+
+    rng = np.random.default_rng(5)
+    n = 600
+    signal = rng.normal(size=n)
+    frame = pd.DataFrame(
+        {
+            "cust_no": [f"K{i}" for i in range(n)],
+            "balance": signal * 1000 + rng.normal(size=n) * 300,
+            "products": rng.integers(1, 4, size=n),
+            "country": rng.choice(["fr", "de", "es"], size=n),
+            "left": (signal + rng.normal(size=n) > 1).astype(int),
+        }
+    )
+    data = tmp_path / "bank.csv"
+    frame.to_csv(data, index=False)
+    model_dir = tmp_path / "models" / "churn" / "5"
+    source = ["--data", str(data), "--target", "left", "--id", "cust_no"]
+    trained = runner.invoke(cli, ["train", "churn", *source, "--out", str(model_dir)])
+    assert trained.exit_code == 0, trained.output
+    random_split = figure_texts(model_card_figure(Manifest.load(model_dir)))
+    assert "random 15% test split" in random_split and "month" not in random_split
+    by_month = figure_texts(model_card_figure(Manifest.load(models_dir / "churn" / "1")))
+    assert "test month" in by_month and "random" not in by_month
+    out = tmp_path / "card.png"
+    assert runner.invoke(cli, ["plot", str(model_dir), "--out", str(out)]).exit_code == 0
+    assert out.read_bytes().startswith(b"\x89PNG")
