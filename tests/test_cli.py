@@ -16,7 +16,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import typer
 from matplotlib.text import Text
+from typer.core import TyperGroup, TyperOption
 from typer.testing import CliRunner
 
 from app.cli.main import cli
@@ -28,24 +30,41 @@ from app.training.train import MAX_ROUNDS
 runner = CliRunner()
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        [],
-        ["synth"],
-        ["train"],
-        ["snapshot"],
-        ["score"],
-        ["models"],
-        ["db"],
-        ["db", "upgrade"],
-        ["serve"],
-    ],
-)
-def test_every_command_has_help(command: list[str]) -> None:
-    result = runner.invoke(cli, [*command, "--help"])
+def command_paths(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and group under ``command``, as the words that invoke it."""
+    paths = [path]
+    if isinstance(command, TyperGroup):
+        for name, sub in command.commands.items():
+            paths += command_paths(sub, (*path, name))
+    return paths
+
+
+ROOT = typer.main.get_command(cli)
+COMMANDS = command_paths(ROOT)
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda path: " ".join(path) or "cvm")
+def test_every_command_has_help_with_metavars_and_an_example(path: tuple[str, ...]) -> None:
+    """Each option that takes a value names it (FILE, N, COLUMN...), a flag shows none, and
+    the help ends with an invocation of the command to copy."""
+    result = runner.invoke(cli, [*path, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
+    example = result.output[result.output.index("Example:") :]
+    assert " ".join(["cvm", *path]) in example
+    command = ROOT
+    for name in path:
+        assert isinstance(command, TyperGroup)
+        command = command.commands[name]
+    for param in command.params:
+        if isinstance(param, TyperOption) and param.name not in HIDDEN_OPTIONS:
+            if param.is_flag:
+                assert param.metavar == "", param.name
+            else:
+                assert param.metavar and param.metavar in result.output, param.name
+
+
+HIDDEN_OPTIONS = {"install_completion", "show_completion"}
 
 
 def final_progress(output: str) -> tuple[int, int]:

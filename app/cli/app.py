@@ -15,8 +15,18 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+
+def example(*invocations: str) -> str:
+    """A command's help epilog: invocations to copy, one a line."""
+    return "Example:\n" + "\n".join(f"  {line}" for line in invocations)
+
+
 cli = typer.Typer(
     help="CVM: customer value scoring for retail banks.",
+    epilog=example(
+        "cvm synth --customers 30000 --months 18 --out var/book",
+        "cvm COMMAND --help   # each command's options, with an example",
+    ),
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )

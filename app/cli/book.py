@@ -7,19 +7,25 @@ from typing import Annotated
 
 import typer
 
-from app.cli.app import console, progress_bar
+from app.cli.app import console, example, progress_bar
 
 commands = typer.Typer()
 
 
-@commands.command()
+@commands.command(
+    epilog=example("cvm synth --customers 100000 --months 18 --seed 7 --out var/book")
+)
 def synth(
-    out: Annotated[Path, typer.Option(help="Folder to write book.parquet into.")],
+    out: Annotated[Path, typer.Option(help="Folder to write book.parquet into.", metavar="DIR")],
     customers: Annotated[
-        int, typer.Option(min=100, help="Customers and prospects at start.")
+        int, typer.Option(min=100, help="Customers and prospects at start.", metavar="N")
     ] = 100_000,
-    months: Annotated[int, typer.Option(min=12, max=120, help="Monthly snapshots.")] = 18,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same book.")] = 7,
+    months: Annotated[
+        int, typer.Option(min=12, max=120, help="Monthly snapshots.", metavar="N")
+    ] = 18,
+    seed: Annotated[
+        int, typer.Option(help="Random seed; the same seed gives the same book.", metavar="N")
+    ] = 7,
 ) -> None:
     """Generate a synthetic customer book (monthly snapshots, Parquet)."""
     from app.training.synth import write_book
@@ -36,12 +42,14 @@ def synth(
     console.print(f"wrote {path}")
 
 
-@commands.command()
+@commands.command(epilog=example("cvm snapshot --book var/book --out var/latest.parquet"))
 def snapshot(
-    book: Annotated[Path, typer.Option(help="Monthly book: folder or Parquet file.")],
-    out: Annotated[Path, typer.Option(help="Parquet file to write.")],
+    book: Annotated[
+        Path, typer.Option(help="Monthly book: folder or Parquet file.", metavar="PATH")
+    ],
+    out: Annotated[Path, typer.Option(help="Parquet file to write.", metavar="FILE")],
     month: Annotated[
-        int | None, typer.Option(help="Month to take (default: the last in the book).")
+        int | None, typer.Option(help="Month to take (default: the last in the book).", metavar="N")
     ] = None,
 ) -> None:
     """Write one month of the book with every model feature derived, ready for `cvm score`."""

@@ -8,31 +8,45 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.cli.app import console, fail
+from app.cli.app import console, example, fail
 from app.config import get_settings
 
 commands = typer.Typer(
-    name="clients", help="API clients: keys, scopes, tenants.", no_args_is_help=True
+    name="clients",
+    help="API clients: keys, scopes, tenants.",
+    epilog=example("cvm clients create core-banking --scopes scores:write", "cvm clients list"),
+    no_args_is_help=True,
 )
 
 
-@commands.command("create")
+@commands.command(
+    "create",
+    epilog=example(
+        "cvm clients create mobile-backend --scopes scores:write --scopes scores:read "
+        "--rate-limit 50"
+    ),
+)
 def clients_create(
-    name: Annotated[str, typer.Argument(help="Who the key is for, e.g. core-banking.")],
+    name: Annotated[
+        str, typer.Argument(help="Who the key is for, e.g. core-banking.", metavar="NAME")
+    ],
     scopes: Annotated[
         list[str],
         typer.Option(
             "--scopes",
             help="scores:write, scores:read, alerts:read, alerts:write, models:read, admin "
             "(repeat, or comma-separated).",
+            metavar="SCOPE",
         ),
     ],
     tenant: Annotated[
-        str | None, typer.Option(help="Limit the client to this tenant's data.")
+        str | None, typer.Option(help="Limit the client to this tenant's data.", metavar="TENANT")
     ] = None,
     rate_limit: Annotated[
         float | None,
-        typer.Option(min=0.001, help="Requests per second (default from settings)."),
+        typer.Option(
+            min=0.001, help="Requests per second (default from settings).", metavar="PER_SECOND"
+        ),
     ] = None,
 ) -> None:
     """Create a client and print its API key once: only its hash is stored."""
@@ -57,9 +71,11 @@ def clients_create(
     typer.echo(key)
 
 
-@commands.command("revoke")
+@commands.command("revoke", epilog=example("cvm clients revoke cl_5f3a9c2e8b7d4a10"))
 def clients_revoke(
-    client_id: Annotated[str, typer.Argument(help="The client's id (cl_...).")],
+    client_id: Annotated[
+        str, typer.Argument(help="The client's id (cl_...).", metavar="CLIENT_ID")
+    ],
 ) -> None:
     """Revoke a client's key; every replica refuses it within the auth cache TTL."""
     from app.db.session import create_db_engine
@@ -76,9 +92,11 @@ def clients_revoke(
     console.print(f"revoked {client_id}; refused everywhere within {settings.auth_cache_ttl_s:g} s")
 
 
-@commands.command("list")
+@commands.command("list", epilog=example("cvm clients list --revoked"))
 def clients_list(
-    revoked: Annotated[bool, typer.Option("--revoked", help="Include revoked clients.")] = False,
+    revoked: Annotated[
+        bool, typer.Option("--revoked", help="Include revoked clients.", metavar="")
+    ] = False,
 ) -> None:
     """List clients: id, name, key prefix, scopes, tenant (never a key)."""
     from app.db.session import create_db_engine

@@ -6,16 +6,23 @@ from typing import Annotated
 
 import typer
 
-from app.cli.app import console
+from app.cli.app import console, example
 from app.config import get_settings
 
 commands = typer.Typer(
-    name="db", help="Database schema migrations (Alembic).", no_args_is_help=True
+    name="db",
+    help="Database schema migrations (Alembic).",
+    epilog=example("cvm db upgrade", "cvm db current"),
+    no_args_is_help=True,
 )
 
 
-@commands.command("upgrade")
-def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+@commands.command("upgrade", epilog=example("cvm db upgrade"))
+def db_upgrade(
+    revision: Annotated[
+        str, typer.Argument(metavar="REVISION", help="Revision id, or head.")
+    ] = "head",
+) -> None:
     """Apply migrations up to REVISION (default: head)."""
     from app.db.migrate import upgrade
 
@@ -23,8 +30,10 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     console.print(f"database at {revision}")
 
 
-@commands.command("downgrade")
-def db_downgrade(revision: Annotated[str, typer.Argument()]) -> None:
+@commands.command("downgrade", epilog=example("cvm db downgrade base"))
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(metavar="REVISION", help="Revision id, or base.")],
+) -> None:
     """Revert migrations down to REVISION (e.g. base)."""
     from app.db.migrate import downgrade
 
@@ -32,7 +41,7 @@ def db_downgrade(revision: Annotated[str, typer.Argument()]) -> None:
     console.print(f"database at {revision}")
 
 
-@commands.command("current")
+@commands.command("current", epilog=example("cvm db current"))
 def db_current() -> None:
     """Print the database's current revision."""
     from app.db.migrate import current

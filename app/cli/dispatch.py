@@ -6,23 +6,31 @@ from typing import Annotated
 
 import typer
 
-from app.cli.app import console, fail
+from app.cli.app import console, example, fail
 from app.config import get_settings
 
 commands = typer.Typer()
 
 
-@commands.command()
+@commands.command(
+    epilog=example("cvm dispatch", "cvm dispatch --once --batch-size 100   # from cron")
+)
 def dispatch(
     once: Annotated[
-        bool, typer.Option("--once", help="Deliver what is due now, then exit (for cron).")
+        bool,
+        typer.Option("--once", help="Deliver what is due now, then exit (for cron).", metavar=""),
     ] = False,
     batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Messages claimed per round (default from settings).")
+        int | None,
+        typer.Option(
+            min=1, help="Messages claimed per round (default from settings).", metavar="N"
+        ),
     ] = None,
     requeue_failed: Annotated[
         bool,
-        typer.Option("--requeue-failed", help="First retry messages that ran out of attempts."),
+        typer.Option(
+            "--requeue-failed", help="First retry messages that ran out of attempts.", metavar=""
+        ),
     ] = False,
 ) -> None:
     """Deliver alert notifications from the outbox (e-mail, webhook), retrying until they land.

@@ -6,14 +6,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.cli.app import console
+from app.cli.app import console, example
 from app.config import get_settings
 from app.scoring.manifest import Manifest, Task
 
 commands = typer.Typer()
 
 
-@commands.command()
+@commands.command(epilog=example("cvm models", 'CVM_MODEL_VERSIONS=\'{"churn": "1"}\' cvm models'))
 def models() -> None:
     """List the models on disk, mark the one of each task the service serves, show test metrics.
 

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.progress import Progress, TaskID
 
-from app.cli.app import console, fail, progress_bar
+from app.cli.app import console, example, fail, progress_bar
 from app.config import get_settings
 from app.scoring.manifest import Task
 
@@ -60,25 +60,43 @@ class ProgressDisplay:
         console.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
-@commands.command()
+@commands.command(
+    epilog=example(
+        "cvm score churn --input var/latest.parquet --output var/churn.parquet --reasons 3 "
+        "--persist"
+    )
+)
 def score(
-    task: Annotated[Task, typer.Argument(help="Which kind of model scores the file.")],
+    task: Annotated[
+        Task, typer.Argument(help="Which kind of model scores the file.", metavar="TASK")
+    ],
     input_path: Annotated[
-        Path, typer.Option("--input", help="CSV or Parquet (file or folder) to score.")
+        Path,
+        typer.Option("--input", help="CSV or Parquet (file or folder) to score.", metavar="PATH"),
     ],
     output: Annotated[
-        Path, typer.Option(help="Parquet file to write (a folder of part files with --dask).")
+        Path,
+        typer.Option(
+            help="Parquet file to write (a folder of part files with --dask).", metavar="PATH"
+        ),
     ],
     model: Annotated[
-        Path | None, typer.Option(help="Model folder; default: the active bundled model.")
+        Path | None,
+        typer.Option(help="Model folder; default: the active bundled model.", metavar="DIR"),
     ] = None,
-    reasons: Annotated[int, typer.Option(min=0, max=20, help="Top reasons per row.")] = 3,
+    reasons: Annotated[
+        int, typer.Option(min=0, max=20, help="Top reasons per row.", metavar="N")
+    ] = 3,
     id_column: Annotated[
-        str | None, typer.Option("--id", help="Id column (default: manifest's).")
+        str | None, typer.Option("--id", help="Id column (default: manifest's).", metavar="COLUMN")
     ] = None,
     threads: Annotated[
         int | None,
-        typer.Option(min=1, help="Prediction threads (default: every core; per task with --dask)."),
+        typer.Option(
+            min=1,
+            help="Prediction threads (default: every core; per task with --dask).",
+            metavar="N",
+        ),
     ] = None,
     persist: Annotated[
         bool,
@@ -87,6 +105,7 @@ def score(
             help="Also save the scores to the database, one transaction per chunk (ids "
             "pseudonymised and churn alerts opened as the API does); a rerun after a crash "
             "skips the chunks already committed.",
+            metavar="",
         ),
     ] = False,
     backend: Annotated[
@@ -105,7 +124,7 @@ def score(
         ),
     ] = None,
     chunk_rows: Annotated[
-        int | None, typer.Option(min=1, help="Rows per chunk (default from settings).")
+        int | None, typer.Option(min=1, help="Rows per chunk (default from settings).", metavar="N")
     ] = None,
 ) -> None:
     """Score a file with a model: id, score, band or tier, top reasons."""

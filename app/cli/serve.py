@@ -6,16 +6,21 @@ from typing import Annotated
 
 import typer
 
+from app.cli.app import example
 from app.config import get_settings
 
 commands = typer.Typer()
 
 
-@commands.command()
+@commands.command(epilog=example("cvm serve --host 0.0.0.0 --port 8000 --workers 2"))
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address (default from settings).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (default from settings).", metavar="ADDRESS")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default from settings).", metavar="PORT")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.", metavar="N")] = 1,
 ) -> None:
     """Run the HTTP service with uvicorn."""
     import os

@@ -8,31 +8,49 @@ from typing import Annotated
 
 import typer
 
-from app.cli.app import console, fail, progress_bar
+from app.cli.app import console, example, fail, progress_bar
 from app.scoring.manifest import Task
 
 commands = typer.Typer()
 
 
-@commands.command()
+@commands.command(
+    epilog=example(
+        "cvm train churn --book var/book --out models/churn/2",
+        "cvm train churn --data my.csv --target left --id cust_no --out models/churn/3",
+    )
+)
 def train(
-    task: Annotated[Task, typer.Argument(help="Which model to train.")],
-    out: Annotated[Path, typer.Option(help="Model folder, e.g. models/churn/2.")],
+    task: Annotated[Task, typer.Argument(help="Which model to train.", metavar="TASK")],
+    out: Annotated[Path, typer.Option(help="Model folder, e.g. models/churn/2.", metavar="DIR")],
     book: Annotated[
-        Path | None, typer.Option(help="Synthetic (or same-shaped) book: folder or Parquet.")
+        Path | None,
+        typer.Option(help="Synthetic (or same-shaped) book: folder or Parquet.", metavar="PATH"),
     ] = None,
-    data: Annotated[Path | None, typer.Option(help="Your own CSV or Parquet file.")] = None,
-    target: Annotated[str | None, typer.Option(help="Target column (with --data).")] = None,
-    id_column: Annotated[str | None, typer.Option("--id", help="Unique id column.")] = None,
-    drop: Annotated[list[str] | None, typer.Option(help="Column to leave out (repeat).")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Your own CSV or Parquet file.", metavar="FILE")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="Target column (with --data).", metavar="COLUMN")
+    ] = None,
+    id_column: Annotated[
+        str | None, typer.Option("--id", help="Unique id column.", metavar="COLUMN")
+    ] = None,
+    drop: Annotated[
+        list[str] | None, typer.Option(help="Column to leave out (repeat).", metavar="COLUMN")
+    ] = None,
     categorical: Annotated[
-        list[str] | None, typer.Option(help="Column to treat as categorical (repeat).")
+        list[str] | None,
+        typer.Option(help="Column to treat as categorical (repeat).", metavar="COLUMN"),
     ] = None,
-    positive: Annotated[str | None, typer.Option(help="Target value meaning positive.")] = None,
+    positive: Annotated[
+        str | None, typer.Option(help="Target value meaning positive.", metavar="VALUE")
+    ] = None,
     time: Annotated[
-        str | None, typer.Option(help="Time column: split by time instead of at random.")
+        str | None,
+        typer.Option(help="Time column: split by time instead of at random.", metavar="COLUMN"),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed for splits and training.")] = 7,
+    seed: Annotated[int, typer.Option(help="Seed for splits and training.", metavar="N")] = 7,
     dask: Annotated[
         str | None,
         typer.Option(
@@ -41,7 +59,10 @@ def train(
         ),
     ] = None,
     rounds: Annotated[
-        int, typer.Option(min=1, help="Boosting rounds with --dask (it has no early stopping).")
+        int,
+        typer.Option(
+            min=1, help="Boosting rounds with --dask (it has no early stopping).", metavar="N"
+        ),
     ] = 200,
 ) -> None:
     """Train a model and write model.txt and manifest.json (test metrics included)."""
@@ -101,10 +122,12 @@ def train(
     console.print_json(json.dumps(summary))
 
 
-@commands.command()
+@commands.command(epilog=example("cvm plot models/churn/1 --out var/churn.png"))
 def plot(
-    model: Annotated[Path, typer.Argument(help="Model folder, e.g. models/churn/1.")],
-    out: Annotated[Path, typer.Option(help="PNG file to write.")],
+    model: Annotated[
+        Path, typer.Argument(help="Model folder, e.g. models/churn/1.", metavar="MODEL_DIR")
+    ],
+    out: Annotated[Path, typer.Option(help="PNG file to write.", metavar="FILE")],
 ) -> None:
     """Draw a model's held-out metrics (calibration, confusion matrix or ranking) as a PNG."""
     from app.training.report import plot_model_card
