@@ -408,8 +408,10 @@ def test_a_body_with_customers_and_columns_is_refused_saying_so(
     assert answer.status_code == 422
     (error,) = answer.json()["errors"]
     assert error["type"] == "customers_and_columns"
-    assert error["message"] == answer.json()["detail"] == (
-        "the body has both 'customers' and 'columns'; send one of them, not both"
+    assert (
+        error["message"]
+        == answer.json()["detail"]
+        == ("the body has both 'customers' and 'columns'; send one of them, not both")
     )
     neither = client.post("/v1/churn/scores", json={"reasons": 3})
     assert neither.status_code == 422

@@ -4,53 +4,93 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import typer
+from matplotlib.text import Text
+from typer.core import TyperGroup, TyperOption
 from typer.testing import CliRunner
 
 from app.cli.main import cli
 from app.config import PROJECT_ROOT
 from app.db.migrate import current, head, upgrade
+from app.scoring.manifest import Task
+from app.training.train import MAX_ROUNDS
 
 runner = CliRunner()
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        [],
-        ["synth"],
-        ["train"],
-        ["snapshot"],
-        ["score"],
-        ["models"],
-        ["db"],
-        ["db", "upgrade"],
-        ["serve"],
-    ],
-)
-def test_every_command_has_help(command: list[str]) -> None:
-    result = runner.invoke(cli, [*command, "--help"])
+def command_paths(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and group under ``command``, as the words that invoke it."""
+    paths = [path]
+    if isinstance(command, TyperGroup):
+        for name, sub in command.commands.items():
+            paths += command_paths(sub, (*path, name))
+    return paths
+
+
+ROOT = typer.main.get_command(cli)
+COMMANDS = command_paths(ROOT)
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda path: " ".join(path) or "cvm")
+def test_every_command_has_help_with_metavars_and_an_example(path: tuple[str, ...]) -> None:
+    """Each option that takes a value names it (FILE, N, COLUMN...), a flag shows none, and
+    the help ends with an invocation of the command to copy."""
+    result = runner.invoke(cli, [*path, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
+    example = result.output[result.output.index("Example:") :]
+    assert " ".join(["cvm", *path]) in example
+    command = ROOT
+    for name in path:
+        assert isinstance(command, TyperGroup)
+        command = command.commands[name]
+    for param in command.params:
+        if isinstance(param, TyperOption) and param.name not in HIDDEN_OPTIONS:
+            if param.is_flag:
+                assert param.metavar == "", param.name
+            else:
+                assert param.metavar and param.metavar in result.output, param.name
+
+
+HIDDEN_OPTIONS = {"install_completion", "show_completion"}
+
+
+def final_progress(output: str) -> tuple[int, int]:
+    """The last ``done/total`` a progress bar printed."""
+    counts = re.findall(r"\s(\d+)/(\d+)\s", output)
+    assert counts, output
+    done, total = counts[-1]
+    return int(done), int(total)
 
 
 def test_synth_train_score_round_trip(tmp_path: Path) -> None:
+    """Every progress bar ends full: training's too, although early stopping ends it before
+    the most rounds it may run (it used to stop at 159/400)."""
     book = tmp_path / "book"
     result = runner.invoke(
         cli, ["synth", "--customers", "1500", "--months", "15", "--seed", "3", "--out", str(book)]
     )
     assert result.exit_code == 0, result.output
     assert (book / "book.parquet").exists()
+    assert final_progress(result.output) == (15, 15)
     model_dir = tmp_path / "models" / "churn" / "1"
     result = runner.invoke(cli, ["train", "churn", "--book", str(book), "--out", str(model_dir)])
     assert result.exit_code == 0, result.output
     assert "roc_auc" in result.output
+    done, total = final_progress(result.output)
+    assert done == total < MAX_ROUNDS  # stopped early, and said it was done
     snapshot = tmp_path / "snapshot.parquet"
     result = runner.invoke(cli, ["snapshot", "--book", str(book), "--out", str(snapshot)])
     assert result.exit_code == 0, result.output
@@ -73,6 +113,7 @@ def test_synth_train_score_round_trip(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     scored = pq.read_table(output)
     assert scored.num_rows > 0 and "probability" in scored.column_names
+    assert final_progress(result.output) == (pq.read_metadata(snapshot).num_rows,) * 2
     assert "rejected" in result.output  # prospects and short histories lack churn features
 
 
@@ -185,3 +226,187 @@ def test_plot_draws_each_model_card(task: str, models_dir: Path, tmp_path: Path)
 def test_plot_needs_a_model_folder(tmp_path: Path) -> None:
     result = runner.invoke(cli, ["plot", str(tmp_path), "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "no manifest.json" in result.output
+
+
+def bad_snapshots(good: pa.Table, folder: Path) -> dict[str, tuple[Path, str | None]]:
+    """Inputs `cvm score` must refuse, each with the column its message must name."""
+    age = good.schema.get_field_index("age")
+    region = good.schema.get_field_index("region")
+    nested = pa.array([[value] for value in good.column("region").to_pylist()])
+    cases = {
+        "missing column": (good.drop_columns(["age"]), "age"),
+        "no id column": (good.drop_columns(["customer_id"]), "customer_id"),
+        "dates for a number": (good.set_column(age, "age", good.column("snapshot_date")), "age"),
+        "lists for a category": (good.set_column(region, "region", nested), "region"),
+    }
+    files: dict[str, tuple[Path, str | None]] = {}
+    for name, (table, column) in cases.items():
+        path = folder / f"{name.replace(' ', '-')}.parquet"
+        pq.write_table(table, path)
+        files[name] = (path, column)
+    unreadable = folder / "unreadable.parquet"
+    unreadable.write_bytes(b"not a Parquet file " * 20)
+    files["unreadable file"] = (unreadable, None)
+    return files
+
+
+def test_score_refuses_a_bad_snapshot_in_one_line(
+    models_dir: Path, prepared_book: pd.DataFrame, tmp_path: Path
+) -> None:
+    good = pa.Table.from_pandas(prepared_book.head(200), preserve_index=False)
+    for name, (path, column) in bad_snapshots(good, tmp_path).items():
+        result = runner.invoke(
+            cli,
+            [
+                "score",
+                "churn",
+                "--model",
+                str(models_dir / "churn" / "1"),
+                "--input",
+                str(path),
+                "--output",
+                str(tmp_path / "scores.parquet"),
+            ],
+        )
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2, (name, result.output)
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, result.output)
+        assert str(path) in lines[0], name
+        assert column is None or repr(column) in lines[0], (name, lines[0])
+        assert not (tmp_path / "scores.parquet").exists()
+
+
+def test_the_reject_file_gives_the_true_reason(
+    models_dir: Path, prepared_book: pd.DataFrame, tmp_path: Path
+) -> None:
+    """An unseen category (or a word where a number belongs) is named as such, not reported as
+    the missing value it becomes once encoded."""
+    known = prepared_book[
+        (prepared_book["lifecycle"] == "existing") & (prepared_book["history_months"] >= 3)
+    ]
+    rows = known.drop_duplicates("customer_id").head(20).copy()
+    rows["income"] = rows["income"].astype(object)
+    rows.loc[rows.index[3], "region"] = "atlantis"
+    rows.loc[rows.index[5], "income"] = "plenty"
+    source = tmp_path / "customers.csv"
+    rows.to_csv(source, index=False)
+    output = tmp_path / "scores.parquet"
+    result = runner.invoke(
+        cli,
+        [
+            "score",
+            "churn",
+            "--model",
+            str(models_dir / "churn" / "1"),
+            "--input",
+            str(source),
+            "--output",
+            str(output),
+            "--reasons",
+            "0",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rejects = pd.read_csv(output.with_name("scores.rejects.csv")).set_index("customer_id")
+    ids = rows["customer_id"]
+    assert rejects["reason"].to_dict() == {
+        ids.iloc[3]: "region: unknown category",
+        ids.iloc[5]: "income: not a number",
+    }
+
+
+def active_marks(output: str) -> dict[tuple[str, str], str]:
+    """(task, version) -> the 'active' cell of each row `cvm models` printed."""
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in output.splitlines()]
+    return {(row[0], row[1]): row[2] for row in rows if len(row) == 6}
+
+
+def test_models_marks_the_version_the_service_serves(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.config import get_settings
+    from app.scoring.manifest import Manifest
+    from app.scoring.registry import ModelRegistry
+
+    root = tmp_path / "models"
+    for version in ("1", "2", "10"):  # 10 is the newest: versions sort as numbers
+        shutil.copytree(models_dir / "churn" / "1", root / "churn" / version)
+        manifest = Manifest.load(root / "churn" / version)
+        manifest.model_copy(update={"version": version}).save(root / "churn" / version)
+    shutil.copytree(models_dir / "tier" / "1", root / "tier" / "1")
+    monkeypatch.setenv("CVM_MODELS_DIR", str(root))
+    for pins, churn_active in [({}, ("10", "yes")), ({"churn": "2"}, ("2", "yes (pinned)"))]:
+        monkeypatch.setenv("CVM_MODEL_VERSIONS", json.dumps(pins))
+        get_settings.cache_clear()
+        try:
+            result = runner.invoke(cli, ["models"])
+        finally:
+            get_settings.cache_clear()
+        assert result.exit_code == 0, result.output
+        version, mark = churn_active
+        assert active_marks(result.output) == {
+            ("churn", "1"): "",
+            ("churn", "2"): mark if version == "2" else "",
+            ("churn", "10"): mark if version == "10" else "",
+            ("tier", "1"): "yes",
+        }
+        served = ModelRegistry.load(root, pinned=pins).get(Task.CHURN)
+        assert served is not None and served.manifest.version == version
+
+
+def test_score_refuses_a_pin_to_a_missing_version(
+    prepared_book: pd.DataFrame, models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --model, `cvm score` uses the version the service serves, pins included."""
+    from app.config import get_settings
+
+    source = tmp_path / "customers.parquet"
+    prepared_book.head(50).to_parquet(source, index=False)
+    monkeypatch.setenv("CVM_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("CVM_MODEL_VERSIONS", '{"churn": "9"}')
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(
+            cli, ["score", "churn", "--input", str(source), "--output", str(tmp_path / "o.pq")]
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2
+    assert "pins churn to '9'" in result.output
+
+
+def figure_texts(figure: Any) -> str:
+    """Every piece of text drawn on a figure: titles, axis labels, legends, annotations."""
+    return " | ".join(t.get_text() for t in figure.findobj(Text) if t.get_text())
+
+
+def test_plots_label_the_split_they_show(tmp_path: Path, models_dir: Path) -> None:
+    """A model trained on a random split is not labelled "test month" (it was)."""
+    from app.scoring.manifest import Manifest
+    from app.training.report import model_card_figure
+
+    rng = np.random.default_rng(5)
+    n = 600
+    signal = rng.normal(size=n)
+    frame = pd.DataFrame(
+        {
+            "cust_no": [f"K{i}" for i in range(n)],
+            "balance": signal * 1000 + rng.normal(size=n) * 300,
+            "products": rng.integers(1, 4, size=n),
+            "country": rng.choice(["fr", "de", "es"], size=n),
+            "left": (signal + rng.normal(size=n) > 1).astype(int),
+        }
+    )
+    data = tmp_path / "bank.csv"
+    frame.to_csv(data, index=False)
+    model_dir = tmp_path / "models" / "churn" / "5"
+    source = ["--data", str(data), "--target", "left", "--id", "cust_no"]
+    trained = runner.invoke(cli, ["train", "churn", *source, "--out", str(model_dir)])
+    assert trained.exit_code == 0, trained.output
+    random_split = figure_texts(model_card_figure(Manifest.load(model_dir)))
+    assert "random 15% test split" in random_split and "month" not in random_split
+    by_month = figure_texts(model_card_figure(Manifest.load(models_dir / "churn" / "1")))
+    assert "test month" in by_month and "random" not in by_month
+    out = tmp_path / "card.png"
+    assert runner.invoke(cli, ["plot", str(model_dir), "--out", str(out)]).exit_code == 0
+    assert out.read_bytes().startswith(b"\x89PNG")

@@ -126,14 +126,19 @@ def count_rows(path: Path) -> int | None:
     return None
 
 
-def input_columns(path: Path) -> list[str]:
-    """Column names of the input, read from Parquet metadata or the CSV header."""
+def input_schema(path: Path) -> pa.Schema:
+    """Columns and types of the input, from Parquet metadata or the CSV's first block."""
     if is_parquet(path):
         files = parquet_files(path)
         if not files:
             raise ValueError(f"no Parquet files under {path}")
-        return list(pq.ParquetFile(files[0]).schema_arrow.names)
-    return list(_csv_reader(path).schema.names)
+        return pq.ParquetFile(files[0]).schema_arrow
+    return _csv_reader(path).schema
+
+
+def input_columns(path: Path) -> list[str]:
+    """Column names of the input, read from Parquet metadata or the CSV header."""
+    return list(input_schema(path).names)
 
 
 def rechunk(batches: Iterable[pa.RecordBatch], chunk_rows: int) -> Iterator[pa.RecordBatch]:

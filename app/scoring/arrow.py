@@ -54,10 +54,13 @@ def encode(schema: FeatureSchema, batch: pa.RecordBatch) -> EncodedBatch:
     """Encode and validate a batch column by column, with the schema's own rules."""
     n = batch.num_rows
     matrix = np.empty((n, len(schema.features)), dtype=np.float64)
-    unreadable: list[tuple[Mask, str]] = []  # values that could not be encoded at all
-    broken: list[list[tuple[Mask, str]]] = []  # the schema's rules, per feature
+    # Per feature, its problems from the least to the most important: the schema's rules, then
+    # the values that could not be encoded at all (an unknown category or a word in a number
+    # column is NaN to the rules, which would call it missing).
+    found: list[list[tuple[Mask, str]]] = []
     names = batch.schema.names
     for j, feature in enumerate(schema.features):
+        unreadable: list[tuple[Mask, str]] = []
         if feature.column not in names:
             values = np.full(n, np.nan)
         else:
@@ -72,12 +75,13 @@ def encode(schema: FeatureSchema, batch: pa.RecordBatch) -> EncodedBatch:
             if bad is not None:
                 unreadable.append((bad, message))
         matrix[:, j] = values
-        broken.append(feature.problems(values))  # on the contiguous column, not the matrix's
-    # A row's first problem wins: the schema's rules before unreadable values, then the first
-    # feature before later ones; so masks are applied from the least to the most important.
+        # The rules run on the contiguous column, not the matrix's.
+        found.append([*feature.problems(values), *unreadable])
+    # A row's first problem wins: the first feature's before later ones', so masks are applied
+    # from the least to the most important.
     codes = np.zeros(n, dtype=np.int32)
     messages: list[str] = []
-    for mask, message in [*reversed(unreadable), *(p for f in reversed(broken) for p in f)]:
+    for mask, message in (p for f in reversed(found) for p in f):
         messages.append(message)
         codes[mask] = len(messages)
     return EncodedBatch(matrix, codes, tuple(messages))

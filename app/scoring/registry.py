@@ -29,6 +29,12 @@ def available_versions(models_dir: Path, task: Task) -> list[str]:
     return sorted(versions, key=_version_key)
 
 
+def active_version(versions: list[str], pinned: str | None) -> str | None:
+    """The version served of a task with ``versions`` on disk (oldest first): the pinned one
+    (``CVM_MODEL_VERSIONS``), else the newest; None when there is none."""
+    return pinned or (versions[-1] if versions else None)
+
+
 class ModelRegistry:
     """The active model of each task; tasks with no model on disk are reported missing."""
 
@@ -55,7 +61,7 @@ class ModelRegistry:
         missing: dict[Task, str] = {}
         for task in Task:
             versions = available_versions(models_dir, task)
-            version = pinned.get(task.value) or (versions[-1] if versions else None)
+            version = active_version(versions, pinned.get(task.value))
             if version is None:
                 missing[task] = f"no model under {models_dir / task.value}"
                 continue

@@ -12,13 +12,26 @@ from matplotlib.figure import Figure
 from app.scoring.manifest import Manifest, Objective, Task
 
 
-def _calibration(axes: Axes, test: dict[str, Any]) -> None:
+def split_label(split: dict[str, Any]) -> str:
+    """What a model's held-out metrics were measured on, from its manifest's ``split``."""
+    shares = split.get("shares") or [None]
+    share = "" if shares[-1] is None else f" {shares[-1]:.0%}"
+    if split.get("method") == "time" and "test_month" in split:
+        return f"test month {split['test_month']}"
+    if split.get("method") == "time" and "time_column" in split:
+        return f"latest{share} by {split['time_column']}"
+    if split.get("method") == "stratified_random":
+        return f"random{share} test split (stratified)"
+    return "test split"
+
+
+def _calibration(axes: Axes, test: dict[str, Any], held_out: str) -> None:
     table = test["calibration"]
     predicted = [row["mean_predicted"] for row in table]
     observed = [row["observed_rate"] for row in table]
     counts = np.array([row["count"] for row in table], dtype=float)
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
-    axes.scatter(predicted, observed, s=20 + 200 * counts / counts.max(), label="test month")
+    axes.scatter(predicted, observed, s=20 + 200 * counts / counts.max(), label=held_out)
     axes.plot(predicted, observed)
     axes.set_xlabel("predicted probability")
     axes.set_ylabel("observed rate")
@@ -44,7 +57,7 @@ def _confusion(axes: Axes, test: dict[str, Any]) -> None:
     axes.set_title(f"Accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f}")
 
 
-def _ranking(axes: Axes, test: dict[str, Any]) -> None:
+def _ranking(axes: Axes, test: dict[str, Any], held_out: str) -> None:
     groups = {
         "all customers": ("all_customers", "popularity_baseline_all_customers"),
         "new customers": ("new_customers", "popularity_baseline_new_customers"),
@@ -56,25 +69,33 @@ def _ranking(axes: Axes, test: dict[str, Any]) -> None:
     axes.bar(x + 0.2, baseline, width=0.4, label="popularity baseline")
     axes.set_xticks(x, list(groups))
     axes.set_ylim(0, 1)
-    axes.set_ylabel("MAP@7 on the test month")
+    axes.set_ylabel(f"MAP@7, {held_out}")
     axes.set_title("Next-product ranking against the obvious baseline")
     axes.legend()
 
 
-def plot_model_card(model_dir: Path, out: Path) -> Path:
-    """One PNG summarising a model's held-out metrics; returns its path."""
-    manifest = Manifest.load(model_dir)
+def model_card_figure(manifest: Manifest) -> Figure:
+    """A model's held-out metrics drawn, labelled with the split they were measured on."""
     test = manifest.metrics["test"]
+    held_out = split_label(manifest.split)
     # A bare Figure needs no pyplot state and no display backend: safe on servers and in CI.
     figure = Figure(figsize=(7, 5.5), layout="constrained")
     axes = figure.subplots()
     if manifest.task is Task.RECOMMENDATION:
-        _ranking(axes, test)
+        _ranking(axes, test, held_out)
     elif manifest.objective is Objective.MULTICLASS:
         _confusion(axes, test)
     else:
-        _calibration(axes, test)
-    figure.suptitle(f"{manifest.task.value} v{manifest.version} ({manifest.data_source})")
+        _calibration(axes, test, held_out)
+    figure.suptitle(
+        f"{manifest.task.value} v{manifest.version} ({manifest.data_source}); held out: {held_out}"
+    )
+    return figure
+
+
+def plot_model_card(model_dir: Path, out: Path) -> Path:
+    """One PNG summarising a model's held-out metrics; returns its path."""
+    figure = model_card_figure(Manifest.load(model_dir))
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
     return out

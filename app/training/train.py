@@ -152,7 +152,7 @@ def fit_booster(
     validation_set = lgb.Dataset(
         validation[0], label=np.asarray(validation[1]), reference=train_set, **dataset_args
     )
-    return lgb.train(
+    booster = lgb.train(
         full_params,
         train_set,
         num_boost_round=max_rounds,
@@ -163,6 +163,10 @@ def fit_booster(
             _progress_callback(progress, max_rounds),
         ],
     )
+    if progress is not None:  # early stopping ends the work before max_rounds: it is all done
+        rounds = booster.current_iteration()
+        progress(rounds, rounds)
+    return booster
 
 
 def predict(booster: lgb.Booster, matrix: FloatArray) -> FloatArray:

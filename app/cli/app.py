@@ -1,0 +1,54 @@
+"""The root ``cvm`` Typer app and what every command group shares: console, progress, errors."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+def example(*invocations: str) -> str:
+    """A command's help epilog: invocations to copy, one a line."""
+    return "Example:\n" + "\n".join(f"  {line}" for line in invocations)
+
+
+cli = typer.Typer(
+    help="CVM: customer value scoring for retail banks.",
+    epilog=example(
+        "cvm synth --customers 30000 --months 18 --out var/book",
+        "cvm COMMAND --help   # each command's options, with an example",
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+# Messages, progress and errors go to stderr; stdout carries only what a script may read.
+console = Console(stderr=True)
+
+
+def progress_bar() -> Progress:
+    """A progress bar on the shared console: spinner, bar, done/total, elapsed, remaining."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def fail(message: str) -> typer.Exit:
+    """Print the error on one line (never wrapped, brackets shown as they are); the exit
+    (code 2) for the caller to raise."""
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    return typer.Exit(code=2)

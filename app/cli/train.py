@@ -1,0 +1,137 @@
+"""``cvm train`` and ``cvm plot``: fit a model into a folder, draw its model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.cli.app import console, example, fail, progress_bar
+from app.scoring.manifest import Task
+
+commands = typer.Typer()
+
+
+@commands.command(
+    epilog=example(
+        "cvm train churn --book var/book --out models/churn/2",
+        "cvm train churn --data my.csv --target left --id cust_no --out models/churn/3",
+    )
+)
+def train(
+    task: Annotated[Task, typer.Argument(help="Which model to train.", metavar="TASK")],
+    out: Annotated[Path, typer.Option(help="Model folder, e.g. models/churn/2.", metavar="DIR")],
+    book: Annotated[
+        Path | None,
+        typer.Option(help="Synthetic (or same-shaped) book: folder or Parquet.", metavar="PATH"),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Your own CSV or Parquet file.", metavar="FILE")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="Target column (with --data).", metavar="COLUMN")
+    ] = None,
+    id_column: Annotated[
+        str | None, typer.Option("--id", help="Unique id column.", metavar="COLUMN")
+    ] = None,
+    drop: Annotated[
+        list[str] | None, typer.Option(help="Column to leave out (repeat).", metavar="COLUMN")
+    ] = None,
+    categorical: Annotated[
+        list[str] | None,
+        typer.Option(help="Column to treat as categorical (repeat).", metavar="COLUMN"),
+    ] = None,
+    positive: Annotated[
+        str | None, typer.Option(help="Target value meaning positive.", metavar="VALUE")
+    ] = None,
+    time: Annotated[
+        str | None,
+        typer.Option(help="Time column: split by time instead of at random.", metavar="COLUMN"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for splits and training.", metavar="N")] = 7,
+    dask: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ADDRESS|local",
+            help="Train on a Dask cluster (lightgbm.dask): scheduler address, or 'local'.",
+        ),
+    ] = None,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Boosting rounds with --dask (it has no early stopping).", metavar="N"
+        ),
+    ] = 200,
+) -> None:
+    """Train a model and write model.txt and manifest.json (test metrics included)."""
+    from app.training.byod import DataSpec, train_from_file
+    from app.training.train import TrainingDataError, train_bundled
+
+    if (book is None) == (data is None):
+        raise fail("give exactly one of --book (synthetic book) or --data (your own file)")
+    if dask is not None:
+        from app.batch.dask import dask_client
+        from app.training.distributed import train_on_dask
+
+        if book is None:
+            raise fail("--dask trains from a --book")
+        try:
+            with (
+                console.status(f"Training {task.value} on Dask ({dask})"),
+                dask_client(dask) as client,
+            ):
+                manifest = train_on_dask(
+                    task, client=client, book_path=book, out_dir=out, seed=seed, rounds=rounds
+                )
+        except TrainingDataError as error:
+            raise fail(str(error)) from error
+        console.print(f"wrote {out} ({manifest.num_trees} trees, trained on Dask)")
+        return
+    with progress_bar() as progress:
+        bar = progress.add_task(f"Training {task.value}", total=None)
+
+        def on_round(done: int, total: int) -> None:
+            progress.update(bar, completed=done, total=total)
+
+        try:
+            if book is not None:
+                manifest = train_bundled(
+                    task, book_path=book, out_dir=out, seed=seed, progress=on_round
+                )
+            else:
+                assert data is not None
+                if target is None or id_column is None:
+                    raise fail("--data needs --target and --id")
+                spec = DataSpec(
+                    target=target,
+                    id_column=id_column,
+                    drop=drop or [],
+                    categorical=categorical or [],
+                    positive=positive,
+                    time_column=time,
+                )
+                manifest = train_from_file(
+                    task, data_path=data, spec=spec, out_dir=out, seed=seed, progress=on_round
+                )
+        except TrainingDataError as error:
+            raise fail(str(error)) from error
+    summary = {k: v for k, v in manifest.metrics["test"].items() if not isinstance(v, list)}
+    console.print(f"wrote {out} ({manifest.num_trees} trees); test metrics:")
+    console.print_json(json.dumps(summary))
+
+
+@commands.command(epilog=example("cvm plot models/churn/1 --out var/churn.png"))
+def plot(
+    model: Annotated[
+        Path, typer.Argument(help="Model folder, e.g. models/churn/1.", metavar="MODEL_DIR")
+    ],
+    out: Annotated[Path, typer.Option(help="PNG file to write.", metavar="FILE")],
+) -> None:
+    """Draw a model's held-out metrics (calibration, confusion matrix or ranking) as a PNG."""
+    from app.training.report import plot_model_card
+
+    if not (model / "manifest.json").is_file():
+        raise fail(f"no manifest.json in {model}")
+    console.print(f"wrote {plot_model_card(model, out)}")
