@@ -446,3 +446,21 @@ def test_declared_query_parameters_still_pass(client: TestClient) -> None:
     assert client.get("/v1/customers/X/scores?task=churn&limit=2").status_code == 200
     assert client.get("/v1/models/churn").status_code == 200
     assert client.get("/v1/nowhere?foo=1").status_code == 404  # unknown route: 404 as before
+
+
+def test_every_scoring_operation_documents_an_example_that_it_accepts(
+    client: TestClient,
+) -> None:
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    posted = 0
+    for path, operations in spec["paths"].items():
+        body = operations.get("post", {}).get("requestBody")
+        if body is None or "{" in path:
+            continue
+        reference = body["content"]["application/json"]["schema"]["$ref"]
+        (example,) = schemas[reference.rsplit("/", 1)[-1]]["examples"]
+        answer = client.post(path, json=example)
+        assert answer.status_code == 200, (path, answer.text)
+        posted += 1
+    assert posted >= 5

@@ -153,14 +153,39 @@ def columns_model(task: Task, schema: FeatureSchema) -> type[BaseModel]:
     )
 
 
+def example_value(feature: FeatureSpec) -> Any:
+    """A valid value of one feature for the documented example body."""
+    if feature.kind is FeatureKind.CATEGORY:
+        assert feature.categories is not None
+        return feature.categories[0]
+    if feature.kind is FeatureKind.BOOLEAN:
+        return True
+    value: float = 25_000.0 if feature.unit == "EUR" else 36.0
+    if feature.minimum is not None:
+        value = max(value, feature.minimum)
+    if feature.maximum is not None:
+        value = min(value, feature.maximum)
+    return int(value) if feature.kind is FeatureKind.INTEGER else value
+
+
+def example_customer(schema: FeatureSchema, customer_id: str = "C0000042") -> dict[str, Any]:
+    """One customer with every feature of a schema, as the documented example."""
+    return {"customer_id": customer_id, **{f.name: example_value(f) for f in schema.features}}
+
+
+def _document_example(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    # The one_layout rule, stated in the schema too (clients and fuzzers read it there), and
+    # the example body Swagger UI shows.
+    schema["oneOf"] = [{"required": ["customers"]}, {"required": ["columns"]}]
+    example = getattr(model, "example_body", None)
+    if example is not None:
+        schema["examples"] = [example]
+
+
 class ScoreRequestBase(BaseModel):
     """Options common to every scoring call."""
 
-    # The one_layout rule below, stated in the schema too (clients and fuzzers read it there).
-    model_config = ConfigDict(
-        **STRICT,
-        json_schema_extra={"oneOf": [{"required": ["customers"]}, {"required": ["columns"]}]},
-    )
+    model_config = ConfigDict(**STRICT, json_schema_extra=_document_example)
 
     reasons: ReasonCount = 5
     explain: ExplainMethod = "fast"
@@ -205,12 +230,14 @@ def score_request_model(task: Task, schema: FeatureSchema) -> type[ScoreRequestB
         **extra_fields,
     }
     validators: dict[str, Any] = {"one_layout": model_validator(mode="after")(one_layout)}
-    return create_model(
+    model = create_model(
         score_request_name(task),
         __base__=ScoreRequestBase,
         __validators__=validators,
         **fields,
     )
+    model.example_body = {"customers": [example_customer(schema)], "reasons": 3}  # type: ignore[attr-defined]
+    return model
 
 
 def assessment_request_model(schemas: dict[Task, FeatureSchema]) -> type[BaseModel]:
@@ -239,7 +266,11 @@ def assessment_request_model(schemas: dict[Task, FeatureSchema]) -> type[BaseMod
             fields[name] = (feature_annotation(same_name[0]) | None, None)
         else:  # models disagree on the type (a bank's own model): each checks its own part
             fields[name] = (JsonScalar | None, Field(default=None, description=_shared(same_name)))
-    return create_model("AssessmentRequest", __config__=STRICT, **fields)
+    example: dict[str, Any] = {"lifecycle": "existing", "reasons": 3}
+    for schema in schemas.values():
+        example = {**example_customer(schema), **example}
+    config = ConfigDict(**STRICT, json_schema_extra={"examples": [example]})
+    return create_model("AssessmentRequest", __config__=config, **fields)
 
 
 JsonScalar = bool | int | float | str
