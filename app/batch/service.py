@@ -32,10 +32,9 @@ from app.scoring.assess import (
     Block,
     Options,
     Rules,
-    Stage,
     TaskAssessment,
     assess_task,
-    lifecycle_stages,
+    block_stages,
 )
 from app.scoring.feature_schema import FloatMatrix as FloatArray
 from app.scoring.manifest import Objective, Task
@@ -272,14 +271,7 @@ def chunk_stages(
         names = batch.column(LIFECYCLE_COLUMN).cast(pa.string())
         found = pc.index_in(names, value_set=_STAGE_NAMES).fill_null(-1)
         given = found.to_numpy(zero_copy_only=False).astype(np.int8)
-    task = model.manifest.task
-    return lifecycle_stages(
-        len(matrix),
-        tenure_months=model.schema.values_of(matrix, "tenure_months"),
-        given=given,
-        unknown=Stage.PROSPECT if task is Task.PROSPECT else Stage.EXISTING,
-        new_customer_months=rules.new_customer_months,
-    )
+    return block_stages(model.manifest.task, model.schema, matrix, given=given, rules=rules)
 
 
 def score_chunk(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 import numpy as np
 import numpy.typing as npt
 
+from app.scoring.feature_schema import FeatureSchema
 from app.scoring.feature_schema import FloatMatrix as FloatArray
 from app.scoring.manifest import Objective, Task
 from app.scoring.next_tier import find_next_tier_gap
@@ -88,6 +89,21 @@ def lifecycle_stages(
     if given is not None:
         codes = np.where(given >= 0, given, codes).astype(np.int8)
     return codes
+
+
+def block_stages(
+    task: Task, schema: FeatureSchema, matrix: FloatArray, *, given: StageCodes | None, rules: Rules
+) -> StageCodes:
+    """The stages of a block scored by one task's model: given where known, else from tenure;
+    a model that scores customers only (all but prospect) takes an unknown tenure for an
+    existing customer."""
+    return lifecycle_stages(
+        len(matrix),
+        tenure_months=schema.values_of(matrix, "tenure_months"),
+        given=given,
+        unknown=Stage.PROSPECT if task is Task.PROSPECT else Stage.EXISTING,
+        new_customer_months=rules.new_customer_months,
+    )
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from app.scoring.assess import (
     StageCodes,
     TaskAssessment,
     assess_task,
+    block_stages,
     lifecycle_stages,
     stage_codes,
 )
@@ -176,20 +177,12 @@ class ScoringService:
             ) from error
 
     def block(self, task: Task, batch: CustomerBatch) -> Block:
-        """The batch with each customer's stage: given, else from tenure (a customer when the
-        model scores customers only and knows no tenure)."""
+        """The batch with each customer's stage."""
         model = self.model(task)
-        return Block(
-            ids=batch.ids,
-            matrix=batch.matrix,
-            stages=lifecycle_stages(
-                len(batch.ids),
-                tenure_months=model.schema.values_of(batch.matrix, "tenure_months"),
-                given=batch.lifecycle,
-                unknown=Stage.PROSPECT if task is Task.PROSPECT else Stage.EXISTING,
-                new_customer_months=self.rules.new_customer_months,
-            ),
+        stages = block_stages(
+            task, model.schema, batch.matrix, given=batch.lifecycle, rules=self.rules
         )
+        return Block(ids=batch.ids, matrix=batch.matrix, stages=stages)
 
     def compute(self, task: Task, options: Options, block: Block) -> TaskAssessment:
         """The one assessment function, on this service's models and rules."""
