@@ -299,30 +299,23 @@ def _score_on_dask(
     from app.batch.dask import dask_client, score_on_dask
     from app.batch.service import count_rows
 
-    with dask_client(address) as client:
-        try:
-            progress.start(label="Scoring on Dask", total_rows=count_rows(input_path))
-            return score_on_dask(
-                client,
-                model_dir=model_dir,
-                input_path=input_path,
-                output_dir=output,
-                id_column=id_column,
-                rules=rules,
-                options=options,
-                chunk_rows=chunk_rows,
-                threads=threads,
-                database_url=None if persistence is None else persistence.database_url,
-                pseudonymizer=None if persistence is None else persistence.pseudonymizer,
-                alerts=None if persistence is None else persistence.alerts,
-                on_partition=progress.advance,
-            )
-        except OSError as error:  # reading the input or writing the output: names the file
-            raise BatchRunError(_one_line(error)) from error
-        except pa.ArrowException as error:  # the input, from the first row on
-            raise BatchRunError(f"{input_path}: {_one_line(error)}") from error
-        except ValueError as error:
-            raise BatchRunError(_one_line(error)) from error
+    with dask_client(address) as client, _reading_errors(input_path):
+        progress.start(label="Scoring on Dask", total_rows=count_rows(input_path))
+        return score_on_dask(
+            client,
+            model_dir=model_dir,
+            input_path=input_path,
+            output_dir=output,
+            id_column=id_column,
+            rules=rules,
+            options=options,
+            chunk_rows=chunk_rows,
+            threads=threads,
+            database_url=None if persistence is None else persistence.database_url,
+            pseudonymizer=None if persistence is None else persistence.pseudonymizer,
+            alerts=None if persistence is None else persistence.alerts,
+            on_partition=progress.advance,
+        )
 
 
 def _score_here(
@@ -340,31 +333,44 @@ def _score_here(
 ) -> BatchSummary:
     from app.batch.service import count_rows, score_file
 
-    with _database_sink(
-        persistence, model=model, model_dir=model_dir, input_path=input_path, chunk_rows=chunk_rows
-    ) as sink:
-        try:
-            progress.start(label="Scoring", total_rows=count_rows(input_path))
-            summary = score_file(
-                model,
-                input_path=input_path,
-                output_path=output,
-                id_column=id_column,
-                rules=rules,
-                options=options,
-                chunk_rows=chunk_rows,
-                sink=sink,
-                on_chunk=progress.advance,
-            )
-        except OSError as error:  # reading the input or writing the output: names the file
-            raise BatchRunError(_one_line(error)) from error
-        except pa.ArrowException as error:  # the input, from the first row on
-            raise BatchRunError(f"{input_path}: {_one_line(error)}") from error
-        except ValueError as error:
-            raise BatchRunError(_one_line(error)) from error
+    with (
+        _database_sink(
+            persistence,
+            model=model,
+            model_dir=model_dir,
+            input_path=input_path,
+            chunk_rows=chunk_rows,
+        ) as sink,
+        _reading_errors(input_path),
+    ):
+        progress.start(label="Scoring", total_rows=count_rows(input_path))
+        summary = score_file(
+            model,
+            input_path=input_path,
+            output_path=output,
+            id_column=id_column,
+            rules=rules,
+            options=options,
+            chunk_rows=chunk_rows,
+            sink=sink,
+            on_chunk=progress.advance,
+        )
     if sink is not None:
         summary.run_id = sink.run_id
     return summary
+
+
+@contextmanager
+def _reading_errors(input_path: Path) -> Iterator[None]:
+    """What a run's reading, scoring and writing raise, as one line naming the file."""
+    try:
+        yield
+    except OSError as error:  # reading the input or writing the output: names the file
+        raise BatchRunError(_one_line(error)) from error
+    except pa.ArrowException as error:  # the input, from the first row on
+        raise BatchRunError(f"{input_path}: {_one_line(error)}") from error
+    except ValueError as error:
+        raise BatchRunError(_one_line(error)) from error
 
 
 @contextmanager
