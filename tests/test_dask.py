@@ -172,7 +172,12 @@ def test_dask_workers_store_pseudonyms_open_alerts_and_refuse_another_secret(
     scored = pq.read_table(tmp_path / "scored").to_pandas()
     pseudonyms = Pseudonymizer(secret).pseudonyms
     assert Counter(ids) == Counter(pseudonyms(list(scored["customer_id"])))
-    at_risk = scored.loc[scored["band"].isin(["medium", "high"]), "customer_id"]
+    # Churn alerts only for customers the bank can still keep (the input's lifecycle column).
+    stages = pd.read_parquet(book_rows, columns=["customer_id", "lifecycle"])
+    scored = scored.merge(stages, on="customer_id")
+    actionable = scored["lifecycle"].isin(["new", "existing"])
+    assert (~actionable & scored["band"].isin(["medium", "high"])).any(), "a lost one at risk"
+    at_risk = scored.loc[actionable & scored["band"].isin(["medium", "high"]), "customer_id"]
     assert alerted and alerted == set(pseudonyms(list(at_risk)))
 
 

@@ -7,12 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-AlertStatus = Literal["open", "acknowledged", "resolved"]
+from app.alerts.states import AlertStatus, EventKind, Outcome
+
 RiskBand = Literal["low", "medium", "high"]
-Outcome = Literal["retained", "lost", "not_reachable", "other"]
-EventKind = Literal[
-    "opened", "rescored", "below_threshold", "above_threshold", "acknowledged", "resolved"
-]
 
 StaffId = Annotated[
     str,
@@ -51,7 +48,7 @@ class ResolveRequest(BaseModel):
 
     @model_validator(mode="after")
     def _other_needs_a_note(self) -> ResolveRequest:
-        if self.outcome == "other" and not (self.note and self.note.strip()):
+        if self.outcome is Outcome.OTHER and not (self.note and self.note.strip()):
             raise ValueError("outcome 'other' needs a note saying what happened")
         return self
 

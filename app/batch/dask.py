@@ -27,6 +27,7 @@ from app.alerts.service import ChurnAlerts
 from app.batch.persist import DatabaseChunkSink, run_id_for
 from app.batch.service import (
     CHUNK_ROWS,
+    STAGE_COLUMN,
     BatchSummary,
     input_columns,
     is_parquet,
@@ -247,11 +248,10 @@ def score_on_dask(
     check_columns(model.schema, available)
     if id_column not in available:
         raise ValueError(f"input lacks the id column {id_column!r}")
-    columns = list(
-        dict.fromkeys(
-            [id_column, *(f.column for f in model.schema.features if f.column in available)]
-        )
-    )
+    wanted = [id_column, *(f.column for f in model.schema.features if f.column in available)]
+    if STAGE_COLUMN in available:
+        wanted.append(STAGE_COLUMN)
+    columns = list(dict.fromkeys(wanted))
     output_dir.mkdir(parents=True, exist_ok=True)
     partitions = plan_partitions(input_path, rows=partition_rows)
     run_id = (

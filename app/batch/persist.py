@@ -6,9 +6,10 @@ creation time) and the chunk size, so a rerun of the same job on the same file f
 an earlier, crashed run committed and skips them; a changed file or model is a new run. Inside
 each chunk's transaction the request id is locked (PostgreSQL) and looked up before anything is
 written, so two runs racing over the same file still write each chunk once. Customer ids are
-stored as the API stores them (pseudonymised when a secret is configured), and churn scores
-open and update churn alerts in the chunk's transaction, as the API's do: a nightly run of the
-whole book is how most at-risk customers reach the staff.
+stored as the API stores them (pseudonymised when a secret is configured), and the churn
+scores that cross the alert threshold for the customer's stage are queued as alert candidates
+in the chunk's transaction, as the API's are; the alert processor runs after each chunk's
+commit. A nightly run of the whole book is how most at-risk customers reach the staff.
 """
 
 from __future__ import annotations
@@ -21,13 +22,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import Engine
 
-from app.alerts.service import ChurnAlerts, ChurnObservation
+from app.alerts.service import ChurnAlerts, process_pending
 from app.batch.service import ScoredChunk, is_parquet, parquet_files
 from app.scoring.compiled import CompiledModel
 from app.scoring.feature_schema import FeatureKind, FeatureSchema
 from app.scoring.feature_schema import FloatMatrix as FloatArray
 from app.scoring.manifest import Task
-from app.scoring.repository import ScoreRow, bulk_insert_scores, lock_request_id, request_id_exists
+from app.scoring.policy import alert_threshold_crossed, lifecycle_stage
+from app.scoring.repository import (
+    AlertCandidateRow,
+    ScoreRow,
+    bulk_insert_scores,
+    insert_alert_candidates,
+    lock_request_id,
+    request_id_exists,
+)
 from app.security.pseudonyms import Pseudonymizer
 
 if TYPE_CHECKING:
@@ -111,7 +120,8 @@ class DatabaseChunkSink:
         return chunk_request_id(self.run_id, f"{self.unit_prefix}{index}")
 
     def write(self, chunk: ScoredChunk) -> int | None:
-        """Commit the chunk's rows in one transaction; None if an earlier run already did."""
+        """Commit the chunk's rows (and alert candidates) in one transaction, then turn the
+        candidates into alerts; None if an earlier run already committed the chunk."""
         request_id = self.request_id(chunk.index)
         with self.engine.begin() as connection:
             lock_request_id(connection, request_id=request_id)
@@ -119,8 +129,9 @@ class DatabaseChunkSink:
                 return None
             rows = self.rows(chunk, request_id)
             bulk_insert_scores(connection, rows=rows)
-            if self.alerts is not None:
-                self.alerts.record(connection, observations=self.observations(chunk, rows))
+            queued = insert_alert_candidates(connection, rows=self.candidates(chunk, rows))
+        if queued and self.alerts is not None:
+            process_pending(self.engine, alerts=self.alerts)
         return len(rows)
 
     def rows(self, chunk: ScoredChunk, request_id: str) -> list[ScoreRow]:
@@ -152,37 +163,52 @@ class DatabaseChunkSink:
             for i, (customer_id, *values) in enumerate(zip(stored_ids, *outputs, strict=True))
         ]
 
-    def observations(self, chunk: ScoredChunk, rows: list[ScoreRow]) -> list[ChurnObservation]:
-        """The chunk's churn scores as the alert logic reads them. Only the scores that cross
-        the alert threshold are explained (a few in a hundred): a score below it updates an
-        open alert's figures and keeps its reasons, as the API's ``reasons: 0`` does."""
-        assert self.alerts is not None
-        crosses = self.alerts.policy.crosses
+    def candidates(self, chunk: ScoredChunk, rows: list[ScoreRow]) -> list[AlertCandidateRow]:
+        """The chunk's churn scores that cross the alert threshold for the customer's stage.
+        Only those are explained (a few in a hundred): staff act on an alert's reasons."""
+        if self.alerts is None:
+            return []
+        thresholds = self.alerts.thresholds
         probabilities = chunk.columns["probability"].to_pylist()
         bands = (
             chunk.columns["band"].to_pylist()
             if "band" in chunk.columns
             else ["low"] * len(probabilities)
         )
-        crossing = [
-            crosses(probability=p, risk_band=b) for p, b in zip(probabilities, bands, strict=True)
-        ]
-        explained = iter(self.reasons(chunk.matrix[np.flatnonzero(crossing)]))
+        stages = self.stages(chunk)
+        crossing = np.flatnonzero(
+            [
+                alert_threshold_crossed(p, b, s, thresholds)
+                for p, b, s in zip(probabilities, bands, stages, strict=True)
+            ]
+        )
+        explained = self.reasons(chunk.matrix[crossing])
         version = self.model.manifest.version
         return [
-            ChurnObservation(
-                row["customer_id"],
-                probability,
-                band,
-                above,
-                next(explained) if above else [],
-                row["request_id"],
-                version,
+            AlertCandidateRow(
+                request_id=rows[i]["request_id"],
+                customer_id=rows[i]["customer_id"],
+                tenant=None,
+                stage=stages[i],
+                probability=probabilities[i],
+                band=bands[i],
+                reasons=reasons,
+                model_version=version,
+                source="batch",
+                created_at=rows[i]["created_at"],
             )
-            for row, probability, band, above in zip(
-                rows, probabilities, bands, crossing, strict=True
-            )
+            for i, reasons in zip(crossing.tolist(), explained, strict=True)
         ]
+
+    def stages(self, chunk: ScoredChunk) -> list[str | None]:
+        """Each row's lifecycle stage: the input's, else from tenure (None: unknown)."""
+        if chunk.stages is not None:
+            return [None if s is None else str(s) for s in chunk.stages.to_pylist()]
+        names = self.model.schema.names
+        if "tenure_months" not in names:
+            return [None] * len(chunk.ids)
+        tenure = chunk.matrix[:, names.index("tenure_months")].tolist()
+        return [lifecycle_stage(months) for months in tenure]
 
     def reasons(self, matrix: FloatArray) -> list[list[dict[str, Any]]]:
         """Each row's top reasons as the API words them (none without an explainer: the alert

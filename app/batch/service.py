@@ -45,6 +45,9 @@ CHUNK_ROWS = 32_768
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 _BANDS = pa.array(["low", "medium", "high"], pa.string())
 _PARTIAL_SUFFIX = ".partial"
+# The book's lifecycle column (prospect, new, existing, lost), read when the input has it:
+# churn alerts are only for customers the bank can still keep.
+STAGE_COLUMN = "lifecycle"
 
 
 @dataclass
@@ -81,6 +84,8 @@ class ScoredChunk:
     columns: dict[str, pa.Array]
     matrix: FloatArray
     rejects: list[tuple[str, str]] = field(default_factory=list)
+    # Each row's lifecycle stage, when the input has the column.
+    stages: pa.Array | None = None
 
     def table(self, id_column: str) -> pa.Table:
         """The chunk as written to the output file."""
@@ -288,15 +293,20 @@ def score_chunk(
     """Validate, encode and score one chunk; rows that fail validation come back as rejects."""
     encoded = encode(model.schema, batch)
     ids = batch.column(id_column).cast(pa.string())
+    names = batch.schema.names
+    stages = batch.column(STAGE_COLUMN).cast(pa.string()) if STAGE_COLUMN in names else None
     rejected = np.flatnonzero(encoded.problem_codes)
     rejects = [(str(ids[int(i)].as_py()), str(encoded.problem(int(i)))) for i in rejected]
     matrix = encoded.matrix
     if len(rejected):
-        valid = encoded.valid
-        ids = ids.filter(pa.array(valid))
-        matrix = matrix[valid]
+        valid = pa.array(encoded.valid)
+        ids = ids.filter(valid)
+        stages = None if stages is None else stages.filter(valid)
+        matrix = matrix[encoded.valid]
     columns = result_columns(model, matrix, reasons, threads=threads) if len(matrix) else {}
-    return ScoredChunk(index=index, ids=ids, columns=columns, matrix=matrix, rejects=rejects)
+    return ScoredChunk(
+        index=index, ids=ids, columns=columns, matrix=matrix, rejects=rejects, stages=stages
+    )
 
 
 def rejects_path_for(output_path: Path) -> Path:
@@ -446,6 +456,8 @@ def score_file(
     if id_column not in available:
         raise ValueError(f"input lacks the id column {id_column!r}")
     wanted = [id_column, *(f.column for f in model.schema.features if f.column in available)]
+    if STAGE_COLUMN in available:
+        wanted.append(STAGE_COLUMN)
     columns = list(dict.fromkeys(wanted))
     return score_batches(
         model,

@@ -19,6 +19,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from app.cli.alerts import alerts_cli
 from app.config import get_settings
 from app.scoring.manifest import Task
 
@@ -36,6 +37,7 @@ db_cli = typer.Typer(help="Database schema migrations (Alembic).", no_args_is_he
 cli.add_typer(db_cli, name="db")
 clients_cli = typer.Typer(help="API clients: keys, scopes, tenants.", no_args_is_help=True)
 cli.add_typer(clients_cli, name="clients")
+cli.add_typer(alerts_cli, name="alerts")
 console = Console(stderr=True)
 
 

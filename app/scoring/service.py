@@ -7,6 +7,7 @@ numpy on the model's own schema; nothing here knows about HTTP.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -16,7 +17,6 @@ import anyio.to_thread
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from app.alerts.service import ChurnAlerts
 from app.db.errors import PersistenceUnavailable
 from app.errors import BatchTooLarge, DatabaseUnavailable, InvalidInput, ModelUnavailable
 from app.scoring.explain import Explanation
@@ -24,8 +24,9 @@ from app.scoring.manifest import Task
 from app.scoring.model import FloatArray, ScoringModel
 from app.scoring.next_tier import find_next_tier_gap
 from app.scoring.policies import EligibilityRules
+from app.scoring.policy import AlertThresholds, alert_threshold_crossed, lifecycle_stage
 from app.scoring.registry import ModelRegistry
-from app.scoring.repository import ScoreRow
+from app.scoring.repository import AlertCandidateRow, ScoreRow
 from app.scoring.request_schemas import (
     ScoreRequestBase,
     assessment_request_model,
@@ -33,7 +34,7 @@ from app.scoring.request_schemas import (
     score_request_model,
 )
 from app.scoring.schemas import ServicePlan
-from app.scoring.writer import AfterInsert, Announcement, ScoreWriter
+from app.scoring.writer import Announcement, ScoreWriter
 from app.security.pseudonyms import Pseudonymizer
 
 # Above this many customers the numeric work runs in a worker thread (LightGBM releases the
@@ -126,11 +127,15 @@ class ScoringService:
         service_plans: dict[str, ServicePlan],
         eligibility: EligibilityRules,
         max_batch_size: int,
-        alerts: ChurnAlerts | None = None,
+        alert_thresholds: AlertThresholds | None = None,
+        alert_wakeup: threading.Event | None = None,
         pseudonymizer: Pseudonymizer | None = None,
     ) -> None:
         self.registry = registry
-        self.alerts = alerts
+        # None: churn alerts are off, and no score is a candidate for one.
+        self.alert_thresholds = alert_thresholds
+        # Set once candidates are committed, so the alert processor need not wait for its poll.
+        self.alert_wakeup = alert_wakeup
         self.pseudonymizer = pseudonymizer
         self.writer = writer
         self.service_plans = {k: v.model_dump() for k, v in service_plans.items()}
@@ -195,16 +200,18 @@ class ScoringService:
         self,
         rows: list[ScoreRow],
         *,
-        also: AfterInsert | None = None,
+        candidates: Sequence[AlertCandidateRow] = (),
         announcement: Announcement | None = None,
     ) -> None:
-        """Wait until the rows (and ``also``'s writes) are committed; 503 if they cannot be."""
+        """Wait until the rows (and their alert candidates) are committed; 503 if not."""
         try:
-            await self.writer.write(rows, also=also, announcement=announcement)
+            await self.writer.write(rows, candidates=candidates, announcement=announcement)
         except PersistenceUnavailable as error:
             raise DatabaseUnavailable(
                 "the database is unavailable; nothing was saved, retry later"
             ) from error
+        if candidates and self.alert_wakeup is not None:
+            self.alert_wakeup.set()
 
     async def score(
         self, task: Task, body: bytes, request_id: str, *, tenant: str | None = None
@@ -221,9 +228,12 @@ class ScoringService:
                 results = compute(options, batch)
             model = self.model(task)
             stored = self.stored_batch(batch)
-            alerts = self._churn_alerts(task, model, request_id, stored, results, tenant)
+            stages = [lifecycle_stage(inputs.get("tenure_months")) for inputs in batch.inputs]
+            candidates = self._alert_candidates(
+                task, model, request_id, stored, results, stages, tenant
+            )
             rows = self._rows(task, model, request_id, stored, results, tenant)
-            await self.persist(rows, also=alerts, announcement=announcement)
+            await self.persist(rows, candidates=candidates, announcement=announcement)
         return {
             "request_id": request_id,
             "model": {"task": task.value, "version": model.manifest.version},
@@ -260,7 +270,7 @@ class ScoringService:
             **dict.fromkeys(_ASSESSMENT_KEYS.values()),
         }
         rows: list[ScoreRow] = []
-        alerts: AfterInsert | None = None
+        candidates: list[AlertCandidateRow] = []
         for task in LIFECYCLE_TASKS[lifecycle]:
             model = self.model(task)
             names = {"customer_id", *model.schema.names}
@@ -279,8 +289,12 @@ class ScoringService:
             response["models"].append({"task": task.value, "version": model.manifest.version})
             stored = self.stored_batch(batch)
             rows.extend(self._rows(task, model, request_id, stored, results, tenant))
-            alerts = alerts or self._churn_alerts(task, model, request_id, stored, results, tenant)
-        await self.persist(rows, also=alerts)
+            candidates.extend(
+                self._alert_candidates(
+                    task, model, request_id, stored, results, [lifecycle], tenant
+                )
+            )
+        await self.persist(rows, candidates=candidates)
         return response
 
     def stored_batch(self, batch: CustomerBatch) -> CustomerBatch:
@@ -289,25 +303,40 @@ class ScoringService:
             return batch
         return replace(batch, ids=self.pseudonymizer.pseudonyms(batch.ids))
 
-    def _churn_alerts(
+    def _alert_candidates(
         self,
         task: Task,
         model: ScoringModel,
         request_id: str,
         batch: CustomerBatch,
         results: list[dict[str, Any]],
+        stages: Sequence[str | None],
         tenant: str | None = None,
-    ) -> AfterInsert | None:
-        """Churn results open or update alerts in the scores' own transaction."""
-        if task is not Task.CHURN or self.alerts is None:
-            return None
-        return self.alerts.observe(
-            customer_ids=batch.ids,
-            results=results,
-            request_id=request_id,
-            model_version=model.manifest.version,
-            tenant=tenant,
-        )
+    ) -> list[AlertCandidateRow]:
+        """The churn results that call for an alert, stored with the scores for the alert
+        processor (plain rows: the writer knows nothing of alerts)."""
+        thresholds = self.alert_thresholds
+        if task is not Task.CHURN or thresholds is None:
+            return []
+        now = datetime.now(UTC)
+        return [
+            AlertCandidateRow(
+                request_id=request_id,
+                customer_id=customer_id,
+                tenant=tenant,
+                stage=stage,
+                probability=result["probability"],
+                band=result["risk_band"],
+                reasons=list(e["reasons"]) if (e := result.get("explanation")) else [],
+                model_version=model.manifest.version,
+                source="api",
+                created_at=now,
+            )
+            for customer_id, result, stage in zip(batch.ids, results, stages, strict=True)
+            if alert_threshold_crossed(
+                result["probability"], result["risk_band"], stage, thresholds
+            )
+        ]
 
     @staticmethod
     def _rows(
