@@ -74,7 +74,10 @@ class AlertSummary(BaseModel):
     risk_band: RiskBand = Field(description="Band of the latest score.")
     probability: float = Field(description="Churn probability of the latest score.")
     peak_probability: float = Field(description="Highest probability while the alert was active.")
-    above_threshold: bool = Field(description="Whether the latest score is above the threshold.")
+    above_threshold: bool = Field(
+        description="Whether the latest recorded score is above the threshold (alerts record "
+        "crossing scores only; false only on alerts last scored before that)."
+    )
     actions: list[str] = Field(description="Recommended retention actions, from the reasons.")
     model_version: str | None
     score_count: int = Field(description="Scores recorded on the alert, the opening one included.")
