@@ -228,10 +228,7 @@ class ScoringService:
                 results = compute(options, batch)
             model = self.model(task)
             stored = self.stored_batch(batch)
-            stages = [lifecycle_stage(inputs.get("tenure_months")) for inputs in batch.inputs]
-            candidates = self._alert_candidates(
-                task, model, request_id, stored, results, stages, tenant
-            )
+            candidates = self._alert_candidates(task, model, request_id, stored, results, tenant)
             rows = self._rows(task, model, request_id, stored, results, tenant)
             await self.persist(rows, candidates=candidates, announcement=announcement)
         return {
@@ -291,7 +288,7 @@ class ScoringService:
             rows.extend(self._rows(task, model, request_id, stored, results, tenant))
             candidates.extend(
                 self._alert_candidates(
-                    task, model, request_id, stored, results, [lifecycle], tenant
+                    task, model, request_id, stored, results, tenant, stages=[lifecycle]
                 )
             )
         await self.persist(rows, candidates=candidates)
@@ -310,14 +307,17 @@ class ScoringService:
         request_id: str,
         batch: CustomerBatch,
         results: list[dict[str, Any]],
-        stages: Sequence[str | None],
         tenant: str | None = None,
+        stages: Sequence[str | None] | None = None,
     ) -> list[AlertCandidateRow]:
         """The churn results that call for an alert, stored with the scores for the alert
-        processor (plain rows: the writer knows nothing of alerts)."""
+        processor (plain rows: the writer knows nothing of alerts). Stages: from tenure
+        unless given."""
         thresholds = self.alert_thresholds
         if task is not Task.CHURN or thresholds is None:
             return []
+        if stages is None:
+            stages = [lifecycle_stage(inputs.get("tenure_months")) for inputs in batch.inputs]
         now = datetime.now(UTC)
         return [
             AlertCandidateRow(
