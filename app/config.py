@@ -13,6 +13,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+LifecycleStage = Literal["prospect", "new", "existing", "lost"]
+# A prospect has nothing to lose yet, a lost customer has already left: no churn alerts.
+NOT_ACTIONABLE_STAGES: tuple[LifecycleStage, ...] = ("prospect", "lost")
+
+
 class Settings(BaseSettings):
     """Everything a deployment may change; the defaults run the service from a checkout."""
 
@@ -80,6 +85,34 @@ class Settings(BaseSettings):
         gt=0,
         le=1,
         description="Probability that opens an alert; when set, it replaces the band threshold.",
+    )
+    churn_alert_excluded_stages: list[LifecycleStage] = Field(
+        default_factory=lambda: list(NOT_ACTIONABLE_STAGES),
+        description="Lifecycle stages whose churn scores never open an alert (JSON list).",
+    )
+    churn_alert_cooldown_hours: float = Field(
+        default=720.0,
+        ge=0,
+        description="After an alert is resolved, scores within this many hours do not reopen "
+        "one for the customer, unless the risk rose by churn_alert_reopen_margin.",
+    )
+    churn_alert_reopen_margin: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Rise in probability over the resolved alert's that reopens within the "
+        "cooldown.",
+    )
+    alert_processor_in_process: bool = Field(
+        default=True,
+        description="Turn scores' alert candidates into alerts from the API process "
+        "(off: run `cvm alerts process`).",
+    )
+    alert_processor_poll_s: float = Field(
+        default=0.5, gt=0, description="Idle wait between looks at the alert inbox."
+    )
+    alert_processor_batch_size: int = Field(
+        default=500, ge=1, description="Alert candidates taken per transaction."
     )
     retention_actions_file: Path = Field(
         default=PROJECT_ROOT / "app" / "resources" / "retention_actions.json",

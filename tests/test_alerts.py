@@ -1,8 +1,11 @@
-"""Churn alerts: opened in the scores' transaction, updated by later scores, owned, resolved."""
+"""Churn alerts: candidates queued with the scores, processed into alerts, owned, resolved."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +24,10 @@ from app.alerts.repository import NewAlertRow, insert_new_alerts
 from app.alerts.service import (
     AlertPolicy,
     ChurnAlerts,
-    ChurnObservation,
     NotificationPlan,
-    RecordObservations,
     RetentionActions,
+    pending_candidates,
+    process_pending,
 )
 from app.alerts.tables import (
     Alert,
@@ -36,10 +39,16 @@ from app.config import PROJECT_ROOT, Settings
 from app.db.migrate import upgrade
 from app.db.session import create_db_engine
 from app.http.app import create_app
+from app.scoring.assess import AlertThresholds
 from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
+from app.scoring.repository import (
+    AlertCandidate,
+    AlertCandidateRow,
+    insert_alert_candidates,
+)
 from app.scoring.tables import Score, score_table
-from app.scoring.writer import coalesce
+from tests.alert_support import settle_alerts
 from tests.conftest import customer_record
 from tests.db_support import TcpProxy, temporary_postgres_database
 
@@ -105,9 +114,11 @@ def new_customer() -> str:
 
 
 def score(client: TestClient, *customers: dict[str, Any], reasons: int = 3) -> Any:
+    """Score, then wait until the alert processor has recorded what the scores queued."""
     body = {"customers": list(customers), "reasons": reasons}
     response = client.post("/v1/churn/scores", json=body)
     assert response.status_code == 200, response.text
+    settle_alerts(client.app)
     return response.json()
 
 
@@ -135,6 +146,74 @@ def counts(engine: Engine, customer_id: str) -> tuple[int, int, int]:
     return int(scores or 0), len(alert_ids), int(messages or 0)
 
 
+ALERTS = ChurnAlerts(
+    thresholds=AlertThresholds(min_probability=0.5),
+    policy=AlertPolicy(),
+    actions=RetentionActions.load(ACTIONS_FILE),
+    plan=NotificationPlan(),
+)
+_candidate_ids = iter(range(1, 10**9))
+
+
+def churn_alerts(**policy: Any) -> ChurnAlerts:
+    """Alerts from probability 0.5, no notifications, the policy's defaults unless given."""
+    return ChurnAlerts(
+        thresholds=ALERTS.thresholds,
+        policy=AlertPolicy(**policy),
+        actions=ALERTS.actions,
+        plan=ALERTS.plan,
+    )
+
+
+def candidate_row(
+    customer_id: str,
+    probability: float,
+    *,
+    stage: str | None = "existing",
+    at: datetime | None = None,
+    tenant: str | None = None,
+) -> AlertCandidateRow:
+    """An alert candidate as the writer queues it."""
+    return AlertCandidateRow(
+        request_id=f"r-{uuid.uuid4().hex[:8]}",
+        customer_id=customer_id,
+        tenant=tenant,
+        stage=stage,
+        probability=probability,
+        band="high",
+        reasons=[],
+        model_version="1",
+        source="api",
+        created_at=at or datetime.now(UTC),
+    )
+
+
+def candidate(customer_id: str, probability: float, **given: Any) -> AlertCandidate:
+    """A candidate as the processor claims it."""
+    return AlertCandidate(
+        id=next(_candidate_ids), **candidate_row(customer_id, probability, **given)
+    )
+
+
+def queue(engine: Engine, *rows: AlertCandidateRow) -> None:
+    """Commit candidates with their scores, as the writer does."""
+    with engine.begin() as connection:
+        connection.execute(score_table.insert(), [_score_row(row["customer_id"]) for row in rows])
+        insert_alert_candidates(connection, rows=rows)
+
+
+def history_of(engine: Engine, customer_id: str) -> list[tuple[int, str, str]]:
+    """(alert id, event kind, status after) of every event of the customer's alerts."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(AlertEvent.alert_id, AlertEvent.kind, AlertEvent.status)
+            .join(Alert, Alert.id == AlertEvent.alert_id)
+            .where(Alert.customer_id == customer_id)
+            .order_by(AlertEvent.id)
+        ).all()
+    return [(alert_id, kind, status) for alert_id, kind, status in rows]
+
+
 # --- opening and updating ------------------------------------------------------------------------
 
 
@@ -160,26 +239,20 @@ def test_crossing_opens_one_alert_and_later_scores_update_it(
     assert counts(engine, customer_id) == (2, 1, 1)  # one webhook message
 
     score(alert_client, churn_cases.as_customer("high", customer_id))
+    # A score below the threshold queues no candidate: it is in the customer's score history,
+    # and the alert keeps the crossing scores.
     score(alert_client, churn_cases.as_customer("low", customer_id))
     (alert,) = alerts_of(alert_client, customer_id)
-    assert alert["above_threshold"] is False, "falling below the threshold is recorded"
-    assert alert["probability"] == pytest.approx(churn_cases.low_probability, abs=1e-6)
+    assert alert["probability"] == pytest.approx(churn_cases.high_probability, abs=1e-6)
     assert alert["peak_probability"] == pytest.approx(churn_cases.high_probability, abs=1e-6)
     assert alert["status"] == "open"
     last = score(alert_client, churn_cases.as_customer("high", customer_id))
 
     detail = alert_client.get(f"/v1/alerts/{alert['id']}").json()
-    assert [e["kind"] for e in detail["history"]] == [
-        "opened",
-        "rescored",
-        "below_threshold",
-        "above_threshold",
-    ]
-    assert detail["score_count"] == 4
+    assert [e["kind"] for e in detail["history"]] == ["opened", "rescored", "rescored"]
+    assert detail["score_count"] == 3
     assert detail["last_request_id"] == last["request_id"]
-    assert detail["history"][2]["probability"] == pytest.approx(
-        churn_cases.low_probability, abs=1e-6
-    )
+    assert detail["history"][2]["request_id"] == last["request_id"]
     assert counts(engine, customer_id) == (5, 1, 1), "only the opening is announced"
 
 
@@ -197,6 +270,7 @@ def test_concurrent_requests_for_one_customer_open_exactly_one_alert(
     with ThreadPoolExecutor(max_workers=16) as pool:
         statuses = list(pool.map(post, range(16)))
     assert statuses == [200] * 16
+    settle_alerts(alert_client.app)
     (alert,) = alerts_of(alert_client, customer_id)
     assert alert["score_count"] == 16
     history = alert_client.get(f"/v1/alerts/{alert['id']}").json()["history"]
@@ -212,10 +286,11 @@ def test_one_request_scoring_a_customer_twice_records_both(
         churn_cases.as_customer("low", customer_id),
         churn_cases.as_customer("high", customer_id),
         churn_cases.as_customer("low", customer_id),
+        churn_cases.as_customer("high", customer_id),
     )
     (alert,) = alerts_of(alert_client, customer_id)
     history = alert_client.get(f"/v1/alerts/{alert['id']}").json()["history"]
-    assert [e["kind"] for e in history] == ["opened", "below_threshold"]
+    assert [e["kind"] for e in history] == ["opened", "rescored"]
 
 
 def test_assessment_opens_a_churn_alert(
@@ -234,6 +309,7 @@ def test_assessment_opens_a_churn_alert(
     customer["customer_id"] = customer_id = new_customer()
     response = alert_client.post("/v1/assessments", json=customer)
     assert response.status_code == 200, response.text
+    settle_alerts(alert_client.app)
     (alert,) = alerts_of(alert_client, customer_id)
     assert alert["probability"] == response.json()["churn"]["probability"]
 
@@ -246,42 +322,33 @@ def test_alerts_can_be_turned_off(
     )
     customer_id = new_customer()
     with TestClient(create_app(settings, registry)) as client:
+        assert client.app.state.alert_processor is None  # type: ignore[attr-defined]
         score(client, churn_cases.as_customer("high", customer_id))
         assert alerts_of(client, customer_id) == []
+        assert pending_candidates(client.app.state.engine) == 0, "no candidate is queued"  # type: ignore[attr-defined]
 
 
 def test_two_transactions_opening_the_same_alert_make_one(
     engine: Engine, database_url: str
 ) -> None:
     """The second transaction waits for the first, then records its score on that alert."""
-    alerts = ChurnAlerts(
-        policy=AlertPolicy(min_probability=0.5),
-        actions=RetentionActions.load(ACTIONS_FILE),
-        plan=NotificationPlan(),
-    )
+    alerts = churn_alerts()
     customer_id = new_customer()
-    observation = ChurnObservation(
-        customer_id=customer_id,
-        probability=0.9,
-        risk_band="high",
-        above_threshold=True,
-        reasons=[],
-        request_id="r",
-        model_version="1",
-    )
     second_engine = create_db_engine(database_url)
     first = engine.connect()
     try:
         transaction = first.begin()
-        # Scores first, as the group-commit writer does: on SQLite that takes the write lock.
+        # A write first, as a processor's claim does: on SQLite that takes the write lock.
         first.execute(score_table.insert(), [_score_row(customer_id)])
-        assert alerts.record(first, observations=[observation]).opened
+        assert alerts.record(first, candidates=[candidate(customer_id, 0.9)]).opened
         outcome: dict[str, Any] = {}
 
         def second() -> None:
             with second_engine.begin() as connection:
                 connection.execute(score_table.insert(), [_score_row(customer_id)])
-                outcome["summary"] = alerts.record(connection, observations=[observation])
+                outcome["summary"] = alerts.record(
+                    connection, candidates=[candidate(customer_id, 0.9)]
+                )
 
         thread = threading.Thread(target=second)
         thread.start()
@@ -426,7 +493,7 @@ def test_lifecycle_transitions_keep_history_and_refuse_illegal_moves(
     assert "only its owner" in other.json()["detail"]
 
     # A score while acknowledged updates the alert and keeps its owner.
-    score(alert_client, churn_cases.as_customer("low", customer_id))
+    score(alert_client, churn_cases.as_customer("high", customer_id))
 
     resolved = alert_client.post(
         f"{url}/resolve", json={"by": "rm-1", "outcome": "retained", "note": "rate matched"}
@@ -442,7 +509,7 @@ def test_lifecycle_transitions_keep_history_and_refuse_illegal_moves(
     assert [(e["kind"], e["by"], e["status"]) for e in body["history"]] == [
         ("opened", None, "open"),
         ("acknowledged", "rm-1", "acknowledged"),
-        ("below_threshold", None, "acknowledged"),
+        ("rescored", None, "acknowledged"),
         ("resolved", "rm-1", "resolved"),
     ]
     assert body["history"][-1]["note"] == "outcome: retained; rate matched"
@@ -460,10 +527,13 @@ def test_lifecycle_transitions_keep_history_and_refuse_illegal_moves(
         assert response.status_code == 409, action
         assert "already resolved" in response.json()["detail"]
 
-    # A resolved alert is history: the next crossing opens a new one.
-    score(alert_client, churn_cases.as_customer("high", customer_id))
-    statuses = sorted(a["status"] for a in alerts_of(alert_client, customer_id))
-    assert statuses == ["open", "resolved"]
+    # The next crossing, within the cooldown and no riskier, does not reopen it: it is kept
+    # in the resolved alert's history as held.
+    held = score(alert_client, churn_cases.as_customer("high", customer_id))
+    assert [a["status"] for a in alerts_of(alert_client, customer_id)] == ["resolved"]
+    last = alert_client.get(url).json()["history"][-1]
+    assert (last["kind"], last["status"]) == ("held", "resolved")
+    assert last["request_id"] == held["request_id"]
 
 
 def test_lifecycle_requests_are_validated(
@@ -495,7 +565,8 @@ def test_list_filters_by_status_band_owner_and_age_and_pages(
     alert_client: TestClient, churn_cases: ChurnCases, engine: Engine
 ) -> None:
     owner = f"rm-{uuid.uuid4().hex[:8]}"
-    customers = [new_customer() for _ in range(5)]
+    # Sorted: alerts opened together get their ids in customer id order.
+    customers = sorted(new_customer() for _ in range(5))
     score(alert_client, *(churn_cases.as_customer("high", c) for c in customers))
     ids = [alerts_of(alert_client, c)[0]["id"] for c in customers]
     for alert_id in ids[:4]:
@@ -562,22 +633,47 @@ def _accept_outbox_inserts(engine: Engine) -> None:
             connection.exec_driver_sql("DROP TRIGGER cvm_test_refuse_outbox")
 
 
-def test_a_failed_outbox_write_rolls_back_the_score_and_the_alert(
-    alert_client: TestClient, churn_cases: ChurnCases, engine: Engine
+def test_a_processor_that_fails_mid_way_leaves_the_candidate_for_the_next(
+    database_url: str,
+    settings_for: Any,
+    registry: ModelRegistry,
+    churn_cases: ChurnCases,
+    engine: Engine,
 ) -> None:
+    """The score and its candidate are committed together; a processing transaction that
+    fails (here: its outbox insert) rolls back whole, and the candidate waits for the next."""
+    settings = settings_for(
+        database_url,
+        churn_alert_probability=churn_cases.threshold,
+        webhook_enabled=True,
+        webhook_url="http://127.0.0.1:9/unused",
+        webhook_secret="s3cret",
+        alert_processor_in_process=False,  # this test runs the processor itself
+    )
+    alerts = ChurnAlerts.from_settings(settings)
+    assert alerts is not None
     customer_id = new_customer()
     body = {"customers": [churn_cases.as_customer("high", customer_id)]}
+    process_pending(engine, alerts=alerts)  # anything other tests left
+    with TestClient(create_app(settings, registry)) as client:
+        assert client.post("/v1/churn/scores", json=body).status_code == 200
+    assert counts(engine, customer_id) == (1, 0, 0)
+    assert pending_candidates(engine) == 1, "the candidate is committed with its score"
+
     _refuse_outbox_inserts(engine)
     try:
-        response = alert_client.post("/v1/churn/scores", json=body)
+        with pytest.raises(Exception, match="outbox refused"):
+            process_pending(engine, alerts=alerts)
+        assert pending_candidates(engine) == 1, "nothing taken out of the inbox"
+        assert counts(engine, customer_id) == (1, 0, 0), "no alert, no message"
     finally:
         _accept_outbox_inserts(engine)
-    assert response.status_code == 503
-    assert response.json()["code"] == "database_unavailable"
-    assert counts(engine, customer_id) == (0, 0, 0)
 
-    assert alert_client.post("/v1/churn/scores", json=body).status_code == 200
+    summary = process_pending(engine, alerts=alerts)
+    assert summary.candidates == 1 and len(summary.opened) == 1
+    assert pending_candidates(engine) == 0
     assert counts(engine, customer_id) == (1, 1, 1)
+    assert [kind for _, kind, _ in history_of(engine, customer_id)] == ["opened"]
 
 
 @pytest.mark.postgres
@@ -610,6 +706,7 @@ def test_postgres_outage_during_a_churn_score_saves_nothing(
                 proxy.start()
                 assert counts(direct, customer_id) == (0, 0, 0)
                 assert client.post("/v1/churn/scores", json=body).status_code == 200
+                settle_alerts(client.app)
                 assert counts(direct, customer_id) == (1, 1, 1)
         finally:
             direct.dispose()
@@ -640,124 +737,189 @@ def test_retention_actions_follow_the_reasons_that_raise_the_risk() -> None:
     assert len(same) == 1, "the same action is not repeated"
 
 
-def test_policy_by_band_or_probability() -> None:
-    by_band = AlertPolicy(min_band="medium")
-    assert by_band.crosses(probability=0.01, risk_band="medium")
-    assert by_band.crosses(probability=0.01, risk_band="high")
-    assert not by_band.crosses(probability=0.99, risk_band="low")
-    by_probability = AlertPolicy(min_band="high", min_probability=0.3)
-    assert by_probability.crosses(probability=0.3, risk_band="low")
-    assert not by_probability.crosses(probability=0.29, risk_band="high")
-
-
-def test_a_group_of_writes_records_alerts_in_one_pass() -> None:
-    """Callbacks of one tenant merge (one alert lookup per group); others stay apart."""
-    from app.alerts.service import RecordObservations
-    from app.scoring.writer import coalesce
-
-    alerts = ChurnAlerts(
-        policy=AlertPolicy(min_probability=0.5),
-        actions=RetentionActions.load(ACTIONS_FILE),
-        plan=NotificationPlan(),
-    )
-
-    def observed(customer_id: str, tenant: str | None) -> RecordObservations:
-        result = {"probability": 0.9, "risk_band": "high", "explanation": None}
-        callback = alerts.observe(
-            customer_ids=[customer_id],
-            results=[result],
-            crossed=[True],
-            request_id="r",
-            model_version="1",
-            tenant=tenant,
+def test_candidates_of_prospects_and_lost_customers_open_no_alert(engine: Engine) -> None:
+    """The processor checks the stage again (a candidate queued under an older policy)."""
+    prospect, lost, kept = new_customer(), new_customer(), new_customer()
+    with engine.begin() as connection:
+        summary = ALERTS.record(
+            connection,
+            candidates=[
+                candidate(prospect, 0.9, stage="prospect"),
+                candidate(lost, 0.9, stage="lost"),
+                candidate(kept, 0.9, stage="new"),
+            ],
         )
-        assert isinstance(callback, RecordObservations)
-        return callback
-
-    calls: list[str] = []
-
-    def plain(connection: Any) -> None:
-        calls.append("plain")
-
-    merged = coalesce(
-        [observed("a", None), observed("b", None), plain, observed("c", "t1"), observed("d", "t1")]
-    )
-    assert len(merged) == 3
-    first, middle, last = merged
-    assert isinstance(first, RecordObservations) and isinstance(last, RecordObservations)
-    assert [c for scores in first.scores for c in scores.customer_ids] == ["a", "b"]
-    assert middle is plain
-    assert [c for scores in last.scores for c in scores.customer_ids] == ["c", "d"]
-    assert last.tenant == "t1"
-    assert coalesce([observed("x", None), observed("y", "t2")])[1].tenant == "t2"  # type: ignore[attr-defined]
+    assert (summary.skipped, len(summary.opened)) == (2, 1)
+    assert history_of(engine, prospect) == history_of(engine, lost) == []
+    assert [kind for _, kind, _ in history_of(engine, kept)] == ["opened"]
 
 
-def test_scores_as_columns_record_exactly_what_observations_record(engine: Engine) -> None:
-    """The writer records calls' scores as columns and builds observations only for the
-    customers an alert concerns; the outcome must be that of recording every observation."""
-    alerts = ChurnAlerts(
-        policy=AlertPolicy(min_probability=0.5),
-        actions=RetentionActions.load(ACTIONS_FILE),
-        plan=NotificationPlan(),
-    )
-
-    def one_group() -> tuple[RecordObservations, list[str]]:
-        a, b, c = new_customer(), new_customer(), new_customer()
-        calls = [
-            (a, 0.2, "low"),
-            (a, 0.9, "high"),
-            (b, 0.1, "low"),
-            (a, 0.3, "low"),
-            (c, 0.7, "high"),
-        ]
-        callbacks = [
-            alerts.observe(
-                customer_ids=[customer_id],
-                results=[{"probability": p, "risk_band": band, "explanation": None}],
-                crossed=[p >= 0.5],
-                request_id=f"r{i}",
-                model_version="1",
-            )
-            for i, (customer_id, p, band) in enumerate(calls)
-        ]
-        (merged,) = coalesce(callbacks)
-        assert isinstance(merged, RecordObservations)
-        return merged, [a, b, c]
-
-    def history(customers: list[str]) -> list[tuple[int, str]]:
-        with engine.connect() as connection:
-            rows = connection.execute(
-                select(Alert.customer_id, AlertEvent.kind)
-                .join(AlertEvent, AlertEvent.alert_id == Alert.id)
-                .where(Alert.customer_id.in_(customers))
-                .order_by(AlertEvent.id)
-            ).all()
-        return [(customers.index(customer_id), kind) for customer_id, kind in rows]
-
-    as_columns, columns_customers = one_group()
+def _resolve(engine: Engine, customer_id: str, at: datetime) -> int:
     with engine.begin() as connection:
-        alerts.record_scores(connection, scores=as_columns.scores)
-    as_rows, rows_customers = one_group()
+        alert_id = connection.scalar(
+            select(Alert.id).where(Alert.customer_id == customer_id, Alert.status == "open")
+        )
+        connection.execute(
+            update(alert_table)
+            .where(alert_table.c.id == alert_id)
+            .values(status="resolved", resolved_at=at, outcome="retained", owner="rm-1")
+        )
+    assert isinstance(alert_id, int)
+    return alert_id
+
+
+def test_cooldown_holds_a_crossing_after_resolution_unless_the_risk_rose(engine: Engine) -> None:
+    alerts = churn_alerts(cooldown=timedelta(hours=1), reopen_margin=0.1)
+    customer_id = new_customer()
+    resolved_at = datetime.now(UTC) - timedelta(minutes=5)
+
+    def record(probability: float, at: datetime) -> Any:
+        with engine.begin() as connection:
+            return alerts.record(
+                connection, candidates=[candidate(customer_id, probability, at=at)]
+            )
+
+    assert record(0.6, resolved_at - timedelta(minutes=10)).opened
+    first = _resolve(engine, customer_id, resolved_at)
+    # 57 s after resolution, as risky as before (or a little more): held, not reopened.
+    assert record(0.6, resolved_at + timedelta(seconds=57)).held == 1
+    assert record(0.69, resolved_at + timedelta(minutes=2)).held == 1
+    # Risen by the margin over the probability it was resolved at: a new alert.
+    second = record(0.71, resolved_at + timedelta(minutes=3)).opened
+    assert second and second[0] != first
+    _resolve(engine, customer_id, resolved_at + timedelta(minutes=4))
+    # Once the cooldown has passed, any crossing opens again.
+    third = record(0.6, resolved_at + timedelta(minutes=4) + timedelta(hours=1)).opened
+    assert third
+    assert history_of(engine, customer_id) == [
+        (first, "opened", "open"),
+        (first, "held", "resolved"),
+        (first, "held", "resolved"),
+        (second[0], "opened", "open"),
+        (third[0], "opened", "open"),
+    ]
+    # No cooldown configured: a resolved alert never holds a score.
+    _resolve(engine, customer_id, datetime.now(UTC))
     with engine.begin() as connection:
-        every_score = [
-            ChurnObservation(
-                customer_id,
-                p,
-                band,
-                alerts.policy.crosses(probability=p, risk_band=band),
-                reasons,
-                scores.request_id,
-                scores.model_version,
-            )
-            for scores in as_rows.scores
-            for customer_id, p, band, reasons in zip(
-                scores.customer_ids,
-                scores.probabilities,
-                scores.risk_bands,
-                scores.reasons,
-                strict=True,
-            )
-        ]
-        alerts.record(connection, observations=every_score)
-    expected = [(0, "opened"), (0, "below_threshold"), (2, "opened")]
-    assert history(columns_customers) == history(rows_customers) == expected
+        summary = churn_alerts(cooldown=timedelta(0)).record(
+            connection, candidates=[candidate(customer_id, 0.5)]
+        )
+    assert summary.opened and summary.held == 0
+
+
+def test_two_processors_at_once_record_each_candidate_once(engine: Engine) -> None:
+    """Disjoint claims (PostgreSQL: SKIP LOCKED; SQLite: the write lock), one alert per
+    customer even when both open one, and every candidate recorded exactly once."""
+    alerts = churn_alerts(cooldown=timedelta(0))
+    process_pending(engine, alerts=alerts)  # anything other tests left
+    customers = [new_customer() for _ in range(25)]
+    rows = [candidate_row(c, 0.6 + i / 1000) for i in range(8) for c in customers]
+    queue(engine, *rows)
+    barrier = threading.Barrier(2)
+
+    def run(_: int) -> Any:
+        barrier.wait()
+        return process_pending(engine, alerts=alerts, batch_size=7)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        summaries = list(pool.map(run, range(2)))
+    assert sum(s.candidates for s in summaries) == len(rows)
+    assert pending_candidates(engine) == 0
+    with engine.connect() as connection:
+        stored = connection.execute(
+            select(Alert.customer_id, Alert.score_count).where(Alert.customer_id.in_(customers))
+        ).all()
+        events = connection.scalar(
+            select(func.count())
+            .select_from(AlertEvent)
+            .join(Alert, Alert.id == AlertEvent.alert_id)
+            .where(Alert.customer_id.in_(customers))
+        )
+    assert sorted(c for c, _ in stored) == sorted(customers), "one alert per customer"
+    assert all(count == 8 for _, count in stored)
+    assert events == len(rows)
+
+
+def test_the_service_processor_opens_alerts_without_being_asked(
+    alert_client: TestClient, churn_cases: ChurnCases
+) -> None:
+    customer_id = new_customer()
+    body = {"customers": [churn_cases.as_customer("high", customer_id)]}
+    started = time.monotonic()
+    assert alert_client.post("/v1/churn/scores", json=body).status_code == 200
+    engine = alert_client.app.state.engine  # type: ignore[attr-defined]
+
+    def listed() -> list[Any]:
+        # Not alerts_of: its total and page may straddle the processor's commit (two reads).
+        page = alert_client.get("/v1/alerts", params={"customer_id": customer_id}).json()
+        items: list[Any] = page["items"]
+        return items
+
+    while not listed():
+        waited = time.monotonic() - started
+        assert waited < 10, f"no alert after {waited:.1f} s; {pending_candidates(engine)} pending"
+        time.sleep(0.05)
+
+
+def test_list_filters_resolved_alerts_by_outcome(
+    alert_client: TestClient, churn_cases: ChurnCases
+) -> None:
+    owner = f"rm-{uuid.uuid4().hex[:8]}"
+    customers = sorted(new_customer() for _ in range(3))
+    score(alert_client, *(churn_cases.as_customer("high", c) for c in customers))
+    ids = [alerts_of(alert_client, c)[0]["id"] for c in customers]
+    for alert_id, outcome in zip(ids, ["retained", "lost", "retained"], strict=True):
+        url = f"/v1/alerts/{alert_id}"
+        assert alert_client.post(f"{url}/acknowledge", json={"by": owner}).status_code == 200
+        resolve = {"by": owner, "outcome": outcome}
+        assert alert_client.post(f"{url}/resolve", json=resolve).status_code == 200
+
+    def listed(**params: Any) -> list[int]:
+        response = alert_client.get("/v1/alerts", params={"owner": owner, **params})
+        assert response.status_code == 200, response.text
+        return [item["id"] for item in response.json()["items"]]
+
+    assert listed(outcome="retained") == [ids[0], ids[2]]
+    assert listed(outcome="lost", status="resolved") == [ids[1]]
+    assert listed(outcome="not_reachable") == []
+    assert alert_client.get("/v1/alerts", params={"outcome": "happy"}).status_code == 422
+
+
+def test_the_score_writer_imports_nothing_of_alerts_or_settings() -> None:
+    """The writer (thread and child process) gets plain rows: importing it in a fresh
+    interpreter loads no alert code and no settings."""
+    code = (
+        "import sys, app.scoring.writer, app.scoring.writer_process; "
+        "print(' '.join(m for m in sys.modules if m.startswith(('app.alerts', 'app.config'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == ""
+
+
+def test_cli_alerts_process(
+    engine: Engine, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli.main import cli
+    from app.config import get_settings
+
+    process_pending(engine, alerts=ALERTS)  # anything other tests left
+    customer_id = new_customer()
+    queue(engine, candidate_row(customer_id, 0.9), candidate_row(customer_id, 0.95))
+    monkeypatch.setenv("CVM_DATABASE_URL", database_url)
+    monkeypatch.setenv("CVM_CHURN_ALERT_PROBABILITY", "0.5")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["alerts", "process", "--batch-size", "1"])
+        assert result.exit_code == 0, result.output
+        assert "candidates 2: opened 1, rescored 1, held 0, skipped 0" in result.output
+        assert "left in the inbox: 0" in result.output
+        monkeypatch.setenv("CVM_CHURN_ALERTS_ENABLED", "false")
+        get_settings.cache_clear()
+        assert CliRunner().invoke(cli, ["alerts", "process"]).exit_code == 2
+    finally:
+        get_settings.cache_clear()
+    assert [kind for _, kind, _ in history_of(engine, customer_id)] == ["opened", "rescored"]

@@ -286,6 +286,40 @@ def test_persisted_churn_scores_open_alerts_with_reasons_once(
     assert alerts_by_customer(engine) == opened
 
 
+def test_batch_alerts_skip_prospects_and_lost_customers(
+    churn_model: ScoringModel, prepared_book: pd.DataFrame, engine: Engine, tmp_path: Path
+) -> None:
+    """`cvm score --persist` on a whole month of the book: churn alerts only for the new and
+    existing customers (the input's lifecycle column), never for prospects or leavers."""
+    last = prepared_book[prepared_book["month"] == prepared_book["month"].max()]
+    month = pd.concat(
+        [
+            last[last["lifecycle"] == stage].head(15)
+            for stage in ("prospect", "new", "existing", "lost")
+        ]
+    )
+    month = month.assign(customer_id="B-" + month["customer_id"].astype(str))
+    path = tmp_path / "month.parquet"
+    month.to_parquet(path, index=False)
+    settings = Settings(churn_alert_probability=1e-9)  # every score crosses
+    alerts = ChurnAlerts.from_settings(settings)
+    run_id = run_id_for(input_path=path, model=churn_model, chunk_rows=CHUNK)
+    sink = DatabaseChunkSink(engine, model=churn_model, run_id=run_id, alerts=alerts)
+    score_file(
+        churn_model,
+        input_path=path,
+        output_path=tmp_path / "s.parquet",
+        sink=sink,
+        rules=rules_from_settings(settings),
+        options=Options(reasons=0),
+    )
+    scored = {c for _, c in stored(engine) if c.startswith("B-")}
+    stage_of = dict(zip(month["customer_id"], month["lifecycle"], strict=True))
+    assert {stage_of[c] for c in scored} >= {"new", "existing", "lost"}
+    alerted = {c for c in alerts_by_customer(engine) if c.startswith("B-")}
+    assert alerted == {c for c in scored if stage_of[c] in ("new", "existing")}
+
+
 def test_a_crash_inside_a_chunk_rolls_it_back_and_the_rerun_resumes(
     churn_model: ScoringModel,
     churn_file: Path,

@@ -193,6 +193,7 @@ def test_dask_workers_store_pseudonyms_open_alerts_and_refuse_another_secret(
     at_risk = scored["band"].isin(["medium", "high"]) & scored["stage"].isin(["new", "existing"])
     assert (scored["alert"] == at_risk).all()
     assert alerted and alerted == set(pseudonyms(list(scored.loc[at_risk, "customer_id"])))
+    assert (~at_risk & scored["band"].isin(["medium", "high"])).any(), "a lost one at risk"
 
 
 def test_a_model_trained_on_dask_is_served_like_any_other(

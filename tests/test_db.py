@@ -529,14 +529,10 @@ def test_sqlite_log_is_checkpointed_beside_the_commits_not_inside_them(tmp_path:
     autocheckpoint: list[int] = []
     cache_sizes: list[int] = []
 
-    def read_pragma(connection: Any) -> None:
-        autocheckpoint.append(connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar())
-        cache_sizes.append(connection.exec_driver_sql("PRAGMA cache_size").scalar())
-
     async def main() -> None:
         # ~2,000 pages of log: past SQLite's automatic checkpoint at 1,000.
         for _ in range(40):
-            await writer.write([make_row() for _ in range(100)], also=read_pragma)
+            await writer.write([make_row() for _ in range(100)])
 
     writer.start()
     try:
@@ -551,6 +547,12 @@ def test_sqlite_log_is_checkpointed_beside_the_commits_not_inside_them(tmp_path:
                 "PRAGMA wal_checkpoint(PASSIVE)"
             ).one()
         assert count_rows(engine) == 4000
+        # The writer's connections are the engine's: each one is set up on connect.
+        with engine.connect() as connection:
+            autocheckpoint.append(
+                connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one()
+            )
+            cache_sizes.append(connection.exec_driver_sql("PRAGMA cache_size").scalar_one())
     finally:
         writer.stop()
         engine.dispose()

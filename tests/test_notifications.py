@@ -38,9 +38,9 @@ from app.alerts.repository import ClaimedMessage, claim_messages, outbox_counts,
 from app.alerts.service import (
     AlertPolicy,
     ChurnAlerts,
-    ChurnObservation,
     NotificationPlan,
     RetentionActions,
+    process_pending,
 )
 from app.alerts.tables import (
     OutboxMessage,
@@ -63,8 +63,10 @@ from app.notifications.service import (
     message_id_header,
     retry_delay,
 )
+from app.scoring.assess import AlertThresholds
 from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
+from app.scoring.repository import AlertCandidateRow, insert_alert_candidates
 from tests.conftest import customer_record
 
 SECRET = "webhook-s3cret"
@@ -257,19 +259,22 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 
 def open_alerts(engine: Engine, clock: FakeClock, plan: NotificationPlan, count: int) -> list[int]:
-    """Open ``count`` alerts for new customers, queueing their notifications."""
+    """Open ``count`` alerts for new customers, queueing their notifications: candidates
+    queued as the score writer queues them, then processed."""
     alerts = ChurnAlerts(
-        policy=AlertPolicy(min_probability=0.5),
+        thresholds=AlertThresholds(min_probability=0.5),
+        policy=AlertPolicy(),
         actions=RetentionActions.load(ACTIONS_FILE),
         plan=plan,
         clock=clock,
     )
-    observations = [
-        ChurnObservation(
+    candidates = [
+        AlertCandidateRow(
             customer_id=f"N-{uuid.uuid4().hex[:12]}",
+            tenant=None,
+            stage="existing",
             probability=0.5 + i / (2 * count + 2),
-            risk_band="high",
-            above_threshold=True,
+            band="high",
             reasons=[
                 {
                     "feature": "open_complaint",
@@ -281,11 +286,14 @@ def open_alerts(engine: Engine, clock: FakeClock, plan: NotificationPlan, count:
             ],
             request_id=f"req-{i}",
             model_version="1",
+            source="api",
+            created_at=clock(),
         )
         for i in range(count)
     ]
     with engine.begin() as connection:
-        return alerts.record(connection, observations=observations).opened
+        insert_alert_candidates(connection, rows=candidates)
+    return process_pending(engine, alerts=alerts).opened
 
 
 def webhook_channel(receiver: WebhookReceiver) -> WebhookChannel:

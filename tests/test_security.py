@@ -34,6 +34,7 @@ from app.security.pseudonyms import Pseudonymizer
 from app.security.rate_limit import LocalLimiter
 from app.security.strict_json import duplicate_key
 from app.security.tables import IdempotencyRecord
+from tests.alert_support import settle_alerts
 from tests.conftest import customer_record
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -288,6 +289,7 @@ def test_history_and_alerts_never_cross_tenants(
     assert client.post(
         "/v1/churn/scores", json={"customers": [customer]}, headers=bank_a
     ).is_success
+    settle_alerts(app)
     with engine.connect() as connection:
         tenants = set(connection.scalars(select(Score.tenant).where(Score.customer_id == cid)))
         alert_tenants = set(
@@ -322,6 +324,7 @@ def test_history_and_alerts_never_cross_tenants(
     assert client.post(
         "/v1/churn/scores", json={"customers": [customer]}, headers=bank_b
     ).is_success
+    settle_alerts(app)
     assert client.get(alert_url, headers=bank_a).json()["score_count"] == 1
     assert client.get(history, headers=bank_b).json()["total"] == 1
     (own,) = client.get("/v1/alerts", params={"customer_id": cid}, headers=bank_b).json()["items"]
@@ -329,6 +332,7 @@ def test_history_and_alerts_never_cross_tenants(
     assert client.post(
         "/v1/churn/scores", json={"customers": [customer]}, headers=bank_b
     ).is_success
+    settle_alerts(app)
     assert client.get(f"/v1/alerts/{own['id']}", headers=bank_b).json()["score_count"] == 2
     assert client.get(alert_url, headers=bank_a).json()["score_count"] == 1
 

@@ -11,15 +11,16 @@ import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from app.alerts.service import ChurnAlerts
 from app.db.errors import PersistenceUnavailable
 from app.db.migrate import upgrade
 from app.db.session import create_db_engine
+from app.scoring.repository import AlertCandidateRow
 from app.scoring.tables import Score
 from app.scoring.writer import GroupCommitWriter
 from app.scoring.writer_process import ProcessWriter, build_score_writer
@@ -43,13 +44,11 @@ def score_count(engine: Engine, customer_ids: list[str]) -> int:
         return int(connection.scalar(query) or 0)
 
 
-def test_acknowledged_writes_are_committed_with_their_alerts(
+def test_acknowledged_writes_are_committed_with_their_alert_candidates(
     database_url: str, settings_for: Any, engine: Engine
 ) -> None:
     settings = settings_for(database_url)
     writer = ProcessWriter(settings)
-    alerts = ChurnAlerts.from_settings(settings)
-    assert alerts is not None
     prefix = secrets.token_hex(4)
     ids = [f"{prefix}-{i}" for i in range(40)]
     risky = f"{prefix}-risky"
@@ -59,28 +58,38 @@ def test_acknowledged_writes_are_committed_with_their_alerts(
             await asyncio.gather(*(writer.write([make_row(customer_id=c)]) for c in ids))
             for customer_id in ids[::10]:  # acknowledged: visible to another connection now
                 assert await asyncio.to_thread(score_count, engine, [customer_id]) == 1
-            observed = alerts.observe(
-                customer_ids=[risky],
-                results=[
-                    {
-                        "probability": 0.97,
-                        "risk_band": "high",
-                        "explanation": {"reasons": [{"feature": "tenure_months", "value": -0.4}]},
-                    }
-                ],
-                crossed=[True],
+            # Plain rows: the child inserts the candidate beside the score, in its transaction.
+            candidate = AlertCandidateRow(
                 request_id="r-1",
+                customer_id=risky,
+                tenant="bank-a",
+                stage="existing",
+                probability=0.97,
+                band="high",
+                reasons=[{"feature": "tenure_months", "value": -0.4}],
                 model_version="1",
+                source="api",
+                created_at=datetime.now(UTC),
             )
-            await writer.write([make_row(customer_id=risky)], also=observed)
+            await writer.write([make_row(customer_id=risky)], candidates=[candidate])
 
     asyncio.run(main())
     assert score_count(engine, [*ids, risky]) == 41
     with engine.connect() as connection:
-        stored_alerts = connection.execute(
-            text("SELECT status, probability FROM alert WHERE customer_id = :c"), {"c": risky}
+        stored = connection.execute(
+            text(
+                "SELECT tenant, stage, probability, band, reasons FROM score_alert_candidate "
+                "WHERE customer_id = :c"
+            ),
+            {"c": risky},
         ).all()
-    assert [(status, round(p, 2)) for status, p in stored_alerts] == [("open", 0.97)]
+        connection.execute(
+            text("DELETE FROM score_alert_candidate WHERE customer_id = :c"), {"c": risky}
+        )
+        connection.commit()
+    ((tenant, stage, probability, band, reasons),) = stored
+    assert (tenant, stage, round(probability, 2), band) == ("bank-a", "existing", 0.97, "high")
+    assert "tenure_months" in str(reasons)
     stats = writer.stats
     assert (stats.writes_committed, stats.rows_committed, stats.writes_queued) == (41, 41, 0)
     assert 1 <= stats.groups_committed <= 41
@@ -175,14 +184,12 @@ def test_the_settings_choose_the_writer(tmp_path: Any, settings_for: Any) -> Non
     file_engine = create_db_engine(url)
     memory_engine = create_db_engine("sqlite://")
     try:
-        assert isinstance(
-            build_score_writer(settings_for(url, score_writer="process"), file_engine),
-            ProcessWriter,
-        )
+        chosen = settings_for(url, score_writer="process")
+        assert isinstance(build_score_writer(chosen, file_engine), ProcessWriter)
         threaded = settings_for(url, score_writer="thread")
         assert isinstance(build_score_writer(threaded, file_engine), GroupCommitWriter)
         # A database that lives in this process cannot be written from another.
-        in_memory = settings_for("sqlite://", score_writer="process")
+        in_memory = settings_for("sqlite://")
         assert isinstance(build_score_writer(in_memory, memory_engine), GroupCommitWriter)
     finally:
         file_engine.dispose()

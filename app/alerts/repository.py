@@ -13,6 +13,7 @@ from sqlalchemy import Connection, Select, Update, bindparam, func, or_, select,
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from app.alerts.states import AlertStatus, MessageStatus
 from app.alerts.tables import (
     ACTIVE_ALERT,
     ACTIVE_TAGGED_ALERT,
@@ -322,6 +323,45 @@ def insert_digest_entries(connection: Connection, *, rows: Sequence[DigestEntryR
         connection.execute(digest_entry_table.insert(), list(rows))
 
 
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """A customer's latest resolved alert, for the cooldown."""
+
+    alert_id: int
+    customer_id: str
+    probability: float
+    resolved_at: datetime
+
+
+def latest_resolutions(
+    connection: Connection,
+    *,
+    customer_ids: Sequence[str],
+    since: datetime,
+    tenant: TenantScope | None = None,
+) -> dict[str, Resolution]:
+    """Each customer's most recent alert resolved at or after ``since`` (of one tenant)."""
+    if not customer_ids:
+        return {}
+    t = alert_table.c
+    query = (
+        select(t.id, t.customer_id, t.probability, t.resolved_at)
+        .where(
+            t.customer_id.in_(list(customer_ids)),
+            t.status == AlertStatus.RESOLVED,
+            t.resolved_at >= since,
+        )
+        .order_by(t.resolved_at, t.id)
+    )
+    if tenant is not None:
+        query = query.where(tenant.condition(Alert.tenant))
+    # Oldest first, so each customer ends with the latest.
+    return {
+        row.customer_id: Resolution(row.id, row.customer_id, row.probability, row.resolved_at)
+        for row in connection.execute(query)
+    }
+
+
 # --- alert lifecycle (API) ---------------------------------------------------------------------
 
 
@@ -344,7 +384,8 @@ def alert_history(session: Session, *, alert_id: int) -> list[AlertEvent]:
 def list_alerts(
     session: Session,
     *,
-    status: str | None = None,
+    status: AlertStatus | None = None,
+    outcome: str | None = None,
     risk_band: str | None = None,
     owner: str | None = None,
     customer_id: str | None = None,
@@ -360,6 +401,8 @@ def list_alerts(
     conditions = [] if tenant is None else [tenant.condition(Alert.tenant)]
     if status is not None:
         conditions.append(Alert.status == status)
+    if outcome is not None:
+        conditions.append(Alert.outcome == outcome)
     if risk_band is not None:
         conditions.append(Alert.risk_band == risk_band)
     if owner is not None:
@@ -385,7 +428,7 @@ def transition_alert(
     session: Session,
     *,
     alert_id: int,
-    from_status: str,
+    from_status: AlertStatus,
     owner: str | None,
     values: dict[str, Any],
     tenant: TenantScope | None = None,
@@ -449,7 +492,7 @@ def claim_messages(
     due: Select[tuple[str]] = (
         select(t.id)
         .where(
-            t.status == "pending",
+            t.status == MessageStatus.PENDING,
             t.channel.in_(channels),
             t.next_attempt_at <= now,
             or_(t.claimed_until.is_(None), t.claimed_until <= now),
@@ -516,8 +559,13 @@ def mark_delivered(connection: Connection, *, message_id: str, delivered_at: dat
     t = outbox_message_table.c
     connection.execute(
         update(outbox_message_table)
-        .where(t.id == message_id, t.status == "pending")
-        .values(status="delivered", delivered_at=delivered_at, claimed_until=None, last_error=None)
+        .where(t.id == message_id, t.status == MessageStatus.PENDING)
+        .values(
+            status=MessageStatus.DELIVERED,
+            delivered_at=delivered_at,
+            claimed_until=None,
+            last_error=None,
+        )
     )
 
 
@@ -535,9 +583,9 @@ def schedule_retry(
     connection.execute(
         update(outbox_message_table)
         # Only while this dispatcher still holds it: after a lease expiry it is another's.
-        .where(t.id == message_id, t.status == "pending", t.claimed_by == dispatcher)
+        .where(t.id == message_id, t.status == MessageStatus.PENDING, t.claimed_by == dispatcher)
         .values(
-            status="failed" if give_up else "pending",
+            status=MessageStatus.FAILED if give_up else MessageStatus.PENDING,
             next_attempt_at=next_attempt_at,
             claimed_until=None,
             last_error=error[:500],
@@ -554,7 +602,7 @@ def release_claims(connection: Connection, *, message_ids: Sequence[str], dispat
         update(outbox_message_table)
         .where(
             t.id.in_(message_ids),
-            t.status == "pending",
+            t.status == MessageStatus.PENDING,
             t.claimed_by == dispatcher,
         )
         .values(claimed_until=None, attempts=t.attempts - 1)
@@ -567,8 +615,8 @@ def requeue_failed(connection: Connection, *, now: datetime) -> int:
     t = outbox_message_table.c
     result = connection.execute(
         update(outbox_message_table)
-        .where(t.status == "failed")
-        .values(status="pending", attempts=0, next_attempt_at=now, claimed_until=None)
+        .where(t.status == MessageStatus.FAILED)
+        .values(status=MessageStatus.PENDING, attempts=0, next_attempt_at=now, claimed_until=None)
     )
     return int(result.rowcount)
 

@@ -12,11 +12,11 @@ from app.alerts.schemas import (
     AcknowledgeRequest,
     AlertDetail,
     AlertPage,
-    AlertStatus,
     ResolveRequest,
     RiskBand,
     StaffId,
 )
+from app.alerts.states import AlertStatus, Outcome
 from app.http.deps import (
     AlertsReader,
     AlertsWriter,
@@ -46,6 +46,9 @@ def list_alerts(
     tenant: TenantDep,
     pseudonymizer: PseudonymizerDep,
     status: Annotated[AlertStatus | None, Query(description="Only this status.")] = None,
+    outcome: Annotated[
+        Outcome | None, Query(description="Only alerts resolved with this outcome.")
+    ] = None,
     band: Annotated[RiskBand | None, Query(description="Only this latest risk band.")] = None,
     owner: Annotated[StaffId | None, Query(description="Only alerts this person owns.")] = None,
     customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
@@ -62,6 +65,7 @@ def list_alerts(
     return alerts.list_alerts(
         session,
         status=status,
+        outcome=outcome,
         risk_band=band,
         owner=owner,
         # Stored ids are pseudonyms when a secret is set: look up the caller's id's pseudonym.

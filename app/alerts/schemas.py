@@ -7,12 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-AlertStatus = Literal["open", "acknowledged", "resolved"]
+from app.alerts.states import AlertStatus, EventKind, Outcome
+
 RiskBand = Literal["low", "medium", "high"]
-Outcome = Literal["retained", "lost", "not_reachable", "other"]
-EventKind = Literal[
-    "opened", "rescored", "below_threshold", "above_threshold", "acknowledged", "resolved"
-]
 
 StaffId = Annotated[
     str,
@@ -51,7 +48,7 @@ class ResolveRequest(BaseModel):
 
     @model_validator(mode="after")
     def _other_needs_a_note(self) -> ResolveRequest:
-        if self.outcome == "other" and not (self.note and self.note.strip()):
+        if self.outcome is Outcome.OTHER and not (self.note and self.note.strip()):
             raise ValueError("outcome 'other' needs a note saying what happened")
         return self
 
@@ -77,7 +74,10 @@ class AlertSummary(BaseModel):
     risk_band: RiskBand = Field(description="Band of the latest score.")
     probability: float = Field(description="Churn probability of the latest score.")
     peak_probability: float = Field(description="Highest probability while the alert was active.")
-    above_threshold: bool = Field(description="Whether the latest score is above the threshold.")
+    above_threshold: bool = Field(
+        description="Whether the latest recorded score is above the threshold (alerts record "
+        "crossing scores only; false only on alerts last scored before that)."
+    )
     actions: list[str] = Field(description="Recommended retention actions, from the reasons.")
     model_version: str | None
     score_count: int = Field(description="Scores recorded on the alert, the opening one included.")

@@ -1,21 +1,28 @@
-"""Churn alerts: opened with the score that crosses the threshold, owned, resolved.
+"""Churn alerts: opened from the scores that call for one, owned by staff, resolved.
 
-The scoring transaction calls ``ChurnAlerts.record`` on its own connection, so a score, the
-alert it opens or updates and the notifications announcing it are committed together or not
-at all. The lifecycle functions below serve the alert endpoints.
+The score writer stores a churn score that crosses the alert threshold together with an alert
+candidate (``score_alert_candidate``, the scoring package's inbox). ``process_pending`` takes
+candidates out of that inbox and, in the same transaction, decides for each one: open an alert,
+record the score on the customer's active alert, or hold it (a recently resolved alert is not
+reopened unless the risk rose by a margin), and queues the notifications of the alerts it
+opens in the outbox. A candidate is deleted only by the transaction that records it, so none
+is lost and none is recorded twice, with any number of processors at once. The lifecycle
+functions below serve the alert endpoints.
 """
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from app.alerts import repository as repo
@@ -26,6 +33,7 @@ from app.alerts.repository import (
     DigestEntryRow,
     NewAlertRow,
     OutboxRow,
+    Resolution,
 )
 from app.alerts.schemas import (
     AcknowledgeRequest,
@@ -35,15 +43,31 @@ from app.alerts.schemas import (
     ResolveRequest,
     alert_detail,
 )
+from app.alerts.states import (
+    TRANSITIONS,
+    AlertAction,
+    AlertStatus,
+    EventKind,
+    MessageStatus,
+    Outcome,
+)
 from app.config import Settings
+from app.db.errors import describe_db_error
 from app.errors import Conflict, NotFound
-from app.scoring.repository import TenantScope
+from app.scoring.assess import AlertThresholds
+from app.scoring.repository import (
+    AlertCandidate,
+    TenantScope,
+    claim_alert_candidates,
+    count_alert_candidates,
+)
+from app.scoring.rules import rules_from_settings
 
-BAND_ORDER = {"low": 0, "medium": 1, "high": 2}
 # Reasons kept in a notification: enough to act on, short enough to read on a phone.
 NOTIFIED_REASONS = 5
 
 Clock = Callable[[], datetime]
+log = structlog.get_logger("cvm.alerts")
 
 
 def utc_now() -> datetime:
@@ -79,16 +103,18 @@ class RetentionActions(BaseModel):
 
 @dataclass(frozen=True)
 class AlertPolicy:
-    """When a churn score opens an alert: from a risk band up, or from a probability up."""
+    """What the processor does with a candidate once its score crossed the threshold: a
+    customer's alert resolved less than ``cooldown`` before the score is not reopened, unless
+    the probability rose by ``reopen_margin`` over the one it was resolved at."""
 
-    min_band: str = "high"
-    min_probability: float | None = None
+    cooldown: timedelta = timedelta(days=30)
+    reopen_margin: float = 0.1
 
-    def crosses(self, *, probability: float, risk_band: str) -> bool:
-        """Whether this score is above the threshold."""
-        if self.min_probability is not None:
-            return probability >= self.min_probability
-        return BAND_ORDER.get(risk_band, 0) >= BAND_ORDER[self.min_band]
+    def holds(self, candidate: AlertCandidate, resolution: Resolution | None) -> bool:
+        """Whether a recent resolution keeps this score from opening a new alert."""
+        if resolution is None or candidate.created_at >= resolution.resolved_at + self.cooldown:
+            return False
+        return candidate.probability < resolution.probability + self.reopen_margin
 
 
 @dataclass(frozen=True)
@@ -109,40 +135,27 @@ class NotificationPlan:
         )
 
 
-class ChurnScores(NamedTuple):
-    """One call's churn results as columns: cheap to gather on the request path and to send to
-    a writer process; the observations are built where they are recorded."""
-
-    customer_ids: list[str]
-    probabilities: list[float]
-    risk_bands: list[str]
-    reasons: list[list[dict[str, Any]]]
-    request_id: str
-    model_version: str | None
-    # Per score, whether the assessment found the alert threshold for its stage crossed.
-    crossed: list[bool]
-
-
-class ChurnObservation(NamedTuple):
-    """One churn score as the alert logic needs it (a named tuple: one per scored customer,
-    built on the request path)."""
-
-    customer_id: str
-    probability: float
-    risk_band: str
-    above_threshold: bool
-    reasons: list[dict[str, Any]]
-    request_id: str
-    model_version: str | None
-
-
 @dataclass
-class AlertWriteSummary:
-    """What one scoring transaction did to alerts (for tests and logs)."""
+class ProcessSummary:
+    """What processing candidates did (for logs, the CLI and tests)."""
 
+    candidates: int = 0
     opened: list[int] = field(default_factory=list)
     updated: list[int] = field(default_factory=list)
+    rescored: int = 0
+    held: int = 0
+    skipped: int = 0
     messages: int = 0
+
+    def add(self, other: ProcessSummary) -> None:
+        """Fold in another batch's counts."""
+        self.candidates += other.candidates
+        self.opened.extend(other.opened)
+        self.updated.extend(other.updated)
+        self.rescored += other.rescored
+        self.held += other.held
+        self.skipped += other.skipped
+        self.messages += other.messages
 
 
 @dataclass(slots=True)
@@ -151,238 +164,205 @@ class _AlertState:
     update: AlertScoreUpdate | None = None
 
 
-class ChurnAlerts:
-    """Opens and updates churn alerts inside the transaction that saves the scores."""
+@dataclass(slots=True)
+class _Decisions:
+    """One tenant's candidates, sorted out against the alerts stored for their customers."""
 
-    def __init__(
-        self,
-        *,
-        policy: AlertPolicy,
-        actions: RetentionActions,
-        plan: NotificationPlan,
-        clock: Clock = utc_now,
-        tenant_isolation: bool = False,
-    ) -> None:
-        self.policy = policy
-        self.actions = actions
-        self.plan = plan
-        self.clock = clock
-        # On: a score updates only its own tenant's alert (see record).
-        self.tenant_isolation = tenant_isolation
+    active: dict[str, ActiveAlert]
+    openers: dict[str, AlertCandidate]
+    held: dict[int, Resolution]
+
+
+@dataclass(frozen=True)
+class ChurnAlerts:
+    """The churn alert policy the settings describe: the threshold (applied where scores are
+    assessed), what the processor does with the candidates, and what an opening announces."""
+
+    thresholds: AlertThresholds
+    policy: AlertPolicy
+    actions: RetentionActions
+    plan: NotificationPlan
+    # On: a score is recorded only on its own tenant's alert.
+    tenant_isolation: bool = False
+    clock: Clock = utc_now
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ChurnAlerts | None:
-        """The alert logic the settings describe, or None when alerts are off."""
-        if not settings.churn_alerts_enabled:
+        """The alert policy the settings describe, or None when alerts are off."""
+        thresholds = rules_from_settings(settings).alerts
+        if thresholds is None:
             return None
         return cls(
+            thresholds=thresholds,
             policy=AlertPolicy(
-                min_band=settings.churn_alert_band, min_probability=settings.churn_alert_probability
+                cooldown=timedelta(hours=settings.churn_alert_cooldown_hours),
+                reopen_margin=settings.churn_alert_reopen_margin,
             ),
             actions=RetentionActions.load(settings.retention_actions_file),
             plan=NotificationPlan.from_settings(settings),
             tenant_isolation=settings.tenant_isolation,
         )
 
-    def observe(
-        self,
-        *,
-        customer_ids: Sequence[str],
-        results: Sequence[Mapping[str, Any]],
-        crossed: Sequence[bool],
-        request_id: str,
-        model_version: str | None,
-        tenant: str | None = None,
-    ) -> Callable[[Connection], None]:
-        """A callback recording these churn results on alerts, inside the scores' transaction;
-        ``crossed`` is the assessment's verdict on the threshold for each customer's stage."""
-        scores = ChurnScores(
-            list(customer_ids),
-            [float(result["probability"]) for result in results],
-            [str(result["risk_band"]) for result in results],
-            [list(e["reasons"]) if (e := result.get("explanation")) else [] for result in results],
-            request_id,
-            model_version,
-            list(crossed),
-        )
-        return RecordObservations(alerts=self, scores=(scores,), tenant=tenant)
-
     def record(
-        self,
-        connection: Connection,
-        *,
-        observations: Sequence[ChurnObservation],
-        tenant: str | None = None,
-    ) -> AlertWriteSummary:
-        """Open, update and announce alerts for these scores on ``connection`` (no commit).
-
-        New alerts carry ``tenant``. With tenant isolation, a score sees and opens only its
-        tenant's alerts: two tenants with the same customer id each have their own (the unique
-        index allows one active alert per customer id and tenant).
-        """
-        scope = TenantScope(tenant) if self.tenant_isolation else None
-        active = self._lock_active(connection, [o.customer_id for o in observations], scope)
-        if not active and not any(o.above_threshold for o in observations):
-            return AlertWriteSummary()
-        return self._apply(connection, observations, active, scope, tenant)
-
-    def record_scores(
-        self,
-        connection: Connection,
-        *,
-        scores: Sequence[ChurnScores],
-        tenant: str | None = None,
-    ) -> AlertWriteSummary:
-        """``record`` for calls' scores as columns: observations are built only for the
-        customers alerts concern (a score that crosses the threshold, or an active alert);
-        a 1,000-customer call usually concerns a few dozen."""
-        flags = [s.crossed for s in scores]
-        scope = TenantScope(tenant) if self.tenant_isolation else None
-        active = self._lock_active(
-            connection, [cid for s in scores for cid in s.customer_ids], scope
-        )
-        crossing = {
-            cid
-            for s, f in zip(scores, flags, strict=True)
-            for cid, above in zip(s.customer_ids, f, strict=True)
-            if above
-        }
-        if not active and not crossing:
-            return AlertWriteSummary()
-        concerned = crossing | active.keys()
-        observations = [
-            ChurnObservation(cid, p, band, above, reasons, s.request_id, s.model_version)
-            for s, f in zip(scores, flags, strict=True)
-            for cid, p, band, above, reasons in zip(
-                s.customer_ids, s.probabilities, s.risk_bands, f, s.reasons, strict=True
-            )
-            if cid in concerned
-        ]
-        return self._apply(connection, observations, active, scope, tenant)
-
-    @staticmethod
-    def _lock_active(
-        connection: Connection, customer_ids: list[str], scope: TenantScope | None
-    ) -> dict[str, ActiveAlert]:
-        # The one statement every churn write pays: an index lookup that finds nothing when
-        # no customer in the write has an alert.
-        unique = list(dict.fromkeys(customer_ids))
-        return repo.lock_active_alerts(connection, customer_ids=unique, tenant=scope)
-
-    def _apply(
-        self,
-        connection: Connection,
-        observations: Sequence[ChurnObservation],
-        active: dict[str, ActiveAlert],
-        scope: TenantScope | None,
-        tenant: str | None,
-    ) -> AlertWriteSummary:
-        """Open, update and announce, given the customers' active alerts (locked)."""
-        summary = AlertWriteSummary()
+        self, connection: Connection, *, candidates: Sequence[AlertCandidate]
+    ) -> ProcessSummary:
+        """Open, update or hold alerts for these candidates, in the caller's transaction."""
+        summary = ProcessSummary(candidates=len(candidates))
         now = self.clock()
+        by_tenant: dict[str | None, list[AlertCandidate]] = {}
+        for candidate in candidates:
+            # The threshold already left these out; a candidate queued before the policy
+            # changed, or by another scorer, is checked again here.
+            if not self.thresholds.acts_at(candidate.stage):
+                summary.skipped += 1
+                continue
+            by_tenant.setdefault(candidate.tenant, []).append(candidate)
+        # Tenants, then customers, in a fixed order: two processors inserting alerts for the
+        # same customers wait for each other instead of deadlocking (PostgreSQL).
+        for tenant in sorted(by_tenant, key=lambda t: (t is not None, t or "")):
+            self._record_tenant(connection, by_tenant[tenant], tenant, now, summary)
+        return summary
 
-        # The first crossing of each customer without an active alert opens one.
-        openers: dict[str, int] = {}
-        for index, observation in enumerate(observations):
-            cid = observation.customer_id
-            if observation.above_threshold and cid not in active and cid not in openers:
-                openers[cid] = index
+    def _decide(
+        self,
+        connection: Connection,
+        candidates: Sequence[AlertCandidate],
+        scope: TenantScope | None,
+        now: datetime,
+    ) -> _Decisions:
+        """Which candidates open an alert and which are held; active alerts row-locked."""
+        customers = list(dict.fromkeys(c.customer_id for c in candidates))
+        active = repo.lock_active_alerts(connection, customer_ids=customers, tenant=scope)
+        inactive = [cid for cid in customers if cid not in active]
+        resolutions = (
+            repo.latest_resolutions(
+                connection, customer_ids=inactive, since=now - self.policy.cooldown, tenant=scope
+            )
+            if inactive and self.policy.cooldown > timedelta(0)
+            else {}
+        )
+        openers: dict[str, AlertCandidate] = {}
+        held: dict[int, Resolution] = {}
+        for candidate in candidates:
+            cid = candidate.customer_id
+            if cid in active or cid in openers:
+                continue
+            resolution = resolutions.get(cid)
+            if resolution is not None and self.policy.holds(candidate, resolution):
+                held[candidate.id] = resolution
+            else:
+                openers[cid] = candidate
+        return _Decisions(active=active, openers=openers, held=held)
+
+    def _record_tenant(
+        self,
+        connection: Connection,
+        candidates: Sequence[AlertCandidate],
+        tenant: str | None,
+        now: datetime,
+        summary: ProcessSummary,
+    ) -> None:
+        """Record one tenant's candidates (new alerts are inserted one tenant at a time)."""
+        scope = TenantScope(tenant) if self.tenant_isolation else None
+        decisions = self._decide(connection, candidates, scope, now)
+        openers = decisions.openers
         opened: dict[str, int] = {}
         if openers:
-            rows = [self._new_alert(observations[i], now, tenant) for i in openers.values()]
+            ordered = sorted(openers.values(), key=lambda c: c.customer_id)
+            rows = [self._new_alert(c, now, tenant) for c in ordered]
             opened = repo.insert_new_alerts(connection, rows=rows)
             # Customers missing from ``opened`` lost a race with a concurrent transaction
             # (PostgreSQL): its alert is now committed; record this score on that one.
             late = [cid for cid in openers if cid not in opened]
             if late:
-                active.update(repo.lock_active_alerts(connection, customer_ids=late, tenant=scope))
+                found = repo.lock_active_alerts(connection, customer_ids=late, tenant=scope)
+                decisions.active.update(found)
                 for cid in late:
                     del openers[cid]
 
-        states = {cid: _AlertState(alert) for cid, alert in active.items()}
+        states = {cid: _AlertState(alert) for cid, alert in decisions.active.items()}
         events: list[AlertEventRow] = []
         outbox: list[OutboxRow] = []
         digest: list[DigestEntryRow] = []
-        for index, observation in enumerate(observations):
-            cid = observation.customer_id
-            if openers.get(cid) == index:
+        for candidate in candidates:
+            cid = candidate.customer_id
+            if openers.get(cid) is candidate:
                 alert_id = opened[cid]
-                states[cid] = _AlertState(
-                    ActiveAlert(
-                        id=alert_id,
-                        customer_id=cid,
-                        status="open",
-                        above_threshold=True,
-                        peak_probability=observation.probability,
-                        score_count=1,
-                        reasons=observation.reasons,
-                        actions=self.actions.for_reasons(observation.reasons),
-                    )
-                )
-                events.append(_event(alert_id, "opened", "open", observation, now))
-                self._announce(alert_id, observation, now, outbox, digest)
+                states[cid] = _AlertState(self._opened_alert(alert_id, candidate))
+                events.append(_event(alert_id, EventKind.OPENED, AlertStatus.OPEN, candidate, now))
+                self._announce(alert_id, candidate, now, outbox, digest)
                 summary.opened.append(alert_id)
-                continue
-            state = states.get(cid)
-            if state is None:
-                continue  # below the threshold, no alert: nothing to record
-            alert = state.alert
-            kind = (
-                "rescored"
-                if observation.above_threshold == alert.above_threshold
-                else "above_threshold"
-                if observation.above_threshold
-                else "below_threshold"
-            )
-            alert.above_threshold = observation.above_threshold
-            alert.peak_probability = max(alert.peak_probability, observation.probability)
-            alert.score_count += 1
-            if observation.reasons:  # reasons=0 was asked: keep the last reasons known
-                alert.reasons = observation.reasons
-                alert.actions = self.actions.for_reasons(observation.reasons)
-            state.update = AlertScoreUpdate(
-                b_id=alert.id,
-                risk_band=observation.risk_band,
-                probability=observation.probability,
-                peak_probability=alert.peak_probability,
-                above_threshold=observation.above_threshold,
-                reasons=alert.reasons,
-                actions=alert.actions,
-                model_version=observation.model_version,
-                score_count=alert.score_count,
-                last_request_id=observation.request_id,
-                last_scored_at=now,
-                updated_at=now,
-            )
-            events.append(_event(alert.id, kind, alert.status, observation, now))
+            elif (state := states.get(cid)) is not None:
+                self._rescore(state, candidate, now)
+                alert = state.alert
+                events.append(_event(alert.id, EventKind.RESCORED, alert.status, candidate, now))
+                summary.rescored += 1
+            elif (resolution := decisions.held.get(candidate.id)) is not None:
+                status = AlertStatus.RESOLVED
+                events.append(_event(resolution.alert_id, EventKind.HELD, status, candidate, now))
+                summary.held += 1
 
         updates = [s.update for s in states.values() if s.update is not None]
         repo.update_alert_scores(connection, updates=updates)
         repo.insert_alert_events(connection, rows=events)
         repo.insert_outbox_messages(connection, rows=outbox)
         repo.insert_digest_entries(connection, rows=digest)
-        summary.updated = [u["b_id"] for u in updates]
-        summary.messages = len(outbox)
-        return summary
+        summary.updated.extend(u["b_id"] for u in updates)
+        summary.messages += len(outbox)
+
+    def _opened_alert(self, alert_id: int, candidate: AlertCandidate) -> ActiveAlert:
+        return ActiveAlert(
+            id=alert_id,
+            customer_id=candidate.customer_id,
+            status=AlertStatus.OPEN,
+            above_threshold=True,
+            peak_probability=candidate.probability,
+            score_count=1,
+            reasons=candidate.reasons,
+            actions=self.actions.for_reasons(candidate.reasons),
+        )
+
+    def _rescore(self, state: _AlertState, candidate: AlertCandidate, now: datetime) -> None:
+        """Record a later crossing score on an active alert."""
+        alert = state.alert
+        alert.peak_probability = max(alert.peak_probability, candidate.probability)
+        alert.score_count += 1
+        if candidate.reasons:  # reasons=0 was asked: keep the last reasons known
+            alert.reasons = candidate.reasons
+            alert.actions = self.actions.for_reasons(candidate.reasons)
+        state.update = AlertScoreUpdate(
+            b_id=alert.id,
+            risk_band=candidate.band,
+            probability=candidate.probability,
+            peak_probability=alert.peak_probability,
+            above_threshold=True,
+            reasons=alert.reasons,
+            actions=alert.actions,
+            model_version=candidate.model_version,
+            score_count=alert.score_count,
+            last_request_id=candidate.request_id,
+            last_scored_at=candidate.created_at,
+            updated_at=now,
+        )
 
     def _new_alert(
-        self, observation: ChurnObservation, now: datetime, tenant: str | None = None
+        self, candidate: AlertCandidate, now: datetime, tenant: str | None = None
     ) -> NewAlertRow:
         return NewAlertRow(
-            customer_id=observation.customer_id,
-            status="open",
-            risk_band=observation.risk_band,
-            probability=observation.probability,
-            peak_probability=observation.probability,
+            customer_id=candidate.customer_id,
+            status=AlertStatus.OPEN,
+            risk_band=candidate.band,
+            probability=candidate.probability,
+            peak_probability=candidate.probability,
             above_threshold=True,
-            reasons=observation.reasons,
-            actions=self.actions.for_reasons(observation.reasons),
-            model_version=observation.model_version,
+            reasons=candidate.reasons,
+            actions=self.actions.for_reasons(candidate.reasons),
+            model_version=candidate.model_version,
             score_count=1,
-            opened_request_id=observation.request_id,
-            last_request_id=observation.request_id,
+            opened_request_id=candidate.request_id,
+            last_request_id=candidate.request_id,
             opened_at=now,
-            last_scored_at=now,
+            last_scored_at=candidate.created_at,
             updated_at=now,
             tenant=tenant,
         )
@@ -390,7 +370,7 @@ class ChurnAlerts:
     def _announce(
         self,
         alert_id: int,
-        observation: ChurnObservation,
+        candidate: AlertCandidate,
         now: datetime,
         outbox: list[OutboxRow],
         digest: list[DigestEntryRow],
@@ -399,12 +379,12 @@ class ChurnAlerts:
             return
         snapshot = alert_snapshot(
             alert_id=alert_id,
-            customer_id=observation.customer_id,
-            risk_band=observation.risk_band,
-            probability=observation.probability,
-            reasons=observation.reasons,
-            actions=self.actions.for_reasons(observation.reasons),
-            model_version=observation.model_version,
+            customer_id=candidate.customer_id,
+            risk_band=candidate.band,
+            probability=candidate.probability,
+            reasons=candidate.reasons,
+            actions=self.actions.for_reasons(candidate.reasons),
+            model_version=candidate.model_version,
             opened_at=now,
         )
         if self.plan.webhook:
@@ -423,6 +403,116 @@ class ChurnAlerts:
             else:
                 message_id = str(uuid.uuid4())
                 outbox.append(_outbox_row(message_id, "email", recipient, alert_id, snapshot, now))
+
+
+# --- the processor ---------------------------------------------------------------------------
+
+
+def process_pending(
+    engine: Engine, *, alerts: ChurnAlerts, batch_size: int = 500
+) -> ProcessSummary:
+    """Record every candidate waiting in the inbox, one batch per transaction.
+
+    Each transaction takes its candidates out of the inbox and writes what they do to alerts
+    (and their outbox) together: a crash rolls both back, leaving the candidates for the next
+    run. Processors running at once take disjoint candidates (see
+    ``claim_alert_candidates``).
+    """
+    total = ProcessSummary()
+    while True:
+        with engine.begin() as connection:
+            candidates = claim_alert_candidates(connection, limit=batch_size)
+            if not candidates:
+                return total
+            summary = alerts.record(connection, candidates=candidates)
+        total.add(summary)
+
+
+def pending_candidates(engine: Engine) -> int:
+    """Candidates committed and not yet processed."""
+    with engine.connect() as connection:
+        return count_alert_candidates(connection)
+
+
+class AlertProcessor:
+    """Runs ``process_pending`` in a background thread: on every poll, and at once when woken
+    (the scoring service sets ``wakeup`` after committing candidates)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        alerts: ChurnAlerts,
+        poll_s: float = 0.5,
+        batch_size: int = 500,
+    ) -> None:
+        self.engine = engine
+        self.alerts = alerts
+        self.poll_s = poll_s
+        self.batch_size = batch_size
+        self.wakeup = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, engine: Engine) -> AlertProcessor | None:
+        """The in-process processor the settings ask for (None: alerts off, or run elsewhere)."""
+        alerts = ChurnAlerts.from_settings(settings)
+        if alerts is None or not settings.alert_processor_in_process:
+            return None
+        return cls(
+            engine,
+            alerts=alerts,
+            poll_s=settings.alert_processor_poll_s,
+            batch_size=settings.alert_processor_batch_size,
+        )
+
+    def run_once(self) -> ProcessSummary:
+        """Process what is pending now, in the caller's thread."""
+        return process_pending(self.engine, alerts=self.alerts, batch_size=self.batch_size)
+
+    def start(self) -> None:
+        """Start the background thread."""
+        if self._thread is not None:
+            raise RuntimeError("alert processor already started")
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="cvm-alerts", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Process what is pending one last time, then end the thread."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stopping.set()
+        self.wakeup.set()
+        thread.join(timeout)
+        self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            self.wakeup.wait(self.poll_s)
+            self.wakeup.clear()
+            self._process()
+            if self._stopping.is_set():
+                return
+
+    def _process(self) -> None:
+        try:
+            summary = self.run_once()
+        except Exception as error:
+            # The candidates stay in the inbox: the next poll retries them.
+            log.error("alert_processing_failed", error=describe_db_error(error))
+            return
+        if summary.candidates:
+            log.info(
+                "alert_candidates_processed",
+                candidates=summary.candidates,
+                opened=len(summary.opened),
+                rescored=summary.rescored,
+                held=summary.held,
+                skipped=summary.skipped,
+            )
 
 
 def alert_snapshot(
@@ -459,7 +549,7 @@ def alert_snapshot(
 
 
 def _event(
-    alert_id: int, kind: str, status: str, observation: ChurnObservation, now: datetime
+    alert_id: int, kind: EventKind, status: str, candidate: AlertCandidate, now: datetime
 ) -> AlertEventRow:
     return AlertEventRow(
         alert_id=alert_id,
@@ -467,9 +557,9 @@ def _event(
         at=now,
         by=None,
         status=status,
-        probability=observation.probability,
-        risk_band=observation.risk_band,
-        request_id=observation.request_id,
+        probability=candidate.probability,
+        risk_band=candidate.band,
+        request_id=candidate.request_id,
         note=None,
     )
 
@@ -489,7 +579,7 @@ def _outbox_row(
         recipient=recipient,
         alert_id=alert_id,
         payload=payload,
-        status="pending",
+        status=MessageStatus.PENDING,
         attempts=0,
         created_at=now,
         next_attempt_at=now,
@@ -502,7 +592,8 @@ def _outbox_row(
 def list_alerts(
     session: Session,
     *,
-    status: str | None = None,
+    status: AlertStatus | None = None,
+    outcome: Outcome | None = None,
     risk_band: str | None = None,
     owner: str | None = None,
     customer_id: str | None = None,
@@ -520,6 +611,7 @@ def list_alerts(
     alerts, total = repo.list_alerts(
         session,
         status=status,
+        outcome=outcome,
         risk_band=risk_band,
         owner=owner,
         customer_id=customer_id,
@@ -558,11 +650,9 @@ def acknowledge_alert(
     return _apply_transition(
         session,
         alert_id=alert_id,
-        action="acknowledge",
-        from_status="open",
+        action=AlertAction.ACKNOWLEDGE,
         owner=None,
         values={
-            "status": "acknowledged",
             "owner": request.by,
             "acknowledged_at": now,
             "updated_at": now,
@@ -588,11 +678,9 @@ def resolve_alert(
     return _apply_transition(
         session,
         alert_id=alert_id,
-        action="resolve",
-        from_status="acknowledged",
+        action=AlertAction.RESOLVE,
         owner=request.by,
         values={
-            "status": "resolved",
             "resolved_by": request.by,
             "resolved_at": now,
             "outcome": request.outcome,
@@ -610,8 +698,7 @@ def _apply_transition(
     session: Session,
     *,
     alert_id: int,
-    action: str,
-    from_status: str,
+    action: AlertAction,
     owner: str | None,
     values: dict[str, Any],
     request: AcknowledgeRequest | ResolveRequest,
@@ -620,18 +707,19 @@ def _apply_transition(
     tenant: TenantScope | None,
 ) -> AlertDetail:
     """One conditional UPDATE plus its history event, committed together; 404/409 if refused."""
+    from_status, to_status = TRANSITIONS[action]
     changed = repo.transition_alert(
         session,
         alert_id=alert_id,
         from_status=from_status,
         owner=owner,
-        values=values,
+        values={**values, "status": to_status},
         tenant=tenant,
     )
     if not changed:
         session.rollback()
         raise _refusal(session, alert_id, action, tenant)
-    event = _transition_event(alert_id, values["status"], request, request_id, now)
+    event = _transition_event(alert_id, to_status, request, request_id, now)
     repo.add_alert_event(session, row=event)
     session.commit()
     return get_alert(session, alert_id=alert_id, tenant=tenant)
@@ -639,7 +727,7 @@ def _apply_transition(
 
 def _transition_event(
     alert_id: int,
-    kind: str,
+    status: AlertStatus,
     request: AcknowledgeRequest | ResolveRequest,
     request_id: str | None,
     now: datetime,
@@ -647,12 +735,13 @@ def _transition_event(
     note = request.note
     if isinstance(request, ResolveRequest):
         note = f"outcome: {request.outcome}" + (f"; {request.note}" if request.note else "")
+    # The event of a transition is named after the status it reached.
     return AlertEventRow(
         alert_id=alert_id,
-        kind=kind,
+        kind=EventKind(status.value),
         at=now,
         by=request.by,
-        status=kind,
+        status=status,
         probability=None,
         risk_band=None,
         # The call that made the transition: the audit log's line for it names the client.
@@ -662,44 +751,20 @@ def _transition_event(
 
 
 def _refusal(
-    session: Session, alert_id: int, action: str, tenant: TenantScope | None = None
+    session: Session, alert_id: int, action: AlertAction, tenant: TenantScope | None = None
 ) -> NotFound | Conflict:
     """Why a transition did not apply: the alert is missing, or in the wrong state or hands."""
     alert = repo.get_alert(session, alert_id=alert_id, tenant=tenant)
     if alert is None:
         return NotFound(f"no alert {alert_id}")
     extra = {"alert_status": alert.status, "owner": alert.owner}
-    if alert.status == "resolved":
+    if alert.status == AlertStatus.RESOLVED:
         detail = f"alert {alert_id} is already resolved ({alert.outcome})"
-    elif action == "acknowledge":
+    elif action is AlertAction.ACKNOWLEDGE:
         detail = f"alert {alert_id} is already acknowledged by {alert.owner}"
-    elif alert.status == "open":
+    elif alert.status == AlertStatus.OPEN:
         detail = f"alert {alert_id} is open: acknowledge it before resolving it"
     else:
         detail = f"alert {alert_id} is owned by {alert.owner}; only its owner may resolve it"
     session.rollback()
     return Conflict(detail, extra=extra)
-
-
-@dataclass(frozen=True)
-class RecordObservations:
-    """The after-insert callback of one scoring call; calls of one tenant merge into one."""
-
-    alerts: ChurnAlerts
-    scores: tuple[ChurnScores, ...]
-    tenant: str | None
-
-    def __call__(self, connection: Connection) -> None:
-        self.alerts.record_scores(connection, scores=self.scores, tenant=self.tenant)
-
-    def merge(self, other: object) -> RecordObservations | None:
-        """One callback for both, when they record for the same alerts and tenant."""
-        if (
-            not isinstance(other, RecordObservations)
-            or other.alerts is not self.alerts
-            or other.tenant != self.tenant
-        ):
-            return None
-        return RecordObservations(
-            alerts=self.alerts, scores=(*self.scores, *other.scores), tenant=self.tenant
-        )

@@ -19,17 +19,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.alerts.states import AlertStatus, sql_values
 from app.db.base import Base
 from app.scoring.tables import BigIntegerId, JSONDocument, UTCDateTime
-
-ALERT_STATUSES = ("open", "acknowledged", "resolved")
-RESOLUTION_OUTCOMES = ("retained", "lost", "not_reachable", "other")
-MESSAGE_STATUSES = ("pending", "delivered", "failed")
 
 # An alert is active until it is resolved. The predicate is written once and used verbatim by
 # the partial indexes and by every lookup of active alerts, so both SQLite and PostgreSQL
 # can answer those lookups from an index.
-ACTIVE_ALERT = "status != 'resolved'"
+ACTIVE_ALERT = f"status != '{AlertStatus.RESOLVED.value}'"
 # One active alert per customer id and tenant; rows without a tenant count as one tenant. Two
 # partial unique indexes say it on both databases (a NULL never equals another in an index).
 ACTIVE_UNTAGGED_ALERT = f"{ACTIVE_ALERT} AND tenant IS NULL"
@@ -67,7 +64,9 @@ class Alert(Base):
         ),
         Index("ix_alert_status_opened_at", "status", "opened_at"),
         Index("ix_alert_owner", "owner"),
-        CheckConstraint("status IN ('open', 'acknowledged', 'resolved')", name="status"),
+        # The cooldown's lookup: a customer's latest resolution.
+        Index("ix_alert_customer_id_resolved_at", "customer_id", "resolved_at"),
+        CheckConstraint(f"status IN ({sql_values(AlertStatus)})", name="status"),
     )
 
     id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)

@@ -6,9 +6,10 @@ creation time) and the chunk size, so a rerun of the same job on the same file f
 an earlier, crashed run committed and skips them; a changed file or model is a new run. Inside
 each chunk's transaction the request id is locked (PostgreSQL) and looked up before anything is
 written, so two runs racing over the same file still write each chunk once. Customer ids are
-stored as the API stores them (pseudonymised when a secret is configured), and churn scores
-open and update churn alerts in the chunk's transaction, as the API's do: a nightly run of the
-whole book is how most at-risk customers reach the staff.
+stored as the API stores them (pseudonymised when a secret is configured), and the churn
+scores that cross the alert threshold for the customer's stage are queued as alert candidates
+in the chunk's transaction, as the API's are; the alert processor runs after each chunk's
+commit. A nightly run of the whole book is how most at-risk customers reach the staff.
 """
 
 from __future__ import annotations
@@ -17,19 +18,25 @@ import hashlib
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
-import numpy.typing as npt
 from sqlalchemy import Engine
 
-from app.alerts.service import ChurnAlerts, ChurnObservation
+from app.alerts.service import ChurnAlerts, process_pending
 from app.batch.service import ScoredChunk, is_parquet, parquet_files
-from app.scoring.assess import Block, TaskAssessment, assess_task
+from app.scoring.assess import Block, assess_task
 from app.scoring.compiled import CompiledModel
 from app.scoring.manifest import Task
-from app.scoring.records import Source, score_rows
-from app.scoring.repository import ScoreRow, bulk_insert_scores, lock_request_id, request_id_exists
+from app.scoring.records import Source, alert_candidates, score_rows
+from app.scoring.repository import (
+    AlertCandidateRow,
+    ScoreRow,
+    bulk_insert_scores,
+    insert_alert_candidates,
+    lock_request_id,
+    request_id_exists,
+)
 from app.security.pseudonyms import Pseudonymizer
 
 if TYPE_CHECKING:
@@ -97,8 +104,9 @@ class DatabaseChunkSink:
                 return None
             rows = self.rows(chunk, request_id)
             bulk_insert_scores(connection, rows=rows)
-            if self.alerts is not None:
-                self.alerts.record(connection, observations=self.observations(chunk, rows))
+            queued = insert_alert_candidates(connection, rows=self.candidates(chunk, rows))
+        if queued and self.alerts is not None:
+            process_pending(self.engine, alerts=self.alerts)
         return len(rows)
 
     def rows(self, chunk: ScoredChunk, request_id: str) -> list[ScoreRow]:
@@ -114,52 +122,33 @@ class DatabaseChunkSink:
             created_at=datetime.now(UTC),
         )
 
-    def observations(self, chunk: ScoredChunk, rows: list[ScoreRow]) -> list[ChurnObservation]:
-        """The chunk's churn scores as the alert logic reads them, flagged where the threshold
-        for the customer's stage is crossed. Those few are explained when the run asked for
-        no reasons: a score below it updates an open alert's figures and keeps its reasons."""
+    def candidates(self, chunk: ScoredChunk, rows: list[ScoreRow]) -> list[AlertCandidateRow]:
+        """The chunk's scores that cross the alert threshold for the customer's stage, queued
+        for the alerts domain. When the run asked for no reasons those few are assessed again
+        with them, by the same function: staff act on an alert's reasons."""
         assessment = chunk.assessment
-        if assessment is None:
+        if assessment is None or self.alerts is None or not assessment.alert.any():
             return []
-        crossing = np.flatnonzero(assessment.alert)
-        explained = dict(zip(crossing.tolist(), self.explained(assessment, crossing), strict=True))
-        return [
-            ChurnObservation(
-                row["customer_id"],
-                row["probability"] or 0.0,
-                str(row["band"]),
-                i in explained,
-                explained.get(i, []),
-                row["request_id"],
-                assessment.model_version,
-            )
-            for i, row in enumerate(rows)
-        ]
-
-    def explained(
-        self, assessment: TaskAssessment, rows: npt.NDArray[np.intp]
-    ) -> list[list[dict[str, Any]]]:
-        """The reasons of some of an assessment's rows, by the same assessment function with
-        reasons asked for (none without an explainer: the alert carries default actions)."""
         if assessment.explanation is not None:
-            return [_reason_codes(assessment, int(i)) for i in rows]
-        model = self.explainer() if len(rows) else None
-        if model is None:
-            return [[] for _ in rows]
+            return alert_candidates(assessment, rows)
+        crossing = np.flatnonzero(assessment.alert)
+        model = self.explainer()
+        if model is None:  # compiled trees alone: the alert carries the default actions
+            return alert_candidates(assessment, rows)
         block = assessment.block
         subset = Block(
-            ids=[block.ids[int(i)] for i in rows],
-            matrix=block.matrix[rows],
-            stages=block.stages[rows],
+            ids=[block.ids[i] for i in crossing.tolist()],
+            matrix=block.matrix[crossing],
+            stages=block.stages[crossing],
         )
-        again = assess_task(
+        explained = assess_task(
             assessment.task,
             model,
             subset,
             rules=assessment.rules,
             options=replace(assessment.options, reasons=ALERT_REASONS),
         )
-        return [_reason_codes(again, i) for i in range(len(subset))]
+        return alert_candidates(explained, [rows[i] for i in crossing.tolist()])
 
     def explainer(self) -> ScoringModel | None:
         """The LightGBM model that words the reasons (None: compiled trees, no ``model_dir``)."""
@@ -168,8 +157,3 @@ class DatabaseChunkSink:
 
             self._explainer = ScoringModel.load(self.model_dir, threads=self.model.threads)
         return self._explainer
-
-
-def _reason_codes(assessment: TaskAssessment, i: int) -> list[dict[str, Any]]:
-    explained = assessment.explained(i, assessment.headline_class(i))
-    return [] if explained is None else list(explained["reasons"])

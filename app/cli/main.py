@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.cli import book, clients, db, dispatch, models, score, serve, train
+from app.cli import alerts, book, clients, db, dispatch, models, score, serve, train
 from app.cli.app import cli
 
 # Groups without a name add their commands at the top level (cvm synth); named ones nest (cvm db).
@@ -14,6 +14,7 @@ cli.add_typer(dispatch.commands)
 cli.add_typer(serve.commands)
 cli.add_typer(db.commands)
 cli.add_typer(clients.commands)
+cli.add_typer(alerts.commands)
 
 __all__ = ["cli", "main"]
 

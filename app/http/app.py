@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
 from app.alerts import routes as alerts
-from app.alerts.service import ChurnAlerts
+from app.alerts.service import AlertProcessor
 from app.config import Settings, get_settings
 from app.db.session import create_db_engine, create_session_factory
 from app.errors import InvalidInput, ServiceError
@@ -54,12 +55,14 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     registry = registry or ModelRegistry.load(settings.models_dir, pinned=settings.model_versions)
     engine = create_db_engine(settings.database_url)
     writer = build_score_writer(settings, engine)
+    # Turns the alert candidates the writer stores with churn scores into alerts.
+    alert_processor = AlertProcessor.from_settings(settings, engine)
     scoring = ScoringService(
         registry=registry,
         writer=writer,
         rules=rules_from_settings(settings),
         max_batch_size=settings.max_batch_size,
-        alerts=ChurnAlerts.from_settings(settings),
+        alert_wakeup=None if alert_processor is None else alert_processor.wakeup,
         pseudonymizer=(pseudonymizer := Pseudonymizer.from_settings(settings)),
     )
     guard = build_guard(settings, engine, docs_paths=PAGE_PATHS, spec_path=SPEC_PATH)
@@ -85,6 +88,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         gc.collect()
         gc.freeze()
         await writer.open()
+        if alert_processor is not None:
+            alert_processor.start()
         if dispatcher is not None:
             dispatcher.start()
         log.info(
@@ -96,6 +101,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             yield
         finally:
             await writer.close(timeout=30)
+            if alert_processor is not None:  # after the writer: its last candidates too
+                await asyncio.to_thread(alert_processor.stop, 30)
             if dispatcher is not None:
                 dispatcher.stop(timeout=30)
             if guard.limiter is not None:
@@ -126,6 +133,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.pseudonymizer = pseudonymizer
     app.state.guard = guard
     app.state.dispatcher = dispatcher
+    app.state.alert_processor = alert_processor
     app.state.metrics = metrics
     for router in (health.router, scores.router, history.router, models.router, alerts.router):
         app.include_router(router)

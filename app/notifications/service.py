@@ -34,6 +34,7 @@ from sqlalchemy import Engine
 from app.alerts import repository as repo
 from app.alerts.repository import ClaimedMessage, DigestItem, OutboxRow
 from app.alerts.service import Clock, alert_snapshot, utc_now
+from app.alerts.states import MessageStatus
 from app.config import Settings
 from app.db.errors import describe_db_error
 
@@ -526,7 +527,7 @@ def _digest_row(
         recipient=recipient,
         alert_id=None,
         payload={"alerts": alerts},
-        status="pending",
+        status=MessageStatus.PENDING,
         attempts=0,
         created_at=now,
         next_attempt_at=now,

@@ -126,6 +126,10 @@ class AlertThresholds:
         actionable = np.isin(stages, [STAGE_CODE[s] for s in self.stages])
         return np.asarray(above & actionable, dtype=bool)
 
+    def acts_at(self, stage: str | None) -> bool:
+        """Whether a score at this stage may call for an alert (None: not recorded)."""
+        return stage is None or Stage(stage) in self.stages
+
 
 @dataclass(frozen=True)
 class Rules:
@@ -133,7 +137,7 @@ class Rules:
 
     eligibility: EligibilityRules = field(default_factory=EligibilityRules)
     service_plans: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    alerts: AlertThresholds = field(default_factory=AlertThresholds)
+    alerts: AlertThresholds | None = field(default_factory=AlertThresholds)  # None: alerts off
     new_customer_months: int = 3
 
 
@@ -341,7 +345,7 @@ def assess_task(
         band_codes = _band_codes(probabilities * np.maximum(value, 0.0), thresholds)
     alert = (
         rules.alerts.crossed(probabilities, band_codes, block.stages)
-        if task is Task.CHURN
+        if task is Task.CHURN and rules.alerts is not None
         else np.zeros(len(block), dtype=bool)
     )
     return TaskAssessment(

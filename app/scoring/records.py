@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 
+import numpy as np
+
 from app.scoring.assess import TaskAssessment
-from app.scoring.repository import ScoreRow
+from app.scoring.repository import AlertCandidateRow, ScoreRow
 
 
 class Source(StrEnum):
@@ -57,3 +59,30 @@ def score_rows(
         )
         for i, customer_id in enumerate(stored_ids)
     ]
+
+
+def alert_candidates(
+    assessment: TaskAssessment, rows: Sequence[ScoreRow]
+) -> list[AlertCandidateRow]:
+    """The rows whose assessment crossed the alert threshold for their stage, queued with the
+    scores for the alerts domain (plain rows: the writer knows nothing of alerts). Their
+    reasons are the assessment's; the caller assesses with reasons when it wants them."""
+    candidates = []
+    for i in np.flatnonzero(assessment.alert).tolist():
+        row = rows[i]
+        explained = assessment.explained(i, assessment.headline_class(i))
+        candidates.append(
+            AlertCandidateRow(
+                request_id=row["request_id"],
+                customer_id=row["customer_id"],
+                tenant=row.get("tenant"),
+                stage=row["stage"],
+                probability=row["probability"] or 0.0,
+                band=str(row["band"]),
+                reasons=[] if explained is None else list(explained["reasons"]),
+                model_version=row["model_version"],
+                source=row["source"],
+                created_at=row["created_at"],
+            )
+        )
+    return candidates

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NotRequired, TypedDict
 
-from sqlalchemy import ColumnElement, Connection, Dialect, false, func, select, text
+from sqlalchemy import ColumnElement, Connection, Dialect, delete, false, func, select, text
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.db.session import json_bytes
-from app.scoring.tables import Score, score_table
+from app.scoring.tables import Score, score_alert_candidate_table, score_table
 
 
 class ScoreRow(TypedDict):
@@ -246,3 +246,72 @@ def list_scores(
         .offset(offset)
     ).all()
     return list(page), total
+
+
+# --- the alert inbox: churn scores that crossed the threshold --------------------------------
+
+
+class AlertCandidateRow(TypedDict):
+    """A churn score whose assessment calls for an alert, stored beside the score (plain data:
+    the writer, in this process or another, inserts it without knowing what an alert is)."""
+
+    request_id: str
+    customer_id: str
+    tenant: str | None
+    stage: str | None
+    probability: float
+    band: str
+    reasons: list[Any]
+    model_version: str | None
+    source: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AlertCandidate:
+    """A claimed candidate, as the alert processor reads it."""
+
+    id: int
+    request_id: str
+    customer_id: str
+    tenant: str | None
+    stage: str | None
+    probability: float
+    band: str
+    reasons: list[Any]
+    model_version: str | None
+    source: str
+    created_at: datetime
+
+
+def insert_alert_candidates(connection: Connection, *, rows: Sequence[AlertCandidateRow]) -> int:
+    """Queue candidates in the caller's transaction (the one that stores their scores)."""
+    if rows:
+        connection.execute(score_alert_candidate_table.insert(), list(rows))
+    return len(rows)
+
+
+def claim_alert_candidates(connection: Connection, *, limit: int) -> list[AlertCandidate]:
+    """Take up to ``limit`` of the oldest candidates out of the inbox, in the caller's
+    transaction: they are gone once it commits, and back if it rolls back.
+
+    One ``DELETE ... RETURNING``: on PostgreSQL its ``FOR UPDATE SKIP LOCKED`` subquery lets two
+    processors take disjoint candidates without waiting for each other; on SQLite the DELETE
+    takes the database's write lock, so processors take turns.
+    """
+    t = score_alert_candidate_table.c
+    oldest = select(t.id).order_by(t.id).limit(limit).with_for_update(skip_locked=True)
+    statement = (
+        delete(score_alert_candidate_table)
+        .where(t.id.in_(oldest.scalar_subquery()))
+        .returning(*score_alert_candidate_table.c)
+    )
+    rows = connection.execute(statement).all()
+    # RETURNING order is unspecified: hand them over in the order the writers queued them.
+    return sorted((AlertCandidate(**row._mapping) for row in rows), key=lambda c: c.id)
+
+
+def count_alert_candidates(connection: Connection) -> int:
+    """Candidates waiting in the inbox (committed, not yet processed)."""
+    query = select(func.count()).select_from(score_alert_candidate_table)
+    return int(connection.scalar(query) or 0)

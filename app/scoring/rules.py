@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.config import Settings
-from app.scoring.assess import AlertThresholds, Rules
+from app.scoring.assess import AlertThresholds, Rules, Stage
 from app.scoring.policies import EligibilityRules, load_service_plans
 
 
@@ -15,7 +15,17 @@ def rules_from_settings(settings: Settings) -> Rules:
             tier: plan.model_dump()
             for tier, plan in load_service_plans(settings.service_plans_file).items()
         },
-        alerts=AlertThresholds(
-            min_band=settings.churn_alert_band, min_probability=settings.churn_alert_probability
-        ),
+        alerts=_alert_thresholds(settings),
+    )
+
+
+def _alert_thresholds(settings: Settings) -> AlertThresholds | None:
+    """From which churn score, at which stages, an alert is called for (None: alerts off)."""
+    if not settings.churn_alerts_enabled:
+        return None
+    excluded = {Stage(stage) for stage in settings.churn_alert_excluded_stages}
+    return AlertThresholds(
+        min_band=settings.churn_alert_band,
+        min_probability=settings.churn_alert_probability,
+        stages=frozenset(Stage) - excluded,
     )

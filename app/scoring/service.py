@@ -6,6 +6,7 @@ are; this module parses requests, persists and answers. Nothing here knows about
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,7 +16,6 @@ import anyio.to_thread
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from app.alerts.service import ChurnAlerts
 from app.db.errors import PersistenceUnavailable
 from app.errors import BatchTooLarge, DatabaseUnavailable, InvalidInput, ModelUnavailable
 from app.scoring.assess import (
@@ -34,16 +34,16 @@ from app.scoring.assess import (
 )
 from app.scoring.manifest import Task
 from app.scoring.model import FloatArray, ScoringModel
-from app.scoring.records import Source, score_rows
+from app.scoring.records import Source, alert_candidates, score_rows
 from app.scoring.registry import ModelRegistry
-from app.scoring.repository import ScoreRow
+from app.scoring.repository import AlertCandidateRow, ScoreRow
 from app.scoring.request_schemas import (
     ScoreRequestBase,
     assessment_request_model,
     customer_model,
     score_request_model,
 )
-from app.scoring.writer import AfterInsert, Announcement, ScoreWriter
+from app.scoring.writer import Announcement, ScoreWriter
 from app.security.pseudonyms import Pseudonymizer
 
 # Above this many customers the numeric work runs in a worker thread (LightGBM releases the
@@ -105,11 +105,12 @@ class ScoringService:
         writer: ScoreWriter,
         rules: Rules,
         max_batch_size: int,
-        alerts: ChurnAlerts | None = None,
+        alert_wakeup: threading.Event | None = None,
         pseudonymizer: Pseudonymizer | None = None,
     ) -> None:
         self.registry = registry
-        self.alerts = alerts
+        # Set once alert candidates are committed, so the processor need not wait for its poll.
+        self.alert_wakeup = alert_wakeup
         self.pseudonymizer = pseudonymizer
         self.writer = writer
         self.rules = rules
@@ -165,16 +166,18 @@ class ScoringService:
         self,
         rows: list[ScoreRow],
         *,
-        also: AfterInsert | None = None,
+        candidates: Sequence[AlertCandidateRow] = (),
         announcement: Announcement | None = None,
     ) -> None:
-        """Wait until the rows (and ``also``'s writes) are committed; 503 if they cannot be."""
+        """Wait until the rows (and their alert candidates) are committed; 503 if not."""
         try:
-            await self.writer.write(rows, also=also, announcement=announcement)
+            await self.writer.write(rows, candidates=candidates, announcement=announcement)
         except PersistenceUnavailable as error:
             raise DatabaseUnavailable(
                 "the database is unavailable; nothing was saved, retry later"
             ) from error
+        if candidates and self.alert_wakeup is not None:
+            self.alert_wakeup.set()
 
     def block(self, task: Task, batch: CustomerBatch) -> Block:
         """The batch with each customer's stage."""
@@ -203,8 +206,8 @@ class ScoringService:
                 assessment = self.compute(task, options, block)
             results = [assessment.result(i) for i in range(len(assessment))]
             rows = self.rows(assessment, request_id, tenant)
-            alerts = self._churn_alerts(assessment, rows, request_id, tenant)
-            await self.persist(rows, also=alerts, announcement=announcement)
+            candidates = alert_candidates(assessment, rows)
+            await self.persist(rows, candidates=candidates, announcement=announcement)
         return {
             "request_id": request_id,
             "model": {"task": task.value, "version": assessment.model_version},
@@ -242,7 +245,7 @@ class ScoringService:
             **dict.fromkeys(_ASSESSMENT_KEYS.values()),
         }
         rows: list[ScoreRow] = []
-        alerts: AfterInsert | None = None
+        candidates: list[AlertCandidateRow] = []
         for task in STAGE_TASKS[stage]:
             missing = self._inputs_missing(task, given)
             if missing is not None:
@@ -260,8 +263,8 @@ class ScoringService:
             response["models"].append({"task": task.value, "version": assessment.model_version})
             task_rows = self.rows(assessment, request_id, tenant)
             rows.extend(task_rows)
-            alerts = alerts or self._churn_alerts(assessment, task_rows, request_id, tenant)
-        await self.persist(rows, also=alerts)
+            candidates.extend(alert_candidates(assessment, task_rows))
+        await self.persist(rows, candidates=candidates)
         return response
 
     def _inputs_missing(self, task: Task, given: dict[str, Any]) -> list[str] | None:
@@ -301,32 +304,6 @@ class ScoringService:
             request_id=request_id,
             source=Source.API,
             created_at=datetime.now(UTC),
-            tenant=tenant,
-        )
-
-    def _churn_alerts(
-        self,
-        assessment: TaskAssessment,
-        rows: list[ScoreRow],
-        request_id: str,
-        tenant: str | None,
-    ) -> AfterInsert | None:
-        """Churn results open or update alerts in the scores' own transaction."""
-        if assessment.task is not Task.CHURN or self.alerts is None:
-            return None
-        return self.alerts.observe(
-            customer_ids=[row["customer_id"] for row in rows],
-            results=[
-                {
-                    "probability": row["probability"],
-                    "risk_band": row["band"],
-                    "explanation": assessment.explained(i, 0),
-                }
-                for i, row in enumerate(rows)
-            ],
-            crossed=assessment.alert.tolist(),
-            request_id=request_id,
-            model_version=assessment.model_version,
             tenant=tenant,
         )
 

@@ -91,3 +91,30 @@ class Score(Base):
 
 # The Core table behind Score, for set-based statements that need no ORM objects.
 score_table = cast(Table, Score.__table__)
+
+
+class ScoreAlertCandidate(Base):
+    """A churn score that crossed the alert threshold, waiting for the alert processor.
+
+    The writer inserts it in the transaction of its score, and the processor deletes it in the
+    transaction that records it on an alert (a transactional inbox): a committed score is never
+    missing from the alerts, and a processed candidate is never processed again.
+    """
+
+    __tablename__ = "score_alert_candidate"
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64))
+    # As stored with the score: pseudonymised when a secret is configured.
+    customer_id: Mapped[str] = mapped_column(String(128))
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    stage: Mapped[str | None] = mapped_column(String(16))
+    probability: Mapped[float] = mapped_column(Float)
+    band: Mapped[str] = mapped_column(String(8))
+    reasons: Mapped[list[Any]] = mapped_column(JSONDocument)
+    model_version: Mapped[str | None] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+score_alert_candidate_table = cast(Table, ScoreAlertCandidate.__table__)

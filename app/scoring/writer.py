@@ -6,7 +6,7 @@ acknowledged write is therefore committed; a failed transaction fails every wait
 and writes none of their rows.
 
 How long a group stays open is the trade-off between latency and cost per row (each group pays
-a BEGIN, the alert lookup, and a COMMIT with its fsync: about 0.5 ms together here).
+a BEGIN and a COMMIT with its fsync: about 0.5 ms together here).
 Callers may *announce* a write before computing it (``announce``). A writer built with
 ``close_early=True`` holds a group open for ``max_wait_ms`` only while it is busy (its last
 group held more than one write) or announced writes are still on their way; so a lone request
@@ -20,36 +20,24 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
 from app.db.checkpoint import WalCheckpointer
 from app.db.errors import PersistenceUnavailable, describe_db_error
-from app.scoring.repository import EncodedScore, ScoreRow, insert_scores
+from app.scoring.repository import (
+    AlertCandidateRow,
+    EncodedScore,
+    ScoreRow,
+    insert_alert_candidates,
+    insert_scores,
+)
 
 logger = logging.getLogger(__name__)
-
-# Extra work a write needs in its rows' transaction (e.g. churn alerts and their outbox): it
-# runs on the same connection after the rows are inserted, and failing it fails the group.
-AfterInsert = Callable[[Connection], None]
-
-
-def coalesce(callbacks: Sequence[AfterInsert]) -> list[AfterInsert]:
-    """Merge neighbouring callbacks that know how (a ``merge`` method), so a group of writes
-    runs one alert lookup instead of one per write; the others run as they are."""
-    merged: list[AfterInsert] = []
-    for callback in callbacks:
-        combine = getattr(merged[-1], "merge", None) if merged else None
-        joined = combine(callback) if combine is not None else None
-        if joined is not None:
-            merged[-1] = joined
-        else:
-            merged.append(callback)
-    return merged
 
 
 @dataclass(frozen=True)  # no slots: callers may read it with vars() or dataclasses.asdict()
@@ -69,7 +57,7 @@ class _PendingWrite:
     rows: Sequence[ScoreRow | EncodedScore]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[None]
-    also: AfterInsert | None = None
+    candidates: Sequence[AlertCandidateRow] = ()
 
 
 _Outcome = tuple[asyncio.Future[None], BaseException | None]
@@ -120,7 +108,7 @@ class ScoreWriter(Protocol):
         self,
         rows: Sequence[ScoreRow | EncodedScore],
         *,
-        also: AfterInsert | None = None,
+        candidates: Sequence[AlertCandidateRow] = (),
         announcement: Announcement | None = None,
     ) -> None: ...
 
@@ -257,12 +245,13 @@ class GroupCommitWriter:
         self,
         rows: Sequence[ScoreRow | EncodedScore],
         *,
-        also: AfterInsert | None = None,
+        candidates: Sequence[AlertCandidateRow] = (),
         announcement: Announcement | None = None,
     ) -> None:
         """Return once ``rows`` are committed; raise ``PersistenceUnavailable`` if they are not.
 
-        ``also`` runs in the same transaction, after the group's rows are inserted.
+        ``candidates`` (churn scores that call for an alert) go to the alert inbox in the same
+        transaction as the rows.
         Cancelling the caller stops the wait, not the write: queued rows are still committed.
         """
         if not rows:
@@ -272,7 +261,9 @@ class GroupCommitWriter:
         with self._condition:
             if not self._accepting:
                 raise PersistenceUnavailable("the score writer is not running")
-            self._queue.append(_PendingWrite(rows=rows, loop=loop, future=future, also=also))
+            self._queue.append(
+                _PendingWrite(rows=rows, loop=loop, future=future, candidates=candidates)
+            )
             self._queued_rows += len(rows)
             if announcement is not None and announcement.outstanding:
                 self._arrived(announcement)
@@ -336,9 +327,9 @@ class GroupCommitWriter:
 
     def _commit_group(self, group: list[_PendingWrite]) -> None:
         rows = [row for pending in group for row in pending.rows]
-        callbacks = coalesce([pending.also for pending in group if pending.also is not None])
+        candidates = [candidate for pending in group for candidate in pending.candidates]
         try:
-            self._insert_and_commit(rows, callbacks)
+            self._insert_and_commit(rows, candidates)
         except Exception as exc:
             reason = describe_db_error(exc)
             logger.error(
@@ -357,14 +348,13 @@ class GroupCommitWriter:
         self._settle(group, [None] * len(group))
 
     def _insert_and_commit(
-        self, rows: Sequence[ScoreRow | EncodedScore], callbacks: Sequence[AfterInsert] = ()
+        self, rows: Sequence[ScoreRow | EncodedScore], candidates: Sequence[AlertCandidateRow]
     ) -> None:
         # engine.begin() commits on success and rolls back on any error, so a failed group
         # leaves nothing behind and its connection returns clean to the pool.
         with self._engine.begin() as connection:
             insert_scores(connection, rows=rows)
-            for callback in callbacks:
-                callback(connection)
+            insert_alert_candidates(connection, rows=candidates)
 
     @staticmethod
     def _settle(group: Sequence[_PendingWrite], errors: Sequence[BaseException | None]) -> None:

@@ -1,19 +1,21 @@
 """Group commit in a child process, so that saving scores does not hold the service's GIL.
 
 One uvicorn worker runs its requests on one event loop under one GIL. The group-commit thread
-(app/db/group_commit.py) shares that GIL: encoding each row's JSON, the alert bookkeeping and
-SQLAlchemy's own Python work are time every request waits, while the machine's other core
+(app/scoring/writer.py) shares that GIL: encoding each row's JSON and SQLAlchemy's own Python
+work are time every request waits, while the machine's other core
 idles. ``ProcessWriter`` keeps the same contract (``write`` returns once the rows are
 committed, and raises ``PersistenceUnavailable`` when they are not) but runs that writer in a
 child process: the request path encodes its rows' JSON once, as it would for the database,
 and waits for the child's acknowledgement, which is sent after the commit.
 
-The wire is a socket pair carrying length-prefixed frames: the settings, then one frame per
-write from the service (both pickled: the child is our own process on a private socket, and
-the rows' JSON documents travel as the bytes they are stored as), and from the child one
-orjson frame per committed or failed group listing the writes it settled. The child builds
-its own engine and alert logic from the settings. If it dies, the writes in flight fail (503:
-their outcome is unknown, so they are never acknowledged) and a new child takes over.
+The wire is a socket pair carrying length-prefixed frames: the child's configuration (the
+database URL and group size, as plain values), then one frame per write from the service: its
+score rows and alert candidates, plain data (pickled: the child is our own process on a
+private socket, and the rows' JSON documents travel as the bytes they are stored as); and from
+the child one orjson frame per committed or failed group listing the writes it settled. The
+child knows nothing of alerts or settings: it inserts rows. If it dies, the writes in flight
+fail (503: their outcome is unknown, so they are never acknowledged) and a new child takes
+over.
 """
 
 from __future__ import annotations
@@ -27,31 +29,51 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import fields, replace
-from typing import Any
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING
 
 import orjson
 import structlog
 from sqlalchemy import Engine
 
-from app.alerts.service import ChurnAlerts, ChurnScores, RecordObservations
-from app.config import Settings
 from app.db.errors import PersistenceUnavailable
 from app.db.session import create_db_engine
 from app.observability import configure_logging
-from app.scoring.repository import EncodedScore, ScoreRow, encode_scores
+from app.scoring.repository import AlertCandidateRow, EncodedScore, ScoreRow, encode_scores
 from app.scoring.writer import (
-    AfterInsert,
     Announcement,
     GroupCommitStats,
     GroupCommitWriter,
     ScoreWriter,
 )
 
+if TYPE_CHECKING:  # the writer reads a few values of the settings, never builds them
+    from app.config import Settings
+
 _HEADER = struct.Struct("!I")
 _NO_STATS = GroupCommitStats(0, 0, 0, 0, 0, 0)
 _BACKLOG_BYTES = 4 * 1024 * 1024  # unsent to the child; more makes writers wait
 log = structlog.get_logger("cvm.writer")
+
+
+@dataclass(frozen=True)
+class ChildConfig:
+    """What the child needs to know, as plain values (never the settings to rebuild)."""
+
+    database_url: str
+    max_rows: int
+    log_level: str
+    log_json: bool
+
+    @classmethod
+    def of(cls, settings: Settings) -> ChildConfig:
+        """The child's part of the service's settings."""
+        return cls(
+            database_url=settings.database_url,
+            max_rows=settings.group_commit_max_rows,
+            log_level=settings.log_level,
+            log_json=settings.log_json,
+        )
 
 
 def build_score_writer(settings: Settings, engine: Engine) -> ScoreWriter:
@@ -84,7 +106,7 @@ class ProcessWriter:
     """The service's side: ships each write to the child and waits for its commit."""
 
     def __init__(self, settings: Settings, *, start_timeout_s: float = 60.0) -> None:
-        self._settings = settings
+        self._config = ChildConfig.of(settings)
         self._start_timeout_s = start_timeout_s
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._last_id = 0
@@ -148,21 +170,20 @@ class ProcessWriter:
         self,
         rows: Sequence[ScoreRow | EncodedScore],
         *,
-        also: AfterInsert | None = None,
+        candidates: Sequence[AlertCandidateRow] = (),
         announcement: Announcement | None = None,
     ) -> None:
-        """Return once ``rows`` (and ``also``'s alert writes) are committed by the child."""
+        """Return once ``rows`` (and their alert ``candidates``) are committed by the child."""
         if not rows:
             return
         if not self._accepting or self._out is None:
             raise PersistenceUnavailable("the score writer is not running")
         self._last_id += 1
         write_id = self._last_id
-        scores, tenant = _churn_scores(also)
         # Pickle: the rows' JSON documents travel as the bytes they are stored as, and the
         # child, our own process on a private socket, needs no second encoding.
         payload = pickle.dumps(
-            (write_id, encode_scores(rows), scores, tenant), protocol=pickle.HIGHEST_PROTOCOL
+            (write_id, encode_scores(rows), list(candidates)), protocol=pickle.HIGHEST_PROTOCOL
         )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -188,7 +209,7 @@ class ProcessWriter:
                 stdin=subprocess.DEVNULL,
             )
         reader, self._out = await asyncio.open_unix_connection(sock=ours)
-        self._out.writelines(_frame(pickle.dumps(self._settings)))
+        self._out.writelines(_frame(pickle.dumps(self._config)))
         try:
             await asyncio.wait_for(_read_frame(reader), self._start_timeout_s)  # "ready"
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError) as error:
@@ -257,28 +278,17 @@ class ProcessWriter:
             await loop.run_in_executor(None, process.wait)
 
 
-def _churn_scores(also: AfterInsert | None) -> tuple[list[tuple[Any, ...]] | None, str | None]:
-    """The churn scores (and tenant) of an after-insert callback, for the child to record
-    (as plain tuples: pickling a named tuple calls back into Python)."""
-    if also is None:
-        return None, None
-    if not isinstance(also, RecordObservations):
-        raise TypeError(f"{type(also).__name__} cannot be sent to the writer process")
-    return [tuple(scores) for scores in also.scores], also.tenant
-
-
 # --- the child ----------------------------------------------------------------------------
 
 
 async def _serve(sock: socket.socket) -> None:
     reader, out = await asyncio.open_unix_connection(sock=sock)
-    settings: Settings = pickle.loads(await _read_frame(reader))
-    configure_logging(settings.log_level, settings.log_json)
-    engine = create_db_engine(settings.database_url)
+    config: ChildConfig = pickle.loads(await _read_frame(reader))
+    configure_logging(config.log_level, config.log_json)
+    engine = create_db_engine(config.database_url)
     # No group is held open: the service's loop would idle waiting for it, and commits cost
     # it nothing here. Writes that arrive during a commit form the next group.
-    writer = GroupCommitWriter(engine, max_rows=settings.group_commit_max_rows, max_wait_ms=0)
-    alerts = ChurnAlerts.from_settings(settings)
+    writer = GroupCommitWriter(engine, max_rows=config.max_rows, max_wait_ms=0)
     loop = asyncio.get_running_loop()
     acks: list[tuple[int, str | None]] = []
     in_flight: set[asyncio.Task[None]] = set()
@@ -290,13 +300,10 @@ async def _serve(sock: socket.socket) -> None:
         acks.clear()
 
     async def commit(payload: bytes) -> None:
-        write_id, rows, scores, tenant = pickle.loads(payload)
-        also = None
-        if alerts is not None and scores is not None:
-            also = RecordObservations(alerts, tuple(ChurnScores(*s) for s in scores), tenant)
+        write_id, rows, candidates = pickle.loads(payload)
         error: str | None = None
         try:
-            await writer.write(rows, also=also)
+            await writer.write(rows, candidates=candidates)
         except PersistenceUnavailable as failure:
             error = str(failure)
         if not acks:

@@ -8,7 +8,7 @@ reason becomes a structured one with its text, direction and contribution (featu
 ``alert`` and ``stage`` stay null on rows stored before this revision: they were not recorded.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-06 03:00:00 UTC
 """
 
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | Sequence[str] | None = "0005"
+down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
