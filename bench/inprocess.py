@@ -28,6 +28,7 @@ Bodies come from ``serve_bench.py`` (``var/bench/bodies/``; run it once). Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import asyncio
 import cProfile
 import gc
@@ -246,7 +247,7 @@ async def measure(args: argparse.Namespace, case: str, app: Any, key: str) -> No
         )
     if profiler is not None:
         stats = pstats.Stats(profiler)
-        stats.sort_stats("cumulative").print_stats(args.profile)
+        stats.sort_stats(os.environ.get("CVM_PROFILE_SORT", "cumulative")).print_stats(args.profile)
 
 
 def prefill_scores(database: Path, rows: int) -> None:

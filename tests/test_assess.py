@@ -158,3 +158,19 @@ def assert_close(got: object, expected: object) -> None:
             assert_close(a, b)
     else:
         assert got == expected
+
+
+def test_stored_features_read_the_same_for_one_row_and_for_many(models_dir: Path) -> None:
+    model = ScoringModel.load(models_dir / "churn" / "1")
+    schema = model.schema
+    rng = np.random.default_rng(5)
+    matrix = rng.integers(0, 3, size=(40, len(schema.features))).astype(np.float64)
+    matrix[::7, ::3] = np.nan
+    many = schema.decode_rows(matrix)
+    one_by_one = [schema.decode_rows(matrix[i : i + 1])[0] for i in range(len(matrix))]
+    assert many == one_by_one
+    assert all(
+        type(a) is type(b)
+        for r, s in zip(many, one_by_one, strict=True)
+        for a, b in zip(r.values(), s.values(), strict=True)
+    )

@@ -62,7 +62,6 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         writer=writer,
         rules=rules_from_settings(settings),
         max_batch_size=settings.max_batch_size,
-        alert_wakeup=None if alert_processor is None else alert_processor.wakeup,
         pseudonymizer=(pseudonymizer := Pseudonymizer.from_settings(settings)),
     )
     guard = build_guard(settings, engine, docs_paths=PAGE_PATHS, spec_path=SPEC_PATH)

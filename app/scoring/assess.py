@@ -46,6 +46,9 @@ class Stage(StrEnum):
 # Stages travel as int8 codes into this tuple: a million customers' stages are one array.
 STAGES: tuple[Stage, ...] = tuple(Stage)
 STAGE_CODE = {stage: code for code, stage in enumerate(STAGES)}
+_NEW, _EXISTING = STAGE_CODE[Stage.NEW], STAGE_CODE[Stage.EXISTING]
+# Up to this many customers, plain Python beats numpy's per-call overhead (one API call).
+_FEW = 8
 StageCodes: TypeAlias = npt.NDArray[np.int8]
 BAND_LABELS = ("low", "medium", "high")
 _BAND_ARRAY = np.array(BAND_LABELS, dtype=object)
@@ -76,18 +79,21 @@ def lifecycle_stages(
     ``unknown`` where tenure is missing too (a prospect, unless the task scores customers)."""
     if tenure_months is None:
         codes = np.full(count, STAGE_CODE[unknown], dtype=np.int8)
+    elif count <= _FEW:
+        codes = np.array(
+            [
+                STAGE_CODE[unknown] if t != t else _NEW if t < new_customer_months else _EXISTING
+                for t in tenure_months.tolist()
+            ],
+            dtype=np.int8,
+        )
     else:
-        codes = np.where(
-            np.isnan(tenure_months),
-            STAGE_CODE[unknown],
-            np.where(
-                tenure_months < new_customer_months,
-                STAGE_CODE[Stage.NEW],
-                STAGE_CODE[Stage.EXISTING],
-            ),
-        ).astype(np.int8)
-    if given is not None:
-        codes = np.where(given >= 0, given, codes).astype(np.int8)
+        codes = np.full(count, STAGE_CODE[Stage.EXISTING], dtype=np.int8)
+        codes[tenure_months < new_customer_months] = STAGE_CODE[Stage.NEW]
+        codes[np.isnan(tenure_months)] = STAGE_CODE[unknown]
+    if given is not None and (given >= 0).any():
+        known = given >= 0
+        codes[known] = given[known]
     return codes
 
 
@@ -123,8 +129,16 @@ class AlertThresholds:
             above = probability >= self.min_probability
         else:
             above = band_codes >= BAND_LABELS.index(self.min_band)
-        actionable = np.isin(stages, [STAGE_CODE[s] for s in self.stages])
-        return np.asarray(above & actionable, dtype=bool)
+        return np.asarray(above & self._actionable[stages], dtype=bool)
+
+    @property
+    def _actionable(self) -> BoolArray:
+        """Per stage code, whether the stage may alert; built once."""
+        table: BoolArray | None = self.__dict__.get("_table")
+        if table is None:
+            table = np.array([s in self.stages for s in STAGES], dtype=bool)
+            object.__setattr__(self, "_table", table)
+        return table
 
     def acts_at(self, stage: str | None) -> bool:
         """Whether a score at this stage may call for an alert (None: not recorded)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from enum import StrEnum
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 FloatMatrix = npt.NDArray[np.float64]
 # Up to this many rows, encoding row by row into one flat list is fastest; above, by column.
 _ROW_WISE_MAX_ROWS = 16
+
+
+def _label(labels: tuple[str, ...], code: float) -> str:
+    return labels[int(code)]
 
 
 class FeatureKind(StrEnum):
@@ -241,10 +245,39 @@ class FeatureSchema(BaseModel):
                     problems[int(i)] = message
         return problems
 
+    def _decoders(self) -> tuple[tuple[str, Callable[[float], Any]], ...]:
+        """Per column, its name and how a present value reads back; cached like the codes."""
+        cache: tuple[tuple[str, Callable[[float], Any]], ...] | None = self.__dict__.get(
+            "_decoders_cache"
+        )
+        if cache is None:
+            decoders: list[tuple[str, Callable[[float], Any]]] = []
+            for spec in self.features:
+                if spec.kind is FeatureKind.CATEGORY:
+                    labels = spec.categories or ()
+                    decoders.append((spec.name, partial(_label, labels)))
+                elif spec.kind is FeatureKind.BOOLEAN:
+                    decoders.append((spec.name, bool))
+                elif spec.kind is FeatureKind.INTEGER:
+                    decoders.append((spec.name, int))
+                else:
+                    decoders.append((spec.name, float))
+            cache = tuple(decoders)
+            object.__setattr__(self, "_decoders_cache", cache)
+        return cache
+
     def values_of(self, matrix: FloatMatrix, name: str) -> FloatMatrix | None:
         """One feature's column of an encoded matrix (None: the model has no such feature)."""
-        names = self.names
-        return matrix[:, names.index(name)] if name in names else None
+        column = self._positions().get(name)
+        return None if column is None else matrix[:, column]
+
+    def _positions(self) -> dict[str, int]:
+        """Each feature's column; cached like the codes (looked up on every scoring call)."""
+        cache: dict[str, int] | None = self.__dict__.get("_positions_cache")
+        if cache is None:
+            cache = {f.name: j for j, f in enumerate(self.features)}
+            object.__setattr__(self, "_positions_cache", cache)
+        return cache
 
     def labels_of(self, matrix: FloatMatrix, name: str) -> list[str | None] | None:
         """A categorical feature's column as its labels (None where missing)."""
@@ -257,6 +290,15 @@ class FeatureSchema(BaseModel):
     def decode_rows(self, matrix: FloatMatrix) -> list[dict[str, Any]]:
         """Each row of an encoded matrix as the model saw it, by name: categories as labels,
         integers as ints, missing values as None. What every stored score keeps."""
+        if len(matrix) <= _ROW_WISE_MAX_ROWS:  # numpy's per-call cost dwarfs a few rows
+            decoders = self._decoders()
+            return [
+                {
+                    name: None if v != v else decode(v)
+                    for (name, decode), v in zip(decoders, row, strict=True)
+                }
+                for row in matrix.tolist()
+            ]
         columns: list[list[Any]] = []
         for j, spec in enumerate(self.features):
             values = matrix[:, j]

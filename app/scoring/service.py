@@ -6,7 +6,6 @@ are; this module parses requests, persists and answers. Nothing here knows about
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -105,12 +104,9 @@ class ScoringService:
         writer: ScoreWriter,
         rules: Rules,
         max_batch_size: int,
-        alert_wakeup: threading.Event | None = None,
         pseudonymizer: Pseudonymizer | None = None,
     ) -> None:
         self.registry = registry
-        # Set once alert candidates are committed, so the processor need not wait for its poll.
-        self.alert_wakeup = alert_wakeup
         self.pseudonymizer = pseudonymizer
         self.writer = writer
         self.rules = rules
@@ -176,8 +172,6 @@ class ScoringService:
             raise DatabaseUnavailable(
                 "the database is unavailable; nothing was saved, retry later"
             ) from error
-        if candidates and self.alert_wakeup is not None:
-            self.alert_wakeup.set()
 
     def block(self, task: Task, batch: CustomerBatch) -> Block:
         """The batch with each customer's stage."""
