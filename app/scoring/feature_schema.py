@@ -26,6 +26,24 @@ def _label(labels: tuple[str, ...], code: float) -> str:
     return labels[int(code)]
 
 
+def _decoded_column(spec: FeatureSpec, values: FloatMatrix) -> list[Any]:
+    """One column of a matrix as Python values of the feature's kind, None where missing."""
+    missing = np.isnan(values)
+    if spec.kind is FeatureKind.CATEGORY:
+        labels = np.asarray([*(spec.categories or ()), None], dtype=object)
+        return list(labels[np.where(missing, len(labels) - 1, values).astype(np.intp)].tolist())
+    if spec.kind is FeatureKind.BOOLEAN:
+        column: list[Any] = (values != 0).tolist()
+    elif spec.kind is FeatureKind.INTEGER:
+        column = np.nan_to_num(values).astype(np.int64).tolist()
+    else:
+        column = values.tolist()
+    if missing.any():
+        for i in np.flatnonzero(missing).tolist():
+            column[i] = None
+    return column
+
+
 class FeatureKind(StrEnum):
     """How a feature's values are typed on the wire and encoded for LightGBM."""
 
@@ -299,22 +317,6 @@ class FeatureSchema(BaseModel):
                 }
                 for row in matrix.tolist()
             ]
-        columns: list[list[Any]] = []
-        for j, spec in enumerate(self.features):
-            values = matrix[:, j]
-            missing = np.isnan(values)
-            if spec.kind is FeatureKind.CATEGORY:
-                labels = np.asarray([*(spec.categories or ()), None], dtype=object)
-                codes = np.where(missing, len(labels) - 1, values).astype(np.intp)
-                columns.append(labels[codes].tolist())
-                continue
-            if spec.kind is FeatureKind.BOOLEAN:
-                converted = (np.nan_to_num(values) != 0).astype(object)
-            elif spec.kind is FeatureKind.INTEGER:
-                converted = np.nan_to_num(values).astype(np.int64).astype(object)
-            else:
-                converted = values.astype(object)
-            converted[missing] = None
-            columns.append(converted.tolist())
+        columns = [_decoded_column(spec, matrix[:, j]) for j, spec in enumerate(self.features)]
         names = self.names
         return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]

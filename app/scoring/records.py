@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 
 import numpy as np
 
-from app.scoring.assess import TaskAssessment
+from app.scoring.assess import STAGES, TaskAssessment
 from app.scoring.repository import AlertCandidateRow, ScoreRow
 
 
@@ -34,11 +33,9 @@ def score_rows(
     headline probability is rounded as the API answers it (6 digits)."""
     task = assessment.task.value
     version = assessment.model_version
-    block = assessment.block
-    features = assessment.model.schema.decode_rows(block.matrix)
-    probabilities = assessment.probability.tolist()
-    bands = assessment.band.tolist()
-    alerts = assessment.alert.tolist()
+    features = assessment.model.schema.decode_rows(assessment.block.matrix)
+    stages = [STAGES[code].value for code in assessment.block.stages.tolist()]
+    probabilities = np.round(assessment.probability, 6).tolist()
     return [
         ScoreRow(
             request_id=request_id,
@@ -46,18 +43,28 @@ def score_rows(
             customer_id=customer_id,
             model_name=task,
             model_version=version,
-            outputs=assessment.outputs(i),
-            reasons=assessment.stored_reasons(i),
-            features=features[i],
+            outputs=outputs,
+            reasons=reasons,
+            features=row_features,
             created_at=created_at,
             tenant=tenant,
             source=source.value,
-            stage=block.stage(i).value,
-            probability=None if math.isnan(probabilities[i]) else round(probabilities[i], 6),
-            band=bands[i],
-            alert=alerts[i],
+            stage=stage,
+            probability=None if probability != probability else probability,
+            band=band,
+            alert=alert,
         )
-        for i, customer_id in enumerate(stored_ids)
+        for customer_id, outputs, reasons, row_features, stage, probability, band, alert in zip(
+            stored_ids,
+            assessment.outputs(),
+            assessment.stored_reasons(),
+            features,
+            stages,
+            probabilities,
+            assessment.band.tolist(),
+            assessment.alert.tolist(),
+            strict=True,
+        )
     ]
 
 

@@ -198,7 +198,7 @@ class ScoringService:
                 assessment = await anyio.to_thread.run_sync(self.compute, task, options, block)
             else:
                 assessment = self.compute(task, options, block)
-            results = [assessment.result(i) for i in range(len(assessment))]
+            results = assessment.results()
             rows = self.rows(assessment, request_id, tenant)
             candidates = alert_candidates(assessment, rows)
             await self.persist(rows, candidates=candidates, announcement=announcement)
@@ -253,7 +253,7 @@ class ScoringService:
                 continue
             batch = self._one_customer(task, given, stage)
             assessment = self.compute(task, options, self.block(task, batch))
-            response[_ASSESSMENT_KEYS[task]] = assessment.result(0)
+            response[_ASSESSMENT_KEYS[task]] = assessment.results()[0]
             response["models"].append({"task": task.value, "version": assessment.model_version})
             task_rows = self.rows(assessment, request_id, tenant)
             rows.extend(task_rows)
