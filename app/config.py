@@ -108,6 +108,11 @@ class Settings(BaseSettings):
         description="Turn scores' alert candidates into alerts from the API process "
         "(off: run `cvm alerts process`).",
     )
+    alert_processor_mode: Literal["process", "thread"] = Field(
+        default="process",
+        description="Where the service runs it: a child process of each worker (its Python "
+        "work off the requests' GIL) or a thread (an in-memory SQLite database always does).",
+    )
     alert_processor_poll_s: float = Field(
         default=0.5, gt=0, description="Idle wait between looks at the alert inbox."
     )

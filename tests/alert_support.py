@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from app.alerts.service import AlertProcessor, pending_candidates
+from app.alerts.worker import AlertProcessorProcess
 
 
 def settle_alerts(app: Any, timeout_s: float = 10.0) -> None:
@@ -19,7 +20,7 @@ def settle_alerts(app: Any, timeout_s: float = 10.0) -> None:
     LOCKED), so this waits until the inbox is empty, which it is only once every processing
     transaction has committed.
     """
-    processor: AlertProcessor | None = app.state.alert_processor
+    processor: AlertProcessor | AlertProcessorProcess | None = app.state.alert_processor
     if processor is None:
         return
     engine: Engine = app.state.engine

@@ -98,6 +98,7 @@ def settings_for(models_dir: Path) -> Any:
         # Scores are committed by a thread of the app: a writer child process costs a second
         # or more to start per app. Tests of that process ask for it (score_writer="process").
         overrides.setdefault("score_writer", "thread")
+        overrides.setdefault("alert_processor_mode", "thread")
         overrides.setdefault("log_level", "WARNING")
         overrides.setdefault("log_json", True)
         return Settings(database_url=database_url, models_dir=models_dir, **overrides)

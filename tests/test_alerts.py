@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from app.alerts.repository import NewAlertRow, insert_new_alerts
 from app.alerts.service import (
     AlertPolicy,
+    AlertProcessor,
     ChurnAlerts,
     NotificationPlan,
     RetentionActions,
@@ -35,6 +36,7 @@ from app.alerts.tables import (
     OutboxMessage,
     alert_table,
 )
+from app.alerts.worker import AlertProcessorProcess
 from app.config import PROJECT_ROOT, Settings
 from app.db.migrate import upgrade
 from app.db.session import create_db_engine
@@ -840,9 +842,22 @@ def test_two_processors_at_once_record_each_candidate_once(engine: Engine) -> No
     assert events == len(rows)
 
 
+@pytest.mark.parametrize("mode", ["thread", "process"])
 def test_the_service_processor_opens_alerts_without_being_asked(
-    alert_client: TestClient, churn_cases: ChurnCases
+    mode: str, alert_settings: Settings, registry: ModelRegistry, churn_cases: ChurnCases
 ) -> None:
+    settings = alert_settings.model_copy(update={"alert_processor_mode": mode})
+    with TestClient(create_app(settings, registry)) as client:
+        processor = client.app.state.alert_processor  # type: ignore[attr-defined]
+        kind = AlertProcessorProcess if mode == "process" else AlertProcessor
+        assert isinstance(processor, kind)
+        _an_alert_opens_by_itself(client, churn_cases)
+        child = processor if isinstance(processor, AlertProcessorProcess) else None
+        assert child is None or child.alive
+    assert child is None or not child.alive  # the app's end ended the child
+
+
+def _an_alert_opens_by_itself(alert_client: TestClient, churn_cases: ChurnCases) -> None:
     customer_id = new_customer()
     body = {"customers": [churn_cases.as_customer("high", customer_id)]}
     started = time.monotonic()

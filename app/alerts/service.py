@@ -454,19 +454,6 @@ class AlertProcessor:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @classmethod
-    def from_settings(cls, settings: Settings, engine: Engine) -> AlertProcessor | None:
-        """The in-process processor the settings ask for (None: alerts off, or run elsewhere)."""
-        alerts = ChurnAlerts.from_settings(settings)
-        if alerts is None or not settings.alert_processor_in_process:
-            return None
-        return cls(
-            engine,
-            alerts=alerts,
-            poll_s=settings.alert_processor_poll_s,
-            batch_size=settings.alert_processor_batch_size,
-        )
-
     def run_once(self) -> ProcessSummary:
         """Process what is pending now, in the caller's thread."""
         return process_pending(self.engine, alerts=self.alerts, batch_size=self.batch_size)

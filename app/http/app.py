@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
 from app.alerts import routes as alerts
-from app.alerts.service import AlertProcessor
+from app.alerts.worker import build_alert_processor
 from app.config import Settings, get_settings
 from app.db.session import create_db_engine, create_session_factory
 from app.errors import InvalidInput, ServiceError
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     engine = create_db_engine(settings.database_url)
     writer = build_score_writer(settings, engine)
     # Turns the alert candidates the writer stores with churn scores into alerts.
-    alert_processor = AlertProcessor.from_settings(settings, engine)
+    alert_processor = build_alert_processor(settings, engine)
     scoring = ScoringService(
         registry=registry,
         writer=writer,
