@@ -299,7 +299,7 @@ def _path(location: list[int | str], prefix: str) -> str:
     parts = [
         part
         for before, part in zip([None, *location], location, strict=False)
-        if not (isinstance(before, int) and part in _TYPE_VALUES)
+        if not ((before is None or isinstance(before, int)) and part in _TYPE_VALUES)
     ]
     if prefix == "columns" and parts and isinstance(parts[0], int):
         index, *rest = parts
