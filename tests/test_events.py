@@ -8,9 +8,13 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import hypothesis
 import pytest
+import schemathesis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from schemathesis.generation.case import Case
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
@@ -306,8 +310,9 @@ def test_bad_columns_name_the_column_and_row(
     body["columns"]["kind"] = [None] * 3
     [error] = client.post("/v1/events", json=body).json()["errors"]
     assert error["field"] == "columns"
-    assert "every column must have one value per event_id (4); these differ: ['kind']" in (
-        error["message"]
+    assert (
+        "every column must have one value per event_id (4); these differ: ['kind']"
+        in (error["message"])
     )
     assert count(engine, prefix) == 0
 
@@ -395,3 +400,44 @@ def test_ten_thousand_events_fit_in_one_call(make_app: Any, engine: Engine, pref
     assert count(engine, prefix) == 10_000
     refused = client.post("/v1/churn/scores", content=body, headers=headers)
     assert refused.status_code == 413
+
+
+@pytest.mark.timeout(180)
+def test_fuzzed_intake_and_reads_never_fail_on_the_server(
+    database_url: str, settings_for: Any, registry: ModelRegistry
+) -> None:
+    """More examples than tests/test_fuzz.py gives each operation, on both databases; some
+    generated bodies must get through (200), not only be refused."""
+    settings = settings_for(database_url, auth_enabled=True, rate_limit_per_s=10_000.0)
+    app = create_app(settings, registry)  # schemathesis runs its lifespan around each call
+    headers = key_for(app, "events:write", "customers:read")
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, headers=headers)
+    statuses: dict[str, set[int]] = {}
+
+    def fuzz(operation: Any) -> None:
+        seen = statuses.setdefault(operation.path, set())
+
+        @hypothesis.settings(
+            max_examples=60,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            suppress_health_check=list(hypothesis.HealthCheck),
+            phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+        )
+        @hypothesis.given(operation.as_strategy())
+        def call(case: Case[Any]) -> None:
+            response = case.call_and_validate(
+                headers=headers, excluded_checks=[positive_data_acceptance]
+            )
+            seen.add(response.status_code)
+
+        call()
+
+    for result in schema.get_all_operations():
+        operation = result.ok()  # type: ignore[union-attr]
+        if operation.path in ("/v1/events", "/v1/customers/{customer_id}/events"):
+            fuzz(operation)
+    assert set(statuses) == {"/v1/events", "/v1/customers/{customer_id}/events"}
+    assert all(status < 500 for seen in statuses.values() for status in seen), statuses
+    assert 200 in statuses["/v1/events"] and 200 in statuses["/v1/customers/{customer_id}/events"]

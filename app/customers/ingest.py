@@ -19,8 +19,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from sqlalchemy.orm import Session
 
+from app.customers import service
 from app.customers.schemas import COMMON_FIELDS, PAYLOAD_COLUMNS
-from app.customers.service import FieldError, IntakeRules, check_rows, record_events
+from app.customers.service import FieldError, IntakeRules, check_rows
 from app.security.pseudonyms import Pseudonymizer
 
 COLUMNS = frozenset((*COMMON_FIELDS, *PAYLOAD_COLUMNS))
@@ -193,7 +194,7 @@ def ingest_file(
         received_at = datetime.now(UTC)
         events, rejected = check_rows(rows, rules=rules, now=received_at)
         with session_factory() as session:
-            result = record_events(
+            result = service.record_events(
                 session,
                 events=events,
                 tenant=tenant,
