@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -195,6 +196,20 @@ def test_a_repeated_id_is_counted_and_never_stored_twice(
     rows = stored(engine, prefix)
     assert [row.event_id for row in rows] == [f"{prefix}-a", f"{prefix}-b", f"{prefix}-c"]
     assert rows[0].payload["amount"] == 10.0  # the first one sent is the one kept
+
+
+def test_calls_racing_with_the_same_events_store_each_once(
+    client: TestClient, engine: Engine, prefix: str
+) -> None:
+    events = [transaction(f"{prefix}-{i}", f"C-{i % 7}") for i in range(300)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(
+            pool.map(lambda _: client.post("/v1/events", json={"events": events}), range(4))
+        )
+    assert all(r.status_code == 200 for r in results), [r.text for r in results]
+    assert sum(r.json()["new"] for r in results) == 300
+    assert sum(r.json()["duplicates"] for r in results) == 900
+    assert count(engine, prefix) == 300
 
 
 def test_late_and_out_of_order_events_are_kept_by_occurrence(

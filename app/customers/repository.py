@@ -7,10 +7,11 @@ from datetime import datetime
 from typing import Any, TypedDict
 
 from sqlalchemy import ColumnElement, Connection, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from app.customers.tables import CustomerEvent, customer_event_table
+from app.db.session import json_text
 from app.scoring.repository import TenantScope
 
 
@@ -36,11 +37,56 @@ def insert_new_events(connection: Connection, *, rows: Sequence[EventRow]) -> in
     """
     if not rows:
         return 0
-    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    if connection.dialect.name == "postgresql":
+        return _copy_new_events(connection, rows)
     statement = (
-        insert(customer_event_table).on_conflict_do_nothing().returning(customer_event_table.c.id)
+        sqlite.insert(customer_event_table)
+        .on_conflict_do_nothing()
+        .returning(customer_event_table.c.id)
     )
     return len(connection.execute(statement, list(rows)).all())
+
+
+# PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT that skips stored ids.
+# 13 ms per 1,000 events against 59 ms for SQLAlchemy's multi-row INSERT ... RETURNING, whose
+# per-row parameter processing dominates (bench/intake_bench.py). The table lives as long as
+# the pooled connection and is emptied by each commit.
+_STAGING = "customer_event_in"
+_STAGE = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} (event_id varchar, customer_id varchar, "
+    "type varchar, occurred_at timestamptz, payload json) ON COMMIT DELETE ROWS"
+)
+_COPY_STAGED = f"COPY {_STAGING} (event_id, customer_id, type, occurred_at, payload) FROM STDIN"
+_INSERT_STAGED = (
+    f"INSERT INTO {customer_event_table.name} (tenant, event_id, customer_id, type, "
+    "occurred_at, received_at, request_id, payload) "
+    f"SELECT %s, event_id, customer_id, type, occurred_at, %s, %s, payload FROM {_STAGING} "
+    "ON CONFLICT DO NOTHING"
+)
+
+
+def _copy_new_events(connection: Connection, rows: Sequence[EventRow]) -> int:
+    """The PostgreSQL path: the rows of one call share their tenant, time and request id."""
+    first = rows[0]
+    shared = (first["tenant"], first["received_at"], first["request_id"])
+    if any((r["tenant"], r["received_at"], r["request_id"]) != shared for r in rows):
+        raise ValueError("rows inserted together must share tenant, received_at and request_id")
+    driver_connection: Any = connection.connection.driver_connection
+    with driver_connection.cursor() as cursor:
+        cursor.execute(_STAGE)
+        with cursor.copy(_COPY_STAGED) as copy:
+            for row in rows:
+                copy.write_row(
+                    (
+                        row["event_id"],
+                        row["customer_id"],
+                        row["type"],
+                        row["occurred_at"],
+                        json_text(row["payload"]),
+                    )
+                )
+        cursor.execute(_INSERT_STAGED, shared)
+        return int(cursor.rowcount)
 
 
 def list_events(
