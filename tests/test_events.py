@@ -302,6 +302,16 @@ def test_every_bad_event_of_a_call_is_listed(
     assert count(engine, prefix) == 0
 
 
+def test_a_whole_float_is_an_integer_and_a_fraction_is_refused(
+    client: TestClient, engine: Engine, prefix: str
+) -> None:
+    profile = one_of_each(prefix, "C-1")[0]
+    refused = client.post("/v1/events", json={"events": [{**profile, "age": 41.5}]})
+    assert [e["field"] for e in refused.json()["errors"]] == ["events[0].age"]
+    assert client.post("/v1/events", json={"events": [{**profile, "age": 41.0}]}).is_success
+    assert [row.payload["age"] for row in stored(engine, prefix)] == [41]
+
+
 def test_bad_columns_name_the_column_and_row(
     client: TestClient, engine: Engine, prefix: str
 ) -> None:

@@ -187,8 +187,9 @@ def ingest_file(
             raise EventFileError(f"{events_file.path}: {error}") from error
         if table is None:
             return summary
+        # A missing value is null, or NaN as pandas writes one in a float column.
         rows = [
-            {name: value for name, value in row.items() if value is not None}
+            {name: value for name, value in row.items() if value is not None and value == value}
             for row in table.to_pylist()
         ]
         received_at = datetime.now(UTC)

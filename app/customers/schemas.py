@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -25,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from app.scoring.request_schemas import CustomerId
+from app.scoring.request_schemas import CustomerId, integral
 
 
 class EventType(StrEnum):
@@ -191,7 +192,9 @@ class CustomerProfile(EventBase):
     """Who the customer is and how the bank serves them; fields left out are unchanged."""
 
     type: Literal[EventType.CUSTOMER_PROFILE]
-    age: int | None = Field(default=None, ge=0, le=130, description="Age in years.")
+    age: Annotated[int, Field(ge=0, le=130), BeforeValidator(integral)] | None = Field(
+        default=None, description="Age in years (a whole float such as 41.0 is taken)."
+    )
     occupation: Code | None = Field(default=None, examples=["employee"])
     income: Amount | None = Field(default=None, description="Yearly income.")
     region: Code | None = Field(default=None, examples=["north"])
