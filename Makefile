@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck models migrate bench bench-batch bench-persist lock clean
+.PHONY: run test lint typecheck models migrate bench bench-batch bench-persist bench-intake lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench-batch: $(STAMP)
 # What the score table takes durably on its own, 1,000-row commits (bench/README.md).
 bench-persist: $(STAMP)
 	$(BIN)/python bench/persist_ceiling.py $(BENCH_ARGS)
+
+# Events persisted per second through the HTTP service in 1,000-event calls, against COPY of
+# the same rows, on PostgreSQL (issue 15; bench/README.md). Options: BENCH_ARGS="--workers 2".
+bench-intake: $(STAMP)
+	$(BIN)/python bench/intake_bench.py $(BENCH_ARGS)
 
 migrate: $(STAMP)
 	$(BIN)/cvm db upgrade

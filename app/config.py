@@ -73,6 +73,23 @@ class Settings(BaseSettings):
         description="Cache of compiled models: <task>/<version>/<sha256 of model file>.o.",
     )
 
+    # Event intake (app/customers)
+    max_events_per_call: int = Field(
+        default=10_000, ge=1, description="Events in one POST /v1/events (413 above)."
+    )
+    event_future_tolerance_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="How far an event's occurred_at may be ahead of the server's clock (clock "
+        "skew between systems); later times are refused (422).",
+    )
+    events_max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Body limit of POST /v1/events alone, so that 10,000 events fit (about 1.6 "
+        "KB each); every other route keeps max_body_bytes.",
+    )
+
     # Churn alerts and notifications
     churn_alerts_enabled: bool = Field(
         default=True, description="Open an alert when a churn score crosses the threshold."

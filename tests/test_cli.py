@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -410,3 +411,166 @@ def test_plots_label_the_split_they_show(tmp_path: Path, models_dir: Path) -> No
     out = tmp_path / "card.png"
     assert runner.invoke(cli, ["plot", str(model_dir), "--out", str(out)]).exit_code == 0
     assert out.read_bytes().startswith(b"\x89PNG")
+
+
+# --- cvm ingest ------------------------------------------------------------------------------
+
+
+def event_table(count: int, *, start: int = 0) -> pa.Table:
+    """``count`` events of three types as the columns form names them, times zoned (UTC)."""
+    kinds = ["transaction", "digital_session", "balance_snapshot"]
+    types = [kinds[i % 3] for i in range(start, start + count)]
+    base = pd.Timestamp("2026-10-01", tz="UTC")
+
+    def only(kind: str, value: Any) -> list[Any]:
+        return [value if t == kind else None for t in types]
+
+    return pa.table(
+        {
+            "event_id": [f"ev-{i:06d}" for i in range(start, start + count)],
+            "type": types,
+            "customer_id": [f"C{i % 97:04d}" for i in range(start, start + count)],
+            "occurred_at": pa.array(
+                [base + pd.Timedelta(minutes=i) for i in range(start, start + count)],
+                pa.timestamp("us", tz="UTC"),
+            ),
+            "amount": only("transaction", 12.5),
+            "direction": only("transaction", "debit"),
+            "channel": only("transaction", "card"),
+            "platform": only("digital_session", "web"),
+            "product": only("balance_snapshot", "savings"),
+            "balance": only("balance_snapshot", 1000.0),
+        }
+    )
+
+
+@pytest.fixture
+def cli_database(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The session's database of each kind, emptied of events, as `cvm` sees it."""
+    from sqlalchemy import delete
+
+    from app.config import get_settings
+    from app.customers.tables import customer_event_table
+    from app.db.session import create_db_engine
+
+    engine = create_db_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(delete(customer_event_table))
+    engine.dispose()
+    monkeypatch.setenv("CVM_DATABASE_URL", database_url)
+    get_settings.cache_clear()
+    yield database_url
+    get_settings.cache_clear()
+
+
+def stored_event_ids(database_url: str) -> list[str]:
+    """Every stored event id (repeats included)."""
+    from sqlalchemy import select
+
+    from app.customers.tables import CustomerEvent
+    from app.db.session import create_db_engine
+
+    engine = create_db_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return list(connection.scalars(select(CustomerEvent.event_id)))
+    finally:
+        engine.dispose()
+
+
+def summary_counts(output: str) -> tuple[int, int, int]:
+    """(new, duplicates, rejected) from `cvm ingest`'s last line."""
+    found = re.search(r"([\d,]+) new, ([\d,]+) duplicates, ([\d,]+) rejected", output)
+    assert found, output
+    new, duplicates, rejected = (int(value.replace(",", "")) for value in found.groups())
+    return new, duplicates, rejected
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_ingest_resumes_after_a_crash_without_storing_twice(
+    kind: str, cli_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.customers import service
+
+    table = event_table(2_500)
+    source = tmp_path / f"events.{kind}"
+    if kind == "csv":
+        frame = table.to_pandas()
+        frame["occurred_at"] = frame["occurred_at"].map(lambda t: t.isoformat())
+        frame["amount"] = frame["amount"].astype(object)
+        frame.loc[6, "amount"] = "plenty"  # a word for a number: that row alone is refused
+        frame.to_csv(source, index=False)
+    else:
+        pq.write_table(table, source)
+    real_record = service.record_events
+    calls = 0
+
+    def crash_on_the_third_chunk(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise KeyboardInterrupt  # the operator's ^C, or a killed process
+        return real_record(*args, **kwargs)
+
+    monkeypatch.setattr(service, "record_events", crash_on_the_third_chunk)
+    crashed = runner.invoke(cli, ["ingest", str(source), "--chunk-rows", "1000"])
+    assert crashed.exit_code != 0
+    stored_before = stored_event_ids(cli_database)
+    assert len(stored_before) == 2_000 - (kind == "csv")
+    monkeypatch.setattr(service, "record_events", real_record)
+
+    result = runner.invoke(cli, ["ingest", str(source), "--chunk-rows", "1000"])
+    assert result.exit_code == 0, result.output
+    assert final_progress(result.output) == (2_500, 2_500)
+    rejected = int(kind == "csv")
+    assert summary_counts(result.output) == (500, len(stored_before), rejected)
+    stored_after = stored_event_ids(cli_database)
+    assert len(stored_after) == len(set(stored_after)) == 2_500 - rejected
+    if kind == "csv":
+        rejects = pd.read_csv(source.with_name("events.csv.rejects.csv"))
+        assert rejects.to_dict("records") == [
+            {
+                "row": 7,
+                "event_id": "ev-000006",
+                "field": "amount",
+                "reason": "Input should be a valid number, unable to parse string as a number",
+            }
+        ]
+
+
+def test_ingest_refuses_a_bad_file_in_one_line(cli_database: str, tmp_path: Path) -> None:
+    good = event_table(20)
+    nested = pa.array([[value] for value in good.column("channel").to_pylist()])
+    naive = good.column("occurred_at").cast(pa.timestamp("us"))
+    at = good.schema.get_field_index
+    cases = {
+        "unknown column": (good.append_column("colour", good.column("channel")), "colour"),
+        "no customer id": (good.drop_columns(["customer_id"]), "customer_id"),
+        "lists for a code": (good.set_column(at("channel"), "channel", nested), "channel"),
+        "times without a zone": (
+            good.set_column(at("occurred_at"), "occurred_at", naive),
+            "occurred_at",
+        ),
+        "words for amounts": (
+            good.set_column(at("amount"), "amount", good.column("channel")),
+            "amount",
+        ),
+    }
+    files: dict[str, tuple[Path, str | None]] = {}
+    for name, (table, named) in cases.items():
+        path = tmp_path / f"{name.replace(' ', '-')}.parquet"
+        pq.write_table(table, path)
+        files[name] = (path, named)
+    (tmp_path / "unreadable.parquet").write_bytes(b"not a Parquet file " * 20)
+    files["unreadable"] = (tmp_path / "unreadable.parquet", None)
+    (tmp_path / "header.csv").write_text("event_id,type,customer_id,amount\n")
+    files["csv without occurred_at"] = (tmp_path / "header.csv", "occurred_at")
+    files["no such file"] = (tmp_path / "missing.csv", None)
+    for name, (path, column) in files.items():
+        result = runner.invoke(cli, ["ingest", str(path)])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2, (name, result.output)
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, result.output)
+        assert str(path) in lines[0], name
+        assert column is None or repr(column) in lines[0], (name, lines[0])
+    assert stored_event_ids(cli_database) == []

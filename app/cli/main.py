@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from app.cli import alerts, book, clients, db, dispatch, models, score, serve, train
+from app.cli import alerts, book, clients, db, dispatch, ingest, models, score, serve, train
 from app.cli.app import cli
 
 # Groups without a name add their commands at the top level (cvm synth); named ones nest (cvm db).
 cli.add_typer(book.commands)
 cli.add_typer(train.commands)
 cli.add_typer(score.commands)
+cli.add_typer(ingest.commands)
 cli.add_typer(models.commands)
 cli.add_typer(dispatch.commands)
 cli.add_typer(serve.commands)

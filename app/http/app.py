@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from app.alerts import routes as alerts
 from app.alerts.worker import build_alert_processor
 from app.config import Settings, get_settings
+from app.customers import routes as customers
 from app.db.session import create_db_engine, create_session_factory
 from app.errors import InvalidInput, ServiceError
 from app.http import health
@@ -64,7 +65,13 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         max_batch_size=settings.max_batch_size,
         pseudonymizer=(pseudonymizer := Pseudonymizer.from_settings(settings)),
     )
-    guard = build_guard(settings, engine, docs_paths=PAGE_PATHS, spec_path=SPEC_PATH)
+    guard = build_guard(
+        settings,
+        engine,
+        docs_paths=PAGE_PATHS,
+        spec_path=SPEC_PATH,
+        body_limits={customers.EVENTS_PATH: settings.events_max_body_bytes},
+    )
     # The in-process dispatcher is optional: `cvm dispatch` can deliver the outbox instead.
     dispatcher = build_dispatcher(settings, engine) if settings.dispatch_in_process else None
     metrics = Metrics()
@@ -136,6 +143,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.metrics = metrics
     for router in (health.router, scores.router, history.router, models.router, alerts.router):
         app.include_router(router)
+    app.include_router(customers.router)
     add_docs(app)
     # Added innermost first: request ids and access logs wrap CORS, which answers preflights
     # before the security middleware asks for a credential; only an authenticated request
@@ -204,7 +212,11 @@ def _openapi(app: FastAPI, scoring: ScoringService) -> dict[str, Any]:
     )
     components = spec.setdefault("components", {}).setdefault("schemas", {})
     template = "#/components/schemas/{model}"
-    for model in (*scoring.request_models.values(), scoring.assessment_model):
+    for model in (
+        *scoring.request_models.values(),
+        scoring.assessment_model,
+        *customers.REQUEST_MODELS,
+    ):
         schema = model.model_json_schema(ref_template=template)
         components.update(schema.pop("$defs", {}))
         components[model.__name__] = schema

@@ -93,6 +93,8 @@ class Guard:
     public_paths: frozenset[str]
     docs_paths: frozenset[str]
     hsts_max_age_s: int = 0
+    # Paths allowed a body larger (or smaller) than max_body_bytes (bulk event intake).
+    body_limits: dict[str, int] = field(default_factory=dict)
     _last_purge: float = field(default_factory=time.monotonic)
     log: Any = field(default_factory=lambda: structlog.get_logger("cvm.security"))
     audit: Any = field(default_factory=lambda: structlog.get_logger("cvm.audit"))
@@ -218,7 +220,8 @@ class SecurityMiddleware:
         if scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
-        body = await _read_body(scope, receive, guard.max_body_bytes)
+        limit = guard.body_limits.get(scope["path"], guard.max_body_bytes)
+        body = await _read_body(scope, receive, limit)
         if body is None:
             exchange.outcome = "client_disconnected"
             return

@@ -14,6 +14,8 @@ class Scope(StrEnum):
     ALERTS_READ = "alerts:read"
     ALERTS_WRITE = "alerts:write"
     MODELS_READ = "models:read"
+    EVENTS_WRITE = "events:write"
+    CUSTOMERS_READ = "customers:read"
     ADMIN = "admin"
 
 

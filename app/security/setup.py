@@ -38,12 +38,18 @@ def build_rate_limiter(settings: Settings) -> RateLimiter | None:
 
 
 def build_guard(
-    settings: Settings, engine: Engine, *, docs_paths: frozenset[str], spec_path: str
+    settings: Settings,
+    engine: Engine,
+    *,
+    docs_paths: frozenset[str],
+    spec_path: str,
+    body_limits: dict[str, int] | None = None,
 ) -> Guard:
     """Everything the security middleware needs.
 
     ``docs_paths`` (the docs page and its static files) are always public: they hold Swagger
     UI and nothing of ours. ``spec_path`` (the OpenAPI document) is public with ``docs_public``.
+    ``body_limits`` replaces ``max_body_bytes`` for the paths it names.
     """
     public = set(ALWAYS_PUBLIC) | docs_paths
     if settings.metrics_public:
@@ -79,6 +85,7 @@ def build_guard(
         ),
         idempotency_secret=secret,
         max_body_bytes=settings.max_body_bytes,
+        body_limits=body_limits or {},
         strict_json=settings.strict_json,
         request_timeout_s=settings.request_timeout_s,
         public_paths=frozenset(public),

@@ -1,0 +1,110 @@
+"""The behaviour trail over HTTP: events in, a customer's events out."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated, Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel
+
+from app.customers import service
+from app.customers.schemas import EXAMPLE_BODY, EventPage, EventsRequest, EventType, IntakeResult
+from app.customers.service import EventIntake, IntakeRules
+from app.http.deps import (
+    PseudonymizerDep,
+    RequestIdDep,
+    SessionDep,
+    TenantDep,
+    get_pseudonymizer,
+    require,
+)
+from app.security.audit import note
+from app.security.principal import Principal, Scope
+
+router = APIRouter(prefix="/v1", tags=["customers"])
+
+EVENTS_PATH = "/v1/events"
+# Registered as components by the app factory: the body is read raw, validated by
+# pydantic-core straight from JSON, and documented by reference.
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (EventsRequest,)
+PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+INTAKE_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"description": "Too many events in one call, or too large a body", **PROBLEM},
+    422: {"description": "Invalid events; the body names every bad field; none stored", **PROBLEM},
+    503: {"description": "Database unavailable; no event of the call was stored", **PROBLEM},
+}
+
+
+async def get_intake(request: Request) -> EventIntake:
+    """The intake use case on this app's database, settings and pseudonymizer."""
+    settings = request.app.state.settings
+    return EventIntake(
+        session_factory=request.app.state.session_factory,
+        rules=IntakeRules(
+            future_tolerance_s=settings.event_future_tolerance_s,
+            max_events=settings.max_events_per_call,
+        ),
+        pseudonymizer=await get_pseudonymizer(request),
+    )
+
+
+EventsWriter = Annotated[Principal, Depends(require(Scope.EVENTS_WRITE))]
+CustomersReader = Annotated[Principal, Depends(require(Scope.CUSTOMERS_READ))]
+IntakeDep = Annotated[EventIntake, Depends(get_intake)]
+
+
+@router.post(
+    "/events",
+    response_model=IntakeResult,
+    responses=INTAKE_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": "#/components/schemas/EventsRequest"},
+                    "example": EXAMPLE_BODY,
+                }
+            },
+        }
+    },
+)
+async def record_events(
+    request: Request, caller: EventsWriter, intake: IntakeDep, request_id: RequestIdDep
+) -> IntakeResult:
+    """Take in customer events (up to 10,000): new ones stored, repeats counted; all or none."""
+    body = await request.body()
+    # Validation and the insert are CPU and I/O: off the event loop.
+    result = await anyio.to_thread.run_sync(
+        partial(intake.take, body, tenant=caller.tenant, request_id=request_id)
+    )
+    note(request, events=result.received, new=result.new, duplicates=result.duplicates)
+    return result
+
+
+@router.get("/customers/{customer_id}/events", response_model=EventPage)
+def customer_events(
+    request: Request,
+    session: SessionDep,
+    _: CustomersReader,
+    tenant: TenantDep,
+    pseudonymizer: PseudonymizerDep,
+    customer_id: Annotated[str, Path(min_length=1, max_length=128)],
+    type: Annotated[EventType | None, Query(description="Only events of this type.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> EventPage:
+    """A customer's events, latest occurrence first, one page at a time."""
+    page = service.customer_events(
+        session,
+        customer_id=customer_id,
+        event_type=type,
+        limit=limit,
+        offset=offset,
+        tenant=tenant,
+        pseudonymizer=pseudonymizer,
+    )
+    note(request, customer=pseudonymizer.pseudonym(customer_id) if pseudonymizer else customer_id)
+    return page

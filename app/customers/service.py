@@ -1,0 +1,313 @@
+"""Event intake use cases: validate a call's events, store the new ones, read a trail.
+
+One call is all or nothing: every event is validated before anything is stored, and a call
+with a bad event gets a 422 listing every bad field (``events[3].amount``). Nothing here
+knows about HTTP; ``cvm ingest`` validates rows with the same models and stores them with the
+same function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.customers.repository import EventRow, insert_new_events, list_events
+from app.customers.schemas import (
+    COMMON_FIELDS,
+    Event,
+    EventBase,
+    EventPage,
+    EventsRequest,
+    EventType,
+    IntakeResult,
+    StoredEvent,
+)
+from app.errors import BatchTooLarge, DatabaseUnavailable, InvalidInput
+from app.scoring.repository import TenantScope
+from app.security.pseudonyms import Pseudonymizer
+
+EVENT = TypeAdapter(Event)
+EVENTS = TypeAdapter(list[Event])
+# Problems listed in a 422's message; the body's ``errors`` lists every one.
+MESSAGE_FIELDS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One bad field of one event."""
+
+    field: str
+    message: str
+    type: str
+
+    def as_dict(self) -> dict[str, str]:
+        """The error as the problem body lists it."""
+        return {"field": self.field, "message": self.message, "type": self.type}
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeRules:
+    """What a call's events are checked against, from the settings."""
+
+    future_tolerance_s: float
+    max_events: int
+
+    def context(self, now: datetime) -> dict[str, Any]:
+        """The validation context: the latest occurrence time accepted now."""
+        return {
+            "latest_occurrence": now + timedelta(seconds=self.future_tolerance_s),
+            "future_tolerance_s": self.future_tolerance_s,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EventIntake:
+    """Everything an intake call needs, from the app's state."""
+
+    session_factory: sessionmaker[Session]
+    rules: IntakeRules
+    pseudonymizer: Pseudonymizer | None
+
+    def take(self, body: bytes, *, tenant: str | None, request_id: str) -> IntakeResult:
+        """Validate a raw JSON body and store its new events in one transaction."""
+        received_at = datetime.now(UTC)
+        events = parse_events(body, rules=self.rules, now=received_at)
+        with self.session_factory() as session:
+            return record_events(
+                session,
+                events=events,
+                tenant=tenant,
+                request_id=request_id,
+                received_at=received_at,
+                pseudonymizer=self.pseudonymizer,
+            )
+
+
+def parse_events(body: bytes, *, rules: IntakeRules, now: datetime) -> Sequence[EventBase]:
+    """Every event of a raw JSON body, objects or columns, or a 422 naming each bad field."""
+    context = rules.context(now)
+    try:
+        request = EventsRequest.model_validate_json(body, context=context)
+    except ValidationError as error:
+        raise invalid_events(_field_errors(error, prefix="")) from error
+    if request.events is not None:
+        events: Sequence[EventBase] = request.events
+        count = len(events)
+    else:
+        columns: dict[str, list[Any] | None] = dict(request.columns.__dict__)
+        count = len(columns["event_id"] or ())
+    if count > rules.max_events:
+        raise BatchTooLarge(
+            f"{count} events in one call; the limit is {rules.max_events}",
+            extra={"limit": rules.max_events},
+        )
+    if request.events is not None:
+        return events
+    return _events_of_columns(columns, context)
+
+
+def _events_of_columns(
+    columns: dict[str, list[Any] | None], context: dict[str, Any]
+) -> Sequence[EventBase]:
+    """Column-typed values as events, each checked by its type's model (fields it needs,
+    fields that do not apply); errors name the column and row: ``columns.amount[3]``."""
+    given = [(name, values) for name, values in columns.items() if values is not None]
+    rows = [
+        {name: value for (name, _), value in zip(given, values, strict=True) if value is not None}
+        for values in zip(*(values for _, values in given), strict=True)
+    ]
+    try:
+        return EVENTS.validate_python(rows, strict=True, context=context)
+    except ValidationError as error:
+        raise invalid_events(_field_errors(error, prefix="columns")) from error
+
+
+def check_rows(
+    rows: Sequence[dict[str, Any]], *, rules: IntakeRules, now: datetime
+) -> tuple[list[EventBase], list[tuple[int, FieldError]]]:
+    """Rows of a file (strings and numbers as read) as events; each bad row with its first
+    problem. Lax: ``"12.5"`` is an amount here, as a CSV holds it."""
+    context = rules.context(now)
+    events: list[EventBase] = []
+    rejected: list[tuple[int, FieldError]] = []
+    for index, row in enumerate(rows):
+        try:
+            events.append(EVENT.validate_python(row, strict=False, context=context))
+        except ValidationError as error:
+            rejected.append((index, _field_errors(error, prefix="")[0]))
+    return events, rejected
+
+
+def record_events(
+    session: Session,
+    *,
+    events: Sequence[EventBase],
+    tenant: str | None,
+    request_id: str,
+    received_at: datetime,
+    pseudonymizer: Pseudonymizer | None,
+) -> IntakeResult:
+    """Store the events not stored yet for ``tenant`` (one commit); count the others."""
+    rows = event_rows(
+        events,
+        tenant=tenant,
+        request_id=request_id,
+        received_at=received_at,
+        pseudonymizer=pseudonymizer,
+    )
+    try:
+        new = insert_new_events(session.connection(), rows=rows)
+        session.commit()
+    except SQLAlchemyError as error:
+        session.rollback()
+        raise DatabaseUnavailable(
+            "the database is unavailable; no event of this call was stored, retry it"
+        ) from error
+    return IntakeResult(
+        received=len(events), new=new, duplicates=len(events) - new, received_at=received_at
+    )
+
+
+def event_rows(
+    events: Iterable[EventBase],
+    *,
+    tenant: str | None,
+    request_id: str,
+    received_at: datetime,
+    pseudonymizer: Pseudonymizer | None,
+) -> list[EventRow]:
+    """One row per distinct event id (the first wins), customer ids pseudonymised."""
+    unique: dict[str, EventBase] = {}
+    for event in events:
+        unique.setdefault(event.event_id, event)
+    customer_ids = [event.customer_id for event in unique.values()]
+    if pseudonymizer is not None:
+        customer_ids = pseudonymizer.pseudonyms(customer_ids)
+    return [
+        EventRow(
+            tenant=tenant,
+            event_id=event.event_id,
+            customer_id=customer_id,
+            type=event.__dict__["type"].value,
+            occurred_at=event.occurred_at,
+            received_at=received_at,
+            request_id=request_id,
+            payload=payload_of(event),
+        )
+        for event, customer_id in zip(unique.values(), customer_ids, strict=True)
+    ]
+
+
+def payload_of(event: BaseModel) -> dict[str, Any]:
+    """The fields of an event's type that it has (enums as their values)."""
+    return {
+        name: value.value if isinstance(value, Enum) else value
+        for name, value in event.__dict__.items()
+        if value is not None and name not in COMMON_FIELDS
+    }
+
+
+def customer_events(
+    session: Session,
+    *,
+    customer_id: str,
+    event_type: EventType | None,
+    limit: int,
+    offset: int,
+    tenant: TenantScope | None,
+    pseudonymizer: Pseudonymizer | None,
+) -> EventPage:
+    """A page of one customer's trail (its tenant's rows only when isolation is on)."""
+    # With pseudonymisation, rows hold the id's HMAC (under the current or a rotated secret).
+    stored_ids = pseudonymizer.lookup_forms(customer_id) if pseudonymizer else [customer_id]
+    rows, total = list_events(
+        session,
+        customer_ids=stored_ids,
+        event_type=event_type.value if event_type else None,
+        limit=limit,
+        offset=offset,
+        tenant=tenant,
+    )
+    return EventPage(
+        customer_id=customer_id,
+        total=total,
+        limit=limit,
+        offset=offset,
+        items=[
+            StoredEvent(
+                event_id=row.event_id,
+                type=EventType(row.type),
+                occurred_at=row.occurred_at,
+                received_at=row.received_at,
+                payload=row.payload,
+            )
+            for row in rows
+        ],
+    )
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+_TAG_ERRORS = ("union_tag_invalid", "union_tag_not_found")
+_TYPE_VALUES = frozenset(t.value for t in EventType)
+_KNOWN_TYPES = ", ".join(t.value for t in EventType)
+
+
+def invalid_events(errors: list[FieldError]) -> InvalidInput:
+    """A 422 naming every bad field of the call."""
+    if [e.field for e in errors] == ["body"]:  # the body as a whole: its message says why
+        return InvalidInput(errors[0].message, extra={"errors": [errors[0].as_dict()]})
+    fields = ", ".join(e.field for e in errors[:MESSAGE_FIELDS])
+    more = f" and {len(errors) - MESSAGE_FIELDS} more" if len(errors) > MESSAGE_FIELDS else ""
+    return InvalidInput(
+        f"invalid field(s): {fields}{more}; no event of this call was stored",
+        extra={"errors": [e.as_dict() for e in errors]},
+    )
+
+
+def _field_errors(error: ValidationError, *, prefix: str) -> list[FieldError]:
+    """pydantic's errors as field paths: ``events[3].amount``; ``columns.amount[3]`` for the
+    rows of a columns body (``prefix="columns"``)."""
+    found = []
+    for item in error.errors(include_url=False, include_input=False):
+        location = list(item["loc"])
+        message = item["msg"]
+        if item["type"] in _TAG_ERRORS:
+            location.append("type")
+            tag = (item.get("ctx") or {}).get("tag")
+            message = (
+                f"unknown event type {tag!r}; expected one of {_KNOWN_TYPES}"
+                if item["type"] == "union_tag_invalid"
+                else f"the event has no type; expected one of {_KNOWN_TYPES}"
+            )
+        elif item["type"] == "extra_forbidden":
+            tag = next((p for p in location if p in _TYPE_VALUES), None)
+            message = f"not a field of a {tag} event" if tag else message
+        found.append(FieldError(_path(location, prefix), message, item["type"]))
+    return found
+
+
+def _path(location: list[int | str], prefix: str) -> str:
+    # An event's errors carry its type as a step (the union's branch): not part of the field.
+    parts = [
+        part
+        for before, part in zip([None, *location], location, strict=False)
+        if not ((before is None or isinstance(before, int)) and part in _TYPE_VALUES)
+    ]
+    if prefix == "columns" and parts and isinstance(parts[0], int):
+        index, *rest = parts
+        return f"columns.{'.'.join(map(str, rest)) or 'type'}[{index}]"
+    path = prefix
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "body"

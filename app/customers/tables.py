@@ -1,0 +1,55 @@
+"""Stored shape of the behaviour trail: one row per event, kept as received."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import CheckConstraint, Index, String, Table, UniqueConstraint, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.customers.schemas import EventType
+from app.db.base import Base
+from app.scoring.tables import BigIntegerId, JSONDocument, UTCDateTime
+
+# An event id is unique per tenant; rows without a tenant count as one tenant. The unique
+# constraint covers tagged rows; a partial unique index the untagged ones (a NULL never
+# equals another in a unique constraint).
+UNTAGGED = "tenant IS NULL"
+EVENT_TYPES_CHECK = "type IN ({})".format(", ".join(f"'{t.value}'" for t in EventType))
+
+
+class CustomerEvent(Base):
+    """One event of a customer's trail: its type, when it happened and when it arrived."""
+
+    __tablename__ = "customer_event"
+    __table_args__ = (
+        UniqueConstraint("tenant", "event_id", name="uq_customer_event_tenant_event_id"),
+        Index(
+            "uq_customer_event_event_id_untagged",
+            "event_id",
+            unique=True,
+            sqlite_where=text(UNTAGGED),
+            postgresql_where=text(UNTAGGED),
+        ),
+        # A customer's trail in time order (reads, and the features built from it).
+        Index("ix_customer_event_customer_id_occurred_at", "customer_id", "occurred_at"),
+        CheckConstraint(EVENT_TYPES_CHECK, name="type"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    # The calling client's tenant (None: none); never taken from the request body.
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(128))
+    # The pseudonym when a secret is configured, else the bank's id.
+    customer_id: Mapped[str] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(String(32))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The API request's id, or ingest:<run>:<chunk> for a file.
+    request_id: Mapped[str] = mapped_column(String(64))
+    # The fields of the event's type (the common ones are columns).
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+
+
+customer_event_table = cast(Table, CustomerEvent.__table__)

@@ -1,0 +1,307 @@
+"""Event intake on PostgreSQL: events persisted per second through the real HTTP service, as a
+ratio of what the table itself takes (COPY of the same rows), both measured in this run.
+
+Issue 15's target: at least 20,000 events/s persisted, in 1,000-event calls. Per round:
+
+* **service**: a uvicorn subprocess (``app.http.app:create_app``, authentication on, a key with
+  ``events:write``) on 127.0.0.1; ``--connections`` httpx clients post pre-encoded 1,000-event
+  bodies (every event id new: duplicates are not stored, so would flatter the figure) until
+  ``--calls`` calls have answered; every answer must say ``new: 1000``. Events/s = events stored
+  over the wall time of the round; the row count is checked against the table afterwards.
+* **ceiling**: the same rows (the stored form, customer ids as the service stores them) written
+  with COPY in 1,000-row transactions on one connection, after the table is emptied: the most
+  the store takes from one writer with the same commit size.
+
+Rounds alternate (service, ceiling) so that both see the same machine load. The client shares
+the machine's cores with the service and PostgreSQL, as it does in the other benchmarks here.
+
+Usage::
+
+    .venv/bin/python bench/intake_bench.py                        # 3 rounds of 100 calls
+    .venv/bin/python bench/intake_bench.py --rounds 5 --calls 200 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import orjson
+import psycopg
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.customers.repository import EventRow  # noqa: E402
+from app.customers.service import EVENTS, event_rows  # noqa: E402
+from app.db.migrate import upgrade  # noqa: E402
+from app.db.session import create_db_engine, json_text  # noqa: E402
+from app.security.api_keys import create_client  # noqa: E402
+
+DEFAULT_POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+EVENTS_PER_CALL = 1_000
+COLUMNS = (
+    "tenant",
+    "event_id",
+    "customer_id",
+    "type",
+    "occurred_at",
+    "received_at",
+    "request_id",
+    "payload",
+)
+
+
+@contextmanager
+def bench_database(server_url: str) -> Iterator[str]:
+    """A throw-away PostgreSQL database, migrated, dropped afterwards."""
+    server = make_url(server_url)
+    name = f"cvm_bench_{secrets.token_hex(6)}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        url = server.set(database=name).render_as_string(hide_password=False)
+        try:
+            upgrade(url)
+            yield url
+        finally:
+            with admin.connect() as connection:
+                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        admin.dispose()
+
+
+def event_dicts(round_no: int, call: int) -> list[dict[str, Any]]:
+    """One call's events: a month's mix of types for 250 customers, every id new."""
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    events: list[dict[str, Any]] = []
+    for i in range(EVENTS_PER_CALL):
+        common = {
+            "event_id": f"r{round_no}-c{call}-e{i}",
+            "customer_id": f"C{(call * 250 + i % 250):07d}",
+            "occurred_at": (start + timedelta(minutes=i)).isoformat(),
+        }
+        kind = i % 10
+        if kind < 6:
+            events.append(
+                {
+                    **common,
+                    "type": "transaction",
+                    "amount": 12.5 + i,
+                    "direction": "debit" if kind else "credit",
+                    "channel": "card",
+                    "category": "groceries",
+                }
+            )
+        elif kind < 8:
+            events.append({**common, "type": "digital_session", "platform": "mobile_app"})
+        elif kind == 8:
+            events.append(
+                {**common, "type": "balance_snapshot", "product": "savings", "balance": 1e4 + i}
+            )
+        else:
+            events.append({**common, "type": "contact", "kind": "call", "topic": "cards"})
+    return events
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def service(database_url: str, *, workers: int) -> Iterator[str]:
+    """The real service in a uvicorn subprocess on 127.0.0.1; its base URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CVM_DATABASE_URL": database_url,
+        "CVM_LOG_LEVEL": "WARNING",
+        "CVM_SCORE_WRITER": "thread",  # no scores here: no writer process beside each worker
+        "CVM_RATE_LIMIT_PER_S": "1000000",
+        "CVM_RATE_LIMIT_BURST": "100000",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "app.http.app:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    process = subprocess.Popen(command, env=env, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).is_success:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the service did not start")
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def post_all(base: str, key: str, bodies: list[bytes], connections: int) -> float:
+    """Post every body, ``connections`` at a time; the wall time of the whole round."""
+    queue = list(reversed(bodies))
+    headers = {"X-API-Key": key, "content-type": "application/json"}
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while queue:
+            body = queue.pop()
+            response = await client.post("/v1/events", content=body, headers=headers)
+            response.raise_for_status()
+            if response.json()["new"] != EVENTS_PER_CALL:
+                raise RuntimeError(f"a call stored {response.json()['new']} events")
+
+    limits = httpx.Limits(max_connections=connections)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(connections)))
+        return time.perf_counter() - started
+
+
+def copy_rows(database_url: str, calls: list[list[EventRow]]) -> float:
+    """COPY each call's rows in its own transaction, one after the other; the wall time."""
+    engine = create_db_engine(database_url)
+    tuples = [
+        [
+            (
+                row["tenant"],
+                row["event_id"],
+                row["customer_id"],
+                row["type"],
+                row["occurred_at"],
+                row["received_at"],
+                row["request_id"],
+                json_text(row["payload"]),
+            )
+            for row in rows
+        ]
+        for rows in calls
+    ]
+    statement = f"COPY customer_event ({', '.join(COLUMNS)}) FROM STDIN"
+    try:
+        with engine.connect() as connection:
+            driver = connection.connection.dbapi_connection
+            assert isinstance(driver, psycopg.Connection)
+            started = time.perf_counter()
+            for rows in tuples:
+                with driver.cursor() as cursor, cursor.copy(statement) as copy:
+                    for values in rows:
+                        copy.write_row(values)
+                driver.commit()
+            return time.perf_counter() - started
+    finally:
+        engine.dispose()
+
+
+def stored_count(database_url: str, *, empty: bool = False) -> int:
+    """Rows in the event table (emptied afterwards when asked)."""
+    engine = create_engine(database_url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            count = int(
+                connection.execute(text("SELECT count(*) FROM customer_event")).scalar_one()
+            )
+            if empty:
+                connection.execute(text("TRUNCATE customer_event"))
+            return count
+    finally:
+        engine.dispose()
+
+
+def main() -> None:
+    """Alternate service and ceiling rounds; print each and the medians."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--postgres-server", default=DEFAULT_POSTGRES_SERVER)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=100, help="1,000-event calls per round")
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    args = parser.parse_args()
+
+    service_rates: list[float] = []
+    ceiling_rates: list[float] = []
+    with bench_database(args.postgres_server) as url:
+        _, key = create_client(
+            create_db_engine(url), name="bench", scopes=["events:write"], tenant="bench"
+        )
+        with service(url, workers=args.workers) as base:
+            for round_no in range(args.rounds):
+                calls = [event_dicts(round_no, call) for call in range(args.calls)]
+                bodies = [orjson.dumps({"events": events}) for events in calls]
+                seconds = asyncio.run(post_all(base, key, bodies, args.connections))
+                events = stored_count(url, empty=True)
+                assert events == args.calls * EVENTS_PER_CALL, events
+                service_rates.append(events / seconds)
+                # The same rows as the service stored them (parsed by the same models).
+                now = datetime.now(UTC)
+                rows = [
+                    event_rows(
+                        EVENTS.validate_python(events_of_call, strict=False),
+                        tenant="bench",
+                        request_id=f"copy:{round_no}:{i}",
+                        received_at=now,
+                        pseudonymizer=None,
+                    )
+                    for i, events_of_call in enumerate(calls)
+                ]
+                copy_seconds = copy_rows(url, rows)
+                copied = stored_count(url, empty=True)
+                assert copied == events, copied
+                ceiling_rates.append(copied / copy_seconds)
+                print(
+                    f"round {round_no + 1}: service {service_rates[-1]:,.0f} events/s "
+                    f"({args.calls} calls in {seconds:.2f} s), COPY ceiling "
+                    f"{ceiling_rates[-1]:,.0f} events/s, ratio "
+                    f"{service_rates[-1] / ceiling_rates[-1]:.2f}",
+                    flush=True,
+                )
+    service_rate = statistics.median(service_rates)
+    ceiling_rate = statistics.median(ceiling_rates)
+    print(
+        f"median: service {service_rate:,.0f} events/s persisted in {EVENTS_PER_CALL:,}-event "
+        f"calls ({args.connections} connections, {args.workers} worker(s)); COPY ceiling "
+        f"{ceiling_rate:,.0f} events/s; ratio {service_rate / ceiling_rate:.2f}; "
+        f"target 20,000 events/s: {'met' if service_rate >= 20_000 else 'NOT met'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
