@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, func, select
 
 from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
+from app.scoring.routes import SCORING_ROUTES
 from app.scoring.tables import Score
 from tests.conftest import customer_record
 
@@ -464,3 +465,19 @@ def test_every_scoring_operation_documents_an_example_that_it_accepts(
         assert answer.status_code == 200, (path, answer.text)
         posted += 1
     assert posted >= 5
+
+
+def test_columns_without_the_optional_columns_are_scored(
+    client: TestClient, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
+) -> None:
+    """Issue 20 item 10: every task takes columns holding only its required features."""
+    for task, (path, *_) in SCORING_ROUTES.items():
+        model = registry.get(task)
+        assert model is not None
+        required = ["customer_id", *(f.name for f in model.schema.features if f.required)]
+        group = "prospect" if task is Task.PROSPECT else "existing"
+        customers = records(sample_rows[group], registry, task, 3)
+        columns = {name: [c[name] for c in customers] for name in required}
+        response = client.post(f"/v1{path}", json={"columns": columns})
+        assert response.status_code == 200, (task, response.text)
+        assert len(response.json()["results"]) == 3
