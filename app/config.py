@@ -216,6 +216,17 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Larger request bodies are refused (413)."
     )
+    max_json_depth: int = Field(
+        default=32,
+        ge=4,
+        le=200,
+        description="JSON bodies nesting arrays and objects deeper are refused (400).",
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=4096,
+        description="Requests whose header names and values add up to more are refused (431).",
+    )
     strict_json: bool = Field(default=True, description="Refuse bodies with duplicate keys (422).")
     request_timeout_s: float = Field(
         default=30.0, gt=0, description="Requests running longer are answered 504."

@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
 
+from app.http.app import create_app
 from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
 from app.scoring.routes import SCORING_ROUTES
@@ -481,3 +482,21 @@ def test_columns_without_the_optional_columns_are_scored(
         response = client.post(f"/v1{path}", json={"columns": columns})
         assert response.status_code == 200, (task, response.text)
         assert len(response.json()["results"]) == 3
+
+
+def test_readiness_names_model_versions_never_paths(
+    database_url: str, settings_for: Any, models_dir: Any
+) -> None:
+    """Issue 20 item 15: /readyz showed where a missing model was looked for."""
+    loaded = ModelRegistry.load(models_dir)
+    partial = ModelRegistry(
+        {t: m for t, m in loaded.loaded.items() if t is not Task.PROSPECT},
+        {Task.PROSPECT: f"no model under {models_dir / 'prospect'}"},
+    )
+    with TestClient(create_app(settings_for(database_url), partial)) as client:
+        ready = client.get("/readyz")
+    assert ready.status_code == 503
+    models = ready.json()["models"]
+    assert models["prospect"] == "missing"
+    assert all(v == "missing" or v.startswith("v") for v in models.values())
+    assert str(models_dir) not in ready.text

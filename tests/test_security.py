@@ -32,7 +32,7 @@ from app.security.idempotency import IdempotencyStore, KeyMaterial
 from app.security.principal import ALL_SCOPES
 from app.security.pseudonyms import Pseudonymizer
 from app.security.rate_limit import LocalLimiter
-from app.security.strict_json import duplicate_key
+from app.security.strict_json import duplicate_key, nesting_exceeds
 from app.security.tables import IdempotencyRecord
 from tests.alert_support import settle_alerts
 from tests.conftest import customer_record
@@ -388,9 +388,12 @@ def test_redis_down_falls_back_to_local_limits(
     assert "rate_limit_fallback" in capfd.readouterr().out
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def test_body_limit_with_and_without_content_length(make_app: Any) -> None:
     app, client = make_app(max_body_bytes=2048)
-    headers = key_for(app.state.engine)
+    headers = {**key_for(app.state.engine), **JSON}
     big = b'{"customers": [' + b" " * 4096 + b"]}"
     response = client.post("/v1/churn/scores", content=big, headers=headers)
     assert response.status_code == 413 and response.json()["limit"] == 2048
@@ -412,7 +415,9 @@ def test_duplicate_keys_are_refused_and_nothing_is_saved(
     customer = churn_customer(sample_rows, registry)
     text = json.dumps({"customers": [customer]})
     doubled = text.replace('"age": ', '"age": 99, "age": ', 1)
-    response = client.post("/v1/churn/scores", content=doubled, headers=key_for(app.state.engine))
+    response = client.post(
+        "/v1/churn/scores", content=doubled, headers={**key_for(app.state.engine), **JSON}
+    )
     assert response.status_code == 422
     assert "age" in response.json()["detail"]
     assert customer["customer_id"] not in stored_ids(engine)
@@ -523,6 +528,98 @@ def test_idempotency_concurrent_claim_expiry_and_failure(engine: Engine) -> None
     assert store.purge_expired() >= 0
 
 
+def nested(depth: int) -> bytes:
+    """A scoring body whose arrays nest ``depth`` levels in all (the outer object included)."""
+    return b'{"customers":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+def test_deeply_nested_json_is_refused_with_400(make_app: Any) -> None:
+    """Issue 20 item 8: 254 to 1,023 levels answered 500 (orjson writes no deeper than 254)."""
+    app, client = make_app()
+    headers = {**key_for(app.state.engine), **JSON}
+    for depth in (33, 100, 254, 255, 300, 1023, 1024, 5000):
+        for path in ("/v1/churn/scores", "/v1/assessments", "/v1/alerts/1/acknowledge"):
+            response = client.post(path, content=nested(depth), headers=headers)
+            assert response.status_code == 400, (depth, path, response.text)
+            assert response.json()["code"] == "json_too_deep"
+            assert response.json()["limit"] == 32
+    # At the limit the body reaches the endpoint, which says what is wrong with it.
+    response = client.post("/v1/churn/scores", content=nested(32), headers=headers)
+    assert response.status_code == 422
+    _, lenient = make_app(max_json_depth=200, strict_json=True)
+    response = lenient.post("/v1/churn/scores", content=nested(199), headers=headers)
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a":[[[1]]]}',
+        b'{"a":"[[[[[[","b":[{"c":"]]]"}]}',
+        b'{"a":"\\\\"}',
+        b'{"a":"\\"[[[[[[[[","b":[[[1]]]}',
+        b'{"a":"\\\\\\"[[[[","b":[[[1]]],"c":"\\\\"}',
+        b"[[[[[[[[[[]]]]]]]]]]",
+        b'[{"a":[{}]},[[[[[[]]]]]]]',
+        b'{"s":"}}}}}}}}}}}]]]]]]]]","t":[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]}',
+        b"{" + b'"k":{' * 12 + b'"x":1' + b"}" * 13,
+    ],
+)
+def test_nesting_depth_is_measured_exactly(body: bytes) -> None:
+    def depth(value: Any) -> int:
+        if isinstance(value, dict):
+            return 1 + max(map(depth, value.values()), default=0)
+        if isinstance(value, list):
+            return 1 + max(map(depth, value), default=0)
+        return 0
+
+    actual = depth(json.loads(body))
+    for limit in range(1, 20):
+        assert nesting_exceeds(body, limit) is (actual > limit), (limit, actual)
+    assert duplicate_key(nested(500)) is None  # no longer raises beyond orjson's 254 levels
+
+
+def test_json_bodies_need_a_json_content_type(
+    make_app: Any, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry, engine: Engine
+) -> None:
+    """Issue 20 item 15: any Content-Type was accepted; nothing is saved without JSON's."""
+    app, client = make_app()
+    key = key_for(app.state.engine)
+    customer = churn_customer(sample_rows, registry)
+    body = json.dumps({"customers": [customer]}).encode()
+    for content_type in (
+        None,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/json; charset=latin-1",
+        "application/jsonx",
+    ):
+        headers = key if content_type is None else {**key, "Content-Type": content_type}
+        for path in ("/v1/churn/scores", "/v1/alerts/1/acknowledge"):
+            response = client.post(path, content=body, headers=headers)
+            assert response.status_code == 415, (content_type, path)
+            assert response.json()["code"] == "unsupported_media_type"
+    assert customer["customer_id"] not in stored_ids(engine)
+    for content_type in ("application/json", "Application/JSON; charset=UTF-8"):
+        headers = {**key, "Content-Type": content_type}
+        assert client.post("/v1/churn/scores", content=body, headers=headers).status_code == 200
+
+
+def test_oversized_headers_are_refused_with_431(make_app: Any) -> None:
+    """Issue 20 item 15: no limit on header size; public paths are limited too."""
+    app, client = make_app(max_header_bytes=8192)
+    key = key_for(app.state.engine)
+    assert client.get("/v1/models", headers={**key, "X-Padding": "x" * 7000}).status_code == 200
+    for path in ("/v1/models", "/healthz"):
+        response = client.get(path, headers={**key, "X-Padding": "x" * 9000})
+        assert response.status_code == 431, path
+        assert response.json()["code"] == "headers_too_large"
+        assert response.json()["limit"] == 8192
+    many = {**key, **{f"X-Pad-{i}": "y" * 100 for i in range(100)}}
+    assert client.get("/v1/models", headers=many).status_code == 431
+
+
 def test_idempotent_request_in_flight_gets_409(
     make_app: Any, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
 ) -> None:
@@ -541,7 +638,7 @@ def test_idempotent_request_in_flight_gets_409(
     response = client.post(
         "/v1/churn/scores",
         content=body,
-        headers={"X-API-Key": key, "Idempotency-Key": "in-flight"},
+        headers={"X-API-Key": key, "Idempotency-Key": "in-flight", **JSON},
     )
     assert response.status_code == 409 and response.headers["retry-after"] == "1"
 

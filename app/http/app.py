@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         log.info(
             "started",
             models={t.value: m.manifest.version for t, m in registry.loaded.items()},
-            missing=[t.value for t in registry.missing],
+            missing={t.value: why for t, why in registry.missing.items()},
         )
         try:
             yield

@@ -67,6 +67,30 @@ class PayloadTooLarge(SecurityError):
     title = "Payload too large"
 
 
+class JsonTooDeep(SecurityError):
+    """The JSON body nests arrays and objects deeper than the configured limit."""
+
+    status = 400
+    code = "json_too_deep"
+    title = "JSON nested too deep"
+
+
+class UnsupportedMediaType(SecurityError):
+    """A request body that is not declared as JSON."""
+
+    status = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
+class HeadersTooLarge(SecurityError):
+    """The request's headers are larger than the configured limit."""
+
+    status = 431
+    code = "headers_too_large"
+    title = "Request header fields too large"
+
+
 class RequestTimeout(SecurityError):
     """The request took longer than the configured limit."""
 

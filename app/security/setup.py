@@ -80,6 +80,8 @@ def build_guard(
         idempotency_secret=secret,
         max_body_bytes=settings.max_body_bytes,
         strict_json=settings.strict_json,
+        max_json_depth=settings.max_json_depth,
+        max_header_bytes=settings.max_header_bytes,
         request_timeout_s=settings.request_timeout_s,
         public_paths=frozenset(public),
         docs_paths=docs_paths,
