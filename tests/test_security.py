@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jwt
 import pandas as pd
@@ -618,6 +619,55 @@ def test_oversized_headers_are_refused_with_431(make_app: Any) -> None:
         assert response.json()["limit"] == 8192
     many = {**key, **{f"X-Pad-{i}": "y" * 100 for i in range(100)}}
     assert client.get("/v1/models", headers=many).status_code == 431
+
+
+def test_nul_in_an_id_is_422_naming_the_field(
+    make_app: Any, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
+) -> None:
+    """Issue 20 item 9: a NUL in an id reached PostgreSQL, which cannot store it (500)."""
+    app, client = make_app(churn_alert_probability=1e-9)
+    headers = key_for(app.state.engine)
+    customer = churn_customer(sample_rows, registry)
+    assert client.post("/v1/churn/scores", json={"customers": [customer]}, headers=headers)
+    settle_alerts(app)
+    (alert,) = client.get(
+        "/v1/alerts", params={"customer_id": customer["customer_id"]}, headers=headers
+    ).json()["items"]
+
+    def refused(response: Any, field: str) -> None:
+        assert response.status_code == 422, response.text
+        assert [e["field"] for e in response.json()["errors"]] == [field]
+
+    for bad in ("C\x00X", "\x00", "C\x01", "C\x7f"):
+        path = f"/v1/customers/{quote(bad)}/scores"
+        refused(client.get(path, headers=headers), "path.customer_id")
+        refused(
+            client.get("/v1/alerts", params={"customer_id": bad}, headers=headers),
+            "query.customer_id",
+        )
+        refused(
+            client.post(
+                "/v1/churn/scores",
+                json={"customers": [{**customer, "customer_id": bad}]},
+                headers=headers,
+            ),
+            "customers[0].customer_id",
+        )
+    refused(
+        client.post(
+            f"/v1/alerts/{alert['id']}/acknowledge",
+            json={"by": "rm-1", "note": "a\x00b"},
+            headers=headers,
+        ),
+        "body.note",
+    )
+    # Ids the batch may have stored (any printable text) are still found; notes keep lines.
+    assert client.get(f"/v1/customers/{quote('C X é')}/scores", headers=headers).is_success
+    note = {"by": "rm-1", "note": "called\n\tback"}
+    acknowledged = client.post(
+        f"/v1/alerts/{alert['id']}/acknowledge", json=note, headers=headers
+    )
+    assert acknowledged.status_code == 200
 
 
 def test_idempotent_request_in_flight_gets_409(

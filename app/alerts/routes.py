@@ -25,6 +25,7 @@ from app.http.deps import (
     SessionDep,
     TenantDep,
 )
+from app.security.text import ID_PATTERN
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
 
@@ -51,7 +52,9 @@ def list_alerts(
     ] = None,
     band: Annotated[RiskBand | None, Query(description="Only this latest risk band.")] = None,
     owner: Annotated[StaffId | None, Query(description="Only alerts this person owns.")] = None,
-    customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    customer_id: Annotated[
+        str | None, Query(min_length=1, max_length=128, pattern=ID_PATTERN)
+    ] = None,
     opened_before: Annotated[
         AwareDatetime | None, Query(description="Opened before this instant (ISO 8601, zoned).")
     ] = None,

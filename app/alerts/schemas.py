@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.alerts.states import AlertStatus, EventKind, Outcome
+from app.security.text import TEXT_PATTERN
 
 RiskBand = Literal["low", "medium", "high"]
 
@@ -25,7 +26,14 @@ StaffId = Annotated[
         examples=["rm-042"],
     ),
 ]
-Note = Annotated[str, Field(max_length=2000, description="Free text kept in the history.")]
+Note = Annotated[
+    str,
+    Field(
+        max_length=2000,
+        pattern=TEXT_PATTERN,
+        description="Free text kept in the history (no NUL characters).",
+    ),
+]
 
 
 class AcknowledgeRequest(BaseModel):

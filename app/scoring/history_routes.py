@@ -11,6 +11,7 @@ from app.scoring.manifest import Task
 from app.scoring.repository import list_scores
 from app.scoring.schemas import ScoreHistory, StoredScore
 from app.security.audit import note
+from app.security.text import ID_PATTERN
 
 router = APIRouter(prefix="/v1", tags=["history"])
 
@@ -22,7 +23,7 @@ def customer_scores(
     _: ScoresReader,
     tenant: TenantDep,
     pseudonymizer: PseudonymizerDep,
-    customer_id: Annotated[str, Path(min_length=1, max_length=128)],
+    customer_id: Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)],
     task: Annotated[Task | None, Query(description="Only this task's results.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
