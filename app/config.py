@@ -193,9 +193,17 @@ class Settings(BaseSettings):
     )
     jwt_issuer: str | None = Field(default=None, description="Required `iss` of bearer JWTs.")
     jwt_audience: str | None = Field(default=None, description="Required `aud` of bearer JWTs.")
-    jwt_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"])
+    jwt_algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256", "EdDSA"],
+        description="Signature algorithms accepted: asymmetric ones only ('none' and HS* are "
+        "refused at start-up).",
+    )
     jwt_scope_claim: str = Field(default="scope", description="Space-separated scopes, or a list.")
-    jwt_tenant_claim: str = "tenant"
+    jwt_tenant_claim: str = Field(
+        default="tenant",
+        description="The claim naming the caller's tenant; with tenant_isolation a token "
+        "without it is refused (401).",
+    )
     jwt_leeway_s: float = Field(default=30.0, ge=0, le=300)
     tenant_isolation: bool = Field(
         default=True,
@@ -272,12 +280,19 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_security(self) -> Settings:
-        if self.jwt_public_key_file is not None or self.jwt_jwks_file is not None:
-            if not self.jwt_issuer or not self.jwt_audience:
-                raise ValueError("bearer JWTs need jwt_issuer and jwt_audience")
-            # Symmetric algorithms would let anyone holding the public key mint tokens.
-            if not self.jwt_algorithms or any(a.startswith("HS") for a in self.jwt_algorithms):
-                raise ValueError("jwt_algorithms must be asymmetric (RS*, PS*, ES*, EdDSA)")
+        from app.security.tokens import ASYMMETRIC_ALGORITHMS
+
+        # 'none' would accept unsigned tokens; symmetric algorithms would let anyone holding
+        # the public key mint tokens. Checked even while JWTs are off, so that turning them on
+        # cannot bring a bad list to life.
+        refused = sorted(set(self.jwt_algorithms) - ASYMMETRIC_ALGORITHMS)
+        if refused or not self.jwt_algorithms:
+            raise ValueError(
+                f"jwt_algorithms must be asymmetric (RS*, PS*, ES*, EdDSA); refused: {refused}"
+            )
+        jwt_enabled = self.jwt_public_key_file is not None or self.jwt_jwks_file is not None
+        if jwt_enabled and (not self.jwt_issuer or not self.jwt_audience):
+            raise ValueError("bearer JWTs need jwt_issuer and jwt_audience")
         if self.idempotency_lock_s <= self.request_timeout_s:
             raise ValueError("idempotency_lock_s must exceed request_timeout_s")
         secrets = [self.pseudonym_secret, *self.pseudonym_previous_secrets]

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 from sqlalchemy import Engine, func, select
 from typer.testing import CliRunner
 
@@ -34,7 +35,8 @@ from app.security.principal import ALL_SCOPES
 from app.security.pseudonyms import Pseudonymizer
 from app.security.rate_limit import LocalLimiter
 from app.security.strict_json import duplicate_key, nesting_exceeds
-from app.security.tables import IdempotencyRecord
+from app.security.tables import IdempotencyRecord, api_client_table
+from app.security.tokens import TokenVerifier
 from tests.alert_support import settle_alerts
 from tests.conftest import customer_record
 
@@ -243,8 +245,10 @@ def token(private: rsa.RSAPrivateKey, kid: str | None = None, **claims: Any) -> 
         "exp": now + timedelta(minutes=5),
         "iat": now,
         "scope": "scores:read models:read",
+        "tenant": "bank-a",
         **claims,
     }
+    payload = {name: value for name, value in payload.items() if value is not None}
     headers = {"kid": kid} if kid else None
     encoded = jwt.encode(payload, private, algorithm="RS256", headers=headers)
     return {"Authorization": f"Bearer {encoded}"}
@@ -273,6 +277,95 @@ def test_bearer_jwts_are_verified(
         {"Authorization": "Bearer " + jwt.encode({"sub": "x"}, "s" * 32, algorithm="HS256")},
     ):
         assert client.get("/v1/models", headers=bad).status_code == 401
+
+
+def test_a_token_without_a_tenant_is_refused_while_tenants_are_isolated(
+    make_app: Any, issuer_key: tuple[rsa.RSAPrivateKey, Path, Path]
+) -> None:
+    """Issue 20 item 11: it was accepted, and read the rows stored without a tenant."""
+    private, pem, _ = issuer_key
+    jwt_settings = {"jwt_issuer": ISSUER, "jwt_audience": AUDIENCE, "jwt_public_key_file": pem}
+    _, client = make_app(**jwt_settings)
+    for claims in ({"tenant": None}, {"tenant": ""}, {"tenant_id": "bank-a", "tenant": None}):
+        response = client.get("/v1/models", headers=token(private, **claims))
+        assert response.status_code == 401, claims
+    assert client.get("/v1/models", headers=token(private)).status_code == 200
+    # Without isolation tenants are labels only, and a token may go without.
+    _, client = make_app(tenant_isolation=False, **jwt_settings)
+    assert client.get("/v1/models", headers=token(private, tenant=None)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "algorithms", [["none"], ["RS256", "none"], ["None"], ["HS256"], ["RS256", "HS512"], []]
+)
+def test_unsafe_jwt_algorithms_are_refused_at_start_up(
+    settings_for: Any, issuer_key: tuple[rsa.RSAPrivateKey, Path, Path], algorithms: list[str]
+) -> None:
+    """Issue 20 item 11: 'none' was accepted (only HS* was refused)."""
+    _, pem, _ = issuer_key
+    with pytest.raises(ValidationError, match="jwt_algorithms"):
+        settings_for(
+            "sqlite://",
+            jwt_issuer=ISSUER,
+            jwt_audience=AUDIENCE,
+            jwt_public_key_file=pem,
+            jwt_algorithms=algorithms,
+        )
+    with pytest.raises(ValidationError, match="jwt_algorithms"):
+        settings_for("sqlite://", jwt_algorithms=algorithms)  # JWTs off: refused all the same
+    with pytest.raises(ValueError, match="asymmetric"):
+        TokenVerifier(keys={None: b"k"}, algorithms=algorithms, issuer=ISSUER, audience=AUDIENCE)
+
+
+def test_unusable_subjects_and_tenants_are_refused_not_cut(
+    make_app: Any,
+    issuer_key: tuple[rsa.RSAPrivateKey, Path, Path],
+    sample_rows: dict[str, pd.DataFrame],
+    registry: ModelRegistry,
+    engine: Engine,
+) -> None:
+    """Issue 20 item 11: subjects were cut to 60 characters (two clients shared an id), and a
+    65-character tenant reached the writer (503 on PostgreSQL, with its whole write batch)."""
+    private, pem, _ = issuer_key
+    app, client = make_app(jwt_issuer=ISSUER, jwt_audience=AUDIENCE, jwt_public_key_file=pem)
+    verifier = app.state.guard.tokens
+    longest = "s" * 60
+    principal = verifier.verify(token(private, sub=longest)["Authorization"][7:])
+    assert principal.client_id == "jwt:" + longest and principal.name == longest
+    customer = churn_customer(sample_rows, registry)
+    body = {"customers": [customer]}
+    writes = {"scope": "scores:write"}
+    for claims, field in (
+        ({"sub": "a" * 60 + "-one"}, "token.sub"),
+        ({"sub": "a" * 60 + "-two"}, "token.sub"),
+        ({"sub": "crm\x00batch"}, "token.sub"),
+        ({"tenant": "t" * 65}, "token.tenant"),
+        ({"tenant": "bank\x00a"}, "token.tenant"),
+        ({"tenant": "bank\na"}, "token.tenant"),
+        ({"tenant": 42}, "token.tenant"),
+    ):
+        response = client.post(
+            "/v1/churn/scores", json=body, headers=token(private, **writes, **claims)
+        )
+        assert response.status_code == 422, (claims, response.text)
+        assert response.json()["code"] == "invalid_claim"
+        assert [e["field"] for e in response.json()["errors"]] == [field]
+    assert customer["customer_id"] not in stored_ids(engine)
+    ok = client.post("/v1/churn/scores", json=body, headers=token(private, **writes))
+    assert ok.status_code == 200
+    # API keys: a tenant that cannot be stored is refused when the client is made, and at the
+    # door for one stored before that check.
+    with pytest.raises(ValueError, match="tenant"):
+        create_client(app.state.engine, name="long", scopes=["scores:write"], tenant="t" * 65)
+    info, key = create_client(app.state.engine, name="odd", scopes=["scores:write"])
+    with engine.begin() as connection:
+        connection.execute(
+            api_client_table.update()
+            .where(api_client_table.c.id == info.id)
+            .values(tenant="bank\x01a")
+        )
+    refused = client.post("/v1/churn/scores", json=body, headers={"X-API-Key": key})
+    assert refused.status_code == 422 and refused.json()["code"] == "invalid_tenant"
 
 
 # --- tenancy (OWASP API1) ------------------------------------------------------------------
@@ -664,9 +757,7 @@ def test_nul_in_an_id_is_422_naming_the_field(
     # Ids the batch may have stored (any printable text) are still found; notes keep lines.
     assert client.get(f"/v1/customers/{quote('C X é')}/scores", headers=headers).is_success
     note = {"by": "rm-1", "note": "called\n\tback"}
-    acknowledged = client.post(
-        f"/v1/alerts/{alert['id']}/acknowledge", json=note, headers=headers
-    )
+    acknowledged = client.post(f"/v1/alerts/{alert['id']}/acknowledge", json=note, headers=headers)
     assert acknowledged.status_code == 200
 
 

@@ -113,6 +113,26 @@ class IdempotencyInProgress(SecurityError):
         )
 
 
+class InvalidClaim(InvalidInput):
+    """A validly signed token whose claim cannot be used as it is."""
+
+    code = "invalid_claim"
+    title = "Invalid token claim"
+
+    def __init__(self, claim: str, expected: str) -> None:
+        super().__init__(
+            f"the token's {claim!r} claim must be {expected}",
+            extra={"errors": [{"field": f"token.{claim}", "message": expected}]},
+        )
+
+
+class InvalidTenant(InvalidInput):
+    """A client whose tenant cannot be stored with its rows."""
+
+    code = "invalid_tenant"
+    title = "Invalid tenant"
+
+
 class IdempotencyMismatch(InvalidInput):
     """The Idempotency-Key was used before with another request."""
 

@@ -29,6 +29,7 @@ from app.security.errors import (
     HeadersTooLarge,
     IdempotencyInProgress,
     IdempotencyMismatch,
+    InvalidTenant,
     JsonTooDeep,
     PayloadTooLarge,
     RateLimited,
@@ -38,9 +39,10 @@ from app.security.errors import (
     UnsupportedMediaType,
 )
 from app.security.idempotency import MAX_KEY_LENGTH, IdempotencyStore, KeyMaterial
-from app.security.principal import ANONYMOUS, Principal
+from app.security.principal import ANONYMOUS, MAX_TENANT_LENGTH, Principal
 from app.security.rate_limit import RateLimiter
 from app.security.strict_json import duplicate_key, nesting_exceeds
+from app.security.text import is_storable_id
 from app.security.tokens import TokenVerifier
 
 PROBLEM_JSON = b"application/problem+json"
@@ -136,6 +138,14 @@ class Guard:
             principal = self.tokens.verify(token)
         if principal is None:
             raise Unauthenticated()
+        tenant = principal.tenant
+        if tenant is not None and not is_storable_id(tenant, max_length=MAX_TENANT_LENGTH):
+            # Refused here, before any row reaches the writer, where it would fail its batch.
+            raise InvalidTenant(
+                f"this client's tenant cannot be stored: at most {MAX_TENANT_LENGTH} "
+                "characters, none of them control ones",
+                extra={"errors": [{"field": "tenant", "message": "not storable"}]},
+            )
         return principal
 
     async def purge_now_and_then(self) -> None:

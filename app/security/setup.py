@@ -61,6 +61,7 @@ def build_guard(
             audience=settings.jwt_audience,
             scope_claim=settings.jwt_scope_claim,
             tenant_claim=settings.jwt_tenant_claim,
+            require_tenant=settings.tenant_isolation,
             leeway_s=settings.jwt_leeway_s,
         )
     secret = (
