@@ -437,6 +437,55 @@ def test_history_and_alerts_never_cross_tenants(
     )
 
 
+def test_alert_owner_is_the_caller_and_writers_see_only_what_changed(
+    make_app: Any, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
+) -> None:
+    """Issue 20 item 12: the owner was whatever the body said, and alerts:write alone got the
+    whole alert back (customer, reasons, history)."""
+    app, client = make_app(churn_alert_probability=1e-9)
+    engine = app.state.engine
+    reader = key_for(engine)
+    first, first_key = create_client(engine, name="rm-1", scopes=["alerts:write"])
+    second, second_key = create_client(engine, name="rm-2", scopes=["alerts:write"])
+    customer = churn_customer(sample_rows, registry)
+    assert client.post("/v1/churn/scores", json={"customers": [customer]}, headers=reader)
+    settle_alerts(app)
+    (alert,) = client.get(
+        "/v1/alerts", params={"customer_id": customer["customer_id"]}, headers=reader
+    ).json()["items"]
+    url = f"/v1/alerts/{alert['id']}"
+
+    # The body names someone else: ignored, the caller owns it.
+    acknowledged = client.post(
+        f"{url}/acknowledge", json={"by": "rm-2"}, headers={"X-API-Key": first_key}
+    )
+    assert acknowledged.status_code == 200, acknowledged.text
+    assert set(acknowledged.json()) == {"id", "status", "owner", "updated_at"}
+    assert acknowledged.json()["owner"] == first.id
+    assert acknowledged.json()["status"] == "acknowledged"
+    # Claiming to be the owner does not make the second client one.
+    stolen = client.post(
+        f"{url}/resolve",
+        json={"by": first.id, "outcome": "retained"},
+        headers={"X-API-Key": second_key},
+    )
+    assert stolen.status_code == 409 and "only its owner" in stolen.json()["detail"]
+    resolved = client.post(
+        f"{url}/resolve", json={"outcome": "retained"}, headers={"X-API-Key": first_key}
+    )
+    assert resolved.status_code == 200 and set(resolved.json()) == {
+        "id",
+        "status",
+        "owner",
+        "updated_at",
+    }
+    detail = client.get(url, headers=reader).json()
+    assert (detail["owner"], detail["resolved_by"]) == (first.id, first.id)
+    assert [e["by"] for e in detail["history"][1:]] == [first.id, first.id]
+    assert client.get("/v1/alerts", params={"owner": first.id}, headers=reader).json()["total"] == 1
+    assert second.id != first.id
+
+
 # --- abuse and bad input -------------------------------------------------------------------
 
 
