@@ -524,7 +524,8 @@ def test_lifecycle_transitions_keep_history_and_refuse_illegal_moves(
     # Each transition keeps the id of the call that made it: the audit log's line for that id
     # names the authenticated client.
     transitions = [e for e in body["history"] if e["kind"] in ("acknowledged", "resolved")]
-    assert transitions[0]["request_id"] == "office-call-1"
+    assert transitions[0]["request_id"] == acknowledged.headers["x-request-id"]
+    assert acknowledged.headers["x-client-request-id"] == "office-call-1"
     assert transitions[1]["request_id"] == resolved.headers["x-request-id"]
 
     for action, payload in [

@@ -349,8 +349,10 @@ def test_health_ready_metrics_and_docs(client: TestClient) -> None:
     )
     assert {"413", "422", "503"} <= set(responses)
     assert client.get("/docs").status_code == 200
+    # The caller's id is echoed apart; the service's own stays unique (issue 20 item 13).
     response = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
-    assert response.headers["x-request-id"] == "abc-123"
+    assert response.headers["x-client-request-id"] == "abc-123"
+    assert uuid.UUID(response.headers["x-request-id"]).version == 7
 
 
 def test_request_ids_the_service_generates_are_time_ordered_uuids(client: TestClient) -> None:

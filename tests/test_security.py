@@ -894,8 +894,35 @@ def test_audit_line_says_who_what_and_the_outcome(
     assert scored["client"] == info.id and scored["tenant"] == "t1"
     assert scored["route"] == "/v1/churn/scores" and scored["status"] == 200
     assert scored["task"] == "churn" and scored["customers"] == 3
-    assert forbidden["status"] == 403
+    assert scored["outcome"] == "ok" and scored["source"] == "testclient"
+    assert forbidden["status"] == 403 and forbidden["outcome"] == "forbidden"
     assert anonymous["client"] is None and anonymous["status"] == 401
+    assert anonymous["outcome"] == "unauthenticated"
+
+    # Issue 20 item 13: errors were recorded as "ok", and a caller's X-Request-ID replaced the
+    # service's, so two callers could give two requests one id.
+    lines.clear()
+    everything = key_for(app.state.engine)
+    same = {"X-Request-ID": "chosen-1"}
+    client.post("/v1/churn/scores", json={}, headers={**everything, **same})
+    client.get("/v1/nothing-here", headers={**everything, **same})
+    client.get("/v1/alerts/999999", headers=everything)
+    client.post(
+        "/v1/churn/scores", content=b"x", headers={**everything, "Content-Type": "text/plain"}
+    )
+    client.get("/v1/alerts", params={"stauts": "open"}, headers=everything)
+    invalid, unknown_path, missing, _, _ = lines
+    assert [line["outcome"] for line in lines] == [
+        "invalid_input",
+        "not_found",
+        "not_found",
+        "unsupported_media_type",
+        "invalid_input",
+    ]
+    assert invalid["client_request_id"] == unknown_path["client_request_id"] == "chosen-1"
+    assert invalid["request_id"] != unknown_path["request_id"]
+    assert len({line["request_id"] for line in lines}) == len(lines)
+    assert missing["client_request_id"] is None
     text = json.dumps(lines)
     assert key not in text and str(customers[0]["age"]) not in [str(v) for v in scored.values()]
 

@@ -353,18 +353,50 @@ class SecurityMiddleware:
         principal = exchange.principal
         route = scope.get("route")
         state = scope.get("state", {})
+        client = scope.get("client")
         self.guard.audit.info(
             "audit",
             request_id=state.get("request_id"),
+            client_request_id=state.get("client_request_id"),
+            source=client[0] if client else None,
             client=principal.client_id if principal else None,
             tenant=principal.tenant if principal else None,
             auth=principal.method if principal else None,
             method=scope["method"],
             route=getattr(route, "path", "unmatched"),
             status=exchange.status,
-            outcome=exchange.outcome,
+            outcome=_outcome(exchange, state),
             **state.get("audit", {}),
         )
+
+
+# Outcomes of refusals that no domain error named (the router's 404 and 405, say).
+_STATUS_OUTCOMES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    429: "rate_limited",
+    503: "unavailable",
+    504: "request_timeout",
+}
+
+
+def _outcome(exchange: _Exchange, state: dict[str, Any]) -> str:
+    """What became of the request: the middleware's own verdict, else the error code the
+    handler rendered, else one named after the status; "ok" only below 400."""
+    if exchange.outcome != "ok" or exchange.status < 400:
+        return exchange.outcome
+    code: str | None = state.get("error_code")
+    if code is not None:
+        return code
+    fallback = "client_error" if exchange.status < 500 else "server_error"
+    return _STATUS_OUTCOMES.get(exchange.status, fallback)
 
 
 async def _in_thread(call: Callable[[], Any]) -> Any:
