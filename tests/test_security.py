@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 from typer.testing import CliRunner
 
 from app.alerts.tables import Alert
@@ -869,6 +869,61 @@ def test_pseudonymised_ids_never_reach_the_database_or_the_logs(
     app, client = make_app(pseudonym_secret=rotated, pseudonym_previous_secrets=[SECRET])
     history = client.get(f"/v1/customers/{cid}/scores", headers=key_for(app.state.engine))
     assert history.json()["total"] == 1
+
+
+def test_pseudonyms_are_keyed_per_tenant_and_old_rows_still_read(
+    make_app: Any,
+    sample_rows: dict[str, pd.DataFrame],
+    registry: ModelRegistry,
+    engine: Engine,
+) -> None:
+    """Issue 20 item 16: one customer had one pseudonym in every tenant, so a dump linked
+    customers across tenants."""
+    app, client = make_app(pseudonym_secret=SECRET, churn_alert_probability=1e-9)
+    bank_a = key_for(app.state.engine, tenant="bank-a")
+    bank_b = key_for(app.state.engine, tenant="bank-b")
+    untagged = key_for(app.state.engine)
+    customer = churn_customer(sample_rows, registry)
+    cid = customer["customer_id"]
+    for headers in (bank_a, bank_b, untagged):
+        scored = client.post("/v1/churn/scores", json={"customers": [customer]}, headers=headers)
+        assert scored.status_code == 200
+    settle_alerts(app)
+    with engine.connect() as connection:
+        stored = dict(
+            connection.execute(
+                select(Score.tenant, Score.customer_id).where(
+                    Score.request_id.in_(
+                        select(Score.request_id).where(Score.customer_id.in_(stored_ids(engine)))
+                    )
+                )
+            ).all()
+        )
+    pseudonymizer = Pseudonymizer(SECRET.encode())
+    # Rows without a tenant keep the form `cvm score --persist` stores too.
+    assert stored[None] == pseudonymizer.pseudonym(cid) == pseudonymizer.pseudonyms([cid])[0]
+    assert stored["bank-a"] == pseudonymizer.pseudonym(cid, tenant="bank-a")
+    assert stored["bank-b"] == pseudonymizer.pseudonym(cid, tenant="bank-b")
+    assert len({stored[None], stored["bank-a"], stored["bank-b"]}) == 3
+    for headers in (bank_a, bank_b, untagged):
+        history = client.get(f"/v1/customers/{cid}/scores", headers=headers).json()
+        assert history["total"] == 1
+        alerts = client.get("/v1/alerts", params={"customer_id": cid}, headers=headers).json()
+        assert alerts["total"] == 1
+    # A tenant's row stored before tenant keys (the secret's own form) is still read.
+    with engine.begin() as connection:
+        connection.execute(
+            update(Score)
+            .where(Score.customer_id == stored["bank-a"])
+            .values(customer_id=stored[None])
+        )
+    assert client.get(f"/v1/customers/{cid}/scores", headers=bank_a).json()["total"] == 1
+    assert client.get(f"/v1/customers/{cid}/scores", headers=bank_b).json()["total"] == 1
+    # And after a rotation, under the previous secret.
+    rotated = "another-pseudonymisation-secret-0123456789"
+    app, client = make_app(pseudonym_secret=rotated, pseudonym_previous_secrets=[SECRET])
+    bank_b = key_for(app.state.engine, tenant="bank-b")
+    assert client.get(f"/v1/customers/{cid}/scores", headers=bank_b).json()["total"] == 1
 
 
 def test_audit_line_says_who_what_and_the_outcome(

@@ -45,7 +45,7 @@ AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 @router.get("", response_model=AlertPage)
 def list_alerts(
     session: SessionDep,
-    _: AlertsReader,
+    caller: AlertsReader,
     tenant: TenantDep,
     pseudonymizer: PseudonymizerDep,
     status: Annotated[AlertStatus | None, Query(description="Only this status.")] = None,
@@ -75,10 +75,10 @@ def list_alerts(
         outcome=outcome,
         risk_band=band,
         owner=owner,
-        # Stored ids are pseudonyms when a secret is set: look up the caller's id's pseudonym.
+        # Stored ids are pseudonyms when a secret is set: the caller's tenant's one.
         customer_id=customer_id
         if customer_id is None or pseudonymizer is None
-        else pseudonymizer.pseudonym(customer_id),
+        else pseudonymizer.pseudonym(customer_id, tenant=caller.tenant),
         opened_before=opened_before,
         older_than_hours=older_than_hours,
         limit=limit,

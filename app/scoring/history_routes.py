@@ -20,7 +20,7 @@ router = APIRouter(prefix="/v1", tags=["history"])
 def customer_scores(
     request: Request,
     session: SessionDep,
-    _: ScoresReader,
+    caller: ScoresReader,
     tenant: TenantDep,
     pseudonymizer: PseudonymizerDep,
     customer_id: Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)],
@@ -29,8 +29,13 @@ def customer_scores(
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> ScoreHistory:
     """A customer's stored scores, newest first, one page at a time."""
-    # With pseudonymisation, rows hold the id's HMAC (under the current or a rotated secret).
-    stored_ids = pseudonymizer.lookup_forms(customer_id) if pseudonymizer else [customer_id]
+    # With pseudonymisation, rows hold the id's HMAC under the caller's tenant's key (or an
+    # earlier form: a rotated secret, or the one without a tenant key).
+    stored_ids = (
+        pseudonymizer.lookup_forms(customer_id, tenant=caller.tenant)
+        if pseudonymizer
+        else [customer_id]
+    )
     note(request, customer=stored_ids[0])
     rows, total = list_scores(
         session,
