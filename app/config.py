@@ -16,6 +16,12 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LifecycleStage = Literal["prospect", "new", "existing", "lost"]
 # A prospect has nothing to lose yet, a lost customer has already left: no churn alerts.
 NOT_ACTIONABLE_STAGES: tuple[LifecycleStage, ...] = ("prospect", "lost")
+# Signature algorithms a bearer JWT may use: public-key ones only. 'none' would accept unsigned
+# tokens, and HS* would let anyone holding the (public) verification key mint tokens.
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES256K", "ES384", "ES512"}
+    | {"EdDSA"}
+)
 
 
 class Settings(BaseSettings):
@@ -280,8 +286,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_security(self) -> Settings:
-        from app.security.tokens import ASYMMETRIC_ALGORITHMS
-
         # 'none' would accept unsigned tokens; symmetric algorithms would let anyone holding
         # the public key mint tokens. Checked even while JWTs are off, so that turning them on
         # cannot bring a bad list to life.

@@ -22,6 +22,7 @@ from typing import Any
 import jwt
 import structlog
 
+from app.config import ASYMMETRIC_ALGORITHMS
 from app.security.errors import InvalidClaim
 from app.security.principal import (
     MAX_SUBJECT_LENGTH,
@@ -33,12 +34,6 @@ from app.security.text import is_storable_id
 
 _CACHE_S = 60.0
 _CACHE_ENTRIES = 4096
-# Signature algorithms a token may use: public-key ones only. 'none' would accept unsigned
-# tokens, and HS* would let anyone holding the (public) verification key mint tokens.
-ASYMMETRIC_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES256K", "ES384", "ES512"}
-    | {"EdDSA"}
-)
 
 
 class TokenVerifier:
