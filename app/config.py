@@ -16,6 +16,12 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LifecycleStage = Literal["prospect", "new", "existing", "lost"]
 # A prospect has nothing to lose yet, a lost customer has already left: no churn alerts.
 NOT_ACTIONABLE_STAGES: tuple[LifecycleStage, ...] = ("prospect", "lost")
+# Signature algorithms a bearer JWT may use: public-key ones only. 'none' would accept unsigned
+# tokens, and HS* would let anyone holding the (public) verification key mint tokens.
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES256K", "ES384", "ES512"}
+    | {"EdDSA"}
+)
 
 
 class Settings(BaseSettings):
@@ -215,9 +221,17 @@ class Settings(BaseSettings):
     )
     jwt_issuer: str | None = Field(default=None, description="Required `iss` of bearer JWTs.")
     jwt_audience: str | None = Field(default=None, description="Required `aud` of bearer JWTs.")
-    jwt_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"])
+    jwt_algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "ES256", "EdDSA"],
+        description="Signature algorithms accepted: asymmetric ones only ('none' and HS* are "
+        "refused at start-up).",
+    )
     jwt_scope_claim: str = Field(default="scope", description="Space-separated scopes, or a list.")
-    jwt_tenant_claim: str = "tenant"
+    jwt_tenant_claim: str = Field(
+        default="tenant",
+        description="The claim naming the caller's tenant; with tenant_isolation a token "
+        "without it is refused (401).",
+    )
     jwt_leeway_s: float = Field(default=30.0, ge=0, le=300)
     tenant_isolation: bool = Field(
         default=True,
@@ -237,6 +251,17 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, description="Larger request bodies are refused (413)."
+    )
+    max_json_depth: int = Field(
+        default=32,
+        ge=4,
+        le=200,
+        description="JSON bodies nesting arrays and objects deeper are refused (400).",
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=4096,
+        description="Requests whose header names and values add up to more are refused (431).",
     )
     strict_json: bool = Field(default=True, description="Refuse bodies with duplicate keys (422).")
     request_timeout_s: float = Field(
@@ -283,12 +308,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_security(self) -> Settings:
-        if self.jwt_public_key_file is not None or self.jwt_jwks_file is not None:
-            if not self.jwt_issuer or not self.jwt_audience:
-                raise ValueError("bearer JWTs need jwt_issuer and jwt_audience")
-            # Symmetric algorithms would let anyone holding the public key mint tokens.
-            if not self.jwt_algorithms or any(a.startswith("HS") for a in self.jwt_algorithms):
-                raise ValueError("jwt_algorithms must be asymmetric (RS*, PS*, ES*, EdDSA)")
+        # 'none' would accept unsigned tokens; symmetric algorithms would let anyone holding
+        # the public key mint tokens. Checked even while JWTs are off, so that turning them on
+        # cannot bring a bad list to life.
+        refused = sorted(set(self.jwt_algorithms) - ASYMMETRIC_ALGORITHMS)
+        if refused or not self.jwt_algorithms:
+            raise ValueError(
+                f"jwt_algorithms must be asymmetric (RS*, PS*, ES*, EdDSA); refused: {refused}"
+            )
+        jwt_enabled = self.jwt_public_key_file is not None or self.jwt_jwks_file is not None
+        if jwt_enabled and (not self.jwt_issuer or not self.jwt_audience):
+            raise ValueError("bearer JWTs need jwt_issuer and jwt_audience")
         if self.idempotency_lock_s <= self.request_timeout_s:
             raise ValueError("idempotency_lock_s must exceed request_timeout_s")
         secrets = [self.pseudonym_secret, *self.pseudonym_previous_secrets]

@@ -20,6 +20,8 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = b"x-request-id"
+# The caller's X-Request-ID, echoed back under this name (X-Request-ID is the service's own).
+CLIENT_REQUEST_ID_HEADER = b"x-client-request-id"
 _MAX_REQUEST_ID = 64
 
 
@@ -80,13 +82,17 @@ class _CallbackCollector(Collector):
         yield family
 
 
-def _request_id(scope: Scope) -> str:
+def client_request_id(scope: Scope) -> str | None:
+    """The caller's own X-Request-ID when it is a plain token (letters, digits, - and _).
+
+    Kept beside the service's id, never instead of it: two callers may choose the same one.
+    """
     for name, value in scope.get("headers", ()):
         if name == REQUEST_ID_HEADER:
             text = str(value.decode("latin-1"))[:_MAX_REQUEST_ID]
             if text.isascii() and text.replace("-", "").replace("_", "").isalnum():
                 return text
-    return time_ordered_id()
+    return None
 
 
 def time_ordered_id() -> str:
@@ -115,8 +121,12 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _request_id(scope)
-        scope.setdefault("state", {})["request_id"] = request_id
+        # The service's id is always its own (unique, time-ordered); the caller's is kept apart.
+        request_id = time_ordered_id()
+        given_id = client_request_id(scope)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["client_request_id"] = given_id
         started = time.perf_counter()
         status = 500
 
@@ -126,6 +136,8 @@ class RequestContextMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", ()))
                 headers.append((REQUEST_ID_HEADER, request_id.encode()))
+                if given_id is not None:
+                    headers.append((CLIENT_REQUEST_ID_HEADER, given_id.encode()))
                 message["headers"] = headers
             await send(message)
 
@@ -145,6 +157,7 @@ class RequestContextMiddleware:
                     status=status,
                     duration_ms=round(elapsed * 1000, 3),
                     request_id=request_id,
+                    client_request_id=given_id,
                 )
 
 

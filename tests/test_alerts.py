@@ -50,6 +50,8 @@ from app.scoring.repository import (
     insert_alert_candidates,
 )
 from app.scoring.tables import Score, score_table
+from app.security.api_keys import create_client
+from app.security.principal import ALL_SCOPES
 from tests.alert_support import settle_alerts
 from tests.conftest import customer_record
 from tests.db_support import TcpProxy, temporary_postgres_database
@@ -106,9 +108,20 @@ def alert_settings(database_url: str, settings_for: Any, churn_cases: ChurnCases
 
 @pytest.fixture
 def alert_client(alert_settings: Settings, registry: ModelRegistry) -> Iterator[TestClient]:
-    """The app with a threshold the test controls."""
-    with TestClient(create_app(alert_settings, registry)) as client:
+    """The app with a threshold the test controls, and a fresh all-scopes client: alerts are
+    owned by the authenticated client (``client_id_of``)."""
+    settings = alert_settings.model_copy(update={"auth_enabled": True})
+    app = create_app(settings, registry)
+    info, key = create_client(app.state.engine, name="office", scopes=sorted(ALL_SCOPES))
+    app.state.test_client_id = info.id
+    with TestClient(app, headers={"X-API-Key": key}) as client:
         yield client
+
+
+def client_id_of(client: TestClient) -> str:
+    """The id of the client ``alert_client`` authenticates as: the owner it makes."""
+    client_id: str = client.app.state.test_client_id  # type: ignore[attr-defined]
+    return client_id
 
 
 def new_customer() -> str:
@@ -477,6 +490,7 @@ def test_lifecycle_transitions_keep_history_and_refuse_illegal_moves(
     assert refused.json()["code"] == "conflict"
     assert "acknowledge it before" in refused.json()["detail"]
 
+    me = client_id_of(alert_client)
     acknowledged = alert_client.post(
         f"{url}/acknowledge",
         json={"by": "rm-1", "note": "mine"},
@@ -484,15 +498,13 @@ def test_lifecycle_transitions_keep_history_and_refuse_illegal_moves(
     )
     assert acknowledged.status_code == 200, acknowledged.text
     body = acknowledged.json()
-    assert (body["status"], body["owner"]) == ("acknowledged", "rm-1")
+    assert (body["status"], body["owner"]) == ("acknowledged", me)  # never the body's 'by'
     assert body["acknowledged_at"] is not None
 
     again = alert_client.post(f"{url}/acknowledge", json={"by": "rm-2"})
     assert again.status_code == 409
-    assert again.json()["owner"] == "rm-1"
-    other = alert_client.post(f"{url}/resolve", json={"by": "rm-2", "outcome": "retained"})
-    assert other.status_code == 409
-    assert "only its owner" in other.json()["detail"]
+    assert again.json()["owner"] == me
+    # Another client may not resolve it (tests/test_security.py: ..._owner_is_the_caller...).
 
     # A score while acknowledged updates the alert and keeps its owner.
     score(alert_client, churn_cases.as_customer("high", customer_id))
@@ -502,23 +514,20 @@ def test_lifecycle_transitions_keep_history_and_refuse_illegal_moves(
     )
     assert resolved.status_code == 200, resolved.text
     body = resolved.json()
-    assert (body["status"], body["outcome"], body["resolved_by"]) == (
-        "resolved",
-        "retained",
-        "rm-1",
-    )
+    assert (body["status"], body["outcome"], body["resolved_by"]) == ("resolved", "retained", me)
     assert body["resolution_note"] == "rate matched"
     assert [(e["kind"], e["by"], e["status"]) for e in body["history"]] == [
         ("opened", None, "open"),
-        ("acknowledged", "rm-1", "acknowledged"),
+        ("acknowledged", me, "acknowledged"),
         ("rescored", None, "acknowledged"),
-        ("resolved", "rm-1", "resolved"),
+        ("resolved", me, "resolved"),
     ]
     assert body["history"][-1]["note"] == "outcome: retained; rate matched"
     # Each transition keeps the id of the call that made it: the audit log's line for that id
-    # names the authenticated client that reported the staff member.
+    # names the authenticated client.
     transitions = [e for e in body["history"] if e["kind"] in ("acknowledged", "resolved")]
-    assert transitions[0]["request_id"] == "office-call-1"
+    assert transitions[0]["request_id"] == acknowledged.headers["x-request-id"]
+    assert acknowledged.headers["x-client-request-id"] == "office-call-1"
     assert transitions[1]["request_id"] == resolved.headers["x-request-id"]
 
     for action, payload in [
@@ -549,11 +558,11 @@ def test_lifecycle_requests_are_validated(
     assert alert_client.post("/v1/alerts/999999999/acknowledge", json={"by": "x"}).status_code == (
         404
     )
-    assert alert_client.post(f"{url}/acknowledge", json={}).status_code == 422
+    # 'by' is optional (ignored), but still checked when sent, as before.
     assert alert_client.post(f"{url}/acknowledge", json={"by": ""}).status_code == 422
     assert alert_client.post(f"{url}/acknowledge", json={"by": "a b"}).status_code == 422
     assert alert_client.post(f"{url}/acknowledge", json={"by": "x", "y": 1}).status_code == 422
-    assert alert_client.post(f"{url}/acknowledge", json={"by": "rm-7"}).status_code == 200
+    assert alert_client.post(f"{url}/acknowledge", json={}).status_code == 200
     bad_outcome = {"by": "rm-7", "outcome": "happy"}
     assert alert_client.post(f"{url}/resolve", json=bad_outcome).status_code == 422
     no_note = alert_client.post(f"{url}/resolve", json={"by": "rm-7", "outcome": "other"})
@@ -566,7 +575,7 @@ def test_lifecycle_requests_are_validated(
 def test_list_filters_by_status_band_owner_and_age_and_pages(
     alert_client: TestClient, churn_cases: ChurnCases, engine: Engine
 ) -> None:
-    owner = f"rm-{uuid.uuid4().hex[:8]}"
+    owner = client_id_of(alert_client)
     # Sorted: alerts opened together get their ids in customer id order.
     customers = sorted(new_customer() for _ in range(5))
     score(alert_client, *(churn_cases.as_customer("high", c) for c in customers))
@@ -879,7 +888,7 @@ def _an_alert_opens_by_itself(alert_client: TestClient, churn_cases: ChurnCases)
 def test_list_filters_resolved_alerts_by_outcome(
     alert_client: TestClient, churn_cases: ChurnCases
 ) -> None:
-    owner = f"rm-{uuid.uuid4().hex[:8]}"
+    owner = client_id_of(alert_client)
     customers = sorted(new_customer() for _ in range(3))
     score(alert_client, *(churn_cases.as_customer("high", c) for c in customers))
     ids = [alerts_of(alert_client, c)[0]["id"] for c in customers]

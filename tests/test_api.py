@@ -13,8 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
 
+from app.http.app import create_app
 from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
+from app.scoring.routes import SCORING_ROUTES
 from app.scoring.tables import Score
 from tests.conftest import customer_record
 
@@ -347,8 +349,10 @@ def test_health_ready_metrics_and_docs(client: TestClient) -> None:
     )
     assert {"413", "422", "503"} <= set(responses)
     assert client.get("/docs").status_code == 200
+    # The caller's id is echoed apart; the service's own stays unique (issue 20 item 13).
     response = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
-    assert response.headers["x-request-id"] == "abc-123"
+    assert response.headers["x-client-request-id"] == "abc-123"
+    assert uuid.UUID(response.headers["x-request-id"]).version == 7
 
 
 def test_request_ids_the_service_generates_are_time_ordered_uuids(client: TestClient) -> None:
@@ -464,3 +468,37 @@ def test_every_scoring_operation_documents_an_example_that_it_accepts(
         assert answer.status_code == 200, (path, answer.text)
         posted += 1
     assert posted >= 5
+
+
+def test_columns_without_the_optional_columns_are_scored(
+    client: TestClient, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
+) -> None:
+    """Issue 20 item 10: every task takes columns holding only its required features."""
+    for task, (path, *_) in SCORING_ROUTES.items():
+        model = registry.get(task)
+        assert model is not None
+        required = ["customer_id", *(f.name for f in model.schema.features if f.required)]
+        group = "prospect" if task is Task.PROSPECT else "existing"
+        customers = records(sample_rows[group], registry, task, 3)
+        columns = {name: [c[name] for c in customers] for name in required}
+        response = client.post(f"/v1{path}", json={"columns": columns})
+        assert response.status_code == 200, (task, response.text)
+        assert len(response.json()["results"]) == 3
+
+
+def test_readiness_names_model_versions_never_paths(
+    database_url: str, settings_for: Any, models_dir: Any
+) -> None:
+    """Issue 20 item 15: /readyz showed where a missing model was looked for."""
+    loaded = ModelRegistry.load(models_dir)
+    partial = ModelRegistry(
+        {t: m for t, m in loaded.loaded.items() if t is not Task.PROSPECT},
+        {Task.PROSPECT: f"no model under {models_dir / 'prospect'}"},
+    )
+    with TestClient(create_app(settings_for(database_url), partial)) as client:
+        ready = client.get("/readyz")
+    assert ready.status_code == 503
+    models = ready.json()["models"]
+    assert models["prospect"] == "missing"
+    assert all(v == "missing" or v.startswith("v") for v in models.values())
+    assert str(models_dir) not in ready.text

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jwt
 import pandas as pd
@@ -18,7 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, func, select
+from pydantic import ValidationError
+from sqlalchemy import Engine, func, select, update
 from typer.testing import CliRunner
 
 from app.alerts.tables import Alert
@@ -32,8 +34,9 @@ from app.security.idempotency import IdempotencyStore, KeyMaterial
 from app.security.principal import ALL_SCOPES
 from app.security.pseudonyms import Pseudonymizer
 from app.security.rate_limit import LocalLimiter
-from app.security.strict_json import duplicate_key
-from app.security.tables import IdempotencyRecord
+from app.security.strict_json import duplicate_key, nesting_exceeds
+from app.security.tables import IdempotencyRecord, api_client_table
+from app.security.tokens import TokenVerifier
 from tests.alert_support import settle_alerts
 from tests.conftest import customer_record
 
@@ -242,8 +245,10 @@ def token(private: rsa.RSAPrivateKey, kid: str | None = None, **claims: Any) -> 
         "exp": now + timedelta(minutes=5),
         "iat": now,
         "scope": "scores:read models:read",
+        "tenant": "bank-a",
         **claims,
     }
+    payload = {name: value for name, value in payload.items() if value is not None}
     headers = {"kid": kid} if kid else None
     encoded = jwt.encode(payload, private, algorithm="RS256", headers=headers)
     return {"Authorization": f"Bearer {encoded}"}
@@ -272,6 +277,95 @@ def test_bearer_jwts_are_verified(
         {"Authorization": "Bearer " + jwt.encode({"sub": "x"}, "s" * 32, algorithm="HS256")},
     ):
         assert client.get("/v1/models", headers=bad).status_code == 401
+
+
+def test_a_token_without_a_tenant_is_refused_while_tenants_are_isolated(
+    make_app: Any, issuer_key: tuple[rsa.RSAPrivateKey, Path, Path]
+) -> None:
+    """Issue 20 item 11: it was accepted, and read the rows stored without a tenant."""
+    private, pem, _ = issuer_key
+    jwt_settings = {"jwt_issuer": ISSUER, "jwt_audience": AUDIENCE, "jwt_public_key_file": pem}
+    _, client = make_app(**jwt_settings)
+    for claims in ({"tenant": None}, {"tenant": ""}, {"tenant_id": "bank-a", "tenant": None}):
+        response = client.get("/v1/models", headers=token(private, **claims))
+        assert response.status_code == 401, claims
+    assert client.get("/v1/models", headers=token(private)).status_code == 200
+    # Without isolation tenants are labels only, and a token may go without.
+    _, client = make_app(tenant_isolation=False, **jwt_settings)
+    assert client.get("/v1/models", headers=token(private, tenant=None)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "algorithms", [["none"], ["RS256", "none"], ["None"], ["HS256"], ["RS256", "HS512"], []]
+)
+def test_unsafe_jwt_algorithms_are_refused_at_start_up(
+    settings_for: Any, issuer_key: tuple[rsa.RSAPrivateKey, Path, Path], algorithms: list[str]
+) -> None:
+    """Issue 20 item 11: 'none' was accepted (only HS* was refused)."""
+    _, pem, _ = issuer_key
+    with pytest.raises(ValidationError, match="jwt_algorithms"):
+        settings_for(
+            "sqlite://",
+            jwt_issuer=ISSUER,
+            jwt_audience=AUDIENCE,
+            jwt_public_key_file=pem,
+            jwt_algorithms=algorithms,
+        )
+    with pytest.raises(ValidationError, match="jwt_algorithms"):
+        settings_for("sqlite://", jwt_algorithms=algorithms)  # JWTs off: refused all the same
+    with pytest.raises(ValueError, match="asymmetric"):
+        TokenVerifier(keys={None: b"k"}, algorithms=algorithms, issuer=ISSUER, audience=AUDIENCE)
+
+
+def test_unusable_subjects_and_tenants_are_refused_not_cut(
+    make_app: Any,
+    issuer_key: tuple[rsa.RSAPrivateKey, Path, Path],
+    sample_rows: dict[str, pd.DataFrame],
+    registry: ModelRegistry,
+    engine: Engine,
+) -> None:
+    """Issue 20 item 11: subjects were cut to 60 characters (two clients shared an id), and a
+    65-character tenant reached the writer (503 on PostgreSQL, with its whole write batch)."""
+    private, pem, _ = issuer_key
+    app, client = make_app(jwt_issuer=ISSUER, jwt_audience=AUDIENCE, jwt_public_key_file=pem)
+    verifier = app.state.guard.tokens
+    longest = "s" * 60
+    principal = verifier.verify(token(private, sub=longest)["Authorization"][7:])
+    assert principal.client_id == "jwt:" + longest and principal.name == longest
+    customer = churn_customer(sample_rows, registry)
+    body = {"customers": [customer]}
+    writes = {"scope": "scores:write"}
+    for claims, field in (
+        ({"sub": "a" * 60 + "-one"}, "token.sub"),
+        ({"sub": "a" * 60 + "-two"}, "token.sub"),
+        ({"sub": "crm\x00batch"}, "token.sub"),
+        ({"tenant": "t" * 65}, "token.tenant"),
+        ({"tenant": "bank\x00a"}, "token.tenant"),
+        ({"tenant": "bank\na"}, "token.tenant"),
+        ({"tenant": 42}, "token.tenant"),
+    ):
+        response = client.post(
+            "/v1/churn/scores", json=body, headers=token(private, **writes, **claims)
+        )
+        assert response.status_code == 422, (claims, response.text)
+        assert response.json()["code"] == "invalid_claim"
+        assert [e["field"] for e in response.json()["errors"]] == [field]
+    assert customer["customer_id"] not in stored_ids(engine)
+    ok = client.post("/v1/churn/scores", json=body, headers=token(private, **writes))
+    assert ok.status_code == 200
+    # API keys: a tenant that cannot be stored is refused when the client is made, and at the
+    # door for one stored before that check.
+    with pytest.raises(ValueError, match="tenant"):
+        create_client(app.state.engine, name="long", scopes=["scores:write"], tenant="t" * 65)
+    info, key = create_client(app.state.engine, name="odd", scopes=["scores:write"])
+    with engine.begin() as connection:
+        connection.execute(
+            api_client_table.update()
+            .where(api_client_table.c.id == info.id)
+            .values(tenant="bank\x01a")
+        )
+    refused = client.post("/v1/churn/scores", json=body, headers={"X-API-Key": key})
+    assert refused.status_code == 422 and refused.json()["code"] == "invalid_tenant"
 
 
 # --- tenancy (OWASP API1) ------------------------------------------------------------------
@@ -343,6 +437,55 @@ def test_history_and_alerts_never_cross_tenants(
     )
 
 
+def test_alert_owner_is_the_caller_and_writers_see_only_what_changed(
+    make_app: Any, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
+) -> None:
+    """Issue 20 item 12: the owner was whatever the body said, and alerts:write alone got the
+    whole alert back (customer, reasons, history)."""
+    app, client = make_app(churn_alert_probability=1e-9)
+    engine = app.state.engine
+    reader = key_for(engine)
+    first, first_key = create_client(engine, name="rm-1", scopes=["alerts:write"])
+    second, second_key = create_client(engine, name="rm-2", scopes=["alerts:write"])
+    customer = churn_customer(sample_rows, registry)
+    assert client.post("/v1/churn/scores", json={"customers": [customer]}, headers=reader)
+    settle_alerts(app)
+    (alert,) = client.get(
+        "/v1/alerts", params={"customer_id": customer["customer_id"]}, headers=reader
+    ).json()["items"]
+    url = f"/v1/alerts/{alert['id']}"
+
+    # The body names someone else: ignored, the caller owns it.
+    acknowledged = client.post(
+        f"{url}/acknowledge", json={"by": "rm-2"}, headers={"X-API-Key": first_key}
+    )
+    assert acknowledged.status_code == 200, acknowledged.text
+    assert set(acknowledged.json()) == {"id", "status", "owner", "updated_at"}
+    assert acknowledged.json()["owner"] == first.id
+    assert acknowledged.json()["status"] == "acknowledged"
+    # Claiming to be the owner does not make the second client one.
+    stolen = client.post(
+        f"{url}/resolve",
+        json={"by": first.id, "outcome": "retained"},
+        headers={"X-API-Key": second_key},
+    )
+    assert stolen.status_code == 409 and "only its owner" in stolen.json()["detail"]
+    resolved = client.post(
+        f"{url}/resolve", json={"outcome": "retained"}, headers={"X-API-Key": first_key}
+    )
+    assert resolved.status_code == 200 and set(resolved.json()) == {
+        "id",
+        "status",
+        "owner",
+        "updated_at",
+    }
+    detail = client.get(url, headers=reader).json()
+    assert (detail["owner"], detail["resolved_by"]) == (first.id, first.id)
+    assert [e["by"] for e in detail["history"][1:]] == [first.id, first.id]
+    assert client.get("/v1/alerts", params={"owner": first.id}, headers=reader).json()["total"] == 1
+    assert second.id != first.id
+
+
 # --- abuse and bad input -------------------------------------------------------------------
 
 
@@ -388,9 +531,12 @@ def test_redis_down_falls_back_to_local_limits(
     assert "rate_limit_fallback" in capfd.readouterr().out
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def test_body_limit_with_and_without_content_length(make_app: Any) -> None:
     app, client = make_app(max_body_bytes=2048)
-    headers = key_for(app.state.engine)
+    headers = {**key_for(app.state.engine), **JSON}
     big = b'{"customers": [' + b" " * 4096 + b"]}"
     response = client.post("/v1/churn/scores", content=big, headers=headers)
     assert response.status_code == 413 and response.json()["limit"] == 2048
@@ -412,7 +558,9 @@ def test_duplicate_keys_are_refused_and_nothing_is_saved(
     customer = churn_customer(sample_rows, registry)
     text = json.dumps({"customers": [customer]})
     doubled = text.replace('"age": ', '"age": 99, "age": ', 1)
-    response = client.post("/v1/churn/scores", content=doubled, headers=key_for(app.state.engine))
+    response = client.post(
+        "/v1/churn/scores", content=doubled, headers={**key_for(app.state.engine), **JSON}
+    )
     assert response.status_code == 422
     assert "age" in response.json()["detail"]
     assert customer["customer_id"] not in stored_ids(engine)
@@ -523,6 +671,145 @@ def test_idempotency_concurrent_claim_expiry_and_failure(engine: Engine) -> None
     assert store.purge_expired() >= 0
 
 
+def nested(depth: int) -> bytes:
+    """A scoring body whose arrays nest ``depth`` levels in all (the outer object included)."""
+    return b'{"customers":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+def test_deeply_nested_json_is_refused_with_400(make_app: Any) -> None:
+    """Issue 20 item 8: 254 to 1,023 levels answered 500 (orjson writes no deeper than 254)."""
+    app, client = make_app()
+    headers = {**key_for(app.state.engine), **JSON}
+    for depth in (33, 100, 254, 255, 300, 1023, 1024, 5000):
+        for path in ("/v1/churn/scores", "/v1/assessments", "/v1/alerts/1/acknowledge"):
+            response = client.post(path, content=nested(depth), headers=headers)
+            assert response.status_code == 400, (depth, path, response.text)
+            assert response.json()["code"] == "json_too_deep"
+            assert response.json()["limit"] == 32
+    # At the limit the body reaches the endpoint, which says what is wrong with it.
+    response = client.post("/v1/churn/scores", content=nested(32), headers=headers)
+    assert response.status_code == 422
+    _, lenient = make_app(max_json_depth=200, strict_json=True)
+    response = lenient.post("/v1/churn/scores", content=nested(199), headers=headers)
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a":[[[1]]]}',
+        b'{"a":"[[[[[[","b":[{"c":"]]]"}]}',
+        b'{"a":"\\\\"}',
+        b'{"a":"\\"[[[[[[[[","b":[[[1]]]}',
+        b'{"a":"\\\\\\"[[[[","b":[[[1]]],"c":"\\\\"}',
+        b"[[[[[[[[[[]]]]]]]]]]",
+        b'[{"a":[{}]},[[[[[[]]]]]]]',
+        b'{"s":"}}}}}}}}}}}]]]]]]]]","t":[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]}',
+        b"{" + b'"k":{' * 12 + b'"x":1' + b"}" * 13,
+    ],
+)
+def test_nesting_depth_is_measured_exactly(body: bytes) -> None:
+    def depth(value: Any) -> int:
+        if isinstance(value, dict):
+            return 1 + max(map(depth, value.values()), default=0)
+        if isinstance(value, list):
+            return 1 + max(map(depth, value), default=0)
+        return 0
+
+    actual = depth(json.loads(body))
+    for limit in range(1, 20):
+        assert nesting_exceeds(body, limit) is (actual > limit), (limit, actual)
+    assert duplicate_key(nested(500)) is None  # no longer raises beyond orjson's 254 levels
+
+
+def test_json_bodies_need_a_json_content_type(
+    make_app: Any, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry, engine: Engine
+) -> None:
+    """Issue 20 item 15: any Content-Type was accepted; nothing is saved without JSON's."""
+    app, client = make_app()
+    key = key_for(app.state.engine)
+    customer = churn_customer(sample_rows, registry)
+    body = json.dumps({"customers": [customer]}).encode()
+    for content_type in (
+        None,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/json; charset=latin-1",
+        "application/jsonx",
+    ):
+        headers = key if content_type is None else {**key, "Content-Type": content_type}
+        for path in ("/v1/churn/scores", "/v1/alerts/1/acknowledge"):
+            response = client.post(path, content=body, headers=headers)
+            assert response.status_code == 415, (content_type, path)
+            assert response.json()["code"] == "unsupported_media_type"
+    assert customer["customer_id"] not in stored_ids(engine)
+    for content_type in ("application/json", "Application/JSON; charset=UTF-8"):
+        headers = {**key, "Content-Type": content_type}
+        assert client.post("/v1/churn/scores", content=body, headers=headers).status_code == 200
+
+
+def test_oversized_headers_are_refused_with_431(make_app: Any) -> None:
+    """Issue 20 item 15: no limit on header size; public paths are limited too."""
+    app, client = make_app(max_header_bytes=8192)
+    key = key_for(app.state.engine)
+    assert client.get("/v1/models", headers={**key, "X-Padding": "x" * 7000}).status_code == 200
+    for path in ("/v1/models", "/healthz"):
+        response = client.get(path, headers={**key, "X-Padding": "x" * 9000})
+        assert response.status_code == 431, path
+        assert response.json()["code"] == "headers_too_large"
+        assert response.json()["limit"] == 8192
+    many = {**key, **{f"X-Pad-{i}": "y" * 100 for i in range(100)}}
+    assert client.get("/v1/models", headers=many).status_code == 431
+
+
+def test_nul_in_an_id_is_422_naming_the_field(
+    make_app: Any, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
+) -> None:
+    """Issue 20 item 9: a NUL in an id reached PostgreSQL, which cannot store it (500)."""
+    app, client = make_app(churn_alert_probability=1e-9)
+    headers = key_for(app.state.engine)
+    customer = churn_customer(sample_rows, registry)
+    assert client.post("/v1/churn/scores", json={"customers": [customer]}, headers=headers)
+    settle_alerts(app)
+    (alert,) = client.get(
+        "/v1/alerts", params={"customer_id": customer["customer_id"]}, headers=headers
+    ).json()["items"]
+
+    def refused(response: Any, field: str) -> None:
+        assert response.status_code == 422, response.text
+        assert [e["field"] for e in response.json()["errors"]] == [field]
+
+    for bad in ("C\x00X", "\x00", "C\x01", "C\x7f"):
+        path = f"/v1/customers/{quote(bad)}/scores"
+        refused(client.get(path, headers=headers), "path.customer_id")
+        refused(
+            client.get("/v1/alerts", params={"customer_id": bad}, headers=headers),
+            "query.customer_id",
+        )
+        refused(
+            client.post(
+                "/v1/churn/scores",
+                json={"customers": [{**customer, "customer_id": bad}]},
+                headers=headers,
+            ),
+            "customers[0].customer_id",
+        )
+    refused(
+        client.post(
+            f"/v1/alerts/{alert['id']}/acknowledge",
+            json={"by": "rm-1", "note": "a\x00b"},
+            headers=headers,
+        ),
+        "body.note",
+    )
+    # Ids the batch may have stored (any printable text) are still found; notes keep lines.
+    assert client.get(f"/v1/customers/{quote('C X é')}/scores", headers=headers).is_success
+    note = {"by": "rm-1", "note": "called\n\tback"}
+    acknowledged = client.post(f"/v1/alerts/{alert['id']}/acknowledge", json=note, headers=headers)
+    assert acknowledged.status_code == 200
+
+
 def test_idempotent_request_in_flight_gets_409(
     make_app: Any, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
 ) -> None:
@@ -541,7 +828,7 @@ def test_idempotent_request_in_flight_gets_409(
     response = client.post(
         "/v1/churn/scores",
         content=body,
-        headers={"X-API-Key": key, "Idempotency-Key": "in-flight"},
+        headers={"X-API-Key": key, "Idempotency-Key": "in-flight", **JSON},
     )
     assert response.status_code == 409 and response.headers["retry-after"] == "1"
 
@@ -584,6 +871,61 @@ def test_pseudonymised_ids_never_reach_the_database_or_the_logs(
     assert history.json()["total"] == 1
 
 
+def test_pseudonyms_are_keyed_per_tenant_and_old_rows_still_read(
+    make_app: Any,
+    sample_rows: dict[str, pd.DataFrame],
+    registry: ModelRegistry,
+    engine: Engine,
+) -> None:
+    """Issue 20 item 16: one customer had one pseudonym in every tenant, so a dump linked
+    customers across tenants."""
+    app, client = make_app(pseudonym_secret=SECRET, churn_alert_probability=1e-9)
+    bank_a = key_for(app.state.engine, tenant="bank-a")
+    bank_b = key_for(app.state.engine, tenant="bank-b")
+    untagged = key_for(app.state.engine)
+    customer = churn_customer(sample_rows, registry)
+    cid = customer["customer_id"]
+    for headers in (bank_a, bank_b, untagged):
+        scored = client.post("/v1/churn/scores", json={"customers": [customer]}, headers=headers)
+        assert scored.status_code == 200
+    settle_alerts(app)
+    pseudonymizer = Pseudonymizer(SECRET.encode())
+    candidates = [
+        pseudonymizer.pseudonym(cid),
+        *(pseudonymizer.pseudonym(cid, tenant=t) for t in ("bank-a", "bank-b")),
+    ]
+    with engine.connect() as connection:
+        stored = dict(
+            connection.execute(
+                select(Score.tenant, Score.customer_id).where(Score.customer_id.in_(candidates))
+            ).all()
+        )
+    # Rows without a tenant keep the form `cvm score --persist` stores too.
+    assert stored[None] == pseudonymizer.pseudonym(cid) == pseudonymizer.pseudonyms([cid])[0]
+    assert stored["bank-a"] == pseudonymizer.pseudonym(cid, tenant="bank-a")
+    assert stored["bank-b"] == pseudonymizer.pseudonym(cid, tenant="bank-b")
+    assert len({stored[None], stored["bank-a"], stored["bank-b"]}) == 3
+    for headers in (bank_a, bank_b, untagged):
+        history = client.get(f"/v1/customers/{cid}/scores", headers=headers).json()
+        assert history["total"] == 1
+        alerts = client.get("/v1/alerts", params={"customer_id": cid}, headers=headers).json()
+        assert alerts["total"] == 1
+    # A tenant's row stored before tenant keys (the secret's own form) is still read.
+    with engine.begin() as connection:
+        connection.execute(
+            update(Score)
+            .where(Score.customer_id == stored["bank-a"])
+            .values(customer_id=stored[None])
+        )
+    assert client.get(f"/v1/customers/{cid}/scores", headers=bank_a).json()["total"] == 1
+    assert client.get(f"/v1/customers/{cid}/scores", headers=bank_b).json()["total"] == 1
+    # And after a rotation, under the previous secret.
+    rotated = "another-pseudonymisation-secret-0123456789"
+    app, client = make_app(pseudonym_secret=rotated, pseudonym_previous_secrets=[SECRET])
+    bank_b = key_for(app.state.engine, tenant="bank-b")
+    assert client.get(f"/v1/customers/{cid}/scores", headers=bank_b).json()["total"] == 1
+
+
 def test_audit_line_says_who_what_and_the_outcome(
     make_app: Any,
     sample_rows: dict[str, pd.DataFrame],
@@ -607,8 +949,35 @@ def test_audit_line_says_who_what_and_the_outcome(
     assert scored["client"] == info.id and scored["tenant"] == "t1"
     assert scored["route"] == "/v1/churn/scores" and scored["status"] == 200
     assert scored["task"] == "churn" and scored["customers"] == 3
-    assert forbidden["status"] == 403
+    assert scored["outcome"] == "ok" and scored["source"] == "testclient"
+    assert forbidden["status"] == 403 and forbidden["outcome"] == "forbidden"
     assert anonymous["client"] is None and anonymous["status"] == 401
+    assert anonymous["outcome"] == "unauthenticated"
+
+    # Issue 20 item 13: errors were recorded as "ok", and a caller's X-Request-ID replaced the
+    # service's, so two callers could give two requests one id.
+    lines.clear()
+    everything = key_for(app.state.engine)
+    same = {"X-Request-ID": "chosen-1"}
+    client.post("/v1/churn/scores", json={}, headers={**everything, **same})
+    client.get("/v1/nothing-here", headers={**everything, **same})
+    client.get("/v1/alerts/999999", headers=everything)
+    client.post(
+        "/v1/churn/scores", content=b"x", headers={**everything, "Content-Type": "text/plain"}
+    )
+    client.get("/v1/alerts", params={"stauts": "open"}, headers=everything)
+    invalid, unknown_path, missing, _, _ = lines
+    assert [line["outcome"] for line in lines] == [
+        "invalid_input",
+        "not_found",
+        "not_found",
+        "unsupported_media_type",
+        "invalid_input",
+    ]
+    assert invalid["client_request_id"] == unknown_path["client_request_id"] == "chosen-1"
+    assert invalid["request_id"] != unknown_path["request_id"]
+    assert len({line["request_id"] for line in lines}) == len(lines)
+    assert missing["client_request_id"] is None
     text = json.dumps(lines)
     assert key not in text and str(customers[0]["age"]) not in [str(v) for v in scored.values()]
 

@@ -10,11 +10,12 @@ from pydantic import AwareDatetime
 from app.alerts import service as alerts
 from app.alerts.schemas import (
     AcknowledgeRequest,
+    AlertChange,
     AlertDetail,
     AlertPage,
+    OwnerId,
     ResolveRequest,
     RiskBand,
-    StaffId,
 )
 from app.alerts.states import AlertStatus, Outcome
 from app.http.deps import (
@@ -25,6 +26,8 @@ from app.http.deps import (
     SessionDep,
     TenantDep,
 )
+from app.security.principal import Principal, Scope
+from app.security.text import ID_PATTERN
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
 
@@ -42,7 +45,7 @@ AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 @router.get("", response_model=AlertPage)
 def list_alerts(
     session: SessionDep,
-    _: AlertsReader,
+    caller: AlertsReader,
     tenant: TenantDep,
     pseudonymizer: PseudonymizerDep,
     status: Annotated[AlertStatus | None, Query(description="Only this status.")] = None,
@@ -50,8 +53,12 @@ def list_alerts(
         Outcome | None, Query(description="Only alerts resolved with this outcome.")
     ] = None,
     band: Annotated[RiskBand | None, Query(description="Only this latest risk band.")] = None,
-    owner: Annotated[StaffId | None, Query(description="Only alerts this person owns.")] = None,
-    customer_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    owner: Annotated[
+        OwnerId | None, Query(description="Only alerts this client (its id) owns.")
+    ] = None,
+    customer_id: Annotated[
+        str | None, Query(min_length=1, max_length=128, pattern=ID_PATTERN)
+    ] = None,
     opened_before: Annotated[
         AwareDatetime | None, Query(description="Opened before this instant (ISO 8601, zoned).")
     ] = None,
@@ -68,10 +75,10 @@ def list_alerts(
         outcome=outcome,
         risk_band=band,
         owner=owner,
-        # Stored ids are pseudonyms when a secret is set: look up the caller's id's pseudonym.
+        # Stored ids are pseudonyms when a secret is set: the caller's tenant's one.
         customer_id=customer_id
         if customer_id is None or pseudonymizer is None
-        else pseudonymizer.pseudonym(customer_id),
+        else pseudonymizer.pseudonym(customer_id, tenant=caller.tenant),
         opened_before=opened_before,
         older_than_hours=older_than_hours,
         limit=limit,
@@ -88,31 +95,68 @@ def get_alert(
     return alerts.get_alert(session, alert_id=alert_id, tenant=tenant)
 
 
-@router.post("/{alert_id}/acknowledge", response_model=AlertDetail, responses=TRANSITION_ERRORS)
+def visible_to(caller: Principal, alert: AlertDetail) -> AlertDetail | AlertChange:
+    """The whole alert for a caller that may read alerts; what changed for the others."""
+    if caller.allows(Scope.ALERTS_READ):
+        return alert
+    return AlertChange(
+        id=alert.id, status=alert.status, owner=alert.owner, updated_at=alert.updated_at
+    )
+
+
+TRANSITION_DESCRIPTION = (
+    "The caller (the authenticated client) acts: it becomes the owner, and the body's 'by' is "
+    "ignored. The answer is the whole alert with the alerts:read scope, else only what changed."
+)
+
+
+@router.post(
+    "/{alert_id}/acknowledge",
+    response_model=AlertDetail | AlertChange,
+    responses=TRANSITION_ERRORS,
+    description=TRANSITION_DESCRIPTION,
+)
 def acknowledge_alert(
     session: SessionDep,
-    _: AlertsWriter,
+    caller: AlertsWriter,
     tenant: TenantDep,
     request_id: RequestIdDep,
     alert_id: AlertId,
     body: AcknowledgeRequest,
-) -> AlertDetail:
-    """Take ownership of an open alert (the first to acknowledge owns it)."""
-    return alerts.acknowledge_alert(
-        session, alert_id=alert_id, request=body, request_id=request_id, tenant=tenant
+) -> AlertDetail | AlertChange:
+    """Take ownership of an open alert (the first client to acknowledge owns it)."""
+    alert = alerts.acknowledge_alert(
+        session,
+        alert_id=alert_id,
+        request=body,
+        actor=caller.client_id,
+        request_id=request_id,
+        tenant=tenant,
     )
+    return visible_to(caller, alert)
 
 
-@router.post("/{alert_id}/resolve", response_model=AlertDetail, responses=TRANSITION_ERRORS)
+@router.post(
+    "/{alert_id}/resolve",
+    response_model=AlertDetail | AlertChange,
+    responses=TRANSITION_ERRORS,
+    description=TRANSITION_DESCRIPTION,
+)
 def resolve_alert(
     session: SessionDep,
-    _: AlertsWriter,
+    caller: AlertsWriter,
     tenant: TenantDep,
     request_id: RequestIdDep,
     alert_id: AlertId,
     body: ResolveRequest,
-) -> AlertDetail:
+) -> AlertDetail | AlertChange:
     """Close an acknowledged alert with its outcome; only its owner may."""
-    return alerts.resolve_alert(
-        session, alert_id=alert_id, request=body, request_id=request_id, tenant=tenant
+    alert = alerts.resolve_alert(
+        session,
+        alert_id=alert_id,
+        request=body,
+        actor=caller.client_id,
+        request_id=request_id,
+        tenant=tenant,
     )
+    return visible_to(caller, alert)

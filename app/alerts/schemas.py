@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.alerts.states import AlertStatus, EventKind, Outcome
+from app.security.text import ID_PATTERN, TEXT_PATTERN
 
 RiskBand = Literal["low", "medium", "high"]
 
@@ -18,31 +19,48 @@ StaffId = Annotated[
         max_length=64,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$",
         description=(
-            "The staff member acting, as the calling system (e.g. the office system) reports"
-            " it; the history keeps the call's request id, which the audit log ties to the"
-            " authenticated client."
+            "Ignored, and optional: kept so that existing callers' bodies stay valid. The "
+            "owner, the resolver and the history's 'by' are the authenticated client (its id: "
+            "'cl_...' for an API key, 'jwt:' and the subject for a token), never the body."
         ),
         examples=["rm-042"],
     ),
 ]
-Note = Annotated[str, Field(max_length=2000, description="Free text kept in the history.")]
+OwnerId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=ID_PATTERN,
+        description="A client id, as alerts show it in 'owner'.",
+        examples=["cl_5f3a9c2e8b7d4a10"],
+    ),
+]
+Note = Annotated[
+    str,
+    Field(
+        max_length=2000,
+        pattern=TEXT_PATTERN,
+        description="Free text kept in the history (no NUL characters).",
+    ),
+]
 
 
 class AcknowledgeRequest(BaseModel):
-    """Take ownership of an open alert."""
+    """Take ownership of an open alert: the authenticated client becomes its owner."""
 
     model_config = ConfigDict(extra="forbid")
 
-    by: StaffId
+    by: StaffId | None = None
     note: Note | None = None
 
 
 class ResolveRequest(BaseModel):
-    """Close an acknowledged alert with what happened."""
+    """Close an acknowledged alert with what happened (its owner only)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    by: StaffId
+    by: StaffId | None = None
     outcome: Outcome
     note: Note | None = None
 
@@ -84,7 +102,9 @@ class AlertSummary(BaseModel):
     opened_at: datetime
     last_scored_at: datetime
     updated_at: datetime
-    owner: str | None = Field(description="Who acknowledged it, and so owns it.")
+    owner: str | None = Field(
+        description="The client that acknowledged it, and so owns it (its id)."
+    )
     acknowledged_at: datetime | None
     resolved_by: str | None
     resolved_at: datetime | None
@@ -115,6 +135,15 @@ class AlertDetail(AlertSummary):
     opened_request_id: str
     last_request_id: str
     history: list[AlertEventOut]
+
+
+class AlertChange(BaseModel):
+    """What a transition did, for a caller that may change alerts but not read them."""
+
+    id: int
+    status: AlertStatus
+    owner: str | None
+    updated_at: datetime
 
 
 class AlertPage(BaseModel):

@@ -624,19 +624,22 @@ def acknowledge_alert(
     *,
     alert_id: int,
     request: AcknowledgeRequest,
+    actor: str,
     request_id: str | None = None,
     now: datetime | None = None,
     tenant: TenantScope | None = None,
 ) -> AlertDetail:
-    """open -> acknowledged: the caller takes ownership; 409 from any other status."""
+    """open -> acknowledged: ``actor`` (the authenticated client) takes ownership; 409 from any
+    other status. ``request.by`` is ignored: ownership is never what a body says."""
     now = now or utc_now()
     return _apply_transition(
         session,
         alert_id=alert_id,
         action=AlertAction.ACKNOWLEDGE,
         owner=None,
+        actor=actor,
         values={
-            "owner": request.by,
+            "owner": actor,
             "acknowledged_at": now,
             "updated_at": now,
         },
@@ -652,19 +655,22 @@ def resolve_alert(
     *,
     alert_id: int,
     request: ResolveRequest,
+    actor: str,
     request_id: str | None = None,
     now: datetime | None = None,
     tenant: TenantScope | None = None,
 ) -> AlertDetail:
-    """acknowledged -> resolved, by its owner only, with the outcome; 409 otherwise."""
+    """acknowledged -> resolved, by its owner (``actor``, the authenticated client) only, with
+    the outcome; 409 otherwise."""
     now = now or utc_now()
     return _apply_transition(
         session,
         alert_id=alert_id,
         action=AlertAction.RESOLVE,
-        owner=request.by,
+        owner=actor,
+        actor=actor,
         values={
-            "resolved_by": request.by,
+            "resolved_by": actor,
             "resolved_at": now,
             "outcome": request.outcome,
             "resolution_note": request.note,
@@ -683,6 +689,7 @@ def _apply_transition(
     alert_id: int,
     action: AlertAction,
     owner: str | None,
+    actor: str,
     values: dict[str, Any],
     request: AcknowledgeRequest | ResolveRequest,
     request_id: str | None,
@@ -702,7 +709,7 @@ def _apply_transition(
     if not changed:
         session.rollback()
         raise _refusal(session, alert_id, action, tenant)
-    event = _transition_event(alert_id, to_status, request, request_id, now)
+    event = _transition_event(alert_id, to_status, request, actor, request_id, now)
     repo.add_alert_event(session, row=event)
     session.commit()
     return get_alert(session, alert_id=alert_id, tenant=tenant)
@@ -712,6 +719,7 @@ def _transition_event(
     alert_id: int,
     status: AlertStatus,
     request: AcknowledgeRequest | ResolveRequest,
+    actor: str,
     request_id: str | None,
     now: datetime,
 ) -> AlertEventRow:
@@ -723,7 +731,7 @@ def _transition_event(
         alert_id=alert_id,
         kind=EventKind(status.value),
         at=now,
-        by=request.by,
+        by=actor,
         status=status,
         probability=None,
         risk_band=None,

@@ -43,7 +43,8 @@ log = structlog.get_logger("cvm")
 
 
 def problem_response(error: ServiceError, request: Request) -> JSONResponse:
-    """Render a domain error as problem details."""
+    """Render a domain error as problem details (its code is the audit line's outcome)."""
+    request.scope.setdefault("state", {})["error_code"] = error.code
     return JSONResponse(
         error.problem(instance=request.url.path), status_code=error.status, media_type=PROBLEM_JSON
     )
@@ -101,7 +102,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         log.info(
             "started",
             models={t.value: m.manifest.version for t, m in registry.loaded.items()},
-            missing=[t.value for t in registry.missing],
+            missing={t.value: why for t, why in registry.missing.items()},
         )
         try:
             yield
@@ -156,7 +157,12 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
-            expose_headers=["X-Request-ID", "Retry-After", "Idempotent-Replayed"],
+            expose_headers=[
+                "X-Request-ID",
+                "X-Client-Request-ID",
+                "Retry-After",
+                "Idempotent-Replayed",
+            ],
         )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     if not settings.auth_enabled:

@@ -33,8 +33,9 @@ async def healthz(request: Request) -> JSONResponse:
 async def readyz(request: Request, registry: RegistryDep) -> JSONResponse:
     """Ready to score: the database answers, the score writer runs, every task has a model."""
     database = await run_in_threadpool(database_is_reachable, request.app.state.engine)
+    # Versions only: why a model is missing names folders on the host, logged at start-up.
     models: dict[str, Any] = {t.value: f"v{m.manifest.version}" for t, m in registry.loaded.items()}
-    models.update({t.value: f"missing: {why}" for t, why in registry.missing.items()})
+    models.update({t.value: "missing" for t in registry.missing})
     writer = request.app.state.scoring.writer.running
     ready = database and writer and registry.complete
     body = Readiness(ready=ready, database=database, writer=writer, models=models)

@@ -237,7 +237,8 @@ class FeatureSchema(BaseModel):
 
     def encode_columns(self, columns: Mapping[str, Sequence[Any]]) -> FloatMatrix:
         """Already-validated columns (one sequence per feature) to the float matrix."""
-        lengths = {len(v) for v in columns.values()}
+        # Optional columns left out arrive as None.
+        lengths = {len(v) for v in columns.values() if v is not None}
         n = lengths.pop() if lengths else 0
         if n == 0:
             return np.empty((0, len(self.features)), dtype=np.float64)

@@ -294,7 +294,9 @@ class ScoringService:
         ids = list(assessment.block.ids)
         return score_rows(
             assessment,
-            stored_ids=ids if self.pseudonymizer is None else self.pseudonymizer.pseudonyms(ids),
+            stored_ids=ids
+            if self.pseudonymizer is None
+            else self.pseudonymizer.pseudonyms(ids, tenant=tenant),
             request_id=request_id,
             source=Source.API,
             created_at=datetime.now(UTC),

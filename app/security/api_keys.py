@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, select, update
 
-from app.security.principal import Principal, parse_scopes
+from app.security.principal import MAX_TENANT_LENGTH, Principal, parse_scopes
 from app.security.tables import ApiClient, api_client_table
+from app.security.text import is_storable_id
 
 KEY_PREFIX = "cvm_"
 _DISPLAYED = 8  # characters of the key after the prefix that `cvm clients list` shows
@@ -66,6 +67,10 @@ def create_client(
     unknown = sorted(set(scopes) - set(parse_scopes(list(scopes))))
     if unknown or not scopes:
         raise ValueError(f"unknown or missing scopes: {', '.join(unknown) or '(none)'}")
+    if tenant is not None and not is_storable_id(tenant, max_length=MAX_TENANT_LENGTH):
+        raise ValueError(
+            f"a tenant has 1 to {MAX_TENANT_LENGTH} characters, none of them control ones"
+        )
     key = new_api_key()
     info = ClientInfo(
         id="cl_" + secrets.token_hex(8),

@@ -67,6 +67,30 @@ class PayloadTooLarge(SecurityError):
     title = "Payload too large"
 
 
+class JsonTooDeep(SecurityError):
+    """The JSON body nests arrays and objects deeper than the configured limit."""
+
+    status = 400
+    code = "json_too_deep"
+    title = "JSON nested too deep"
+
+
+class UnsupportedMediaType(SecurityError):
+    """A request body that is not declared as JSON."""
+
+    status = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
+class HeadersTooLarge(SecurityError):
+    """The request's headers are larger than the configured limit."""
+
+    status = 431
+    code = "headers_too_large"
+    title = "Request header fields too large"
+
+
 class RequestTimeout(SecurityError):
     """The request took longer than the configured limit."""
 
@@ -87,6 +111,26 @@ class IdempotencyInProgress(SecurityError):
             "a request with this Idempotency-Key is still in progress; retry later",
             headers={"Retry-After": "1"},
         )
+
+
+class InvalidClaim(InvalidInput):
+    """A validly signed token whose claim cannot be used as it is."""
+
+    code = "invalid_claim"
+    title = "Invalid token claim"
+
+    def __init__(self, claim: str, expected: str) -> None:
+        super().__init__(
+            f"the token's {claim!r} claim must be {expected}",
+            extra={"errors": [{"field": f"token.{claim}", "message": expected}]},
+        )
+
+
+class InvalidTenant(InvalidInput):
+    """A client whose tenant cannot be stored with its rows."""
+
+    code = "invalid_tenant"
+    title = "Invalid tenant"
 
 
 class IdempotencyMismatch(InvalidInput):

@@ -1,8 +1,10 @@
 """One pure-ASGI middleware for everything a request passes before its handler.
 
-In order: security headers on every response; public paths pass; credential (401); rate limit
-(429); body read up to the limit (413) and checked for duplicate keys (422); Idempotency-Key
-(replay, 409, 422); all within the request timeout (504); then one audit line. Scopes are
+In order: security headers on every response; headers within their size limit (431, public
+paths too); public paths pass; credential (401); rate limit (429); body read up to the limit
+(413), declared as JSON (415), nested within the depth limit (400) and free of duplicate keys
+(422); Idempotency-Key (replay, 409, 422); all within the request timeout (504); then one audit
+line. Scopes are
 checked per route by dependencies (403), since only the route knows what it needs.
 """
 
@@ -24,18 +26,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import DatabaseUnavailable, InvalidInput, ServiceError
 from app.security.api_keys import KeyCache, find_active_client, key_digest, looks_like_api_key
 from app.security.errors import (
+    HeadersTooLarge,
     IdempotencyInProgress,
     IdempotencyMismatch,
+    InvalidTenant,
+    JsonTooDeep,
     PayloadTooLarge,
     RateLimited,
     RequestTimeout,
     SecurityError,
     Unauthenticated,
+    UnsupportedMediaType,
 )
 from app.security.idempotency import MAX_KEY_LENGTH, IdempotencyStore, KeyMaterial
-from app.security.principal import ANONYMOUS, Principal
+from app.security.principal import ANONYMOUS, MAX_TENANT_LENGTH, Principal
 from app.security.rate_limit import RateLimiter
-from app.security.strict_json import duplicate_key
+from app.security.strict_json import duplicate_key, nesting_exceeds
+from app.security.text import is_storable_id
 from app.security.tokens import TokenVerifier
 
 PROBLEM_JSON = b"application/problem+json"
@@ -89,6 +96,8 @@ class Guard:
     idempotency_secret: bytes
     max_body_bytes: int
     strict_json: bool
+    max_json_depth: int
+    max_header_bytes: int
     request_timeout_s: float
     public_paths: frozenset[str]
     docs_paths: frozenset[str]
@@ -131,6 +140,14 @@ class Guard:
             principal = self.tokens.verify(token)
         if principal is None:
             raise Unauthenticated()
+        tenant = principal.tenant
+        if tenant is not None and not is_storable_id(tenant, max_length=MAX_TENANT_LENGTH):
+            # Refused here, before any row reaches the writer, where it would fail its batch.
+            raise InvalidTenant(
+                f"this client's tenant cannot be stored: at most {MAX_TENANT_LENGTH} "
+                "characters, none of them control ones",
+                extra={"errors": [{"field": "tenant", "message": "not storable"}]},
+            )
         return principal
 
     async def purge_now_and_then(self) -> None:
@@ -184,6 +201,16 @@ class SecurityMiddleware:
                 message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
+        headers_size = _header_size(scope)
+        if headers_size > self.guard.max_header_bytes:
+            limit = self.guard.max_header_bytes
+            exchange.outcome = HeadersTooLarge.code
+            error = HeadersTooLarge(
+                f"the request headers exceed {limit} bytes", extra={"limit": limit}
+            )
+            await _send_problem(send_secured, error, path)
+            self._audit(scope, exchange)
+            return
         if path in self.guard.public_paths:
             await self.app(scope, receive, send_secured)
             return
@@ -225,6 +252,8 @@ class SecurityMiddleware:
         if body is None:
             exchange.outcome = "client_disconnected"
             return
+        if body:
+            _check_json_body(scope, body, guard.max_json_depth)
         if guard.strict_json and body:
             duplicate = duplicate_key(body)
             if duplicate is not None:
@@ -327,18 +356,50 @@ class SecurityMiddleware:
         principal = exchange.principal
         route = scope.get("route")
         state = scope.get("state", {})
+        client = scope.get("client")
         self.guard.audit.info(
             "audit",
             request_id=state.get("request_id"),
+            client_request_id=state.get("client_request_id"),
+            source=client[0] if client else None,
             client=principal.client_id if principal else None,
             tenant=principal.tenant if principal else None,
             auth=principal.method if principal else None,
             method=scope["method"],
             route=getattr(route, "path", "unmatched"),
             status=exchange.status,
-            outcome=exchange.outcome,
+            outcome=_outcome(exchange, state),
             **state.get("audit", {}),
         )
+
+
+# Outcomes of refusals that no domain error named (the router's 404 and 405, say).
+_STATUS_OUTCOMES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    429: "rate_limited",
+    503: "unavailable",
+    504: "request_timeout",
+}
+
+
+def _outcome(exchange: _Exchange, state: dict[str, Any]) -> str:
+    """What became of the request: the middleware's own verdict, else the error code the
+    handler rendered, else one named after the status; "ok" only below 400."""
+    if exchange.outcome != "ok" or exchange.status < 400:
+        return exchange.outcome
+    code: str | None = state.get("error_code")
+    if code is not None:
+        return code
+    fallback = "client_error" if exchange.status < 500 else "server_error"
+    return _STATUS_OUTCOMES.get(exchange.status, fallback)
 
 
 async def _in_thread(call: Callable[[], Any]) -> Any:
@@ -361,6 +422,40 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
+
+
+def _header_size(scope: Scope) -> int:
+    """The bytes of every header name and value (the server has already read them all)."""
+    return sum(len(name) + len(value) for name, value in scope["headers"])
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """``application/json`` or ``application/*+json``, in UTF-8 when a charset is named."""
+    if content_type is None:
+        return False
+    media_type, *parameters = (part.strip().lower() for part in content_type.split(";"))
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        return False
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip() == "charset" and value.strip().strip('"') not in ("utf-8", "utf8"):
+            return False
+    return True
+
+
+def _check_json_body(scope: Scope, body: bytes, max_depth: int) -> None:
+    """415 for a body not declared as JSON, 400 for one nested deeper than ``max_depth``."""
+    if not is_json_media_type(_header(scope, b"content-type")):
+        raise UnsupportedMediaType(
+            "the request body must be JSON: send Content-Type: application/json"
+        )
+    if nesting_exceeds(body, max_depth):
+        raise JsonTooDeep(
+            f"the JSON body nests arrays and objects deeper than {max_depth} levels",
+            extra={"limit": max_depth},
+        )
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:

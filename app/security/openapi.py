@@ -1,8 +1,9 @@
 """The security contract in the OpenAPI document: schemes, who needs what, refusal shapes.
 
 Refusals come from the middleware and dependencies rather than each route, so they are added
-here once: every guarded operation lists 401, 403, 429, 503 and 504; every POST also 409, 413
-and 422 and its optional Idempotency-Key header. Every error body is a problem-details object.
+here once: every guarded operation lists 401, 403, 429, 431, 503 and 504; every POST also 400,
+409, 413, 415 and 422 and its optional Idempotency-Key header. Every error body is a
+problem-details object.
 """
 
 from __future__ import annotations
@@ -35,15 +36,18 @@ _GUARDED: dict[str, dict[str, Any]] = {
     },
     "403": {"description": "The credential lacks the scope this operation needs"},
     "429": {"description": "Rate limit exceeded", "headers": _RETRY_AFTER},
+    "431": {"description": "Request headers larger than the configured limit"},
     "503": {"description": "A dependency (database) is unavailable; nothing was done"},
     "504": {"description": "The request took longer than the configured timeout"},
 }
 _POST: dict[str, dict[str, Any]] = {
+    "400": {"description": "JSON body nested deeper than the configured limit"},
     "409": {
         "description": "A request with the same Idempotency-Key is in progress",
         "headers": _RETRY_AFTER,
     },
     "413": {"description": "Body (or batch) larger than the configured limit"},
+    "415": {"description": "Body not declared as JSON (Content-Type: application/json)"},
     "422": {"description": "Invalid body, duplicate JSON key, or Idempotency-Key reused"},
 }
 IDEMPOTENCY_HEADER: dict[str, Any] = {

@@ -20,6 +20,11 @@ class Scope(StrEnum):
 
 
 ALL_SCOPES: frozenset[str] = frozenset(s.value for s in Scope)
+# Tenants are stored with every score and alert (a 64-character column); client ids with
+# idempotency records and as alert owners (64 too), and a JWT's is 'jwt:' + its subject.
+MAX_TENANT_LENGTH = 64
+MAX_CLIENT_ID_LENGTH = 64
+MAX_SUBJECT_LENGTH = MAX_CLIENT_ID_LENGTH - len("jwt:")
 
 
 def parse_scopes(values: str | list[str] | tuple[str, ...]) -> frozenset[str]:

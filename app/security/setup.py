@@ -67,6 +67,7 @@ def build_guard(
             audience=settings.jwt_audience,
             scope_claim=settings.jwt_scope_claim,
             tenant_claim=settings.jwt_tenant_claim,
+            require_tenant=settings.tenant_isolation,
             leeway_s=settings.jwt_leeway_s,
         )
     secret = (
@@ -87,6 +88,8 @@ def build_guard(
         max_body_bytes=settings.max_body_bytes,
         body_limits=body_limits or {},
         strict_json=settings.strict_json,
+        max_json_depth=settings.max_json_depth,
+        max_header_bytes=settings.max_header_bytes,
         request_timeout_s=settings.request_timeout_s,
         public_paths=frozenset(public),
         docs_paths=docs_paths,
