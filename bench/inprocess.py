@@ -28,10 +28,10 @@ Bodies come from ``serve_bench.py`` (``var/bench/bodies/``; run it once). Usage:
 from __future__ import annotations
 
 import argparse
-import os
 import asyncio
 import cProfile
 import gc
+import os
 import pstats
 import tempfile
 import time
