@@ -854,6 +854,7 @@ def test_pseudonymised_ids_never_reach_the_database_or_the_logs(
     cid = customer["customer_id"]
     scored = client.post("/v1/churn/scores", json={"customers": [customer]}, headers=headers)
     assert scored.json()["results"][0]["customer_id"] == cid  # the caller's own id
+    settle_alerts(app)
     pseudonym = Pseudonymizer(SECRET.encode()).pseudonym(cid)
     ids = stored_ids(engine)
     assert cid not in ids and pseudonym in ids

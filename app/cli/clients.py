@@ -10,6 +10,7 @@ from rich.table import Table
 
 from app.cli.app import console, example, fail
 from app.config import get_settings
+from app.security.principal import Scope
 
 commands = typer.Typer(
     name="clients",
@@ -34,8 +35,7 @@ def clients_create(
         list[str],
         typer.Option(
             "--scopes",
-            help="scores:write, scores:read, alerts:read, alerts:write, models:read, admin "
-            "(repeat, or comma-separated).",
+            help=", ".join(scope.value for scope in Scope) + " (repeat, or comma-separated).",
             metavar="SCOPE",
         ),
     ],

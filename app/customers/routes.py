@@ -22,6 +22,7 @@ from app.http.deps import (
 )
 from app.security.audit import note
 from app.security.principal import Principal, Scope
+from app.security.text import ID_PATTERN
 
 router = APIRouter(prefix="/v1", tags=["customers"])
 
@@ -88,10 +89,10 @@ async def record_events(
 def customer_events(
     request: Request,
     session: SessionDep,
-    _: CustomersReader,
+    caller: CustomersReader,
     tenant: TenantDep,
     pseudonymizer: PseudonymizerDep,
-    customer_id: Annotated[str, Path(min_length=1, max_length=128)],
+    customer_id: Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)],
     type: Annotated[EventType | None, Query(description="Only events of this type.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
@@ -104,7 +105,9 @@ def customer_events(
         limit=limit,
         offset=offset,
         tenant=tenant,
+        caller_tenant=caller.tenant,
         pseudonymizer=pseudonymizer,
     )
-    note(request, customer=pseudonymizer.pseudonym(customer_id) if pseudonymizer else customer_id)
+    stored = pseudonymizer.pseudonym(customer_id, caller.tenant) if pseudonymizer else customer_id
+    note(request, customer=stored)
     return page

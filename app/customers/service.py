@@ -188,8 +188,8 @@ def event_rows(
     for event in events:
         unique.setdefault(event.event_id, event)
     customer_ids = [event.customer_id for event in unique.values()]
-    if pseudonymizer is not None:
-        customer_ids = pseudonymizer.pseudonyms(customer_ids)
+    if pseudonymizer is not None:  # keyed per tenant, as scores are
+        customer_ids = pseudonymizer.pseudonyms(customer_ids, tenant=tenant)
     return [
         EventRow(
             tenant=tenant,
@@ -222,11 +222,17 @@ def customer_events(
     limit: int,
     offset: int,
     tenant: TenantScope | None,
+    caller_tenant: str | None,
     pseudonymizer: Pseudonymizer | None,
 ) -> EventPage:
     """A page of one customer's trail (its tenant's rows only when isolation is on)."""
-    # With pseudonymisation, rows hold the id's HMAC (under the current or a rotated secret).
-    stored_ids = pseudonymizer.lookup_forms(customer_id) if pseudonymizer else [customer_id]
+    # With pseudonymisation, rows hold the id's HMAC under the caller's tenant's key (or an
+    # earlier form: a rotated secret, or the one without a tenant key).
+    stored_ids = (
+        pseudonymizer.lookup_forms(customer_id, tenant=caller_tenant)
+        if pseudonymizer
+        else [customer_id]
+    )
     rows, total = list_events(
         session,
         customer_ids=stored_ids,
