@@ -182,6 +182,16 @@ class Block:
         return STAGES[int(self.stages[i])]
 
 
+@dataclass(frozen=True, slots=True)
+class Headline:
+    """Per customer: stage, rounded probability, band, alert, as Python values."""
+
+    stages: list[str]
+    probability: list[float]
+    band: list[str | None]
+    alert: list[bool]
+
+
 @dataclass(frozen=True)
 class TaskAssessment:
     """One model's assessment of a block of customers, as columns.
@@ -210,6 +220,7 @@ class TaskAssessment:
         default_factory=dict, repr=False, compare=False
     )
     _outputs: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
+    _headline: Headline | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.block)
@@ -219,13 +230,26 @@ class TaskAssessment:
         """The version of the model that scored."""
         return self.model.manifest.version
 
+    def headline(self) -> Headline:
+        """The columns every result and stored row repeat, as Python values (built once)."""
+        if self._headline is None:
+            headline = Headline(
+                stages=_STAGE_NAMES[self.block.stages].tolist(),
+                probability=np.round(self.probability, 6).tolist(),
+                band=self.band.tolist(),
+                alert=self.alert.tolist(),
+            )
+            object.__setattr__(self, "_headline", headline)
+        assert self._headline is not None
+        return self._headline
+
     def results(self) -> list[dict[str, Any]]:
         """Every customer's result in the API's shape, in block order."""
-        stages = _STAGE_NAMES[self.block.stages].tolist()
-        alerts = self.alert.tolist()
+        headline = self.headline()
+        alerts = headline.alert
         results = []
         for i, (customer_id, stage, outputs) in enumerate(
-            zip(self.block.ids, stages, self.outputs(), strict=True)
+            zip(self.block.ids, headline.stages, self.outputs(), strict=True)
         ):
             body: dict[str, Any] = {"customer_id": customer_id, "stage": stage, **outputs}
             if self.task is Task.CHURN:
@@ -246,8 +270,8 @@ class TaskAssessment:
         return self._outputs
 
     def _task_outputs(self) -> list[dict[str, Any]]:
-        probability = np.round(self.probability, 6).tolist()
-        band = self.band.tolist()
+        headline = self.headline()
+        probability, band = headline.probability, headline.band
         if self.task is Task.CHURN:
             return [
                 {"probability": p, "risk_band": b} for p, b in zip(probability, band, strict=True)
@@ -276,7 +300,7 @@ class TaskAssessment:
                 {
                     "tier": tier,
                     "probabilities": dict(zip(classes, values, strict=True)),
-                    "service_plan": self.rules.service_plans.get(tier),
+                    "service_plan": self.rules.service_plans.get(str(tier)),
                     "next_tier_gap": None if self.gaps is None else self.gaps[i],
                 }
                 for i, (tier, values) in enumerate(zip(band, per_class, strict=True))

@@ -8,7 +8,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from app.scoring.assess import STAGES, TaskAssessment
+from app.scoring.assess import TaskAssessment
 from app.scoring.repository import AlertCandidateRow, ScoreRow
 
 
@@ -34,8 +34,7 @@ def score_rows(
     task = assessment.task.value
     version = assessment.model_version
     features = assessment.model.schema.decode_rows(assessment.block.matrix)
-    stages = [STAGES[code].value for code in assessment.block.stages.tolist()]
-    probabilities = np.round(assessment.probability, 6).tolist()
+    headline = assessment.headline()
     return [
         ScoreRow(
             request_id=request_id,
@@ -59,10 +58,10 @@ def score_rows(
             assessment.outputs(),
             assessment.stored_reasons(),
             features,
-            stages,
-            probabilities,
-            assessment.band.tolist(),
-            assessment.alert.tolist(),
+            headline.stages,
+            headline.probability,
+            headline.band,
+            headline.alert,
             strict=True,
         )
     ]
