@@ -65,7 +65,7 @@ class ModelUnavailable(ServiceError):
 
 
 class DatabaseUnavailable(ServiceError):
-    """The database could not take the write; nothing was saved."""
+    """The database could not take the write; the detail says whether anything was saved."""
 
     status = 503
     code = "database_unavailable"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -161,3 +162,36 @@ def test_a_score_writer_that_cannot_come_back_fails_liveness(
         assert response.status_code == 503 and "nothing was saved" in response.json()["detail"]
         monkeypatch.undo()
     assert count_rows(url, [c["customer_id"] for c in customers]) == 1
+
+
+def test_a_write_lost_with_the_writer_says_its_outcome_is_unknown(
+    tmp_path: Any,
+    settings_for: Any,
+    registry: ModelRegistry,
+    sample_rows: dict[str, pd.DataFrame],
+) -> None:
+    """The writer process takes a call's rows and dies before confirming them: the 503 must
+    not claim that nothing was saved (it cannot know), as a refused write's does."""
+    url = f"sqlite:///{tmp_path / 'unknown.db'}"
+    upgrade(url)
+    customers = churn_customers(sample_rows["existing"], registry, 1)
+    app = create_app(settings_for(url, score_writer="process"), registry)
+    with TestClient(app) as client:
+        writer = app.state.scoring.writer
+        first = writer.pid
+        os.kill(first, signal.SIGSTOP)  # the child takes no more: the call waits in flight
+        answers: list[Any] = []
+        call = threading.Thread(
+            target=lambda: answers.append(
+                client.post("/v1/churn/scores", json={"customers": customers})
+            )
+        )
+        call.start()
+        time.sleep(0.5)
+        assert not answers
+        os.kill(first, signal.SIGKILL)
+        call.join(30)
+        (response,) = answers
+        assert response.status_code == 503
+        detail = response.json()["detail"]
+        assert "may or may not have been saved" in detail and "nothing was saved" not in detail

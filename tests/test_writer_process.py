@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from app.db.errors import PersistenceUnavailable
+from app.db.errors import OutcomeUnknown, PersistenceUnavailable
 from app.db.migrate import upgrade
 from app.db.session import create_db_engine
 from app.scoring.repository import AlertCandidateRow
@@ -145,7 +145,8 @@ def test_signals_leave_the_child_alone_but_a_dead_one_is_replaced(
             await asyncio.sleep(0.2)
             assert not in_flight.done()
             os.kill(first, signal.SIGKILL)
-            with pytest.raises(PersistenceUnavailable, match="stopped before confirming"):
+            # Taken by the child, never confirmed: whether it committed is unknown to the caller.
+            with pytest.raises(OutcomeUnknown, match="stopped before confirming"):
                 await in_flight
             deadline = time.monotonic() + 30
             while not (writer.running and writer.pid != first):

@@ -9,6 +9,11 @@ class PersistenceUnavailable(Exception):
     """Scores could not be committed; nothing of the failed transaction was written."""
 
 
+class OutcomeUnknown(PersistenceUnavailable):
+    """The writer stopped after taking the write and before confirming it: the rows may or
+    may not be committed, and nobody in this process can tell."""
+
+
 def describe_db_error(exc: BaseException) -> str:
     """The driver's error class and first message line, without any row values."""
     # SQLAlchemy's full text and the driver's DETAIL lines can carry row values (customer

@@ -15,7 +15,7 @@ import anyio.to_thread
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from app.db.errors import PersistenceUnavailable
+from app.db.errors import OutcomeUnknown, PersistenceUnavailable
 from app.errors import BatchTooLarge, DatabaseUnavailable, InvalidInput, ModelUnavailable
 from app.scoring.assess import (
     STAGE_TASKS,
@@ -168,6 +168,11 @@ class ScoringService:
         """Wait until the rows (and their alert candidates) are committed; 503 if not."""
         try:
             await self.writer.write(rows, candidates=candidates, announcement=announcement)
+        except OutcomeUnknown as error:
+            raise DatabaseUnavailable(
+                "the score writer stopped before confirming the commit: the scores may or may "
+                "not have been saved; read the customer's scores before retrying"
+            ) from error
         except PersistenceUnavailable as error:
             raise DatabaseUnavailable(
                 "the database is unavailable; nothing was saved, retry later"

@@ -36,7 +36,7 @@ import orjson
 import structlog
 from sqlalchemy import Engine
 
-from app.db.errors import PersistenceUnavailable
+from app.db.errors import OutcomeUnknown, PersistenceUnavailable
 from app.db.session import create_db_engine
 from app.observability import configure_logging
 from app.scoring.repository import AlertCandidateRow, EncodedScore, ScoreRow, encode_scores
@@ -245,7 +245,7 @@ class ProcessWriter:
         for future in lost:
             if not future.done():
                 future.set_exception(
-                    PersistenceUnavailable("the score writer stopped before confirming the commit")
+                    OutcomeUnknown("the score writer stopped before confirming the commit")
                 )
         self._earlier_stats = _sum_stats(self._earlier_stats, self._child_stats)
         self._child_stats = _NO_STATS
