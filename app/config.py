@@ -271,7 +271,7 @@ class Settings(BaseSettings):
         default=86_400.0, gt=0, description="How long an Idempotency-Key's response is kept."
     )
     idempotency_lock_s: float = Field(
-        default=120.0,
+        default=45.0,
         gt=0,
         description="After this, a run whose replica died may be retried (> request_timeout_s).",
     )

@@ -21,10 +21,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
 from app.alerts.tables import Alert
 from app.cli.main import cli
+from app.db.errors import PersistenceUnavailable
 from app.http.app import create_app
 from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
@@ -663,7 +665,7 @@ def test_idempotency_concurrent_claim_expiry_and_failure(engine: Engine) -> None
     other = material.request_digest("POST", "/v1/churn/scores", b"[]")
     renewed = store.claim(client_id=client_id, key_digest=material.digest, request_digest=other)
     assert renewed.outcome == "run" and renewed.record_id is not None
-    store.release(record_id=renewed.record_id)
+    store.release(record_ids=[renewed.record_id])
     assert (
         store.claim(client_id=client_id, key_digest=material.digest, request_digest=request).outcome
         == "run"
@@ -1056,3 +1058,35 @@ def test_docs_load_offline_without_a_key(make_app: Any) -> None:
     # The rest of the folder is not public: only the files the page names.
     assert client.get("/docs/assets/__init__.py").status_code == 401
     assert client.get("/redoc").status_code == 401  # not served (it needs a CDN); no hint
+
+
+def test_a_retry_after_an_outage_runs_instead_of_waiting_out_the_lock(
+    make_app: Any,
+    sample_rows: dict[str, pd.DataFrame],
+    registry: ModelRegistry,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first try fails (503) while the database is down, so its claim cannot be released
+    then; the retry, once the database answers, releases it and runs (no 409 for the lock)."""
+    app, client = make_app()
+    headers = {**key_for(app.state.engine), "Idempotency-Key": f"outage-{uuid.uuid4()}"}
+    body = {"customers": [churn_customer(sample_rows, registry)]}
+    scoring, guard = app.state.scoring, app.state.guard
+    real_write, real_release = scoring.writer.write, guard.idempotency.release
+
+    async def database_down(*args: Any, **kwargs: Any) -> None:
+        raise PersistenceUnavailable("database down")
+
+    def release_down(**kwargs: Any) -> None:
+        raise OperationalError("DELETE", {}, Exception("database down"))
+
+    monkeypatch.setattr(scoring.writer, "write", database_down)
+    monkeypatch.setattr(guard.idempotency, "release", release_down)
+    assert client.post("/v1/churn/scores", json=body, headers=headers).status_code == 503
+    assert guard.unreleased  # kept for later
+    monkeypatch.setattr(scoring.writer, "write", real_write)
+    monkeypatch.setattr(guard.idempotency, "release", real_release)
+    retried = client.post("/v1/churn/scores", json=body, headers=headers)
+    assert retried.status_code == 200, retried.text
+    assert not guard.unreleased
+    assert app.state.settings.idempotency_lock_s < 60

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -147,12 +148,14 @@ class IdempotencyStore:
                 .values(state="done", response_status=status, response=response)
             )
 
-    def release(self, *, record_id: int) -> None:
-        """Forget a run that failed (5xx, timeout, crash): a retry runs the request again."""
+    def release(self, *, record_ids: Sequence[int]) -> None:
+        """Forget runs that failed (5xx, timeout, crash): a retry runs the request again."""
         t = idempotency_record_table.c
         with self.engine.begin() as connection:
             connection.execute(
-                delete(idempotency_record_table).where(t.id == record_id, t.state == "in_progress")
+                delete(idempotency_record_table).where(
+                    t.id.in_(record_ids), t.state == "in_progress"
+                )
             )
 
     def purge_expired(self) -> int:

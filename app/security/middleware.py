@@ -105,6 +105,9 @@ class Guard:
     # Paths allowed a body larger (or smaller) than max_body_bytes (bulk event intake).
     body_limits: dict[str, int] = field(default_factory=dict)
     _last_purge: float = field(default_factory=time.monotonic)
+    # Runs that failed while the database was down: released once it answers again, so that a
+    # retry after a short outage runs instead of waiting out idempotency_lock_s with 409s.
+    unreleased: set[int] = field(default_factory=set)
     log: Any = field(default_factory=lambda: structlog.get_logger("cvm.security"))
     audit: Any = field(default_factory=lambda: structlog.get_logger("cvm.audit"))
 
@@ -149,6 +152,18 @@ class Guard:
                 extra={"errors": [{"field": "tenant", "message": "not storable"}]},
             )
         return principal
+
+    async def release_unreleased(self) -> None:
+        """Release the runs whose release failed earlier (the database was down)."""
+        if not self.unreleased:
+            return
+        records = sorted(self.unreleased)
+        try:
+            await anyio.to_thread.run_sync(lambda: self.idempotency.release(record_ids=records))
+        except SQLAlchemyError:
+            return  # still down: the next request tries again
+        self.unreleased.difference_update(records)
+        self.log.info("idempotency_released_late", records=len(records))
 
     async def purge_now_and_then(self) -> None:
         """Delete expired idempotency records, at most every few minutes per process."""
@@ -286,6 +301,7 @@ class SecurityMiddleware:
             secret=guard.idempotency_secret, client_id=principal.client_id, key=idempotency_key
         )
         request_digest = material.request_digest(scope["method"], scope["path"], body)
+        await guard.release_unreleased()
         claim = await _in_thread(
             lambda: guard.idempotency.claim(
                 client_id=principal.client_id,
@@ -411,9 +427,11 @@ async def _in_thread(call: Callable[[], Any]) -> Any:
 
 async def _release(guard: Guard, record_id: int) -> None:
     try:
-        await _in_thread(lambda: guard.idempotency.release(record_id=record_id))
+        await _in_thread(lambda: guard.idempotency.release(record_ids=[record_id]))
     except DatabaseUnavailable:
-        # The record stays claimed until idempotency_lock_s passes; a retry then runs again.
+        # Released by the next idempotent request once the database answers; at the latest
+        # the claim lapses after idempotency_lock_s (another replica's retry then runs).
+        guard.unreleased.add(record_id)
         guard.log.warning("idempotency_not_released")
 
 
