@@ -59,6 +59,12 @@ class Settings(BaseSettings):
         "works on another core instead of sharing the requests' GIL) or a thread of the "
         "service (needed for an in-memory SQLite database).",
     )
+    score_writer_stall_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Readiness fails while a write has waited this long without any commit "
+        "answering (a frozen writer, a full disk), and after a failed commit until the next.",
+    )
     log_level: str = "INFO"
     log_json: bool = True
 

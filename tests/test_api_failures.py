@@ -195,3 +195,65 @@ def test_a_write_lost_with_the_writer_says_its_outcome_is_unknown(
         assert response.status_code == 503
         detail = response.json()["detail"]
         assert "may or may not have been saved" in detail and "nothing was saved" not in detail
+
+
+def test_readiness_fails_while_the_writer_is_frozen_and_recovers(
+    tmp_path: Any,
+    settings_for: Any,
+    registry: ModelRegistry,
+    sample_rows: dict[str, pd.DataFrame],
+) -> None:
+    url = f"sqlite:///{tmp_path / 'frozen.db'}"
+    upgrade(url)
+    customers = churn_customers(sample_rows["existing"], registry, 1)
+    settings = settings_for(url, score_writer="process", score_writer_stall_s=0.3)
+    app = create_app(settings, registry)
+    with TestClient(app) as client:
+        assert client.get("/readyz").json()["committing"] is True
+        child = app.state.scoring.writer.pid
+        os.kill(child, signal.SIGSTOP)
+        answers: list[Any] = []
+        call = threading.Thread(
+            target=lambda: answers.append(
+                client.post("/v1/churn/scores", json={"customers": customers})
+            )
+        )
+        call.start()
+        time.sleep(0.8)
+        frozen = client.get("/readyz")
+        assert frozen.status_code == 503 and frozen.json()["committing"] is False
+        assert frozen.json()["writer"] is True  # it still takes writes: it does not commit them
+        os.kill(child, signal.SIGCONT)
+        call.join(30)
+        assert answers[0].status_code == 200
+        assert client.get("/readyz").status_code == 200
+
+
+def test_readiness_fails_after_a_failed_commit_until_the_next_one(
+    tmp_path: Any,
+    settings_for: Any,
+    registry: ModelRegistry,
+    sample_rows: dict[str, pd.DataFrame],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full disk makes every commit fail: readiness says so, then recovers with the disk."""
+    url = f"sqlite:///{tmp_path / 'full.db'}"
+    upgrade(url)
+    customers = churn_customers(sample_rows["existing"], registry, 2)
+    app = create_app(settings_for(url, score_writer="thread"), registry)
+    with TestClient(app) as client:
+        writer = app.state.scoring.writer
+        real_commit = writer._insert_and_commit
+
+        def disk_full(*args: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(writer, "_insert_and_commit", disk_full)
+        refused = client.post("/v1/churn/scores", json={"customers": customers[:1]})
+        assert refused.status_code == 503
+        full = client.get("/readyz")
+        assert full.status_code == 503 and full.json()["committing"] is False
+        monkeypatch.setattr(writer, "_insert_and_commit", real_commit)
+        saved = client.post("/v1/churn/scores", json={"customers": customers[1:]})
+        assert saved.status_code == 200
+        assert client.get("/readyz").status_code == 200

@@ -22,7 +22,7 @@ from app.db.migrate import upgrade
 from app.db.session import create_db_engine
 from app.scoring.repository import AlertCandidateRow
 from app.scoring.tables import Score
-from app.scoring.writer import GroupCommitWriter
+from app.scoring.writer import CommitWatch, GroupCommitWriter
 from app.scoring.writer_process import ProcessWriter, build_score_writer
 from tests.db_support import sqlite_file_url
 from tests.test_db import make_row
@@ -211,3 +211,26 @@ def test_a_writer_process_that_cannot_start_fails_the_start_up(
             await writer.write([make_row()])
 
     asyncio.run(main())
+
+
+def test_commit_watch_says_when_rows_stop_being_committed() -> None:
+    now = [0.0]
+    watch = CommitWatch(5.0, clock=lambda: now[0])
+    assert watch.committing  # nothing waits
+    watch.taken()
+    now[0] = 4.9
+    assert watch.committing
+    now[0] = 5.1
+    assert not watch.committing  # a write waits past the stall time: frozen
+    watch.answered(1, committed=True)
+    assert watch.committing
+    watch.taken()
+    watch.answered(1, committed=False)
+    assert not watch.committing  # the last commit failed (a full disk)
+    watch.taken()
+    watch.answered(1, committed=True)
+    assert watch.committing
+    watch.taken()
+    watch.forget()  # its writer died: the replacement starts afresh
+    now[0] = 100.0
+    assert watch.committing

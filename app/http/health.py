@@ -31,14 +31,20 @@ async def healthz(request: Request) -> JSONResponse:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(request: Request, registry: RegistryDep) -> JSONResponse:
-    """Ready to score: the database answers, the score writer runs, every task has a model."""
+    """Ready to score: the database answers, the score writer runs and commits (no write
+    waits unanswered past ``score_writer_stall_s``, the last commit succeeded), and every
+    task has a model."""
     database = await run_in_threadpool(database_is_reachable, request.app.state.engine)
     # Versions only: why a model is missing names folders on the host, logged at start-up.
     models: dict[str, Any] = {t.value: f"v{m.manifest.version}" for t, m in registry.loaded.items()}
     models.update({t.value: "missing" for t in registry.missing})
-    writer = request.app.state.scoring.writer.running
-    ready = database and writer and registry.complete
-    body = Readiness(ready=ready, database=database, writer=writer, models=models)
+    score_writer = request.app.state.scoring.writer
+    writer = score_writer.running
+    committing = score_writer.committing
+    ready = database and writer and committing and registry.complete
+    body = Readiness(
+        ready=ready, database=database, writer=writer, committing=committing, models=models
+    )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 

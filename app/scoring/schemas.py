@@ -239,4 +239,9 @@ class Readiness(BaseModel):
     ready: bool
     database: bool
     writer: bool = Field(description="The score writer (thread or child process) accepts writes.")
+    committing: bool = Field(
+        default=True,
+        description="Rows are being committed: no write waits unanswered past the stall time "
+        "and the last commit succeeded (false while the writer is frozen or the disk full).",
+    )
     models: dict[str, str]

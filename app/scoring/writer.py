@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Protocol
@@ -83,6 +83,47 @@ class Announcement:
         self.outstanding = True
 
 
+class CommitWatch:
+    """Whether rows are being committed: the last answer was a commit, and no write has
+    waited longer than ``stall_s`` without any answer (a frozen writer, a full disk)."""
+
+    def __init__(self, stall_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stall_s = stall_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._outstanding = 0
+        self._since = 0.0
+        self._failed = False
+
+    def taken(self) -> None:
+        """A write was taken and awaits its answer."""
+        with self._lock:
+            if self._outstanding == 0:
+                self._since = self._clock()
+            self._outstanding += 1
+
+    def answered(self, writes: int, *, committed: bool) -> None:
+        """``writes`` were answered: committed, or refused by the database."""
+        with self._lock:
+            self._outstanding = max(0, self._outstanding - writes)
+            self._since = self._clock()
+            self._failed = not committed
+
+    def forget(self) -> None:
+        """The writes in flight are lost with their writer; its replacement starts afresh."""
+        with self._lock:
+            self._outstanding = 0
+            self._failed = False
+
+    @property
+    def committing(self) -> bool:
+        """False after a failed commit, or while a write waits unanswered past ``stall_s``."""
+        with self._lock:
+            if self._failed:
+                return False
+            return self._outstanding == 0 or self._clock() - self._since <= self.stall_s
+
+
 class ScoreWriter(Protocol):
     """What the scoring service needs of a writer: this module's thread, or the child
     process of app/services/writer_process.py."""
@@ -94,6 +135,9 @@ class ScoreWriter(Protocol):
 
     @property
     def alive(self) -> bool: ...
+
+    @property
+    def committing(self) -> bool: ...
 
     @property
     def stats(self) -> GroupCommitStats: ...
@@ -125,6 +169,7 @@ class GroupCommitWriter:
         max_rows: int = 5000,
         max_wait_ms: float = 2.0,
         close_early: bool = False,
+        stall_s: float = 5.0,
     ) -> None:
         if max_rows < 1:
             raise ValueError("max_rows must be >= 1")
@@ -151,6 +196,12 @@ class GroupCommitWriter:
         self._writes_committed = 0
         self._groups_failed = 0
         self._rows_failed = 0
+        self.watch = CommitWatch(stall_s)
+
+    @property
+    def committing(self) -> bool:
+        """Whether rows are being committed (readiness)."""
+        return self.watch.committing
 
     @property
     def running(self) -> bool:
@@ -265,6 +316,7 @@ class GroupCommitWriter:
                 _PendingWrite(rows=rows, loop=loop, future=future, candidates=candidates)
             )
             self._queued_rows += len(rows)
+            self.watch.taken()
             if announcement is not None and announcement.outstanding:
                 self._arrived(announcement)
             # A writer holding a group open wakes only when it can close it: each wake-up is a
@@ -336,6 +388,7 @@ class GroupCommitWriter:
                 "score group of %d writes (%d rows) rolled back: %s", len(group), len(rows), reason
             )
             self._count_failure(len(rows))
+            self.watch.answered(len(group), committed=False)
             errors: list[BaseException] = []
             for _ in group:
                 # One exception object per waiter: tracebacks are mutated when raised.
@@ -345,6 +398,7 @@ class GroupCommitWriter:
             self._settle(group, errors)
             return
         self._count_success(rows=len(rows), writes=len(group))
+        self.watch.answered(len(group), committed=True)
         self._settle(group, [None] * len(group))
 
     def _insert_and_commit(

@@ -42,6 +42,7 @@ from app.observability import configure_logging
 from app.scoring.repository import AlertCandidateRow, EncodedScore, ScoreRow, encode_scores
 from app.scoring.writer import (
     Announcement,
+    CommitWatch,
     GroupCommitStats,
     GroupCommitWriter,
     ScoreWriter,
@@ -86,6 +87,7 @@ def build_score_writer(settings: Settings, engine: Engine) -> ScoreWriter:
         max_rows=settings.group_commit_max_rows,
         max_wait_ms=settings.group_commit_max_wait_ms,
         close_early=True,  # the scoring service announces its writes
+        stall_s=settings.score_writer_stall_s,
     )
 
 
@@ -120,6 +122,12 @@ class ProcessWriter:
         self._child_stats = _NO_STATS  # as the current child last reported them
         self._earlier_stats = _NO_STATS  # summed over children that have ended
         self.restarts = 0
+        self.watch = CommitWatch(settings.score_writer_stall_s)
+
+    @property
+    def committing(self) -> bool:
+        """Whether rows are being committed (readiness): a frozen child or a full disk says no."""
+        return self.watch.committing
 
     @property
     def running(self) -> bool:
@@ -188,6 +196,7 @@ class ProcessWriter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._pending[write_id] = future
+        self.watch.taken()
         if not self._unsent:  # one send per loop turn for all the writes of that turn
             loop.call_soon(self._send)
         self._unsent.extend(_frame(payload))
@@ -226,6 +235,7 @@ class ProcessWriter:
                 message = orjson.loads(await _read_frame(reader))
                 self._child_stats = GroupCommitStats(**message["stats"])
                 for write_id, error in message["acks"]:
+                    self.watch.answered(1, committed=error is None)
                     future = self._pending.pop(write_id, None)
                     if future is None or future.done():  # the caller was cancelled
                         continue
@@ -239,6 +249,7 @@ class ProcessWriter:
 
     async def _child_ended(self) -> None:
         self._accepting = False
+        self.watch.forget()
         lost = list(self._pending.values())
         self._pending.clear()
         self._unsent = []
