@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from app.db import migrate
 from app.db.base import Base
-from app.db.checkpoint import WRITER_CACHE_KIB
+from app.db.checkpoint import WRITER_CACHE_KIB, WalCheckpointer
 from app.db.errors import PersistenceUnavailable
 from app.db.session import create_db_engine, create_session_factory, database_is_reachable
 from app.scoring.repository import ScoreRow, insert_scores, list_scores
@@ -559,6 +559,40 @@ def test_sqlite_log_is_checkpointed_beside_the_commits_not_inside_them(tmp_path:
     assert set(autocheckpoint) == {0}
     assert set(cache_sizes) == {-WRITER_CACHE_KIB}  # negative: KiB rather than pages
     assert busy == 0 and log_pages > 1000 and copied == log_pages  # nothing left to copy
+
+
+def test_sqlite_log_stays_bounded_under_sustained_writes_and_a_reader(tmp_path: Path) -> None:
+    """A reader holding a snapshot keeps PASSIVE checkpoints from resetting the log, which then
+    grows with every commit; past the limit the checkpointer truncates it once it can."""
+    url = sqlite_file_url(tmp_path / "bounded.db")
+    migrate.upgrade(url)
+    engine = create_db_engine(url)
+    checkpointer = WalCheckpointer(engine, interval_s=3600, wal_limit_bytes=256 * 1024)
+    writer = GroupCommitWriter(engine, max_rows=5000, max_wait_ms=0)
+    writer.checkpointer = checkpointer
+
+    async def write(batches: int) -> None:
+        for _ in range(batches):
+            await writer.write([make_row() for _ in range(100)])
+
+    writer.start()
+    try:
+        reader = engine.connect()  # its first statement begins a transaction: a snapshot
+        reader.exec_driver_sql("SELECT count(*) FROM score").one()
+        asyncio.run(write(30))
+        checkpointer.checkpoint()  # PASSIVE or TRUNCATE: the reader keeps the log alive
+        assert checkpointer.wal_bytes() > checkpointer.wal_limit_bytes
+        reader.rollback()
+        reader.close()
+        checkpointer.checkpoint()  # past the limit: truncated
+        assert checkpointer.wal_bytes() <= checkpointer.wal_limit_bytes
+        asyncio.run(write(2))
+        checkpointer.checkpoint()
+        assert checkpointer.wal_bytes() <= checkpointer.wal_limit_bytes
+        assert count_rows(engine) == 3200
+    finally:
+        writer.stop()
+        engine.dispose()
 
 
 def test_no_checkpointer_where_there_is_no_log() -> None:
