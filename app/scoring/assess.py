@@ -177,10 +177,6 @@ class Block:
     def __len__(self) -> int:
         return len(self.matrix)
 
-    def stage(self, i: int) -> Stage:
-        """Customer ``i``'s stage."""
-        return STAGES[int(self.stages[i])]
-
 
 @dataclass(frozen=True, slots=True)
 class Headline:
