@@ -126,7 +126,7 @@ class CommitWatch:
 
 class ScoreWriter(Protocol):
     """What the scoring service needs of a writer: this module's thread, or the child
-    process of app/services/writer_process.py."""
+    process of app/scoring/writer_process.py."""
 
     restarts: int
 
