@@ -947,3 +947,20 @@ def test_cli_alerts_process(
     finally:
         get_settings.cache_clear()
     assert [kind for _, kind, _ in history_of(engine, customer_id)] == ["opened", "rescored"]
+
+
+def test_the_documented_examples_acknowledge_and_resolve_an_alert(
+    alert_client: TestClient, churn_cases: ChurnCases
+) -> None:
+    customer_id = new_customer()
+    score(alert_client, churn_cases.as_customer("high", customer_id))
+    (alert,) = alerts_of(alert_client, customer_id)
+    schemas = alert_client.get("/openapi.json").json()["components"]["schemas"]
+    for step, schema, status in (
+        ("acknowledge", "AcknowledgeRequest", "acknowledged"),
+        ("resolve", "ResolveRequest", "resolved"),
+    ):
+        (example,) = schemas[schema]["examples"]
+        answer = alert_client.post(f"/v1/alerts/{alert['id']}/{step}", json=example)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == status

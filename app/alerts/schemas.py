@@ -49,7 +49,10 @@ Note = Annotated[
 class AcknowledgeRequest(BaseModel):
     """Take ownership of an open alert: the authenticated client becomes its owner."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"note": "calling the customer this afternoon"}]},
+    )
 
     by: StaffId | None = None
     note: Note | None = None
@@ -58,7 +61,12 @@ class AcknowledgeRequest(BaseModel):
 class ResolveRequest(BaseModel):
     """Close an acknowledged alert with what happened (its owner only)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"outcome": "retained", "note": "matched the competitor's rate"}]
+        },
+    )
 
     by: StaffId | None = None
     outcome: Outcome
