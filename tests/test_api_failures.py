@@ -164,6 +164,20 @@ def test_a_score_writer_that_cannot_come_back_fails_liveness(
     assert count_rows(url, [c["customer_id"] for c in customers]) == 1
 
 
+def score_in_background(
+    client: TestClient, customers: list[dict[str, Any]]
+) -> tuple[threading.Thread, list[Any]]:
+    """A churn call on another thread (its writer is frozen): the thread and its answer."""
+    answers: list[Any] = []
+    call = threading.Thread(
+        target=lambda: answers.append(
+            client.post("/v1/churn/scores", json={"customers": customers})
+        )
+    )
+    call.start()
+    return call, answers
+
+
 def test_a_write_lost_with_the_writer_says_its_outcome_is_unknown(
     tmp_path: Any,
     settings_for: Any,
@@ -180,13 +194,7 @@ def test_a_write_lost_with_the_writer_says_its_outcome_is_unknown(
         writer = app.state.scoring.writer
         first = writer.pid
         os.kill(first, signal.SIGSTOP)  # the child takes no more: the call waits in flight
-        answers: list[Any] = []
-        call = threading.Thread(
-            target=lambda: answers.append(
-                client.post("/v1/churn/scores", json={"customers": customers})
-            )
-        )
-        call.start()
+        call, answers = score_in_background(client, customers)
         time.sleep(0.5)
         assert not answers
         os.kill(first, signal.SIGKILL)
@@ -212,13 +220,7 @@ def test_readiness_fails_while_the_writer_is_frozen_and_recovers(
         assert client.get("/readyz").json()["committing"] is True
         child = app.state.scoring.writer.pid
         os.kill(child, signal.SIGSTOP)
-        answers: list[Any] = []
-        call = threading.Thread(
-            target=lambda: answers.append(
-                client.post("/v1/churn/scores", json={"customers": customers})
-            )
-        )
-        call.start()
+        call, answers = score_in_background(client, customers)
         time.sleep(0.8)
         frozen = client.get("/readyz")
         assert frozen.status_code == 503 and frozen.json()["committing"] is False
