@@ -102,6 +102,24 @@ class Settings(BaseSettings):
         "KB each); every other route keeps max_body_bytes.",
     )
 
+    # Events from a message bus (`cvm consume`, app/customers/consumer.py)
+    amqp_url: SecretStr = Field(
+        default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
+        description="The RabbitMQ broker core banking publishes events to (AMQP URL; it may "
+        "hold a password, so it is never logged).",
+    )
+    event_queues: list[str] = Field(
+        default=["cvm.events"],
+        min_length=1,
+        description="Queues of events: `cvm consume` reads the first unless told another; the "
+        "API reports each one's depth (the consumers' lag) on /metrics.",
+    )
+    event_queue_monitor_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How often the API asks the broker for the queues' depth (0: never).",
+    )
+
     # Churn alerts and notifications
     churn_alerts_enabled: bool = Field(
         default=True, description="Open an alert when a churn score crosses the threshold."

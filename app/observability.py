@@ -66,17 +66,21 @@ class Metrics:
             "cvm_scores_total", "Customers scored by task.", ["task"], registry=self.registry
         )
 
-    def add_gauges(self, name: str, doc: str, read: Callable[[], dict[str, float]]) -> None:
-        """Expose values read at scrape time (e.g. group-commit counters)."""
-        self.registry.register(_CallbackCollector(name, doc, read))
+    def add_gauges(
+        self, name: str, doc: str, read: Callable[[], dict[str, float]], *, label: str = "kind"
+    ) -> None:
+        """Expose values read at scrape time (e.g. group-commit counters), one per label."""
+        self.registry.register(_CallbackCollector(name, doc, read, label))
 
 
 class _CallbackCollector(Collector):
-    def __init__(self, name: str, doc: str, read: Callable[[], dict[str, float]]) -> None:
-        self._name, self._doc, self._read = name, doc, read
+    def __init__(
+        self, name: str, doc: str, read: Callable[[], dict[str, float]], label: str
+    ) -> None:
+        self._name, self._doc, self._read, self._label = name, doc, read, label
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily(self._name, self._doc, labels=["kind"])
+        family = GaugeMetricFamily(self._name, self._doc, labels=[self._label])
         for kind, value in self._read().items():
             family.add_metric([kind], value)
         yield family

@@ -100,6 +100,8 @@ def settings_for(models_dir: Path) -> Any:
         overrides.setdefault("score_writer", "thread")
         overrides.setdefault("alert_processor_mode", "thread")
         overrides.setdefault("log_level", "WARNING")
+        # The broker's queue depth is asked for only by the tests about it.
+        overrides.setdefault("event_queue_monitor_s", 0)
         overrides.setdefault("log_json", True)
         return Settings(database_url=database_url, models_dir=models_dir, **overrides)
 

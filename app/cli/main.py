@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from app.cli import alerts, book, clients, db, dispatch, ingest, models, score, serve, train
+from app.cli import (
+    alerts,
+    book,
+    clients,
+    consume,
+    db,
+    dispatch,
+    ingest,
+    models,
+    score,
+    serve,
+    train,
+)
 from app.cli.app import cli
 
 # Groups without a name add their commands at the top level (cvm synth); named ones nest (cvm db).
@@ -10,6 +22,7 @@ cli.add_typer(book.commands)
 cli.add_typer(train.commands)
 cli.add_typer(score.commands)
 cli.add_typer(ingest.commands)
+cli.add_typer(consume.commands)
 cli.add_typer(models.commands)
 cli.add_typer(dispatch.commands)
 cli.add_typer(serve.commands)

@@ -19,6 +19,7 @@ from app.alerts import routes as alerts
 from app.alerts.worker import build_alert_processor
 from app.config import Settings, get_settings
 from app.customers import routes as customers
+from app.customers.consumer import QueueDepthMonitor
 from app.db.session import create_db_engine, create_session_factory
 from app.errors import InvalidInput, ServiceError
 from app.http import health
@@ -48,6 +49,22 @@ def problem_response(error: ServiceError, request: Request) -> JSONResponse:
     return JSONResponse(
         error.problem(instance=request.url.path), status_code=error.status, media_type=PROBLEM_JSON
     )
+
+
+def watch_event_queues(settings: Settings, metrics: Metrics) -> QueueDepthMonitor:
+    """The events queues' depth on /metrics (the consumers' lag), unless switched off."""
+    monitor = QueueDepthMonitor(
+        settings.amqp_url.get_secret_value(), settings.event_queues, settings.event_queue_monitor_s
+    )
+    if monitor.enabled:
+        metrics.add_gauges(
+            "cvm_event_queue_messages",
+            "Events messages waiting in each queue `cvm consume` reads (the consumers' lag); "
+            "absent while the broker cannot be reached.",
+            monitor.read,
+            label="queue",
+        )
+    return monitor
 
 
 def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
@@ -87,6 +104,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         },
     )
 
+    queue_monitor = watch_event_queues(settings, metrics)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Everything loaded so far (models, schemas, routes) lives as long as the process:
@@ -99,6 +118,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             alert_processor.start()
         if dispatcher is not None:
             dispatcher.start()
+        queue_monitor.start()
         log.info(
             "started",
             models={t.value: m.manifest.version for t, m in registry.loaded.items()},
@@ -107,6 +127,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         try:
             yield
         finally:
+            await queue_monitor.stop()
             await writer.close(timeout=30)
             if alert_processor is not None:  # after the writer: its last candidates too
                 await asyncio.to_thread(alert_processor.stop, 30)
