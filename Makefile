@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck models migrate bench bench-batch bench-persist bench-intake lock clean
+.PHONY: run test lint typecheck models migrate bench bench-batch bench-persist bench-intake bench-soak lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench-persist: $(STAMP)
 # the same rows, on PostgreSQL (issue 15; bench/README.md). Options: BENCH_ARGS="--workers 2".
 bench-intake: $(STAMP)
 	$(BIN)/python bench/intake_bench.py $(BENCH_ARGS)
+
+# Ten minutes at twice the nominal load with PostgreSQL restarted midway (issue 20; bench/README.md).
+bench-soak: $(STAMP)
+	$(BIN)/python bench/soak.py $(BENCH_ARGS)
 
 migrate: $(STAMP)
 	$(BIN)/cvm db upgrade
