@@ -10,7 +10,15 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel
 
 from app.customers import service
-from app.customers.schemas import EXAMPLE_BODY, EventPage, EventsRequest, EventType, IntakeResult
+from app.customers.schemas import (
+    EXAMPLE_BODY,
+    MONTH_PATTERN,
+    EventPage,
+    EventsRequest,
+    EventType,
+    IntakeResult,
+    MonthFeatures,
+)
 from app.customers.service import EventIntake, IntakeRules
 from app.http.deps import (
     PseudonymizerDep,
@@ -111,3 +119,40 @@ def customer_events(
     stored = pseudonymizer.pseudonym(customer_id, caller.tenant) if pseudonymizer else customer_id
     note(request, customer=stored)
     return page
+
+
+CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)]
+MonthQuery = Annotated[
+    str | None,
+    Query(
+        pattern=MONTH_PATTERN,
+        description="Month (YYYY-MM, UTC); the customer's latest month on record if left out.",
+        examples=["2026-11"],
+    ),
+]
+
+
+@router.get(
+    "/customers/{customer_id}/features",
+    response_model=MonthFeatures,
+    responses={404: {"description": "No events of this customer for the caller", **PROBLEM}},
+)
+def customer_features(
+    request: Request,
+    session: SessionDep,
+    caller: CustomersReader,
+    pseudonymizer: PseudonymizerDep,
+    customer_id: CustomerIdPath,
+    month: MonthQuery = None,
+) -> MonthFeatures:
+    """A customer's model features in a month, from the running aggregates of its trail."""
+    features = service.month_features(
+        session,
+        customer_id=customer_id,
+        month=month,
+        caller_tenant=caller.tenant,
+        pseudonymizer=pseudonymizer,
+    )
+    stored = pseudonymizer.pseudonym(customer_id, caller.tenant) if pseudonymizer else customer_id
+    note(request, customer=stored, month=features.month)
+    return features

@@ -8,7 +8,7 @@ columns model is built from the event models, so the two forms can never disagre
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -68,6 +68,7 @@ class Platform(StrEnum):
 
     WEB = "web"
     MOBILE_APP = "mobile_app"
+    WEBSITE = "website"  # the bank's public website, not logged in (prospects too)
 
 
 class ContactKind(StrEnum):
@@ -203,6 +204,24 @@ class CustomerProfile(EventBase):
         default=None, description="Staff id of the customer's relationship manager."
     )
     segment: Code | None = Field(default=None, examples=["affluent"])
+    customer_since: date | None = Field(
+        default=None,
+        description="When the relationship began (the first product); none for a prospect.",
+        examples=["2019-04-01"],
+    )
+    acquisition_channel: Code | None = Field(
+        default=None,
+        description="How the customer or prospect came to the bank.",
+        examples=["referral"],
+    )
+    monthly_profit: float | None = Field(
+        default=None,
+        ge=-MAX_AMOUNT,
+        le=MAX_AMOUNT,
+        allow_inf_nan=False,
+        description="Profit the customer contributed in the month of occurred_at, as the "
+        "bank's profitability system computes it (negative: a loss).",
+    )
 
 
 class AccountOpened(EventBase):
@@ -479,3 +498,15 @@ class EventPage(BaseModel):
     limit: int
     offset: int
     items: list[StoredEvent]
+
+
+MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+
+
+class MonthFeatures(BaseModel):
+    """A customer's model features in one month, derived from its trail by the definitions
+    training uses (app/customers/features.py); null where the trail does not tell."""
+
+    customer_id: str
+    month: str = Field(description="YYYY-MM (UTC).", examples=["2026-11"])
+    features: dict[str, float | int | str | bool | None]
