@@ -82,7 +82,7 @@ def test_up_down_up_with_events_present(database: tuple[str, Engine]) -> None:
     assert _transactions(engine) == 1  # the event stored before 0009 is not aggregated by it
     migrate.downgrade(url, "0008")
     tables = set(inspect(engine).get_table_names())
-    assert "customer_month" not in tables and "customer_month_latest" not in tables
+    assert not tables & {"customer_month", "customer_month_latest", "rescore_pending"}
     with engine.connect() as connection:
         assert connection.scalar(text("SELECT count(*) FROM customer_event")) == 2
     migrate.upgrade(url)

@@ -69,6 +69,7 @@ CHANGE_DENOMINATOR_FLOOR = 100.0  # EUR or events: keeps tiny bases from produci
 HISTORY_MONTHS = 3
 DAYS_PER_MONTH = 30  # the book's clock: activity gaps grow by 30 days a month
 MAX_DAYS_SINCE_ACTIVITY = 365
+DEFAULT_MATERIAL_OUTFLOW = 10_000.0  # EUR; the setting material_outflow_eur
 
 COUNTERS = (
     "transactions",
@@ -271,6 +272,31 @@ def aggregate(
             if kept is None or value.occurred_at >= kept.occurred_at:
                 latest[key] = value
     return deltas, latest
+
+
+class MaterialReason:
+    """Why an event re-assesses its customer."""
+
+    COMPLAINT = "complaint"
+    LARGE_OUTFLOW = "large_outflow"
+    PRODUCT_CLOSED = "product_closed"
+    SALARY_STOPPED = "salary_stopped"
+
+
+def material_reason(event: TrailEvent, *, outflow_threshold: float) -> str | None:
+    """Why an event is material (the customer is re-assessed), or None: a complaint opened,
+    a debit of at least ``outflow_threshold``, a product closed (the payroll product: the
+    salary stopped)."""
+    payload = event.payload
+    if event.type == "complaint" and payload.get("status", OPENED) == OPENED:
+        return MaterialReason.COMPLAINT
+    if event.type == "transaction" and payload.get("direction") == "debit":
+        return MaterialReason.LARGE_OUTFLOW if payload["amount"] >= outflow_threshold else None
+    if event.type == "account_closed":
+        if payload.get("product") == "payroll":
+            return MaterialReason.SALARY_STOPPED
+        return MaterialReason.PRODUCT_CLOSED
+    return None
 
 
 # --- running aggregates -> features -----------------------------------------------------------

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypedDict
 
-from sqlalchemy import ColumnElement, Connection, Table, case, func, select
+from sqlalchemy import ColumnElement, Connection, Table, case, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -23,9 +23,11 @@ from app.customers.tables import (
     CustomerEvent,
     CustomerMonth,
     CustomerMonthLatest,
+    RescorePending,
     customer_event_table,
     customer_month_latest_table,
     customer_month_table,
+    rescore_pending_table,
 )
 from app.db.session import json_text
 from app.scoring.repository import TenantScope
@@ -274,3 +276,46 @@ def latest_month(
         for table in (CustomerMonth, CustomerMonthLatest)
     ]
     return max((m for m in found if m is not None), default=None)
+
+
+# --- rescoring queue ----------------------------------------------------------------------------
+
+
+def queue_rescoring(
+    connection: Connection,
+    *,
+    tenant: str | None,
+    pending: Mapping[str, tuple[str, str]],
+    at: datetime,
+) -> None:
+    """Note customers to re-assess (stored id -> reason, event id), in the caller's
+    transaction."""
+    if not pending:
+        return
+    key = UNTAGGED_KEY if tenant is None else tenant
+    connection.execute(
+        rescore_pending_table.insert(),
+        [
+            {
+                "tenant": key,
+                "customer_id": customer_id,
+                "reason": reason,
+                "event_id": event_id,
+                "created_at": at,
+            }
+            for customer_id, (reason, event_id) in sorted(pending.items())
+        ],
+    )
+
+
+def pending_rescoring(session: Session, *, limit: int) -> list[RescorePending]:
+    """The oldest re-assessments waiting."""
+    return list(
+        session.scalars(select(RescorePending).order_by(RescorePending.id).limit(limit)).all()
+    )
+
+
+def drop_rescoring(session: Session, *, ids: Sequence[int]) -> None:
+    """Remove re-assessments done (or that can never be done); the caller commits."""
+    if ids:
+        session.execute(delete(RescorePending).where(RescorePending.id.in_(ids)))

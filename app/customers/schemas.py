@@ -26,7 +26,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from app.scoring.manifest import Task
 from app.scoring.request_schemas import CustomerId, integral
+from app.scoring.schemas import AssessmentResponse
 
 
 class EventType(StrEnum):
@@ -411,6 +413,9 @@ EXAMPLE_BODY: dict[str, Any] = {
             "branch": "B-012",
             "relationship_manager": "rm-042",
             "segment": "emerging_affluent",
+            "customer_since": "2026-10-01",
+            "acquisition_channel": "branch",
+            "monthly_profit": 18.4,
         },
         {
             "event_id": "txn-000184",
@@ -510,3 +515,51 @@ class MonthFeatures(BaseModel):
     customer_id: str
     month: str = Field(description="YYYY-MM (UTC).", examples=["2026-11"])
     features: dict[str, float | int | str | bool | None]
+
+
+class AssessmentByIdRequest(BaseModel):
+    """What to assess of a customer known by its trail; every field may be left out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[Task] | None = Field(
+        default=None,
+        min_length=1,
+        description="Only these models (of those its lifecycle stage calls for); all if left out.",
+        examples=[["churn", "tier"]],
+    )
+    month: str | None = Field(
+        default=None,
+        pattern=MONTH_PATTERN,
+        description="Month of the features (YYYY-MM, UTC); the customer's latest if left out.",
+        examples=["2026-11"],
+    )
+
+
+BULK_ASSESSMENT_EXAMPLE: dict[str, Any] = {"customer_ids": ["C0000042"]}
+
+
+class BulkAssessmentRequest(AssessmentByIdRequest):
+    """Many customers known by their trails, assessed and saved together."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [BULK_ASSESSMENT_EXAMPLE]}
+    )
+
+    customer_ids: list[CustomerId] = Field(min_length=1)
+
+
+class CustomerAssessment(AssessmentResponse):
+    """An assessment from the trail, with the month its features are of."""
+
+    month: str = Field(description="YYYY-MM (UTC).")
+
+
+class CustomerAssessments(BaseModel):
+    """Assessments of many customers, in the order asked, saved together."""
+
+    request_id: str
+    results: list[CustomerAssessment]
+
+
+ASSESSMENT_BY_ID_EXAMPLE: dict[str, Any] = {"tasks": ["churn"], "month": "2026-11"}

@@ -19,10 +19,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.customers.features import (
+    DEFAULT_MATERIAL_OUTFLOW,
     Feature,
     TrailEvent,
     aggregate,
     derive_features,
+    material_reason,
     month_label,
     parse_month,
 )
@@ -31,6 +33,7 @@ from app.customers.repository import (
     insert_new_events,
     latest_month,
     list_events,
+    queue_rescoring,
     read_months,
     update_months,
 )
@@ -74,6 +77,7 @@ class IntakeRules:
 
     future_tolerance_s: float
     max_events: int
+    material_outflow: float = DEFAULT_MATERIAL_OUTFLOW
 
     def context(self, now: datetime) -> dict[str, Any]:
         """The validation context: the latest occurrence time accepted now."""
@@ -103,6 +107,7 @@ class EventIntake:
                 request_id=request_id,
                 received_at=received_at,
                 pseudonymizer=self.pseudonymizer,
+                material_outflow=self.rules.material_outflow,
             )
 
 
@@ -169,8 +174,11 @@ def record_events(
     request_id: str,
     received_at: datetime,
     pseudonymizer: Pseudonymizer | None,
+    material_outflow: float = DEFAULT_MATERIAL_OUTFLOW,
 ) -> IntakeResult:
-    """Store the events not stored yet for ``tenant`` (one commit); count the others."""
+    """Store the events not stored yet for ``tenant`` (one commit): with them, their
+    customer-months' aggregates and the re-assessments their material events call for; count
+    the others."""
     rows = event_rows(
         events,
         tenant=tenant,
@@ -181,12 +189,16 @@ def record_events(
     try:
         connection = session.connection()
         new_rows = insert_new_events(connection, rows=rows)
-        # The running aggregates move with the events, in the same transaction.
-        deltas, latest = aggregate(
-            TrailEvent(r["customer_id"], r["type"], r["occurred_at"], r["payload"])
+        # The running aggregates and the rescoring queue move with the events, in the same
+        # transaction: what is acknowledged is aggregated and will be re-assessed.
+        trail = [
+            (r["event_id"], TrailEvent(r["customer_id"], r["type"], r["occurred_at"], r["payload"]))
             for r in new_rows
-        )
+        ]
+        deltas, latest = aggregate(event for _, event in trail)
         update_months(connection, tenant=tenant, deltas=deltas, latest=latest)
+        pending = material_events(trail, outflow_threshold=material_outflow)
+        queue_rescoring(connection, tenant=tenant, pending=pending, at=received_at)
         session.commit()
     except SQLAlchemyError as error:
         session.rollback()
@@ -197,6 +209,18 @@ def record_events(
     return IntakeResult(
         received=len(events), new=new, duplicates=len(events) - new, received_at=received_at
     )
+
+
+def material_events(
+    trail: Sequence[tuple[str, TrailEvent]], *, outflow_threshold: float
+) -> dict[str, tuple[str, str]]:
+    """Customers whose new events are material: (reason, event id) of the first such event."""
+    pending: dict[str, tuple[str, str]] = {}
+    for event_id, event in trail:
+        reason = material_reason(event, outflow_threshold=outflow_threshold)
+        if reason is not None:
+            pending.setdefault(event.customer_id, (reason, event_id))
+    return pending
 
 
 def event_rows(

@@ -116,3 +116,20 @@ class CustomerMonthLatest(Base):
 
 customer_month_table = cast(Table, CustomerMonth.__table__)
 customer_month_latest_table = cast(Table, CustomerMonthLatest.__table__)
+
+
+class RescorePending(Base):
+    """A customer to re-assess after a material event, written with the event; removed once
+    its assessment is stored."""
+
+    __tablename__ = "rescore_pending"
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64))  # '' when untagged, as the aggregates
+    customer_id: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(String(32))
+    event_id: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+rescore_pending_table = cast(Table, RescorePending.__table__)

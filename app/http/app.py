@@ -19,6 +19,7 @@ from app.alerts import routes as alerts
 from app.alerts.worker import build_alert_processor
 from app.config import Settings, get_settings
 from app.customers import routes as customers
+from app.customers.assessments import Rescorer
 from app.db.session import create_db_engine, create_session_factory
 from app.errors import InvalidInput, ServiceError
 from app.http import health
@@ -75,6 +76,14 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     )
     # The in-process dispatcher is optional: `cvm dispatch` can deliver the outbox instead.
     dispatcher = build_dispatcher(settings, engine) if settings.dispatch_in_process else None
+    session_factory = create_session_factory(engine)
+    rescorer = Rescorer(
+        session_factory=session_factory,
+        scoring=scoring,
+        poll_s=settings.rescore_poll_s,
+        batch_size=settings.rescore_batch_size,
+        enabled=settings.rescore_in_process,
+    )
     metrics = Metrics()
     metrics.add_gauges(
         "cvm_group_commit",
@@ -99,6 +108,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             alert_processor.start()
         if dispatcher is not None:
             dispatcher.start()
+        rescorer.start()
         log.info(
             "started",
             models={t.value: m.manifest.version for t, m in registry.loaded.items()},
@@ -107,6 +117,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         try:
             yield
         finally:
+            await rescorer.stop()  # before the writer: its last scores are committed
             await writer.close(timeout=30)
             if alert_processor is not None:  # after the writer: its last candidates too
                 await asyncio.to_thread(alert_processor.stop, 30)
@@ -135,7 +146,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.settings = settings
     app.state.registry = registry
     app.state.engine = engine
-    app.state.session_factory = create_session_factory(engine)
+    app.state.session_factory = session_factory
+    app.state.rescorer = rescorer
     app.state.scoring = scoring
     app.state.pseudonymizer = pseudonymizer
     app.state.guard = guard

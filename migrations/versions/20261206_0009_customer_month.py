@@ -1,10 +1,12 @@
-"""running aggregates of the behaviour trail per customer and month, kept on write
+"""running aggregates of the behaviour trail per customer and month, rescoring queue
 
 ``customer_month`` holds each customer-month's counters (transactions, logins, website and
 branch visits, complaints, campaign contacts, last activity); ``customer_month_latest`` the
 latest value of each profile field, product state, balance and complaint status in the
 month. The intake updates both in the transaction that stores the events, so features are
 served without rescanning events. The tenant is '' when untagged (the key of an upsert).
+``rescore_pending`` lists customers to re-assess after a material event, written in the
+same transaction and drained by the API's background rescoring.
 
 Events stored before this revision are not aggregated by it.
 
@@ -68,6 +70,19 @@ def upgrade() -> None:
     )
 
 
+    op.create_table(
+        "rescore_pending",
+        sa.Column("id", BIGINT_ID, autoincrement=True, nullable=False),
+        sa.Column("tenant", sa.String(length=64), nullable=False),
+        sa.Column("customer_id", sa.String(length=128), nullable=False),
+        sa.Column("reason", sa.String(length=32), nullable=False),
+        sa.Column("event_id", sa.String(length=128), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_rescore_pending")),
+    )
+
+
 def downgrade() -> None:
+    op.drop_table("rescore_pending")
     op.drop_table("customer_month_latest")
     op.drop_table("customer_month")
