@@ -101,6 +101,24 @@ class Settings(BaseSettings):
         description="Body limit of POST /v1/events alone, so that 10,000 events fit (about 1.6 "
         "KB each); every other route keeps max_body_bytes.",
     )
+    material_outflow_eur: float = Field(
+        default=10_000.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="A debit of at least this amount is a material event: the customer is "
+        "re-assessed in the background, as after a complaint, a closed product or a stopped "
+        "salary.",
+    )
+    rescore_in_process: bool = Field(
+        default=True,
+        description="Re-assess customers after material events in the API process.",
+    )
+    rescore_poll_s: float = Field(
+        default=0.5, gt=0, le=5, description="How often pending re-assessments are looked for."
+    )
+    rescore_batch_size: int = Field(
+        default=200, ge=1, description="Pending re-assessments taken per round."
+    )
 
     # Events from a message bus (`cvm consume`, app/customers/consumer.py)
     amqp_url: SecretStr = Field(

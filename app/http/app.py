@@ -19,6 +19,7 @@ from app.alerts import routes as alerts
 from app.alerts.worker import build_alert_processor
 from app.config import Settings, get_settings
 from app.customers import routes as customers
+from app.customers.assessments import Rescorer
 from app.customers.consumer import QueueDepthMonitor
 from app.db.session import create_db_engine, create_session_factory
 from app.errors import InvalidInput, ServiceError
@@ -92,6 +93,14 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     )
     # The in-process dispatcher is optional: `cvm dispatch` can deliver the outbox instead.
     dispatcher = build_dispatcher(settings, engine) if settings.dispatch_in_process else None
+    session_factory = create_session_factory(engine)
+    rescorer = Rescorer(
+        session_factory=session_factory,
+        scoring=scoring,
+        poll_s=settings.rescore_poll_s,
+        batch_size=settings.rescore_batch_size,
+        enabled=settings.rescore_in_process,
+    )
     metrics = Metrics()
     metrics.add_gauges(
         "cvm_group_commit",
@@ -119,6 +128,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         if dispatcher is not None:
             dispatcher.start()
         queue_monitor.start()
+        rescorer.start()
         log.info(
             "started",
             models={t.value: m.manifest.version for t, m in registry.loaded.items()},
@@ -128,6 +138,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             yield
         finally:
             await queue_monitor.stop()
+            await rescorer.stop()  # before the writer: its last scores are committed
             await writer.close(timeout=30)
             if alert_processor is not None:  # after the writer: its last candidates too
                 await asyncio.to_thread(alert_processor.stop, 30)
@@ -156,7 +167,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.settings = settings
     app.state.registry = registry
     app.state.engine = engine
-    app.state.session_factory = create_session_factory(engine)
+    app.state.session_factory = session_factory
+    app.state.rescorer = rescorer
     app.state.scoring = scoring
     app.state.pseudonymizer = pseudonymizer
     app.state.guard = guard

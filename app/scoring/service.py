@@ -6,7 +6,7 @@ are; this module parses requests, persists and answers. Nothing here knows about
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -223,7 +223,26 @@ class ScoringService:
         except ValidationError as error:
             raise invalid_input(error) from error
         given = {k: v for k, v in request.__dict__.items() if v is not None}
-        options = options_of(request)
+        response, rows, candidates = self.assess_record(
+            given, options_of(request), request_id, tenant=tenant
+        )
+        await self.persist(rows, candidates=candidates)
+        return response
+
+    def assess_record(
+        self,
+        given: dict[str, Any],
+        options: Options,
+        request_id: str,
+        *,
+        tenant: str | None,
+        source: Source = Source.API,
+        stored_id: str | None = None,
+        tasks: Collection[Task] | None = None,
+    ) -> tuple[dict[str, Any], list[ScoreRow], list[AlertCandidateRow]]:
+        """One customer's features (``customer_id`` and the features it has) through every
+        model of its stage (of ``tasks`` when given): the answer, its rows and alert
+        candidates, not yet saved. ``stored_id``: the id is already in its stored form."""
         customer_id = given["customer_id"]
         tenure = given.get("tenure_months")
         stage = STAGES[
@@ -246,6 +265,8 @@ class ScoringService:
         rows: list[ScoreRow] = []
         candidates: list[AlertCandidateRow] = []
         for task in STAGE_TASKS[stage]:
+            if tasks is not None and task not in tasks:
+                continue
             missing = self._inputs_missing(task, given)
             if missing is not None:
                 response["skipped"].append(
@@ -260,11 +281,16 @@ class ScoringService:
             assessment = self.compute(task, options, self.block(task, batch))
             response[_ASSESSMENT_KEYS[task]] = assessment.results()[0]
             response["models"].append({"task": task.value, "version": assessment.model_version})
-            task_rows = self.rows(assessment, request_id, tenant)
+            task_rows = self.rows(
+                assessment,
+                request_id,
+                tenant,
+                source=source,
+                stored_ids=None if stored_id is None else [stored_id],
+            )
             rows.extend(task_rows)
             candidates.extend(alert_candidates(assessment, task_rows))
-        await self.persist(rows, candidates=candidates)
-        return response
+        return response, rows, candidates
 
     def _inputs_missing(self, task: Task, given: dict[str, Any]) -> list[str] | None:
         """The model's required inputs when the call sent none of them (a model for other data,
@@ -293,17 +319,28 @@ class ScoringService:
         )
 
     def rows(
-        self, assessment: TaskAssessment, request_id: str, tenant: str | None
+        self,
+        assessment: TaskAssessment,
+        request_id: str,
+        tenant: str | None,
+        *,
+        source: Source = Source.API,
+        stored_ids: list[str] | None = None,
     ) -> list[ScoreRow]:
-        """The assessment's stored rows (customer ids pseudonymised when configured)."""
+        """The assessment's stored rows (customer ids pseudonymised when configured, unless
+        given in their stored form)."""
         ids = list(assessment.block.ids)
+        if stored_ids is None:
+            stored_ids = (
+                ids
+                if self.pseudonymizer is None
+                else self.pseudonymizer.pseudonyms(ids, tenant=tenant)
+            )
         return score_rows(
             assessment,
-            stored_ids=ids
-            if self.pseudonymizer is None
-            else self.pseudonymizer.pseudonyms(ids, tenant=tenant),
+            stored_ids=stored_ids,
             request_id=request_id,
-            source=Source.API,
+            source=source,
             created_at=datetime.now(UTC),
             tenant=tenant,
         )
