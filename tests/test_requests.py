@@ -30,6 +30,14 @@ from tests.db_support import temporary_postgres_database, temporary_sqlite_datab
 from tests.test_api_failures import churn_customers, count_rows
 
 TIMEOUT_S = 1.0
+OUTBOX = (
+    "INSERT INTO outbox_message (id, channel, kind, payload, status, attempts, created_at, "
+    "next_attempt_at) VALUES ('m1', 'webhook', 'alert_opened', '{}', 'delivered', 1, :at, :at)"
+)
+ATTEMPT = (
+    "INSERT INTO outbox_attempt (message_id, number, dispatcher, started_at, finished_at, ok) "
+    "VALUES ('m1', 1, 'd', :at, :at, true)"
+)
 
 
 class Caller:
@@ -187,6 +195,7 @@ def test_requests_without_a_key_are_recorded_too(
 
 @pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_migration_0010_goes_up_down_and_up_with_rows_present(kind: str) -> None:
+    """Request records, and the tenant of outbox messages; nothing else is lost either way."""
     temporary = temporary_postgres_database if kind == "postgres" else temporary_sqlite_database
     score = (
         "INSERT INTO score (request_id, task, customer_id, outputs, reasons, features, "
@@ -204,6 +213,8 @@ def test_migration_0010_goes_up_down_and_up_with_rows_present(kind: str) -> None
         try:
             with engine.begin() as connection:
                 connection.execute(text(score), {"at": at})
+                connection.execute(text(OUTBOX), {"at": at})
+                connection.execute(text(ATTEMPT), {"at": at})
             migrate.upgrade(url)
             with engine.begin() as connection:
                 connection.execute(text(record), {"at": at, "key": "k" * 64})
@@ -212,12 +223,17 @@ def test_migration_0010_goes_up_down_and_up_with_rows_present(kind: str) -> None
                     connection.execute(
                         text(record.replace("'r1'", "'r2'")), {"at": at, "key": "k" * 64}
                     )
+                connection.execute(text("UPDATE outbox_message SET tenant = 'bank-a'"))
             migrate.downgrade(url, "0008")
             assert "request_record" not in inspect(engine).get_table_names()
+            with engine.begin() as connection:
+                assert connection.scalar(text("SELECT count(*) FROM outbox_attempt")) == 1
             migrate.upgrade(url)
             with engine.begin() as connection:
                 connection.execute(text(record), {"at": at, "key": "k" * 64})
                 assert connection.scalar(text("SELECT count(*) FROM score")) == 1
                 assert connection.scalar(text("SELECT count(*) FROM request_record")) == 1
+                assert connection.scalar(text("SELECT tenant FROM outbox_message")) is None
+                assert connection.scalar(text("SELECT count(*) FROM outbox_attempt")) == 1
         finally:
             engine.dispose()

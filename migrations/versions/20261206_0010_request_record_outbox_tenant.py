@@ -1,9 +1,13 @@
-"""request_record: one row per committed scoring request, written with its rows
+"""request_record: one row per committed scoring request, written with its rows; the tenant
+of each outbox message
 
 A request that timed out (504) still committed, and its retry with the same Idempotency-Key
 wrote again. Each request's record is now inserted in the transaction of its score rows; the
 unique lookup digest of its Idempotency-Key makes a retry find the first result instead of
 writing twice, and ``GET /v1/requests/{id}`` reads what a request wrote.
+
+Notifications are routed per tenant: an outbox message keeps its alert's tenant, so that its
+webhook goes to that tenant's receiver only (messages queued before stay untagged).
 
 Revision ID: 0010
 Revises: 0008
@@ -45,7 +49,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("request_id", name=op.f("pk_request_record")),
         sa.UniqueConstraint("key_digest", name=op.f("uq_request_record_key_digest")),
     )
+    op.add_column("outbox_message", sa.Column("tenant", sa.String(length=64), nullable=True))
 
 
 def downgrade() -> None:
+    # A plain DROP COLUMN (SQLite >= 3.35), not a batch copy of the table: dropping the old
+    # table would cascade to its delivery attempts. Held messages stay held (never claimed).
+    op.drop_column("outbox_message", "tenant")
     op.drop_table("request_record")
