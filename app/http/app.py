@@ -80,8 +80,10 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     scoring = ScoringService(
         registry=registry,
         writer=writer,
+        engine=engine,
         rules=rules_from_settings(settings),
         max_batch_size=settings.max_batch_size,
+        idempotency_ttl_s=settings.idempotency_ttl_s,
         pseudonymizer=(pseudonymizer := Pseudonymizer.from_settings(settings)),
     )
     guard = build_guard(

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
 import numpy as np
+import orjson
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.db.errors import OutcomeUnknown, PersistenceUnavailable
-from app.errors import BatchTooLarge, DatabaseUnavailable, InvalidInput, ModelUnavailable
+from app.errors import (
+    BatchTooLarge,
+    Conflict,
+    DatabaseUnavailable,
+    InvalidInput,
+    ModelUnavailable,
+)
 from app.scoring.assess import (
     STAGE_TASKS,
     STAGES,
@@ -35,15 +44,28 @@ from app.scoring.manifest import Task
 from app.scoring.model import FloatArray, ScoringModel
 from app.scoring.records import Source, alert_candidates, score_rows
 from app.scoring.registry import ModelRegistry
-from app.scoring.repository import AlertCandidateRow, ScoreRow
+from app.scoring.repository import (
+    AlertCandidateRow,
+    RequestRow,
+    ScoreRow,
+    forget_key,
+    request_by_key,
+)
 from app.scoring.request_schemas import (
     ScoreRequestBase,
     assessment_request_model,
     customer_model,
     score_request_model,
 )
-from app.scoring.writer import Announcement, ScoreWriter
+from app.scoring.writer import AlreadyCommitted, Announcement, ScoreWriter
+from app.security.errors import IdempotencyMismatch
+from app.security.idempotency import IdempotentRun
 from app.security.pseudonyms import Pseudonymizer
+
+# The operation of a request record written by ``assess`` (the others name their task).
+ASSESSMENT = "assessment"
+# Keys recorded before an instant just past the expired record's are freed.
+_TICK = timedelta(microseconds=1)
 
 # Above this many customers the numeric work runs in a worker thread (LightGBM releases the
 # GIL), so a 1,000-customer call does not hold up the single-customer calls around it.
@@ -102,11 +124,16 @@ class ScoringService:
         *,
         registry: ModelRegistry,
         writer: ScoreWriter,
+        engine: Engine,
         rules: Rules,
         max_batch_size: int,
+        idempotency_ttl_s: float,
         pseudonymizer: Pseudonymizer | None = None,
     ) -> None:
         self.registry = registry
+        self.engine = engine
+        # An Idempotency-Key older than this may name a new request (as the key store's TTL).
+        self.idempotency_ttl = timedelta(seconds=idempotency_ttl_s)
         self.pseudonymizer = pseudonymizer
         self.writer = writer
         self.rules = rules
@@ -164,14 +191,19 @@ class ScoringService:
         *,
         candidates: Sequence[AlertCandidateRow] = (),
         announcement: Announcement | None = None,
+        request: RequestRow | None = None,
     ) -> None:
-        """Wait until the rows (and their alert candidates) are committed; 503 if not."""
+        """Wait until the rows (their alert candidates and request record) are committed; 503
+        if not, ``AlreadyCommitted`` if the request was committed before."""
         try:
-            await self.writer.write(rows, candidates=candidates, announcement=announcement)
+            await self.writer.write(
+                rows, candidates=candidates, announcement=announcement, request=request
+            )
         except OutcomeUnknown as error:
             raise DatabaseUnavailable(
                 "the score writer stopped before confirming the commit: the scores may or may "
-                "not have been saved; read the customer's scores before retrying"
+                "not have been saved: GET /v1/requests/{this request's X-Request-ID} tells, and "
+                "a retry under the same Idempotency-Key saves them at most once"
             ) from error
         except PersistenceUnavailable as error:
             raise DatabaseUnavailable(
@@ -190,8 +222,106 @@ class ScoringService:
         """The one assessment function, on this service's models and rules."""
         return assess_task(task, self.model(task), block, rules=self.rules, options=options)
 
+    async def save(
+        self,
+        response: dict[str, Any],
+        rows: list[ScoreRow],
+        *,
+        record: RequestRow,
+        idempotency: IdempotentRun | None,
+        candidates: Sequence[AlertCandidateRow] = (),
+        announcement: Announcement | None = None,
+    ) -> dict[str, Any]:
+        """Commit a request's rows with its record and answer ``response``; a retry of a
+        request committed before (same Idempotency-Key) writes nothing and answers the first
+        response instead."""
+        for _ in range(3):
+            try:
+                await self.persist(
+                    rows, candidates=candidates, announcement=announcement, request=record
+                )
+            except AlreadyCommitted:
+                if idempotency is None:  # request ids are unique: never twice the same
+                    raise Conflict("this request id is already recorded") from None
+                first = await self._first_response(idempotency)
+                if first is not None:
+                    return first
+                continue  # the key was freed (expired): write under it now
+            return response
+        raise Conflict("this Idempotency-Key is in use by another request; retry")
+
+    async def _first_response(self, idempotency: IdempotentRun) -> dict[str, Any] | None:
+        """The response of the committed request that used this Idempotency-Key; None when
+        none holds it any more (expired keys are freed here)."""
+        digest = idempotency.material.digest
+
+        def look_up() -> tuple[str | None, bytes | None] | None:
+            with self.engine.begin() as connection:
+                stored = request_by_key(connection, key_digest=digest)
+                if stored is None:
+                    return None
+                expired = stored.created_at < datetime.now(UTC) - self.idempotency_ttl
+                if expired:
+                    forget_key(connection, key_digest=digest, before=stored.created_at + _TICK)
+                    return None
+                return stored.request_digest, stored.response
+
+        try:
+            found = await anyio.to_thread.run_sync(look_up)
+        except SQLAlchemyError as error:
+            raise DatabaseUnavailable(
+                "this request was committed by an earlier try, whose result cannot be read "
+                "right now: nothing new was saved; retry later"
+            ) from error
+        if found is None:
+            return None
+        request_digest, sealed = found
+        if request_digest != idempotency.request_digest:
+            raise IdempotencyMismatch(
+                "this Idempotency-Key was already used with another request; use a new key"
+            )
+        opened = idempotency.material.open(sealed or b"")
+        if opened is None:
+            raise IdempotencyMismatch("this Idempotency-Key cannot be replayed; use a new key")
+        first: dict[str, Any] = orjson.loads(opened[1])
+        return first
+
+    @staticmethod
+    def request_row(
+        response: dict[str, Any],
+        *,
+        operation: str,
+        tenant: str | None,
+        tasks: list[str],
+        customers: int,
+        rows: int,
+        idempotency: IdempotentRun | None,
+    ) -> RequestRow:
+        """The request's record, stored with its rows (the response sealed under its
+        Idempotency-Key, when it has one)."""
+        return RequestRow(
+            request_id=response["request_id"],
+            tenant=tenant,
+            operation=operation,
+            tasks=tasks,
+            customers=customers,
+            rows=rows,
+            key_digest=None if idempotency is None else idempotency.material.digest,
+            request_digest=None if idempotency is None else idempotency.request_digest,
+            response=None
+            if idempotency is None
+            else idempotency.material.seal("application/json", orjson.dumps(response)),
+            created_at=datetime.now(UTC),
+        )
+
     async def score(
-        self, task: Task, body: bytes, request_id: str, *, tenant: str | None = None
+        self,
+        task: Task,
+        body: bytes,
+        request_id: str,
+        *,
+        tenant: str | None = None,
+        idempotency: IdempotentRun | None = None,
     ) -> dict[str, Any]:
         """One scoring call: parse, assess, persist, respond (all or nothing)."""
         # Announced from the start, so that the writer keeps its group open for this call's
@@ -205,17 +335,37 @@ class ScoringService:
                 assessment = self.compute(task, options, block)
             results = assessment.results()
             rows = self.rows(assessment, request_id, tenant)
-            candidates = alert_candidates(assessment, rows)
-            await self.persist(rows, candidates=candidates, announcement=announcement)
-        return {
-            "request_id": request_id,
-            "model": {"task": task.value, "version": assessment.model_version},
-            "saved": True,
-            "results": results,
-        }
+            response = {
+                "request_id": request_id,
+                "model": {"task": task.value, "version": assessment.model_version},
+                "saved": True,
+                "results": results,
+            }
+            record = self.request_row(
+                response,
+                operation=task.value,
+                tenant=tenant,
+                tasks=[task.value],
+                customers=len(batch.ids),
+                rows=len(rows),
+                idempotency=idempotency,
+            )
+            return await self.save(
+                response,
+                rows,
+                record=record,
+                idempotency=idempotency,
+                candidates=alert_candidates(assessment, rows),
+                announcement=announcement,
+            )
 
     async def assess(
-        self, body: bytes, request_id: str, *, tenant: str | None = None
+        self,
+        body: bytes,
+        request_id: str,
+        *,
+        tenant: str | None = None,
+        idempotency: IdempotentRun | None = None,
     ) -> dict[str, Any]:
         """Everything that applies to one customer, by lifecycle stage, saved together."""
         try:
@@ -226,8 +376,18 @@ class ScoringService:
         response, rows, candidates = self.assess_record(
             given, options_of(request), request_id, tenant=tenant
         )
-        await self.persist(rows, candidates=candidates)
-        return response
+        record = self.request_row(
+            response,
+            operation=ASSESSMENT,
+            tenant=tenant,
+            tasks=[model["task"] for model in response["models"]],
+            customers=1,
+            rows=len(rows),
+            idempotency=idempotency,
+        )
+        return await self.save(
+            response, rows, record=record, idempotency=idempotency, candidates=candidates
+        )
 
     def assess_record(
         self,
