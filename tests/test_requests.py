@@ -208,7 +208,7 @@ def test_migration_0010_goes_up_down_and_up_with_rows_present(kind: str) -> None
     )
     at = datetime.now(UTC)
     with temporary() as url:
-        migrate.upgrade(url, "0008")
+        migrate.upgrade(url, "0009")
         engine = create_db_engine(url)
         try:
             with engine.begin() as connection:
@@ -224,7 +224,7 @@ def test_migration_0010_goes_up_down_and_up_with_rows_present(kind: str) -> None
                         text(record.replace("'r1'", "'r2'")), {"at": at, "key": "k" * 64}
                     )
                 connection.execute(text("UPDATE outbox_message SET tenant = 'bank-a'"))
-            migrate.downgrade(url, "0008")
+            migrate.downgrade(url, "0009")
             assert "request_record" not in inspect(engine).get_table_names()
             with engine.begin() as connection:
                 assert connection.scalar(text("SELECT count(*) FROM outbox_attempt")) == 1

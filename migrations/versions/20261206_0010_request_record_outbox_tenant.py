@@ -10,7 +10,7 @@ Notifications are routed per tenant: an outbox message keeps its alert's tenant,
 webhook goes to that tenant's receiver only (messages queued before stay untagged).
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-06 06:00:00 UTC
 """
 
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | Sequence[str] | None = "0008"
+down_revision: str | Sequence[str] | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
