@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from app.cli import alerts, book, clients, db, dispatch, ingest, models, score, serve, train
+from app.cli import (
+    alerts,
+    book,
+    clients,
+    db,
+    dispatch,
+    ingest,
+    models,
+    score,
+    serve,
+    staff,
+    train,
+)
 from app.cli.app import cli
 
 # Groups without a name add their commands at the top level (cvm synth); named ones nest (cvm db).
@@ -16,6 +28,7 @@ cli.add_typer(serve.commands)
 cli.add_typer(db.commands)
 cli.add_typer(clients.commands)
 cli.add_typer(alerts.commands)
+cli.add_typer(staff.commands)
 
 __all__ = ["cli", "main"]
 
