@@ -12,6 +12,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Index,
+    Integer,
     String,
     Table,
     Text,
@@ -20,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.casework.states import StaffRole, sql_values
+from app.casework.states import CaseEventKind, ComplaintStatus, sql_values
 from app.customers.schemas import Severity
 from app.db.base import Base
 from app.scoring.tables import BigIntegerId, JSONDocument, UTCDateTime
@@ -28,7 +29,6 @@ from app.scoring.tables import BigIntegerId, JSONDocument, UTCDateTime
 # A staff id is unique per tenant; rows without a tenant count as one tenant (a NULL never
 # equals another in a unique constraint, so a partial unique index covers those).
 UNTAGGED = "tenant IS NULL"
-ROLES = sql_values(StaffRole)
 
 
 class Staff(Base):
@@ -86,5 +86,96 @@ class StaffAbsence(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+OPEN_COMPLAINT = "status NOT IN ('closed', 'rejected')"
+
+
+class Complaint(Base):
+    """A customer's complaint: its owner (never empty), state, clock and outcome."""
+
+    __tablename__ = "complaint"
+    __table_args__ = (
+        Index("ix_complaint_tenant_owner_id", "tenant", "owner_id"),
+        Index("ix_complaint_tenant_customer_id", "tenant", "customer_id"),
+        # The deadline sweep's scan: open complaints only.
+        Index(
+            "ix_complaint_due_at_open",
+            "due_at",
+            sqlite_where=text(OPEN_COMPLAINT),
+            postgresql_where=text(OPEN_COMPLAINT),
+        ),
+        Index("ix_complaint_closed_at", "closed_at"),
+        CheckConstraint(f"status IN ({sql_values(ComplaintStatus)})", name="status"),
+        CheckConstraint(f"severity IN ({sql_values(Severity)})", name="severity"),
+        CheckConstraint("amount_at_stake >= 0", name="amount_at_stake"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    # The receiving credential's tenant; never taken from the body.
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    customer_id: Mapped[str] = mapped_column(String(128))
+    channel: Mapped[str] = mapped_column(String(16))
+    category: Mapped[str] = mapped_column(String(64))
+    product: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    amount_at_stake: Mapped[float] = mapped_column(Float)
+    description: Mapped[str] = mapped_column(Text)
+    implicated: Mapped[list[str]] = mapped_column(JSONDocument)
+    status: Mapped[str] = mapped_column(String(16))
+    # The receiver's branch, and the receiver (first responder): fixed at creation.
+    branch: Mapped[str] = mapped_column(String(64))
+    received_by: Mapped[str] = mapped_column(String(64))
+    owner_id: Mapped[str] = mapped_column(String(64))
+    # 0: the receiver's level; 1: a supervisor; 2: the complaints team.
+    escalation_level: Mapped[int] = mapped_column(Integer)
+    pending_owner_id: Mapped[str | None] = mapped_column(String(64))
+    pending_reason: Mapped[str | None] = mapped_column(Text)
+    profile: Mapped[str] = mapped_column(String(32))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    clock_started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ceiling_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    milestones: Mapped[dict[str, str]] = mapped_column(JSONDocument)
+    complex_case: Mapped[bool] = mapped_column(Boolean)
+    extensions: Mapped[int] = mapped_column(Integer)
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    pause_reason: Mapped[str | None] = mapped_column(String(32))
+    paused_s: Mapped[float] = mapped_column(Float)
+    warned_owner_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    warned_supervisor_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    overdue_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    outcome: Mapped[str | None] = mapped_column(String(24))
+    root_cause: Mapped[str | None] = mapped_column(String(64))
+    product_category: Mapped[str | None] = mapped_column(String(64))
+    redress_amount: Mapped[float | None] = mapped_column(Float)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CaseEvent(Base):
+    """One entry of a complaint's audit trail: append-only (a trigger refuses updates)."""
+
+    __tablename__ = "case_event"
+    __table_args__ = (
+        Index("ix_case_event_complaint_id_id", "complaint_id", "id"),
+        CheckConstraint(f"kind IN ({sql_values(CaseEventKind)})", name="kind"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    complaint_id: Mapped[int] = mapped_column(BigIntegerId, ForeignKey("complaint.id"))
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(24))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The staff id acting, or 'system' for the deadline sweep.
+    actor: Mapped[str] = mapped_column(String(64))
+    # The credential that acted (client id or jwt:subject); None for the sweep.
+    principal: Mapped[str | None] = mapped_column(String(64))
+    from_value: Mapped[str | None] = mapped_column(String(64))
+    to_value: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+
+
 staff_table = cast(Table, Staff.__table__)
 staff_absence_table = cast(Table, StaffAbsence.__table__)
+complaint_table = cast(Table, Complaint.__table__)
+case_event_table = cast(Table, CaseEvent.__table__)
