@@ -352,3 +352,29 @@ def test_the_audit_trail_takes_no_update_and_closed_cases_leave_after_retention(
             )
             == 0
         )
+
+
+def test_cvm_casework_tick_sweeps_once_at_the_time_given(
+    bank: Bank, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli.main import cli
+    from app.config import get_settings
+
+    case = bank.complaint()
+    start = datetime.fromisoformat(case["clock_started_at"])
+    late = (start + (datetime.fromisoformat(case["due_at"]) - start) * 1.01).isoformat()
+    monkeypatch.setenv("CVM_DATABASE_URL", bank.engine.url.render_as_string(hide_password=False))
+    get_settings.cache_clear()
+    try:
+        first = CliRunner().invoke(cli, ["casework", "tick", "--at", late])
+        again = CliRunner().invoke(cli, ["casework", "tick", "--at", late])
+        assert CliRunner().invoke(cli, ["casework", "purge"]).exit_code == 0
+    finally:
+        get_settings.cache_clear()
+    assert first.exit_code == 0, first.output
+    assert "escalations 0" not in first.output and "escalations 0" in again.output
+    history = bank.client.get(f"/v1/complaints/{case['id']}", headers=bank.keys["bs-1"]).json()
+    kinds = [e["kind"] for e in history["history"]]
+    assert kinds == ["created", "warned_owner", "warned_supervisor", "escalated"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from app.cli import (
     alerts,
     book,
+    casework,
     clients,
     db,
     dispatch,
@@ -29,6 +30,7 @@ cli.add_typer(db.commands)
 cli.add_typer(clients.commands)
 cli.add_typer(alerts.commands)
 cli.add_typer(staff.commands)
+cli.add_typer(casework.commands)
 
 __all__ = ["cli", "main"]
 
