@@ -378,3 +378,40 @@ def test_cvm_casework_tick_sweeps_once_at_the_time_given(
     history = bank.client.get(f"/v1/complaints/{case['id']}", headers=bank.keys["bs-1"]).json()
     kinds = [e["kind"] for e in history["history"]]
     assert kinds == ["created", "warned_owner", "warned_supervisor", "escalated"]
+
+
+def test_every_casework_operation_accepts_its_documented_example(bank: Bank) -> None:
+    spec = bank.client.get("/openapi.json", headers=bank.keys["rm-1"]).json()
+    schemas = spec["components"]["schemas"]
+
+    def example(path: str, method: str = "post") -> dict[str, Any]:
+        body = spec["paths"][path][method]["requestBody"]["content"]["application/json"]
+        (found,) = schemas[body["schema"]["$ref"].rsplit("/", 1)[-1]]["examples"]
+        return dict(found)
+
+    _, admin = new_key(bank.client.app, "staff:admin", tenant=bank.tenant)  # type: ignore[arg-type]
+    staff = example("/v1/staff/{staff_id}", "put")
+    assert bank.client.put("/v1/staff/rm-042", json=staff, headers=admin).status_code == 200
+    absence = example("/v1/staff/{staff_id}/absences")
+    assert (
+        bank.client.post("/v1/staff/ct-1/absences", json=absence, headers=admin).status_code == 200
+    )
+    case = bank.post("rm-1", "/v1/complaints", example("/v1/complaints"))
+    assert case.status_code == 201, case.text
+    cid = case.json()["id"]
+    steps = ["pause", "resume", "facts", "extend", "transfer", "acknowledge", "start", "respond"]
+    for step in [*steps, "close"]:
+        path = f"/v1/complaints/{{complaint_id}}/{step}"
+        response = bank.step("rm-1", cid, step, example(path))
+        assert response.status_code == 200, (step, response.text)
+    other = bank.complaint()["id"]
+    response = bank.step("rm-1", other, "reject", example("/v1/complaints/{complaint_id}/reject"))
+    assert response.status_code == 200, response.text
+    covered = {
+        path
+        for path, operations in spec["paths"].items()
+        if path.startswith("/v1/complaints/")
+        for method in operations
+        if method == "post"
+    }
+    assert len(covered) == len(steps) + 3  # the steps, close, reject and accept

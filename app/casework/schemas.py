@@ -64,7 +64,6 @@ STAFF_EXAMPLE: dict[str, Any] = {
     "email": "anna.berg@bank.example",
     "roles": ["relationship_manager"],
     "branch": "north-01",
-    "supervisor": "bs-007",
     "max_severity": "medium",
     "max_amount": 5000.0,
     "principal": "jwt:anna.berg",
