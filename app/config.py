@@ -213,6 +213,25 @@ class Settings(BaseSettings):
     alert_processor_batch_size: int = Field(
         default=500, ge=1, description="Alert candidates taken per transaction."
     )
+    # Casework (app/casework)
+    casework_profile: Literal["cn", "uk_disp", "uk_payment_services", "cfpb"] = Field(
+        default="uk_disp",
+        description="Jurisdiction profile that sets complaint deadlines at creation: cn (15/30 "
+        "days, one approved 30-day extension, 60 at most), uk_disp (8 weeks, summary "
+        "resolution by the 3rd business day), uk_payment_services (15/35 business days), "
+        "cfpb (15 days reply, 60 closure).",
+    )
+    casework_holidays_file: Path = Field(
+        default=PROJECT_ROOT / "app" / "resources" / "holidays.json",
+        description="Holiday calendars by name (JSON: name -> list of ISO dates); business "
+        "days skip weekends and the profile's calendar's holidays.",
+    )
+    casework_retention_days: int = Field(
+        default=3 * 365,
+        ge=1,
+        description="Closed complaints and their audit trail are kept this long after "
+        "closing; `cvm casework purge` deletes older ones (default 3 years).",
+    )
     retention_actions_file: Path = Field(
         default=PROJECT_ROOT / "app" / "resources" / "retention_actions.json",
         description="Retention actions recommended for each churn reason.",

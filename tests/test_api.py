@@ -460,7 +460,8 @@ def test_every_scoring_operation_documents_an_example_that_it_accepts(
     posted = 0
     for path, operations in spec["paths"].items():
         body = operations.get("post", {}).get("requestBody")
-        if body is None or "{" in path:
+        # Casework answers staff members only: tests/test_casework_complaints.py posts those.
+        if body is None or "{" in path or path.startswith("/v1/complaints"):
             continue
         reference = body["content"]["application/json"]["schema"]["$ref"]
         (example,) = schemas[reference.rsplit("/", 1)[-1]]["examples"]

@@ -17,6 +17,8 @@ from fastapi.responses import JSONResponse
 
 from app.alerts import routes as alerts
 from app.alerts.worker import build_alert_processor
+from app.casework import routes as casework
+from app.casework.service import Casework
 from app.config import Settings, get_settings
 from app.customers import routes as customers
 from app.customers.assessments import Rescorer
@@ -177,9 +179,12 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.dispatcher = dispatcher
     app.state.alert_processor = alert_processor
     app.state.metrics = metrics
+    app.state.casework = Casework.from_settings(settings)
     for router in (health.router, scores.router, history.router, models.router, alerts.router):
         app.include_router(router)
     app.include_router(customers.router)
+    app.include_router(casework.staff_router)
+    app.include_router(casework.complaints_router)
     add_docs(app)
     # Added innermost first: request ids and access logs wrap CORS, which answers preflights
     # before the security middleware asks for a credential; only an authenticated request
@@ -190,7 +195,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "PUT"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
             expose_headers=[
                 "X-Request-ID",
