@@ -25,6 +25,7 @@ from app.http import health
 from app.http.docs import PAGE_PATHS, SPEC_PATH, add_docs
 from app.http.query import RejectUnknownQueryParameters
 from app.modelops import routes as models
+from app.modelops.serving import ChampionWatcher
 from app.notifications.service import build_dispatcher
 from app.observability import Metrics, RequestContextMiddleware, configure_logging
 from app.scoring import history_routes as history
@@ -54,7 +55,10 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     """Build the service: load models, prepare the database writer, wire routes and errors."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
-    registry = registry or ModelRegistry.load(settings.models_dir, pinned=settings.model_versions)
+    # A registry of this app's own: activations swap its models, never a caller's.
+    registry = (
+        registry or ModelRegistry.load(settings.models_dir, pinned=settings.model_versions)
+    ).copy()
     engine = create_db_engine(settings.database_url)
     writer = build_score_writer(settings, engine)
     # Turns the alert candidates the writer stores with churn scores into alerts.
@@ -65,6 +69,15 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         rules=rules_from_settings(settings),
         max_batch_size=settings.max_batch_size,
         pseudonymizer=(pseudonymizer := Pseudonymizer.from_settings(settings)),
+    )
+    session_factory = create_session_factory(engine)
+    watcher = ChampionWatcher(
+        session_factory=session_factory,
+        models_dir=settings.models_dir,
+        swap=scoring.swap,
+        served=registry.version,
+        pinned=settings.model_versions,
+        interval_s=settings.model_poll_s,
     )
     guard = build_guard(
         settings,
@@ -94,6 +107,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         # which would otherwise stall all requests in flight for milliseconds.
         gc.collect()
         gc.freeze()
+        await asyncio.to_thread(watcher.start)
         await writer.open()
         if alert_processor is not None:
             alert_processor.start()
@@ -107,6 +121,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         try:
             yield
         finally:
+            await asyncio.to_thread(watcher.stop)
             await writer.close(timeout=30)
             if alert_processor is not None:  # after the writer: its last candidates too
                 await asyncio.to_thread(alert_processor.stop, 30)
@@ -135,7 +150,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.settings = settings
     app.state.registry = registry
     app.state.engine = engine
-    app.state.session_factory = create_session_factory(engine)
+    app.state.session_factory = session_factory
+    app.state.model_watcher = watcher
     app.state.scoring = scoring
     app.state.pseudonymizer = pseudonymizer
     app.state.guard = guard
@@ -145,6 +161,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     for router in (health.router, scores.router, history.router, models.router, alerts.router):
         app.include_router(router)
     app.include_router(customers.router)
+    app.include_router(models.admin_router)
     add_docs(app)
     # Added innermost first: request ids and access logs wrap CORS, which answers preflights
     # before the security middleware asks for a credential; only an authenticated request
