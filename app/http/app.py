@@ -100,6 +100,15 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         },
     )
 
+    # The latest PSI of each task's features and score, set by each monitoring computation.
+    model_psi: dict[str, float] = {}
+    metrics.add_gauges(
+        "cvm_model_psi",
+        "Population stability index of each model feature (task/feature) and score "
+        "(task/score) at the last GET /v1/models/{task}/monitoring.",
+        lambda: dict(model_psi),
+    )
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Everything loaded so far (models, schemas, routes) lives as long as the process:
@@ -158,6 +167,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.dispatcher = dispatcher
     app.state.alert_processor = alert_processor
     app.state.metrics = metrics
+    app.state.model_psi = model_psi
     for router in (health.router, scores.router, history.router, models.router, alerts.router):
         app.include_router(router)
     app.include_router(customers.router)

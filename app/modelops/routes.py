@@ -9,14 +9,16 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import AwareDatetime
 
 from app.errors import NotFound
-from app.http.deps import Admin, RegistryDep, SessionDep, SettingsDep, require
+from app.http.deps import Admin, RegistryDep, SessionDep, SettingsDep, TenantDep, require
 from app.modelops import service
+from app.modelops.monitoring import monitor
 from app.modelops.schemas import (
     VERSION_PATTERN,
     ActivationOut,
     ModelRegistryOut,
     ModelTransitionOut,
     ModelVersionOut,
+    MonitoringReport,
     RegisterRequest,
     ServedAsOf,
     TransitionRequest,
@@ -134,6 +136,42 @@ def served_as_of(
     return ServedAsOf(
         task=task.value, at=instant, version=service.as_of(session, task=task, at=instant)
     )
+
+
+@router.get(
+    "/models/{task}/monitoring",
+    response_model=MonitoringReport,
+    responses={
+        404: {"description": "No such version, or no champion", **PROBLEM},
+        409: {"description": "The version has no frozen training reference", **PROBLEM},
+    },
+)
+def monitoring(
+    task: Task,
+    session: SessionDep,
+    tenant: TenantDep,
+    request: Request,
+    version: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=32,
+            pattern=VERSION_PATTERN,
+            description="Default: the champion.",
+        ),
+    ] = None,
+    since: Annotated[
+        AwareDatetime | None, Query(description="Only rows stored from this instant on.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1_000_000, description="Newest rows compared.")] = 100_000,
+) -> MonitoringReport:
+    """PSI per feature and for the score (bands and a sample-size-aware flag) of the stored
+    inputs of a version against the bins frozen from its training data."""
+    report = monitor(session, task=task, version=version, since=since, limit=limit, tenant=tenant)
+    request.app.state.model_psi.update(
+        {f"{task.value}/{f.name}": f.psi for f in [*report.features, *filter(None, [report.score])]}
+    )
+    return report
 
 
 @admin_router.post(

@@ -121,3 +121,33 @@ class ServedAsOf(BaseModel):
     task: str
     at: datetime
     version: str | None = Field(description="None: no version served then.")
+
+
+class FeatureStability(BaseModel):
+    """PSI of one feature (or the score) against its frozen training bins."""
+
+    name: str
+    psi: float
+    band: str = Field(description="stable (< 0.10), moderate (< 0.25) or significant.")
+    threshold: float | None = Field(
+        description="(1/N + 1/M) x chi2_0.99(B - 1): PSI above it is unlikely without a change "
+        "(None when fewer than two bins are occupied)."
+    )
+    flagged: bool = Field(description="PSI above the sample-size-aware threshold.")
+    bins: list[dict[str, float | str]] = Field(
+        description="Each bin's training and current share (with 'missing' and 'unseen')."
+    )
+
+
+class MonitoringReport(BaseModel):
+    """Drift of a version's served inputs and scores from its training data."""
+
+    task: str
+    version: str
+    reference_rows: int
+    current_rows: int
+    since: datetime | None
+    features: list[FeatureStability]
+    score: FeatureStability | None = Field(
+        description="None when the task's stored score has no training reference."
+    )
