@@ -65,7 +65,16 @@ class Settings(BaseSettings):
     models_dir: Path = Field(default=PROJECT_ROOT / "models")
     model_versions: dict[str, str] = Field(
         default_factory=dict,
-        description="Pinned version per task, e.g. {'churn': '2'}; unpinned tasks use the newest.",
+        description=(
+            "Pinned version per task, e.g. {'churn': '2'}; unpinned tasks serve the registry's "
+            "champion (on a fresh registry: the newest version on disk)."
+        ),
+    )
+    model_poll_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="How often each process asks the model registry for a new champion "
+        "(0: never; activations then need a restart).",
     )
     service_plans_file: Path = Field(
         default=PROJECT_ROOT / "app" / "resources" / "service_plans.json"

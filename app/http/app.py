@@ -29,6 +29,7 @@ from app.http import health
 from app.http.docs import PAGE_PATHS, SPEC_PATH, add_docs
 from app.http.query import RejectUnknownQueryParameters
 from app.modelops import routes as models
+from app.modelops.serving import ChampionWatcher
 from app.notifications.service import build_dispatcher
 from app.observability import Metrics, RequestContextMiddleware, configure_logging
 from app.scoring import history_routes as history
@@ -74,7 +75,10 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     """Build the service: load models, prepare the database writer, wire routes and errors."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
-    registry = registry or ModelRegistry.load(settings.models_dir, pinned=settings.model_versions)
+    # A registry of this app's own: activations swap its models, never a caller's.
+    registry = (
+        registry or ModelRegistry.load(settings.models_dir, pinned=settings.model_versions)
+    ).copy()
     engine = create_db_engine(settings.database_url)
     writer = build_score_writer(settings, engine)
     # Turns the alert candidates the writer stores with churn scores into alerts.
@@ -88,6 +92,15 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         idempotency_ttl_s=settings.idempotency_ttl_s,
         pseudonymizer=(pseudonymizer := Pseudonymizer.from_settings(settings)),
     )
+    session_factory = create_session_factory(engine)
+    watcher = ChampionWatcher(
+        session_factory=session_factory,
+        models_dir=settings.models_dir,
+        swap=scoring.swap,
+        served=registry.version,
+        pinned=settings.model_versions,
+        interval_s=settings.model_poll_s,
+    )
     guard = build_guard(
         settings,
         engine,
@@ -97,7 +110,6 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     )
     # The in-process dispatcher is optional: `cvm dispatch` can deliver the outbox instead.
     dispatcher = build_dispatcher(settings, engine) if settings.dispatch_in_process else None
-    session_factory = create_session_factory(engine)
     rescorer = Rescorer(
         session_factory=session_factory,
         scoring=scoring,
@@ -118,6 +130,14 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     )
 
     queue_monitor = watch_event_queues(settings, metrics)
+    # The latest PSI of each task's features and score, set by each monitoring computation.
+    model_psi: dict[str, float] = {}
+    metrics.add_gauges(
+        "cvm_model_psi",
+        "Population stability index of each model feature (task/feature) and score "
+        "(task/score) at the last GET /v1/models/{task}/monitoring.",
+        lambda: dict(model_psi),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -126,6 +146,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         # which would otherwise stall all requests in flight for milliseconds.
         gc.collect()
         gc.freeze()
+        await asyncio.to_thread(watcher.start)
         await writer.open()
         if alert_processor is not None:
             alert_processor.start()
@@ -142,6 +163,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             yield
         finally:
             await queue_monitor.stop()
+            await asyncio.to_thread(watcher.stop)
             await rescorer.stop()  # before the writer: its last scores are committed
             await writer.close(timeout=30)
             if alert_processor is not None:  # after the writer: its last candidates too
@@ -173,18 +195,21 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.engine = engine
     app.state.session_factory = session_factory
     app.state.rescorer = rescorer
+    app.state.model_watcher = watcher
     app.state.scoring = scoring
     app.state.pseudonymizer = pseudonymizer
     app.state.guard = guard
     app.state.dispatcher = dispatcher
     app.state.alert_processor = alert_processor
     app.state.metrics = metrics
+    app.state.model_psi = model_psi
     app.state.casework = Casework.from_settings(settings)
     for router in (health.router, scores.router, history.router, models.router, alerts.router):
         app.include_router(router)
     app.include_router(customers.router)
     app.include_router(casework.staff_router)
     app.include_router(casework.complaints_router)
+    app.include_router(models.admin_router)
     add_docs(app)
     # Added innermost first: request ids and access logs wrap CORS, which answers preflights
     # before the security middleware asks for a credential; only an authenticated request

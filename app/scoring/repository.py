@@ -266,6 +266,31 @@ def list_scores(
     return list(page), total
 
 
+def stored_inputs(
+    session: Session,
+    *,
+    task: str,
+    model_version: str,
+    since: datetime | None = None,
+    limit: int,
+    tenant: TenantScope | None = None,
+) -> tuple[list[dict[str, Any]], list[float | None]]:
+    """The features and headline scores of the newest ``limit`` rows a model version stored
+    (what drift monitoring compares with the training data)."""
+    conditions = [Score.task == task, Score.model_version == model_version]
+    if since is not None:
+        conditions.append(Score.created_at >= since)
+    if tenant is not None:
+        conditions.append(tenant.condition(Score.tenant))
+    rows = session.execute(
+        select(Score.features, Score.probability)
+        .where(*conditions)
+        .order_by(Score.id.desc())
+        .limit(limit)
+    ).all()
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
 # --- the alert inbox: churn scores that crossed the threshold --------------------------------
 
 

@@ -116,6 +116,36 @@ def invalid_input(error: ValidationError) -> InvalidInput:
     return InvalidInput(f"invalid field(s): {fields}{more}", extra={"errors": errors})
 
 
+@dataclass(frozen=True, slots=True)
+class _Serving:
+    """The models served and the request models built from their schemas, replaced whole."""
+
+    models: dict[Task, ScoringModel]
+    request_models: dict[Task, type[ScoreRequestBase]]
+    customer_models: dict[Task, type[BaseModel]]
+    assessment_model: type[BaseModel]
+
+    @classmethod
+    def of(cls, models: dict[Task, ScoringModel]) -> _Serving:
+        """The request models of ``models``."""
+        return cls(
+            models=models,
+            request_models={t: score_request_model(t, m.schema) for t, m in models.items()},
+            customer_models={t: customer_model(t, m.schema) for t, m in models.items()},
+            assessment_model=assessment_request_model({t: m.schema for t, m in models.items()}),
+        )
+
+    def with_model(self, task: Task, model: ScoringModel) -> _Serving:
+        """These models with ``task``'s replaced; request models rebuilt if its schema changed."""
+        models = {**self.models, task: model}
+        current = self.models.get(task)
+        if current is not None and current.schema == model.schema:
+            return _Serving(
+                models, self.request_models, self.customer_models, self.assessment_model
+            )
+        return _Serving.of(models)
+
+
 class ScoringService:
     """Everything a scoring call needs, built once at start-up."""
 
@@ -138,28 +168,45 @@ class ScoringService:
         self.writer = writer
         self.rules = rules
         self.max_batch_size = max_batch_size
-        self.request_models: dict[Task, type[ScoreRequestBase]] = {
-            task: score_request_model(task, model.schema) for task, model in registry.loaded.items()
-        }
-        self.customer_models = {
-            task: customer_model(task, model.schema) for task, model in registry.loaded.items()
-        }
-        self.assessment_model = assessment_request_model(
-            {task: model.schema for task, model in registry.loaded.items()}
-        )
+        self._serving = _Serving.of(registry.loaded)
+
+    @property
+    def request_models(self) -> dict[Task, type[ScoreRequestBase]]:
+        """Each served task's request model (built from its model's schema)."""
+        return self._serving.request_models
+
+    @property
+    def assessment_model(self) -> type[BaseModel]:
+        """The request model of an assessment, from every served schema."""
+        return self._serving.assessment_model
+
+    def swap(self, task: Task, model: ScoringModel) -> None:
+        """Serve ``model`` (loaded and warmed up) for ``task`` from the next request on.
+
+        The request models are rebuilt first when its schema differs; then one reference is
+        replaced, so a call sees either the old model and its schema or the new ones.
+        """
+        self._serving = self._serving.with_model(task, model)
+        self.registry.replace(task, model)
 
     def model(self, task: Task) -> ScoringModel:
         """The active model of a task, or 503."""
-        model = self.registry.get(task)
+        model = self._serving.models.get(task)
         if model is None:
             raise ModelUnavailable(f"no {task.value} model is loaded")
         return model
 
-    def parse(self, task: Task, body: bytes) -> tuple[Options, CustomerBatch]:
+    def parse(
+        self, task: Task, body: bytes, *, model: ScoringModel | None = None
+    ) -> tuple[Options, CustomerBatch]:
         """Validate a raw JSON body against the task's schema and build the feature matrix."""
-        model = self.model(task)
+        serving = self._serving
+        model = model or self.model(task)
+        request_model = serving.request_models.get(task)
+        if request_model is None or serving.models.get(task) is not model:
+            request_model = score_request_model(task, model.schema)
         try:
-            request = self.request_models[task].model_validate_json(body)
+            request = request_model.model_validate_json(body)
         except ValidationError as error:
             raise invalid_input(error) from error
         customers: list[BaseModel] | None = request.__dict__["customers"]
@@ -210,17 +257,22 @@ class ScoringService:
                 "the database is unavailable; nothing was saved, retry later"
             ) from error
 
-    def block(self, task: Task, batch: CustomerBatch) -> Block:
+    def block(
+        self, task: Task, batch: CustomerBatch, *, model: ScoringModel | None = None
+    ) -> Block:
         """The batch with each customer's stage."""
-        model = self.model(task)
+        model = model or self.model(task)
         stages = block_stages(
             task, model.schema, batch.matrix, given=batch.lifecycle, rules=self.rules
         )
         return Block(ids=batch.ids, matrix=batch.matrix, stages=stages)
 
-    def compute(self, task: Task, options: Options, block: Block) -> TaskAssessment:
-        """The one assessment function, on this service's models and rules."""
-        return assess_task(task, self.model(task), block, rules=self.rules, options=options)
+    def compute(
+        self, task: Task, options: Options, block: Block, model: ScoringModel | None = None
+    ) -> TaskAssessment:
+        """The one assessment function, on this service's models (or ``model``) and rules."""
+        model = model or self.model(task)
+        return assess_task(task, model, block, rules=self.rules, options=options)
 
     async def save(
         self,
@@ -326,13 +378,17 @@ class ScoringService:
         """One scoring call: parse, assess, persist, respond (all or nothing)."""
         # Announced from the start, so that the writer keeps its group open for this call's
         # rows while other calls' rows are committed (see app/scoring/writer.py).
+        # One model for the whole call, even if an activation swaps the task's model meanwhile.
+        model = self.model(task)
         with self.writer.announce() as announcement:
-            options, batch = self.parse(task, body)
-            block = self.block(task, batch)
+            options, batch = self.parse(task, body, model=model)
+            block = self.block(task, batch, model=model)
             if len(batch.ids) > INLINE_MAX_ROWS:
-                assessment = await anyio.to_thread.run_sync(self.compute, task, options, block)
+                assessment = await anyio.to_thread.run_sync(
+                    self.compute, task, options, block, model
+                )
             else:
-                assessment = self.compute(task, options, block)
+                assessment = self.compute(task, options, block, model)
             results = assessment.results()
             rows = self.rows(assessment, request_id, tenant)
             response = {
@@ -368,13 +424,14 @@ class ScoringService:
         idempotency: IdempotentRun | None = None,
     ) -> dict[str, Any]:
         """Everything that applies to one customer, by lifecycle stage, saved together."""
+        serving = self._serving  # one set of models for the whole call
         try:
-            request = self.assessment_model.model_validate_json(body)
+            request = serving.assessment_model.model_validate_json(body)
         except ValidationError as error:
             raise invalid_input(error) from error
         given = {k: v for k, v in request.__dict__.items() if v is not None}
         response, rows, candidates = self.assess_record(
-            given, options_of(request), request_id, tenant=tenant
+            given, options_of(request), request_id, tenant=tenant, serving=serving
         )
         record = self.request_row(
             response,
@@ -399,10 +456,13 @@ class ScoringService:
         source: Source = Source.API,
         stored_id: str | None = None,
         tasks: Collection[Task] | None = None,
+        serving: _Serving | None = None,
     ) -> tuple[dict[str, Any], list[ScoreRow], list[AlertCandidateRow]]:
         """One customer's features (``customer_id`` and the features it has) through every
         model of its stage (of ``tasks`` when given): the answer, its rows and alert
-        candidates, not yet saved. ``stored_id``: the id is already in its stored form."""
+        candidates, not yet saved. ``stored_id``: the id is already in its stored form;
+        ``serving``: the models the call started with (one set for the whole call)."""
+        serving = serving or self._serving
         customer_id = given["customer_id"]
         tenure = given.get("tenure_months")
         stage = STAGES[
@@ -427,7 +487,8 @@ class ScoringService:
         for task in STAGE_TASKS[stage]:
             if tasks is not None and task not in tasks:
                 continue
-            missing = self._inputs_missing(task, given)
+            model = serving.models[task]
+            missing = self._inputs_missing(model, given)
             if missing is not None:
                 response["skipped"].append(
                     {
@@ -437,8 +498,9 @@ class ScoringService:
                     }
                 )
                 continue
-            batch = self._one_customer(task, given, stage)
-            assessment = self.compute(task, options, self.block(task, batch))
+            batch = self._one_customer(serving, task, given, stage)
+            block = self.block(task, batch, model=model)
+            assessment = self.compute(task, options, block, model)
             response[_ASSESSMENT_KEYS[task]] = assessment.results()[0]
             response["models"].append({"task": task.value, "version": assessment.model_version})
             task_rows = self.rows(
@@ -452,22 +514,24 @@ class ScoringService:
             candidates.extend(alert_candidates(assessment, task_rows))
         return response, rows, candidates
 
-    def _inputs_missing(self, task: Task, given: dict[str, Any]) -> list[str] | None:
+    def _inputs_missing(self, model: ScoringModel, given: dict[str, Any]) -> list[str] | None:
         """The model's required inputs when the call sent none of them (a model for other data,
         e.g. one a bank trained on its own columns): the model is skipped, not the call. None
         when some were sent: the model then names whatever else it needs."""
-        required = [f.name for f in self.model(task).schema.features if f.required]
+        required = [f.name for f in model.schema.features if f.required]
         if not required or any(name in given for name in required):
             return None
         return required
 
-    def _one_customer(self, task: Task, given: dict[str, Any], stage: Stage) -> CustomerBatch:
+    def _one_customer(
+        self, serving: _Serving, task: Task, given: dict[str, Any], stage: Stage
+    ) -> CustomerBatch:
         """One customer's features for one task's model, checked against its schema."""
-        model = self.model(task)
+        model = serving.models[task]
         names = {"customer_id", *model.schema.names}
         record = {k: v for k, v in given.items() if k in names}
         try:
-            customer = self.customer_models[task].model_validate(record)
+            customer = serving.customer_models[task].model_validate(record)
         except ValidationError as error:
             raise invalid_input(error) from error
         inputs = dict(customer.__dict__)
