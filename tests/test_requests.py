@@ -26,6 +26,8 @@ from app.http.app import create_app
 from app.scoring.registry import ModelRegistry
 from app.security.api_keys import create_client
 from app.security.principal import ALL_SCOPES
+from app.training.synth import generate_book
+from app.training.trail import book_events
 from tests.db_support import temporary_postgres_database, temporary_sqlite_database
 from tests.test_api_failures import churn_customers, count_rows
 
@@ -237,3 +239,35 @@ def test_migration_0010_goes_up_down_and_up_with_rows_present(kind: str) -> None
                 assert connection.scalar(text("SELECT count(*) FROM outbox_attempt")) == 1
         finally:
             engine.dispose()
+
+
+def test_a_retried_assessment_by_id_answers_the_first_result(
+    frozen_app: tuple[FastAPI, Caller, Caller], database_url: str
+) -> None:
+    """Score by id keeps the same promise: a retry after a 504 that committed writes nothing."""
+    app, bank_a, _ = frozen_app
+    book = generate_book(customers=10, months=4, seed=5).to_pandas()
+    book["customer_id"] = f"I{uuid.uuid4().hex[:6]}-" + book["customer_id"]
+    events = list(book_events(book))
+    assert bank_a.post("/v1/events", {"events": events}).status_code == 200
+    last = book[(book["month"] == book["month"].max()) & (book["lifecycle"] == "existing")]
+    customer = str(last["customer_id"].iloc[0])
+    path = f"/v1/customers/{customer}/assessment"
+    key = f"by-id-{uuid.uuid4()}"
+    child = app.state.scoring.writer.pid
+    os.kill(child, signal.SIGSTOP)
+    try:
+        first = bank_a.post(path, None, key)
+    finally:
+        os.kill(child, signal.SIGCONT)
+    assert first.status_code == 504
+    first_id = str(first.headers["X-Request-ID"])
+    outcome = wait_until_committed(bank_a, first_id)
+    assert outcome["operation"] == "assessment_by_id"
+    stored = count_rows(database_url, [customer])
+    assert stored == outcome["rows"] > 0
+
+    retry = bank_a.post(path, None, key)
+    assert retry.status_code == 200, retry.text
+    assert retry.json()["request_id"] == first_id
+    assert count_rows(database_url, [customer]) == stored  # written once

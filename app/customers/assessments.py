@@ -30,9 +30,12 @@ from app.scoring.manifest import Task
 from app.scoring.records import Source
 from app.scoring.repository import AlertCandidateRow, ScoreRow
 from app.scoring.service import ScoringService
+from app.security.idempotency import IdempotentRun
 from app.security.pseudonyms import Pseudonymizer
 
 log = structlog.get_logger("cvm.rescore")
+# The operation of a request record written by an assessment by id (one customer or bulk).
+ASSESSMENT_BY_ID = "assessment_by_id"
 OPTIONS = Options(reasons=5, exact=False, top_k=3, next_tier_gap=True)
 
 
@@ -95,8 +98,11 @@ class CustomerScoring:
         request_id: str,
         tenant: str | None,
         bulk: bool,
-    ) -> list[dict[str, Any]]:
-        """Assess customers by id from their trails; saved together before answering."""
+        idempotency: IdempotentRun | None = None,
+    ) -> dict[str, Any]:
+        """Assess customers by id from their trails; saved together, with the request's record,
+        before answering (one customer's answer, or every one's in bulk). A retry under the
+        same Idempotency-Key answers the first response and writes nothing new."""
         if len(customer_ids) > self.scoring.max_batch_size:
             raise BatchTooLarge(
                 f"{len(customer_ids)} customers in one call; the limit is "
@@ -123,8 +129,19 @@ class CustomerScoring:
             answers.append({**answer, "month": label})
             rows.extend(task_rows)
             candidates.extend(task_candidates)
-        await self.scoring.persist(rows, candidates=candidates)
-        return answers
+        response = {"request_id": request_id, "results": answers} if bulk else answers[0]
+        record = self.scoring.request_row(
+            response,
+            operation=ASSESSMENT_BY_ID,
+            tenant=tenant,
+            tasks=sorted({model["task"] for answer in answers for model in answer["models"]}),
+            customers=len(answers),
+            rows=len(rows),
+            idempotency=idempotency,
+        )
+        return await self.scoring.save(
+            response, rows, record=record, idempotency=idempotency, candidates=candidates
+        )
 
 
 def _trail_cannot_be_scored(error: InvalidInput, customer_id: str) -> InvalidInput:

@@ -205,13 +205,14 @@ async def assess_customer(
     """Assess one customer from its trail (no features sent); saved before answering."""
     call = await get_scoring_call(request)  # scores:write as well
     options = body or AssessmentByIdRequest()
-    [answer] = await scoring.assess(
+    answer = await scoring.assess(
         [customer_id],
         month=options.month,
         tasks=options.tasks,
         request_id=call.request_id,
         tenant=caller.tenant,
         bulk=False,
+        idempotency=call.idempotency,
     )
     note(request, task="assessment", customers=1, inputs="trail")
     return answer
@@ -232,13 +233,14 @@ async def assess_customers(
 ) -> dict[str, Any]:
     """Assess many customers from their trails; an unknown id is named by its index."""
     call = await get_scoring_call(request)
-    answers = await scoring.assess(
+    response = await scoring.assess(
         body.customer_ids,
         month=body.month,
         tasks=body.tasks,
         request_id=call.request_id,
         tenant=caller.tenant,
         bulk=True,
+        idempotency=call.idempotency,
     )
-    note(request, task="assessment", customers=len(answers), inputs="trail")
-    return {"request_id": call.request_id, "results": answers}
+    note(request, task="assessment", customers=len(body.customer_ids), inputs="trail")
+    return response
