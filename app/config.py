@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +25,34 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 )
 
 
+def check_webhook_url(url: str, name: str) -> None:
+    """https://, or http:// on loopback (tests); ValueError naming the setting otherwise."""
+    parts = urlsplit(url)
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise ValueError(f"{name} must be https:// (http:// only on loopback)")
+
+
+class TenantRoute(BaseModel):
+    """Where one tenant's alert notifications go (``notification_routes``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    email_recipients: list[str] = Field(
+        default_factory=list, description="The tenant's staff addresses (needs email_enabled)."
+    )
+    webhook_url: str | None = Field(default=None, description="The tenant's receiver.")
+    webhook_secret_env: str | None = Field(
+        default=None,
+        description="Name of the environment variable holding the HMAC key of the tenant's "
+        "webhook (the secret itself stays out of the routing table).",
+    )
+
+    def webhook_secret(self) -> str:
+        """The tenant's webhook key, read from its environment variable."""
+        return os.environ.get(self.webhook_secret_env or "", "")
+
+
 class Settings(BaseSettings):
     """Everything a deployment may change; the defaults run the service from a checkout."""
 
@@ -36,7 +65,16 @@ class Settings(BaseSettings):
     models_dir: Path = Field(default=PROJECT_ROOT / "models")
     model_versions: dict[str, str] = Field(
         default_factory=dict,
-        description="Pinned version per task, e.g. {'churn': '2'}; unpinned tasks use the newest.",
+        description=(
+            "Pinned version per task, e.g. {'churn': '2'}; unpinned tasks serve the registry's "
+            "champion (on a fresh registry: the newest version on disk)."
+        ),
+    )
+    model_poll_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="How often each process asks the model registry for a new champion "
+        "(0: never; activations then need a restart).",
     )
     service_plans_file: Path = Field(
         default=PROJECT_ROOT / "app" / "resources" / "service_plans.json"
@@ -100,6 +138,24 @@ class Settings(BaseSettings):
         ge=1024,
         description="Body limit of POST /v1/events alone, so that 10,000 events fit (about 1.6 "
         "KB each); every other route keeps max_body_bytes.",
+    )
+    material_outflow_eur: float = Field(
+        default=10_000.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="A debit of at least this amount is a material event: the customer is "
+        "re-assessed in the background, as after a complaint, a closed product or a stopped "
+        "salary.",
+    )
+    rescore_in_process: bool = Field(
+        default=True,
+        description="Re-assess customers after material events in the API process.",
+    )
+    rescore_poll_s: float = Field(
+        default=0.5, gt=0, le=5, description="How often pending re-assessments are looked for."
+    )
+    rescore_batch_size: int = Field(
+        default=200, ge=1, description="Pending re-assessments taken per round."
     )
 
     # Events from a message bus (`cvm consume`, app/customers/consumer.py)
@@ -166,6 +222,25 @@ class Settings(BaseSettings):
     alert_processor_batch_size: int = Field(
         default=500, ge=1, description="Alert candidates taken per transaction."
     )
+    # Casework (app/casework)
+    casework_profile: Literal["cn", "uk_disp", "uk_payment_services", "cfpb"] = Field(
+        default="uk_disp",
+        description="Jurisdiction profile that sets complaint deadlines at creation: cn (15/30 "
+        "days, one approved 30-day extension, 60 at most), uk_disp (8 weeks, summary "
+        "resolution by the 3rd business day), uk_payment_services (15/35 business days), "
+        "cfpb (15 days reply, 60 closure).",
+    )
+    casework_holidays_file: Path = Field(
+        default=PROJECT_ROOT / "app" / "resources" / "holidays.json",
+        description="Holiday calendars by name (JSON: name -> list of ISO dates); business "
+        "days skip weekends and the profile's calendar's holidays.",
+    )
+    casework_retention_days: int = Field(
+        default=3 * 365,
+        ge=1,
+        description="Closed complaints and their audit trail are kept this long after "
+        "closing; `cvm casework purge` deletes older ones (default 3 years).",
+    )
     retention_actions_file: Path = Field(
         default=PROJECT_ROOT / "app" / "resources" / "retention_actions.json",
         description="Retention actions recommended for each churn reason.",
@@ -199,6 +274,14 @@ class Settings(BaseSettings):
         default=None, description="Key of the HMAC-SHA256 signature of every webhook body."
     )
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+    notification_routes: dict[str, TenantRoute] = Field(
+        default_factory=dict,
+        description='Per tenant, as JSON: {"bank-a": {"email_recipients": [...], '
+        '"webhook_url": "https://...", "webhook_secret_env": "BANK_A_HOOK_KEY"}}. '
+        "A tenant's alerts go only to its own route; a tenant without one has them held "
+        "(outbox status 'held'). The email_recipients and webhook_* settings route alerts "
+        "without a tenant only.",
+    )
     dispatch_in_process: bool = Field(
         default=False, description="Deliver notifications from the API process too."
     )
@@ -316,19 +399,37 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_notifications(self) -> Settings:
-        if self.email_enabled and not self.email_recipients:
+        routed = any(route.email_recipients for route in self.notification_routes.values())
+        if self.email_enabled and not self.email_recipients and not routed:
             raise ValueError("email_enabled needs at least one address in email_recipients")
         if self.webhook_enabled:
             if not self.webhook_url or self.webhook_secret is None:
                 raise ValueError("webhook_enabled needs webhook_url and webhook_secret")
-            url = urlsplit(self.webhook_url)
-            loopback = url.hostname in ("127.0.0.1", "localhost", "::1")
-            if url.scheme != "https" and not (url.scheme == "http" and loopback):
-                raise ValueError("webhook_url must be https:// (http:// only on loopback)")
+            check_webhook_url(self.webhook_url, "webhook_url")
+        for tenant, route in self.notification_routes.items():
+            self._check_route(tenant, route)
         # A claim must outlive one send, or a slow send could be retried by another dispatcher.
         if self.dispatch_lease_s <= 2 * max(self.smtp_timeout_s, self.webhook_timeout_s):
             raise ValueError("dispatch_lease_s must exceed twice the SMTP and webhook timeouts")
         return self
+
+    def _check_route(self, tenant: str, route: TenantRoute) -> None:
+        where = f"notification_routes[{tenant!r}]"
+        if not tenant or len(tenant) > 64 or not tenant.isprintable():
+            raise ValueError(f"{where}: a tenant is 1 to 64 printable characters")
+        if route.email_recipients and not self.email_enabled:
+            raise ValueError(f"{where}.email_recipients needs email_enabled")
+        if any("@" not in address for address in route.email_recipients):
+            raise ValueError(f"{where}.email_recipients must be e-mail addresses")
+        if route.webhook_url is None:
+            if route.webhook_secret_env is not None:
+                raise ValueError(f"{where}.webhook_secret_env without webhook_url")
+            return
+        check_webhook_url(route.webhook_url, f"{where}.webhook_url")
+        if not route.webhook_secret_env or not route.webhook_secret():
+            raise ValueError(
+                f"{where}.webhook_secret_env must name a set environment variable (the key)"
+            )
 
     @model_validator(mode="after")
     def _check_security(self) -> Settings:

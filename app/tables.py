@@ -1,8 +1,17 @@
 """Every domain's tables in one import, so ``Base.metadata`` is complete for Alembic."""
 
 from app.alerts import tables as alert_tables
+from app.casework import tables as casework_tables
 from app.customers import tables as customer_tables
+from app.modelops import tables as model_tables
 from app.scoring import tables as score_tables
 from app.security import tables as security_tables
 
-__all__ = ["alert_tables", "customer_tables", "score_tables", "security_tables"]
+__all__ = [
+    "alert_tables",
+    "casework_tables",
+    "customer_tables",
+    "model_tables",
+    "score_tables",
+    "security_tables",
+]

@@ -129,7 +129,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def service(database_url: str, *, workers: int) -> Iterator[str]:
+def service(
+    database_url: str, *, workers: int, extra_env: dict[str, str] | None = None
+) -> Iterator[str]:
     """The real service in a uvicorn subprocess on 127.0.0.1; its base URL."""
     port = free_port()
     env = {
@@ -140,6 +142,7 @@ def service(database_url: str, *, workers: int) -> Iterator[str]:
         "CVM_SCORE_WRITER": "thread",  # no scores here: no writer process beside each worker
         "CVM_RATE_LIMIT_PER_S": "1000000",
         "CVM_RATE_LIMIT_BURST": "100000",
+        **(extra_env or {}),
     }
     command = [
         sys.executable,

@@ -60,6 +60,15 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory, book_path: Path) -> Pat
     return root
 
 
+def models_without(task: Task, models_dir: Path, root: Path) -> Path:
+    """A models folder under ``root`` holding every task of ``models_dir`` but ``task`` (an
+    app would otherwise load the registry's champion of ``task`` from disk)."""
+    for other in Task:
+        if other is not task:
+            (root / other.value).symlink_to(models_dir / other.value)
+    return root
+
+
 @pytest.fixture(scope="session")
 def registry(models_dir: Path) -> ModelRegistry:
     """The tiny models, loaded once."""

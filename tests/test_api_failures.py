@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -20,7 +21,7 @@ from app.db.migrate import upgrade
 from app.http.app import create_app
 from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
-from tests.conftest import customer_record
+from tests.conftest import customer_record, models_without
 from tests.db_support import TcpProxy, temporary_postgres_database
 
 
@@ -117,14 +118,21 @@ def test_broken_database_gives_503_and_writes_nothing(
 
 
 def test_missing_model_gives_503(
-    database_url: str, settings_for: Any, models_dir: Any, sample_rows: dict[str, pd.DataFrame]
+    database_url: str,
+    settings_for: Any,
+    models_dir: Any,
+    sample_rows: dict[str, pd.DataFrame],
+    tmp_path: Path,
 ) -> None:
     full = ModelRegistry.load(models_dir)
     partial = ModelRegistry(
         {t: m for t, m in full.loaded.items() if t is not Task.PROSPECT},
         {Task.PROSPECT: "no model"},
     )
-    app = create_app(settings_for(database_url), partial)
+    settings = settings_for(database_url).model_copy(
+        update={"models_dir": models_without(Task.PROSPECT, models_dir, tmp_path)}
+    )
+    app = create_app(settings, partial)
     with TestClient(app) as client:
         response = client.post("/v1/prospect/scores", json={"customers": [{"customer_id": "p"}]})
         assert response.status_code == 503

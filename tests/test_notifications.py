@@ -67,6 +67,8 @@ from app.scoring.assess import AlertThresholds
 from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
 from app.scoring.repository import AlertCandidateRow, insert_alert_candidates
+from app.security.api_keys import create_client
+from app.security.principal import ALL_SCOPES
 from tests.conftest import customer_record
 
 SECRET = "webhook-s3cret"
@@ -940,3 +942,104 @@ def test_notification_settings_are_checked(overrides: dict[str, Any], message: s
     assert Settings(
         webhook_enabled=True, webhook_url="https://crm.bank.example/x", webhook_secret="x"
     )
+
+
+# --- per-tenant routing (issue 20, item 14) -------------------------------------------------------
+
+
+def test_each_tenant_receives_only_its_own_alerts_and_an_unrouted_one_is_held(
+    engine: Engine,
+    database_url: str,
+    settings_for: Any,
+    registry: ModelRegistry,
+    sample_rows: Any,
+    smtp: SmtpServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    receivers = {"bank-a": WebhookReceiver(), "bank-b": WebhookReceiver()}
+    for tenant, receiver in receivers.items():
+        receiver.start()
+        monkeypatch.setenv(f"HOOK_KEY_{tenant[-1].upper()}", f"key-of-{tenant}")
+    routes = {
+        tenant: {
+            "webhook_url": receiver.url,
+            "webhook_secret_env": f"HOOK_KEY_{tenant[-1].upper()}",
+            "email_recipients": [f"retention@{tenant}.example"],
+        }
+        for tenant, receiver in receivers.items()
+    }
+    settings = settings_for(
+        database_url,
+        auth_enabled=True,
+        tenant_isolation=True,
+        churn_alert_probability=0.000001,  # every customer crosses
+        email_enabled=True,
+        email_recipients=["global@bank.example"],  # alerts without a tenant only
+        smtp_host="127.0.0.1",
+        smtp_port=smtp.port,
+        smtp_starttls=False,
+        notification_routes=routes,
+        dispatch_in_process=True,
+        dispatch_poll_s=0.02,
+    )
+    model = registry.get(Task.CHURN)
+    assert model is not None
+    rows = sample_rows["existing"]
+    app = create_app(settings, registry)
+    scopes = sorted(ALL_SCOPES)
+    keys = {
+        tenant: create_client(app.state.engine, name=tenant, scopes=scopes, tenant=tenant)[1]
+        for tenant in ("bank-a", "bank-b", "bank-c")
+    }
+    sent: dict[str, str] = {}
+    try:
+        with TestClient(app) as client:
+            for index, tenant in enumerate(keys):
+                customer = customer_record(rows.iloc[index], model.schema)
+                sent[tenant] = customer["customer_id"]
+                answer = client.post(
+                    "/v1/churn/scores",
+                    json={"customers": [customer]},
+                    headers={"X-API-Key": keys[tenant]},
+                )
+                assert answer.status_code == 200
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and (
+                any(not r.accepted for r in receivers.values()) or len(smtp.inbox.mails) < 2
+            ):
+                time.sleep(0.02)
+            time.sleep(0.3)  # anything misrouted would arrive by now
+    finally:
+        for receiver in receivers.values():
+            receiver.stop()
+    for tenant, receiver in receivers.items():
+        (request,) = receiver.accepted
+        assert json.loads(request.body)["alert"]["customer_id"] == sent[tenant]
+        expected = hmac.new(f"key-of-{tenant}".encode(), request.body, hashlib.sha256)
+        assert request.signature == f"sha256={expected.hexdigest()}"
+    mails = {mail.recipients[0]: mail for mail in smtp.inbox.mails}
+    assert set(mails) == {"retention@bank-a.example", "retention@bank-b.example"}
+    assert sent["bank-a"] in mails["retention@bank-a.example"].subject
+    # bank-c has no route: its alert's notification is held, visible, and sent nowhere.
+    with engine.connect() as connection:
+        held = connection.execute(
+            select(OutboxMessage.__table__).where(OutboxMessage.status == "held")
+        ).all()
+    assert [(m.tenant, m.payload["customer_id"]) for m in held] == [("bank-c", sent["bank-c"])]
+    assert "no notification route" in (held[0].last_error or "")
+
+
+@pytest.mark.parametrize(
+    ("route", "message"),
+    [
+        ({"webhook_url": "http://example.com/x", "webhook_secret_env": "HOME"}, "https://"),
+        ({"webhook_url": "https://example.com/x"}, "webhook_secret_env"),
+        ({"webhook_url": "https://example.com/x", "webhook_secret_env": "CVM_UNSET_X"}, "set"),
+        ({"email_recipients": ["not-an-address"]}, "e-mail addresses"),
+        ({"smtp": "x"}, "Extra inputs"),
+    ],
+)
+def test_tenant_routes_are_checked(route: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        email = "email_recipients" in route
+        Settings(email_enabled=email, notification_routes={"bank-a": route})

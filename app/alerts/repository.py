@@ -110,6 +110,8 @@ class OutboxRow(TypedDict):
     attempts: int
     created_at: datetime
     next_attempt_at: datetime
+    tenant: NotRequired[str | None]
+    last_error: NotRequired[str | None]
 
 
 class DigestEntryRow(TypedDict):
@@ -468,6 +470,7 @@ class ClaimedMessage:
     payload: dict[str, Any]
     attempts: int
     created_at: datetime
+    tenant: str | None = None
 
 
 def claim_messages(
@@ -506,7 +509,15 @@ def claim_messages(
         .where(t.id.in_(due.scalar_subquery()))
         .values(claimed_until=claimed_until, claimed_by=dispatcher, attempts=t.attempts + 1)
         .returning(
-            t.id, t.channel, t.kind, t.recipient, t.alert_id, t.payload, t.attempts, t.created_at
+            t.id,
+            t.channel,
+            t.kind,
+            t.recipient,
+            t.alert_id,
+            t.payload,
+            t.attempts,
+            t.created_at,
+            t.tenant,
         )
     )
     rows = connection.execute(statement).all()
@@ -520,6 +531,7 @@ def claim_messages(
             payload=row.payload,
             attempts=row.attempts,
             created_at=row.created_at,
+            tenant=row.tenant,
         )
         for row in rows
     ]

@@ -119,7 +119,7 @@ class AlertPolicy:
 
 @dataclass(frozen=True)
 class NotificationPlan:
-    """Which notifications a newly opened alert queues in the outbox."""
+    """Which notifications a newly opened alert queues in the outbox (one route)."""
 
     webhook: bool = False
     email_recipients: tuple[str, ...] = ()
@@ -127,12 +127,56 @@ class NotificationPlan:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NotificationPlan:
-        """The channels the settings turn on."""
+        """The route of alerts without a tenant: the global channels the settings turn on."""
         return cls(
             webhook=settings.webhook_enabled,
             email_recipients=tuple(settings.email_recipients) if settings.email_enabled else (),
             email_digest=settings.email_digest_minutes > 0,
         )
+
+    @property
+    def sends(self) -> bool:
+        """Whether this route sends anything at all."""
+        return self.webhook or bool(self.email_recipients)
+
+
+@dataclass(frozen=True)
+class NotificationRouting:
+    """Each tenant's route; ``default`` serves alerts without a tenant only. A tenant without a
+    route gets its notifications held, never another tenant's (or the default) receivers."""
+
+    default: NotificationPlan = field(default_factory=NotificationPlan)
+    tenants: Mapping[str, NotificationPlan] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> NotificationRouting:
+        """The default route and ``notification_routes``."""
+        digest = settings.email_digest_minutes > 0
+        return cls(
+            default=NotificationPlan.from_settings(settings),
+            tenants={
+                tenant: NotificationPlan(
+                    webhook=route.webhook_url is not None,
+                    email_recipients=tuple(route.email_recipients)
+                    if settings.email_enabled
+                    else (),
+                    email_digest=digest,
+                )
+                for tenant, route in settings.notification_routes.items()
+            },
+        )
+
+    @property
+    def active(self) -> bool:
+        """Whether any notification is configured (otherwise nothing is queued, not even
+        held messages)."""
+        return self.default.sends or any(plan.sends for plan in self.tenants.values())
+
+    def plan_for(self, tenant: str | None) -> NotificationPlan | None:
+        """The tenant's route; None when the tenant has none (its notifications are held)."""
+        if tenant is None:
+            return self.default
+        return self.tenants.get(tenant)
 
 
 @dataclass
@@ -181,7 +225,7 @@ class ChurnAlerts:
     thresholds: AlertThresholds
     policy: AlertPolicy
     actions: RetentionActions
-    plan: NotificationPlan
+    plan: NotificationPlan | NotificationRouting
     # On: a score is recorded only on its own tenant's alert.
     tenant_isolation: bool = False
     clock: Clock = utc_now
@@ -199,7 +243,7 @@ class ChurnAlerts:
                 reopen_margin=settings.churn_alert_reopen_margin,
             ),
             actions=RetentionActions.load(settings.retention_actions_file),
-            plan=NotificationPlan.from_settings(settings),
+            plan=NotificationRouting.from_settings(settings),
             tenant_isolation=settings.tenant_isolation,
         )
 
@@ -290,7 +334,7 @@ class ChurnAlerts:
                 alert_id = opened[cid]
                 states[cid] = _AlertState(self._opened_alert(alert_id, candidate))
                 events.append(_event(alert_id, EventKind.OPENED, AlertStatus.OPEN, candidate, now))
-                self._announce(alert_id, candidate, now, outbox, digest)
+                self._announce(alert_id, candidate, now, outbox, digest, tenant)
                 summary.opened.append(alert_id)
             elif (state := states.get(cid)) is not None:
                 self._rescore(state, candidate, now)
@@ -374,9 +418,16 @@ class ChurnAlerts:
         now: datetime,
         outbox: list[OutboxRow],
         digest: list[DigestEntryRow],
+        tenant: str | None = None,
     ) -> None:
-        if not self.plan.webhook and not self.plan.email_recipients:
+        routing = (
+            self.plan
+            if isinstance(self.plan, NotificationRouting)
+            else NotificationRouting(default=self.plan)
+        )
+        if not routing.active:
             return
+        plan = routing.plan_for(tenant)
         snapshot = alert_snapshot(
             alert_id=alert_id,
             customer_id=candidate.customer_id,
@@ -387,7 +438,13 @@ class ChurnAlerts:
             model_version=candidate.model_version,
             opened_at=now,
         )
-        if self.plan.webhook:
+        if plan is None:  # no route for this tenant: held, visible, never sent elsewhere
+            held = _outbox_row(str(uuid.uuid4()), "none", None, alert_id, snapshot, now, tenant)
+            held["status"] = MessageStatus.HELD
+            held["last_error"] = "no notification route is configured for this tenant"
+            outbox.append(held)
+            return
+        if plan.webhook:
             message_id = str(uuid.uuid4())
             body = {
                 "id": message_id,
@@ -395,14 +452,16 @@ class ChurnAlerts:
                 "created_at": now.isoformat(),
                 "alert": snapshot,
             }
-            outbox.append(_outbox_row(message_id, "webhook", None, alert_id, body, now))
-        for recipient in self.plan.email_recipients:
-            if self.plan.email_digest:
+            outbox.append(_outbox_row(message_id, "webhook", None, alert_id, body, now, tenant))
+        for recipient in plan.email_recipients:
+            if plan.email_digest:
                 entry = DigestEntryRow(recipient=recipient, alert_id=alert_id, created_at=now)
                 digest.append(entry)
             else:
                 message_id = str(uuid.uuid4())
-                outbox.append(_outbox_row(message_id, "email", recipient, alert_id, snapshot, now))
+                outbox.append(
+                    _outbox_row(message_id, "email", recipient, alert_id, snapshot, now, tenant)
+                )
 
 
 # --- the processor ---------------------------------------------------------------------------
@@ -554,6 +613,7 @@ def _outbox_row(
     alert_id: int,
     payload: dict[str, Any],
     now: datetime,
+    tenant: str | None = None,
 ) -> OutboxRow:
     return OutboxRow(
         id=message_id,
@@ -566,6 +626,8 @@ def _outbox_row(
         attempts=0,
         created_at=now,
         next_attempt_at=now,
+        tenant=tenant,
+        last_error=None,
     )
 
 

@@ -62,6 +62,9 @@ class MessageStatus(StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"
     FAILED = "failed"
+    # A tenant's alert while no notification route is configured for that tenant: kept, never
+    # sent (and never to another tenant's receivers).
+    HELD = "held"
 
 
 def sql_values(enum: type[StrEnum]) -> str:

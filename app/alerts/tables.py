@@ -140,6 +140,8 @@ class OutboxMessage(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(64))
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(String(500))
+    # The tenant of the alert (None: none): its webhook goes to that tenant's receiver only.
+    tenant: Mapped[str | None] = mapped_column(String(64))
 
 
 class OutboxAttempt(Base):

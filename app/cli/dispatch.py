@@ -80,7 +80,8 @@ def dispatch(
                 left = outbox_counts(connection)
             console.print(
                 f"{summary(report)}; outbox now: pending {left.get('pending', 0)}, "
-                f"delivered {left.get('delivered', 0)}, failed {left.get('failed', 0)}"
+                f"delivered {left.get('delivered', 0)}, failed {left.get('failed', 0)}, "
+                f"held (tenant without a route) {left.get('held', 0)}"
             )
             if report.retried or report.failed:
                 raise typer.Exit(code=1)

@@ -64,6 +64,7 @@ def ingest(
                 rules=IntakeRules(
                     future_tolerance_s=settings.event_future_tolerance_s,
                     max_events=settings.max_events_per_call,
+                    material_outflow=settings.material_outflow_eur,
                 ),
                 tenant=tenant,
                 pseudonymizer=Pseudonymizer.from_settings(settings),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from app.cli import (
     alerts,
     book,
+    casework,
     clients,
     consume,
     db,
@@ -13,6 +14,7 @@ from app.cli import (
     models,
     score,
     serve,
+    staff,
     train,
 )
 from app.cli.app import cli
@@ -29,6 +31,8 @@ cli.add_typer(serve.commands)
 cli.add_typer(db.commands)
 cli.add_typer(clients.commands)
 cli.add_typer(alerts.commands)
+cli.add_typer(staff.commands)
+cli.add_typer(casework.commands)
 
 __all__ = ["cli", "main"]
 

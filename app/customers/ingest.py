@@ -202,6 +202,7 @@ def ingest_file(
                 request_id=f"ingest:{summary.run_id}:{summary.chunks}",
                 received_at=received_at,
                 pseudonymizer=pseudonymizer,
+                material_outflow=rules.material_outflow,
             )
         first_row = summary.rows + 1
         summary.rejects += [

@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypedDict
 
-from sqlalchemy import ColumnElement, Connection, func, select
-from sqlalchemy.dialects import sqlite
+from sqlalchemy import ColumnElement, Connection, Table, case, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.customers.tables import CustomerEvent, customer_event_table
+from app.customers.features import (
+    COUNTERS,
+    LatestKey,
+    LatestValue,
+    MonthCounts,
+    MonthDelta,
+    MonthKey,
+)
+from app.customers.tables import (
+    UNTAGGED_KEY,
+    CustomerEvent,
+    CustomerMonth,
+    CustomerMonthLatest,
+    RescorePending,
+    customer_event_table,
+    customer_month_latest_table,
+    customer_month_table,
+    rescore_pending_table,
+)
 from app.db.session import json_text
 from app.scoring.repository import TenantScope
 
@@ -28,23 +46,25 @@ class EventRow(TypedDict):
     payload: dict[str, Any]
 
 
-def insert_new_events(connection: Connection, *, rows: Sequence[EventRow]) -> int:
-    """Insert the rows whose (tenant, event id) is not stored yet; returns how many were.
+def insert_new_events(connection: Connection, *, rows: Sequence[EventRow]) -> list[EventRow]:
+    """Insert the rows whose (tenant, event id) is not stored yet; returns those.
 
     A row whose id is already stored, by an earlier call or by a concurrent transaction that
     commits first, is skipped by the database itself (ON CONFLICT DO NOTHING), so two calls
     carrying one event store it once whatever their timing.
     """
     if not rows:
-        return 0
+        return []
     if connection.dialect.name == "postgresql":
-        return _copy_new_events(connection, rows)
-    statement = (
-        sqlite.insert(customer_event_table)
-        .on_conflict_do_nothing()
-        .returning(customer_event_table.c.id)
-    )
-    return len(connection.execute(statement, list(rows)).all())
+        new_ids = _copy_new_events(connection, rows)
+    else:
+        statement = (
+            sqlite.insert(customer_event_table)
+            .on_conflict_do_nothing()
+            .returning(customer_event_table.c.event_id)
+        )
+        new_ids = set(connection.execute(statement, list(rows)).scalars())
+    return [row for row in rows if row["event_id"] in new_ids]
 
 
 # PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT that skips stored ids.
@@ -61,11 +81,11 @@ _INSERT_STAGED = (
     f"INSERT INTO {customer_event_table.name} (tenant, event_id, customer_id, type, "
     "occurred_at, received_at, request_id, payload) "
     f"SELECT %s, event_id, customer_id, type, occurred_at, %s, %s, payload FROM {_STAGING} "
-    "ON CONFLICT DO NOTHING"
+    "ON CONFLICT DO NOTHING RETURNING event_id"
 )
 
 
-def _copy_new_events(connection: Connection, rows: Sequence[EventRow]) -> int:
+def _copy_new_events(connection: Connection, rows: Sequence[EventRow]) -> set[str]:
     """The PostgreSQL path: the rows of one call share their tenant, time and request id."""
     first = rows[0]
     shared = (first["tenant"], first["received_at"], first["request_id"])
@@ -86,7 +106,7 @@ def _copy_new_events(connection: Connection, rows: Sequence[EventRow]) -> int:
                     )
                 )
         cursor.execute(_INSERT_STAGED, shared)
-        return int(cursor.rowcount)
+        return {event_id for (event_id,) in cursor.fetchall()}
 
 
 def list_events(
@@ -116,3 +136,186 @@ def list_events(
         .offset(offset)
     ).all()
     return list(rows), total or 0
+
+
+# --- running aggregates -----------------------------------------------------------------------
+
+
+def _upsert(connection: Connection, table: Table) -> Any:
+    """An INSERT ... ON CONFLICT of this database's dialect."""
+    return (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def _later(stored: Any, new: Any) -> Any:
+    """The later of two nullable times (SQLite's MAX of a NULL is NULL)."""
+    return case(
+        (new.is_(None), stored),
+        (stored.is_(None), new),
+        (new > stored, new),
+        else_=stored,
+    )
+
+
+def update_months(
+    connection: Connection,
+    *,
+    tenant: str | None,
+    deltas: Mapping[MonthKey, MonthDelta],
+    latest: Mapping[LatestKey, LatestValue],
+) -> None:
+    """Add counter deltas to their customer-months and keep each latest value unless a later
+    occurrence is already stored; atomic per row, so concurrent calls never lose an update."""
+    key = UNTAGGED_KEY if tenant is None else tenant
+    if deltas:
+        months = customer_month_table.c
+        insert = _upsert(connection, customer_month_table)
+        insert = insert.on_conflict_do_update(
+            index_elements=[months.tenant, months.customer_id, months.month],
+            set_={
+                **{name: months[name] + insert.excluded[name] for name in COUNTERS},
+                "last_activity_at": _later(
+                    months.last_activity_at, insert.excluded.last_activity_at
+                ),
+            },
+        )
+        connection.execute(
+            insert,
+            [
+                {
+                    "tenant": key,
+                    "customer_id": customer_id,
+                    "month": month,
+                    **delta.counts,
+                    "last_activity_at": delta.last_activity_at,
+                }
+                for (customer_id, month), delta in sorted(deltas.items())
+            ],
+        )
+    if latest:
+        values = customer_month_latest_table.c
+        insert = _upsert(connection, customer_month_latest_table)
+        insert = insert.on_conflict_do_update(
+            index_elements=[
+                values.tenant,
+                values.customer_id,
+                values.month,
+                values.kind,
+                values.key,
+            ],
+            set_={
+                "occurred_at": insert.excluded.occurred_at,
+                "number": insert.excluded.number,
+                "text": insert.excluded.text,
+            },
+            where=insert.excluded.occurred_at >= values.occurred_at,
+        )
+        connection.execute(
+            insert,
+            [
+                {
+                    "tenant": key,
+                    "customer_id": customer_id,
+                    "month": value.month,
+                    "kind": value.kind,
+                    "key": value.key,
+                    "occurred_at": value.occurred_at,
+                    "number": value.number,
+                    "text": value.text,
+                }
+                for (customer_id, *_), value in sorted(latest.items(), key=lambda kv: kv[0])
+            ],
+        )
+
+
+def read_months(
+    session: Session, *, tenant: str | None, customer_ids: Sequence[str], until: int
+) -> tuple[list[MonthCounts], list[LatestValue]]:
+    """A customer's stored aggregates up to a month (any of its stored id forms)."""
+    key = UNTAGGED_KEY if tenant is None else tenant
+    months = session.execute(
+        select(CustomerMonth).where(
+            CustomerMonth.tenant == key,
+            CustomerMonth.customer_id.in_(customer_ids),
+            CustomerMonth.month <= until,
+        )
+    ).scalars()
+    merged: dict[int, MonthCounts] = {}
+    for row in months:
+        counts = {name: int(getattr(row, name)) for name in COUNTERS}
+        earlier = merged.get(row.month)
+        last = row.last_activity_at
+        if earlier is not None:  # the same month under two id forms: add them up
+            counts = {n: counts[n] + earlier.counts[n] for n in COUNTERS}
+            last = max(filter(None, (last, earlier.last_activity_at)), default=None)
+        merged[row.month] = MonthCounts(row.month, counts, last)
+    values = session.execute(
+        select(CustomerMonthLatest).where(
+            CustomerMonthLatest.tenant == key,
+            CustomerMonthLatest.customer_id.in_(customer_ids),
+            CustomerMonthLatest.month <= until,
+        )
+    ).scalars()
+    latest = [
+        LatestValue(v.month, v.kind, v.key, v.occurred_at, number=v.number, text=v.text)
+        for v in values
+    ]
+    return list(merged.values()), latest
+
+
+def latest_month(
+    session: Session, *, tenant: str | None, customer_ids: Sequence[str]
+) -> int | None:
+    """The customer's latest month with any aggregate, or None if it has none."""
+    key = UNTAGGED_KEY if tenant is None else tenant
+    found = [
+        session.scalar(
+            select(func.max(table.month)).where(
+                table.tenant == key, table.customer_id.in_(customer_ids)
+            )
+        )
+        for table in (CustomerMonth, CustomerMonthLatest)
+    ]
+    return max((m for m in found if m is not None), default=None)
+
+
+# --- rescoring queue ----------------------------------------------------------------------------
+
+
+def queue_rescoring(
+    connection: Connection,
+    *,
+    tenant: str | None,
+    pending: Mapping[str, tuple[str, str]],
+    at: datetime,
+) -> None:
+    """Note customers to re-assess (stored id -> reason, event id), in the caller's
+    transaction."""
+    if not pending:
+        return
+    key = UNTAGGED_KEY if tenant is None else tenant
+    connection.execute(
+        rescore_pending_table.insert(),
+        [
+            {
+                "tenant": key,
+                "customer_id": customer_id,
+                "reason": reason,
+                "event_id": event_id,
+                "created_at": at,
+            }
+            for customer_id, (reason, event_id) in sorted(pending.items())
+        ],
+    )
+
+
+def pending_rescoring(session: Session, *, limit: int) -> list[RescorePending]:
+    """The oldest re-assessments waiting."""
+    return list(
+        session.scalars(select(RescorePending).order_by(RescorePending.id).limit(limit)).all()
+    )
+
+
+def drop_rescoring(session: Session, *, ids: Sequence[int]) -> None:
+    """Remove re-assessments done (or that can never be done); the caller commits."""
+    if ids:
+        session.execute(delete(RescorePending).where(RescorePending.id.in_(ids)))

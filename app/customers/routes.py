@@ -6,11 +6,26 @@ from functools import partial
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from pydantic import BaseModel
 
 from app.customers import service
-from app.customers.schemas import EXAMPLE_BODY, EventPage, EventsRequest, EventType, IntakeResult
+from app.customers.assessments import CustomerScoring
+from app.customers.schemas import (
+    ASSESSMENT_BY_ID_EXAMPLE,
+    BULK_ASSESSMENT_EXAMPLE,
+    EXAMPLE_BODY,
+    MONTH_PATTERN,
+    AssessmentByIdRequest,
+    BulkAssessmentRequest,
+    CustomerAssessment,
+    CustomerAssessments,
+    EventPage,
+    EventsRequest,
+    EventType,
+    IntakeResult,
+    MonthFeatures,
+)
 from app.customers.service import EventIntake, IntakeRules
 from app.http.deps import (
     PseudonymizerDep,
@@ -18,6 +33,7 @@ from app.http.deps import (
     SessionDep,
     TenantDep,
     get_pseudonymizer,
+    get_scoring_call,
     require,
 )
 from app.security.audit import note
@@ -46,6 +62,7 @@ async def get_intake(request: Request) -> EventIntake:
         rules=IntakeRules(
             future_tolerance_s=settings.event_future_tolerance_s,
             max_events=settings.max_events_per_call,
+            material_outflow=settings.material_outflow_eur,
         ),
         pseudonymizer=await get_pseudonymizer(request),
     )
@@ -111,3 +128,119 @@ def customer_events(
     stored = pseudonymizer.pseudonym(customer_id, caller.tenant) if pseudonymizer else customer_id
     note(request, customer=stored)
     return page
+
+
+CustomerIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)]
+MonthQuery = Annotated[
+    str | None,
+    Query(
+        pattern=MONTH_PATTERN,
+        description="Month (YYYY-MM, UTC); the customer's latest month on record if left out.",
+        examples=["2026-11"],
+    ),
+]
+
+
+@router.get(
+    "/customers/{customer_id}/features",
+    response_model=MonthFeatures,
+    responses={404: {"description": "No events of this customer for the caller", **PROBLEM}},
+)
+def customer_features(
+    request: Request,
+    session: SessionDep,
+    caller: CustomersReader,
+    pseudonymizer: PseudonymizerDep,
+    customer_id: CustomerIdPath,
+    month: MonthQuery = None,
+) -> MonthFeatures:
+    """A customer's model features in a month, from the running aggregates of its trail."""
+    features = service.month_features(
+        session,
+        customer_id=customer_id,
+        month=month,
+        caller_tenant=caller.tenant,
+        pseudonymizer=pseudonymizer,
+    )
+    stored = pseudonymizer.pseudonym(customer_id, caller.tenant) if pseudonymizer else customer_id
+    note(request, customer=stored, month=features.month)
+    return features
+
+
+SCORING_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No events of this customer for the caller", **PROBLEM},
+    413: {"description": "Too many customers in one call", **PROBLEM},
+    422: {"description": "Invalid input, or a trail a model cannot score", **PROBLEM},
+    503: {"description": "Database or model unavailable; nothing was saved", **PROBLEM},
+}
+
+
+async def get_customer_scoring(request: Request) -> CustomerScoring:
+    """Score-by-id on this app's database, scoring service and pseudonymizer."""
+    return CustomerScoring(
+        session_factory=request.app.state.session_factory,
+        scoring=request.app.state.scoring,
+        pseudonymizer=await get_pseudonymizer(request),
+    )
+
+
+CustomerScoringDep = Annotated[CustomerScoring, Depends(get_customer_scoring)]
+
+
+@router.post(
+    "/customers/{customer_id}/assessment",
+    response_model=CustomerAssessment,
+    responses=SCORING_ERRORS,
+)
+async def assess_customer(
+    request: Request,
+    caller: CustomersReader,
+    scoring: CustomerScoringDep,
+    customer_id: CustomerIdPath,
+    body: Annotated[
+        AssessmentByIdRequest | None,
+        Body(openapi_examples={"churn": {"value": ASSESSMENT_BY_ID_EXAMPLE}}),
+    ] = None,
+) -> dict[str, Any]:
+    """Assess one customer from its trail (no features sent); saved before answering."""
+    call = await get_scoring_call(request)  # scores:write as well
+    options = body or AssessmentByIdRequest()
+    answer = await scoring.assess(
+        [customer_id],
+        month=options.month,
+        tasks=options.tasks,
+        request_id=call.request_id,
+        tenant=caller.tenant,
+        bulk=False,
+        idempotency=call.idempotency,
+    )
+    note(request, task="assessment", customers=1, inputs="trail")
+    return answer
+
+
+@router.post(
+    "/customers/assessments",
+    response_model=CustomerAssessments,
+    responses={k: v for k, v in SCORING_ERRORS.items() if k != 404},
+)
+async def assess_customers(
+    request: Request,
+    caller: CustomersReader,
+    scoring: CustomerScoringDep,
+    body: Annotated[
+        BulkAssessmentRequest, Body(openapi_examples={"two": {"value": BULK_ASSESSMENT_EXAMPLE}})
+    ],
+) -> dict[str, Any]:
+    """Assess many customers from their trails; an unknown id is named by its index."""
+    call = await get_scoring_call(request)
+    response = await scoring.assess(
+        body.customer_ids,
+        month=body.month,
+        tasks=body.tasks,
+        request_id=call.request_id,
+        tenant=caller.tenant,
+        bulk=True,
+        idempotency=call.idempotency,
+    )
+    note(request, task="assessment", customers=len(body.customer_ids), inputs="trail")
+    return response

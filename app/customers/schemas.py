@@ -8,7 +8,7 @@ columns model is built from the event models, so the two forms can never disagre
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -26,7 +26,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from app.scoring.manifest import Task
 from app.scoring.request_schemas import CustomerId, integral
+from app.scoring.schemas import AssessmentResponse
 
 
 class EventType(StrEnum):
@@ -68,6 +70,7 @@ class Platform(StrEnum):
 
     WEB = "web"
     MOBILE_APP = "mobile_app"
+    WEBSITE = "website"  # the bank's public website, not logged in (prospects too)
 
 
 class ContactKind(StrEnum):
@@ -203,6 +206,24 @@ class CustomerProfile(EventBase):
         default=None, description="Staff id of the customer's relationship manager."
     )
     segment: Code | None = Field(default=None, examples=["affluent"])
+    customer_since: date | None = Field(
+        default=None,
+        description="When the relationship began (the first product); none for a prospect.",
+        examples=["2019-04-01"],
+    )
+    acquisition_channel: Code | None = Field(
+        default=None,
+        description="How the customer or prospect came to the bank.",
+        examples=["referral"],
+    )
+    monthly_profit: float | None = Field(
+        default=None,
+        ge=-MAX_AMOUNT,
+        le=MAX_AMOUNT,
+        allow_inf_nan=False,
+        description="Profit the customer contributed in the month of occurred_at, as the "
+        "bank's profitability system computes it (negative: a loss).",
+    )
 
 
 class AccountOpened(EventBase):
@@ -392,6 +413,9 @@ EXAMPLE_BODY: dict[str, Any] = {
             "branch": "B-012",
             "relationship_manager": "rm-042",
             "segment": "emerging_affluent",
+            "customer_since": "2026-10-01",
+            "acquisition_channel": "branch",
+            "monthly_profit": 18.4,
         },
         {
             "event_id": "txn-000184",
@@ -479,3 +503,63 @@ class EventPage(BaseModel):
     limit: int
     offset: int
     items: list[StoredEvent]
+
+
+MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+
+
+class MonthFeatures(BaseModel):
+    """A customer's model features in one month, derived from its trail by the definitions
+    training uses (app/customers/features.py); null where the trail does not tell."""
+
+    customer_id: str
+    month: str = Field(description="YYYY-MM (UTC).", examples=["2026-11"])
+    features: dict[str, float | int | str | bool | None]
+
+
+class AssessmentByIdRequest(BaseModel):
+    """What to assess of a customer known by its trail; every field may be left out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[Task] | None = Field(
+        default=None,
+        min_length=1,
+        description="Only these models (of those its lifecycle stage calls for); all if left out.",
+        examples=[["churn", "tier"]],
+    )
+    month: str | None = Field(
+        default=None,
+        pattern=MONTH_PATTERN,
+        description="Month of the features (YYYY-MM, UTC); the customer's latest if left out.",
+        examples=["2026-11"],
+    )
+
+
+BULK_ASSESSMENT_EXAMPLE: dict[str, Any] = {"customer_ids": ["C0000042"]}
+
+
+class BulkAssessmentRequest(AssessmentByIdRequest):
+    """Many customers known by their trails, assessed and saved together."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [BULK_ASSESSMENT_EXAMPLE]}
+    )
+
+    customer_ids: list[CustomerId] = Field(min_length=1)
+
+
+class CustomerAssessment(AssessmentResponse):
+    """An assessment from the trail, with the month its features are of."""
+
+    month: str = Field(description="YYYY-MM (UTC).")
+
+
+class CustomerAssessments(BaseModel):
+    """Assessments of many customers, in the order asked, saved together."""
+
+    request_id: str
+    results: list[CustomerAssessment]
+
+
+ASSESSMENT_BY_ID_EXAMPLE: dict[str, Any] = {"tasks": ["churn"], "month": "2026-11"}

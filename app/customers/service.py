@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -18,7 +18,25 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.customers.repository import EventRow, insert_new_events, list_events
+from app.customers.features import (
+    DEFAULT_MATERIAL_OUTFLOW,
+    Feature,
+    TrailEvent,
+    aggregate,
+    derive_features,
+    material_reason,
+    month_label,
+    parse_month,
+)
+from app.customers.repository import (
+    EventRow,
+    insert_new_events,
+    latest_month,
+    list_events,
+    queue_rescoring,
+    read_months,
+    update_months,
+)
 from app.customers.schemas import (
     COMMON_FIELDS,
     Event,
@@ -27,9 +45,10 @@ from app.customers.schemas import (
     EventsRequest,
     EventType,
     IntakeResult,
+    MonthFeatures,
     StoredEvent,
 )
-from app.errors import BatchTooLarge, DatabaseUnavailable, InvalidInput
+from app.errors import BatchTooLarge, DatabaseUnavailable, InvalidInput, NotFound
 from app.scoring.repository import TenantScope
 from app.security.pseudonyms import Pseudonymizer
 
@@ -58,6 +77,7 @@ class IntakeRules:
 
     future_tolerance_s: float
     max_events: int
+    material_outflow: float = DEFAULT_MATERIAL_OUTFLOW
 
     def context(self, now: datetime) -> dict[str, Any]:
         """The validation context: the latest occurrence time accepted now."""
@@ -87,6 +107,7 @@ class EventIntake:
                 request_id=request_id,
                 received_at=received_at,
                 pseudonymizer=self.pseudonymizer,
+                material_outflow=self.rules.material_outflow,
             )
 
 
@@ -153,8 +174,11 @@ def record_events(
     request_id: str,
     received_at: datetime,
     pseudonymizer: Pseudonymizer | None,
+    material_outflow: float = DEFAULT_MATERIAL_OUTFLOW,
 ) -> IntakeResult:
-    """Store the events not stored yet for ``tenant`` (one commit); count the others."""
+    """Store the events not stored yet for ``tenant`` (one commit): with them, their
+    customer-months' aggregates and the re-assessments their material events call for; count
+    the others."""
     rows = event_rows(
         events,
         tenant=tenant,
@@ -163,16 +187,40 @@ def record_events(
         pseudonymizer=pseudonymizer,
     )
     try:
-        new = insert_new_events(session.connection(), rows=rows)
+        connection = session.connection()
+        new_rows = insert_new_events(connection, rows=rows)
+        # The running aggregates and the rescoring queue move with the events, in the same
+        # transaction: what is acknowledged is aggregated and will be re-assessed.
+        trail = [
+            (r["event_id"], TrailEvent(r["customer_id"], r["type"], r["occurred_at"], r["payload"]))
+            for r in new_rows
+        ]
+        deltas, latest = aggregate(event for _, event in trail)
+        update_months(connection, tenant=tenant, deltas=deltas, latest=latest)
+        pending = material_events(trail, outflow_threshold=material_outflow)
+        queue_rescoring(connection, tenant=tenant, pending=pending, at=received_at)
         session.commit()
     except SQLAlchemyError as error:
         session.rollback()
         raise DatabaseUnavailable(
             "the database is unavailable; no event of this call was stored, retry it"
         ) from error
+    new = len(new_rows)
     return IntakeResult(
         received=len(events), new=new, duplicates=len(events) - new, received_at=received_at
     )
+
+
+def material_events(
+    trail: Sequence[tuple[str, TrailEvent]], *, outflow_threshold: float
+) -> dict[str, tuple[str, str]]:
+    """Customers whose new events are material: (reason, event id) of the first such event."""
+    pending: dict[str, tuple[str, str]] = {}
+    for event_id, event in trail:
+        reason = material_reason(event, outflow_threshold=outflow_threshold)
+        if reason is not None:
+            pending.setdefault(event.customer_id, (reason, event_id))
+    return pending
 
 
 def event_rows(
@@ -208,10 +256,19 @@ def event_rows(
 def payload_of(event: BaseModel) -> dict[str, Any]:
     """The fields of an event's type that it has (enums as their values)."""
     return {
-        name: value.value if isinstance(value, Enum) else value
+        name: _plain(value)
         for name, value in event.__dict__.items()
         if value is not None and name not in COMMON_FIELDS
     }
+
+
+def _plain(value: Any) -> Any:
+    """A field's value as JSON holds it: enums as their values, dates as ISO text."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
 
 
 def customer_events(
@@ -257,6 +314,65 @@ def customer_events(
             for row in rows
         ],
     )
+
+
+def stored_forms(
+    customer_id: str, *, caller_tenant: str | None, pseudonymizer: Pseudonymizer | None
+) -> list[str]:
+    """The ids a customer's rows may be stored under for this caller's tenant."""
+    # With pseudonymisation, rows hold the id's HMAC under the caller's tenant's key (or an
+    # earlier form: a rotated secret, or the one without a tenant key).
+    if pseudonymizer is None:
+        return [customer_id]
+    return pseudonymizer.lookup_forms(customer_id, tenant=caller_tenant)
+
+
+def trail_features(
+    session: Session,
+    *,
+    customer_id: str,
+    month: str | None,
+    caller_tenant: str | None,
+    pseudonymizer: Pseudonymizer | None,
+) -> tuple[str, dict[str, Feature]]:
+    """A customer's model features in a month (YYYY-MM; default its latest month on record)
+    from the running aggregates; 404 if the caller's tenant has no trail of it."""
+    forms = stored_forms(customer_id, caller_tenant=caller_tenant, pseudonymizer=pseudonymizer)
+    last = latest_month(session, tenant=caller_tenant, customer_ids=forms)
+    if last is None:
+        raise CustomerNotFound(f"no events are stored for customer {customer_id!r}")
+    chosen = last if month is None else parse_month(month)
+    counts, latest = read_months(session, tenant=caller_tenant, customer_ids=forms, until=chosen)
+    if not counts and not latest:
+        raise CustomerNotFound(
+            f"no events are stored for customer {customer_id!r} up to {month_label(chosen)}"
+        )
+    return month_label(chosen), derive_features(chosen, counts, latest)
+
+
+def month_features(
+    session: Session,
+    *,
+    customer_id: str,
+    month: str | None,
+    caller_tenant: str | None,
+    pseudonymizer: Pseudonymizer | None,
+) -> MonthFeatures:
+    """The features of one customer-month as the API answers them."""
+    label, features = trail_features(
+        session,
+        customer_id=customer_id,
+        month=month,
+        caller_tenant=caller_tenant,
+        pseudonymizer=pseudonymizer,
+    )
+    return MonthFeatures(customer_id=customer_id, month=label, features=features)
+
+
+class CustomerNotFound(NotFound):
+    """No trail of this customer for the caller's tenant."""
+
+    code = "customer_not_found"
 
 
 # --- errors ----------------------------------------------------------------------------------

@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CheckConstraint, Index, String, Table, UniqueConstraint, text
+from sqlalchemy import (
+    CheckConstraint,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.customers.schemas import EventType
@@ -53,3 +62,74 @@ class CustomerEvent(Base):
 
 
 customer_event_table = cast(Table, CustomerEvent.__table__)
+
+
+# The running aggregates of the trail, kept in the intake's transaction (app/customers/
+# features.py defines what each event adds). Their key holds the tenant as '' when untagged:
+# a NULL never conflicts in a unique key, and the upserts need one.
+UNTAGGED_KEY = ""
+
+
+class CustomerMonth(Base):
+    """One customer's counters in one calendar month (UTC)."""
+
+    __tablename__ = "customer_month"
+    __table_args__ = (
+        UniqueConstraint("tenant", "customer_id", "month", name="uq_customer_month_key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[str] = mapped_column(String(128))
+    # year * 12 + month - 1
+    month: Mapped[int] = mapped_column(Integer)
+    transactions: Mapped[int] = mapped_column(Integer)
+    digital_logins: Mapped[int] = mapped_column(Integer)
+    website_visits: Mapped[int] = mapped_column(Integer)
+    branch_visits: Mapped[int] = mapped_column(Integer)
+    complaints: Mapped[int] = mapped_column(Integer)
+    campaign_contacts: Mapped[int] = mapped_column(Integer)
+    last_activity_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class CustomerMonthLatest(Base):
+    """The latest value of one thing (a profile field, a product's state or balance, a
+    complaint's status) in one customer-month, with when it occurred."""
+
+    __tablename__ = "customer_month_latest"
+    __table_args__ = (
+        UniqueConstraint(
+            "tenant", "customer_id", "month", "kind", "key", name="uq_customer_month_latest_key"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[str] = mapped_column(String(128))
+    month: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(64))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    number: Mapped[float | None] = mapped_column(Float(precision=53))
+    text: Mapped[str | None] = mapped_column(String(64))
+
+
+customer_month_table = cast(Table, CustomerMonth.__table__)
+customer_month_latest_table = cast(Table, CustomerMonthLatest.__table__)
+
+
+class RescorePending(Base):
+    """A customer to re-assess after a material event, written with the event; removed once
+    its assessment is stored."""
+
+    __tablename__ = "rescore_pending"
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64))  # '' when untagged, as the aggregates
+    customer_id: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(String(32))
+    event_id: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+rescore_pending_table = cast(Table, RescorePending.__table__)

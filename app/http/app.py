@@ -17,8 +17,11 @@ from fastapi.responses import JSONResponse
 
 from app.alerts import routes as alerts
 from app.alerts.worker import build_alert_processor
+from app.casework import routes as casework
+from app.casework.service import Casework
 from app.config import Settings, get_settings
 from app.customers import routes as customers
+from app.customers.assessments import Rescorer
 from app.customers.consumer import QueueDepthMonitor
 from app.db.session import create_db_engine, create_session_factory
 from app.errors import InvalidInput, ServiceError
@@ -26,6 +29,7 @@ from app.http import health
 from app.http.docs import PAGE_PATHS, SPEC_PATH, add_docs
 from app.http.query import RejectUnknownQueryParameters
 from app.modelops import routes as models
+from app.modelops.serving import ChampionWatcher
 from app.notifications.service import build_dispatcher
 from app.observability import Metrics, RequestContextMiddleware, configure_logging
 from app.scoring import history_routes as history
@@ -71,7 +75,10 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     """Build the service: load models, prepare the database writer, wire routes and errors."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
-    registry = registry or ModelRegistry.load(settings.models_dir, pinned=settings.model_versions)
+    # A registry of this app's own: activations swap its models, never a caller's.
+    registry = (
+        registry or ModelRegistry.load(settings.models_dir, pinned=settings.model_versions)
+    ).copy()
     engine = create_db_engine(settings.database_url)
     writer = build_score_writer(settings, engine)
     # Turns the alert candidates the writer stores with churn scores into alerts.
@@ -79,9 +86,20 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     scoring = ScoringService(
         registry=registry,
         writer=writer,
+        engine=engine,
         rules=rules_from_settings(settings),
         max_batch_size=settings.max_batch_size,
+        idempotency_ttl_s=settings.idempotency_ttl_s,
         pseudonymizer=(pseudonymizer := Pseudonymizer.from_settings(settings)),
+    )
+    session_factory = create_session_factory(engine)
+    watcher = ChampionWatcher(
+        session_factory=session_factory,
+        models_dir=settings.models_dir,
+        swap=scoring.swap,
+        served=registry.version,
+        pinned=settings.model_versions,
+        interval_s=settings.model_poll_s,
     )
     guard = build_guard(
         settings,
@@ -92,6 +110,13 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     )
     # The in-process dispatcher is optional: `cvm dispatch` can deliver the outbox instead.
     dispatcher = build_dispatcher(settings, engine) if settings.dispatch_in_process else None
+    rescorer = Rescorer(
+        session_factory=session_factory,
+        scoring=scoring,
+        poll_s=settings.rescore_poll_s,
+        batch_size=settings.rescore_batch_size,
+        enabled=settings.rescore_in_process,
+    )
     metrics = Metrics()
     metrics.add_gauges(
         "cvm_group_commit",
@@ -105,6 +130,14 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     )
 
     queue_monitor = watch_event_queues(settings, metrics)
+    # The latest PSI of each task's features and score, set by each monitoring computation.
+    model_psi: dict[str, float] = {}
+    metrics.add_gauges(
+        "cvm_model_psi",
+        "Population stability index of each model feature (task/feature) and score "
+        "(task/score) at the last GET /v1/models/{task}/monitoring.",
+        lambda: dict(model_psi),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -113,12 +146,14 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         # which would otherwise stall all requests in flight for milliseconds.
         gc.collect()
         gc.freeze()
+        await asyncio.to_thread(watcher.start)
         await writer.open()
         if alert_processor is not None:
             alert_processor.start()
         if dispatcher is not None:
             dispatcher.start()
         queue_monitor.start()
+        rescorer.start()
         log.info(
             "started",
             models={t.value: m.manifest.version for t, m in registry.loaded.items()},
@@ -128,6 +163,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             yield
         finally:
             await queue_monitor.stop()
+            await asyncio.to_thread(watcher.stop)
+            await rescorer.stop()  # before the writer: its last scores are committed
             await writer.close(timeout=30)
             if alert_processor is not None:  # after the writer: its last candidates too
                 await asyncio.to_thread(alert_processor.stop, 30)
@@ -156,16 +193,23 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.settings = settings
     app.state.registry = registry
     app.state.engine = engine
-    app.state.session_factory = create_session_factory(engine)
+    app.state.session_factory = session_factory
+    app.state.rescorer = rescorer
+    app.state.model_watcher = watcher
     app.state.scoring = scoring
     app.state.pseudonymizer = pseudonymizer
     app.state.guard = guard
     app.state.dispatcher = dispatcher
     app.state.alert_processor = alert_processor
     app.state.metrics = metrics
+    app.state.model_psi = model_psi
+    app.state.casework = Casework.from_settings(settings)
     for router in (health.router, scores.router, history.router, models.router, alerts.router):
         app.include_router(router)
     app.include_router(customers.router)
+    app.include_router(casework.staff_router)
+    app.include_router(casework.complaints_router)
+    app.include_router(models.admin_router)
     add_docs(app)
     # Added innermost first: request ids and access logs wrap CORS, which answers preflights
     # before the security middleware asks for a credential; only an authenticated request
@@ -176,7 +220,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "PUT"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
             expose_headers=[
                 "X-Request-ID",

@@ -18,6 +18,7 @@ from app.scoring.registry import ModelRegistry
 from app.scoring.repository import TenantScope
 from app.scoring.service import ScoringService
 from app.security.errors import Forbidden, Unauthenticated
+from app.security.idempotency import IdempotentRun
 from app.security.principal import Principal, Scope
 from app.security.pseudonyms import Pseudonymizer
 
@@ -85,6 +86,8 @@ class ScoringCall:
     service: ScoringService
     request_id: str
     tenant: str | None
+    # Set when the request runs under an Idempotency-Key (the security middleware's claim).
+    idempotency: IdempotentRun | None = None
 
 
 _holds_scores_write = require(Scope.SCORES_WRITE)
@@ -98,6 +101,7 @@ async def get_scoring_call(request: Request) -> ScoringCall:
         service=request.app.state.scoring,
         request_id=await get_request_id(request),
         tenant=caller.tenant,
+        idempotency=request.scope["state"].get("idempotency"),
     )
 
 
@@ -114,6 +118,9 @@ ScoresReader = Annotated[Principal, Depends(require(Scope.SCORES_READ))]
 AlertsReader = Annotated[Principal, Depends(require(Scope.ALERTS_READ))]
 AlertsWriter = Annotated[Principal, Depends(require(Scope.ALERTS_WRITE))]
 ModelsReader = Annotated[Principal, Depends(require(Scope.MODELS_READ))]
+CaseworkReader = Annotated[Principal, Depends(require(Scope.CASEWORK_READ))]
+CaseworkWriter = Annotated[Principal, Depends(require(Scope.CASEWORK_WRITE))]
+StaffAdmin = Annotated[Principal, Depends(require(Scope.STAFF_ADMIN))]
 Admin = Annotated[Principal, Depends(require(Scope.ADMIN))]
 TenantDep = Annotated[TenantScope | None, Depends(get_tenant_scope)]
 PseudonymizerDep = Annotated[Pseudonymizer | None, Depends(get_pseudonymizer)]

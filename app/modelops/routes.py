@@ -2,21 +2,52 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import AwareDatetime
 
 from app.errors import NotFound
-from app.http.deps import RegistryDep, SettingsDep, require
+from app.http.deps import Admin, RegistryDep, SessionDep, SettingsDep, TenantDep, require
+from app.modelops import service
+from app.modelops.monitoring import monitor
+from app.modelops.schemas import (
+    VERSION_PATTERN,
+    ActivationOut,
+    ModelRegistryOut,
+    ModelTransitionOut,
+    ModelVersionOut,
+    MonitoringReport,
+    RegisterRequest,
+    ServedAsOf,
+    TransitionRequest,
+)
+from app.modelops.serving import ChampionWatcher
 from app.scoring.manifest import Task
 from app.scoring.model import ScoringModel
 from app.scoring.registry import available_versions
 from app.scoring.schemas import ModelCard, ModelSummary
+from app.security.audit import note
 from app.security.principal import Scope
 
 router = APIRouter(
     prefix="/v1", tags=["models"], dependencies=[Depends(require(Scope.MODELS_READ))]
 )
+
+# Changing what serves: the admin scope, every call on the audit trail.
+admin_router = APIRouter(
+    prefix="/v1/admin/models", tags=["models"], dependencies=[Depends(require(Scope.ADMIN))]
+)
+
+PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+CHANGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"description": "The caller registered this version (separation of duties)", **PROBLEM},
+    404: {"description": "No such version", **PROBLEM},
+    409: {"description": "Not allowed from its status, lost a race, or does not load", **PROBLEM},
+    422: {"description": "Invalid body, or approval without a backtest and model card", **PROBLEM},
+}
+VersionPath = Annotated[str, Path(min_length=1, max_length=32, pattern=VERSION_PATTERN)]
 
 _HEADLINE_KEYS = ("roc_auc", "pr_auc", "accuracy", "macro_f1")
 
@@ -73,3 +104,181 @@ async def model_card(task: Task, registry: RegistryDep, settings: SettingsDep) -
         "split": m.split,
         "available_versions": available_versions(settings.models_dir, task),
     }
+
+
+@router.get("/models/{task}/versions", response_model=ModelRegistryOut)
+def model_versions(task: Task, session: SessionDep, registry: RegistryDep) -> ModelRegistryOut:
+    """The registry of a task: its versions, their status, and every change made to them."""
+    return ModelRegistryOut(
+        task=task.value,
+        served_here=registry.version(task),
+        versions=[
+            ModelVersionOut.model_validate(r) for r in service.list_versions(session, task=task)
+        ],
+        transitions=[
+            ModelTransitionOut.model_validate(t)
+            for t in service.list_transitions(session, task=task)
+        ],
+    )
+
+
+@router.get("/models/{task}/served", response_model=ServedAsOf)
+def served_as_of(
+    task: Task,
+    session: SessionDep,
+    at: Annotated[
+        AwareDatetime | None,
+        Query(description="The instant (ISO 8601, zoned); default: now."),
+    ] = None,
+) -> ServedAsOf:
+    """Which version of a task was the champion at a past instant (from the append-only trail)."""
+    instant = at or datetime.now(UTC)
+    return ServedAsOf(
+        task=task.value, at=instant, version=service.as_of(session, task=task, at=instant)
+    )
+
+
+@router.get(
+    "/models/{task}/monitoring",
+    response_model=MonitoringReport,
+    responses={
+        404: {"description": "No such version, or no champion", **PROBLEM},
+        409: {"description": "The version has no frozen training reference", **PROBLEM},
+    },
+)
+def monitoring(
+    task: Task,
+    session: SessionDep,
+    tenant: TenantDep,
+    request: Request,
+    version: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=32,
+            pattern=VERSION_PATTERN,
+            description="Default: the champion.",
+        ),
+    ] = None,
+    since: Annotated[
+        AwareDatetime | None, Query(description="Only rows stored from this instant on.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1_000_000, description="Newest rows compared.")] = 100_000,
+) -> MonitoringReport:
+    """PSI per feature and for the score (bands and a sample-size-aware flag) of the stored
+    inputs of a version against the bins frozen from its training data."""
+    report = monitor(session, task=task, version=version, since=since, limit=limit, tenant=tenant)
+    request.app.state.model_psi.update(
+        {f"{task.value}/{f.name}": f.psi for f in [*report.features, *filter(None, [report.score])]}
+    )
+    return report
+
+
+@admin_router.post(
+    "/{task}/versions", response_model=ModelVersionOut, status_code=201, responses=CHANGE_ERRORS
+)
+def register_version(
+    task: Task,
+    body: RegisterRequest,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Admin,
+    request: Request,
+) -> ModelVersionOut:
+    """Register a version on disk as a candidate; the caller becomes its registrant."""
+    row = service.register_version(
+        session,
+        models_dir=settings.models_dir,
+        task=task,
+        version=body.version,
+        actor=caller.client_id,
+        owner=body.owner,
+        restrictions=body.restrictions,
+        now=datetime.now(UTC),
+    )
+    note(request, task=task.value, version=body.version, action="register")
+    return ModelVersionOut.model_validate(row)
+
+
+@admin_router.post(
+    "/{task}/versions/{version}/approve", response_model=ModelVersionOut, responses=CHANGE_ERRORS
+)
+def approve_version(
+    task: Task,
+    version: VersionPath,
+    body: TransitionRequest,
+    session: SessionDep,
+    caller: Admin,
+    request: Request,
+) -> ModelVersionOut:
+    """Approve a candidate as its validator (not its registrant; needs its backtest and card)."""
+    row = service.approve_version(
+        session,
+        task=task,
+        version=version,
+        actor=caller.client_id,
+        reason=body.reason,
+        now=datetime.now(UTC),
+    )
+    note(request, task=task.value, version=version, action="approve")
+    return ModelVersionOut.model_validate(row)
+
+
+def _activated(request: Request, activation: service.Activation) -> ActivationOut:
+    """Serve the new champion here at once; the other processes' watchers follow within
+    their poll interval."""
+    watcher: ChampionWatcher = request.app.state.model_watcher
+    watcher.adopt(Task(activation.row.task), activation.model)
+    return ActivationOut(
+        task=activation.row.task,
+        champion=ModelVersionOut.model_validate(activation.row),
+        replaced=activation.replaced,
+    )
+
+
+@admin_router.post(
+    "/{task}/versions/{version}/activate", response_model=ActivationOut, responses=CHANGE_ERRORS
+)
+def activate_version(
+    task: Task,
+    version: VersionPath,
+    body: TransitionRequest,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Admin,
+    request: Request,
+) -> ActivationOut:
+    """Make an approved version the champion, everywhere, without a restart."""
+    activation = service.activate_version(
+        session,
+        models_dir=settings.models_dir,
+        task=task,
+        version=version,
+        actor=caller.client_id,
+        reason=body.reason,
+        now=datetime.now(UTC),
+    )
+    note(request, task=task.value, version=version, action="activate")
+    return _activated(request, activation)
+
+
+@admin_router.post("/{task}/rollback", response_model=ActivationOut, responses=CHANGE_ERRORS)
+def rollback(
+    task: Task,
+    body: TransitionRequest,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Admin,
+    request: Request,
+) -> ActivationOut:
+    """Bring back the previous champion, once it is checked to load."""
+    activation = service.rollback(
+        session,
+        models_dir=settings.models_dir,
+        task=task,
+        actor=caller.client_id,
+        reason=body.reason,
+        now=datetime.now(UTC),
+    )
+    note(request, task=task.value, version=activation.row.version, action="rollback")
+    return _activated(request, activation)

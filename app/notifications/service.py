@@ -114,6 +114,35 @@ class WebhookChannel:
         self._client.close()
 
 
+class TenantWebhooks:
+    """The webhook channel with one receiver per tenant: a message goes to its own tenant's
+    receiver (the default one for messages without a tenant), never to another's."""
+
+    name = "webhook"
+
+    def __init__(
+        self, *, default: WebhookChannel | None, tenants: Mapping[str, WebhookChannel]
+    ) -> None:
+        self.default = default
+        self.tenants = dict(tenants)
+
+    def deliver(self, message: ClaimedMessage) -> None:
+        """Hand the message to its tenant's receiver; DeliveryError (retried) without one."""
+        channel = self.default if message.tenant is None else self.tenants.get(message.tenant)
+        if channel is None:
+            raise DeliveryError("webhook: no receiver is configured for this message's tenant")
+        channel.deliver(message)
+
+    def close(self) -> None:
+        """Nothing to drop between batches."""
+
+    def shutdown(self) -> None:
+        """Close every receiver's HTTP client."""
+        for channel in (self.default, *self.tenants.values()):
+            if channel is not None:
+                channel.shutdown()
+
+
 # --- e-mail --------------------------------------------------------------------------------------
 
 
@@ -559,13 +588,25 @@ def build_channels(settings: Settings) -> dict[str, Channel]:
                 ),
             )
         )
+    webhooks = {
+        tenant: WebhookChannel(
+            url=route.webhook_url,
+            secret=route.webhook_secret(),
+            timeout_s=settings.webhook_timeout_s,
+        )
+        for tenant, route in settings.notification_routes.items()
+        if route.webhook_url is not None
+    }
+    default: WebhookChannel | None = None
     if settings.webhook_enabled:
         assert settings.webhook_url is not None and settings.webhook_secret is not None
-        channels["webhook"] = WebhookChannel(
+        default = WebhookChannel(
             url=settings.webhook_url,
             secret=settings.webhook_secret.get_secret_value(),
             timeout_s=settings.webhook_timeout_s,
         )
+    if default is not None or webhooks:
+        channels["webhook"] = TenantWebhooks(default=default, tenants=webhooks)
     return channels
 
 

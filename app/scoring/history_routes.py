@@ -1,15 +1,17 @@
-"""Stored results of a customer."""
+"""Stored results: a customer's scores, and what became of a request."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 
+from app.errors import NotFound
 from app.http.deps import PseudonymizerDep, ScoresReader, SessionDep, TenantDep
 from app.scoring.manifest import Task
-from app.scoring.repository import list_scores
-from app.scoring.schemas import ScoreHistory, StoredScore
+from app.scoring.repository import get_request, list_scores
+from app.scoring.schemas import RequestOutcome, ScoreHistory, StoredScore
+from app.scoring.tables import RequestStatus
 from app.security.audit import note
 from app.security.text import ID_PATTERN
 
@@ -51,4 +53,42 @@ def customer_scores(
         limit=limit,
         offset=offset,
         items=[StoredScore.model_validate(row, from_attributes=True) for row in rows],
+    )
+
+
+REQUEST_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {
+        "description": "Nothing is committed under this request id (for your tenant)",
+        "content": {"application/problem+json": {}},
+    }
+}
+
+
+@router.get("/requests/{request_id}", response_model=RequestOutcome, responses=REQUEST_NOT_FOUND)
+def request_outcome(
+    request: Request,
+    session: SessionDep,
+    caller: ScoresReader,
+    tenant: TenantDep,
+    request_id: Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN)],
+) -> RequestOutcome:
+    """What became of a scoring request (its X-Request-ID): committed, and what it wrote."""
+    note(request, asked_request_id=request_id)
+    record = get_request(session, request_id=request_id, tenant=tenant)
+    if record is None:
+        raise NotFound(
+            "nothing is committed under this request id: the request was refused or rolled "
+            "back (nothing of it was saved), or it is not this tenant's; a request still "
+            "waiting for the database may commit within the request timeout"
+        )
+    return RequestOutcome(
+        request_id=record.request_id,
+        status=RequestStatus(record.status).value,
+        operation=record.operation,
+        tasks=record.tasks,
+        customers=record.customers,
+        rows=record.rows,
+        idempotency_key=record.key_digest is not None or record.response is not None,
+        created_at=record.created_at,
+        committed_at=record.committed_at,
     )

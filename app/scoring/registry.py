@@ -76,9 +76,23 @@ class ModelRegistry:
             models[task] = model
         return cls(models, missing)
 
+    def replace(self, task: Task, model: ScoringModel) -> None:
+        """Serve ``model`` for ``task`` from now on (one reference replaced: atomic)."""
+        self._models = {**self._models, task: model}
+        self.missing = {t: why for t, why in self.missing.items() if t is not task}
+
+    def copy(self) -> ModelRegistry:
+        """A registry of the same models whose replacements leave this one alone."""
+        return ModelRegistry(self._models, self.missing)
+
     def get(self, task: Task) -> ScoringModel | None:
         """The active model of a task, if one is loaded."""
         return self._models.get(task)
+
+    def version(self, task: Task) -> str | None:
+        """The version served of a task, if one is loaded."""
+        model = self._models.get(task)
+        return None if model is None else model.manifest.version
 
     @property
     def loaded(self) -> dict[Task, ScoringModel]:

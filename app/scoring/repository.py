@@ -7,11 +7,29 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NotRequired, TypedDict
 
-from sqlalchemy import ColumnElement, Connection, Dialect, delete, false, func, select, text
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Dialect,
+    delete,
+    false,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from app.db.session import json_bytes
-from app.scoring.tables import Score, score_alert_candidate_table, score_table
+from app.scoring.tables import (
+    RequestRecord,
+    RequestStatus,
+    Score,
+    request_record_table,
+    score_alert_candidate_table,
+    score_table,
+)
 
 
 class ScoreRow(TypedDict):
@@ -248,6 +266,31 @@ def list_scores(
     return list(page), total
 
 
+def stored_inputs(
+    session: Session,
+    *,
+    task: str,
+    model_version: str,
+    since: datetime | None = None,
+    limit: int,
+    tenant: TenantScope | None = None,
+) -> tuple[list[dict[str, Any]], list[float | None]]:
+    """The features and headline scores of the newest ``limit`` rows a model version stored
+    (what drift monitoring compares with the training data)."""
+    conditions = [Score.task == task, Score.model_version == model_version]
+    if since is not None:
+        conditions.append(Score.created_at >= since)
+    if tenant is not None:
+        conditions.append(tenant.condition(Score.tenant))
+    rows = session.execute(
+        select(Score.features, Score.probability)
+        .where(*conditions)
+        .order_by(Score.id.desc())
+        .limit(limit)
+    ).all()
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
 # --- the alert inbox: churn scores that crossed the threshold --------------------------------
 
 
@@ -315,3 +358,72 @@ def count_alert_candidates(connection: Connection) -> int:
     """Candidates waiting in the inbox (committed, not yet processed)."""
     query = select(func.count()).select_from(score_alert_candidate_table)
     return int(connection.scalar(query) or 0)
+
+
+# --- request records: one per committed request, in the transaction of its rows --------------
+
+
+class RequestRow(TypedDict):
+    """A request's record, as the service hands it to the writer with the request's rows."""
+
+    request_id: str
+    tenant: str | None
+    operation: str
+    tasks: list[str]
+    customers: int
+    rows: int
+    key_digest: str | None
+    request_digest: str | None
+    response: bytes | None
+    created_at: datetime
+
+
+def insert_requests(
+    connection: Connection, *, rows: Sequence[RequestRow], committed_at: datetime
+) -> set[str]:
+    """Insert request records unless one with the same request id or Idempotency-Key digest
+    exists; returns the request ids inserted (the others are retries of a committed request:
+    their rows must not be written). One statement for the whole group."""
+    if not rows:
+        return set()
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    values = [
+        {**row, "status": RequestStatus.COMMITTED.value, "committed_at": committed_at}
+        for row in rows
+    ]
+    inserted = connection.execute(
+        insert(request_record_table)
+        .on_conflict_do_nothing()
+        .returning(request_record_table.c.request_id),
+        values,
+    )
+    return set(inserted.scalars())
+
+
+def request_by_key(connection: Connection, *, key_digest: str) -> RequestRecord | None:
+    """The committed request that used this Idempotency-Key digest, if any."""
+    t = request_record_table.c
+    row = connection.execute(select(request_record_table).where(t.key_digest == key_digest)).first()
+    return None if row is None else RequestRecord(**row._mapping)
+
+
+def forget_key(connection: Connection, *, key_digest: str, before: datetime) -> int:
+    """Free an Idempotency-Key digest recorded before ``before`` (the key has expired and
+    may name a new request); the record itself stays."""
+    t = request_record_table.c
+    result = connection.execute(
+        update(request_record_table)
+        .where(t.key_digest == key_digest, t.created_at < before)
+        .values(key_digest=None)
+    )
+    return int(result.rowcount)
+
+
+def get_request(
+    session: Session, *, request_id: str, tenant: TenantScope | None = None
+) -> RequestRecord | None:
+    """A committed request's record (of one tenant when ``tenant`` is given)."""
+    conditions = [RequestRecord.request_id == request_id]
+    if tenant is not None:
+        conditions.append(tenant.condition(RequestRecord.tenant))
+    return session.scalars(select(RequestRecord).where(*conditions)).first()

@@ -75,7 +75,9 @@ def _scoring_endpoint(task: Task) -> Callable[..., Awaitable[Response]]:
         # of a single-customer score; the check is the same (403 without scores:write).
         call = await get_scoring_call(request)
         body = await request.body()
-        result = await call.service.score(task, body, call.request_id, tenant=call.tenant)
+        result = await call.service.score(
+            task, body, call.request_id, tenant=call.tenant, idempotency=call.idempotency
+        )
         request.app.state.metrics.scores.labels(task.value).inc(len(result["results"]))
         note(request, task=task.value, customers=len(result["results"]))
         return json_response(result)
@@ -133,6 +135,8 @@ for _task, (_path, _response, _name, _summary) in SCORING_ROUTES.items():
 async def assessments(request: Request) -> Response:
     """One customer: lifecycle group and every score that applies to it, saved together."""
     call = await get_scoring_call(request)
-    result = await call.service.assess(await request.body(), call.request_id, tenant=call.tenant)
+    result = await call.service.assess(
+        await request.body(), call.request_id, tenant=call.tenant, idempotency=call.idempotency
+    )
     note(request, task="assessment", customers=1)
     return json_response(result)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 StageName = Literal["prospect", "new", "existing", "lost"]
 
@@ -245,3 +245,38 @@ class Readiness(BaseModel):
         "and the last commit succeeded (false while the writer is frozen or the disk full).",
     )
     models: dict[str, str]
+
+
+class RequestOutcome(BaseModel):
+    """What became of a scoring request: its rows are committed, and what they were."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "request_id": "0193a5f2c1d87b3e9a4c5d6e7f801234",
+                    "status": "committed",
+                    "operation": "churn",
+                    "tasks": ["churn"],
+                    "customers": 2,
+                    "rows": 2,
+                    "idempotency_key": True,
+                    "created_at": "2026-12-06T09:30:00.123456Z",
+                    "committed_at": "2026-12-06T09:30:00.125012Z",
+                }
+            ]
+        }
+    )
+
+    request_id: str
+    status: Literal["committed"] = Field(
+        description="Only committed requests are known: one that is not was refused, or rolled "
+        "back, or is still on its way to the database."
+    )
+    operation: str = Field(description="The scoring task, or 'assessment'.")
+    tasks: list[str] = Field(description="Tasks whose scores the request stored.")
+    customers: int
+    rows: int = Field(description="Score rows stored.")
+    idempotency_key: bool = Field(description="Whether it ran under an Idempotency-Key.")
+    created_at: datetime
+    committed_at: datetime

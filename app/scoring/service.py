@@ -6,17 +6,26 @@ are; this module parses requests, persists and answers. Nothing here knows about
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
 import numpy as np
+import orjson
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.db.errors import OutcomeUnknown, PersistenceUnavailable
-from app.errors import BatchTooLarge, DatabaseUnavailable, InvalidInput, ModelUnavailable
+from app.errors import (
+    BatchTooLarge,
+    Conflict,
+    DatabaseUnavailable,
+    InvalidInput,
+    ModelUnavailable,
+)
 from app.scoring.assess import (
     STAGE_TASKS,
     STAGES,
@@ -35,15 +44,28 @@ from app.scoring.manifest import Task
 from app.scoring.model import FloatArray, ScoringModel
 from app.scoring.records import Source, alert_candidates, score_rows
 from app.scoring.registry import ModelRegistry
-from app.scoring.repository import AlertCandidateRow, ScoreRow
+from app.scoring.repository import (
+    AlertCandidateRow,
+    RequestRow,
+    ScoreRow,
+    forget_key,
+    request_by_key,
+)
 from app.scoring.request_schemas import (
     ScoreRequestBase,
     assessment_request_model,
     customer_model,
     score_request_model,
 )
-from app.scoring.writer import Announcement, ScoreWriter
+from app.scoring.writer import AlreadyCommitted, Announcement, ScoreWriter
+from app.security.errors import IdempotencyMismatch
+from app.security.idempotency import IdempotentRun
 from app.security.pseudonyms import Pseudonymizer
+
+# The operation of a request record written by ``assess`` (the others name their task).
+ASSESSMENT = "assessment"
+# Keys recorded before an instant just past the expired record's are freed.
+_TICK = timedelta(microseconds=1)
 
 # Above this many customers the numeric work runs in a worker thread (LightGBM releases the
 # GIL), so a 1,000-customer call does not hold up the single-customer calls around it.
@@ -94,6 +116,36 @@ def invalid_input(error: ValidationError) -> InvalidInput:
     return InvalidInput(f"invalid field(s): {fields}{more}", extra={"errors": errors})
 
 
+@dataclass(frozen=True, slots=True)
+class _Serving:
+    """The models served and the request models built from their schemas, replaced whole."""
+
+    models: dict[Task, ScoringModel]
+    request_models: dict[Task, type[ScoreRequestBase]]
+    customer_models: dict[Task, type[BaseModel]]
+    assessment_model: type[BaseModel]
+
+    @classmethod
+    def of(cls, models: dict[Task, ScoringModel]) -> _Serving:
+        """The request models of ``models``."""
+        return cls(
+            models=models,
+            request_models={t: score_request_model(t, m.schema) for t, m in models.items()},
+            customer_models={t: customer_model(t, m.schema) for t, m in models.items()},
+            assessment_model=assessment_request_model({t: m.schema for t, m in models.items()}),
+        )
+
+    def with_model(self, task: Task, model: ScoringModel) -> _Serving:
+        """These models with ``task``'s replaced; request models rebuilt if its schema changed."""
+        models = {**self.models, task: model}
+        current = self.models.get(task)
+        if current is not None and current.schema == model.schema:
+            return _Serving(
+                models, self.request_models, self.customer_models, self.assessment_model
+            )
+        return _Serving.of(models)
+
+
 class ScoringService:
     """Everything a scoring call needs, built once at start-up."""
 
@@ -102,37 +154,59 @@ class ScoringService:
         *,
         registry: ModelRegistry,
         writer: ScoreWriter,
+        engine: Engine,
         rules: Rules,
         max_batch_size: int,
+        idempotency_ttl_s: float,
         pseudonymizer: Pseudonymizer | None = None,
     ) -> None:
         self.registry = registry
+        self.engine = engine
+        # An Idempotency-Key older than this may name a new request (as the key store's TTL).
+        self.idempotency_ttl = timedelta(seconds=idempotency_ttl_s)
         self.pseudonymizer = pseudonymizer
         self.writer = writer
         self.rules = rules
         self.max_batch_size = max_batch_size
-        self.request_models: dict[Task, type[ScoreRequestBase]] = {
-            task: score_request_model(task, model.schema) for task, model in registry.loaded.items()
-        }
-        self.customer_models = {
-            task: customer_model(task, model.schema) for task, model in registry.loaded.items()
-        }
-        self.assessment_model = assessment_request_model(
-            {task: model.schema for task, model in registry.loaded.items()}
-        )
+        self._serving = _Serving.of(registry.loaded)
+
+    @property
+    def request_models(self) -> dict[Task, type[ScoreRequestBase]]:
+        """Each served task's request model (built from its model's schema)."""
+        return self._serving.request_models
+
+    @property
+    def assessment_model(self) -> type[BaseModel]:
+        """The request model of an assessment, from every served schema."""
+        return self._serving.assessment_model
+
+    def swap(self, task: Task, model: ScoringModel) -> None:
+        """Serve ``model`` (loaded and warmed up) for ``task`` from the next request on.
+
+        The request models are rebuilt first when its schema differs; then one reference is
+        replaced, so a call sees either the old model and its schema or the new ones.
+        """
+        self._serving = self._serving.with_model(task, model)
+        self.registry.replace(task, model)
 
     def model(self, task: Task) -> ScoringModel:
         """The active model of a task, or 503."""
-        model = self.registry.get(task)
+        model = self._serving.models.get(task)
         if model is None:
             raise ModelUnavailable(f"no {task.value} model is loaded")
         return model
 
-    def parse(self, task: Task, body: bytes) -> tuple[Options, CustomerBatch]:
+    def parse(
+        self, task: Task, body: bytes, *, model: ScoringModel | None = None
+    ) -> tuple[Options, CustomerBatch]:
         """Validate a raw JSON body against the task's schema and build the feature matrix."""
-        model = self.model(task)
+        serving = self._serving
+        model = model or self.model(task)
+        request_model = serving.request_models.get(task)
+        if request_model is None or serving.models.get(task) is not model:
+            request_model = score_request_model(task, model.schema)
         try:
-            request = self.request_models[task].model_validate_json(body)
+            request = request_model.model_validate_json(body)
         except ValidationError as error:
             raise invalid_input(error) from error
         customers: list[BaseModel] | None = request.__dict__["customers"]
@@ -164,66 +238,231 @@ class ScoringService:
         *,
         candidates: Sequence[AlertCandidateRow] = (),
         announcement: Announcement | None = None,
+        request: RequestRow | None = None,
     ) -> None:
-        """Wait until the rows (and their alert candidates) are committed; 503 if not."""
+        """Wait until the rows (their alert candidates and request record) are committed; 503
+        if not, ``AlreadyCommitted`` if the request was committed before."""
         try:
-            await self.writer.write(rows, candidates=candidates, announcement=announcement)
+            await self.writer.write(
+                rows, candidates=candidates, announcement=announcement, request=request
+            )
         except OutcomeUnknown as error:
             raise DatabaseUnavailable(
                 "the score writer stopped before confirming the commit: the scores may or may "
-                "not have been saved; read the customer's scores before retrying"
+                "not have been saved: GET /v1/requests/{this request's X-Request-ID} tells, and "
+                "a retry under the same Idempotency-Key saves them at most once"
             ) from error
         except PersistenceUnavailable as error:
             raise DatabaseUnavailable(
                 "the database is unavailable; nothing was saved, retry later"
             ) from error
 
-    def block(self, task: Task, batch: CustomerBatch) -> Block:
+    def block(
+        self, task: Task, batch: CustomerBatch, *, model: ScoringModel | None = None
+    ) -> Block:
         """The batch with each customer's stage."""
-        model = self.model(task)
+        model = model or self.model(task)
         stages = block_stages(
             task, model.schema, batch.matrix, given=batch.lifecycle, rules=self.rules
         )
         return Block(ids=batch.ids, matrix=batch.matrix, stages=stages)
 
-    def compute(self, task: Task, options: Options, block: Block) -> TaskAssessment:
-        """The one assessment function, on this service's models and rules."""
-        return assess_task(task, self.model(task), block, rules=self.rules, options=options)
+    def compute(
+        self, task: Task, options: Options, block: Block, model: ScoringModel | None = None
+    ) -> TaskAssessment:
+        """The one assessment function, on this service's models (or ``model``) and rules."""
+        model = model or self.model(task)
+        return assess_task(task, model, block, rules=self.rules, options=options)
+
+    async def save(
+        self,
+        response: dict[str, Any],
+        rows: list[ScoreRow],
+        *,
+        record: RequestRow,
+        idempotency: IdempotentRun | None,
+        candidates: Sequence[AlertCandidateRow] = (),
+        announcement: Announcement | None = None,
+    ) -> dict[str, Any]:
+        """Commit a request's rows with its record and answer ``response``; a retry of a
+        request committed before (same Idempotency-Key) writes nothing and answers the first
+        response instead."""
+        for _ in range(3):
+            try:
+                await self.persist(
+                    rows, candidates=candidates, announcement=announcement, request=record
+                )
+            except AlreadyCommitted:
+                if idempotency is None:  # request ids are unique: never twice the same
+                    raise Conflict("this request id is already recorded") from None
+                first = await self._first_response(idempotency)
+                if first is not None:
+                    return first
+                continue  # the key was freed (expired): write under it now
+            return response
+        raise Conflict("this Idempotency-Key is in use by another request; retry")
+
+    async def _first_response(self, idempotency: IdempotentRun) -> dict[str, Any] | None:
+        """The response of the committed request that used this Idempotency-Key; None when
+        none holds it any more (expired keys are freed here)."""
+        digest = idempotency.material.digest
+
+        def look_up() -> tuple[str | None, bytes | None] | None:
+            with self.engine.begin() as connection:
+                stored = request_by_key(connection, key_digest=digest)
+                if stored is None:
+                    return None
+                expired = stored.created_at < datetime.now(UTC) - self.idempotency_ttl
+                if expired:
+                    forget_key(connection, key_digest=digest, before=stored.created_at + _TICK)
+                    return None
+                return stored.request_digest, stored.response
+
+        try:
+            found = await anyio.to_thread.run_sync(look_up)
+        except SQLAlchemyError as error:
+            raise DatabaseUnavailable(
+                "this request was committed by an earlier try, whose result cannot be read "
+                "right now: nothing new was saved; retry later"
+            ) from error
+        if found is None:
+            return None
+        request_digest, sealed = found
+        if request_digest != idempotency.request_digest:
+            raise IdempotencyMismatch(
+                "this Idempotency-Key was already used with another request; use a new key"
+            )
+        opened = idempotency.material.open(sealed or b"")
+        if opened is None:
+            raise IdempotencyMismatch("this Idempotency-Key cannot be replayed; use a new key")
+        first: dict[str, Any] = orjson.loads(opened[1])
+        return first
+
+    @staticmethod
+    def request_row(
+        response: dict[str, Any],
+        *,
+        operation: str,
+        tenant: str | None,
+        tasks: list[str],
+        customers: int,
+        rows: int,
+        idempotency: IdempotentRun | None,
+    ) -> RequestRow:
+        """The request's record, stored with its rows (the response sealed under its
+        Idempotency-Key, when it has one)."""
+        return RequestRow(
+            request_id=response["request_id"],
+            tenant=tenant,
+            operation=operation,
+            tasks=tasks,
+            customers=customers,
+            rows=rows,
+            key_digest=None if idempotency is None else idempotency.material.digest,
+            request_digest=None if idempotency is None else idempotency.request_digest,
+            response=None
+            if idempotency is None
+            else idempotency.material.seal("application/json", orjson.dumps(response)),
+            created_at=datetime.now(UTC),
+        )
 
     async def score(
-        self, task: Task, body: bytes, request_id: str, *, tenant: str | None = None
+        self,
+        task: Task,
+        body: bytes,
+        request_id: str,
+        *,
+        tenant: str | None = None,
+        idempotency: IdempotentRun | None = None,
     ) -> dict[str, Any]:
         """One scoring call: parse, assess, persist, respond (all or nothing)."""
         # Announced from the start, so that the writer keeps its group open for this call's
         # rows while other calls' rows are committed (see app/scoring/writer.py).
+        # One model for the whole call, even if an activation swaps the task's model meanwhile.
+        model = self.model(task)
         with self.writer.announce() as announcement:
-            options, batch = self.parse(task, body)
-            block = self.block(task, batch)
+            options, batch = self.parse(task, body, model=model)
+            block = self.block(task, batch, model=model)
             if len(batch.ids) > INLINE_MAX_ROWS:
-                assessment = await anyio.to_thread.run_sync(self.compute, task, options, block)
+                assessment = await anyio.to_thread.run_sync(
+                    self.compute, task, options, block, model
+                )
             else:
-                assessment = self.compute(task, options, block)
+                assessment = self.compute(task, options, block, model)
             results = assessment.results()
             rows = self.rows(assessment, request_id, tenant)
-            candidates = alert_candidates(assessment, rows)
-            await self.persist(rows, candidates=candidates, announcement=announcement)
-        return {
-            "request_id": request_id,
-            "model": {"task": task.value, "version": assessment.model_version},
-            "saved": True,
-            "results": results,
-        }
+            response = {
+                "request_id": request_id,
+                "model": {"task": task.value, "version": assessment.model_version},
+                "saved": True,
+                "results": results,
+            }
+            record = self.request_row(
+                response,
+                operation=task.value,
+                tenant=tenant,
+                tasks=[task.value],
+                customers=len(batch.ids),
+                rows=len(rows),
+                idempotency=idempotency,
+            )
+            return await self.save(
+                response,
+                rows,
+                record=record,
+                idempotency=idempotency,
+                candidates=alert_candidates(assessment, rows),
+                announcement=announcement,
+            )
 
     async def assess(
-        self, body: bytes, request_id: str, *, tenant: str | None = None
+        self,
+        body: bytes,
+        request_id: str,
+        *,
+        tenant: str | None = None,
+        idempotency: IdempotentRun | None = None,
     ) -> dict[str, Any]:
         """Everything that applies to one customer, by lifecycle stage, saved together."""
+        serving = self._serving  # one set of models for the whole call
         try:
-            request = self.assessment_model.model_validate_json(body)
+            request = serving.assessment_model.model_validate_json(body)
         except ValidationError as error:
             raise invalid_input(error) from error
         given = {k: v for k, v in request.__dict__.items() if v is not None}
-        options = options_of(request)
+        response, rows, candidates = self.assess_record(
+            given, options_of(request), request_id, tenant=tenant, serving=serving
+        )
+        record = self.request_row(
+            response,
+            operation=ASSESSMENT,
+            tenant=tenant,
+            tasks=[model["task"] for model in response["models"]],
+            customers=1,
+            rows=len(rows),
+            idempotency=idempotency,
+        )
+        return await self.save(
+            response, rows, record=record, idempotency=idempotency, candidates=candidates
+        )
+
+    def assess_record(
+        self,
+        given: dict[str, Any],
+        options: Options,
+        request_id: str,
+        *,
+        tenant: str | None,
+        source: Source = Source.API,
+        stored_id: str | None = None,
+        tasks: Collection[Task] | None = None,
+        serving: _Serving | None = None,
+    ) -> tuple[dict[str, Any], list[ScoreRow], list[AlertCandidateRow]]:
+        """One customer's features (``customer_id`` and the features it has) through every
+        model of its stage (of ``tasks`` when given): the answer, its rows and alert
+        candidates, not yet saved. ``stored_id``: the id is already in its stored form;
+        ``serving``: the models the call started with (one set for the whole call)."""
+        serving = serving or self._serving
         customer_id = given["customer_id"]
         tenure = given.get("tenure_months")
         stage = STAGES[
@@ -246,7 +485,10 @@ class ScoringService:
         rows: list[ScoreRow] = []
         candidates: list[AlertCandidateRow] = []
         for task in STAGE_TASKS[stage]:
-            missing = self._inputs_missing(task, given)
+            if tasks is not None and task not in tasks:
+                continue
+            model = serving.models[task]
+            missing = self._inputs_missing(model, given)
             if missing is not None:
                 response["skipped"].append(
                     {
@@ -256,32 +498,40 @@ class ScoringService:
                     }
                 )
                 continue
-            batch = self._one_customer(task, given, stage)
-            assessment = self.compute(task, options, self.block(task, batch))
+            batch = self._one_customer(serving, task, given, stage)
+            block = self.block(task, batch, model=model)
+            assessment = self.compute(task, options, block, model)
             response[_ASSESSMENT_KEYS[task]] = assessment.results()[0]
             response["models"].append({"task": task.value, "version": assessment.model_version})
-            task_rows = self.rows(assessment, request_id, tenant)
+            task_rows = self.rows(
+                assessment,
+                request_id,
+                tenant,
+                source=source,
+                stored_ids=None if stored_id is None else [stored_id],
+            )
             rows.extend(task_rows)
             candidates.extend(alert_candidates(assessment, task_rows))
-        await self.persist(rows, candidates=candidates)
-        return response
+        return response, rows, candidates
 
-    def _inputs_missing(self, task: Task, given: dict[str, Any]) -> list[str] | None:
+    def _inputs_missing(self, model: ScoringModel, given: dict[str, Any]) -> list[str] | None:
         """The model's required inputs when the call sent none of them (a model for other data,
         e.g. one a bank trained on its own columns): the model is skipped, not the call. None
         when some were sent: the model then names whatever else it needs."""
-        required = [f.name for f in self.model(task).schema.features if f.required]
+        required = [f.name for f in model.schema.features if f.required]
         if not required or any(name in given for name in required):
             return None
         return required
 
-    def _one_customer(self, task: Task, given: dict[str, Any], stage: Stage) -> CustomerBatch:
+    def _one_customer(
+        self, serving: _Serving, task: Task, given: dict[str, Any], stage: Stage
+    ) -> CustomerBatch:
         """One customer's features for one task's model, checked against its schema."""
-        model = self.model(task)
+        model = serving.models[task]
         names = {"customer_id", *model.schema.names}
         record = {k: v for k, v in given.items() if k in names}
         try:
-            customer = self.customer_models[task].model_validate(record)
+            customer = serving.customer_models[task].model_validate(record)
         except ValidationError as error:
             raise invalid_input(error) from error
         inputs = dict(customer.__dict__)
@@ -293,17 +543,28 @@ class ScoringService:
         )
 
     def rows(
-        self, assessment: TaskAssessment, request_id: str, tenant: str | None
+        self,
+        assessment: TaskAssessment,
+        request_id: str,
+        tenant: str | None,
+        *,
+        source: Source = Source.API,
+        stored_ids: list[str] | None = None,
     ) -> list[ScoreRow]:
-        """The assessment's stored rows (customer ids pseudonymised when configured)."""
+        """The assessment's stored rows (customer ids pseudonymised when configured, unless
+        given in their stored form)."""
         ids = list(assessment.block.ids)
+        if stored_ids is None:
+            stored_ids = (
+                ids
+                if self.pseudonymizer is None
+                else self.pseudonymizer.pseudonyms(ids, tenant=tenant)
+            )
         return score_rows(
             assessment,
-            stored_ids=ids
-            if self.pseudonymizer is None
-            else self.pseudonymizer.pseudonyms(ids, tenant=tenant),
+            stored_ids=stored_ids,
             request_id=request_id,
-            source=Source.API,
+            source=source,
             created_at=datetime.now(UTC),
             tenant=tenant,
         )

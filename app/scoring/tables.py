@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Dialect,
     Float,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     TypeDecorator,
@@ -118,3 +121,42 @@ class ScoreAlertCandidate(Base):
 
 
 score_alert_candidate_table = cast(Table, ScoreAlertCandidate.__table__)
+
+
+class RequestStatus(StrEnum):
+    """What became of a request that writes: a record exists only once its rows committed."""
+
+    COMMITTED = "committed"
+
+
+class RequestRecord(Base):
+    """One scoring request whose rows are committed, stored in the transaction of its rows.
+
+    A committed request therefore always has its record, and a request without a record
+    wrote nothing. ``key_digest`` (the lookup digest of the caller's Idempotency-Key, unique)
+    lets a retry after a 5xx find the first try's result instead of writing again.
+    """
+
+    __tablename__ = "request_record"
+    __table_args__ = (CheckConstraint("status IN ('committed')", name="status"),)
+
+    # Made by the service for every request (time-ordered, unique): unique per tenant too.
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    # The scoring task, or "assessment".
+    operation: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    # Tasks whose rows the request wrote (an assessment writes several).
+    tasks: Mapped[list[str]] = mapped_column(JSONDocument)
+    customers: Mapped[int] = mapped_column(Integer)
+    rows: Mapped[int] = mapped_column(Integer)
+    key_digest: Mapped[str | None] = mapped_column(String(64), unique=True)
+    request_digest: Mapped[str | None] = mapped_column(String(64))
+    # The response as first sent, sealed with the Idempotency-Key's material (it echoes
+    # customer ids that pseudonymisation keeps out of the database); None without a key.
+    response: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    committed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+request_record_table = cast(Table, RequestRecord.__table__)

@@ -11,6 +11,11 @@ Callers may *announce* a write before computing it (``announce``). A writer buil
 ``close_early=True`` holds a group open for ``max_wait_ms`` only while it is busy (its last
 group held more than one write) or announced writes are still on their way; so a lone request
 commits at once and a busy server commits in large groups.
+
+A write may carry its request's record (``RequestRow``), inserted in the same transaction. A
+record whose request id or Idempotency-Key digest is already stored marks a retry of a
+committed request: that write's rows are left out of the group and its waiter gets
+``AlreadyCommitted``; the rest of the group commits as usual.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 from sqlalchemy import Engine
@@ -32,12 +38,19 @@ from app.db.errors import PersistenceUnavailable, describe_db_error
 from app.scoring.repository import (
     AlertCandidateRow,
     EncodedScore,
+    RequestRow,
     ScoreRow,
     insert_alert_candidates,
+    insert_requests,
     insert_scores,
 )
 
 logger = logging.getLogger(__name__)
+
+
+class AlreadyCommitted(Exception):
+    """The write's request record is already stored (a retry with the same Idempotency-Key
+    or request id): none of its rows were written."""
 
 
 @dataclass(frozen=True)  # no slots: callers may read it with vars() or dataclasses.asdict()
@@ -58,6 +71,7 @@ class _PendingWrite:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[None]
     candidates: Sequence[AlertCandidateRow] = ()
+    request: RequestRow | None = None
 
 
 _Outcome = tuple[asyncio.Future[None], BaseException | None]
@@ -154,6 +168,7 @@ class ScoreWriter(Protocol):
         *,
         candidates: Sequence[AlertCandidateRow] = (),
         announcement: Announcement | None = None,
+        request: RequestRow | None = None,
     ) -> None: ...
 
 
@@ -298,14 +313,16 @@ class GroupCommitWriter:
         *,
         candidates: Sequence[AlertCandidateRow] = (),
         announcement: Announcement | None = None,
+        request: RequestRow | None = None,
     ) -> None:
         """Return once ``rows`` are committed; raise ``PersistenceUnavailable`` if they are not.
 
-        ``candidates`` (churn scores that call for an alert) go to the alert inbox in the same
-        transaction as the rows.
+        ``candidates`` (churn scores that call for an alert) go to the alert inbox, and
+        ``request`` to the request records, in the same transaction as the rows; if that
+        request is already recorded, nothing is written and ``AlreadyCommitted`` is raised.
         Cancelling the caller stops the wait, not the write: queued rows are still committed.
         """
-        if not rows:
+        if not rows and request is None:
             return
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -313,7 +330,9 @@ class GroupCommitWriter:
             if not self._accepting:
                 raise PersistenceUnavailable("the score writer is not running")
             self._queue.append(
-                _PendingWrite(rows=rows, loop=loop, future=future, candidates=candidates)
+                _PendingWrite(
+                    rows=rows, loop=loop, future=future, candidates=candidates, request=request
+                )
             )
             self._queued_rows += len(rows)
             self.watch.taken()
@@ -378,16 +397,18 @@ class GroupCommitWriter:
         return pending
 
     def _commit_group(self, group: list[_PendingWrite]) -> None:
-        rows = [row for pending in group for row in pending.rows]
-        candidates = [candidate for pending in group for candidate in pending.candidates]
+        rows_in_group = sum(len(pending.rows) for pending in group)
         try:
-            self._insert_and_commit(rows, candidates)
+            written = self._insert_and_commit(group)
         except Exception as exc:
             reason = describe_db_error(exc)
             logger.error(
-                "score group of %d writes (%d rows) rolled back: %s", len(group), len(rows), reason
+                "score group of %d writes (%d rows) rolled back: %s",
+                len(group),
+                rows_in_group,
+                reason,
             )
-            self._count_failure(len(rows))
+            self._count_failure(rows_in_group)
             self.watch.answered(len(group), committed=False)
             errors: list[BaseException] = []
             for _ in group:
@@ -397,18 +418,37 @@ class GroupCommitWriter:
                 errors.append(error)
             self._settle(group, errors)
             return
-        self._count_success(rows=len(rows), writes=len(group))
+        self._count_success(rows=sum(len(p.rows) for p in written), writes=len(written))
         self.watch.answered(len(group), committed=True)
-        self._settle(group, [None] * len(group))
+        kept = set(written)
+        self._settle(
+            group,
+            [
+                None if p in kept else AlreadyCommitted("the request is already committed")
+                for p in group
+            ],
+        )
 
-    def _insert_and_commit(
-        self, rows: Sequence[ScoreRow | EncodedScore], candidates: Sequence[AlertCandidateRow]
-    ) -> None:
+    def _insert_and_commit(self, group: Sequence[_PendingWrite]) -> list[_PendingWrite]:
+        """Commit the group's request records, rows and candidates; returns the writes whose
+        rows were written (the others retry a request already committed)."""
         # engine.begin() commits on success and rolls back on any error, so a failed group
         # leaves nothing behind and its connection returns clean to the pool.
         with self._engine.begin() as connection:
-            insert_scores(connection, rows=rows)
-            insert_alert_candidates(connection, rows=candidates)
+            requests = [p.request for p in group if p.request is not None]
+            written = list(group)
+            if requests:
+                inserted = insert_requests(
+                    connection, rows=requests, committed_at=datetime.now(UTC)
+                )
+                written = [
+                    p for p in group if p.request is None or p.request["request_id"] in inserted
+                ]
+            insert_scores(connection, rows=[row for p in written for row in p.rows])
+            insert_alert_candidates(
+                connection, rows=[candidate for p in written for candidate in p.candidates]
+            )
+        return written
 
     @staticmethod
     def _settle(group: Sequence[_PendingWrite], errors: Sequence[BaseException | None]) -> None:

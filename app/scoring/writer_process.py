@@ -12,7 +12,8 @@ The wire is a socket pair carrying length-prefixed frames: the child's configura
 database URL and group size, as plain values), then one frame per write from the service: its
 score rows and alert candidates, plain data (pickled: the child is our own process on a
 private socket, and the rows' JSON documents travel as the bytes they are stored as); and from
-the child one orjson frame per committed or failed group listing the writes it settled. The
+the child one orjson frame per committed or failed group listing the writes it settled (and
+those left out as retries of a committed request). The
 child knows nothing of alerts or settings: it inserts rows. If it dies, the writes in flight
 fail (503: their outcome is unknown, so they are never acknowledged) and a new child takes
 over.
@@ -39,8 +40,15 @@ from sqlalchemy import Engine
 from app.db.errors import OutcomeUnknown, PersistenceUnavailable
 from app.db.session import create_db_engine
 from app.observability import configure_logging
-from app.scoring.repository import AlertCandidateRow, EncodedScore, ScoreRow, encode_scores
+from app.scoring.repository import (
+    AlertCandidateRow,
+    EncodedScore,
+    RequestRow,
+    ScoreRow,
+    encode_scores,
+)
 from app.scoring.writer import (
+    AlreadyCommitted,
     Announcement,
     CommitWatch,
     GroupCommitStats,
@@ -54,6 +62,8 @@ if TYPE_CHECKING:  # the writer reads a few values of the settings, never builds
 _HEADER = struct.Struct("!I")
 _NO_STATS = GroupCommitStats(0, 0, 0, 0, 0, 0)
 _BACKLOG_BYTES = 4 * 1024 * 1024  # unsent to the child; more makes writers wait
+# A write's outcome as the child acknowledges it.
+_COMMITTED, _DUPLICATE, _FAILED = "committed", "duplicate", "failed"
 log = structlog.get_logger("cvm.writer")
 
 
@@ -180,9 +190,11 @@ class ProcessWriter:
         *,
         candidates: Sequence[AlertCandidateRow] = (),
         announcement: Announcement | None = None,
+        request: RequestRow | None = None,
     ) -> None:
-        """Return once ``rows`` (and their alert ``candidates``) are committed by the child."""
-        if not rows:
+        """Return once ``rows`` (and their alert ``candidates`` and ``request`` record) are
+        committed by the child; ``AlreadyCommitted`` if that request already was."""
+        if not rows and request is None:
             return
         if not self._accepting or self._out is None:
             raise PersistenceUnavailable("the score writer is not running")
@@ -191,7 +203,8 @@ class ProcessWriter:
         # Pickle: the rows' JSON documents travel as the bytes they are stored as, and the
         # child, our own process on a private socket, needs no second encoding.
         payload = pickle.dumps(
-            (write_id, encode_scores(rows), list(candidates)), protocol=pickle.HIGHEST_PROTOCOL
+            (write_id, encode_scores(rows), list(candidates), request),
+            protocol=pickle.HIGHEST_PROTOCOL,
         )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -234,13 +247,15 @@ class ProcessWriter:
             while True:
                 message = orjson.loads(await _read_frame(reader))
                 self._child_stats = GroupCommitStats(**message["stats"])
-                for write_id, error in message["acks"]:
-                    self.watch.answered(1, committed=error is None)
+                for write_id, outcome, error in message["acks"]:
+                    self.watch.answered(1, committed=outcome != _FAILED)
                     future = self._pending.pop(write_id, None)
                     if future is None or future.done():  # the caller was cancelled
                         continue
-                    if error is None:
+                    if outcome == _COMMITTED:
                         future.set_result(None)
+                    elif outcome == _DUPLICATE:
+                        future.set_exception(AlreadyCommitted(error))
                     else:
                         future.set_exception(PersistenceUnavailable(error))
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -301,7 +316,7 @@ async def _serve(sock: socket.socket) -> None:
     # it nothing here. Writes that arrive during a commit form the next group.
     writer = GroupCommitWriter(engine, max_rows=config.max_rows, max_wait_ms=0)
     loop = asyncio.get_running_loop()
-    acks: list[tuple[int, str | None]] = []
+    acks: list[tuple[int, str, str | None]] = []
     in_flight: set[asyncio.Task[None]] = set()
 
     def send_acks() -> None:
@@ -311,15 +326,17 @@ async def _serve(sock: socket.socket) -> None:
         acks.clear()
 
     async def commit(payload: bytes) -> None:
-        write_id, rows, candidates = pickle.loads(payload)
-        error: str | None = None
+        write_id, rows, candidates, request = pickle.loads(payload)
+        outcome, error = _COMMITTED, None
         try:
-            await writer.write(rows, candidates=candidates)
+            await writer.write(rows, candidates=candidates, request=request)
+        except AlreadyCommitted as duplicate:
+            outcome, error = _DUPLICATE, str(duplicate)
         except PersistenceUnavailable as failure:
-            error = str(failure)
+            outcome, error = _FAILED, str(failure)
         if not acks:
             loop.call_soon(send_acks)
-        acks.append((write_id, error))
+        acks.append((write_id, outcome, error))
 
     writer.start()
     out.writelines(_frame(b"ready"))

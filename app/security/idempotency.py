@@ -67,6 +67,15 @@ class KeyMaterial:
 
 
 @dataclass(frozen=True, slots=True)
+class IdempotentRun:
+    """A request running under an Idempotency-Key, as its handler sees it: what the writer
+    stores with the request's rows so that a retry after a 5xx finds the first result."""
+
+    material: KeyMaterial
+    request_digest: str
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """The outcome of claiming a key: run the request, replay, or refuse."""
 

@@ -38,7 +38,12 @@ from app.security.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
-from app.security.idempotency import MAX_KEY_LENGTH, IdempotencyStore, KeyMaterial
+from app.security.idempotency import (
+    MAX_KEY_LENGTH,
+    IdempotencyStore,
+    IdempotentRun,
+    KeyMaterial,
+)
 from app.security.principal import ANONYMOUS, MAX_TENANT_LENGTH, Principal
 from app.security.rate_limit import RateLimiter
 from app.security.strict_json import duplicate_key, nesting_exceeds
@@ -330,6 +335,9 @@ class SecurityMiddleware:
             return
         assert claim.record_id is not None
         record_id = claim.record_id
+        # A handler that writes stores the key with its rows: a retry after a 5xx (this run's
+        # claim is then released) finds the committed result rather than writing again.
+        scope["state"]["idempotency"] = IdempotentRun(material, request_digest)
         # The response is held until it is stored: once a client has it, a retry replays it.
         held: list[Message] = []
 

@@ -16,6 +16,9 @@ class Scope(StrEnum):
     MODELS_READ = "models:read"
     EVENTS_WRITE = "events:write"
     CUSTOMERS_READ = "customers:read"
+    CASEWORK_READ = "casework:read"
+    CASEWORK_WRITE = "casework:write"
+    STAFF_ADMIN = "staff:admin"
     ADMIN = "admin"
 
 

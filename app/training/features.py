@@ -11,14 +11,20 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from app.customers.features import (
+    CHANGE_DENOMINATOR_FLOOR,
+    HISTORY_MONTHS,
+    PRODUCTS,
+    deposits,
+    pct_change,
+    wealth,
+)
 from app.scoring.feature_schema import FeatureKind, FeatureSchema, FeatureSpec
 from app.scoring.manifest import Task
-from app.training.synth import CHANNELS, OCCUPATIONS, PRODUCTS, REGIONS, TIERS
+from app.training.synth import CHANNELS, OCCUPATIONS, REGIONS, TIERS
 
 CUSTOMER_LIFECYCLES = ("new", "existing")
-CHANGE_DENOMINATOR_FLOOR = 100.0  # EUR or events: keeps tiny bases from producing huge percentages
 HORIZON_MONTHS = 3
-HISTORY_MONTHS = 3
 
 PRODUCT_LABELS = {
     "current_account": "current account",
@@ -255,13 +261,9 @@ class TaskFrame:
     value_target: pd.Series | None = None  # prospect only: annual value brought after converting
 
 
-def _pct_change(now: pd.Series, before: pd.Series) -> pd.Series:
-    base = before.clip(lower=CHANGE_DENOMINATOR_FLOOR)
-    return ((now - before) / base * 100.0).clip(-100.0, 1000.0)
-
-
 def prepare_book(book: pd.DataFrame) -> pd.DataFrame:
-    """Add the derived columns (trends, rolling counts, product count) to the raw monthly book."""
+    """Add the derived columns (trends, rolling counts, product count) to the raw monthly book,
+    by the definitions of app.customers.features (which serving applies to the trail)."""
     frame = book.sort_values(["customer_id", "month"], kind="stable").reset_index(drop=True)
     by_customer = frame.groupby("customer_id", sort=False)
 
@@ -272,16 +274,14 @@ def prepare_book(book: pd.DataFrame) -> pd.DataFrame:
         gap = frame["month"] - frame.groupby("customer_id", sort=False)["month"].shift(months)
         return shifted.where(gap == months)
 
-    deposits = (
-        frame["current_account_balance"] + frame["savings_balance"] + frame["term_deposit_balance"]
-    )
-    wealth = frame["fund_holdings"] + frame["insurance_holdings"] + frame["pension_holdings"]
-    frame["deposits_change_3m_pct"] = _pct_change(deposits, lagged(deposits, 3))
-    frame["wealth_change_3m_pct"] = _pct_change(wealth, lagged(wealth, 3))
-    frame["logins_change_3m_pct"] = _pct_change(
+    deposit_total = deposits(frame)
+    wealth_total = wealth(frame)
+    frame["deposits_change_3m_pct"] = pct_change(deposit_total, lagged(deposit_total, 3))
+    frame["wealth_change_3m_pct"] = pct_change(wealth_total, lagged(wealth_total, 3))
+    frame["logins_change_3m_pct"] = pct_change(
         frame["digital_logins"].astype(float), lagged("digital_logins", 3).astype(float)
     )
-    frame["transactions_change_3m_pct"] = _pct_change(
+    frame["transactions_change_3m_pct"] = pct_change(
         frame["transactions"].astype(float), lagged("transactions", 3).astype(float)
     )
     for source, target in (

@@ -17,22 +17,9 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from app.customers.features import PRODUCTS as PRODUCTS  # one list, shared with serving
+
 TIERS: tuple[str, ...] = ("mass", "emerging_affluent", "affluent", "high_net_worth", "private")
-PRODUCTS: tuple[str, ...] = (
-    "current_account",
-    "savings",
-    "term_deposit",
-    "credit_card",
-    "mortgage",
-    "personal_loan",
-    "business_loan",
-    "investment_fund",
-    "insurance",
-    "pension",
-    "brokerage",
-    "payroll",
-    "mobile_banking",
-)
 LIFECYCLES: tuple[str, ...] = ("prospect", "new", "existing", "lost")
 OCCUPATIONS: tuple[str, ...] = (
     "employee",

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from app.modelops.psi import REFERENCE_KEY, training_reference
 from app.scoring.explain import METHOD_PATH
 from app.scoring.feature_schema import FeatureSchema
 from app.scoring.manifest import MODEL_FILE, Manifest, Objective, Task
@@ -311,6 +312,9 @@ def train_bundled(
         value_booster, metrics, thresholds = _prospect_value(
             frame, booster, schema, matrix, split, seed, max_rounds or MAX_ROUNDS
         )
+    extras[REFERENCE_KEY] = training_reference(
+        schema, matrix[split.train], _headline_score(task, predict(booster, matrix[split.train]))
+    )
     manifest = build_manifest(
         task=task,
         version=out_dir.name,
@@ -332,6 +336,15 @@ def train_bundled(
     )
     save_model(out_dir, booster, manifest, value_booster)
     return manifest
+
+
+def _headline_score(task: Task, proba: FloatArray) -> FloatArray | None:
+    """The score stored with each row (``score.probability``) as training saw it: the
+    positive class's probability, or the predicted tier's. None for recommendation, whose
+    stored score (the first offer not yet held) depends on the customer's holdings."""
+    if task is Task.RECOMMENDATION:
+        return None
+    return proba if proba.ndim == 1 else proba.max(axis=1)
 
 
 def _mask_cold_start(

@@ -1,0 +1,1 @@
+"""Casework: staff, complaints with first-responder ownership, deadlines and escalation."""

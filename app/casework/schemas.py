@@ -1,0 +1,354 @@
+"""Wire shapes of casework: staff, absences, complaints and their audit trail."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from app.casework.states import (
+    CaseEventKind,
+    Channel,
+    ComplaintStatus,
+    ExtensionKind,
+    Outcome,
+    PauseReason,
+    StaffRole,
+)
+from app.customers.schemas import Code, Severity
+from app.scoring.request_schemas import CustomerId
+from app.security.principal import MAX_CLIENT_ID_LENGTH
+from app.security.text import ID_PATTERN, TEXT_PATTERN
+
+MAX_AMOUNT = 1e15
+
+StaffId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$",
+        description="The bank's id of a staff member.",
+        examples=["rm-042"],
+    ),
+]
+Money = Annotated[
+    float,
+    Field(ge=0, le=MAX_AMOUNT, allow_inf_nan=False, description="An amount of money, >= 0."),
+]
+Reason = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=2000,
+        pattern=r"^[^\x00]*\S[^\x00]*$",
+        description="Why, in words (kept in the audit trail).",
+    ),
+]
+Note = Annotated[str, Field(max_length=2000, pattern=TEXT_PATTERN)]
+PrincipalId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_CLIENT_ID_LENGTH,
+        pattern=ID_PATTERN,
+        description="The credential this person acts through: an API client id ('cl_...') or "
+        "'jwt:' and a token's subject.",
+        examples=["jwt:anna.berg"],
+    ),
+]
+
+STAFF_EXAMPLE: dict[str, Any] = {
+    "name": "Anna Berg",
+    "email": "anna.berg@bank.example",
+    "roles": ["relationship_manager"],
+    "branch": "north-01",
+    "max_severity": "medium",
+    "max_amount": 5000.0,
+    "principal": "jwt:anna.berg",
+}
+
+
+class StaffRequest(BaseModel):
+    """A staff member's record, created or replaced as a whole."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [STAFF_EXAMPLE]})
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
+    email: str = Field(
+        max_length=320, pattern=r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$"
+    )
+    roles: list[StaffRole] = Field(min_length=1, max_length=len(StaffRole))
+    branch: Code
+    supervisor: StaffId | None = Field(default=None, description="Who cases escalate to.")
+    max_severity: Severity = Field(description="Highest severity this person may own.")
+    max_amount: Money = Field(description="Largest amount at stake this person may own.")
+    principal: PrincipalId | None = None
+    active: bool = True
+
+    @field_validator("roles")
+    @classmethod
+    def _distinct_roles(cls, roles: list[StaffRole]) -> list[StaffRole]:
+        if len(set(roles)) != len(roles):
+            raise ValueError("each role once")
+        return roles
+
+
+class AbsenceRequest(BaseModel):
+    """A period away (both days included): no case is assigned or escalated to the person."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"starts_on": "2027-01-04", "ends_on": "2027-01-08", "reason": "leave"}]
+        },
+    )
+
+    starts_on: date = Field(ge=date(2000, 1, 1), le=date(2999, 12, 31))
+    ends_on: date = Field(ge=date(2000, 1, 1), le=date(2999, 12, 31))
+    reason: Note | None = None
+
+    @field_validator("ends_on")
+    @classmethod
+    def _ordered(cls, ends_on: date, info: ValidationInfo) -> date:
+        starts_on = info.data.get("starts_on")
+        if starts_on is not None and ends_on < starts_on:
+            raise ValueError("before starts_on")
+        return ends_on
+
+
+class AbsenceOut(BaseModel):
+    """A recorded absence."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    starts_on: date
+    ends_on: date
+    reason: str | None
+
+
+class StaffOut(BaseModel):
+    """A staff member as stored, with their absences."""
+
+    staff_id: str
+    name: str
+    email: str
+    roles: list[StaffRole]
+    branch: str
+    supervisor: str | None
+    max_severity: Severity
+    max_amount: float
+    principal: str | None
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+    absences: list[AbsenceOut]
+
+
+class StaffPage(BaseModel):
+    """One page of staff, by id."""
+
+    total: int
+    limit: int
+    offset: int
+    items: list[StaffOut]
+
+
+class ImportResult(BaseModel):
+    """What a staff import did."""
+
+    created: int
+    updated: int
+
+
+COMPLAINT_EXAMPLE: dict[str, Any] = {
+    "customer_id": "C-000123",
+    "channel": "branch",
+    "category": "fees",
+    "product": "current_account",
+    "severity": "medium",
+    "amount_at_stake": 120.0,
+    "description": "Charged an overdraft fee twice for the same day.",
+    "staff_implicated": ["rm-017"],
+}
+
+
+class ComplaintRequest(BaseModel):
+    """A complaint as received. The receiver, and so the owner, is the caller's staff member."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [COMPLAINT_EXAMPLE]})
+
+    customer_id: CustomerId
+    channel: Channel
+    category: Code
+    product: Code
+    severity: Severity
+    amount_at_stake: Money
+    description: str = Field(min_length=1, max_length=10_000, pattern=r"^[^\x00]*\S[^\x00]*$")
+    staff_implicated: list[StaffId] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Staff the complaint is about: never assigned it, by any route.",
+    )
+
+
+class NoteRequest(BaseModel):
+    """A step of the lifecycle, with an optional note for the audit trail."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"note": "called the customer"}]}
+    )
+
+    note: Note | None = None
+
+
+class RejectRequest(BaseModel):
+    """Reject a complaint (not a complaint, or out of scope), saying why."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"reason": "duplicate of case 41"}]}
+    )
+
+    reason: Reason
+
+
+class CloseRequest(BaseModel):
+    """Close a responded complaint: what came of it and why it happened."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "outcome": "upheld",
+                    "root_cause": "duplicate_fee_posting",
+                    "product_category": "current_accounts",
+                    "redress_amount": 35.0,
+                    "note": "fee refunded",
+                }
+            ]
+        },
+    )
+
+    outcome: Outcome
+    root_cause: Code
+    product_category: Code
+    redress_amount: Money
+    note: Note | None = None
+
+
+class TransferRequest(BaseModel):
+    """Offer the case to another staff member; the current owner stays accountable until
+    the target accepts."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"to": "rm-042", "reason": "customer's own manager"}]},
+    )
+
+    to: StaffId
+    reason: Reason
+
+
+class PauseRequest(BaseModel):
+    """Stop the clock, for a whitelisted reason only, with the customer told."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"reason": "external_appraisal", "note": "valuation ordered; customer notified"}
+            ]
+        },
+    )
+
+    reason: PauseReason
+    note: Note | None = None
+
+
+class FactsRequest(BaseModel):
+    """New facts from the customer: the clock starts again from now."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"reason": "customer sent statements for March"}]},
+    )
+
+    reason: Reason
+
+
+class ExtendRequest(BaseModel):
+    """Move the deadline: a complex case (the owner), or an approved extension beyond the
+    profile's limit (a head-office approver), never past the profile's ceiling."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"kind": "complex", "reason": "three accounts and a third party"}]
+        },
+    )
+
+    kind: ExtensionKind
+    reason: Reason
+
+
+class CaseEventOut(BaseModel):
+    """One entry of the audit trail."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: CaseEventKind
+    at: datetime
+    actor: str = Field(description="The staff id that acted, or 'system' (the deadline sweep).")
+    principal: str | None = Field(description="The credential that acted.")
+    from_value: str | None
+    to_value: str | None
+    reason: str | None
+
+
+class ComplaintOut(BaseModel):
+    """A complaint: owner, state, deadlines, outcome, and its audit trail."""
+
+    id: int
+    customer_id: str
+    channel: Channel
+    category: str
+    product: str
+    severity: Severity
+    amount_at_stake: float
+    description: str
+    staff_implicated: list[str]
+    status: ComplaintStatus
+    branch: str
+    received_by: str = Field(description="The first responder: the staff member who received it.")
+    owner: str = Field(description="Who is accountable now; never empty.")
+    escalation_level: int = Field(description="0: owner's level, 1: supervisor, 2: team.")
+    pending_transfer_to: str | None
+    profile: str
+    received_at: datetime
+    clock_started_at: datetime
+    due_at: datetime
+    ceiling_at: datetime
+    milestones: dict[str, datetime]
+    complex_case: bool
+    extensions: int
+    paused_at: datetime | None
+    pause_reason: PauseReason | None
+    outcome: Outcome | None
+    root_cause: str | None
+    product_category: str | None
+    redress_amount: float | None
+    closed_at: datetime | None
+    updated_at: datetime
+    history: list[CaseEventOut]
+
+
+class ComplaintPage(BaseModel):
+    """One page of complaints, newest first."""
+
+    total: int
+    limit: int
+    offset: int
+    items: list[ComplaintOut]

@@ -1,0 +1,252 @@
+"""Score by customer id: the trail's features through the one assessment function.
+
+A call reads the customer's features from the running aggregates (app/customers/features.py)
+and hands them to ``ScoringService.assess_record``, the function behind POST /v1/assessments,
+so a score by id equals the one posted with the same features. Material events queue the
+customer in ``rescore_pending`` with the events themselves; ``Rescorer`` drains that queue in
+the background with source ``event``: a row is removed only after its scores are committed,
+so nothing acknowledged is lost (a crash in between scores the customer once more).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+import structlog
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.customers.features import Feature
+from app.customers.repository import drop_rescoring, pending_rescoring
+from app.customers.service import CustomerNotFound, trail_features
+from app.customers.tables import UNTAGGED_KEY
+from app.errors import BatchTooLarge, InvalidInput, ModelUnavailable
+from app.scoring.assess import Options
+from app.scoring.manifest import Task
+from app.scoring.records import Source
+from app.scoring.repository import AlertCandidateRow, ScoreRow
+from app.scoring.service import ScoringService
+from app.security.idempotency import IdempotentRun
+from app.security.pseudonyms import Pseudonymizer
+
+log = structlog.get_logger("cvm.rescore")
+# The operation of a request record written by an assessment by id (one customer or bulk).
+ASSESSMENT_BY_ID = "assessment_by_id"
+OPTIONS = Options(reasons=5, exact=False, top_k=3, next_tier_gap=True)
+
+
+def trail_record(customer_id: str, features: dict[str, Feature]) -> dict[str, Any]:
+    """The features as an assessment's input, with the stage the trail shows where tenure
+    alone cannot tell it: no product and no relationship yet is a prospect; none any more,
+    a lost customer."""
+    given: dict[str, Any] = {"customer_id": customer_id}
+    given.update((name, value) for name, value in features.items() if value is not None)
+    if features.get("products_held") == 0:
+        tenure = features.get("tenure_months")
+        given["lifecycle"] = "lost" if isinstance(tenure, int) and tenure > 0 else "prospect"
+    return given
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerScoring:
+    """Score-by-id use cases on one app's database, scoring service and pseudonymizer."""
+
+    session_factory: sessionmaker[Session]
+    scoring: ScoringService
+    pseudonymizer: Pseudonymizer | None
+
+    def _features(
+        self, customer_ids: Sequence[str], *, month: str | None, tenant: str | None, bulk: bool
+    ) -> list[tuple[str, dict[str, Feature]]]:
+        """Each customer's month and features; unknown: 404 by id, 422 naming the index in
+        bulk."""
+        found = []
+        with self.session_factory() as session:
+            for index, customer_id in enumerate(customer_ids):
+                try:
+                    found.append(
+                        trail_features(
+                            session,
+                            customer_id=customer_id,
+                            month=month,
+                            caller_tenant=tenant,
+                            pseudonymizer=self.pseudonymizer,
+                        )
+                    )
+                except CustomerNotFound as error:
+                    if not bulk:
+                        raise
+                    field = f"customer_ids[{index}]"
+                    raise InvalidInput(
+                        f"invalid field(s): {field}",
+                        extra={
+                            "errors": [{"field": field, "message": error.detail, "type": "unknown"}]
+                        },
+                    ) from error
+        return found
+
+    async def assess(
+        self,
+        customer_ids: Sequence[str],
+        *,
+        month: str | None,
+        tasks: Collection[Task] | None,
+        request_id: str,
+        tenant: str | None,
+        bulk: bool,
+        idempotency: IdempotentRun | None = None,
+    ) -> dict[str, Any]:
+        """Assess customers by id from their trails; saved together, with the request's record,
+        before answering (one customer's answer, or every one's in bulk). A retry under the
+        same Idempotency-Key answers the first response and writes nothing new."""
+        if len(customer_ids) > self.scoring.max_batch_size:
+            raise BatchTooLarge(
+                f"{len(customer_ids)} customers in one call; the limit is "
+                f"{self.scoring.max_batch_size}",
+                extra={"limit": self.scoring.max_batch_size},
+            )
+        found = await anyio.to_thread.run_sync(
+            lambda: self._features(customer_ids, month=month, tenant=tenant, bulk=bulk)
+        )
+        answers: list[dict[str, Any]] = []
+        rows: list[ScoreRow] = []
+        candidates: list[AlertCandidateRow] = []
+        for customer_id, (label, features) in zip(customer_ids, found, strict=True):
+            try:
+                answer, task_rows, task_candidates = self.scoring.assess_record(
+                    trail_record(customer_id, features),
+                    OPTIONS,
+                    request_id,
+                    tenant=tenant,
+                    tasks=tasks,
+                )
+            except InvalidInput as error:
+                raise _trail_cannot_be_scored(error, customer_id) from error
+            answers.append({**answer, "month": label})
+            rows.extend(task_rows)
+            candidates.extend(task_candidates)
+        response = {"request_id": request_id, "results": answers} if bulk else answers[0]
+        record = self.scoring.request_row(
+            response,
+            operation=ASSESSMENT_BY_ID,
+            tenant=tenant,
+            tasks=sorted({model["task"] for answer in answers for model in answer["models"]}),
+            customers=len(answers),
+            rows=len(rows),
+            idempotency=idempotency,
+        )
+        return await self.scoring.save(
+            response, rows, record=record, idempotency=idempotency, candidates=candidates
+        )
+
+
+def _trail_cannot_be_scored(error: InvalidInput, customer_id: str) -> InvalidInput:
+    """A model refused the trail's features (e.g. no profile yet: no age): say so."""
+    return InvalidInput(
+        f"the trail of customer {customer_id!r} lacks what a model needs: {error.detail}",
+        extra=error.extra,
+    )
+
+
+class Rescorer:
+    """Drains ``rescore_pending``: each customer re-assessed from its trail, source event."""
+
+    def __init__(
+        self,
+        *,
+        session_factory: sessionmaker[Session],
+        scoring: ScoringService,
+        poll_s: float,
+        batch_size: int,
+        enabled: bool = True,
+    ) -> None:
+        self.enabled = enabled
+        self.session_factory = session_factory
+        self.scoring = scoring
+        self.poll_s = poll_s
+        self.batch_size = batch_size
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Run in the current event loop until stopped (if enabled)."""
+        if not self.enabled:
+            return
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Stop after the current round (what is not done stays queued)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                done = await self.run_once()
+            except Exception:  # a database outage: the rows stay queued, retried next round
+                log.exception("rescore_failed")
+                done = 0
+            if done < self.batch_size:
+                await asyncio.sleep(self.poll_s)
+
+    def _pending(self) -> list[tuple[int, str, str]]:
+        with self.session_factory() as session:
+            return [
+                (row.id, row.tenant, row.customer_id)
+                for row in pending_rescoring(session, limit=self.batch_size)
+            ]
+
+    def _read(self, tenant: str | None, customer_id: str) -> tuple[str, dict[str, Feature]]:
+        with self.session_factory() as session:
+            # The queue holds the stored id: read it as it is (no pseudonymizer).
+            return trail_features(
+                session,
+                customer_id=customer_id,
+                month=None,
+                caller_tenant=tenant,
+                pseudonymizer=None,
+            )
+
+    def _drop(self, ids: list[int]) -> None:
+        with self.session_factory() as session:
+            drop_rescoring(session, ids=ids)
+            session.commit()
+
+    async def run_once(self) -> int:
+        """One round: the oldest queued customers re-assessed and stored, then unqueued."""
+        pending = await anyio.to_thread.run_sync(self._pending)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for row_id, tenant_key, customer_id in pending:
+            groups.setdefault((tenant_key, customer_id), []).append(row_id)
+        rows: list[ScoreRow] = []
+        candidates: list[AlertCandidateRow] = []
+        done: list[int] = []
+        for (tenant_key, customer_id), ids in groups.items():
+            tenant = None if tenant_key == UNTAGGED_KEY else tenant_key
+            try:
+                _, features = await anyio.to_thread.run_sync(self._read, tenant, customer_id)
+                _, found_rows, found_candidates = self.scoring.assess_record(
+                    trail_record(customer_id, features),
+                    OPTIONS,
+                    f"rescore-{ids[0]}",
+                    tenant=tenant,
+                    source=Source.EVENT,
+                    stored_id=customer_id,
+                )
+            except (CustomerNotFound, InvalidInput, ModelUnavailable) as error:
+                # Nothing to score from this trail (yet): a later material event queues it again.
+                log.warning("rescore_skipped", customer=customer_id, reason=error.detail)
+            else:
+                rows.extend(found_rows)
+                candidates.extend(found_candidates)
+            done.extend(ids)
+        if rows:
+            await self.scoring.persist(rows, candidates=candidates)
+        await anyio.to_thread.run_sync(self._drop, done)
+        return len(pending)

@@ -1,0 +1,153 @@
+"""Wire shapes of the model registry: registration, approval, activation and their trail."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.modelops.status import ModelStatus
+from app.security.text import ID_PATTERN, TEXT_PATTERN
+
+VERSION_PATTERN = r"^[A-Za-z0-9._-]+$"
+
+Version = Annotated[
+    str, Field(min_length=1, max_length=32, pattern=VERSION_PATTERN, examples=["2"])
+]
+Reason = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=2000,
+        pattern=TEXT_PATTERN,
+        description="Why: kept in the version's append-only trail.",
+    ),
+]
+
+
+class RegisterRequest(BaseModel):
+    """Register a version found on disk under ``models/<task>/<version>/`` as a candidate."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "version": "2",
+                    "owner": "head-of-retention-analytics",
+                    "restrictions": "retention outreach only; not for credit decisions",
+                }
+            ]
+        },
+    )
+
+    version: Version
+    owner: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            max_length=64,
+            pattern=ID_PATTERN,
+            description="Who answers for the model (default: the registering client).",
+        ),
+    ] = None
+    restrictions: Annotated[
+        str | None, Field(max_length=2000, pattern=TEXT_PATTERN, description="Limits on use.")
+    ] = None
+
+
+class TransitionRequest(BaseModel):
+    """An approval, activation or rollback, with its reason."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"reason": "validated on the March out-of-time book"}]},
+    )
+
+    reason: Reason
+
+
+class ModelVersionOut(BaseModel):
+    """A registered version and where it stands."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    task: str
+    version: str
+    status: ModelStatus
+    manifest_sha256: str
+    owner: str
+    registered_by: str
+    registered_at: datetime
+    validator: str | None
+    validated_at: datetime | None
+    restrictions: str | None
+
+
+class ModelTransitionOut(BaseModel):
+    """One status change, as appended."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    version: str
+    from_status: ModelStatus | None
+    to_status: ModelStatus
+    actor: str
+    reason: str
+    at: datetime
+
+
+class ModelRegistryOut(BaseModel):
+    """A task's registered versions and every status change, oldest first."""
+
+    task: str
+    served_here: str | None = Field(description="The version this process serves now.")
+    versions: list[ModelVersionOut]
+    transitions: list[ModelTransitionOut]
+
+
+class ActivationOut(BaseModel):
+    """The champion after an activation or rollback."""
+
+    task: str
+    champion: ModelVersionOut
+    replaced: str | None = Field(description="The version it replaced (now retired).")
+
+
+class ServedAsOf(BaseModel):
+    """Which version of a task served at an instant."""
+
+    task: str
+    at: datetime
+    version: str | None = Field(description="None: no version served then.")
+
+
+class FeatureStability(BaseModel):
+    """PSI of one feature (or the score) against its frozen training bins."""
+
+    name: str
+    psi: float
+    band: str = Field(description="stable (< 0.10), moderate (< 0.25) or significant.")
+    threshold: float | None = Field(
+        description="(1/N + 1/M) x chi2_0.99(B - 1): PSI above it is unlikely without a change "
+        "(None when fewer than two bins are occupied)."
+    )
+    flagged: bool = Field(description="PSI above the sample-size-aware threshold.")
+    bins: list[dict[str, float | str]] = Field(
+        description="Each bin's training and current share (with 'missing' and 'unseen')."
+    )
+
+
+class MonitoringReport(BaseModel):
+    """Drift of a version's served inputs and scores from its training data."""
+
+    task: str
+    version: str
+    reference_rows: int
+    current_rows: int
+    since: datetime | None
+    features: list[FeatureStability]
+    score: FeatureStability | None = Field(
+        description="None when the task's stored score has no training reference."
+    )

@@ -1,0 +1,73 @@
+"""The model registry as stored: one row per registered version, one per status change."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import CheckConstraint, Index, String, Table, Text, UniqueConstraint, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base
+from app.modelops.status import ModelStatus
+from app.scoring.tables import BigIntegerId, JSONDocument, UTCDateTime
+
+STATUS_VALUES = ", ".join(f"'{s.value}'" for s in ModelStatus)
+# The predicate of the index that admits one champion per task (PostgreSQL and SQLite).
+CHAMPION_ONLY = "status = 'champion'"
+
+
+class ModelVersion(Base):
+    """A version of a task's model: its manifest, who answers for it and where it stands."""
+
+    __tablename__ = "model_version"
+    __table_args__ = (
+        UniqueConstraint("task", "version", name="uq_model_version_task_version"),
+        CheckConstraint(f"status IN ({STATUS_VALUES})", name="status"),
+        # Exactly one champion per task: a second activation racing the first fails here.
+        Index(
+            "uq_model_version_champion",
+            "task",
+            unique=True,
+            sqlite_where=text(CHAMPION_ONLY),
+            postgresql_where=text(CHAMPION_ONLY),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    # SHA-256 of manifest.json as registered: a folder changed on disk afterwards won't load.
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str] = mapped_column(String(64))
+    registered_by: Mapped[str] = mapped_column(String(64))
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    validator: Mapped[str | None] = mapped_column(String(64))
+    validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    restrictions: Mapped[str | None] = mapped_column(Text)
+
+
+class ModelTransition(Base):
+    """One status change of one version, appended and never changed (triggers refuse it).
+
+    Its ``id`` grows with every change: the serving processes poll the largest one as the
+    registry's generation.
+    """
+
+    __tablename__ = "model_transition"
+    __table_args__ = (Index("ix_model_transition_task_at", "task", "at"),)
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(32))
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+model_version_table = cast(Table, ModelVersion.__table__)
+model_transition_table = cast(Table, ModelTransition.__table__)
