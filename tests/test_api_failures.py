@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from app.casework.schemas import STAFF_EXAMPLE
 from app.db.migrate import upgrade
 from app.http.app import create_app
 from app.scoring.manifest import Task
@@ -267,3 +268,27 @@ def test_readiness_fails_after_a_failed_commit_until_the_next_one(
         saved = client.post("/v1/churn/scores", json={"customers": customers[1:]})
         assert saved.status_code == 200
         assert client.get("/readyz").status_code == 200
+
+
+@pytest.mark.postgres
+def test_every_domain_answers_503_while_postgres_is_down(
+    proxied_postgres: tuple[str, str, TcpProxy], settings_for: Any, registry: ModelRegistry
+) -> None:
+    """Reads and writes outside scoring too: a 503 naming the database, never a 500."""
+    _, url, proxy = proxied_postgres
+    app = create_app(settings_for(url), registry)
+    calls = [
+        ("GET", "/v1/staff", None),
+        ("GET", "/v1/customers/C1/events", None),
+        ("GET", "/v1/alerts", None),
+        ("GET", "/v1/customers/C1/scores", None),
+        ("PUT", "/v1/staff/rm-1", STAFF_EXAMPLE),
+    ]
+    with TestClient(app) as client:
+        proxy.stop()
+        for method, path, body in calls:
+            response = client.request(method, path, json=body)
+            assert response.status_code == 503, (path, response.text)
+            assert response.json()["code"] == "database_unavailable", path
+        proxy.start()
+        assert client.get("/v1/alerts").status_code == 200

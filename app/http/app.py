@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 
 from app.alerts import routes as alerts
 from app.alerts.worker import build_alert_processor
@@ -24,7 +25,7 @@ from app.customers import routes as customers
 from app.customers.assessments import Rescorer
 from app.customers.consumer import QueueDepthMonitor
 from app.db.session import create_db_engine, create_session_factory
-from app.errors import InvalidInput, ServiceError
+from app.errors import DatabaseUnavailable, InvalidInput, ServiceError
 from app.http import health
 from app.http.docs import PAGE_PATHS, SPEC_PATH, add_docs
 from app.http.query import RejectUnknownQueryParameters
@@ -242,6 +243,17 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         return problem_response(_as_invalid_input(error), request)
+
+    @app.exception_handler(OperationalError)
+    async def database_error(request: Request, error: OperationalError) -> JSONResponse:
+        # The database is down, locked past the busy timeout or out of space: a use case
+        # commits once, so its transaction was rolled back and nothing of it was saved.
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        log.warning("database_error", error_type=type(error.orig).__name__, route=route)
+        return problem_response(
+            DatabaseUnavailable("the database is unavailable or busy; retry later"),
+            request,
+        )
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
