@@ -4,6 +4,7 @@ nothing; GET /v1/requests/{id} says what became of a request, to its own tenant 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -24,6 +25,7 @@ from app.db import migrate
 from app.db.session import create_db_engine
 from app.http.app import create_app
 from app.scoring.registry import ModelRegistry
+from app.scoring.repository import REQUESTS_PER_STATEMENT, RequestRow, insert_requests
 from app.security.api_keys import create_client
 from app.security.principal import ALL_SCOPES
 from app.training.synth import generate_book
@@ -271,3 +273,44 @@ def test_a_retried_assessment_by_id_answers_the_first_result(
     assert retry.status_code == 200, retry.text
     assert retry.json()["request_id"] == first_id
     assert count_rows(database_url, [customer]) == stored  # written once
+
+
+def test_a_group_of_records_past_one_statement_is_inserted_whole(database_url: str) -> None:
+    """Records are inserted in statements of REQUESTS_PER_STATEMENT; a repeated request id or
+    key digest is left out, however the group is cut."""
+    now = datetime.now(UTC)
+    rows: list[RequestRow] = [
+        RequestRow(
+            request_id=f"g-{uuid.uuid4().hex}",
+            tenant="bank-a",
+            operation="churn",
+            tasks=["churn"],
+            customers=1,
+            rows=1,
+            key_digest=f"{i:064d}" if i % 2 else None,
+            request_digest=None,
+            response=b"sealed" if i % 2 else None,
+            created_at=now,
+        )
+        for i in range(REQUESTS_PER_STATEMENT + 3)
+    ]
+    engine = create_db_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            first = insert_requests(connection, rows=rows[:2], committed_at=now)
+            inserted = insert_requests(connection, rows=rows, committed_at=now)
+            again = insert_requests(
+                connection, rows=[{**rows[5], "request_id": "g-new"}], committed_at=now
+            )
+        assert first == {rows[0]["request_id"], rows[1]["request_id"]}
+        assert inserted == {r["request_id"] for r in rows[2:]}
+        assert again == set()  # row 5's key digest is taken
+        with engine.connect() as connection:
+            stored = connection.execute(
+                text("SELECT tasks, response FROM request_record WHERE request_id = :id"),
+                {"id": rows[1]["request_id"]},
+            ).one()
+        tasks = stored[0] if isinstance(stored[0], list) else json.loads(stored[0])  # PG parses
+        assert (tasks, bytes(stored[1])) == (["churn"], b"sealed")
+    finally:
+        engine.dispose()
