@@ -233,6 +233,13 @@ def _count(delta: MonthDelta, event: TrailEvent) -> None:
         delta.counts["campaign_contacts"] += 1
 
 
+def is_activity(event: TrailEvent) -> bool:
+    """Whether an event is activity (it moves the month's last activity)."""
+    delta = MonthDelta()
+    _count(delta, event)
+    return delta.last_activity_at is not None
+
+
 def _latest_of(event: TrailEvent, month: int) -> list[LatestValue]:
     """The latest values an event sets."""
     payload, at = event.payload, event.occurred_at

@@ -203,6 +203,7 @@ def ingest_file(
                 received_at=received_at,
                 pseudonymizer=pseudonymizer,
                 material_outflow=rules.material_outflow,
+                lifecycle=rules.lifecycle,
             )
         first_row = summary.rows + 1
         summary.rejects += [

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from app.customers import service
 from app.customers.assessments import CustomerScoring
+from app.customers.lifecycle import LifecycleRules
 from app.customers.schemas import (
     ASSESSMENT_BY_ID_EXAMPLE,
     BULK_ASSESSMENT_EXAMPLE,
@@ -63,6 +64,7 @@ async def get_intake(request: Request) -> EventIntake:
             future_tolerance_s=settings.event_future_tolerance_s,
             max_events=settings.max_events_per_call,
             material_outflow=settings.material_outflow_eur,
+            lifecycle=LifecycleRules.from_settings(settings),
         ),
         pseudonymizer=await get_pseudonymizer(request),
     )
@@ -181,6 +183,7 @@ async def get_customer_scoring(request: Request) -> CustomerScoring:
         session_factory=request.app.state.session_factory,
         scoring=request.app.state.scoring,
         pseudonymizer=await get_pseudonymizer(request),
+        lifecycle=LifecycleRules.from_settings(request.app.state.settings),
     )
 
 
