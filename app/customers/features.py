@@ -331,6 +331,11 @@ def _current(latest: Sequence[LatestValue], month: int) -> dict[tuple[str, str],
     return current
 
 
+def current_values(latest: Sequence[LatestValue], month: int) -> dict[tuple[str, str], LatestValue]:
+    """Each thing's (kind, key) value as of the end of ``month``."""
+    return _current(latest, month)
+
+
 def _record_start(latest: Sequence[LatestValue], counts: Sequence[MonthCounts]) -> int | None:
     """The customer's first month on record: its first profile, else its first data."""
     profiles = [v.month for v in latest if v.kind == Kind.PROFILE]

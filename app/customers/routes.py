@@ -12,6 +12,8 @@ from pydantic import BaseModel
 from app.customers import service
 from app.customers.assessments import CustomerScoring
 from app.customers.lifecycle import LifecycleRules
+from app.customers.record import customer_view
+from app.customers.record_schemas import CustomerView
 from app.customers.schemas import (
     ASSESSMENT_BY_ID_EXAMPLE,
     BULK_ASSESSMENT_EXAMPLE,
@@ -167,6 +169,35 @@ def customer_features(
     stored = pseudonymizer.pseudonym(customer_id, caller.tenant) if pseudonymizer else customer_id
     note(request, customer=stored, month=features.month)
     return features
+
+
+@router.get(
+    "/customers/{customer_id}",
+    response_model=CustomerView,
+    responses={404: {"description": "No record of this customer for the caller", **PROBLEM}},
+)
+def customer_record(
+    request: Request,
+    session: SessionDep,
+    caller: CustomersReader,
+    tenant: TenantDep,
+    pseudonymizer: PseudonymizerDep,
+    customer_id: CustomerIdPath,
+    events: Annotated[int, Query(ge=0, le=100, description="How many latest events.")] = 10,
+) -> CustomerView:
+    """A customer's 360: profile, stage and history, holdings, tier, latest assessments,
+    recommendations, open alerts and complaints, latest events."""
+    view = customer_view(
+        session,
+        customer_id=customer_id,
+        caller_tenant=caller.tenant,
+        tenant=tenant,
+        pseudonymizer=pseudonymizer,
+        events=events,
+    )
+    stored = pseudonymizer.pseudonym(customer_id, caller.tenant) if pseudonymizer else customer_id
+    note(request, customer=stored, view="360")
+    return view
 
 
 SCORING_ERRORS: dict[int | str, dict[str, Any]] = {
