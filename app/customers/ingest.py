@@ -26,7 +26,7 @@ from app.security.pseudonyms import Pseudonymizer
 
 COLUMNS = frozenset((*COMMON_FIELDS, *PAYLOAD_COLUMNS))
 REQUIRED = COMMON_FIELDS
-NUMBERS = frozenset({"age", "income", "balance", "amount", "duration_s"})
+NUMBERS = frozenset({"age", "income", "monthly_profit", "balance", "amount", "duration_s"})
 CSV_BLOCK_BYTES = 4 << 20
 
 

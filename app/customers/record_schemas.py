@@ -122,8 +122,19 @@ class CustomerView(BaseModel):
                         }
                     ],
                     "tier": {
-                        "tier": "silver",
-                        "next_tier_gap": {"next_tier": "gold", "gaps": []},
+                        "tier": "mass",
+                        "next_tier_gap": {
+                            "target_tier": "emerging_affluent",
+                            "changes": [
+                                {
+                                    "feature": "term_deposit_balance",
+                                    "current": "0 EUR",
+                                    "proposed": "25,000 EUR",
+                                    "text": "add 25,000 EUR to term deposits",
+                                }
+                            ],
+                            "probability_of_target": 0.590663,
+                        },
                         "model_version": "1",
                         "assessed_at": "2026-11-20T10:15:00Z",
                     },
