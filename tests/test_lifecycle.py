@@ -59,6 +59,9 @@ def test_new_lasts_exactly_n_calendar_months() -> None:
     at = evaluate(held, RULES, now=boundary)
     assert (just_before.stage, just_before.cause) == (LifecycleStage.NEW, StageCause.FIRST_MONTHS)
     assert (at.stage, at.since) == (LifecycleStage.ACTIVE, boundary)
+    # The sweep looks again at the boundary, and at the end of the quiet days after that.
+    assert just_before.review_at == boundary
+    assert at.review_at == START + timedelta(days=90)
     assert evaluate(held, LifecycleRules(new_months=4), now=boundary).stage is LifecycleStage.NEW
 
 
@@ -69,7 +72,9 @@ def test_dormant_after_exactly_n_days_without_activity() -> None:
     assert evaluate(held, RULES, now=boundary - timedelta(seconds=1)).stage is (
         LifecycleStage.ACTIVE
     )
+    assert evaluate(held, RULES, now=boundary - timedelta(days=1)).review_at == boundary
     dormant = evaluate(held, RULES, now=boundary)
+    assert dormant.review_at is None  # only activity ends dormancy
     assert (dormant.stage, dormant.cause, dormant.since) == (
         LifecycleStage.DORMANT,
         StageCause.NO_ACTIVITY,

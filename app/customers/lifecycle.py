@@ -73,10 +73,6 @@ class StageSource(StrEnum):
     SWEEP = "sweep"
 
 
-# The stages that can change with time alone (what the sweep re-evaluates).
-TIME_DEPENDENT = frozenset({LifecycleStage.NEW, LifecycleStage.ACTIVE, LifecycleStage.AT_RISK})
-
-
 @dataclass(frozen=True, slots=True)
 class LifecycleRules:
     """The configurable boundaries, from the settings."""
@@ -130,6 +126,8 @@ class StageAt:
     stage: LifecycleStage
     cause: StageCause
     since: datetime
+    # When time alone would change the stage (None: it cannot): what the sweep looks for.
+    review_at: datetime | None = None
 
 
 def add_months(moment: datetime, months: int) -> datetime:
@@ -158,8 +156,20 @@ def evaluate(facts: RecordFacts, rules: LifecycleRules, *, now: datetime) -> Sta
     if now >= quiet_until:
         return StageAt(LifecycleStage.DORMANT, StageCause.NO_ACTIVITY, quiet_until)
     if facts.at_risk:
-        return StageAt(LifecycleStage.AT_RISK, StageCause.CHURN_RISK, facts.risk_assessed_at or now)
+        return StageAt(
+            LifecycleStage.AT_RISK,
+            StageCause.CHURN_RISK,
+            facts.risk_assessed_at or now,
+            quiet_until,
+        )
     established = add_months(start, rules.new_months)
     if now < established:
-        return StageAt(LifecycleStage.NEW, StageCause.FIRST_MONTHS, facts.first_opened_at or start)
-    return StageAt(LifecycleStage.ACTIVE, StageCause.ESTABLISHED, max(established, active_at))
+        return StageAt(
+            LifecycleStage.NEW,
+            StageCause.FIRST_MONTHS,
+            facts.first_opened_at or start,
+            min(established, quiet_until),
+        )
+    return StageAt(
+        LifecycleStage.ACTIVE, StageCause.ESTABLISHED, max(established, active_at), quiet_until
+    )

@@ -205,13 +205,16 @@ def record_events(
         update_months(connection, tenant=tenant, deltas=deltas, latest=latest)
         pending = material_events(trail, outflow_threshold=material_outflow)
         queue_rescoring(connection, tenant=tenant, pending=pending, at=received_at)
+        shaping = [event for _, event in trail if shapes_stage(event)]
         refresh_stages(
             connection,
             tenant=tenant,
-            customer_ids=[event.customer_id for _, event in trail if shapes_stage(event)],
+            customer_ids=[event.customer_id for event in shaping],
             now=received_at,
             rules=lifecycle,
             source=StageSource.INTAKE,
+            activity_only={e.customer_id for e in shaping}
+            - {e.customer_id for e in shaping if e.type in STAGE_EVENTS},
         )
         session.commit()
     except SQLAlchemyError as error:

@@ -5,7 +5,7 @@ never lags the events acknowledged."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -15,7 +15,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from app.customers.features import CLOSED, OPENED, Kind
 from app.customers.lifecycle import (
-    TIME_DEPENDENT,
     LifecycleRules,
     LifecycleStage,
     RecordFacts,
@@ -155,6 +154,14 @@ def _stored(connection: Connection, key: str, customer_ids: Sequence[str]) -> di
     }
 
 
+def _activity_matters(stored: Any, now: datetime) -> bool:
+    """Whether new activity may move a stored stage: it wakes a dormant customer; any other
+    stage reads no activity, or only its absence, until its review time."""
+    if stored is None or stored.stage == LifecycleStage.DORMANT.value:
+        return True
+    return stored.review_at is not None and stored.review_at <= now
+
+
 def refresh_stages(
     connection: Connection,
     *,
@@ -164,14 +171,21 @@ def refresh_stages(
     rules: LifecycleRules,
     source: StageSource,
     risks: Mapping[str, Risk] | None = None,
+    activity_only: Collection[str] = (),
 ) -> list[Transition]:
     """Re-evaluate customers' stages (stored ids) at ``now``; store what changed. ``risks``:
-    the verdicts of churn assessments just stored (else the stored verdict holds)."""
+    the verdicts of churn assessments just stored (else the stored verdict holds).
+    ``activity_only``: customers whose new events are all activity, which can only wake a
+    dormant customer (every other stage reads no activity, or only its absence)."""
     written: list[Transition] = []
     unique = sorted(set(customer_ids))
     for start in range(0, len(unique), CHUNK):
         chunk = unique[start : start + CHUNK]
-        written.extend(_refresh(connection, tenant_key(tenant), chunk, now, rules, source, risks))
+        written.extend(
+            _refresh(
+                connection, tenant_key(tenant), chunk, now, rules, source, risks, activity_only
+            )
+        )
     return written
 
 
@@ -183,9 +197,18 @@ def _refresh(
     rules: LifecycleRules,
     source: StageSource,
     risks: Mapping[str, Risk] | None,
+    activity_only: Collection[str] = (),
 ) -> list[Transition]:
-    gathered = _gather(connection, key, customer_ids)
     stored = _stored(connection, key, customer_ids)
+    if activity_only:
+        customer_ids = [
+            c
+            for c in customer_ids
+            if c not in activity_only or _activity_matters(stored.get(c), now)
+        ]
+        if not customer_ids:
+            return []
+    gathered = _gather(connection, key, customer_ids)
     upserts: list[dict[str, Any]] = []
     transitions: list[Transition] = []
     for customer_id in customer_ids:
@@ -200,6 +223,7 @@ def _refresh(
             and not changed
             and before.at_risk == at_risk
             and before.risk_assessed_at == assessed_at
+            and before.review_at == verdict.review_at
         ):
             continue
         since = before.since if before is not None and not changed else verdict.since
@@ -224,6 +248,7 @@ def _refresh(
                 "since": since,
                 "at_risk": at_risk,
                 "risk_assessed_at": assessed_at,
+                "review_at": verdict.review_at,
                 "updated_at": now,
             }
         )
@@ -249,7 +274,14 @@ def _write(
                 index_elements=[stage.tenant, stage.customer_id],
                 set_={
                     name: insert.excluded[name]
-                    for name in ("stage", "since", "at_risk", "risk_assessed_at", "updated_at")
+                    for name in (
+                        "stage",
+                        "since",
+                        "at_risk",
+                        "risk_assessed_at",
+                        "review_at",
+                        "updated_at",
+                    )
                 },
             ),
             upserts,
@@ -281,10 +313,10 @@ def sweep_stages(
     tenants: Sequence[str | None] | None = None,
     batch: int = CHUNK,
 ) -> list[Transition]:
-    """Re-evaluate every customer (of ``tenants``; None: all) whose stage can change with
-    time alone (new, active, at-risk) at ``now``: the new become active, the quiet dormant."""
+    """Re-evaluate every customer (of ``tenants``; None: all) whose review time has come by
+    ``now``: the new become active, the quiet dormant."""
     stage = customer_stage_table.c
-    conditions = [stage.stage.in_([s.value for s in TIME_DEPENDENT])]
+    conditions = [stage.review_at <= now]
     if tenants is not None:
         conditions.append(stage.tenant.in_([tenant_key(t) for t in tenants]))
     due = connection.execute(

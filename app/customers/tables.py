@@ -143,7 +143,7 @@ class CustomerStage(Base):
     __tablename__ = "customer_stage"
     __table_args__ = (
         UniqueConstraint("tenant", "customer_id", name="uq_customer_stage_key"),
-        Index("ix_customer_stage_stage", "stage"),
+        Index("ix_customer_stage_review_at", "review_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
@@ -153,6 +153,8 @@ class CustomerStage(Base):
     since: Mapped[datetime] = mapped_column(UTCDateTime())
     at_risk: Mapped[bool] = mapped_column(Boolean)
     risk_assessed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When time alone would change the stage (new to active, quiet to dormant); None: never.
+    review_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 

@@ -1,7 +1,8 @@
 """lifecycle stages of the customer record: the current stage and its transitions
 
 ``customer_stage`` holds each customer's current lifecycle stage (prospect, new, active,
-at_risk, dormant, lost) with the verdict of its latest churn assessment;
+at_risk, dormant, lost) with the verdict of its latest churn assessment and when time alone
+would change it (``review_at``: what the sweep looks for);
 ``customer_stage_transition`` every change (from, to, when it took effect, the rule behind
 it, what noticed it). The intake keeps both in the transaction that stores the events; score
 by id when a churn assessment crosses the threshold; ``cvm customers sweep`` as time passes.
@@ -42,11 +43,12 @@ def upgrade() -> None:
         sa.Column("since", TIMESTAMP, nullable=False),
         sa.Column("at_risk", sa.Boolean(), nullable=False),
         sa.Column("risk_assessed_at", TIMESTAMP, nullable=True),
+        sa.Column("review_at", TIMESTAMP, nullable=True),
         sa.Column("updated_at", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_customer_stage")),
         sa.UniqueConstraint("tenant", "customer_id", name="uq_customer_stage_key"),
     )
-    op.create_index("ix_customer_stage_stage", "customer_stage", ["stage"])
+    op.create_index("ix_customer_stage_review_at", "customer_stage", ["review_at"])
     op.create_table(
         "customer_stage_transition",
         sa.Column("id", BIGINT_ID, autoincrement=True, nullable=False),
@@ -70,5 +72,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_customer_stage_transition_key", table_name="customer_stage_transition")
     op.drop_table("customer_stage_transition")
-    op.drop_index("ix_customer_stage_stage", table_name="customer_stage")
+    op.drop_index("ix_customer_stage_review_at", table_name="customer_stage")
     op.drop_table("customer_stage")
