@@ -147,6 +147,20 @@ class Settings(BaseSettings):
         "re-assessed in the background, as after a complaint, a closed product or a stopped "
         "salary.",
     )
+    lifecycle_new_months: int = Field(
+        default=3,
+        ge=1,
+        le=120,
+        description="A customer is new for this many calendar months from the relationship's "
+        "start (the lifecycle stage; the scoring core's new customers too).",
+    )
+    lifecycle_dormant_days: int = Field(
+        default=90,
+        ge=1,
+        le=3650,
+        description="A customer with no activity (transaction, session, branch visit, product "
+        "opened) for this many days is dormant.",
+    )
     rescore_in_process: bool = Field(
         default=True,
         description="Re-assess customers after material events in the API process.",

@@ -308,6 +308,19 @@ class CaseEventOut(BaseModel):
     reason: str | None
 
 
+class ComplaintBrief(BaseModel):
+    """A complaint as a customer's record lists it: what, how grave, where it stands."""
+
+    id: int
+    status: ComplaintStatus
+    severity: Severity
+    category: str
+    product: str
+    owner: str
+    received_at: datetime
+    due_at: datetime
+
+
 class ComplaintOut(BaseModel):
     """A complaint: owner, state, deadlines, outcome, and its audit trail."""
 

@@ -27,6 +27,7 @@ from app.casework.errors import (
 from app.casework.schemas import (
     CaseEventOut,
     CloseRequest,
+    ComplaintBrief,
     ComplaintOut,
     ComplaintPage,
     ComplaintRequest,
@@ -335,6 +336,37 @@ def complaint_out(session: Session, complaint: Complaint) -> ComplaintOut:
         updated_at=complaint.updated_at,
         history=[CaseEventOut.model_validate(e) for e in history],
     )
+
+
+def customer_complaints(
+    session: Session,
+    *,
+    tenant: str | None,
+    customer_ids: Sequence[str],
+    open_only: bool = True,
+    limit: int = 20,
+) -> list[ComplaintBrief]:
+    """A customer's complaints (any of its id forms) in the tenant, newest first; open ones
+    only unless told otherwise."""
+    conditions = [_tenant(tenant), Complaint.customer_id.in_(customer_ids)]
+    if open_only:
+        conditions.append(Complaint.status.not_in([s.value for s in FINAL_STATUSES]))
+    found = session.scalars(
+        select(Complaint).where(*conditions).order_by(Complaint.id.desc()).limit(limit)
+    )
+    return [
+        ComplaintBrief(
+            id=c.id,
+            status=ComplaintStatus(c.status),
+            severity=trail.Severity(c.severity),
+            category=c.category,
+            product=c.product,
+            owner=c.owner_id,
+            received_at=c.received_at,
+            due_at=c.due_at,
+        )
+        for c in found
+    ]
 
 
 # --- use cases ------------------------------------------------------------------------------

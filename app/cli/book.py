@@ -13,7 +13,10 @@ commands = typer.Typer()
 
 
 @commands.command(
-    epilog=example("cvm synth --customers 100000 --months 18 --seed 7 --out var/book")
+    epilog=example(
+        "cvm synth --customers 100000 --months 18 --seed 7 --out var/book",
+        "cvm synth --customers 1000 --out var/book --events var/events.parquet",
+    )
 )
 def synth(
     out: Annotated[Path, typer.Option(help="Folder to write book.parquet into.", metavar="DIR")],
@@ -26,10 +29,21 @@ def synth(
     seed: Annotated[
         int, typer.Option(help="Random seed; the same seed gives the same book.", metavar="N")
     ] = 7,
+    events: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the book's behaviour trail as events, for `cvm ingest` (.parquet "
+            "or .csv).",
+            metavar="FILE",
+        ),
+    ] = None,
 ) -> None:
-    """Generate a synthetic customer book (monthly snapshots, Parquet)."""
+    """Generate a synthetic customer book (monthly snapshots, Parquet), and its trail of
+    events if asked."""
     from app.training.synth import write_book
 
+    if events is not None and events.suffix.lower() not in (".parquet", ".pq", ".csv"):
+        raise typer.BadParameter("expected a .parquet or .csv file name", param_hint="--events")
     with progress_bar() as progress:
         bar = progress.add_task("Simulating months", total=months)
         path = write_book(
@@ -40,6 +54,16 @@ def synth(
             on_month=lambda _month: progress.advance(bar),
         )
     console.print(f"wrote {path}")
+    if events is not None:
+        import pandas as pd
+
+        from app.training.trail import write_events
+
+        book = pd.read_parquet(path)
+        with progress_bar() as progress:
+            bar = progress.add_task("Writing events", total=None)
+            written = write_events(book, events, on_chunk=lambda n: progress.advance(bar, n))
+        console.print(f"wrote {written:,} events to {events}")
 
 
 @commands.command(epilog=example("cvm snapshot --book var/book --out var/latest.parquet"))

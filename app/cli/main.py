@@ -8,6 +8,7 @@ from app.cli import (
     casework,
     clients,
     consume,
+    customers,
     db,
     dispatch,
     ingest,
@@ -33,6 +34,7 @@ cli.add_typer(clients.commands)
 cli.add_typer(alerts.commands)
 cli.add_typer(staff.commands)
 cli.add_typer(casework.commands)
+cli.add_typer(customers.commands)
 
 __all__ = ["cli", "main"]
 

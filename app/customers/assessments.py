@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio.to_thread
@@ -21,8 +22,16 @@ import structlog
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.customers.features import Feature
+from app.customers.lifecycle import (
+    DEFAULT_LIFECYCLE,
+    LifecycleRules,
+    LifecycleStage,
+    StageSource,
+    model_stage,
+)
 from app.customers.repository import drop_rescoring, pending_rescoring
-from app.customers.service import CustomerNotFound, trail_features
+from app.customers.service import CustomerNotFound, stored_forms, trail_features
+from app.customers.stages import Risk, current_stage, refresh_stages
 from app.customers.tables import UNTAGGED_KEY
 from app.errors import BatchTooLarge, InvalidInput, ModelUnavailable
 from app.scoring.assess import Options
@@ -39,16 +48,49 @@ ASSESSMENT_BY_ID = "assessment_by_id"
 OPTIONS = Options(reasons=5, exact=False, top_k=3, next_tier_gap=True)
 
 
-def trail_record(customer_id: str, features: dict[str, Feature]) -> dict[str, Any]:
-    """The features as an assessment's input, with the stage the trail shows where tenure
-    alone cannot tell it: no product and no relationship yet is a prospect; none any more,
-    a lost customer."""
+def trail_record(
+    customer_id: str, features: dict[str, Feature], stage: LifecycleStage | None
+) -> dict[str, Any]:
+    """The features as an assessment's input, with the scoring core's stage of the
+    customer's lifecycle stage (None: none on record, tenure decides)."""
     given: dict[str, Any] = {"customer_id": customer_id}
     given.update((name, value) for name, value in features.items() if value is not None)
-    if features.get("products_held") == 0:
-        tenure = features.get("tenure_months")
-        given["lifecycle"] = "lost" if isinstance(tenure, int) and tenure > 0 else "prospect"
+    if stage is not None:
+        given["lifecycle"] = model_stage(stage).value
     return given
+
+
+def churn_risks(rows: Sequence[ScoreRow], rules: LifecycleRules) -> dict[str, Risk]:
+    """Each customer's churn verdict among stored score rows (stored ids)."""
+    return {
+        row["customer_id"]: Risk(rules.at_risk(row["probability"], row["band"]), row["created_at"])
+        for row in rows
+        if row["task"] == Task.CHURN.value
+    }
+
+
+def note_risks(
+    session_factory: sessionmaker[Session],
+    *,
+    tenant: str | None,
+    rows: Sequence[ScoreRow],
+    rules: LifecycleRules,
+) -> None:
+    """Move the stages the stored churn assessments call for (at risk, or no longer)."""
+    risks = churn_risks(rows, rules)
+    if not risks:
+        return
+    with session_factory() as session:
+        refresh_stages(
+            session.connection(),
+            tenant=tenant,
+            customer_ids=sorted(risks),
+            now=datetime.now(UTC),
+            rules=rules,
+            source=StageSource.ASSESSMENT,
+            risks=risks,
+        )
+        session.commit()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,25 +100,35 @@ class CustomerScoring:
     session_factory: sessionmaker[Session]
     scoring: ScoringService
     pseudonymizer: Pseudonymizer | None
+    lifecycle: LifecycleRules = DEFAULT_LIFECYCLE
 
     def _features(
         self, customer_ids: Sequence[str], *, month: str | None, tenant: str | None, bulk: bool
-    ) -> list[tuple[str, dict[str, Feature]]]:
-        """Each customer's month and features; unknown: 404 by id, 422 naming the index in
-        bulk."""
+    ) -> list[tuple[str, dict[str, Feature], LifecycleStage | None]]:
+        """Each customer's month, features and lifecycle stage; unknown: 404 by id, 422 naming
+        the index in bulk."""
         found = []
         with self.session_factory() as session:
             for index, customer_id in enumerate(customer_ids):
                 try:
-                    found.append(
-                        trail_features(
-                            session,
-                            customer_id=customer_id,
-                            month=month,
-                            caller_tenant=tenant,
-                            pseudonymizer=self.pseudonymizer,
-                        )
+                    label, features = trail_features(
+                        session,
+                        customer_id=customer_id,
+                        month=month,
+                        caller_tenant=tenant,
+                        pseudonymizer=self.pseudonymizer,
                     )
+                    forms = stored_forms(
+                        customer_id, caller_tenant=tenant, pseudonymizer=self.pseudonymizer
+                    )
+                    stage = current_stage(
+                        session.connection(),
+                        tenant=tenant,
+                        customer_ids=forms,
+                        now=datetime.now(UTC),
+                        rules=self.lifecycle,
+                    )
+                    found.append((label, features, stage))
                 except CustomerNotFound as error:
                     if not bulk:
                         raise
@@ -115,10 +167,10 @@ class CustomerScoring:
         answers: list[dict[str, Any]] = []
         rows: list[ScoreRow] = []
         candidates: list[AlertCandidateRow] = []
-        for customer_id, (label, features) in zip(customer_ids, found, strict=True):
+        for customer_id, (label, features, stage) in zip(customer_ids, found, strict=True):
             try:
                 answer, task_rows, task_candidates = self.scoring.assess_record(
-                    trail_record(customer_id, features),
+                    trail_record(customer_id, features, stage),
                     OPTIONS,
                     request_id,
                     tenant=tenant,
@@ -139,9 +191,13 @@ class CustomerScoring:
             rows=len(rows),
             idempotency=idempotency,
         )
-        return await self.scoring.save(
+        answered = await self.scoring.save(
             response, rows, record=record, idempotency=idempotency, candidates=candidates
         )
+        await anyio.to_thread.run_sync(
+            lambda: note_risks(self.session_factory, tenant=tenant, rows=rows, rules=self.lifecycle)
+        )
+        return answered
 
 
 def _trail_cannot_be_scored(error: InvalidInput, customer_id: str) -> InvalidInput:
@@ -163,8 +219,10 @@ class Rescorer:
         poll_s: float,
         batch_size: int,
         enabled: bool = True,
+        lifecycle: LifecycleRules = DEFAULT_LIFECYCLE,
     ) -> None:
         self.enabled = enabled
+        self.lifecycle = lifecycle
         self.session_factory = session_factory
         self.scoring = scoring
         self.poll_s = poll_s
@@ -202,21 +260,38 @@ class Rescorer:
                 for row in pending_rescoring(session, limit=self.batch_size)
             ]
 
-    def _read(self, tenant: str | None, customer_id: str) -> tuple[str, dict[str, Feature]]:
+    def _read(
+        self, tenant: str | None, customer_id: str
+    ) -> tuple[dict[str, Feature], LifecycleStage | None]:
         with self.session_factory() as session:
             # The queue holds the stored id: read it as it is (no pseudonymizer).
-            return trail_features(
+            _, features = trail_features(
                 session,
                 customer_id=customer_id,
                 month=None,
                 caller_tenant=tenant,
                 pseudonymizer=None,
             )
+            stage = current_stage(
+                session.connection(),
+                tenant=tenant,
+                customer_ids=[customer_id],
+                now=datetime.now(UTC),
+                rules=self.lifecycle,
+            )
+            return features, stage
 
     def _drop(self, ids: list[int]) -> None:
         with self.session_factory() as session:
             drop_rescoring(session, ids=ids)
             session.commit()
+
+    def _note_risks(self, rows: list[ScoreRow], tenants: dict[str, str | None]) -> None:
+        by_tenant: dict[str | None, list[ScoreRow]] = {}
+        for row in rows:
+            by_tenant.setdefault(tenants[row["customer_id"]], []).append(row)
+        for tenant, tenant_rows in by_tenant.items():
+            note_risks(self.session_factory, tenant=tenant, rows=tenant_rows, rules=self.lifecycle)
 
     async def run_once(self) -> int:
         """One round: the oldest queued customers re-assessed and stored, then unqueued."""
@@ -227,12 +302,13 @@ class Rescorer:
         rows: list[ScoreRow] = []
         candidates: list[AlertCandidateRow] = []
         done: list[int] = []
+        tenants: dict[str, str | None] = {}
         for (tenant_key, customer_id), ids in groups.items():
             tenant = None if tenant_key == UNTAGGED_KEY else tenant_key
             try:
-                _, features = await anyio.to_thread.run_sync(self._read, tenant, customer_id)
+                features, stage = await anyio.to_thread.run_sync(self._read, tenant, customer_id)
                 _, found_rows, found_candidates = self.scoring.assess_record(
-                    trail_record(customer_id, features),
+                    trail_record(customer_id, features, stage),
                     OPTIONS,
                     f"rescore-{ids[0]}",
                     tenant=tenant,
@@ -243,10 +319,12 @@ class Rescorer:
                 # Nothing to score from this trail (yet): a later material event queues it again.
                 log.warning("rescore_skipped", customer=customer_id, reason=error.detail)
             else:
+                tenants[customer_id] = tenant
                 rows.extend(found_rows)
                 candidates.extend(found_candidates)
             done.extend(ids)
         if rows:
             await self.scoring.persist(rows, candidates=candidates)
+            await anyio.to_thread.run_sync(self._note_risks, rows, tenants)
         await anyio.to_thread.run_sync(self._drop, done)
         return len(pending)

@@ -197,6 +197,8 @@ class EventConsumer:
                 request_id=f"amqp-{request_id}",
                 received_at=datetime.now(UTC),
                 pseudonymizer=self.pseudonymizer,
+                material_outflow=self.rules.material_outflow,
+                lifecycle=self.rules.lifecycle,
             )
 
     async def _dead_letter(

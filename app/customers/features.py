@@ -233,6 +233,13 @@ def _count(delta: MonthDelta, event: TrailEvent) -> None:
         delta.counts["campaign_contacts"] += 1
 
 
+def is_activity(event: TrailEvent) -> bool:
+    """Whether an event is activity (it moves the month's last activity)."""
+    delta = MonthDelta()
+    _count(delta, event)
+    return delta.last_activity_at is not None
+
+
 def _latest_of(event: TrailEvent, month: int) -> list[LatestValue]:
     """The latest values an event sets."""
     payload, at = event.payload, event.occurred_at
@@ -322,6 +329,11 @@ def _current(latest: Sequence[LatestValue], month: int) -> dict[tuple[str, str],
     ):
         current[(value.kind, value.key)] = value
     return current
+
+
+def current_values(latest: Sequence[LatestValue], month: int) -> dict[tuple[str, str], LatestValue]:
+    """Each thing's (kind, key) value as of the end of ``month``."""
+    return _current(latest, month)
 
 
 def _record_start(latest: Sequence[LatestValue], counts: Sequence[MonthCounts]) -> int | None:

@@ -26,7 +26,7 @@ from app.security.pseudonyms import Pseudonymizer
 
 COLUMNS = frozenset((*COMMON_FIELDS, *PAYLOAD_COLUMNS))
 REQUIRED = COMMON_FIELDS
-NUMBERS = frozenset({"age", "income", "balance", "amount", "duration_s"})
+NUMBERS = frozenset({"age", "income", "monthly_profit", "balance", "amount", "duration_s"})
 CSV_BLOCK_BYTES = 4 << 20
 
 
@@ -203,6 +203,7 @@ def ingest_file(
                 received_at=received_at,
                 pseudonymizer=pseudonymizer,
                 material_outflow=rules.material_outflow,
+                lifecycle=rules.lifecycle,
             )
         first_row = summary.rows + 1
         summary.rejects += [

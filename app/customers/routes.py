@@ -11,6 +11,9 @@ from pydantic import BaseModel
 
 from app.customers import service
 from app.customers.assessments import CustomerScoring
+from app.customers.lifecycle import LifecycleRules
+from app.customers.record import customer_view
+from app.customers.record_schemas import CustomerView
 from app.customers.schemas import (
     ASSESSMENT_BY_ID_EXAMPLE,
     BULK_ASSESSMENT_EXAMPLE,
@@ -63,6 +66,7 @@ async def get_intake(request: Request) -> EventIntake:
             future_tolerance_s=settings.event_future_tolerance_s,
             max_events=settings.max_events_per_call,
             material_outflow=settings.material_outflow_eur,
+            lifecycle=LifecycleRules.from_settings(settings),
         ),
         pseudonymizer=await get_pseudonymizer(request),
     )
@@ -167,6 +171,35 @@ def customer_features(
     return features
 
 
+@router.get(
+    "/customers/{customer_id}",
+    response_model=CustomerView,
+    responses={404: {"description": "No record of this customer for the caller", **PROBLEM}},
+)
+def customer_record(
+    request: Request,
+    session: SessionDep,
+    caller: CustomersReader,
+    tenant: TenantDep,
+    pseudonymizer: PseudonymizerDep,
+    customer_id: CustomerIdPath,
+    events: Annotated[int, Query(ge=0, le=100, description="How many latest events.")] = 10,
+) -> CustomerView:
+    """A customer's 360: profile, stage and history, holdings, tier, latest assessments,
+    recommendations, open alerts and complaints, latest events."""
+    view = customer_view(
+        session,
+        customer_id=customer_id,
+        caller_tenant=caller.tenant,
+        tenant=tenant,
+        pseudonymizer=pseudonymizer,
+        events=events,
+    )
+    stored = pseudonymizer.pseudonym(customer_id, caller.tenant) if pseudonymizer else customer_id
+    note(request, customer=stored, view="360")
+    return view
+
+
 SCORING_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"description": "No events of this customer for the caller", **PROBLEM},
     413: {"description": "Too many customers in one call", **PROBLEM},
@@ -181,6 +214,7 @@ async def get_customer_scoring(request: Request) -> CustomerScoring:
         session_factory=request.app.state.session_factory,
         scoring=request.app.state.scoring,
         pseudonymizer=await get_pseudonymizer(request),
+        lifecycle=LifecycleRules.from_settings(request.app.state.settings),
     )
 
 

@@ -24,10 +24,12 @@ from app.customers.features import (
     TrailEvent,
     aggregate,
     derive_features,
+    is_activity,
     material_reason,
     month_label,
     parse_month,
 )
+from app.customers.lifecycle import DEFAULT_LIFECYCLE, LifecycleRules, StageSource
 from app.customers.repository import (
     EventRow,
     insert_new_events,
@@ -48,6 +50,7 @@ from app.customers.schemas import (
     MonthFeatures,
     StoredEvent,
 )
+from app.customers.stages import Transition, refresh_stages, sweep_stages
 from app.errors import BatchTooLarge, DatabaseUnavailable, InvalidInput, NotFound
 from app.scoring.repository import TenantScope
 from app.security.pseudonyms import Pseudonymizer
@@ -78,6 +81,7 @@ class IntakeRules:
     future_tolerance_s: float
     max_events: int
     material_outflow: float = DEFAULT_MATERIAL_OUTFLOW
+    lifecycle: LifecycleRules = DEFAULT_LIFECYCLE
 
     def context(self, now: datetime) -> dict[str, Any]:
         """The validation context: the latest occurrence time accepted now."""
@@ -108,6 +112,7 @@ class EventIntake:
                 received_at=received_at,
                 pseudonymizer=self.pseudonymizer,
                 material_outflow=self.rules.material_outflow,
+                lifecycle=self.rules.lifecycle,
             )
 
 
@@ -175,10 +180,11 @@ def record_events(
     received_at: datetime,
     pseudonymizer: Pseudonymizer | None,
     material_outflow: float = DEFAULT_MATERIAL_OUTFLOW,
+    lifecycle: LifecycleRules = DEFAULT_LIFECYCLE,
 ) -> IntakeResult:
     """Store the events not stored yet for ``tenant`` (one commit): with them, their
-    customer-months' aggregates and the re-assessments their material events call for; count
-    the others."""
+    customer-months' aggregates, the lifecycle stages they change and the re-assessments
+    their material events call for; count the others."""
     rows = event_rows(
         events,
         tenant=tenant,
@@ -199,6 +205,17 @@ def record_events(
         update_months(connection, tenant=tenant, deltas=deltas, latest=latest)
         pending = material_events(trail, outflow_threshold=material_outflow)
         queue_rescoring(connection, tenant=tenant, pending=pending, at=received_at)
+        shaping = [event for _, event in trail if shapes_stage(event)]
+        refresh_stages(
+            connection,
+            tenant=tenant,
+            customer_ids=[event.customer_id for event in shaping],
+            now=received_at,
+            rules=lifecycle,
+            source=StageSource.INTAKE,
+            activity_only={e.customer_id for e in shaping}
+            - {e.customer_id for e in shaping if e.type in STAGE_EVENTS},
+        )
         session.commit()
     except SQLAlchemyError as error:
         session.rollback()
@@ -209,6 +226,25 @@ def record_events(
     return IntakeResult(
         received=len(events), new=new, duplicates=len(events) - new, received_at=received_at
     )
+
+
+def sweep_lifecycle(
+    session: Session, *, now: datetime, rules: LifecycleRules, tenants: Sequence[str] | None = None
+) -> list[Transition]:
+    """Move the stages that time alone changes (new to active, quiet to dormant) as of
+    ``now``; one commit."""
+    moved = sweep_stages(session.connection(), now=now, rules=rules, tenants=tenants)
+    session.commit()
+    return moved
+
+
+STAGE_EVENTS = frozenset({"customer_profile", "account_opened", "account_closed"})
+
+
+def shapes_stage(event: TrailEvent) -> bool:
+    """Whether an event can move its customer's lifecycle stage: a profile, a product opened
+    or closed, an activity (app/customers/features.py says which)."""
+    return event.type in STAGE_EVENTS or is_activity(event)
 
 
 def material_events(

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     Float,
     Index,
@@ -133,3 +134,47 @@ class RescorePending(Base):
 
 
 rescore_pending_table = cast(Table, RescorePending.__table__)
+
+
+class CustomerStage(Base):
+    """A customer's current lifecycle stage (app/customers/lifecycle.py), with what the stage
+    rules keep beyond the aggregates: whether the latest churn assessment was at risk."""
+
+    __tablename__ = "customer_stage"
+    __table_args__ = (
+        UniqueConstraint("tenant", "customer_id", name="uq_customer_stage_key"),
+        Index("ix_customer_stage_review_at", "review_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64))  # '' when untagged, as the aggregates
+    customer_id: Mapped[str] = mapped_column(String(128))
+    stage: Mapped[str] = mapped_column(String(16))
+    since: Mapped[datetime] = mapped_column(UTCDateTime())
+    at_risk: Mapped[bool] = mapped_column(Boolean)
+    risk_assessed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When time alone would change the stage (new to active, quiet to dormant); None: never.
+    review_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CustomerStageTransition(Base):
+    """One change of a customer's lifecycle stage: from, to, when it took effect, the rule
+    behind it and what noticed it (intake, assessment, sweep)."""
+
+    __tablename__ = "customer_stage_transition"
+    __table_args__ = (Index("ix_customer_stage_transition_key", "tenant", "customer_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[str] = mapped_column(String(128))
+    from_stage: Mapped[str | None] = mapped_column(String(16))
+    to_stage: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    cause: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(16))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+customer_stage_table = cast(Table, CustomerStage.__table__)
+customer_stage_transition_table = cast(Table, CustomerStageTransition.__table__)

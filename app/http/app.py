@@ -24,6 +24,7 @@ from app.config import Settings, get_settings
 from app.customers import routes as customers
 from app.customers.assessments import Rescorer
 from app.customers.consumer import QueueDepthMonitor
+from app.customers.lifecycle import LifecycleRules
 from app.db.session import create_db_engine, create_session_factory
 from app.errors import DatabaseUnavailable, InvalidInput, ServiceError
 from app.http import health
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         poll_s=settings.rescore_poll_s,
         batch_size=settings.rescore_batch_size,
         enabled=settings.rescore_in_process,
+        lifecycle=LifecycleRules.from_settings(settings),
     )
     metrics = Metrics()
     metrics.add_gauges(

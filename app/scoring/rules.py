@@ -16,6 +16,7 @@ def rules_from_settings(settings: Settings) -> Rules:
             for tier, plan in load_service_plans(settings.service_plans_file).items()
         },
         alerts=_alert_thresholds(settings),
+        new_customer_months=settings.lifecycle_new_months,
     )
 
 

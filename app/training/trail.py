@@ -14,11 +14,16 @@ customers feed no model feature and are not emitted.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 
 from app.customers.features import (
     BALANCE_PRODUCTS,
@@ -28,6 +33,7 @@ from app.customers.features import (
     month_index,
     month_start,
 )
+from app.customers.schemas import COMMON_FIELDS, PAYLOAD_COLUMNS
 
 # Where in a month (on the 30-day clock) each kind of event is placed.
 PROFILE_AT = 0.1
@@ -207,3 +213,54 @@ def book_events(book: pd.DataFrame) -> Iterator[dict[str, Any]]:
         current.month(row)
     if current is not None:
         yield from current.events
+
+
+# The events file's columns: the columns form of POST /v1/events, numbers typed as such.
+EVENT_NUMBER_TYPES = {
+    "age": pa.int64(),
+    "income": pa.float64(),
+    "monthly_profit": pa.float64(),
+    "balance": pa.float64(),
+    "amount": pa.float64(),
+    "duration_s": pa.float64(),
+}
+EVENTS_SCHEMA = pa.schema(
+    [
+        (name, EVENT_NUMBER_TYPES.get(name, pa.string()))
+        for name in (*COMMON_FIELDS, *PAYLOAD_COLUMNS)
+    ]
+)
+
+
+def write_events(
+    book: pd.DataFrame,
+    path: Path,
+    *,
+    chunk_rows: int = 200_000,
+    on_chunk: Callable[[int], None] | None = None,
+) -> int:
+    """The book's trail as an events file ``cvm ingest`` reads: Parquet, or CSV by the
+    suffix (.csv), one event per row, written whole or not at all; returns the number of
+    events written."""
+    if path.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise ValueError(f"{path}: expected a .parquet or .csv file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    csv = path.suffix.lower() == ".csv"
+    writer: Any = (
+        pa_csv.CSVWriter(partial, EVENTS_SCHEMA)
+        if csv
+        else pq.ParquetWriter(partial, EVENTS_SCHEMA)
+    )
+    events = book_events(book)
+    written = 0
+    try:
+        while chunk := list(islice(events, chunk_rows)):
+            writer.write_table(pa.Table.from_pylist(chunk, schema=EVENTS_SCHEMA))
+            written += len(chunk)
+            if on_chunk is not None:
+                on_chunk(len(chunk))
+    finally:
+        writer.close()
+    partial.replace(path)
+    return written
