@@ -605,6 +605,36 @@ def schedule_retry(
     )
 
 
+def renew_claims(
+    connection: Connection,
+    *,
+    message_ids: Sequence[str],
+    dispatcher: str,
+    now: datetime,
+    claimed_until: datetime,
+) -> set[str]:
+    """Extend this dispatcher's lease on the messages it still holds; return their ids.
+
+    A message whose lease ran out (``claimed_until <= now``), or that another dispatcher has
+    claimed since, is not renewed and not returned: its holder must not send it.
+    """
+    if not message_ids:
+        return set()
+    t = outbox_message_table.c
+    result = connection.execute(
+        update(outbox_message_table)
+        .where(
+            t.id.in_(message_ids),
+            t.status == MessageStatus.PENDING,
+            t.claimed_by == dispatcher,
+            t.claimed_until > now,
+        )
+        .values(claimed_until=claimed_until)
+        .returning(t.id)
+    )
+    return {str(message_id) for message_id in result.scalars()}
+
+
 def release_claims(connection: Connection, *, message_ids: Sequence[str], dispatcher: str) -> int:
     """Give back claimed messages that were not tried (a graceful stop mid-batch)."""
     if not message_ids:

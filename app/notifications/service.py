@@ -2,10 +2,12 @@
 
 The dispatcher claims due messages with a lease, sends each one, records the attempt and marks
 it delivered, or schedules a retry with exponential backoff and jitter. Any number of
-dispatchers may run against one database: claims never overlap while a lease holds, and a
-dispatcher killed mid-send releases its claims when the lease runs out. A receiver may then see
-a message twice, always with the same ``Idempotency-Key`` (webhook) or ``Message-ID`` (e-mail),
-so it can keep exactly one.
+dispatchers may run against one database: claims never overlap while a lease holds. A batch
+that takes longer than the lease renews it (at half-time, for the messages still held) and
+sends only what it still holds, so a slow receiver never makes two dispatchers send one
+message. A dispatcher killed mid-send releases its claims when the lease runs out; a receiver
+may then see a message twice, always with the same ``Idempotency-Key`` (webhook) or
+``Message-ID`` (e-mail), so it can keep exactly one.
 """
 
 from __future__ import annotations
@@ -289,6 +291,8 @@ class DispatchReport:
     failed: int = 0
     released: int = 0
     digests: int = 0
+    renewed: int = 0
+    lost: int = 0
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: DispatchReport) -> None:
@@ -299,6 +303,8 @@ class DispatchReport:
         self.failed += other.failed
         self.released += other.released
         self.digests += other.digests
+        self.renewed += other.renewed
+        self.lost += other.lost
         self.errors.extend(other.errors)
 
 
@@ -361,11 +367,22 @@ class Dispatcher:
                 limit=self.policy.batch_size,
             )
         report.claimed = len(claimed)
+        lease = timedelta(seconds=self.policy.lease_s)
+        held, held_until = {m.id for m in claimed}, now + lease
         try:
             for index, message in enumerate(claimed):
                 if self._stop.is_set():
                     report.released = self._release(claimed[index:])
                     break
+                at = self.clock()
+                if at >= held_until - lease / 2:
+                    # Half the lease is gone: extend it for the rest of the batch, so a batch
+                    # that outlasts the lease is never claimed (and sent) by another too.
+                    held, held_until = self._renew(claimed[index:], at, at + lease), at + lease
+                    report.renewed += 1
+                if message.id not in held:
+                    report.lost += 1  # the lease ran out (a stall): its new holder sends it
+                    continue
                 self._deliver(message, report)
         finally:
             for channel in self.channels.values():
@@ -468,6 +485,16 @@ class Dispatcher:
                 message.attempts,
                 delay,
                 error,
+            )
+
+    def _renew(self, messages: list[ClaimedMessage], now: datetime, until: datetime) -> set[str]:
+        with self.engine.begin() as connection:
+            return repo.renew_claims(
+                connection,
+                message_ids=[m.id for m in messages],
+                dispatcher=self.name,
+                now=now,
+                claimed_until=until,
             )
 
     def _release(self, messages: list[ClaimedMessage]) -> int:
