@@ -241,6 +241,26 @@ class Settings(BaseSettings):
         description="Closed complaints and their audit trail are kept this long after "
         "closing; `cvm casework purge` deletes older ones (default 3 years).",
     )
+    casework_alert_accept_hours: float = Field(
+        default=24.0,
+        gt=0,
+        le=24 * 365,
+        description="An alert routed to someone who has not accepted it within this time is "
+        "reassigned to their supervisor (`cvm casework tick`).",
+    )
+    casework_alert_capacity: int = Field(
+        default=50,
+        ge=1,
+        description="Open alerts a staff member holds at most before routing passes them by "
+        "(backups, branch and central queues).",
+    )
+    casework_central_branch: str = Field(
+        default="central",
+        min_length=1,
+        max_length=64,
+        description="The branch whose relationship managers form the central queue: alerts "
+        "no one in the customer's branch can take go there.",
+    )
     retention_actions_file: Path = Field(
         default=PROJECT_ROOT / "app" / "resources" / "retention_actions.json",
         description="Retention actions recommended for each churn reason.",

@@ -377,6 +377,53 @@ def get_alert(
     return alert
 
 
+@dataclass(frozen=True, slots=True)
+class AlertRef:
+    """What other domains need of an alert to route it: who, whose, and where it is."""
+
+    id: int
+    customer_id: str
+    tenant: str | None
+    status: str
+    owner: str | None
+    opened_at: datetime
+
+
+def _ref(alert: Alert) -> AlertRef:
+    return AlertRef(
+        id=alert.id,
+        customer_id=alert.customer_id,
+        tenant=alert.tenant,
+        status=alert.status,
+        owner=alert.owner,
+        opened_at=alert.opened_at,
+    )
+
+
+def open_alert_refs(
+    session: Session, *, after_id: int, limit: int, tenant: TenantScope | None = None
+) -> list[AlertRef]:
+    """Alerts still open (nobody acknowledged them), of one tenant or all, by id after
+    ``after_id``."""
+    query = (
+        select(Alert)
+        .where(Alert.status == AlertStatus.OPEN, Alert.id > after_id)
+        .order_by(Alert.id)
+        .limit(limit)
+    )
+    if tenant is not None:
+        query = query.where(tenant.condition(Alert.tenant))
+    return [_ref(alert) for alert in session.scalars(query)]
+
+
+def alert_refs(session: Session, *, alert_ids: Sequence[int]) -> dict[int, AlertRef]:
+    """These alerts by id (missing ones left out)."""
+    if not alert_ids:
+        return {}
+    query = select(Alert).where(Alert.id.in_(alert_ids))
+    return {alert.id: _ref(alert) for alert in session.scalars(query)}
+
+
 def alert_history(session: Session, *, alert_id: int) -> list[AlertEvent]:
     """An alert's history, oldest first."""
     query = select(AlertEvent).where(AlertEvent.alert_id == alert_id).order_by(AlertEvent.id)

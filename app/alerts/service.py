@@ -35,6 +35,9 @@ from app.alerts.repository import (
     OutboxRow,
     Resolution,
 )
+from app.alerts.repository import (
+    AlertRef as AlertRef,
+)
 from app.alerts.schemas import (
     AcknowledgeRequest,
     AlertDetail,
@@ -671,6 +674,18 @@ def list_alerts(
         offset=offset,
         items=[AlertSummary.model_validate(a, from_attributes=True) for a in alerts],
     )
+
+
+def open_alert_refs(
+    session: Session, *, after_id: int, limit: int, tenant: TenantScope | None = None
+) -> list[AlertRef]:
+    """Alerts nobody has acknowledged yet, of one tenant or all, by id after ``after_id``."""
+    return repo.open_alert_refs(session, after_id=after_id, limit=limit, tenant=tenant)
+
+
+def alert_refs(session: Session, *, alert_ids: Sequence[int]) -> dict[int, AlertRef]:
+    """These alerts' customer, tenant, status and owner, by id (routing)."""
+    return repo.alert_refs(session, alert_ids=alert_ids)
 
 
 def get_alert(session: Session, *, alert_id: int, tenant: TenantScope | None = None) -> AlertDetail:

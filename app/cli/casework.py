@@ -28,25 +28,37 @@ def tick(
         ),
     ] = None,
 ) -> None:
-    """Warn owners at 60% of a complaint's time, supervisors at 80%, escalate at 100%.
+    """Warn owners at 60% of a complaint's time, supervisors at 80%, escalate at 100%; route
+    new churn alerts; give alerts not accepted in time to the assignee's supervisor.
 
     Each fires once per clock, however many sweeps run, at once or again.
     """
+    from app.casework.routing import RoutingPolicy, route_new_alerts, sweep_acceptance
     from app.casework.service import sweep_deadlines
     from app.config import get_settings
     from app.db.session import create_db_engine, create_session_factory
 
     now = datetime.now(UTC) if at is None else at if at.tzinfo else at.replace(tzinfo=UTC)
-    engine = create_db_engine(get_settings().database_url)
+    settings = get_settings()
+    policy = RoutingPolicy.from_settings(settings)
+    engine = create_db_engine(settings.database_url)
     try:
         with create_session_factory(engine)() as session:
             summary = sweep_deadlines(session, now=now)
+            routed = route_new_alerts(session, policy=policy, now=now)
+            timed_out = sweep_acceptance(session, policy=policy, now=now)
     finally:
         engine.dispose()
     console.print(
         f"checked {summary.checked}: owner warnings {len(summary.owner_warnings)}, "
         f"supervisor warnings {len(summary.supervisor_warnings)}, "
         f"escalations {len(summary.escalations)}"
+    )
+    via = ", ".join(f"{k.value} {v}" for k, v in sorted(routed.routed.items())) or "none"
+    console.print(
+        f"alerts routed {routed.total_routed} ({via}), accepted elsewhere {routed.accepted}, "
+        f"closed {routed.closed}; not accepted in time: to a supervisor or the central queue "
+        f"{timed_out.escalated}, stayed {timed_out.stayed}"
     )
 
 

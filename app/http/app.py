@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from app.alerts import routes as alerts
 from app.alerts.worker import build_alert_processor
 from app.casework import routes as casework
+from app.casework.routing import RoutingPolicy
 from app.casework.service import Casework
 from app.config import Settings, get_settings
 from app.customers import routes as customers
@@ -204,11 +205,13 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.metrics = metrics
     app.state.model_psi = model_psi
     app.state.casework = Casework.from_settings(settings)
+    app.state.routing = RoutingPolicy.from_settings(settings)
     for router in (health.router, scores.router, history.router, models.router, alerts.router):
         app.include_router(router)
     app.include_router(customers.router)
     app.include_router(casework.staff_router)
     app.include_router(casework.complaints_router)
+    app.include_router(casework.routed_alerts_router)
     app.include_router(models.admin_router)
     add_docs(app)
     # Added innermost first: request ids and access logs wrap CORS, which answers preflights
