@@ -352,3 +352,71 @@ def test_every_routing_operation_accepts_its_documented_example(bank: Bank) -> N
     assert response.status_code == 200 and response.json()["assignee"] == "bs-1"
     response = bank.post("bs-1", alert_id, "accept", example("accept"))
     assert response.status_code == 200, response.text
+
+
+def test_cvm_casework_digest_mails_each_person_their_alerts_once_a_day(
+    bank: Bank, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from app.alerts.repository import ClaimedMessage
+    from app.alerts.tables import OutboxMessage
+    from app.cli.main import cli
+    from app.config import get_settings
+    from app.notifications.service import EmailChannel, SmtpConfig
+    from tests.test_notifications import SmtpServer
+
+    alerts = [bank.alert(bank.customer(branch="north", manager="rm-1")) for _ in range(2)]
+    alerts.append(bank.alert(bank.customer(branch="north", manager="rm-3")))
+    bank.route(RoutingPolicy())
+    monkeypatch.setenv("CVM_DATABASE_URL", bank.engine.url.render_as_string(hide_password=False))
+    get_settings.cache_clear()
+    try:
+        runs = [
+            CliRunner().invoke(cli, ["casework", "digest", "--at", at])
+            for at in ("2031-03-03T07:00:00Z", "2031-03-03T09:00:00Z", "2031-03-04T07:00:00Z")
+        ]
+    finally:
+        get_settings.cache_clear()
+    assert all(run.exit_code == 0 for run in runs), [run.output for run in runs]
+    with Session(bank.engine) as session:
+        rows = session.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.tenant == bank.tenant)
+            .order_by(OutboxMessage.created_at, OutboxMessage.recipient)
+        ).all()
+    # One per person and day: the second run on the 3rd queued nothing for this tenant.
+    assert [(r.recipient, r.created_at.day) for r in rows] == [
+        ("anna@bank.example", 3),
+        ("anna@bank.example", 3),
+        ("anna@bank.example", 4),
+        ("anna@bank.example", 4),
+    ]
+    assert sorted(len(r.payload["alerts"]) for r in rows) == [1, 1, 2, 2]
+    server = SmtpServer()
+    server.start()
+    try:
+        channel = EmailChannel(
+            SmtpConfig("127.0.0.1", server.port, False, None, None, 2.0, "cvm@bank.example")
+        )
+        two = next(r for r in rows if len(r.payload["alerts"]) == 2)
+        channel.deliver(
+            ClaimedMessage(
+                id=two.id,
+                channel="email",
+                kind=two.kind,
+                recipient=two.recipient,
+                alert_id=None,
+                payload=two.payload,
+                attempts=1,
+                created_at=two.created_at,
+                tenant=two.tenant,
+            )
+        )
+        channel.shutdown()
+    finally:
+        server.stop()
+    (mail,) = server.inbox.mails
+    assert mail.subject == "CVM: 2 churn alerts for you"
+    assert all(f"alert {a}:" in mail.body for a in alerts[:2])
+    assert f"alert {alerts[2]}:" not in mail.body  # rm-3's, in the other digest

@@ -319,6 +319,12 @@ def insert_outbox_messages(connection: Connection, *, rows: Sequence[OutboxRow])
         connection.execute(outbox_message_table.insert(), list(rows))
 
 
+def outbox_message_exists(connection: Connection, *, message_id: str) -> bool:
+    """Whether a message with this id is in the outbox."""
+    t = outbox_message_table.c
+    return connection.scalar(select(func.count()).where(t.id == message_id)) == 1
+
+
 def insert_digest_entries(connection: Connection, *, rows: Sequence[DigestEntryRow]) -> None:
     """Queue alerts for the recipients' next digests."""
     if rows:

@@ -634,6 +634,39 @@ def _outbox_row(
     )
 
 
+def queue_email(
+    session: Session,
+    *,
+    message_id: str,
+    recipient: str,
+    kind: str,
+    payload: dict[str, Any],
+    tenant: str | None,
+    now: datetime,
+) -> bool:
+    """Queue one e-mail in the outbox (flushed, not committed) unless a message with this id
+    is already there: a deterministic id makes a repeated call a no-op. Whether it was new."""
+    connection = session.connection()
+    if repo.outbox_message_exists(connection, message_id=message_id):
+        return False
+    row = OutboxRow(
+        id=message_id,
+        channel="email",
+        kind=kind,
+        recipient=recipient,
+        alert_id=None,
+        payload=payload,
+        status=MessageStatus.PENDING,
+        attempts=0,
+        created_at=now,
+        next_attempt_at=now,
+        tenant=tenant,
+        last_error=None,
+    )
+    repo.insert_outbox_messages(connection, rows=[row])
+    return True
+
+
 # --- lifecycle ---------------------------------------------------------------------------------
 
 

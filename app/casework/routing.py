@@ -11,6 +11,7 @@ its owner is the accepting credential. Every change appends to the assignment's 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -40,6 +41,7 @@ from app.casework.tables import AlertAssignment, AssignmentEvent, Staff
 from app.config import Settings
 from app.customers.service import service_profile
 from app.errors import NotFound
+from app.notifications.service import CASEWORK_DIGEST
 from app.scoring.repository import TenantScope
 
 SYSTEM = "system"
@@ -715,3 +717,57 @@ def escalate(
     )
     session.commit()
     return assignment_out(session, assignment)
+
+
+# --- the daily digest ---------------------------------------------------------------------------
+
+
+def compose_digests(session: Session, *, now: datetime) -> int:
+    """Queue one e-mail per staff member holding open alerts, listing them: once per person
+    and day (the message id is derived from the tenant, the person and the day, so a second
+    run that day queues nothing). How many were queued."""
+    day = now.date().isoformat()
+    a = AlertAssignment
+    holders = session.execute(
+        select(a.tenant, a.assignee_id)
+        .where(a.status.in_(OPEN_VALUES), a.assignee_id.is_not(None))
+        .group_by(a.tenant, a.assignee_id)
+        .order_by(a.tenant, a.assignee_id)
+    ).all()
+    queued = 0
+    for tenant, staff_id in holders:
+        staff = (
+            directory.find_staff(session, tenant=tenant, staff_id=staff_id) if staff_id else None
+        )
+        if staff is None or not staff.active:
+            continue
+        items = session.scalars(
+            select(a)
+            .where(_assignments(tenant), a.assignee_id == staff_id, a.status.in_(OPEN_VALUES))
+            .order_by(a.accept_by, a.id)
+        ).all()
+        payload = {
+            "name": staff.name,
+            "day": day,
+            "alerts": [
+                {
+                    "alert_id": item.alert_id,
+                    "customer_id": item.customer_id,
+                    "status": item.status,
+                    "accept_by": item.accept_by.isoformat(timespec="minutes"),
+                }
+                for item in items
+            ],
+        }
+        message_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"cvm:digest:{tenant}:{staff_id}:{day}"))
+        queued += alerts.queue_email(
+            session,
+            message_id=message_id,
+            recipient=staff.email,
+            kind=CASEWORK_DIGEST,
+            payload=payload,
+            tenant=tenant,
+            now=now,
+        )
+    session.commit()
+    return queued

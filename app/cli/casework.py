@@ -13,7 +13,7 @@ commands = typer.Typer(
     name="casework",
     help="Complaints: deadline warnings and escalations, retention.",
     no_args_is_help=True,
-    epilog=example("cvm casework tick", "cvm casework purge"),
+    epilog=example("cvm casework tick", "cvm casework digest", "cvm casework purge"),
 )
 
 
@@ -60,6 +60,33 @@ def tick(
         f"closed {routed.closed}; not accepted in time: to a supervisor or the central queue "
         f"{timed_out.escalated}, stayed {timed_out.stayed}"
     )
+
+
+@commands.command("digest", epilog=example("cvm casework digest   # daily, in the morning"))
+def digest(
+    at: Annotated[
+        datetime | None,
+        typer.Option(
+            "--at",
+            help="Compose as if it were this instant (ISO 8601, UTC if no zone); default now.",
+            metavar="WHEN",
+        ),
+    ] = None,
+) -> None:
+    """Queue one e-mail per staff member listing the churn alerts routed to them and still
+    open; once per person and day, however often it runs (`cvm dispatch` sends them)."""
+    from app.casework.routing import compose_digests
+    from app.config import get_settings
+    from app.db.session import create_db_engine, create_session_factory
+
+    now = datetime.now(UTC) if at is None else at if at.tzinfo else at.replace(tzinfo=UTC)
+    engine = create_db_engine(get_settings().database_url)
+    try:
+        with create_session_factory(engine)() as session:
+            queued = compose_digests(session, now=now)
+    finally:
+        engine.dispose()
+    console.print(f"digests queued: {queued}")
 
 
 @commands.command("purge", epilog=example("cvm casework purge   # daily"))

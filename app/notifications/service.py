@@ -181,6 +181,8 @@ def render_email(message: ClaimedMessage, *, sender: str) -> EmailMessage:
     email["Message-ID"] = message_id_header(message.id, sender)
     email["X-CVM-Message-ID"] = message.id
     payload = message.payload
+    if message.kind == CASEWORK_DIGEST:
+        return _casework_digest(email, payload)
     if message.kind == "digest":
         alerts = payload["alerts"]
         email["Subject"] = f"CVM: {len(alerts)} new churn alert{'s' if len(alerts) != 1 else ''}"
@@ -198,6 +200,24 @@ def render_email(message: ClaimedMessage, *, sender: str) -> EmailMessage:
     body = [*_alert_lines(payload), "", "Acknowledge it to take ownership:"]
     body.append(f"POST {payload['href']}/acknowledge")
     email.set_content("\n".join(body))
+    return email
+
+
+CASEWORK_DIGEST = "casework_digest"
+
+
+def _casework_digest(email: EmailMessage, payload: Mapping[str, Any]) -> EmailMessage:
+    """One person's daily list of the churn alerts routed to them."""
+    items = payload["alerts"]
+    email["Subject"] = f"CVM: {len(items)} churn alert{'s' if len(items) != 1 else ''} for you"
+    lines = [f"Good morning {payload['name']}, these alerts are yours ({payload['day']}):", ""]
+    for item in items:
+        waiting = f", accept by {item['accept_by']}" if item["status"] == "assigned" else ""
+        lines.append(
+            f"- alert {item['alert_id']}: customer {item['customer_id']}, {item['status']}{waiting}"
+        )
+        lines.append(f"  GET /v1/casework/alerts/{item['alert_id']}")
+    email.set_content("\n".join(lines))
     return email
 
 
