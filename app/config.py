@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -51,6 +51,13 @@ class TenantRoute(BaseModel):
     def webhook_secret(self) -> str:
         """The tenant's webhook key, read from its environment variable."""
         return os.environ.get(self.webhook_secret_env or "", "")
+
+
+ContactChannelName = Literal["email", "sms", "phone", "letter"]
+
+
+def _default_contact_caps() -> dict[ContactChannelName, int]:
+    return {"email": 1, "sms": 1}
 
 
 class Settings(BaseSettings):
@@ -261,6 +268,22 @@ class Settings(BaseSettings):
         description="The branch whose relationship managers form the central queue: alerts "
         "no one in the customer's branch can take go there.",
     )
+    # Contact policy (app/contact)
+    contact_caps: dict[ContactChannelName, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=_default_contact_caps,
+        description="Retention and marketing contacts allowed per channel in the rolling "
+        "window; a channel left out is not capped.",
+    )
+    contact_cap_window_days: int = Field(
+        default=7, ge=1, le=366, description="The rolling window of the channel caps."
+    )
+    contact_negative_limit: int = Field(
+        default=3,
+        ge=1,
+        description="Negative outcomes within contact_negative_days that stop retention and "
+        "marketing contacts.",
+    )
+    contact_negative_days: int = Field(default=30, ge=1, le=3660)
     retention_actions_file: Path = Field(
         default=PROJECT_ROOT / "app" / "resources" / "retention_actions.json",
         description="Retention actions recommended for each churn reason.",

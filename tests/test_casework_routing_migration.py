@@ -15,7 +15,7 @@ from tests.db_support import temporary_postgres_database, temporary_sqlite_datab
 
 NOW = "2026-12-06 10:00:00+00:00"
 REVISION, PREVIOUS = "0014", "0012"
-TABLES = {"alert_assignment", "assignment_event"}
+TABLES = {"alert_assignment", "assignment_event", "do_not_contact", "contact_record"}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -60,6 +60,21 @@ def _assignment(engine: Engine) -> None:
             ),
             {"now": NOW},
         )
+        connection.execute(
+            text(
+                "INSERT INTO do_not_contact (tenant, customer_id, reason, recorded_by,"
+                " created_at) VALUES ('t', 'C-1', 'asked', 'cl_x', :now)"
+            ),
+            {"now": NOW},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO contact_record (tenant, customer_id, channel, purpose, outcome, at,"
+                " recorded_by) VALUES ('t', 'C-1', 'email', 'retention', 'negative', :now,"
+                " 'cl_x')"
+            ),
+            {"now": NOW},
+        )
 
 
 def test_up_down_up_with_rows(database: Engine) -> None:
@@ -92,6 +107,6 @@ def test_up_down_up_with_rows(database: Engine) -> None:
     with database.connect() as connection:
         counts = [
             connection.scalar(text(f"SELECT count(*) FROM {table}"))
-            for table in ("staff", "alert_assignment", "assignment_event")
+            for table in ("staff", *sorted(TABLES))
         ]
-    assert counts == [1, 1, 1]
+    assert counts == [1, 1, 1, 1, 1]

@@ -1,10 +1,13 @@
-"""alert routing: backups in the staff directory, alert assignments and their append-only trail
+"""alert routing and the contact policy: staff backups, alert assignments and their
+append-only trail; do-not-contact flags and the contacts made
 
 ``staff.backups`` lists, in order, who takes a person's customers' alerts while they are away.
 ``alert_assignment`` says who an alert is routed to and whether they accepted it: one per alert,
 and at most one open per customer and reason of a tenant (two partial unique indexes, one for
 rows without a tenant). ``assignment_event`` is its trail, append-only: a trigger refuses every
-UPDATE on both databases.
+UPDATE on both databases. ``do_not_contact`` flags a customer per tenant (one flag each);
+``contact_record`` keeps the contacts made (channel, purpose, outcome) for the caps and the
+suppression after negative outcomes.
 
 Revision ID: 0014
 Revises: 0012
@@ -35,6 +38,9 @@ ROUTES = (
 )
 EVENT_KINDS = "'routed', 'accepted', 'reassigned', 'escalated', 'timed_out', 'closed'"
 APPEND_ONLY = "assignment_event is append-only"
+CHANNELS = "'email', 'sms', 'phone', 'letter'"
+PURPOSES = "'service', 'retention', 'marketing'"
+OUTCOMES = "'positive', 'neutral', 'negative'"
 
 
 def upgrade() -> None:
@@ -42,6 +48,53 @@ def upgrade() -> None:
         "staff", sa.Column("backups", sa.JSON(), server_default=sa.text("'[]'"), nullable=False)
     )
     _assignments()
+    _contact()
+
+
+def _contact() -> None:
+    op.create_table(
+        "do_not_contact",
+        sa.Column("id", BIGINT_ID, autoincrement=True, nullable=False),
+        sa.Column("tenant", sa.String(length=64), nullable=True),
+        sa.Column("customer_id", sa.String(length=128), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("recorded_by", sa.String(length=64), nullable=False),
+        sa.Column("created_at", TIMESTAMP, nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_do_not_contact")),
+        sa.UniqueConstraint(
+            "tenant", "customer_id", name="uq_do_not_contact_tenant_customer_id"
+        ),
+    )
+    op.create_index(
+        "uq_do_not_contact_customer_id_untagged",
+        "do_not_contact",
+        ["customer_id"],
+        unique=True,
+        sqlite_where=sa.text("tenant IS NULL"),
+        postgresql_where=sa.text("tenant IS NULL"),
+    )
+    op.create_table(
+        "contact_record",
+        sa.Column("id", BIGINT_ID, autoincrement=True, nullable=False),
+        sa.Column("tenant", sa.String(length=64), nullable=True),
+        sa.Column("customer_id", sa.String(length=128), nullable=False),
+        sa.Column("channel", sa.String(length=16), nullable=False),
+        sa.Column("purpose", sa.String(length=16), nullable=False),
+        sa.Column("outcome", sa.String(length=16), nullable=True),
+        sa.Column("at", TIMESTAMP, nullable=False),
+        sa.Column("recorded_by", sa.String(length=64), nullable=False),
+        sa.CheckConstraint(f"channel IN ({CHANNELS})", name=op.f("ck_contact_record_channel")),
+        sa.CheckConstraint(f"purpose IN ({PURPOSES})", name=op.f("ck_contact_record_purpose")),
+        sa.CheckConstraint(
+            f"outcome IS NULL OR outcome IN ({OUTCOMES})", name=op.f("ck_contact_record_outcome")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_contact_record")),
+    )
+    op.create_index(
+        "ix_contact_record_tenant_customer_id_at",
+        "contact_record",
+        ["tenant", "customer_id", "at"],
+    )
 
 
 def _assignments() -> None:
@@ -138,6 +191,10 @@ def _assignments() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_contact_record_tenant_customer_id_at", table_name="contact_record")
+    op.drop_table("contact_record")
+    op.drop_index("uq_do_not_contact_customer_id_untagged", table_name="do_not_contact")
+    op.drop_table("do_not_contact")
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER assignment_event_append_only ON assignment_event")
         op.execute("DROP FUNCTION assignment_event_append_only()")
