@@ -33,10 +33,26 @@ def check_webhook_url(url: str, name: str) -> None:
         raise ValueError(f"{name} must be https:// (http:// only on loopback)")
 
 
+class BranchRoute(BaseModel):
+    """Who else hears of the churn alerts routed to one branch's staff."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    email_recipients: list[str] = Field(
+        default_factory=list, description="The branch's addresses (needs email_enabled)."
+    )
+
+
 class TenantRoute(BaseModel):
     """Where one tenant's alert notifications go (``notification_routes``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    branches: dict[str, BranchRoute] = Field(
+        default_factory=dict,
+        description="Per branch: addresses told of each alert routed to that branch's staff "
+        "(`cvm casework tick`), besides the assignee, on top of the tenant's own route.",
+    )
 
     email_recipients: list[str] = Field(
         default_factory=list, description="The tenant's staff addresses (needs email_enabled)."
@@ -464,6 +480,15 @@ class Settings(BaseSettings):
             raise ValueError(f"{where}.email_recipients needs email_enabled")
         if any("@" not in address for address in route.email_recipients):
             raise ValueError(f"{where}.email_recipients must be e-mail addresses")
+        for branch, branch_route in route.branches.items():
+            if branch_route.email_recipients and not self.email_enabled:
+                raise ValueError(
+                    f"{where}.branches[{branch!r}].email_recipients needs email_enabled"
+                )
+            if any("@" not in address for address in branch_route.email_recipients):
+                raise ValueError(
+                    f"{where}.branches[{branch!r}].email_recipients must be e-mail addresses"
+                )
         if route.webhook_url is None:
             if route.webhook_secret_env is not None:
                 raise ValueError(f"{where}.webhook_secret_env without webhook_url")

@@ -420,3 +420,47 @@ def test_cvm_casework_digest_mails_each_person_their_alerts_once_a_day(
     assert mail.subject == "CVM: 2 churn alerts for you"
     assert all(f"alert {a}:" in mail.body for a in alerts[:2])
     assert f"alert {alerts[2]}:" not in mail.body  # rm-3's, in the other digest
+
+
+def test_the_assignee_and_the_branch_desk_are_mailed_on_routing_and_on_escalation(
+    bank: Bank,
+) -> None:
+    from app.alerts.repository import ClaimedMessage
+    from app.alerts.tables import OutboxMessage
+    from app.notifications.service import render_email
+
+    desk = "north-desk@bank.example"
+    policy = RoutingPolicy(notify=True, branch_recipients={(bank.tenant, "north"): (desk,)})
+    alert_id = bank.alert(bank.customer(branch="north", manager="rm-1"))
+    now = datetime.now(UTC)
+    bank.route(policy, now)
+    with Session(bank.engine) as session:
+        sweep_acceptance(session, policy=policy, now=now + timedelta(hours=25))
+        rows = session.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.tenant == bank.tenant)
+            .order_by(OutboxMessage.created_at, OutboxMessage.recipient)
+        ).all()
+    assert [(r.recipient, r.payload["assignee"]) for r in rows] == [
+        ("anna@bank.example", "rm-1"),  # every test staff member has this address
+        (desk, "rm-1"),
+        ("anna@bank.example", "bs-1"),
+        (desk, "bs-1"),
+    ]
+    assert {r.kind for r in rows} == {"casework_routed"} and rows[0].status == "pending"
+    mail = render_email(
+        ClaimedMessage(
+            id=rows[2].id,
+            channel="email",
+            kind=rows[2].kind,
+            recipient=rows[2].recipient,
+            alert_id=None,
+            payload=rows[2].payload,
+            attempts=1,
+            created_at=rows[2].created_at,
+            tenant=bank.tenant,
+        ),
+        sender="cvm@bank.example",
+    )
+    assert mail["Subject"] == f"CVM churn alert {alert_id} for bs-1"
+    assert "not accepted within 24 h" in mail.get_content()

@@ -1173,6 +1173,10 @@ def test_each_tenant_receives_only_its_own_alerts_and_an_unrouted_one_is_held(
         ({"webhook_url": "https://example.com/x", "webhook_secret_env": "CVM_UNSET_X"}, "set"),
         ({"email_recipients": ["not-an-address"]}, "e-mail addresses"),
         ({"smtp": "x"}, "Extra inputs"),
+        (
+            {"email_recipients": ["a@b.c"], "branches": {"north": {"email_recipients": ["x"]}}},
+            r"branches\['north'\]",
+        ),
     ],
 )
 def test_tenant_routes_are_checked(route: dict[str, Any], message: str) -> None:

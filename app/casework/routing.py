@@ -12,7 +12,7 @@ its owner is the accepting credential. Every change appends to the assignment's 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -41,7 +41,7 @@ from app.casework.tables import AlertAssignment, AssignmentEvent, Staff
 from app.config import Settings
 from app.customers.service import service_profile
 from app.errors import NotFound
-from app.notifications.service import CASEWORK_DIGEST
+from app.notifications.service import CASEWORK_DIGEST, CASEWORK_ROUTED
 from app.scoring.repository import TenantScope
 
 SYSTEM = "system"
@@ -58,6 +58,9 @@ class RoutingPolicy:
     accept_within: timedelta = timedelta(hours=24)
     capacity: int = 50
     central_branch: str = "central"
+    # E-mail the assignee (and the branch's addresses) of each alert routed or moved to them.
+    notify: bool = False
+    branch_recipients: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RoutingPolicy:
@@ -66,6 +69,12 @@ class RoutingPolicy:
             accept_within=timedelta(hours=settings.casework_alert_accept_hours),
             capacity=settings.casework_alert_capacity,
             central_branch=settings.casework_central_branch,
+            notify=settings.email_enabled,
+            branch_recipients={
+                (tenant, branch): tuple(branch_route.email_recipients)
+                for tenant, route in settings.notification_routes.items()
+                for branch, branch_route in route.branches.items()
+            },
         )
 
 
@@ -343,8 +352,48 @@ def route_alert(
         to_value=route.assignee or CENTRAL_QUEUE,
         reason=route.reason,
     )
+    _announce(session, assignment, policy, reason=route.reason)
     session.flush()
     return assignment
+
+
+def _announce(
+    session: Session, assignment: AlertAssignment, policy: RoutingPolicy, *, reason: str
+) -> None:
+    """E-mail the new assignee and the branch's addresses (one message each; the ids derive
+    from the alert, the person and the time, so a retried transaction queues nothing new)."""
+    if not policy.notify:
+        return
+    recipients: list[str] = []
+    if assignment.assignee_id is not None:
+        staff = directory.find_staff(
+            session, tenant=assignment.tenant, staff_id=assignment.assignee_id
+        )
+        if staff is not None:
+            recipients.append(staff.email)
+    if assignment.tenant is not None:
+        recipients.extend(policy.branch_recipients.get((assignment.tenant, assignment.branch), ()))
+    payload = {
+        "alert_id": assignment.alert_id,
+        "customer_id": assignment.customer_id,
+        "branch": assignment.branch,
+        "assignee": assignment.assignee_id,
+        "accept_by": assignment.accept_by.isoformat(timespec="minutes"),
+        "reason": reason,
+    }
+    stamp = assignment.assigned_at.isoformat()
+    for recipient in dict.fromkeys(recipients):
+        alerts.queue_email(
+            session,
+            message_id=str(
+                uuid.uuid5(uuid.NAMESPACE_URL, f"cvm:routed:{assignment.id}:{recipient}:{stamp}")
+            ),
+            recipient=recipient,
+            kind=CASEWORK_ROUTED,
+            payload=payload,
+            tenant=assignment.tenant,
+            now=assignment.assigned_at,
+        )
 
 
 def route_new_alerts(
@@ -523,6 +572,7 @@ def _move(
     assignment.assigned_at = now
     assignment.accept_by = now + policy.accept_within
     assignment.updated_at = now
+    _announce(session, assignment, policy, reason=reason)
 
 
 # --- by hand: accept, reassign, escalate ------------------------------------------------------

@@ -183,6 +183,8 @@ def render_email(message: ClaimedMessage, *, sender: str) -> EmailMessage:
     payload = message.payload
     if message.kind == CASEWORK_DIGEST:
         return _casework_digest(email, payload)
+    if message.kind == CASEWORK_ROUTED:
+        return _casework_routed(email, payload)
     if message.kind == "digest":
         alerts = payload["alerts"]
         email["Subject"] = f"CVM: {len(alerts)} new churn alert{'s' if len(alerts) != 1 else ''}"
@@ -204,6 +206,26 @@ def render_email(message: ClaimedMessage, *, sender: str) -> EmailMessage:
 
 
 CASEWORK_DIGEST = "casework_digest"
+CASEWORK_ROUTED = "casework_routed"
+
+
+def _casework_routed(email: EmailMessage, payload: Mapping[str, Any]) -> EmailMessage:
+    """A churn alert routed to someone of the branch."""
+    email["Subject"] = (
+        f"CVM churn alert {payload['alert_id']} for {payload['assignee'] or 'the central queue'}"
+    )
+    email.set_content(
+        "\n".join(
+            [
+                f"Alert {payload['alert_id']}: customer {payload['customer_id']}, branch "
+                f"{payload['branch']}, assigned to {payload['assignee'] or 'the central queue'}.",
+                f"Accept by {payload['accept_by']}: POST /v1/casework/alerts/"
+                f"{payload['alert_id']}/accept",
+                f"Why: {payload['reason']}",
+            ]
+        )
+    )
+    return email
 
 
 def _casework_digest(email: EmailMessage, payload: Mapping[str, Any]) -> EmailMessage:
