@@ -146,7 +146,11 @@ def app_client(
     """One running app per database for the module (each test has its own tenant)."""
     # No processor in the app: the tests open alerts themselves, one at a time.
     settings = settings_for(
-        database_url, auth_enabled=True, tenant_isolation=True, churn_alerts_enabled=False
+        database_url,
+        auth_enabled=True,
+        tenant_isolation=True,
+        churn_alerts_enabled=False,
+        rescore_in_process=False,
     )
     with TestClient(create_app(settings, registry)) as client:
         yield client
