@@ -14,7 +14,7 @@ from app.db.session import create_db_engine
 from tests.db_support import temporary_postgres_database, temporary_sqlite_database
 
 NOW = "2026-12-06 10:00:00+00:00"
-REVISION, PREVIOUS = "0014", "0012"
+REVISION, PREVIOUS = "0014", "0013"
 TABLES = {"alert_assignment", "assignment_event", "do_not_contact", "contact_record"}
 
 
