@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -33,10 +33,26 @@ def check_webhook_url(url: str, name: str) -> None:
         raise ValueError(f"{name} must be https:// (http:// only on loopback)")
 
 
+class BranchRoute(BaseModel):
+    """Who else hears of the churn alerts routed to one branch's staff."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    email_recipients: list[str] = Field(
+        default_factory=list, description="The branch's addresses (needs email_enabled)."
+    )
+
+
 class TenantRoute(BaseModel):
     """Where one tenant's alert notifications go (``notification_routes``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    branches: dict[str, BranchRoute] = Field(
+        default_factory=dict,
+        description="Per branch: addresses told of each alert routed to that branch's staff "
+        "(`cvm casework tick`), besides the assignee, on top of the tenant's own route.",
+    )
 
     email_recipients: list[str] = Field(
         default_factory=list, description="The tenant's staff addresses (needs email_enabled)."
@@ -51,6 +67,13 @@ class TenantRoute(BaseModel):
     def webhook_secret(self) -> str:
         """The tenant's webhook key, read from its environment variable."""
         return os.environ.get(self.webhook_secret_env or "", "")
+
+
+ContactChannelName = Literal["email", "sms", "phone", "letter"]
+
+
+def _default_contact_caps() -> dict[ContactChannelName, int]:
+    return {"email": 1, "sms": 1}
 
 
 class Settings(BaseSettings):
@@ -255,6 +278,42 @@ class Settings(BaseSettings):
         description="Closed complaints and their audit trail are kept this long after "
         "closing; `cvm casework purge` deletes older ones (default 3 years).",
     )
+    casework_alert_accept_hours: float = Field(
+        default=24.0,
+        gt=0,
+        le=24 * 365,
+        description="An alert routed to someone who has not accepted it within this time is "
+        "reassigned to their supervisor (`cvm casework tick`).",
+    )
+    casework_alert_capacity: int = Field(
+        default=50,
+        ge=1,
+        description="Open alerts a staff member holds at most before routing passes them by "
+        "(backups, branch and central queues).",
+    )
+    casework_central_branch: str = Field(
+        default="central",
+        min_length=1,
+        max_length=64,
+        description="The branch whose relationship managers form the central queue: alerts "
+        "no one in the customer's branch can take go there.",
+    )
+    # Contact policy (app/contact)
+    contact_caps: dict[ContactChannelName, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=_default_contact_caps,
+        description="Retention and marketing contacts allowed per channel in the rolling "
+        "window; a channel left out is not capped.",
+    )
+    contact_cap_window_days: int = Field(
+        default=7, ge=1, le=366, description="The rolling window of the channel caps."
+    )
+    contact_negative_limit: int = Field(
+        default=3,
+        ge=1,
+        description="Negative outcomes within contact_negative_days that stop retention and "
+        "marketing contacts.",
+    )
+    contact_negative_days: int = Field(default=30, ge=1, le=3660)
     retention_actions_file: Path = Field(
         default=PROJECT_ROOT / "app" / "resources" / "retention_actions.json",
         description="Retention actions recommended for each churn reason.",
@@ -435,6 +494,15 @@ class Settings(BaseSettings):
             raise ValueError(f"{where}.email_recipients needs email_enabled")
         if any("@" not in address for address in route.email_recipients):
             raise ValueError(f"{where}.email_recipients must be e-mail addresses")
+        for branch, branch_route in route.branches.items():
+            if branch_route.email_recipients and not self.email_enabled:
+                raise ValueError(
+                    f"{where}.branches[{branch!r}].email_recipients needs email_enabled"
+                )
+            if any("@" not in address for address in branch_route.email_recipients):
+                raise ValueError(
+                    f"{where}.branches[{branch!r}].email_recipients must be e-mail addresses"
+                )
         if route.webhook_url is None:
             if route.webhook_secret_env is not None:
                 raise ValueError(f"{where}.webhook_secret_env without webhook_url")

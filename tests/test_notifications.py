@@ -34,7 +34,14 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, delete, select
 from typer.testing import CliRunner
 
-from app.alerts.repository import ClaimedMessage, claim_messages, outbox_counts, requeue_failed
+from app.alerts.repository import (
+    ClaimedMessage,
+    OutboxRow,
+    claim_messages,
+    insert_outbox_messages,
+    outbox_counts,
+    requeue_failed,
+)
 from app.alerts.service import (
     AlertPolicy,
     ChurnAlerts,
@@ -42,6 +49,7 @@ from app.alerts.service import (
     RetentionActions,
     process_pending,
 )
+from app.alerts.states import MessageStatus
 from app.alerts.tables import (
     OutboxMessage,
     digest_entry_table,
@@ -57,6 +65,7 @@ from app.notifications.service import (
     DeliveryError,
     Dispatcher,
     DispatchPolicy,
+    DispatchReport,
     EmailChannel,
     SmtpConfig,
     WebhookChannel,
@@ -625,6 +634,133 @@ def test_two_dispatchers_at_once_never_send_a_message_twice(
         assert len(by_dispatcher) == 2 and min(by_dispatcher.values()) >= 10
 
 
+def test_a_batch_longer_than_the_lease_is_renewed_and_sent_once_by_two_dispatchers(
+    engine: Engine, webhook: WebhookReceiver
+) -> None:
+    """500 messages, two dispatchers, a receiver that sleeps per request: each batch of 250
+    lasts at least twice the lease, so without renewal the other dispatcher would claim and
+    send the batch's tail again."""
+    count, batch_size, lease_s = 500, 250, 0.4
+    webhook.delay_s = 0.004
+    assert batch_size * webhook.delay_s >= 2 * lease_s
+    now = datetime.now(UTC)
+    rows: list[OutboxRow] = [
+        OutboxRow(
+            id=str(uuid.uuid4()),
+            channel="webhook",
+            kind="alert_opened",
+            recipient=None,
+            alert_id=None,
+            payload={"n": n},
+            status=MessageStatus.PENDING,
+            attempts=0,
+            created_at=now,
+            next_attempt_at=now,
+        )
+        for n in range(count)
+    ]
+    with engine.begin() as connection:
+        insert_outbox_messages(connection, rows=rows)
+    dispatchers = [
+        make_dispatcher(
+            engine, {"webhook": webhook_channel(webhook)}, batch_size=batch_size, lease_s=lease_s
+        )
+        for _ in range(2)
+    ]
+    reports: list[DispatchReport] = []
+    barrier = threading.Barrier(2)
+
+    def run(dispatcher: Dispatcher) -> None:
+        barrier.wait()
+        report = DispatchReport()
+        while report.delivered < count:  # until the other dispatcher has nothing left either
+            round_report = dispatcher.run_once()
+            report.add(round_report)
+            if round_report.claimed == 0:
+                break
+        reports.append(report)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=run, args=(d,)) for d in dispatchers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    elapsed = time.monotonic() - started
+    for dispatcher in dispatchers:
+        dispatcher.stop()
+
+    keys = webhook.keys()
+    duplicates = sum(n - 1 for n in keys.values())
+    lost = count - len(keys)
+    print(
+        f"{engine.dialect.name}: {count} sent by 2 dispatchers in {elapsed:.1f} s, "
+        f"{duplicates} duplicates, {lost} lost, {sum(r.renewed for r in reports)} renewals, "
+        f"{sum(r.lost for r in reports)} claims lost"
+    )
+    assert duplicates == 0 and lost == 0
+    assert set(keys) == {row["id"] for row in rows}
+    assert sum(r.delivered for r in reports) == count
+    assert all(r.retried == r.failed == r.lost == 0 for r in reports)
+    assert sum(r.renewed for r in reports) >= count // batch_size  # every batch outlived it
+    assert {m.status for m in messages(engine)} == {MessageStatus.DELIVERED}
+    assert len(attempts(engine)) == count
+
+
+def test_a_dispatcher_whose_lease_ran_out_does_not_send_what_another_claimed(
+    engine: Engine, webhook: WebhookReceiver
+) -> None:
+    open_alerts(engine, FakeClock(), NotificationPlan(webhook=True), 4)
+    other_report = DispatchReport()
+
+    class StallingClock(FakeClock):
+        """Stalls once, past the lease, right after the first message is marked delivered:
+        the other dispatcher claims and sends the rest meanwhile."""
+
+        calls_to_stall: int | None = None
+
+        def __call__(self) -> datetime:
+            if self.calls_to_stall is not None:
+                self.calls_to_stall -= 1
+                if self.calls_to_stall == 0:
+                    self.advance(11.0)
+                    other_report.add(other.run_once())
+            return self.now
+
+    clock = StallingClock()
+    other = make_dispatcher(engine, {"webhook": webhook_channel(webhook)}, clock=FakeClock())
+    other.clock = lambda: clock.now
+
+    class Arming:
+        name = "webhook"
+
+        def __init__(self, inner: Channel) -> None:
+            self.inner = inner
+
+        def deliver(self, message: ClaimedMessage) -> None:
+            self.inner.deliver(message)
+            if clock.calls_to_stall is None:
+                clock.calls_to_stall = 2  # "finished" of this send, then the next message's check
+
+        def close(self) -> None:
+            self.inner.close()
+
+        def shutdown(self) -> None:
+            self.inner.shutdown()
+
+    stalled = make_dispatcher(
+        engine, {"webhook": Arming(webhook_channel(webhook))}, clock=clock, lease_s=10.0
+    )
+    report = stalled.run_once()
+    stalled.stop()
+    other.stop()
+
+    assert (report.claimed, report.delivered, report.lost) == (4, 1, 3)
+    assert other_report.delivered == 3
+    assert set(webhook.keys().values()) == {1} and len(webhook.accepted) == 4
+    assert {m.status for m in messages(engine)} == {MessageStatus.DELIVERED}
+
+
 def test_a_claim_skips_the_rows_another_dispatcher_is_claiming(engine: Engine) -> None:
     clock = FakeClock()
     open_alerts(engine, clock, NotificationPlan(webhook=True), 10)
@@ -1037,6 +1173,10 @@ def test_each_tenant_receives_only_its_own_alerts_and_an_unrouted_one_is_held(
         ({"webhook_url": "https://example.com/x", "webhook_secret_env": "CVM_UNSET_X"}, "set"),
         ({"email_recipients": ["not-an-address"]}, "e-mail addresses"),
         ({"smtp": "x"}, "Extra inputs"),
+        (
+            {"email_recipients": ["a@b.c"], "branches": {"north": {"email_recipients": ["x"]}}},
+            r"branches\['north'\]",
+        ),
     ],
 )
 def test_tenant_routes_are_checked(route: dict[str, Any], message: str) -> None:

@@ -319,6 +319,12 @@ def insert_outbox_messages(connection: Connection, *, rows: Sequence[OutboxRow])
         connection.execute(outbox_message_table.insert(), list(rows))
 
 
+def outbox_message_exists(connection: Connection, *, message_id: str) -> bool:
+    """Whether a message with this id is in the outbox."""
+    t = outbox_message_table.c
+    return connection.scalar(select(func.count()).where(t.id == message_id)) == 1
+
+
 def insert_digest_entries(connection: Connection, *, rows: Sequence[DigestEntryRow]) -> None:
     """Queue alerts for the recipients' next digests."""
     if rows:
@@ -375,6 +381,53 @@ def get_alert(
     if alert is not None and tenant is not None and alert.tenant != tenant.tenant:
         return None
     return alert
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRef:
+    """What other domains need of an alert to route it: who, whose, and where it is."""
+
+    id: int
+    customer_id: str
+    tenant: str | None
+    status: str
+    owner: str | None
+    opened_at: datetime
+
+
+def _ref(alert: Alert) -> AlertRef:
+    return AlertRef(
+        id=alert.id,
+        customer_id=alert.customer_id,
+        tenant=alert.tenant,
+        status=alert.status,
+        owner=alert.owner,
+        opened_at=alert.opened_at,
+    )
+
+
+def open_alert_refs(
+    session: Session, *, after_id: int, limit: int, tenant: TenantScope | None = None
+) -> list[AlertRef]:
+    """Alerts still open (nobody acknowledged them), of one tenant or all, by id after
+    ``after_id``."""
+    query = (
+        select(Alert)
+        .where(Alert.status == AlertStatus.OPEN, Alert.id > after_id)
+        .order_by(Alert.id)
+        .limit(limit)
+    )
+    if tenant is not None:
+        query = query.where(tenant.condition(Alert.tenant))
+    return [_ref(alert) for alert in session.scalars(query)]
+
+
+def alert_refs(session: Session, *, alert_ids: Sequence[int]) -> dict[int, AlertRef]:
+    """These alerts by id (missing ones left out)."""
+    if not alert_ids:
+        return {}
+    query = select(Alert).where(Alert.id.in_(alert_ids))
+    return {alert.id: _ref(alert) for alert in session.scalars(query)}
 
 
 def alert_history(session: Session, *, alert_id: int) -> list[AlertEvent]:
@@ -603,6 +656,36 @@ def schedule_retry(
             last_error=error[:500],
         )
     )
+
+
+def renew_claims(
+    connection: Connection,
+    *,
+    message_ids: Sequence[str],
+    dispatcher: str,
+    now: datetime,
+    claimed_until: datetime,
+) -> set[str]:
+    """Extend this dispatcher's lease on the messages it still holds; return their ids.
+
+    A message whose lease ran out (``claimed_until <= now``), or that another dispatcher has
+    claimed since, is not renewed and not returned: its holder must not send it.
+    """
+    if not message_ids:
+        return set()
+    t = outbox_message_table.c
+    result = connection.execute(
+        update(outbox_message_table)
+        .where(
+            t.id.in_(message_ids),
+            t.status == MessageStatus.PENDING,
+            t.claimed_by == dispatcher,
+            t.claimed_until > now,
+        )
+        .values(claimed_until=claimed_until)
+        .returning(t.id)
+    )
+    return {str(message_id) for message_id in result.scalars()}
 
 
 def release_claims(connection: Connection, *, message_ids: Sequence[str], dispatcher: str) -> int:

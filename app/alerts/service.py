@@ -35,6 +35,9 @@ from app.alerts.repository import (
     OutboxRow,
     Resolution,
 )
+from app.alerts.repository import (
+    AlertRef as AlertRef,
+)
 from app.alerts.schemas import (
     AcknowledgeRequest,
     AlertDetail,
@@ -631,6 +634,39 @@ def _outbox_row(
     )
 
 
+def queue_email(
+    session: Session,
+    *,
+    message_id: str,
+    recipient: str,
+    kind: str,
+    payload: dict[str, Any],
+    tenant: str | None,
+    now: datetime,
+) -> bool:
+    """Queue one e-mail in the outbox (flushed, not committed) unless a message with this id
+    is already there: a deterministic id makes a repeated call a no-op. Whether it was new."""
+    connection = session.connection()
+    if repo.outbox_message_exists(connection, message_id=message_id):
+        return False
+    row = OutboxRow(
+        id=message_id,
+        channel="email",
+        kind=kind,
+        recipient=recipient,
+        alert_id=None,
+        payload=payload,
+        status=MessageStatus.PENDING,
+        attempts=0,
+        created_at=now,
+        next_attempt_at=now,
+        tenant=tenant,
+        last_error=None,
+    )
+    repo.insert_outbox_messages(connection, rows=[row])
+    return True
+
+
 # --- lifecycle ---------------------------------------------------------------------------------
 
 
@@ -671,6 +707,18 @@ def list_alerts(
         offset=offset,
         items=[AlertSummary.model_validate(a, from_attributes=True) for a in alerts],
     )
+
+
+def open_alert_refs(
+    session: Session, *, after_id: int, limit: int, tenant: TenantScope | None = None
+) -> list[AlertRef]:
+    """Alerts nobody has acknowledged yet, of one tenant or all, by id after ``after_id``."""
+    return repo.open_alert_refs(session, after_id=after_id, limit=limit, tenant=tenant)
+
+
+def alert_refs(session: Session, *, alert_ids: Sequence[int]) -> dict[int, AlertRef]:
+    """These alerts' customer, tenant, status and owner, by id (routing)."""
+    return repo.alert_refs(session, alert_ids=alert_ids)
 
 
 def get_alert(session: Session, *, alert_id: int, tenant: TenantScope | None = None) -> AlertDetail:

@@ -1,4 +1,5 @@
-"""Casework over HTTP: the staff directory, and complaints through their lifecycle."""
+"""Casework over HTTP: the staff directory, complaints through their lifecycle, and routed
+churn alerts."""
 
 from __future__ import annotations
 
@@ -7,18 +8,23 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from app.casework import service
+from app.casework import routing, service
 from app.casework import staff as directory
+from app.casework.routing import RoutingPolicy
 from app.casework.schemas import (
     AbsenceRequest,
+    AssignmentOut,
+    AssignmentPage,
     CloseRequest,
     ComplaintOut,
     ComplaintPage,
     ComplaintRequest,
+    EscalateRequest,
     ExtendRequest,
     FactsRequest,
     NoteRequest,
     PauseRequest,
+    ReassignRequest,
     RejectRequest,
     StaffOut,
     StaffPage,
@@ -26,7 +32,7 @@ from app.casework.schemas import (
     TransferRequest,
 )
 from app.casework.service import Act, Casework, acting, utc_now
-from app.casework.states import ComplaintAction, ComplaintStatus, StaffRole
+from app.casework.states import AssignmentStatus, ComplaintAction, ComplaintStatus, StaffRole
 from app.customers.schemas import Code
 from app.http.deps import (
     CaseworkReader,
@@ -320,3 +326,85 @@ def extend_complaint(
     return service.extend(
         session, casework=casework, act=act, complaint_id=complaint_id, request=body
     )
+
+
+# --- alert routing ----------------------------------------------------------------------------
+
+routed_alerts_router = APIRouter(prefix="/v1/casework/alerts", tags=["casework"])
+
+ROUTED_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ACTOR_ERRORS,
+    404: {"description": "No routed alert with this id in the caller's tenant", **PROBLEM},
+}
+ROUTED_CHANGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ROUTED_ERRORS,
+    409: {
+        "description": "Not allowed from the assignment's state (the body names it), or a "
+        "staff member who cannot take the alert",
+        **PROBLEM,
+    },
+    422: {"description": "Invalid body, or unknown staff", **PROBLEM},
+}
+AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+async def get_routing(request: Request) -> RoutingPolicy:
+    """The routing policy the app was created with."""
+    policy: RoutingPolicy = request.app.state.routing
+    return policy
+
+
+RoutingDep = Annotated[RoutingPolicy, Depends(get_routing)]
+
+
+@routed_alerts_router.get("", response_model=AssignmentPage, responses=ACTOR_ERRORS)
+def list_routed_alerts(
+    session: SessionDep,
+    act: Reading,
+    status: Annotated[AssignmentStatus | None, Query(description="Only this state.")] = None,
+    mine: Annotated[bool, Query(description="Only alerts assigned to the caller.")] = False,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+) -> AssignmentPage:
+    """Routed churn alerts the caller may see, newest first."""
+    return routing.list_assignments(
+        session, act=act, status=status, mine=mine, limit=limit, offset=offset
+    )
+
+
+@routed_alerts_router.get("/{alert_id}", response_model=AssignmentOut, responses=ROUTED_ERRORS)
+def get_routed_alert(session: SessionDep, act: Reading, alert_id: AlertId) -> AssignmentOut:
+    """Who an alert is routed to, and its trail."""
+    return routing.get_assignment(session, act=act, alert_id=alert_id)
+
+
+@routed_alerts_router.post(
+    "/{alert_id}/accept", response_model=AssignmentOut, responses=ROUTED_CHANGE_ERRORS
+)
+def accept_routed_alert(
+    session: SessionDep, act: Writing, alert_id: AlertId, body: NoteRequest
+) -> AssignmentOut:
+    """Accept an alert assigned to the caller: it is acknowledged in their name."""
+    return routing.accept(session, act=act, alert_id=alert_id, note=body.note)
+
+
+@routed_alerts_router.post(
+    "/{alert_id}/reassign", response_model=AssignmentOut, responses=ROUTED_CHANGE_ERRORS
+)
+def reassign_routed_alert(
+    session: SessionDep, act: Writing, policy: RoutingDep, alert_id: AlertId, body: ReassignRequest
+) -> AssignmentOut:
+    """Hand a not yet accepted alert to another staff member, saying why."""
+    return routing.reassign(
+        session, act=act, alert_id=alert_id, to=body.to, reason=body.reason, policy=policy
+    )
+
+
+@routed_alerts_router.post(
+    "/{alert_id}/escalate", response_model=AssignmentOut, responses=ROUTED_CHANGE_ERRORS
+)
+def escalate_routed_alert(
+    session: SessionDep, act: Writing, policy: RoutingDep, alert_id: AlertId, body: EscalateRequest
+) -> AssignmentOut:
+    """Send a not yet accepted alert to the assignee's supervisor, saying why."""
+    return routing.escalate(session, act=act, alert_id=alert_id, reason=body.reason, policy=policy)

@@ -8,12 +8,16 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from app.casework.states import (
+    AlertReason,
+    AssignmentEventKind,
+    AssignmentStatus,
     CaseEventKind,
     Channel,
     ComplaintStatus,
     ExtensionKind,
     Outcome,
     PauseReason,
+    RoutedVia,
     StaffRole,
 )
 from app.customers.schemas import Code, Severity
@@ -82,6 +86,11 @@ class StaffRequest(BaseModel):
     roles: list[StaffRole] = Field(min_length=1, max_length=len(StaffRole))
     branch: Code
     supervisor: StaffId | None = Field(default=None, description="Who cases escalate to.")
+    backups: list[StaffId] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Who takes this person's customers' alerts while they are away, in order.",
+    )
     max_severity: Severity = Field(description="Highest severity this person may own.")
     max_amount: Money = Field(description="Largest amount at stake this person may own.")
     principal: PrincipalId | None = None
@@ -93,6 +102,13 @@ class StaffRequest(BaseModel):
         if len(set(roles)) != len(roles):
             raise ValueError("each role once")
         return roles
+
+    @field_validator("backups")
+    @classmethod
+    def _distinct_backups(cls, backups: list[str]) -> list[str]:
+        if len(set(backups)) != len(backups):
+            raise ValueError("each backup once")
+        return backups
 
 
 class AbsenceRequest(BaseModel):
@@ -137,6 +153,7 @@ class StaffOut(BaseModel):
     roles: list[StaffRole]
     branch: str
     supervisor: str | None
+    backups: list[str]
     max_severity: Severity
     max_amount: float
     principal: str | None
@@ -365,3 +382,71 @@ class ComplaintPage(BaseModel):
     limit: int
     offset: int
     items: list[ComplaintOut]
+
+
+# --- alert routing ------------------------------------------------------------------------------
+
+
+class AssignmentEventOut(BaseModel):
+    """One entry of a routed alert's trail."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: AssignmentEventKind
+    at: datetime
+    actor: str = Field(description="The staff id that acted, or 'system' (routing, the sweep).")
+    principal: str | None = Field(description="The credential that acted.")
+    from_value: str | None
+    to_value: str | None
+    reason: str | None
+
+
+class AssignmentOut(BaseModel):
+    """Who a churn alert is routed to, whether they accepted it, and its trail."""
+
+    alert_id: int
+    customer_id: str
+    reason: AlertReason
+    status: AssignmentStatus
+    branch: str
+    assignee: str | None = Field(description="None while it waits in the central queue.")
+    routed_via: RoutedVia
+    assigned_at: datetime
+    accept_by: datetime = Field(description="Not accepted by then: the supervisor gets it.")
+    accepted_at: datetime | None
+    accepted_by: str | None
+    closed_at: datetime | None
+    history: list[AssignmentEventOut]
+
+
+class AssignmentPage(BaseModel):
+    """One page of routed alerts, newest first."""
+
+    total: int
+    limit: int
+    offset: int
+    items: list[AssignmentOut]
+
+
+class ReassignRequest(BaseModel):
+    """Hand an alert to someone else, and why."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"to": "rm-042", "reason": "knows the customer"}]},
+    )
+
+    to: StaffId
+    reason: Reason
+
+
+class EscalateRequest(BaseModel):
+    """Send an alert to the assignee's supervisor, and why."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"reason": "the customer asks for a manager"}]},
+    )
+
+    reason: Reason

@@ -457,6 +457,20 @@ def _escalate(
     complaint.updated_at = now
 
 
+def has_open_complaint(session: Session, *, tenant: str | None, customer_id: str) -> bool:
+    """Whether the customer has a complaint not yet closed or rejected (contact policy)."""
+    found = session.scalar(
+        select(func.count())
+        .select_from(Complaint)
+        .where(
+            _tenant(tenant),
+            Complaint.customer_id == customer_id,
+            Complaint.status.not_in([s.value for s in FINAL_STATUSES]),
+        )
+    )
+    return bool(found)
+
+
 def get_complaint(session: Session, *, act: Act, complaint_id: int) -> ComplaintOut:
     """One complaint with its trail (404: not the tenant's; 403: another branch's)."""
     complaint = session.scalars(

@@ -115,6 +115,7 @@ def staff_out(session: Session, staff: Staff) -> StaffOut:
         roles=[StaffRole(role) for role in staff.roles],
         branch=staff.branch,
         supervisor=staff.supervisor_id,
+        backups=list(staff.backups),
         max_severity=staff.max_severity,
         max_amount=staff.max_amount,
         principal=staff.principal,
@@ -138,6 +139,7 @@ def _store(session: Session, *, tenant: str | None, row: StaffRow, now: datetime
     staff.roles = [role.value for role in request.roles]
     staff.branch = request.branch
     staff.supervisor_id = request.supervisor
+    staff.backups = list(request.backups)
     staff.max_severity = request.max_severity.value
     staff.max_amount = request.max_amount
     staff.principal = request.principal
@@ -147,8 +149,17 @@ def _store(session: Session, *, tenant: str | None, row: StaffRow, now: datetime
 
 
 def _check_supervisors(session: Session, *, tenant: str | None, rows: Sequence[StaffRow]) -> None:
-    """Every supervisor named exists in the tenant, and no chain loops (422 naming the row)."""
+    """Every supervisor and backup named exists in the tenant, and no chain of supervisors
+    loops (422 naming the row)."""
     for row in rows:
+        for backup in row.request.backups:
+            field = f"{row.source}.backups"
+            if backup == row.staff_id:
+                raise InvalidInput(
+                    f"{field}: {backup!r} cannot back up themselves",
+                    extra={"errors": [{"field": field, "message": "self", "type": "loop"}]},
+                )
+            require_staff(session, tenant=tenant, staff_id=backup, field=field)
         supervisor = row.request.supervisor
         if supervisor is None:
             continue
@@ -286,6 +297,7 @@ def read_staff_csv(text: str) -> list[StaffRow]:
         staff_id = values.pop("staff_id", "")
         fields: dict[str, object] = {k: v for k, v in values.items() if v != ""}
         fields["roles"] = str(fields.get("roles", "")).replace(";", " ").split()
+        fields["backups"] = str(fields.get("backups", "")).replace(";", " ").split()
         if not STAFF_ID.fullmatch(staff_id):
             problems.append(f"line {line}, staff_id: not a staff id")
             continue

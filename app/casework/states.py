@@ -137,6 +137,46 @@ ACTION_EVENTS: dict[ComplaintAction, CaseEventKind] = {
 }
 
 
+class AlertReason(StrEnum):
+    """Why an alert asks for a person: at most one open assignment per customer and reason."""
+
+    CHURN = "churn"
+
+
+class AssignmentStatus(StrEnum):
+    """Where a routed alert is: waiting for its assignee to accept it, accepted, or over (the
+    alert was resolved)."""
+
+    ASSIGNED = "assigned"
+    ACCEPTED = "accepted"
+    CLOSED = "closed"
+
+
+OPEN_ASSIGNMENT_STATUSES = frozenset({AssignmentStatus.ASSIGNED, AssignmentStatus.ACCEPTED})
+
+
+class RoutedVia(StrEnum):
+    """How an alert reached its current assignee (or queue)."""
+
+    RELATIONSHIP_MANAGER = "relationship_manager"
+    BACKUP = "backup"
+    BRANCH_QUEUE = "branch_queue"
+    CENTRAL_QUEUE = "central_queue"
+    SUPERVISOR = "supervisor"
+    REASSIGNED = "reassigned"
+
+
+class AssignmentEventKind(StrEnum):
+    """One kind of entry in a routed alert's append-only trail."""
+
+    ROUTED = "routed"
+    ACCEPTED = "accepted"
+    REASSIGNED = "reassigned"
+    ESCALATED = "escalated"
+    TIMED_OUT = "timed_out"
+    CLOSED = "closed"
+
+
 def sql_values(enum: type[StrEnum]) -> str:
     """The members as a SQL list, for CHECK constraints: ``'a', 'b'``."""
     return ", ".join(f"'{member.value}'" for member in enum)

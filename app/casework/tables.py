@@ -21,7 +21,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.casework.states import CaseEventKind, ComplaintStatus, sql_values
+from app.casework.states import (
+    AlertReason,
+    AssignmentEventKind,
+    AssignmentStatus,
+    CaseEventKind,
+    ComplaintStatus,
+    RoutedVia,
+    sql_values,
+)
 from app.customers.schemas import Severity
 from app.db.base import Base
 from app.scoring.tables import BigIntegerId, JSONDocument, UTCDateTime
@@ -60,6 +68,8 @@ class Staff(Base):
     roles: Mapped[list[str]] = mapped_column(JSONDocument)
     branch: Mapped[str] = mapped_column(String(64))
     supervisor_id: Mapped[str | None] = mapped_column(String(64))
+    # Who takes the person's customers' alerts while they are away, in order (staff ids).
+    backups: Mapped[list[str]] = mapped_column(JSONDocument, server_default=text("'[]'"))
     max_severity: Mapped[str] = mapped_column(String(16))
     max_amount: Mapped[float] = mapped_column(Float)
     # The API client id ('cl_...') or 'jwt:<subject>' this person authenticates as.
@@ -175,7 +185,92 @@ class CaseEvent(Base):
     request_id: Mapped[str | None] = mapped_column(String(64))
 
 
+OPEN_ASSIGNMENT = "status IN ('assigned', 'accepted')"
+OPEN_UNTAGGED_ASSIGNMENT = f"{OPEN_ASSIGNMENT} AND tenant IS NULL"
+OPEN_TAGGED_ASSIGNMENT = f"{OPEN_ASSIGNMENT} AND tenant IS NOT NULL"
+
+
+class AlertAssignment(Base):
+    """Who an alert (of the alerts domain, by id) is routed to, and whether they accepted it."""
+
+    __tablename__ = "alert_assignment"
+    __table_args__ = (
+        UniqueConstraint("alert_id", name="uq_alert_assignment_alert_id"),
+        # At most one open assignment per customer and reason of a tenant (rows without a
+        # tenant count as one tenant).
+        Index(
+            "uq_alert_assignment_customer_reason_open_untagged",
+            "customer_id",
+            "reason",
+            unique=True,
+            sqlite_where=text(OPEN_UNTAGGED_ASSIGNMENT),
+            postgresql_where=text(OPEN_UNTAGGED_ASSIGNMENT),
+        ),
+        Index(
+            "uq_alert_assignment_tenant_customer_reason_open",
+            "tenant",
+            "customer_id",
+            "reason",
+            unique=True,
+            sqlite_where=text(OPEN_TAGGED_ASSIGNMENT),
+            postgresql_where=text(OPEN_TAGGED_ASSIGNMENT),
+        ),
+        Index("ix_alert_assignment_tenant_assignee_status", "tenant", "assignee_id", "status"),
+        # The acceptance sweep's scan.
+        Index("ix_alert_assignment_status_accept_by", "status", "accept_by"),
+        CheckConstraint(f"status IN ({sql_values(AssignmentStatus)})", name="status"),
+        CheckConstraint(f"reason IN ({sql_values(AlertReason)})", name="reason"),
+        CheckConstraint(f"routed_via IN ({sql_values(RoutedVia)})", name="routed_via"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    alert_id: Mapped[int] = mapped_column(BigIntegerId)
+    # As the alert stores it (the pseudonym when pseudonymisation is on).
+    customer_id: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    # The customer's branch (profile), else the relationship manager's, else the central one.
+    branch: Mapped[str] = mapped_column(String(64))
+    # None only while the alert waits in the central queue with no one to take it.
+    assignee_id: Mapped[str | None] = mapped_column(String(64))
+    routed_via: Mapped[str] = mapped_column(String(24))
+    assigned_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    accept_by: Mapped[datetime] = mapped_column(UTCDateTime())
+    accepted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    accepted_by: Mapped[str | None] = mapped_column(String(64))
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AssignmentEvent(Base):
+    """One entry of a routed alert's trail: append-only (a trigger refuses updates)."""
+
+    __tablename__ = "assignment_event"
+    __table_args__ = (
+        Index("ix_assignment_event_assignment_id_id", "assignment_id", "id"),
+        CheckConstraint(f"kind IN ({sql_values(AssignmentEventKind)})", name="kind"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    assignment_id: Mapped[int] = mapped_column(
+        BigIntegerId, ForeignKey("alert_assignment.id", ondelete="CASCADE")
+    )
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The staff id acting, or 'system' for routing and the sweep.
+    actor: Mapped[str] = mapped_column(String(64))
+    principal: Mapped[str | None] = mapped_column(String(64))
+    from_value: Mapped[str | None] = mapped_column(String(64))
+    to_value: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
+    request_id: Mapped[str | None] = mapped_column(String(64))
+
+
 staff_table = cast(Table, Staff.__table__)
 staff_absence_table = cast(Table, StaffAbsence.__table__)
 complaint_table = cast(Table, Complaint.__table__)
 case_event_table = cast(Table, CaseEvent.__table__)
+alert_assignment_table = cast(Table, AlertAssignment.__table__)
+assignment_event_table = cast(Table, AssignmentEvent.__table__)

@@ -352,6 +352,44 @@ def customer_events(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceProfile:
+    """Who serves a customer, from the latest profile events that say so."""
+
+    branch: str | None
+    relationship_manager: str | None
+
+
+# Profile events read, latest first, to find the branch and manager (fields left out of a
+# profile event are unchanged, so the latest that names each one counts).
+PROFILE_LOOKBACK = 50
+
+
+def service_profile(
+    session: Session, *, stored_customer_id: str, tenant: str | None
+) -> ServiceProfile:
+    """The customer's branch and relationship manager (None when no profile event names them);
+    ``stored_customer_id`` as rows store it (the pseudonym, when pseudonymisation is on)."""
+    rows, _ = list_events(
+        session,
+        customer_ids=[stored_customer_id],
+        event_type=EventType.CUSTOMER_PROFILE.value,
+        limit=PROFILE_LOOKBACK,
+        offset=0,
+        tenant=TenantScope(tenant),
+    )
+    branch = next((row.payload["branch"] for row in rows if row.payload.get("branch")), None)
+    manager = next(
+        (
+            row.payload["relationship_manager"]
+            for row in rows
+            if row.payload.get("relationship_manager")
+        ),
+        None,
+    )
+    return ServiceProfile(branch=branch, relationship_manager=manager)
+
+
 def stored_forms(
     customer_id: str, *, caller_tenant: str | None, pseudonymizer: Pseudonymizer | None
 ) -> list[str]:

@@ -19,8 +19,11 @@ from sqlalchemy.exc import OperationalError
 from app.alerts import routes as alerts
 from app.alerts.worker import build_alert_processor
 from app.casework import routes as casework
+from app.casework.routing import RoutingPolicy
 from app.casework.service import Casework
 from app.config import Settings, get_settings
+from app.contact import routes as contact
+from app.contact.service import ContactPolicy
 from app.customers import routes as customers
 from app.customers.assessments import Rescorer
 from app.customers.consumer import QueueDepthMonitor
@@ -207,11 +210,15 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.metrics = metrics
     app.state.model_psi = model_psi
     app.state.casework = Casework.from_settings(settings)
+    app.state.routing = RoutingPolicy.from_settings(settings)
+    app.state.contact_policy = ContactPolicy.from_settings(settings)
     for router in (health.router, scores.router, history.router, models.router, alerts.router):
         app.include_router(router)
     app.include_router(customers.router)
     app.include_router(casework.staff_router)
     app.include_router(casework.complaints_router)
+    app.include_router(casework.routed_alerts_router)
+    app.include_router(contact.router)
     app.include_router(models.admin_router)
     add_docs(app)
     # Added innermost first: request ids and access logs wrap CORS, which answers preflights

@@ -2,10 +2,12 @@
 
 The dispatcher claims due messages with a lease, sends each one, records the attempt and marks
 it delivered, or schedules a retry with exponential backoff and jitter. Any number of
-dispatchers may run against one database: claims never overlap while a lease holds, and a
-dispatcher killed mid-send releases its claims when the lease runs out. A receiver may then see
-a message twice, always with the same ``Idempotency-Key`` (webhook) or ``Message-ID`` (e-mail),
-so it can keep exactly one.
+dispatchers may run against one database: claims never overlap while a lease holds. A batch
+that takes longer than the lease renews it (at half-time, for the messages still held) and
+sends only what it still holds, so a slow receiver never makes two dispatchers send one
+message. A dispatcher killed mid-send releases its claims when the lease runs out; a receiver
+may then see a message twice, always with the same ``Idempotency-Key`` (webhook) or
+``Message-ID`` (e-mail), so it can keep exactly one.
 """
 
 from __future__ import annotations
@@ -179,6 +181,10 @@ def render_email(message: ClaimedMessage, *, sender: str) -> EmailMessage:
     email["Message-ID"] = message_id_header(message.id, sender)
     email["X-CVM-Message-ID"] = message.id
     payload = message.payload
+    if message.kind == CASEWORK_DIGEST:
+        return _casework_digest(email, payload)
+    if message.kind == CASEWORK_ROUTED:
+        return _casework_routed(email, payload)
     if message.kind == "digest":
         alerts = payload["alerts"]
         email["Subject"] = f"CVM: {len(alerts)} new churn alert{'s' if len(alerts) != 1 else ''}"
@@ -196,6 +202,44 @@ def render_email(message: ClaimedMessage, *, sender: str) -> EmailMessage:
     body = [*_alert_lines(payload), "", "Acknowledge it to take ownership:"]
     body.append(f"POST {payload['href']}/acknowledge")
     email.set_content("\n".join(body))
+    return email
+
+
+CASEWORK_DIGEST = "casework_digest"
+CASEWORK_ROUTED = "casework_routed"
+
+
+def _casework_routed(email: EmailMessage, payload: Mapping[str, Any]) -> EmailMessage:
+    """A churn alert routed to someone of the branch."""
+    email["Subject"] = (
+        f"CVM churn alert {payload['alert_id']} for {payload['assignee'] or 'the central queue'}"
+    )
+    email.set_content(
+        "\n".join(
+            [
+                f"Alert {payload['alert_id']}: customer {payload['customer_id']}, branch "
+                f"{payload['branch']}, assigned to {payload['assignee'] or 'the central queue'}.",
+                f"Accept by {payload['accept_by']}: POST /v1/casework/alerts/"
+                f"{payload['alert_id']}/accept",
+                f"Why: {payload['reason']}",
+            ]
+        )
+    )
+    return email
+
+
+def _casework_digest(email: EmailMessage, payload: Mapping[str, Any]) -> EmailMessage:
+    """One person's daily list of the churn alerts routed to them."""
+    items = payload["alerts"]
+    email["Subject"] = f"CVM: {len(items)} churn alert{'s' if len(items) != 1 else ''} for you"
+    lines = [f"Good morning {payload['name']}, these alerts are yours ({payload['day']}):", ""]
+    for item in items:
+        waiting = f", accept by {item['accept_by']}" if item["status"] == "assigned" else ""
+        lines.append(
+            f"- alert {item['alert_id']}: customer {item['customer_id']}, {item['status']}{waiting}"
+        )
+        lines.append(f"  GET /v1/casework/alerts/{item['alert_id']}")
+    email.set_content("\n".join(lines))
     return email
 
 
@@ -289,6 +333,8 @@ class DispatchReport:
     failed: int = 0
     released: int = 0
     digests: int = 0
+    renewed: int = 0
+    lost: int = 0
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: DispatchReport) -> None:
@@ -299,6 +345,8 @@ class DispatchReport:
         self.failed += other.failed
         self.released += other.released
         self.digests += other.digests
+        self.renewed += other.renewed
+        self.lost += other.lost
         self.errors.extend(other.errors)
 
 
@@ -361,11 +409,22 @@ class Dispatcher:
                 limit=self.policy.batch_size,
             )
         report.claimed = len(claimed)
+        lease = timedelta(seconds=self.policy.lease_s)
+        held, held_until = {m.id for m in claimed}, now + lease
         try:
             for index, message in enumerate(claimed):
                 if self._stop.is_set():
                     report.released = self._release(claimed[index:])
                     break
+                at = self.clock()
+                if at >= held_until - lease / 2:
+                    # Half the lease is gone: extend it for the rest of the batch, so a batch
+                    # that outlasts the lease is never claimed (and sent) by another too.
+                    held, held_until = self._renew(claimed[index:], at, at + lease), at + lease
+                    report.renewed += 1
+                if message.id not in held:
+                    report.lost += 1  # the lease ran out (a stall): its new holder sends it
+                    continue
                 self._deliver(message, report)
         finally:
             for channel in self.channels.values():
@@ -468,6 +527,16 @@ class Dispatcher:
                 message.attempts,
                 delay,
                 error,
+            )
+
+    def _renew(self, messages: list[ClaimedMessage], now: datetime, until: datetime) -> set[str]:
+        with self.engine.begin() as connection:
+            return repo.renew_claims(
+                connection,
+                message_ids=[m.id for m in messages],
+                dispatcher=self.name,
+                now=now,
+                claimed_until=until,
             )
 
     def _release(self, messages: list[ClaimedMessage]) -> int:

@@ -1,0 +1,1 @@
+"""Contact policy: whether the bank may contact a customer now, and which rule says no."""
