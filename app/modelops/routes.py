@@ -11,6 +11,7 @@ from pydantic import AwareDatetime
 from app.errors import NotFound
 from app.http.deps import Admin, RegistryDep, SessionDep, SettingsDep, TenantDep, require
 from app.modelops import service
+from app.modelops.cards import data_notice, trained_on_synthetic_data
 from app.modelops.monitoring import monitor
 from app.modelops.schemas import (
     VERSION_PATTERN,
@@ -72,6 +73,8 @@ def _summary(model: ScoringModel) -> dict[str, Any]:
         "created_at": m.created_at,
         "explanation_method": m.explanation_method,
         "headline_metrics": _headline(m.metrics),
+        "trained_on_synthetic_data": trained_on_synthetic_data(m),
+        "data_notice": data_notice(m),
     }
 
 
@@ -85,7 +88,8 @@ async def list_models(registry: RegistryDep) -> list[dict[str, Any]]:
     "/models/{task}", response_model=ModelCard, responses={404: {"description": "No model"}}
 )
 async def model_card(task: Task, registry: RegistryDep, settings: SettingsDep) -> dict[str, Any]:
-    """The model card: version, schema, held-out metrics, training data fingerprint."""
+    """The model card: version, schema, held-out metrics with intervals, baselines, data
+    provenance (synthetic or the bank's), reason-code fidelity and how to reproduce it."""
     model = registry.get(task)
     if model is None:
         raise NotFound(f"no {task.value} model is loaded")
@@ -102,6 +106,7 @@ async def model_card(task: Task, registry: RegistryDep, settings: SettingsDep) -
         "data_source": m.data_source,
         "training_rows": m.training_rows,
         "split": m.split,
+        "card": m.card,
         "available_versions": available_versions(settings.models_dir, task),
     }
 

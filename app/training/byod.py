@@ -17,6 +17,8 @@ from sklearn.model_selection import train_test_split
 from app.scoring.feature_schema import FeatureKind, FeatureSchema, FeatureSpec
 from app.scoring.manifest import Manifest, Objective, Task
 from app.training import evaluate
+from app.training.card import HeldOut, Provenance, build_card
+from app.training.report import split_label
 from app.training.train import (
     ProgressCallback,
     Split,
@@ -286,4 +288,43 @@ def train_from_file(
         id_column=spec.id_column,
     )
     save_model(out_dir, booster, manifest)
+    card = build_card(
+        manifest=manifest,
+        model_dir=out_dir,
+        held=HeldOut(
+            train_x=matrix[split.train],
+            train_y=y[split.train].astype(np.int64),
+            test_x=matrix[split.test],
+            test_y=y[split.test].astype(np.int64),
+            held_out=split_label(split.description),
+            training_window=_split_window(split, frame, spec, "train"),
+            evaluation_window=_split_window(split, frame, spec, "test"),
+        ),
+        provenance=Provenance(synthetic=False, source=f"{data_path.name}, supplied by the bank"),
+        seed=seed,
+        factors_in_data=factors_in(list(frame.columns)),
+    )
+    manifest = manifest.model_copy(update={"card": card})
+    manifest.save(out_dir)
     return manifest
+
+
+FACTOR_COLUMNS = {
+    "gender": ("gender", "sex"),
+    "age band": ("age",),
+    "region": ("region", "geography", "state", "province"),
+}
+
+
+def factors_in(columns: Sequence[str]) -> list[str]:
+    """The fairness factors (gender, age band, region) a table has a column for, by name."""
+    names = {str(c).lower() for c in columns}
+    return [factor for factor, aliases in FACTOR_COLUMNS.items() if names & set(aliases)]
+
+
+def _split_window(split: Split, frame: pd.DataFrame, spec: DataSpec, part: str) -> dict[str, Any]:
+    rows = getattr(split, part)
+    if spec.time_column is None:
+        return {"description": f"{part} rows of a {split.description['method']} split"}
+    times = frame.loc[rows, spec.time_column]
+    return {"description": f"{part} rows: {spec.time_column} {times.min()} to {times.max()}"}
