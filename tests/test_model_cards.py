@@ -42,6 +42,7 @@ def test_every_trained_model_has_a_valid_card(models_dir: Path, task: Task) -> N
         assert estimate["ci_low"] <= estimate["value"] <= estimate["ci_high"]
     agreement = card["quantitative_analyses"]["reason_code_agreement"]
     assert 0 < agreement["top1_agreement"] <= 1 and agreement["median_relative_l1_gap"] >= 0
+    assert 0 <= agreement["top1_agreement_highest_scored_tenth"] <= 1
 
 
 def test_baselines_are_scored_on_the_same_rows(models_dir: Path) -> None:
