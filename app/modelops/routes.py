@@ -10,12 +10,14 @@ from pydantic import AwareDatetime
 
 from app.errors import NotFound
 from app.http.deps import Admin, RegistryDep, SessionDep, SettingsDep, TenantDep, require
+from app.modelops import backtest as backtests
 from app.modelops import service
 from app.modelops.cards import data_notice, trained_on_synthetic_data
 from app.modelops.monitoring import monitor
 from app.modelops.schemas import (
     VERSION_PATTERN,
     ActivationOut,
+    BacktestReport,
     ModelRegistryOut,
     ModelTransitionOut,
     ModelVersionOut,
@@ -177,6 +179,38 @@ def monitoring(
         {f"{task.value}/{f.name}": f.psi for f in [*report.features, *filter(None, [report.score])]}
     )
     return report
+
+
+@router.get(
+    "/models/{task}/backtest",
+    response_model=BacktestReport,
+    responses={
+        404: {"description": "No outcomes imported for the task", **PROBLEM},
+        422: {"description": "A task without stored outcomes, or a bad parameter", **PROBLEM},
+    },
+)
+def backtest(
+    task: Task,
+    session: SessionDep,
+    tenant: TenantDep,
+    version: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=32,
+            pattern=VERSION_PATTERN,
+            description="Only this version's scores (default: every version's).",
+        ),
+    ] = None,
+    resamples: Annotated[
+        int, Query(ge=20, le=1000, description="Bootstrap resamples per interval.")
+    ] = 200,
+) -> BacktestReport:
+    """Stored scores against imported outcomes, per month of assessment: AUC, Brier,
+    observed/expected and top-decile lift with seeded bootstrap 95% intervals."""
+    return backtests.backtest(
+        session, task=task, version=version, tenant=tenant, resamples=resamples
+    )
 
 
 @admin_router.post(

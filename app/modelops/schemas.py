@@ -151,3 +151,66 @@ class MonitoringReport(BaseModel):
     score: FeatureStability | None = Field(
         description="None when the task's stored score has no training reference."
     )
+
+
+class Estimate(BaseModel):
+    """A metric with its seeded bootstrap 95% interval (null where undefined, e.g. the AUC of
+    a month without a positive)."""
+
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class BacktestMonth(BaseModel):
+    """The scores of one month of assessments against what became of the customers."""
+
+    month: str = Field(description="Month the assessments were made (YYYY-MM), or 'all'.")
+    rows: int = Field(description="Customers assessed that month whose horizon has passed.")
+    positives: int
+    metrics: dict[str, Estimate] = Field(
+        description="roc_auc, brier, observed_over_expected (observed positives over the sum "
+        "of the probabilities) and top_decile_lift."
+    )
+
+
+class BacktestReport(BaseModel):
+    """A backtest of stored scores against imported outcomes."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "task": "churn",
+                    "version": "1",
+                    "outcome": "left the bank",
+                    "horizon_days": 91,
+                    "observed_through": "2026-06-30T00:00:00Z",
+                    "resamples": 200,
+                    "seed": 20240917,
+                    "months": [
+                        {
+                            "month": "2026-01",
+                            "rows": 23454,
+                            "positives": 795,
+                            "metrics": {
+                                "roc_auc": {"value": 0.912, "ci_low": 0.903, "ci_high": 0.921},
+                                "brier": {"value": 0.0164, "ci_low": 0.015, "ci_high": 0.0178},
+                            },
+                        }
+                    ],
+                    "overall": None,
+                }
+            ]
+        }
+    )
+
+    task: str
+    version: str | None = Field(description="The model version backtested; null: all versions.")
+    outcome: str = Field(description="What a positive outcome means for this task.")
+    horizon_days: int
+    observed_through: datetime = Field(description="Outcomes are complete through this day.")
+    resamples: int
+    seed: int
+    months: list[BacktestMonth]
+    overall: BacktestMonth | None
