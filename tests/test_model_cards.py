@@ -125,3 +125,33 @@ def test_approval_needs_a_valid_card(models_dir: Path) -> None:
     broken = {**manifest, "card": {**manifest["card"], "reproducibility": {}}}
     (missing,) = evidence_missing(broken)
     assert "does not follow its schema" in missing and "reproducibility" in missing
+
+
+def test_fairness_flags_a_four_fifths_breach_and_small_groups() -> None:
+    from app.modelops.fairness import factor_report
+
+    rng = np.random.default_rng(8)
+    groups = np.array(["a"] * 2000 + ["b"] * 2000 + ["c"] * 100)
+    selected = np.r_[rng.random(2000) < 0.30, rng.random(2000) < 0.10, rng.random(100) < 0.5]
+    y = rng.integers(0, 2, len(groups))
+    counts = stats.resample_counts(len(groups), resamples=100, seed=2)
+    report = factor_report(y, selected, groups, counts)
+    by_group = {g["group"]: g for g in report["groups"]}
+    assert by_group["c"]["status"] == "too_small" and "selection_rate" not in by_group["c"]
+    assert by_group["a"]["selection_rate"]["value"] == pytest.approx(selected[:2000].mean(), 1e-3)
+    assert report["selection_rate_ratio"] == pytest.approx(
+        selected[2000:4000].mean() / selected[:2000].mean(), abs=1e-3
+    )
+    assert report["status"] == "amber" and by_group["b"]["interval_excludes_parity"]
+    fair = factor_report(y, rng.random(len(groups)) < 0.2, groups, counts)
+    assert fair["status"] == "green" and fair["selection_rate_ratio"] > 0.8
+
+
+def test_the_card_reports_fairness_by_the_factors_in_the_data(models_dir: Path) -> None:
+    fairness = card_of(models_dir, Task.CHURN)["quantitative_analyses"]["fairness"]
+    assert fairness["applicable"] is True
+    assert set(fairness["factors"]) == {"age band", "region"}
+    for factor in fairness["factors"].values():
+        assert all(g["rows"] < 500 for g in factor["groups"] if g["status"] == "too_small")
+    tier = card_of(models_dir, Task.TIER)["quantitative_analyses"]["fairness"]
+    assert tier["applicable"] is False

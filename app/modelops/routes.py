@@ -18,6 +18,7 @@ from app.modelops.schemas import (
     VERSION_PATTERN,
     ActivationOut,
     BacktestReport,
+    FairnessReport,
     ModelRegistryOut,
     ModelTransitionOut,
     ModelVersionOut,
@@ -111,6 +112,33 @@ async def model_card(task: Task, registry: RegistryDep, settings: SettingsDep) -
         "card": m.card,
         "available_versions": available_versions(settings.models_dir, task),
     }
+
+
+@router.get(
+    "/models/{task}/fairness",
+    response_model=FairnessReport,
+    responses={404: {"description": "No model, or its card has no fairness section", **PROBLEM}},
+)
+async def fairness(task: Task, registry: RegistryDep) -> FairnessReport:
+    """Selection rates of the served model by gender, age band and region (fairlearn
+    MetricFrame, bootstrap intervals), as measured for its model card."""
+    model = registry.get(task)
+    if model is None:
+        raise NotFound(f"no {task.value} model is loaded")
+    card = model.manifest.card or {}
+    report = card.get("quantitative_analyses", {}).get("fairness", {})
+    if not report.get("applicable"):
+        reason = report.get("reason") or "its model card has no fairness section: retrain it"
+        raise NotFound(f"{task.value} version {model.manifest.version}: {reason}")
+    return FairnessReport(
+        task=task.value,
+        version=model.manifest.version,
+        measured_on=card["metrics"]["held_out"],
+        synthetic_data=card["training_data"]["synthetic"],
+        status=report["status"],
+        factors_not_in_data=card["factors"]["not_in_data"],
+        report=report,
+    )
 
 
 @router.get("/models/{task}/versions", response_model=ModelRegistryOut)

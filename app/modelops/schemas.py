@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -214,3 +214,38 @@ class BacktestReport(BaseModel):
     seed: int
     months: list[BacktestMonth]
     overall: BacktestMonth | None
+
+
+class FairnessReport(BaseModel):
+    """Selection rates by gender, age band and region of the served model, from its card."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "task": "churn",
+                    "version": "1",
+                    "measured_on": "test month 14",
+                    "synthetic_data": True,
+                    "status": "green",
+                    "factors_not_in_data": ["gender"],
+                    "report": {
+                        "selection": "the highest-scored 20% of the rows",
+                        "factors": {"region": {"selection_rate_ratio": 0.91, "status": "green"}},
+                    },
+                }
+            ]
+        }
+    )
+
+    task: str
+    version: str
+    measured_on: str = Field(description="The held-out rows the card was measured on.")
+    synthetic_data: bool
+    status: str = Field(description="green, or amber when any factor is amber.")
+    factors_not_in_data: list[str]
+    report: dict[str, Any] = Field(
+        description="Per factor: each group's selection, true- and false-positive rates with "
+        "95% intervals, the selection-rate ratio and its status; groups under 500 rows are "
+        "reported as too small."
+    )

@@ -30,6 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from app.modelops import stats
 from app.modelops.cards import NOT_FOR_CREDIT, validate_card
+from app.modelops.fairness import fairness_report
 from app.scoring.explain import METHOD_TREESHAP, PathExplainer, exact_explanation
 from app.scoring.feature_schema import FeatureKind, FeatureSchema
 from app.scoring.manifest import MODEL_FILE, Manifest, Objective, Task
@@ -98,6 +99,7 @@ class HeldOut:
     evaluation_window: dict[str, Any]
     persistence: IntArray | None = None  # tier: this month's tier of each test row
     ranking: tuple[FloatArray, FloatArray] | None = None  # recommendation: model, popularity AP
+    factors: dict[str, npt.NDArray[np.str_]] | None = None  # test rows' groups, by factor
     baseline_rows: int = BASELINE_TRAINING_ROWS  # logistic regression's training sample
     reason_rows: int = REASON_SAMPLE_ROWS  # rows compared with TreeSHAP
 
@@ -365,6 +367,15 @@ def build_card(
         )
         model_metrics, baselines = analyses(manifest.feature_schema, held, proba, counts, seed)
     rows = counts.shape[1]
+    fairness: dict[str, Any] = {
+        "applicable": False,
+        "reason": "selection rates are defined for the binary tasks (churn, prospect)",
+    }
+    if manifest.objective is Objective.BINARY and held.factors:
+        fairness = {
+            "applicable": True,
+            **fairness_report(held.test_y, proba, dict(held.factors), seed=seed),
+        }
     commit, dirty = git_state()
     caveats = [
         f"Measured once, on {held.held_out}; performance on later months is monitored by "
@@ -426,6 +437,7 @@ def build_card(
             "reason_code_agreement": reason_code_agreement(
                 booster, held.test_x, rows=held.reason_rows, seed=seed
             ),
+            "fairness": fairness,
         },
         "ethical_considerations": ETHICS,
         "caveats_and_recommendations": caveats,

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from app.modelops.fairness import age_band
 from app.modelops.psi import REFERENCE_KEY, training_reference
 from app.scoring.explain import METHOD_PATH
 from app.scoring.feature_schema import FeatureSchema
@@ -358,6 +359,7 @@ def train_bundled(
         evaluation_window=_window(dates, split.description["test_month"]),
         persistence=persistence,
         ranking=ranking,
+        factors=_factors(frame.features[split.test], schema),
         **({} if card_rows is None else {"baseline_rows": card_rows, "reason_rows": card_rows}),
     )
     provenance = Provenance(
@@ -381,6 +383,14 @@ def train_bundled(
     manifest = manifest.model_copy(update={"card": card})
     manifest.save(out_dir)
     return manifest
+
+
+def _factors(rows: pd.DataFrame, schema: FeatureSchema) -> dict[str, npt.NDArray[np.str_]]:
+    """Age band and region of each row (the synthetic book draws no gender)."""
+    regions = schema.features[schema.names.index("region")].categories or ()
+    codes = rows["region"].to_numpy()
+    region = np.array([regions[int(c)] if c == c else "unknown" for c in codes], dtype=str)
+    return {"age band": age_band(rows["age"].to_numpy()), "region": region}
 
 
 def _window(dates: pd.Series, first: int, last: int | None = None) -> dict[str, Any]:
