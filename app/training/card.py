@@ -109,6 +109,9 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+GIT_STATUS = ("git", "status", "--porcelain", "--untracked-files=no", "--")
+
+
 def git_state() -> tuple[str | None, bool | None]:
     """The commit the code was at, and whether tracked files differed from it."""
     here = Path(__file__).resolve().parent
@@ -121,7 +124,8 @@ def git_state() -> tuple[str | None, bool | None]:
             timeout=10,
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            # The bundled models are written under models/ by this very run: not the code.
+            ["git", "-C", str(here), *GIT_STATUS[1:], ":/", ":(top,exclude)models"],
             capture_output=True,
             text=True,
             check=True,
