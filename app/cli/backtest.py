@@ -17,6 +17,7 @@ outcomes = typer.Typer(
     name="outcomes",
     help="Outcomes reported by the bank (who left, who converted), for backtests.",
     no_args_is_help=True,
+    epilog=example("cvm outcomes import left.csv --task churn --observed-through 2026-06-30"),
 )
 commands = typer.Typer()
 
@@ -34,7 +35,10 @@ def import_outcomes(
         Path,
         typer.Argument(exists=True, dir_okay=False, readable=True, help="CSV with a header row."),
     ],
-    task: Annotated[Task, typer.Option(help="churn (left) or prospect (became a customer).")],
+    task: Annotated[
+        Task,
+        typer.Option(help="churn (left) or prospect (became a customer).", metavar="TASK"),
+    ],
     observed_through: Annotated[
         str,
         typer.Option(
@@ -84,7 +88,9 @@ def backtest(
     resamples: Annotated[
         int, typer.Option(min=20, max=1000, help="Bootstrap resamples.", metavar="N")
     ] = 200,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the report as JSON.", metavar="")
+    ] = False,
 ) -> None:
     """Stored scores against imported outcomes, per month: AUC, Brier, observed/expected and
     top-decile lift with 95% intervals."""
