@@ -34,6 +34,7 @@ from tests.db_support import temporary_postgres_database, temporary_sqlite_datab
 TEST_CUSTOMERS = 3000
 TEST_MONTHS = 15
 TEST_ROUNDS = 60
+TEST_CARD_ROWS = 1000  # the model cards' baseline and TreeSHAP samples
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +56,11 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory, book_path: Path) -> Pat
     root = tmp_path_factory.mktemp("models")
     for task in Task:
         train_bundled(
-            task, book_path=book_path, out_dir=root / task.value / "1", max_rounds=TEST_ROUNDS
+            task,
+            book_path=book_path,
+            out_dir=root / task.value / "1",
+            max_rounds=TEST_ROUNDS,
+            card_rows=TEST_CARD_ROWS,
         )
     return root
 

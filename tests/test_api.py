@@ -323,6 +323,15 @@ def test_models_and_model_card(client: TestClient) -> None:
     assert card["metrics"]["test"]["roc_auc"] > 0.5
     assert card["data_fingerprint"]
     assert card["feature_schema"]["features"][0]["name"] == "age"
+    # Trained from `cvm synth`'s book: the API says so, in the list and the card.
+    assert all(m["trained_on_synthetic_data"] is True for m in models)
+    assert "SYNTHETIC" in card["data_notice"]
+    assert card["card"]["training_data"]["synthetic"] is True
+    assert card["card"]["intended_use"]["not_for_credit_decisions"] is True
+    fairness = client.get("/v1/models/churn/fairness").json()
+    assert fairness["synthetic_data"] is True and fairness["factors_not_in_data"] == ["gender"]
+    assert set(fairness["report"]["factors"]) == {"age band", "region"}
+    assert client.get("/v1/models/tier/fairness").status_code == 404
     assert client.get("/v1/models/unknown").status_code == 422
 
 

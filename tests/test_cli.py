@@ -319,7 +319,7 @@ def test_the_reject_file_gives_the_true_reason(
 def active_marks(output: str) -> dict[tuple[str, str], str]:
     """(task, version) -> the 'active' cell of each row `cvm models` printed."""
     rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in output.splitlines()]
-    return {(row[0], row[1]): row[2] for row in rows if len(row) == 7}
+    return {(row[0], row[1]): row[2] for row in rows if len(row) == 8}
 
 
 def test_models_marks_the_version_the_service_serves(
@@ -336,6 +336,7 @@ def test_models_marks_the_version_the_service_serves(
         manifest.model_copy(update={"version": version}).save(root / "churn" / version)
     shutil.copytree(models_dir / "tier" / "1", root / "tier" / "1")
     monkeypatch.setenv("CVM_MODELS_DIR", str(root))
+    monkeypatch.setenv("COLUMNS", "160")  # a table too wide for 80 columns would wrap its cells
     # No database yet: the newest on disk serves (tests/test_modelops.py covers the registry).
     monkeypatch.setenv("CVM_DATABASE_URL", f"sqlite:///{tmp_path / 'none.db'}")
     for pins, churn_active in [({}, ("10", "yes")), ({"churn": "2"}, ("2", "yes (pinned)"))]:
@@ -346,6 +347,9 @@ def test_models_marks_the_version_the_service_serves(
         finally:
             get_settings.cache_clear()
         assert result.exit_code == 0, result.output
+        # Trained on `cvm synth`'s book: the table and a closing line say so.
+        assert result.output.count("SYNTHETIC") == 5
+        assert "served models were trained on SYNTHETIC data" in result.output
         version, mark = churn_active
         assert active_marks(result.output) == {
             ("churn", "1"): "",

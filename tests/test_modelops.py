@@ -452,6 +452,7 @@ def test_cli_registers_approves_activates_and_rolls_back(
     migrate.upgrade(url)
     monkeypatch.setenv("CVM_DATABASE_URL", url)
     monkeypatch.setenv("CVM_MODELS_DIR", str(versions_dir))
+    monkeypatch.setenv("COLUMNS", "160")  # the table's cells unwrapped
     get_settings.cache_clear()
     runner = CliRunner()
     add_version(versions_dir, Task.CHURN, versions_dir / "churn" / "1", "7")
@@ -472,7 +473,7 @@ def test_cli_registers_approves_activates_and_rolls_back(
             assert result.exit_code == code, (args, result.output)
         listed = runner.invoke(cli, ["models", "list"])
         rows = [[c.strip() for c in line.split("│")[1:-1]] for line in listed.output.splitlines()]
-        churn = {r[1]: (r[2], r[3]) for r in rows if len(r) == 7 and r[0] == "churn"}
+        churn = {r[1]: (r[2], r[3]) for r in rows if len(r) == 8 and r[0] == "churn"}
         assert churn["8"] == ("yes", "champion") and churn["7"] == ("", "retired")
         rolled = runner.invoke(cli, ["models", "rollback", "churn", "--reason", "back"])
         assert rolled.exit_code == 0, rolled.output

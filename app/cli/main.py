@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from app.cli import (
     alerts,
+    backtest,
     book,
     casework,
     clients,
@@ -35,6 +36,8 @@ cli.add_typer(alerts.commands)
 cli.add_typer(staff.commands)
 cli.add_typer(casework.commands)
 cli.add_typer(customers.commands)
+cli.add_typer(backtest.outcomes)
+cli.add_typer(backtest.commands)
 
 __all__ = ["cli", "main"]
 

@@ -10,11 +10,15 @@ from pydantic import AwareDatetime
 
 from app.errors import NotFound
 from app.http.deps import Admin, RegistryDep, SessionDep, SettingsDep, TenantDep, require
+from app.modelops import backtest as backtests
 from app.modelops import service
+from app.modelops.cards import data_notice, trained_on_synthetic_data
 from app.modelops.monitoring import monitor
 from app.modelops.schemas import (
     VERSION_PATTERN,
     ActivationOut,
+    BacktestReport,
+    FairnessReport,
     ModelRegistryOut,
     ModelTransitionOut,
     ModelVersionOut,
@@ -72,6 +76,8 @@ def _summary(model: ScoringModel) -> dict[str, Any]:
         "created_at": m.created_at,
         "explanation_method": m.explanation_method,
         "headline_metrics": _headline(m.metrics),
+        "trained_on_synthetic_data": trained_on_synthetic_data(m),
+        "data_notice": data_notice(m),
     }
 
 
@@ -85,7 +91,8 @@ async def list_models(registry: RegistryDep) -> list[dict[str, Any]]:
     "/models/{task}", response_model=ModelCard, responses={404: {"description": "No model"}}
 )
 async def model_card(task: Task, registry: RegistryDep, settings: SettingsDep) -> dict[str, Any]:
-    """The model card: version, schema, held-out metrics, training data fingerprint."""
+    """The model card: version, schema, held-out metrics with intervals, baselines, data
+    provenance (synthetic or the bank's), reason-code fidelity and how to reproduce it."""
     model = registry.get(task)
     if model is None:
         raise NotFound(f"no {task.value} model is loaded")
@@ -102,8 +109,36 @@ async def model_card(task: Task, registry: RegistryDep, settings: SettingsDep) -
         "data_source": m.data_source,
         "training_rows": m.training_rows,
         "split": m.split,
+        "card": m.card,
         "available_versions": available_versions(settings.models_dir, task),
     }
+
+
+@router.get(
+    "/models/{task}/fairness",
+    response_model=FairnessReport,
+    responses={404: {"description": "No model, or its card has no fairness section", **PROBLEM}},
+)
+async def fairness(task: Task, registry: RegistryDep) -> FairnessReport:
+    """Selection rates of the served model by gender, age band and region (fairlearn
+    MetricFrame, bootstrap intervals), as measured for its model card."""
+    model = registry.get(task)
+    if model is None:
+        raise NotFound(f"no {task.value} model is loaded")
+    card = model.manifest.card or {}
+    report = card.get("quantitative_analyses", {}).get("fairness", {})
+    if not report.get("applicable"):
+        reason = report.get("reason") or "its model card has no fairness section: retrain it"
+        raise NotFound(f"{task.value} version {model.manifest.version}: {reason}")
+    return FairnessReport(
+        task=task.value,
+        version=model.manifest.version,
+        measured_on=card["metrics"]["held_out"],
+        synthetic_data=card["training_data"]["synthetic"],
+        status=report["status"],
+        factors_not_in_data=card["factors"]["not_in_data"],
+        report=report,
+    )
 
 
 @router.get("/models/{task}/versions", response_model=ModelRegistryOut)
@@ -172,6 +207,38 @@ def monitoring(
         {f"{task.value}/{f.name}": f.psi for f in [*report.features, *filter(None, [report.score])]}
     )
     return report
+
+
+@router.get(
+    "/models/{task}/backtest",
+    response_model=BacktestReport,
+    responses={
+        404: {"description": "No outcomes imported for the task", **PROBLEM},
+        422: {"description": "A task without stored outcomes, or a bad parameter", **PROBLEM},
+    },
+)
+def backtest(
+    task: Task,
+    session: SessionDep,
+    tenant: TenantDep,
+    version: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=32,
+            pattern=VERSION_PATTERN,
+            description="Only this version's scores (default: every version's).",
+        ),
+    ] = None,
+    resamples: Annotated[
+        int, Query(ge=20, le=1000, description="Bootstrap resamples per interval.")
+    ] = 200,
+) -> BacktestReport:
+    """Stored scores against imported outcomes, per month of assessment: AUC, Brier,
+    observed/expected and top-decile lift with seeded bootstrap 95% intervals."""
+    return backtests.backtest(
+        session, task=task, version=version, tenant=tenant, resamples=resamples
+    )
 
 
 @admin_router.post(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -150,4 +150,102 @@ class MonitoringReport(BaseModel):
     features: list[FeatureStability]
     score: FeatureStability | None = Field(
         description="None when the task's stored score has no training reference."
+    )
+
+
+class Estimate(BaseModel):
+    """A metric with its seeded bootstrap 95% interval (null where undefined, e.g. the AUC of
+    a month without a positive)."""
+
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+class BacktestMonth(BaseModel):
+    """The scores of one month of assessments against what became of the customers."""
+
+    month: str = Field(description="Month the assessments were made (YYYY-MM), or 'all'.")
+    rows: int = Field(description="Customers assessed that month whose horizon has passed.")
+    positives: int
+    metrics: dict[str, Estimate] = Field(
+        description="roc_auc, brier, observed_over_expected (observed positives over the sum "
+        "of the probabilities) and top_decile_lift."
+    )
+
+
+class BacktestReport(BaseModel):
+    """A backtest of stored scores against imported outcomes."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "task": "churn",
+                    "version": "1",
+                    "outcome": "left the bank",
+                    "horizon_days": 91,
+                    "observed_through": "2026-06-30T00:00:00Z",
+                    "resamples": 200,
+                    "seed": 20240917,
+                    "months": [
+                        {
+                            "month": "2026-01",
+                            "rows": 23454,
+                            "positives": 795,
+                            "metrics": {
+                                "roc_auc": {"value": 0.912, "ci_low": 0.903, "ci_high": 0.921},
+                                "brier": {"value": 0.0164, "ci_low": 0.015, "ci_high": 0.0178},
+                            },
+                        }
+                    ],
+                    "overall": None,
+                }
+            ]
+        }
+    )
+
+    task: str
+    version: str | None = Field(description="The model version backtested; null: all versions.")
+    outcome: str = Field(description="What a positive outcome means for this task.")
+    horizon_days: int
+    observed_through: datetime = Field(description="Outcomes are complete through this day.")
+    resamples: int
+    seed: int
+    months: list[BacktestMonth]
+    overall: BacktestMonth | None
+
+
+class FairnessReport(BaseModel):
+    """Selection rates by gender, age band and region of the served model, from its card."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "task": "churn",
+                    "version": "1",
+                    "measured_on": "test month 14",
+                    "synthetic_data": True,
+                    "status": "green",
+                    "factors_not_in_data": ["gender"],
+                    "report": {
+                        "selection": "the highest-scored 20% of the rows",
+                        "factors": {"region": {"selection_rate_ratio": 0.91, "status": "green"}},
+                    },
+                }
+            ]
+        }
+    )
+
+    task: str
+    version: str
+    measured_on: str = Field(description="The held-out rows the card was measured on.")
+    synthetic_data: bool
+    status: str = Field(description="green, or amber when any factor is amber.")
+    factors_not_in_data: list[str]
+    report: dict[str, Any] = Field(
+        description="Per factor: each group's selection, true- and false-positive rates with "
+        "95% intervals, the selection-rate ratio and its status; groups under 500 rows are "
+        "reported as too small."
     )

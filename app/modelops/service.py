@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, NotFound
+from app.modelops.cards import card_errors
 from app.modelops.errors import (
     ChampionChanged,
     EvidenceMissing,
@@ -45,12 +46,12 @@ def manifest_sha256(directory: Path) -> str:
 def evidence_missing(manifest: dict[str, Any]) -> list[str]:
     """What approval still lacks in a manifest; empty when it may be approved.
 
-    Counted as the **backtest** (until outcome backtests exist): the evaluation ``cvm train``
-    records under ``metrics.test`` on held-out rows the model never saw, with its row count and
-    headline metric (ROC AUC, accuracy or MAP@7). Counted as the **model card**: the fields the
-    card (``GET /v1/models/{task}``, ``cvm plot``) is drawn from: the data's source and
-    fingerprint, the split the metrics were measured on, and the task's card table
-    (calibration, confusion matrix, or MAP@7 against the popularity baseline).
+    Counted as the **backtest**: the evaluation ``cvm train`` records under ``metrics.test`` on
+    held-out rows the model never saw, with its row count and headline metric (ROC AUC,
+    accuracy or MAP@7). Counted as the **model card**: the ``card`` ``cvm train`` writes, valid
+    against the model-card schema (intended use, provenance, intervals, baselines, reason-code
+    fidelity, reproducibility), besides the data's source and fingerprint, the split and the
+    task's card table (calibration, confusion matrix, or MAP@7 against popularity).
     """
     test = manifest.get("metrics", {}).get("test") or {}
     missing = []
@@ -61,6 +62,11 @@ def evidence_missing(manifest: dict[str, Any]) -> list[str]:
     card_fields = all(manifest.get(k) for k in ("data_source", "data_fingerprint", "split"))
     if not (card_table and card_fields):
         missing.append("model card: data_source, data_fingerprint, split and the card's table")
+    card = manifest.get("card")
+    if card is None:
+        missing.append("model card: no card in the manifest (retrain with cvm train)")
+    elif errors := card_errors(card):
+        missing.append(f"model card: does not follow its schema ({errors[0]})")
     return missing
 
 

@@ -71,3 +71,27 @@ class ModelTransition(Base):
 
 model_version_table = cast(Table, ModelVersion.__table__)
 model_transition_table = cast(Table, ModelTransition.__table__)
+
+
+class ModelOutcome(Base):
+    """What became of a customer, as the bank reports it (``cvm outcomes import``): for churn,
+    the day they left; for prospect, the day they became a customer. ``observed_through`` is
+    the day the report is complete through: an assessment whose horizon ends by then and
+    meets no outcome within it counts as a negative (stayed, did not convert)."""
+
+    __tablename__ = "model_outcome"
+    __table_args__ = (
+        UniqueConstraint(
+            "tenant", "task", "customer_id", "occurred_at", name="uq_model_outcome_event"
+        ),
+        Index("ix_model_outcome_task_customer", "task", "customer_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(32))
+    customer_id: Mapped[str] = mapped_column(String(128))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    observed_through: Mapped[datetime] = mapped_column(UTCDateTime())
+    source: Mapped[str] = mapped_column(String(200))
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime())

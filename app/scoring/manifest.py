@@ -65,6 +65,11 @@ class Manifest(BaseModel):
     )
     explanation_method: str
     extras: dict[str, Any] = Field(default_factory=dict)
+    card: dict[str, Any] | None = Field(
+        default=None,
+        description="The model card (app/modelops/resources/model_card.schema.json), written "
+        "and validated by `cvm train`; None for models trained before cards existed.",
+    )
     created_at: datetime
 
     @model_validator(mode="after")

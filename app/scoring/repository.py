@@ -291,6 +291,29 @@ def stored_inputs(
     return [r[0] for r in rows], [r[1] for r in rows]
 
 
+def stored_probabilities(
+    session: Session,
+    *,
+    task: str,
+    model_version: str | None,
+    until: datetime,
+    tenant: TenantScope | None = None,
+) -> list[tuple[str, datetime, float, str | None]]:
+    """(customer id, time, probability, model version) of every score of ``task`` stored up to
+    ``until`` with a probability, oldest first (what a backtest joins to outcomes)."""
+    conditions = [Score.task == task, Score.created_at <= until, Score.probability.is_not(None)]
+    if model_version is not None:
+        conditions.append(Score.model_version == model_version)
+    if tenant is not None:
+        conditions.append(tenant.condition(Score.tenant))
+    rows = session.execute(
+        select(Score.customer_id, Score.created_at, Score.probability, Score.model_version)
+        .where(*conditions)
+        .order_by(Score.created_at, Score.id)
+    ).all()
+    return [(r[0], r[1], r[2], r[3]) for r in rows if r[2] is not None]
+
+
 # --- the alert inbox: churn scores that crossed the threshold --------------------------------
 
 

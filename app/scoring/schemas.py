@@ -215,10 +215,19 @@ class ModelSummary(BaseModel):
     created_at: datetime
     explanation_method: str
     headline_metrics: dict[str, float]
+    trained_on_synthetic_data: bool | None = Field(
+        description="From the model card's provenance; null when the model has no card."
+    )
+    data_notice: str = Field(description="Where the training data came from, in one sentence.")
 
 
 class ModelCard(ModelSummary):
     """Everything known about a loaded model."""
+
+    card: dict[str, Any] | None = Field(
+        description="The model card (Mitchell et al.'s sections plus the bank's fields) that "
+        "`cvm train` wrote and validated; null for models trained before cards existed."
+    )
 
     classes: list[str]
     feature_schema: dict[str, Any]

@@ -9,14 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from sklearn.model_selection import train_test_split
 
+from app.modelops.fairness import age_band
 from app.scoring.feature_schema import FeatureKind, FeatureSchema, FeatureSpec
 from app.scoring.manifest import Manifest, Objective, Task
 from app.training import evaluate
+from app.training.card import HeldOut, Provenance, build_card
+from app.training.report import split_label
 from app.training.train import (
     ProgressCallback,
     Split,
@@ -286,4 +290,60 @@ def train_from_file(
         id_column=spec.id_column,
     )
     save_model(out_dir, booster, manifest)
+    card = build_card(
+        manifest=manifest,
+        model_dir=out_dir,
+        held=HeldOut(
+            train_x=matrix[split.train],
+            train_y=y[split.train].astype(np.int64),
+            test_x=matrix[split.test],
+            test_y=y[split.test].astype(np.int64),
+            held_out=split_label(split.description),
+            training_window=_split_window(split, frame, spec, "train"),
+            evaluation_window=_split_window(split, frame, spec, "test"),
+            factors=factor_groups(frame.loc[split.test]),
+        ),
+        provenance=Provenance(synthetic=False, source=f"{data_path.name}, supplied by the bank"),
+        seed=seed,
+        factors_in_data=factors_in(list(frame.columns)),
+    )
+    manifest = manifest.model_copy(update={"card": card})
+    manifest.save(out_dir)
     return manifest
+
+
+FACTOR_COLUMNS = {
+    "gender": ("gender", "sex"),
+    "age band": ("age",),
+    "region": ("region", "geography", "state", "province"),
+}
+
+
+def factors_in(columns: Sequence[str]) -> list[str]:
+    """The fairness factors (gender, age band, region) a table has a column for, by name."""
+    names = {str(c).lower() for c in columns}
+    return [factor for factor, aliases in FACTOR_COLUMNS.items() if names & set(aliases)]
+
+
+def factor_groups(rows: pd.DataFrame) -> dict[str, npt.NDArray[np.str_]]:
+    """Each fairness factor's group of every row, from the first column named for it."""
+    by_name = {str(c).lower(): c for c in rows.columns}
+    groups: dict[str, npt.NDArray[np.str_]] = {}
+    for factor, aliases in FACTOR_COLUMNS.items():
+        column = next((by_name[a] for a in aliases if a in by_name), None)
+        if column is None:
+            continue
+        values = rows[column]
+        if factor == "age band":
+            groups[factor] = age_band(pd.to_numeric(values, errors="coerce").to_numpy())
+        else:
+            groups[factor] = values.astype(str).fillna("unknown").to_numpy(dtype=str)
+    return groups
+
+
+def _split_window(split: Split, frame: pd.DataFrame, spec: DataSpec, part: str) -> dict[str, Any]:
+    rows = getattr(split, part)
+    if spec.time_column is None:
+        return {"description": f"{part} rows of a {split.description['method']} split"}
+    times = frame.loc[rows, spec.time_column]
+    return {"description": f"{part} rows: {spec.time_column} {times.min()} to {times.max()}"}

@@ -102,20 +102,34 @@ def ranking_metrics(
     ``scores``, ``held`` and ``added`` are (customers, products); only rows where at least one
     product was added count, and already-held products are never recommended.
     """
+    relevant = _relevant_in_order(scores, held, added)
+    if not len(relevant):
+        raise ValueError("no customer added a product in the evaluated month")
+    return {
+        "customers": len(relevant),
+        f"map_at_{k}": round(float(_average_precision(relevant, k).mean()), 4),
+        "hit_rate_at_3": round(float(relevant[:, :3].any(axis=1).mean()), 4),
+    }
+
+
+def average_precisions(
+    scores: FloatArray, held: npt.NDArray[np.bool_], added: npt.NDArray[np.bool_], k: int = 7
+) -> FloatArray:
+    """AP@k of each customer-month that added a product (the terms MAP@k averages)."""
+    return _average_precision(_relevant_in_order(scores, held, added), k)
+
+
+def _relevant_in_order(
+    scores: FloatArray, held: npt.NDArray[np.bool_], added: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.bool_]:
     masked = np.where(held, -np.inf, scores)
     order = np.argsort(-masked, axis=1, kind="stable")
     relevant = np.take_along_axis(added & ~held, order, axis=1)
-    counted = relevant.any(axis=1)
-    relevant = relevant[counted]
-    if not len(relevant):
-        raise ValueError("no customer added a product in the evaluated month")
+    return relevant[relevant.any(axis=1)]
+
+
+def _average_precision(relevant: npt.NDArray[np.bool_], k: int) -> FloatArray:
     top_k = relevant[:, :k]
-    hits = np.cumsum(top_k, axis=1)
-    precision_at = hits / np.arange(1, k + 1)
+    precision_at = np.cumsum(top_k, axis=1) / np.arange(1, k + 1)
     denominators = np.minimum(relevant.sum(axis=1), k)
-    average_precision = (precision_at * top_k).sum(axis=1) / denominators
-    return {
-        "customers": len(relevant),
-        f"map_at_{k}": round(float(average_precision.mean()), 4),
-        "hit_rate_at_3": round(float(relevant[:, :3].any(axis=1).mean()), 4),
-    }
+    return np.asarray((precision_at * top_k).sum(axis=1) / denominators, dtype=np.float64)

@@ -8,9 +8,11 @@ scientists in ``docs/synthetic-book.md``; the constants below are the numbers it
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +47,8 @@ BALANCES: tuple[str, ...] = (
     "card_spend",
 )
 BOOK_FILE = "book.parquet"
+GENERATOR = "cvm synth"
+GENERATOR_METADATA_KEY = "cvm.generator"
 
 # Relationship value = trailing mean of deposits + wealth + LOAN_WEIGHT x loans + 12 x profit.
 TIER_CUTOFFS_EUR: tuple[float, ...] = (25_000.0, 100_000.0, 500_000.0, 2_000_000.0)
@@ -851,6 +855,10 @@ def write_book(
 ) -> Path:
     """Write the book to out_dir/book.parquet, atomically so a crash leaves no half file."""
     table = generate_book(customers=customers, months=months, seed=seed, on_month=on_month)
+    # The generator's parameters travel inside the file: a model card trained on it can say the
+    # data is synthetic and how to regenerate it, and a bank's own book never carries them.
+    generator = {"generator": GENERATOR, "customers": customers, "months": months, "seed": seed}
+    table = table.replace_schema_metadata({GENERATOR_METADATA_KEY: json.dumps(generator)})
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / BOOK_FILE
     partial = path.with_name(path.name + ".partial")
@@ -868,3 +876,14 @@ def read_book(path: Path) -> pa.Table:
     if found != expected:
         raise ValueError(f"{file} is not a customer book: its columns differ from BOOK_SCHEMA")
     return table
+
+
+def book_generator(path: Path) -> dict[str, Any] | None:
+    """The parameters ``write_book`` generated a book with; None for a book from elsewhere."""
+    file = path / BOOK_FILE if path.is_dir() else path
+    metadata = pq.read_schema(file).metadata or {}
+    raw = metadata.get(GENERATOR_METADATA_KEY.encode())
+    if raw is None:
+        return None
+    generator: dict[str, Any] = json.loads(raw)
+    return generator if generator.get("generator") == GENERATOR else None

@@ -18,11 +18,13 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from app.modelops.fairness import age_band
 from app.modelops.psi import REFERENCE_KEY, training_reference
 from app.scoring.explain import METHOD_PATH
 from app.scoring.feature_schema import FeatureSchema
 from app.scoring.manifest import MODEL_FILE, Manifest, Objective, Task
 from app.training import evaluate
+from app.training.card import HeldOut, Provenance, build_card
 from app.training.features import (
     COLD_START_KNOWN,
     HORIZON_MONTHS,
@@ -31,7 +33,8 @@ from app.training.features import (
     prepare_book,
     schema_for,
 )
-from app.training.synth import PRODUCTS, TIERS, read_book
+from app.training.report import split_label
+from app.training.synth import PRODUCTS, TIERS, book_generator, read_book
 
 ProgressCallback = Callable[[int, int], None]
 FloatArray = npt.NDArray[np.float64]
@@ -263,9 +266,15 @@ def train_bundled(
     seed: int = 7,
     max_rounds: int | None = None,
     progress: ProgressCallback | None = None,
+    card_rows: int | None = None,
 ) -> Manifest:
-    """Train one of the four bundled models on a synthetic (or same-shaped) customer book."""
+    """Train one of the four bundled models on a synthetic (or same-shaped) customer book.
+
+    ``card_rows`` caps the model card's samples (the logistic baseline's training rows and the
+    rows compared with TreeSHAP) below their defaults, for quick test models.
+    """
     book = prepare_book(read_book(book_path).to_pandas())
+    generator = book_generator(book_path)
     frame = build_task_frame(book, task)
     split = time_split(frame.month.to_numpy())
     schema = schema_for(task)
@@ -295,19 +304,23 @@ def train_bundled(
     thresholds: dict[str, float] = {}
     extras: dict[str, Any] = {}
     value_booster = None
+    persistence: npt.NDArray[np.int64] | None = None
+    ranking: tuple[FloatArray, FloatArray] | None = None
     test_proba = predict(booster, matrix[split.test])
     if task is Task.CHURN:
         metrics = evaluate.binary_metrics(target[split.test], test_proba)
         thresholds = risk_thresholds(predict(booster, matrix[split.validation]))
     elif task is Task.TIER:
         metrics = evaluate.multiclass_metrics(target[split.test], test_proba, classes)
+        current = book.loc[frame.features.index[split.test], "value_tier"]
+        persistence = current.map({t: i for i, t in enumerate(TIERS)}).to_numpy(np.int64)
         extras["tier_rule"] = (
             "3-month mean of deposits + wealth + 0.2 x loans + 12 x monthly profit; "
             "cut-offs 25k / 100k / 500k / 2M EUR"
         )
     elif task is Task.RECOMMENDATION:
         popularity = np.bincount(target[split.train], minlength=len(PRODUCTS)).astype(float)
-        metrics = _recommendation_metrics(frame, booster, schema, split.test, popularity)
+        metrics, ranking = _recommendation_metrics(frame, booster, schema, split.test, popularity)
     else:
         value_booster, metrics, thresholds = _prospect_value(
             frame, booster, schema, matrix, split, seed, max_rounds or MAX_ROUNDS
@@ -335,7 +348,61 @@ def train_bundled(
         value_model_file=VALUE_MODEL_FILE if value_booster is not None else None,
     )
     save_model(out_dir, booster, manifest, value_booster)
+    dates = book.groupby("month")["snapshot_date"].first()
+    held = HeldOut(
+        train_x=matrix[split.train],
+        train_y=target[split.train].astype(np.int64),
+        test_x=matrix[split.test],
+        test_y=target[split.test].astype(np.int64),
+        held_out=split_label(split.description),
+        training_window=_window(dates, *split.description["train_months"]),
+        evaluation_window=_window(dates, split.description["test_month"]),
+        persistence=persistence,
+        ranking=ranking,
+        factors=_factors(frame.features[split.test], schema),
+        **({} if card_rows is None else {"baseline_rows": card_rows, "reason_rows": card_rows}),
+    )
+    provenance = Provenance(
+        synthetic=generator is not None,
+        source=(
+            f"synthetic customer book from cvm synth ({book_path.name})"
+            if generator is not None
+            else f"customer book supplied by the bank ({book_path.name})"
+        ),
+        generator=generator,
+    )
+    card = build_card(
+        manifest=manifest,
+        model_dir=out_dir,
+        held=held,
+        provenance=provenance,
+        seed=seed,
+        max_rounds=max_rounds,
+        factors_in_data=["age band", "region"],  # the synthetic book draws no gender
+    )
+    manifest = manifest.model_copy(update={"card": card})
+    manifest.save(out_dir)
     return manifest
+
+
+def _factors(rows: pd.DataFrame, schema: FeatureSchema) -> dict[str, npt.NDArray[np.str_]]:
+    """Age band and region of each row (the synthetic book draws no gender)."""
+    regions = schema.features[schema.names.index("region")].categories or ()
+    codes = rows["region"].to_numpy()
+    region = np.array([regions[int(c)] if c == c else "unknown" for c in codes], dtype=str)
+    return {"age band": age_band(rows["age"].to_numpy()), "region": region}
+
+
+def _window(dates: pd.Series, first: int, last: int | None = None) -> dict[str, Any]:
+    """Months of the book (and their snapshot dates) a split covers."""
+    last = first if last is None else last
+    return {
+        "description": f"book months {first} to {last}" if last != first else f"book month {first}",
+        "first_month": int(first),
+        "last_month": int(last),
+        "first_date": str(dates.loc[first]),
+        "last_date": str(dates.loc[last]),
+    }
 
 
 def _headline_score(task: Task, proba: FloatArray) -> FloatArray | None:
@@ -366,7 +433,7 @@ def _recommendation_metrics(
     schema: FeatureSchema,
     test: BoolArray,
     popularity: FloatArray,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], tuple[FloatArray, FloatArray]]:
     """MAP@7 and hit rate@3 over customer-months of the test month, all and new customers.
 
     A popularity ranking (products by how often the training months added them) is reported
@@ -398,7 +465,11 @@ def _recommendation_metrics(
             np.broadcast_to(popularity, scores[new].shape), held[new], added[new]
         ),
     }
-    return metrics
+    ranking = (
+        evaluate.average_precisions(scores, held, added),
+        evaluate.average_precisions(np.broadcast_to(popularity, scores.shape), held, added),
+    )
+    return metrics, ranking
 
 
 def _prospect_value(
