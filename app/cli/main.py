@@ -15,6 +15,7 @@ from app.cli import (
     score,
     serve,
     staff,
+    tiers,
     train,
 )
 from app.cli.app import cli
@@ -33,6 +34,7 @@ cli.add_typer(clients.commands)
 cli.add_typer(alerts.commands)
 cli.add_typer(staff.commands)
 cli.add_typer(casework.commands)
+cli.add_typer(tiers.commands)
 
 __all__ = ["cli", "main"]
 

@@ -42,6 +42,8 @@ from app.security.middleware import SecurityMiddleware
 from app.security.openapi import document_security
 from app.security.pseudonyms import Pseudonymizer
 from app.security.setup import build_guard
+from app.value import routes as value
+from app.value.policy import load_policy
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("cvm")
@@ -75,6 +77,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     """Build the service: load models, prepare the database writer, wire routes and errors."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
+    # Before anything starts: an invalid policy stops the service, naming the key.
+    tier_policy = load_policy(settings.tier_policy_file)
     # A registry of this app's own: activations swap its models, never a caller's.
     registry = (
         registry or ModelRegistry.load(settings.models_dir, pinned=settings.model_versions)
@@ -204,12 +208,14 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.metrics = metrics
     app.state.model_psi = model_psi
     app.state.casework = Casework.from_settings(settings)
+    app.state.tier_policy = tier_policy
     for router in (health.router, scores.router, history.router, models.router, alerts.router):
         app.include_router(router)
     app.include_router(customers.router)
     app.include_router(casework.staff_router)
     app.include_router(casework.complaints_router)
     app.include_router(models.admin_router)
+    app.include_router(value.router)
     add_docs(app)
     # Added innermost first: request ids and access logs wrap CORS, which answers preflights
     # before the security middleware asks for a credential; only an authenticated request
