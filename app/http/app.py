@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     configure_logging(settings.log_level, settings.log_json)
     # Before anything starts: an invalid policy stops the service, naming the key.
     tier_policy = load_policy(settings.tier_policy_file)
+    rules = rules_from_settings(settings)
     # A registry of this app's own: activations swap its models, never a caller's.
     registry = (
         registry or ModelRegistry.load(settings.models_dir, pinned=settings.model_versions)
@@ -91,7 +92,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         registry=registry,
         writer=writer,
         engine=engine,
-        rules=rules_from_settings(settings),
+        rules=rules,
         max_batch_size=settings.max_batch_size,
         idempotency_ttl_s=settings.idempotency_ttl_s,
         pseudonymizer=(pseudonymizer := Pseudonymizer.from_settings(settings)),
