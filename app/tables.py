@@ -7,6 +7,7 @@ from app.customers import tables as customer_tables
 from app.modelops import tables as model_tables
 from app.scoring import tables as score_tables
 from app.security import tables as security_tables
+from app.value import tables as value_tables
 
 __all__ = [
     "alert_tables",
@@ -16,4 +17,5 @@ __all__ = [
     "model_tables",
     "score_tables",
     "security_tables",
+    "value_tables",
 ]

@@ -15,6 +15,7 @@ commit. A nightly run of the whole book is how most at-risk customers reach the 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,6 +141,8 @@ class DatabaseChunkSink:
             ids=[block.ids[i] for i in crossing.tolist()],
             matrix=block.matrix[crossing],
             stages=block.stages[crossing],
+            risk_profiles=_pick(block.risk_profiles, crossing.tolist()),
+            tiers=_pick(block.tiers, crossing.tolist()),
         )
         explained = assess_task(
             assessment.task,
@@ -157,3 +160,8 @@ class DatabaseChunkSink:
 
             self._explainer = ScoringModel.load(self.model_dir, threads=self.model.threads)
         return self._explainer
+
+
+def _pick(values: Sequence[str | None] | None, rows: list[int]) -> list[str | None] | None:
+    """Some rows of a per-customer column (None stays None)."""
+    return None if values is None else [values[i] for i in rows]

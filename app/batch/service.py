@@ -54,6 +54,8 @@ CHUNK_ROWS = 32_768
 PARQUET_SUFFIXES = frozenset({".parquet", ".pq"})
 # A snapshot's own lifecycle column, when it has one, says who is a prospect or has left.
 LIFECYCLE_COLUMN = "lifecycle"
+# Read by the product rules when the file has them (app/scoring/policies.py).
+RULE_COLUMNS = ("risk_profile", "tier")
 _STAGE_NAMES = pa.array([stage.value for stage in STAGES], pa.string())
 _PARTIAL_SUFFIX = ".partial"
 
@@ -262,6 +264,20 @@ def result_columns(assessment: TaskAssessment) -> dict[str, pa.Array]:
     return columns
 
 
+def _text_column(
+    batch: pa.RecordBatch, name: str, rejected: npt.NDArray[np.intp]
+) -> list[str | None] | None:
+    """A column the product rules read (risk profile, tier), rejected rows left out; None
+    when the file has no such column."""
+    if name not in batch.schema.names:
+        return None
+    values: list[str | None] = batch.column(name).cast(pa.string()).to_pylist()
+    if len(rejected):
+        dropped = set(rejected.tolist())
+        values = [v for i, v in enumerate(values) if i not in dropped]
+    return values
+
+
 def chunk_stages(
     model: BatchModel, batch: pa.RecordBatch, matrix: FloatArray, rules: Rules
 ) -> npt.NDArray[np.int8]:
@@ -298,7 +314,10 @@ def score_chunk(
         stages = stages[valid]
     if not len(matrix):
         return ScoredChunk(index=index, ids=ids, assessment=None, columns={}, rejects=rejects)
-    block = Block(ids=ids.to_pylist(), matrix=matrix, stages=stages)
+    profiles, tiers = (_text_column(batch, name, rejected) for name in RULE_COLUMNS)
+    block = Block(
+        ids=ids.to_pylist(), matrix=matrix, stages=stages, risk_profiles=profiles, tiers=tiers
+    )
     assessment = assess_task(
         model.manifest.task, model, block, rules=rules, options=options, threads=threads
     )
@@ -455,8 +474,7 @@ def columns_to_read(model: BatchModel, input_path: Path, id_column: str) -> list
     if id_column not in available:
         raise ValueError(f"input lacks the id column {id_column!r}")
     wanted = [id_column, *(f.column for f in model.schema.features if f.column in available)]
-    if LIFECYCLE_COLUMN in available:
-        wanted.append(LIFECYCLE_COLUMN)
+    wanted += [name for name in (LIFECYCLE_COLUMN, *RULE_COLUMNS) if name in available]
     return list(dict.fromkeys(wanted))
 
 

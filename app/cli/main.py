@@ -17,6 +17,7 @@ from app.cli import (
     score,
     serve,
     staff,
+    tiers,
     train,
 )
 from app.cli.app import cli
@@ -38,6 +39,7 @@ cli.add_typer(casework.commands)
 cli.add_typer(customers.commands)
 cli.add_typer(backtest.outcomes)
 cli.add_typer(backtest.commands)
+cli.add_typer(tiers.commands)
 
 __all__ = ["cli", "main"]
 

@@ -89,6 +89,8 @@ PROFILE_FEATURES = {
     "region": "region",
     "channel": "acquisition_channel",
     "profit": "monthly_profit",
+    # Not a model feature: the product rules' suitability check reads it.
+    "risk_profile": "risk_profile",
 }
 INTEGER_PROFILE_FEATURES = frozenset({"age"})
 

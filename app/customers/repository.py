@@ -262,6 +262,27 @@ def read_months(
     return list(merged.values()), latest
 
 
+def read_book_months(
+    session: Session, *, tenant: str | None
+) -> dict[str, tuple[list[MonthCounts], list[LatestValue]]]:
+    """Every customer's stored aggregates in a tenant, by stored customer id."""
+    key = UNTAGGED_KEY if tenant is None else tenant
+    book: dict[str, tuple[list[MonthCounts], list[LatestValue]]] = {}
+    for row in session.execute(select(CustomerMonth).where(CustomerMonth.tenant == key)).scalars():
+        counts = {name: int(getattr(row, name)) for name in COUNTERS}
+        entry = book.setdefault(row.customer_id, ([], []))
+        entry[0].append(MonthCounts(row.month, counts, row.last_activity_at))
+    values = session.execute(
+        select(CustomerMonthLatest).where(CustomerMonthLatest.tenant == key)
+    ).scalars()
+    for v in values:
+        entry = book.setdefault(v.customer_id, ([], []))
+        entry[1].append(
+            LatestValue(v.month, v.kind, v.key, v.occurred_at, number=v.number, text=v.text)
+        )
+    return book
+
+
 def latest_month(
     session: Session, *, tenant: str | None, customer_ids: Sequence[str]
 ) -> int | None:

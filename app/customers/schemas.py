@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from app.scoring.manifest import Task
+from app.scoring.policies import RiskProfile
 from app.scoring.request_schemas import CustomerId, integral
 from app.scoring.schemas import AssessmentResponse
 
@@ -223,6 +224,11 @@ class CustomerProfile(EventBase):
         allow_inf_nan=False,
         description="Profit the customer contributed in the month of occurred_at, as the "
         "bank's profitability system computes it (negative: a loss).",
+    )
+    risk_profile: RiskProfile | None = Field(
+        default=None,
+        description="Investment risk profile from the suitability questionnaire, C1 (most "
+        "cautious) to C5: products of risk level R1-R5 are offered up to the same level.",
     )
 
 

@@ -8,7 +8,7 @@ same function.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
@@ -21,6 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.customers.features import (
     DEFAULT_MATERIAL_OUTFLOW,
     Feature,
+    LatestValue,
+    MonthCounts,
     TrailEvent,
     aggregate,
     derive_features,
@@ -36,6 +38,7 @@ from app.customers.repository import (
     latest_month,
     list_events,
     queue_rescoring,
+    read_book_months,
     read_months,
     update_months,
 )
@@ -441,6 +444,44 @@ def month_features(
         pseudonymizer=pseudonymizer,
     )
     return MonthFeatures(customer_id=customer_id, month=label, features=features)
+
+
+def feature_history(
+    session: Session,
+    *,
+    customer_id: str,
+    caller_tenant: str | None,
+    pseudonymizer: Pseudonymizer | None,
+) -> list[tuple[str, dict[str, Feature]]]:
+    """A customer's features in every month from its first on record to its latest (month
+    YYYY-MM, features), oldest first; 404 if the caller's tenant has no trail of it."""
+    forms = stored_forms(customer_id, caller_tenant=caller_tenant, pseudonymizer=pseudonymizer)
+    last = latest_month(session, tenant=caller_tenant, customer_ids=forms)
+    if last is None:
+        raise CustomerNotFound(f"no events are stored for customer {customer_id!r}")
+    counts, latest = read_months(session, tenant=caller_tenant, customer_ids=forms, until=last)
+    return _history(counts, latest)
+
+
+def book_feature_histories(
+    session: Session, *, tenant: str | None
+) -> Iterator[tuple[str, list[tuple[str, dict[str, Feature]]]]]:
+    """Every customer of a tenant (by stored id, in id order) with its feature history as
+    ``feature_history`` gives it."""
+    book = read_book_months(session, tenant=tenant)
+    for customer_id in sorted(book):
+        counts, latest = book[customer_id]
+        yield customer_id, _history(counts, latest)
+
+
+def _history(
+    counts: Sequence[MonthCounts], latest: Sequence[LatestValue]
+) -> list[tuple[str, dict[str, Feature]]]:
+    months = [c.month for c in counts] + [v.month for v in latest]
+    return [
+        (month_label(m), derive_features(m, counts, latest))
+        for m in range(min(months), max(months) + 1)
+    ]
 
 
 class CustomerNotFound(NotFound):

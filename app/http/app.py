@@ -47,6 +47,8 @@ from app.security.middleware import SecurityMiddleware
 from app.security.openapi import document_security
 from app.security.pseudonyms import Pseudonymizer
 from app.security.setup import build_guard
+from app.value import routes as value
+from app.value.policy import load_policy
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("cvm")
@@ -80,6 +82,9 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     """Build the service: load models, prepare the database writer, wire routes and errors."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_json)
+    # Before anything starts: an invalid policy stops the service, naming the key.
+    tier_policy = load_policy(settings.tier_policy_file)
+    rules = rules_from_settings(settings)
     # A registry of this app's own: activations swap its models, never a caller's.
     registry = (
         registry or ModelRegistry.load(settings.models_dir, pinned=settings.model_versions)
@@ -92,7 +97,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         registry=registry,
         writer=writer,
         engine=engine,
-        rules=rules_from_settings(settings),
+        rules=rules,
         max_batch_size=settings.max_batch_size,
         idempotency_ttl_s=settings.idempotency_ttl_s,
         pseudonymizer=(pseudonymizer := Pseudonymizer.from_settings(settings)),
@@ -212,6 +217,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.casework = Casework.from_settings(settings)
     app.state.routing = RoutingPolicy.from_settings(settings)
     app.state.contact_policy = ContactPolicy.from_settings(settings)
+    app.state.tier_policy = tier_policy
     for router in (health.router, scores.router, history.router, models.router, alerts.router):
         app.include_router(router)
     app.include_router(customers.router)
@@ -220,6 +226,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(casework.routed_alerts_router)
     app.include_router(contact.router)
     app.include_router(models.admin_router)
+    app.include_router(value.router)
     add_docs(app)
     # Added innermost first: request ids and access logs wrap CORS, which answers preflights
     # before the security middleware asks for a credential; only an authenticated request

@@ -173,6 +173,9 @@ class Block:
     ids: Sequence[str]
     matrix: FloatArray
     stages: StageCodes
+    # What the product rules read besides the features (None: unknown for every customer).
+    risk_profiles: Sequence[str | None] | None = None
+    tiers: Sequence[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.matrix)
@@ -502,6 +505,9 @@ def _recommend(
         cold_start=cold_start,
         age=schema.values_of(block.matrix, "age"),
         occupation=schema.labels_of(block.matrix, "occupation"),
+        stages=_STAGE_NAMES[block.stages].tolist(),
+        tiers=block.tiers,
+        risk_profiles=block.risk_profiles,
     )
     ranked = np.argsort(-np.where(allowed, probabilities, -np.inf), axis=1, kind="stable")
     offers = []

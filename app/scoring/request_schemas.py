@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 
 from app.scoring.feature_schema import FeatureKind, FeatureSchema, FeatureSpec
 from app.scoring.manifest import Task
+from app.scoring.policies import RiskProfile
 
 CustomerId = Annotated[
     str,
@@ -102,6 +103,29 @@ LIFECYCLE_DESCRIPTION = (
 )
 
 
+RISK_PROFILE_DESCRIPTION = (
+    "The customer's investment risk profile (C1 most cautious to C5): a product of risk level "
+    "R1-R5 is offered only to a profile at least as high; none: no risk-rated product."
+)
+TIER_DESCRIPTION = (
+    "The customer's tier of record (GET /v1/customers/{id}/tier), for products offered to "
+    "some tiers only; none: no such product."
+)
+TierName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$")]
+
+
+def _rule_inputs(many: bool) -> dict[str, Any]:
+    """What the product rules read besides the features: risk profile and tier."""
+    profile: Any = RiskProfile | None
+    tier: Any = TierName | None
+    if many:
+        profile, tier = list[profile] | None, list[tier] | None
+    return {
+        "risk_profile": (profile, Field(default=None, description=RISK_PROFILE_DESCRIPTION)),
+        "tier": (tier, Field(default=None, description=TIER_DESCRIPTION)),
+    }
+
+
 def customer_model(task: Task, schema: FeatureSchema) -> type[BaseModel]:
     """One customer: id plus every feature; optional features may be left out or null."""
     fields: dict[str, Any] = {
@@ -110,6 +134,7 @@ def customer_model(task: Task, schema: FeatureSchema) -> type[BaseModel]:
             LifecycleStage | None,
             Field(default=None, description=LIFECYCLE_DESCRIPTION),
         ),
+        **_rule_inputs(many=False),
     }
     for feature in schema.features:
         annotation = feature_annotation(feature)
@@ -128,6 +153,7 @@ def columns_model(task: Task, schema: FeatureSchema) -> type[BaseModel]:
             list[LifecycleStage | None] | None,
             Field(default=None, description=LIFECYCLE_DESCRIPTION),
         ),
+        **_rule_inputs(many=True),
     }
     for feature in schema.features:
         item = feature_annotation(feature)
@@ -252,6 +278,7 @@ def assessment_request_model(schemas: dict[Task, FeatureSchema]) -> type[BaseMod
             LifecycleStage | None,
             Field(default=None, description=LIFECYCLE_DESCRIPTION + " A lost one gets no scores."),
         ),
+        **_rule_inputs(many=False),
         "reasons": (ReasonCount, 5),
         "explain": (ExplainMethod, "fast"),
     }
@@ -266,7 +293,7 @@ def assessment_request_model(schemas: dict[Task, FeatureSchema]) -> type[BaseMod
             fields[name] = (feature_annotation(same_name[0]) | None, None)
         else:  # models disagree on the type (a bank's own model): each checks its own part
             fields[name] = (JsonScalar | None, Field(default=None, description=_shared(same_name)))
-    example: dict[str, Any] = {"lifecycle": "existing", "reasons": 3}
+    example: dict[str, Any] = {"lifecycle": "existing", "risk_profile": "C3", "reasons": 3}
     for schema in schemas.values():
         example = {**example_customer(schema), **example}
     config = ConfigDict(**STRICT, json_schema_extra={"examples": [example]})

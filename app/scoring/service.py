@@ -90,6 +90,9 @@ class CustomerBatch:
     ids: list[str]
     matrix: FloatArray
     lifecycle: StageCodes  # as sent; -1 where not
+    # What the product rules read besides the features, as sent (None: not sent).
+    risk_profiles: list[str | None] | None = None
+    tiers: list[str | None] | None = None
 
 
 def field_path(location: Sequence[int | str]) -> str:
@@ -222,14 +225,23 @@ class ScoringService:
             rows = [dict(c.__dict__) for c in customers]
             ids = [row.pop("customer_id") for row in rows]
             lifecycle = [row.pop("lifecycle") for row in rows]
+            profiles = [row.pop("risk_profile") for row in rows]
+            tiers = [row.pop("tier") for row in rows]
             matrix = model.schema.encode_rows(rows)
         else:
             assert columns is not None
             data = dict(columns.__dict__)
             ids = data.pop("customer_id")
             lifecycle = data.pop("lifecycle") or [None] * len(ids)
+            profiles, tiers = data.pop("risk_profile"), data.pop("tier")
             matrix = model.schema.encode_columns(data)
-        batch = CustomerBatch(ids=ids, matrix=matrix, lifecycle=stage_codes(lifecycle))
+        batch = CustomerBatch(
+            ids=ids,
+            matrix=matrix,
+            lifecycle=stage_codes(lifecycle),
+            risk_profiles=profiles,
+            tiers=tiers,
+        )
         return options_of(request), batch
 
     async def persist(
@@ -265,7 +277,13 @@ class ScoringService:
         stages = block_stages(
             task, model.schema, batch.matrix, given=batch.lifecycle, rules=self.rules
         )
-        return Block(ids=batch.ids, matrix=batch.matrix, stages=stages)
+        return Block(
+            ids=batch.ids,
+            matrix=batch.matrix,
+            stages=stages,
+            risk_profiles=batch.risk_profiles,
+            tiers=batch.tiers,
+        )
 
     def compute(
         self, task: Task, options: Options, block: Block, model: ScoringModel | None = None
@@ -528,7 +546,7 @@ class ScoringService:
     ) -> CustomerBatch:
         """One customer's features for one task's model, checked against its schema."""
         model = serving.models[task]
-        names = {"customer_id", *model.schema.names}
+        names = {"customer_id", "risk_profile", "tier", *model.schema.names}
         record = {k: v for k, v in given.items() if k in names}
         try:
             customer = serving.customer_models[task].model_validate(record)
@@ -536,10 +554,14 @@ class ScoringService:
             raise invalid_input(error) from error
         inputs = dict(customer.__dict__)
         customer_id = inputs.pop("customer_id")
+        inputs.pop("lifecycle", None)
+        profile, tier = inputs.pop("risk_profile"), inputs.pop("tier")
         return CustomerBatch(
             ids=[customer_id],
             matrix=model.schema.encode_rows([inputs]),
             lifecycle=stage_codes([stage.value]),
+            risk_profiles=[profile],
+            tiers=[tier],
         )
 
     def rows(

@@ -1,0 +1,157 @@
+"""Value use cases: a customer's policy tier, and re-tiering the book under a policy.
+
+The measures come from the customer record (``app.customers.service``); the tier movements
+are this domain's own rows. A use case commits once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.customers import service as customers
+from app.security.pseudonyms import Pseudonymizer
+from app.value.policy import TierPolicy, evaluate
+from app.value.schemas import CustomerTier, RetierResult, TierFlow
+from app.value.tables import UNTAGGED_KEY, MovementReason, TierMovement
+
+
+def customer_tier(
+    session: Session,
+    *,
+    policy: TierPolicy,
+    customer_id: str,
+    caller_tenant: str | None,
+    pseudonymizer: Pseudonymizer | None,
+) -> CustomerTier:
+    """A customer's policy tier in its latest month on record, its gaps and its tier of record;
+    404 if the caller's tenant has no trail of it."""
+    history = customers.feature_history(
+        session, customer_id=customer_id, caller_tenant=caller_tenant, pseudonymizer=pseudonymizer
+    )
+    result = evaluate(policy, [features for _, features in history])
+    forms = customers.stored_forms(
+        customer_id, caller_tenant=caller_tenant, pseudonymizer=pseudonymizer
+    )
+    recorded = session.scalars(
+        select(TierMovement)
+        .where(TierMovement.tenant == _key(caller_tenant), TierMovement.customer_id.in_(forms))
+        .order_by(TierMovement.id.desc())
+        .limit(1)
+    ).first()
+    return CustomerTier(
+        customer_id=customer_id,
+        month=history[-1][0],
+        policy_version=policy.version,
+        tier=result.tier,
+        qualifying_tier=result.qualifying_tier,
+        measures=result.measures,
+        next_tier=result.next_tier,
+        gap_to_next=result.gap_to_next,
+        months_below=result.months_below,
+        downgrade_in_months=result.downgrade_in_months,
+        gap_to_stay=result.gap_to_stay,
+        recorded_tier=recorded.to_tier if recorded else None,
+        recorded_at=recorded.moved_at if recorded else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A customer whose tier of record the policy changes."""
+
+    customer_id: str
+    from_tier: str | None
+    to_tier: str
+    month: str
+
+
+def apply_tiers(
+    session: Session, *, policy: TierPolicy, tenant: str | None, dry_run: bool, now: datetime
+) -> RetierResult:
+    """Re-tier every customer of a tenant under ``policy``: each whose policy tier differs
+    from its tier of record gets a movement row (none on a dry run); one transaction."""
+    recorded = recorded_tiers(session, tenant=tenant)
+    customers_seen = 0
+    moves: list[Move] = []
+    for customer_id, history in customers.book_feature_histories(session, tenant=tenant):
+        customers_seen += 1
+        tier = evaluate(policy, [features for _, features in history]).tier
+        before = recorded.get(customer_id)
+        if tier != before:
+            moves.append(Move(customer_id, before, tier, history[-1][0]))
+    run_id = None if dry_run else str(uuid.uuid4())
+    if run_id is not None and moves:
+        session.add_all(
+            TierMovement(
+                tenant=_key(tenant),
+                customer_id=move.customer_id,
+                from_tier=move.from_tier,
+                to_tier=move.to_tier,
+                reason=_reason(policy, move).value,
+                policy_version=policy.version,
+                month=move.month,
+                run_id=run_id,
+                moved_at=now,
+            )
+            for move in moves
+        )
+        session.commit()
+    return RetierResult(
+        policy_version=policy.version,
+        dry_run=dry_run,
+        run_id=run_id,
+        customers=customers_seen,
+        moved=len(moves),
+        flows=_flows(policy, moves),
+    )
+
+
+def recorded_tiers(session: Session, *, tenant: str | None) -> dict[str, str]:
+    """Every customer's tier of record in a tenant (its latest movement), by stored id."""
+    latest = (
+        select(func.max(TierMovement.id))
+        .where(TierMovement.tenant == _key(tenant))
+        .group_by(TierMovement.customer_id)
+    )
+    rows = session.execute(
+        select(TierMovement.customer_id, TierMovement.to_tier).where(TierMovement.id.in_(latest))
+    )
+    return {row.customer_id: row.to_tier for row in rows}
+
+
+def _reason(policy: TierPolicy, move: Move) -> MovementReason:
+    if move.from_tier is None:
+        return MovementReason.INITIAL
+    before = policy.rank(move.from_tier)
+    if before is None:
+        return MovementReason.RETIRED_TIER
+    after = policy.rank(move.to_tier)
+    return (
+        MovementReason.UPGRADE if after is not None and after > before else MovementReason.DOWNGRADE
+    )
+
+
+def _flows(policy: TierPolicy, moves: Sequence[Move]) -> list[TierFlow]:
+    """Customers moved per (from, to), in the policy's tier order (untiered and retired first)."""
+    counts = Counter((m.from_tier, m.to_tier) for m in moves)
+    order = {name: rank for rank, name in enumerate(policy.names)}
+
+    def position(pair: tuple[str | None, str]) -> tuple[int, str, int]:
+        before, after = pair
+        return (order.get(before, -1) if before else -2, before or "", order[after])
+
+    return [
+        TierFlow(from_tier=before, to_tier=after, customers=counts[(before, after)])
+        for before, after in sorted(counts, key=position)
+    ]
+
+
+def _key(tenant: str | None) -> str:
+    return UNTAGGED_KEY if tenant is None else tenant
