@@ -2,6 +2,7 @@
 
 from app.alerts import tables as alert_tables
 from app.casework import tables as casework_tables
+from app.console import tables as console_tables
 from app.customers import tables as customer_tables
 from app.modelops import tables as model_tables
 from app.scoring import tables as score_tables
@@ -10,6 +11,7 @@ from app.security import tables as security_tables
 __all__ = [
     "alert_tables",
     "casework_tables",
+    "console_tables",
     "customer_tables",
     "model_tables",
     "score_tables",
