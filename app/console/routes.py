@@ -372,7 +372,8 @@ def customer(request: Request, customer_id: str, session: DbDep, user: UserDep) 
         reasons = pages.reasons_of(score)
         if reasons:
             bars = [Bar(label, value) for label, value in reasons]
-            charts[score.task] = reasons_svg(bars, title=score.task)
+            # The figure caption names the task, translated; the chart itself carries no title.
+            charts[score.task] = reasons_svg(bars, title="")
     return console.renderer.page(
         "customer.html",
         language=_language(console, user, request),
