@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck models migrate bench bench-batch bench-persist bench-intake bench-soak lock clean
+.PHONY: run test lint typecheck messages models migrate bench bench-batch bench-persist bench-intake bench-soak lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,16 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# The console's message catalogues (app/console/translations): extract the English text of
+# templates and code, merge it into each language's .po, compile the .mo. Both are committed:
+# an installed package needs no build step; tests/test_console.py fails on a stale .mo.
+I18N := app/console/translations
+messages: $(STAMP)
+	$(BIN)/pybabel extract -F babel.cfg -k _ -k N_ --no-wrap --sort-by-file --omit-header \
+		-o $(I18N)/messages.pot .
+	$(BIN)/pybabel update -i $(I18N)/messages.pot -d $(I18N) -D messages --no-wrap --ignore-pot-creation-date
+	$(BIN)/pybabel compile -d $(I18N) -D messages --statistics
 
 # Retrain the bundled models from the seeded synthetic book (see README).
 models: $(STAMP)

@@ -415,6 +415,39 @@ class Settings(BaseSettings):
         "without it is refused (401).",
     )
     jwt_leeway_s: float = Field(default=30.0, ge=0, le=300)
+    # Operator console (/console)
+    console_session_idle_s: int = Field(
+        default=1800, ge=60, le=86_400, description="A console session ends after this idle time."
+    )
+    console_session_max_s: int = Field(
+        default=12 * 3600, ge=300, le=7 * 86_400, description="...and this long after login."
+    )
+    console_max_failures: int = Field(
+        default=5, ge=1, le=100, description="Wrong passwords in a row before a lockout."
+    )
+    console_lockout_s: int = Field(
+        default=900, ge=1, le=86_400, description="How long a locked-out staff member waits."
+    )
+    console_argon2_time_cost: int = Field(
+        default=3, ge=1, le=20, description="Argon2id passes per password hash (RFC 9106: 3)."
+    )
+    console_argon2_memory_kib: int = Field(
+        default=65_536,
+        ge=8,
+        le=4_194_304,
+        description="Argon2id memory per hash in KiB (RFC 9106 low-memory profile: 64 MiB). "
+        "Stored hashes made with other costs are upgraded at their next login.",
+    )
+    console_cookie_secure: bool = Field(
+        default=True,
+        description="Console cookies only over HTTPS (browsers treat http://localhost as secure).",
+    )
+    console_currency: Literal["EUR", "CNY"] = Field(
+        default="EUR", description="The currency amounts are shown in on the console."
+    )
+    console_default_locale: Literal["en", "zh_CN"] = Field(
+        default="en", description="The console's language until a user picks one."
+    )
     tenant_isolation: bool = Field(
         default=True,
         description="History and alert reads return only rows of the caller's tenant (rows "

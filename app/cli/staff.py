@@ -75,3 +75,142 @@ def import_staff(
     finally:
         engine.dispose()
     console.print(f"staff: {result.created} created, {result.updated} updated")
+
+
+def _read_password(password_stdin: bool) -> str:
+    """The new password: the first line of standard input, or typed twice at a prompt."""
+    import sys
+
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+def _save_password(*, tenant: str | None, staff_id: str, password: str) -> None:
+    from datetime import UTC, datetime
+
+    from app.config import get_settings
+    from app.console.service import Passwords, set_password
+    from app.db.session import create_db_engine, create_session_factory
+    from app.errors import ServiceError
+
+    settings = get_settings()
+    engine = create_db_engine(settings.database_url)
+    try:
+        with create_session_factory(engine)() as session:
+            set_password(
+                session,
+                passwords=Passwords.from_settings(settings),
+                tenant=tenant,
+                staff_id=staff_id,
+                password=password,
+                now=datetime.now(UTC),
+            )
+    except ServiceError as error:
+        raise fail(f"no password set: {error.detail}") from error
+    finally:
+        engine.dispose()
+
+
+TenantOption = Annotated[
+    str | None, typer.Option(help="The tenant the staff member belongs to.", metavar="TENANT")
+]
+PasswordStdin = Annotated[
+    bool,
+    typer.Option(
+        "--password-stdin",
+        help="Read the password from the first line of standard input.",
+        metavar="",
+    ),
+]
+
+
+@commands.command(
+    "set-password",
+    epilog=example("cvm staff set-password rm-042 --tenant bank-a"),
+)
+def set_password_command(
+    staff_id: Annotated[str, typer.Argument(help="An existing staff member's id.")],
+    tenant: TenantOption = None,
+    password_stdin: PasswordStdin = False,
+) -> None:
+    """Set a staff member's console password (12 to 256 characters); their sessions end."""
+    _save_password(tenant=tenant, staff_id=staff_id, password=_read_password(password_stdin))
+    console.print(f"password set for {staff_id}")
+
+
+@commands.command(
+    "create",
+    epilog=example(
+        "cvm staff create admin-1 --name 'Li Wei' --email li.wei@bank.example "
+        "--role administrator --branch head-office"
+    ),
+)
+def create_staff(
+    staff_id: Annotated[str, typer.Argument(help="The new staff member's id.")],
+    name: Annotated[str, typer.Option(help="Full name.", metavar="NAME")],
+    email: Annotated[str, typer.Option(help="E-mail address.", metavar="EMAIL")],
+    branch: Annotated[str, typer.Option(help="Home branch code.", metavar="BRANCH")],
+    role: Annotated[
+        list[str],
+        typer.Option(
+            metavar="ROLE",
+            help="A role (repeat for several): relationship_manager, branch_supervisor, "
+            "complaints_team, head_office_approver, administrator.",
+        ),
+    ],
+    tenant: TenantOption = None,
+    max_severity: Annotated[
+        str, typer.Option(help="low, medium or high.", metavar="SEVERITY")
+    ] = "high",
+    max_amount: Annotated[
+        float, typer.Option(help="Largest amount at stake they may own.", metavar="AMOUNT")
+    ] = 0.0,
+    password_stdin: PasswordStdin = False,
+) -> None:
+    """Create a staff member with a console password: the first user of a new installation."""
+    from datetime import UTC, datetime
+
+    from pydantic import ValidationError
+
+    from app.casework.schemas import StaffRequest
+    from app.casework.staff import StaffRow, store_staff
+    from app.config import get_settings
+    from app.console.service import MAX_PASSWORD, MIN_PASSWORD
+    from app.db.session import create_db_engine, create_session_factory
+    from app.errors import ServiceError
+
+    try:
+        request = StaffRequest.model_validate(
+            {
+                "name": name,
+                "email": email,
+                "roles": role,
+                "branch": branch,
+                "max_severity": max_severity,
+                "max_amount": max_amount,
+            }
+        )
+    except ValidationError as error:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in error.errors())
+        raise fail(f"invalid: {fields}") from error
+    password = _read_password(password_stdin)
+    # Checked before the record is stored: a refused password leaves nothing behind.
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise fail(f"password: {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+    engine = create_db_engine(get_settings().database_url)
+    try:
+        with create_session_factory(engine)() as session:
+            store_staff(
+                session,
+                tenant=tenant,
+                rows=[StaffRow(staff_id, request)],
+                now=datetime.now(UTC),
+            )
+    except ServiceError as error:
+        raise fail(f"nothing created: {error.detail}") from error
+    finally:
+        engine.dispose()
+    _save_password(tenant=tenant, staff_id=staff_id, password=password)
+    console.print(f"staff member {staff_id} created; they can log in at /console")

@@ -24,6 +24,7 @@ from app.casework.service import Casework
 from app.config import Settings, get_settings
 from app.contact import routes as contact
 from app.contact.service import ContactPolicy
+from app.console import routes as console
 from app.customers import routes as customers
 from app.customers.assessments import Rescorer
 from app.customers.consumer import QueueDepthMonitor
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         docs_paths=PAGE_PATHS,
         spec_path=SPEC_PATH,
         body_limits={customers.EVENTS_PATH: settings.events_max_body_bytes},
+        session_prefix=console.PREFIX,
     )
     # The in-process dispatcher is optional: `cvm dispatch` can deliver the outbox instead.
     dispatcher = build_dispatcher(settings, engine) if settings.dispatch_in_process else None
@@ -228,6 +230,13 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(models.admin_router)
     app.include_router(value.router)
     add_docs(app)
+    app.mount(
+        console.PREFIX,
+        console.build_console(
+            settings, session_factory=session_factory, pseudonymizer=pseudonymizer
+        ),
+        name="console",
+    )
     # Added innermost first: request ids and access logs wrap CORS, which answers preflights
     # before the security middleware asks for a credential; only an authenticated request
     # learns which query parameters a route takes.

@@ -68,7 +68,17 @@ DOCS_CSP = (
 )
 
 
-def security_headers(*, hsts_max_age_s: int, docs: bool) -> list[tuple[bytes, bytes]]:
+# The console's pages load their stylesheet from this origin and run no script at all; its
+# charts are inline SVG, whose presentation matplotlib writes as style attributes.
+CONSOLE_CSP = (
+    b"default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    b"form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def security_headers(
+    *, hsts_max_age_s: int, docs: bool, csp: bytes | None = None
+) -> list[tuple[bytes, bytes]]:
     """Headers added to every response (the docs page may load its own scripts and styles)."""
     headers = [
         (b"x-content-type-options", b"nosniff"),
@@ -78,7 +88,7 @@ def security_headers(*, hsts_max_age_s: int, docs: bool) -> list[tuple[bytes, by
         (b"cross-origin-resource-policy", b"same-origin"),
         (
             b"content-security-policy",
-            DOCS_CSP if docs else b"default-src 'none'; frame-ancestors 'none'",
+            csp or (DOCS_CSP if docs else b"default-src 'none'; frame-ancestors 'none'"),
         ),
     ]
     if hsts_max_age_s:
@@ -107,6 +117,9 @@ class Guard:
     public_paths: frozenset[str]
     docs_paths: frozenset[str]
     hsts_max_age_s: int = 0
+    # Paths under this prefix authenticate by their own session cookie (the console): no API
+    # credential is asked for, but headers, the timeout and the audit line still apply.
+    session_prefix: str | None = None
     # Paths allowed a body larger (or smaller) than max_body_bytes (bulk event intake).
     body_limits: dict[str, int] = field(default_factory=dict)
     _last_purge: float = field(default_factory=time.monotonic)
@@ -205,13 +218,23 @@ class SecurityMiddleware:
         self.guard = guard
         self.headers = security_headers(hsts_max_age_s=guard.hsts_max_age_s, docs=False)
         self.docs_headers = security_headers(hsts_max_age_s=guard.hsts_max_age_s, docs=True)
+        self.console_headers = security_headers(
+            hsts_max_age_s=guard.hsts_max_age_s, docs=False, csp=CONSOLE_CSP
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        extra = self.docs_headers if path in self.guard.docs_paths else self.headers
+        console = self._is_console(path)
+        extra = (
+            self.console_headers
+            if console
+            else self.docs_headers
+            if path in self.guard.docs_paths
+            else self.headers
+        )
         exchange = _Exchange()
 
         async def send_secured(message: Message) -> None:
@@ -234,6 +257,9 @@ class SecurityMiddleware:
         if path in self.guard.public_paths:
             await self.app(scope, receive, send_secured)
             return
+        if console:
+            await self._console(scope, receive, send_secured, exchange)
+            return
         try:
             with anyio.fail_after(self.guard.request_timeout_s):
                 await self._guarded(scope, receive, send_secured, exchange)
@@ -251,6 +277,25 @@ class SecurityMiddleware:
                 )
                 await _send_problem(send_secured, timeout, path)
         finally:
+            self._audit(scope, exchange)
+
+    def _is_console(self, path: str) -> bool:
+        prefix = self.guard.session_prefix
+        return prefix is not None and (path == prefix or path.startswith(prefix + "/"))
+
+    async def _console(
+        self, scope: Scope, receive: Receive, send: Send, exchange: _Exchange
+    ) -> None:
+        """A console request: its pages check their session; audited as the staff member."""
+        try:
+            with anyio.fail_after(self.guard.request_timeout_s):
+                await self.app(scope, receive, send)
+        except TimeoutError:
+            exchange.outcome = "timeout"
+            if not exchange.started:
+                await _send_problem(send, RequestTimeout("the page took too long"), scope["path"])
+        finally:
+            exchange.principal = scope.get("state", {}).get("principal")
             self._audit(scope, exchange)
 
     async def _guarded(

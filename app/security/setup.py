@@ -44,12 +44,14 @@ def build_guard(
     docs_paths: frozenset[str],
     spec_path: str,
     body_limits: dict[str, int] | None = None,
+    session_prefix: str | None = None,
 ) -> Guard:
     """Everything the security middleware needs.
 
     ``docs_paths`` (the docs page and its static files) are always public: they hold Swagger
     UI and nothing of ours. ``spec_path`` (the OpenAPI document) is public with ``docs_public``.
-    ``body_limits`` replaces ``max_body_bytes`` for the paths it names.
+    ``body_limits`` replaces ``max_body_bytes`` for the paths it names. Paths under
+    ``session_prefix`` (the console) check their own login session instead of a credential.
     """
     public = set(ALWAYS_PUBLIC) | docs_paths
     if settings.metrics_public:
@@ -94,4 +96,5 @@ def build_guard(
         public_paths=frozenset(public),
         docs_paths=docs_paths,
         hsts_max_age_s=settings.hsts_max_age_s,
+        session_prefix=session_prefix,
     )

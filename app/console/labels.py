@@ -1,0 +1,36 @@
+"""Words the templates translate from data (statuses, outcomes, event types, tasks).
+
+Listed as literals so that `make messages` extracts them; tests/test_console.py checks the
+list against the enums, so a new status cannot go untranslated.
+"""
+
+from __future__ import annotations
+
+
+def N_(message: str) -> str:
+    """Mark a message for extraction without translating it here."""
+    return message
+
+
+ALERT_STATUSES = (N_("open"), N_("acknowledged"), N_("resolved"))
+OUTCOMES = (N_("retained"), N_("lost"), N_("not_reachable"), N_("other"))
+COMPLAINT_STATUSES = (
+    N_("received"),
+    N_("acknowledged"),
+    N_("in_progress"),
+    N_("responded"),
+    N_("closed"),
+    N_("rejected"),
+)
+EVENT_TYPES = (
+    N_("customer_profile"),
+    N_("account_opened"),
+    N_("account_closed"),
+    N_("balance_snapshot"),
+    N_("transaction"),
+    N_("digital_session"),
+    N_("contact"),
+    N_("complaint"),
+    N_("campaign_response"),
+)
+TASKS = (N_("tier"), N_("recommendation"), N_("churn"), N_("prospect"))

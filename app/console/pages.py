@@ -1,0 +1,236 @@
+"""What each page shows, gathered from the domains' service functions (no tables of theirs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.alerts import service as alerts
+from app.alerts.schemas import AlertSummary
+from app.alerts.states import AlertStatus
+from app.casework import service as casework
+from app.casework.schemas import ComplaintOut
+from app.casework.states import FINAL_STATUSES, StaffRole
+from app.console.service import ConsoleUser, acting_record
+from app.customers.schemas import EventType, StoredEvent
+from app.customers.service import customer_events
+from app.errors import NotFound
+from app.scoring.repository import TenantScope, list_scores
+from app.scoring.schemas import StoredScore
+from app.security.pseudonyms import Pseudonymizer
+
+PAGE_SIZE = 20
+# Profile events are partial (fields left out are unchanged): the latest few are read to find
+# the customer's branch and relationship manager.
+PROFILE_DEPTH = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Paging:
+    """Where a table is: its page (from 1), and whether there is another before or after."""
+
+    page: int
+    has_previous: bool
+    has_next: bool
+
+    @classmethod
+    def of(cls, page: int, total: int) -> Paging:
+        """The paging of page ``page`` among ``total`` rows."""
+        return cls(page=page, has_previous=page > 1, has_next=page * PAGE_SIZE < total)
+
+
+@dataclass(frozen=True, slots=True)
+class Queue:
+    """The alerts and complaints a staff member works on."""
+
+    alerts: list[AlertSummary]
+    alert_paging: Paging
+    complaints: list[ComplaintOut]
+    complaint_paging: Paging
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerView:
+    """A customer's page: where they belong, their trail, their latest scores."""
+
+    customer_id: str
+    branch: str | None
+    relationship_manager: str | None
+    events: list[StoredEvent]
+    event_paging: Paging
+    latest_scores: list[StoredScore]
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """How to read one tenant's rows: its scope and the customer-id pseudonymiser."""
+
+    pseudonymizer: Pseudonymizer | None
+
+    def scope(self, user: ConsoleUser) -> TenantScope:
+        """The rows of the user's tenant only, whatever the API's isolation setting."""
+        return TenantScope(user.tenant)
+
+    def stored_ids(self, user: ConsoleUser, customer_id: str) -> list[str]:
+        """The forms a customer id is stored under for this tenant."""
+        if self.pseudonymizer is None:
+            return [customer_id]
+        return self.pseudonymizer.lookup_forms(customer_id, tenant=user.tenant)
+
+
+def _offset(page: int) -> int:
+    return (page - 1) * PAGE_SIZE
+
+
+def my_queue(
+    session: Session, *, user: ConsoleUser, reader: Reader, alert_page: int, complaint_page: int
+) -> Queue:
+    """Open alerts, those the user acknowledged, and the complaints the user may see."""
+    alert_items: list[AlertSummary] = []
+    alert_paging = Paging(page=alert_page, has_previous=False, has_next=False)
+    if user.roles & {StaffRole.RELATIONSHIP_MANAGER, StaffRole.BRANCH_SUPERVISOR} or (
+        StaffRole.ADMINISTRATOR in user.roles
+    ):
+        mine = alerts.list_alerts(
+            session,
+            status=AlertStatus.ACKNOWLEDGED,
+            owner=user.principal.client_id,
+            limit=PAGE_SIZE,
+            offset=_offset(alert_page),
+            tenant=reader.scope(user),
+        )
+        opened = alerts.list_alerts(
+            session,
+            status=AlertStatus.OPEN,
+            limit=PAGE_SIZE,
+            offset=_offset(alert_page),
+            tenant=reader.scope(user),
+        )
+        alert_items = [*mine.items, *opened.items]
+        alert_paging = Paging.of(alert_page, max(mine.total, opened.total))
+    act = casework.Act(
+        staff=acting_record(session, user=user),
+        principal=user.principal.client_id,
+        request_id=None,
+        now=casework.utc_now(),
+    )
+    complaints = casework.list_complaints(
+        session,
+        act=act,
+        status=None,
+        mine=False,
+        limit=PAGE_SIZE,
+        offset=_offset(complaint_page),
+    )
+    return Queue(
+        alerts=alert_items,
+        alert_paging=alert_paging,
+        complaints=complaints.items,
+        complaint_paging=Paging.of(complaint_page, complaints.total),
+    )
+
+
+def is_open(complaint: ComplaintOut) -> bool:
+    """Whether a complaint's deadline still runs."""
+    return complaint.status not in FINAL_STATUSES
+
+
+def _profile(session: Session, user: ConsoleUser, reader: Reader, customer_id: str) -> Any:
+    page = customer_events(
+        session,
+        customer_id=customer_id,
+        event_type=EventType.CUSTOMER_PROFILE,
+        limit=PROFILE_DEPTH,
+        offset=0,
+        tenant=reader.scope(user),
+        caller_tenant=user.tenant,
+        pseudonymizer=reader.pseudonymizer,
+    )
+    branch = next((e.payload["branch"] for e in page.items if e.payload.get("branch")), None)
+    manager = next(
+        (
+            e.payload["relationship_manager"]
+            for e in page.items
+            if e.payload.get("relationship_manager")
+        ),
+        None,
+    )
+    return branch, manager
+
+
+def in_scope(user: ConsoleUser, *, branch: str | None, manager: str | None) -> bool:
+    """Cross-branch roles see every customer of the tenant, a supervisor their branch's, a
+    relationship manager their own customers."""
+    if user.sees_every_branch():
+        return True
+    if StaffRole.BRANCH_SUPERVISOR in user.roles and branch is not None:
+        return branch == user.branch
+    return StaffRole.RELATIONSHIP_MANAGER in user.roles and manager == user.staff_id
+
+
+def customer_view(
+    session: Session, *, user: ConsoleUser, reader: Reader, customer_id: str, page: int
+) -> CustomerView:
+    """A customer's page; 404 alike for an unknown customer and one outside the user's scope."""
+    branch, manager = _profile(session, user, reader, customer_id)
+    if not in_scope(user, branch=branch, manager=manager):
+        raise NotFound("no such customer")
+    events = customer_events(
+        session,
+        customer_id=customer_id,
+        event_type=None,
+        limit=PAGE_SIZE,
+        offset=_offset(page),
+        tenant=reader.scope(user),
+        caller_tenant=user.tenant,
+        pseudonymizer=reader.pseudonymizer,
+    )
+    rows, _ = list_scores(
+        session,
+        customer_id=reader.stored_ids(user, customer_id),
+        limit=50,
+        tenant=reader.scope(user),
+    )
+    if events.total == 0 and not rows:
+        raise NotFound("no such customer")
+    latest: dict[str, StoredScore] = {}
+    for row in rows:  # newest first: the first of each task is its latest
+        latest.setdefault(row.task, StoredScore.model_validate(row, from_attributes=True))
+    return CustomerView(
+        customer_id=customer_id,
+        branch=branch,
+        relationship_manager=manager,
+        events=events.items,
+        event_paging=Paging.of(page, events.total),
+        latest_scores=sorted(latest.values(), key=lambda score: score.task),
+    )
+
+
+def _reason_list(raw: Any) -> list[Any]:
+    """The reasons inside one stored explanation, whichever shape it was stored in: a list of
+    explanations (the headline's first, or an offered product's), one explanation, or a list
+    of reasons."""
+    if isinstance(raw, dict):
+        if "explanation" in raw:
+            return _reason_list(raw["explanation"])
+        return _reason_list(raw.get("reasons", []))
+    if isinstance(raw, list) and raw and isinstance(raw[0], dict) and "feature" not in raw[0]:
+        return _reason_list(raw[0])
+    return raw if isinstance(raw, list) else []
+
+
+def reasons_of(score: StoredScore) -> list[tuple[str, float]]:
+    """A stored score's headline reasons as (feature, contribution)."""
+    return [
+        (str(item["feature"]), float(item["contribution"]))
+        for item in _reason_list(score.reasons)
+        if isinstance(item, dict) and "feature" in item and "contribution" in item
+    ]
+
+
+def deadline(complaint: ComplaintOut, now: datetime) -> float:
+    """Seconds left before the complaint's deadline (negative: overdue)."""
+    return (complaint.due_at - now).total_seconds()

@@ -1,0 +1,439 @@
+"""The console's pages, a sub-application the app factory mounts at /console.
+
+Pages are HTML forms: no script runs in the browser. Every page but the login needs a session
+cookie (else a redirect to the login page); every form post carries a CSRF token (the
+session's, or before login a double-submit cookie), and a missing or wrong one is refused.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path as FilePath
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Depends, FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.orm import Session
+
+from app.alerts import service as alerts
+from app.alerts.schemas import AcknowledgeRequest, ResolveRequest
+from app.alerts.states import Outcome
+from app.config import Settings
+from app.console import pages
+from app.console.charts import Bar, reasons_svg
+from app.console.errors import CsrfRefused, LoginFailed, LoginRequired
+from app.console.i18n import Formats, Language, load_translations
+from app.console.service import (
+    ConsoleUser,
+    LoginPolicy,
+    Passwords,
+    current_user,
+    log_in,
+    log_out,
+    set_locale,
+    utc_now,
+)
+from app.errors import InvalidInput, NotFound, ServiceError
+from app.scoring.repository import TenantScope
+from app.security.audit import note
+from app.security.pseudonyms import Pseudonymizer
+from app.security.text import is_storable_id
+
+PREFIX = "/console"
+SESSION_COOKIE = "cvm_console"
+LOGIN_CSRF_COOKIE = "cvm_console_csrf"
+MAX_FORM_BYTES = 16 * 1024
+HERE = FilePath(__file__).parent
+# Bounded by the column's range: a larger id cannot exist (and would overflow the driver).
+AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class Renderer:
+    """One Jinja2 environment per language, with the formats of each."""
+
+    environments: dict[Language, Environment]
+    currency: str
+
+    @classmethod
+    def build(cls, currency: str) -> Renderer:
+        """Load the templates and catalogues once."""
+        environments = {}
+        for language in Language:
+            env = Environment(
+                loader=FileSystemLoader(HERE / "templates"),
+                autoescape=select_autoescape(["html"]),
+                extensions=["jinja2.ext.i18n"],
+            )
+            env.install_gettext_translations(  # type: ignore[attr-defined]
+                load_translations(language), newstyle=True
+            )
+            environments[language] = env
+        return cls(environments=environments, currency=currency)
+
+    def page(
+        self, name: str, *, language: Language, status: int = 200, **context: Any
+    ) -> HTMLResponse:
+        """A rendered template."""
+        template = self.environments[language].get_template(name)
+        html = template.render(
+            fmt=Formats(language, self.currency),
+            language=language,
+            languages=list(Language),
+            prefix=PREFIX,
+            **context,
+        )
+        return HTMLResponse(html, status_code=status)
+
+
+@dataclass(frozen=True, slots=True)
+class Console:
+    """What the pages need, built by the app factory."""
+
+    session_factory: Callable[[], Session]
+    policy: LoginPolicy
+    renderer: Renderer
+    reader: pages.Reader
+    secure_cookies: bool
+    default_language: Language
+
+
+def _console(request: Request) -> Console:
+    console: Console = request.app.state.console
+    return console
+
+
+def _db(request: Request) -> Iterator[Session]:
+    with _console(request).session_factory() as session:
+        yield session
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """A url-encoded form body (at most 16 KiB; the last value of a repeated field)."""
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        raise InvalidInput("the form is too large")
+    try:
+        return dict(parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=50))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise InvalidInput("the form cannot be read") from error
+
+
+def _user(request: Request, session: Annotated[Session, Depends(_db)]) -> ConsoleUser:
+    """The logged-in staff member, or a redirect to the login page."""
+    console = _console(request)
+    token = request.cookies.get(SESSION_COOKIE, "")
+    user = current_user(session, token=token, policy=console.policy, now=utc_now())
+    if user is None:
+        raise LoginRequired("log in first")
+    request.scope["state"]["principal"] = user.principal
+    return user
+
+
+DbDep = Annotated[Session, Depends(_db)]
+FormDep = Annotated[dict[str, str], Depends(_form)]
+UserDep = Annotated[ConsoleUser, Depends(_user)]
+
+
+def _checked(user: ConsoleUser, form: dict[str, str]) -> None:
+    """Refuse a post without this session's CSRF token."""
+    given = form.get("csrf_token", "")
+    if not given or not hmac.compare_digest(given.encode(), user.csrf_token.encode()):
+        raise CsrfRefused("the form's security token is missing or wrong; reload the page")
+
+
+def _language(console: Console, user: ConsoleUser | None, request: Request) -> Language:
+    chosen = user.locale if user is not None else request.cookies.get("cvm_console_lang")
+    try:
+        return Language(chosen) if chosen else console.default_language
+    except ValueError:
+        return console.default_language
+
+
+def _page_number(request: Request, name: str) -> int:
+    raw = request.query_params.get(name, "1")
+    if not raw.isdigit() or not 1 <= int(raw) <= 100_000:
+        raise InvalidInput(f"{name}: a page number from 1")
+    return int(raw)
+
+
+def _see_other(path: str) -> RedirectResponse:
+    return RedirectResponse(PREFIX + path, status_code=303)
+
+
+def _back(form: dict[str, str]) -> str:
+    """Where a form returns to: one of the console's own pages, never another site."""
+    back = form.get("back", "")
+    if back.startswith(PREFIX + "/") and "//" not in back and "\\" not in back:
+        return back
+    return PREFIX + "/queue"
+
+
+router = APIRouter(include_in_schema=False)
+
+
+def _cookie(
+    request: Request, response: Response, name: str, value: str, max_age: int | None = None
+) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path=PREFIX,
+        secure=_console(request).secure_cookies,
+        httponly=True,
+        samesite="strict",
+    )
+
+
+def _login_form(request: Request, *, failed: bool) -> Response:
+    """The login form, with a fresh double-submit CSRF token."""
+    console = _console(request)
+    token = secrets.token_urlsafe(32)
+    response = console.renderer.page(
+        "login.html",
+        language=_language(console, None, request),
+        status=401 if failed else 200,
+        csrf_token=token,
+        failed=failed,
+        user=None,
+    )
+    _cookie(request, response, LOGIN_CSRF_COOKIE, token)
+    return response
+
+
+@router.get("/")
+def home() -> RedirectResponse:
+    """The console starts at the user's queue."""
+    return _see_other("/queue")
+
+
+@router.get("/login")
+def login_page(request: Request) -> Response:
+    """The login form."""
+    return _login_form(request, failed=False)
+
+
+def _login_fields(form: dict[str, str]) -> tuple[str | None, str]:
+    """The tenant and staff id typed; an id that cannot exist becomes '' (fails as usual)."""
+    tenant = form.get("tenant", "").strip() or None
+    staff_id = form.get("staff_id", "").strip()
+    if tenant is not None and not is_storable_id(tenant, max_length=64):
+        return None, ""
+    if staff_id and not is_storable_id(staff_id, max_length=64):
+        return tenant, ""
+    return tenant, staff_id
+
+
+@router.post("/login")
+def login(request: Request, session: DbDep, form: FormDep) -> Response:
+    """Check the password; a new session on success, one message for every failure."""
+    given = form.get("csrf_token", "")
+    expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not given or not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise CsrfRefused("the form's security token is missing or wrong; reload the page")
+    console = _console(request)
+    tenant, staff_id = _login_fields(form)
+    try:
+        token = log_in(
+            session,
+            tenant=tenant,
+            staff_id=staff_id,
+            password=form.get("password", ""),
+            policy=console.policy,
+            now=utc_now(),
+        )
+    except LoginFailed:
+        request.scope["state"]["error_code"] = LoginFailed.code
+        return _login_form(request, failed=True)
+    response = _see_other("/queue")
+    max_age = int(console.policy.max_age.total_seconds())
+    _cookie(request, response, SESSION_COOKIE, token, max_age=max_age)
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path=PREFIX)
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, session: DbDep, user: UserDep, form: FormDep) -> Response:
+    """End the session."""
+    _checked(user, form)
+    log_out(session, token=request.cookies.get(SESSION_COOKIE, ""))
+    response = _see_other("/login")
+    response.delete_cookie(SESSION_COOKIE, path=PREFIX)
+    return response
+
+
+@router.post("/language")
+def language(session: DbDep, user: UserDep, form: FormDep) -> Response:
+    """Switch the user's language (remembered with their password)."""
+    _checked(user, form)
+    try:
+        chosen = Language(form.get("language", ""))
+    except ValueError as error:
+        raise InvalidInput(
+            "language: en or zh_CN",
+            extra={"errors": [{"field": "language", "message": "unknown", "type": "enum"}]},
+        ) from error
+    set_locale(session, user=user, locale=chosen.value, now=utc_now())
+    return RedirectResponse(_back(form), status_code=303)
+
+
+@router.get("/queue")
+def queue(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
+    """Open alerts, mine, and the complaints I may see, with their deadline clocks."""
+    console = _console(request)
+    found = pages.my_queue(
+        session,
+        user=user,
+        reader=console.reader,
+        alert_page=_page_number(request, "alerts_page"),
+        complaint_page=_page_number(request, "complaints_page"),
+    )
+    return console.renderer.page(
+        "queue.html",
+        language=_language(console, user, request),
+        user=user,
+        queue=found,
+        now=utc_now(),
+        outcomes=list(Outcome),
+        is_open=pages.is_open,
+        back=str(request.url.path),
+    )
+
+
+@router.post("/alerts/{alert_id}/acknowledge")
+def acknowledge(
+    request: Request, alert_id: AlertId, session: DbDep, user: UserDep, form: FormDep
+) -> Response:
+    """Take an open alert: I own it now."""
+    _checked(user, form)
+    alerts.acknowledge_alert(
+        session,
+        alert_id=alert_id,
+        request=AcknowledgeRequest(note=form.get("note", "").strip()[:1000] or None),
+        actor=user.principal.client_id,
+        request_id=_rid(request),
+        tenant=TenantScope(user.tenant),
+    )
+    note(request, alert=alert_id, action="acknowledge")
+    return RedirectResponse(_back(form), status_code=303)
+
+
+@router.post("/alerts/{alert_id}/resolve")
+def resolve(
+    request: Request, alert_id: AlertId, session: DbDep, user: UserDep, form: FormDep
+) -> Response:
+    """Close an alert I own with its outcome."""
+    _checked(user, form)
+    try:
+        outcome = Outcome(form.get("outcome", ""))
+    except ValueError as error:
+        raise InvalidInput(
+            "outcome: one of " + ", ".join(o.value for o in Outcome),
+            extra={"errors": [{"field": "outcome", "message": "unknown", "type": "enum"}]},
+        ) from error
+    alerts.resolve_alert(
+        session,
+        alert_id=alert_id,
+        request=ResolveRequest(outcome=outcome, note=form.get("note", "").strip()[:1000] or None),
+        actor=user.principal.client_id,
+        request_id=_rid(request),
+        tenant=TenantScope(user.tenant),
+    )
+    note(request, alert=alert_id, action="resolve")
+    return RedirectResponse(_back(form), status_code=303)
+
+
+@router.get("/customers/{customer_id}")
+def customer(request: Request, customer_id: str, session: DbDep, user: UserDep) -> Response:
+    """A customer's trail and latest scores with their reasons (every view is audited)."""
+    console = _console(request)
+    if not is_storable_id(customer_id, max_length=128):
+        raise NotFound("no such customer")
+    # The audit line names the customer as stored (a pseudonym when a secret is set).
+    note(request, customer=console.reader.stored_ids(user, customer_id)[0], view="customer")
+    view = pages.customer_view(
+        session,
+        user=user,
+        reader=console.reader,
+        customer_id=customer_id,
+        page=_page_number(request, "page"),
+    )
+    charts = {}
+    for score in view.latest_scores:
+        reasons = pages.reasons_of(score)
+        if reasons:
+            bars = [Bar(label, value) for label, value in reasons]
+            # The figure caption names the task, translated; the chart itself carries no title.
+            charts[score.task] = reasons_svg(bars, title="")
+    return console.renderer.page(
+        "customer.html",
+        language=_language(console, user, request),
+        user=user,
+        view=view,
+        charts=charts,
+        back=str(request.url.path),
+    )
+
+
+def _rid(request: Request) -> str | None:
+    rid = request.scope.get("state", {}).get("request_id")
+    return str(rid) if rid is not None else None
+
+
+async def _refused(request: Request, error: Exception) -> Response:
+    """A refusal as a page (a missing session as a redirect to the login page)."""
+    assert isinstance(error, ServiceError)
+    if isinstance(error, LoginRequired):
+        return _see_other("/login")
+    request.scope["state"]["error_code"] = error.code
+    console = _console(request)
+    return console.renderer.page(
+        "error.html",
+        language=_language(console, None, request),
+        status=error.status,
+        error=error,
+        user=None,
+    )
+
+
+async def _invalid_path(request: Request, error: Exception) -> Response:
+    """A path parameter out of range (an alert id): that page does not exist."""
+    return await _refused(request, NotFound("no such page"))
+
+
+def build_console(
+    settings: Settings,
+    *,
+    session_factory: Callable[[], Session],
+    pseudonymizer: Pseudonymizer | None,
+) -> FastAPI:
+    """The console application (its pages are not part of the API's OpenAPI document)."""
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.console = Console(
+        session_factory=session_factory,
+        policy=LoginPolicy(
+            passwords=Passwords.from_settings(settings),
+            max_failures=settings.console_max_failures,
+            lockout=timedelta(seconds=settings.console_lockout_s),
+            idle=timedelta(seconds=settings.console_session_idle_s),
+            max_age=timedelta(seconds=settings.console_session_max_s),
+        ),
+        renderer=Renderer.build(settings.console_currency),
+        reader=pages.Reader(pseudonymizer),
+        secure_cookies=settings.console_cookie_secure,
+        default_language=Language(settings.console_default_locale),
+    )
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.include_router(router)
+    app.add_exception_handler(ServiceError, _refused)
+    app.add_exception_handler(RequestValidationError, _invalid_path)
+    return app

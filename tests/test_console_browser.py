@@ -1,0 +1,196 @@
+"""The console in a real browser: Debian's chromium driven by Playwright, the app on a port.
+
+A relationship manager logs in with the keyboard, works an alert from the queue to resolved,
+opens the customer's page, switches to Chinese; every request the pages made went to the app
+itself. Screenshots go to var/screenshots (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import uvicorn
+from sqlalchemy import select
+
+from app.alerts.states import AlertStatus
+from app.alerts.tables import Alert
+from app.http.app import create_app
+from app.scoring.manifest import Task
+from app.scoring.registry import ModelRegistry
+from app.security.api_keys import create_client
+from tests.alert_support import settle_alerts
+from tests.conftest import customer_record
+from tests.console_support import CHEAP_HASHING, PASSWORD, add_staff
+from tests.db_support import temporary_sqlite_database
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "var" / "screenshots"
+# Without the background-networking flags Chromium keeps trying to reach the internet.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("CVM_REQUIRE_BROWSER"),
+    reason="Debian's chromium is not installed (.ci/run installs it and sets CVM_REQUIRE_BROWSER)",
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def served(settings_for: Any, registry: ModelRegistry) -> Iterator[tuple[str, Any]]:
+    """The app on a real port (uvicorn in a thread) over a fresh SQLite database."""
+    with temporary_sqlite_database() as url:
+        from app.db.migrate import upgrade
+
+        upgrade(url)
+        settings = settings_for(
+            url, auth_enabled=True, churn_alert_probability=1e-9, **CHEAP_HASHING
+        )
+        app = create_app(settings, registry)
+        port = _free_port()
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.02)
+        try:
+            yield f"http://127.0.0.1:{port}", app
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
+
+
+def _post(url: str, body: dict[str, Any], key: str) -> Any:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "X-API-Key": key},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _seed(base: str, app: Any, registry: ModelRegistry, rows: pd.DataFrame) -> str:
+    """A customer of rm-1 with a transaction, a churn score and so an open alert."""
+    tenant = "bank-a"
+    add_staff(app, tenant=tenant, staff_id="rm-1", roles=["relationship_manager"])
+    _, key = create_client(
+        app.state.engine, name="feed", scopes=["events:write", "scores:write"], tenant=tenant
+    )
+    customer_id = f"BR-{uuid.uuid4().hex[:8]}"
+    profile = {
+        "event_id": f"{customer_id}-p",
+        "type": "customer_profile",
+        "customer_id": customer_id,
+        "occurred_at": "2026-11-02T08:00:00Z",
+        "branch": "north",
+        "relationship_manager": "rm-1",
+    }
+    payment = {
+        "event_id": f"{customer_id}-t",
+        "type": "transaction",
+        "customer_id": customer_id,
+        "occurred_at": "2026-11-30T09:15:00Z",
+        "amount": 2450.5,
+        "direction": "credit",
+        "channel": "transfer",
+        "category": "salary",
+    }
+    _post(f"{base}/v1/events", {"events": [profile, payment]}, key)
+    model = registry.get(Task.CHURN)
+    assert model is not None
+    record = customer_record(next(iter(rows.iterrows()))[1], model.schema, customer_id)
+    _post(f"{base}/v1/churn/scores", {"customers": [record], "reasons": 4}, key)
+    settle_alerts(app)
+    return customer_id
+
+
+def test_a_relationship_manager_works_the_console_in_a_browser(
+    served: tuple[str, Any], registry: ModelRegistry, sample_rows: dict[str, pd.DataFrame]
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    base, app = served
+    customer_id = _seed(base, app, registry, sample_rows["existing"])
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    requested: list[str] = []
+    profile = tempfile.mkdtemp(prefix="cvm-chromium-")
+    try:
+        with sync_playwright() as playwright:
+            context = playwright.chromium.launch_persistent_context(
+                profile,
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=CHROMIUM_ARGS,
+                locale="en-GB",
+            )
+            page = context.new_page()
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(f"{base}/console/queue")
+            expect(page).to_have_url(f"{base}/console/login")
+            # The keyboard alone: labelled fields, Tab between them, Enter to send.
+            page.get_by_label("Bank (tenant), if any").fill("bank-a")
+            page.keyboard.press("Tab")
+            page.keyboard.type("rm-1")
+            page.keyboard.press("Tab")
+            page.keyboard.type(PASSWORD)
+            page.keyboard.press("Enter")
+            expect(page).to_have_url(f"{base}/console/queue")
+            row = page.locator("tr", has_text=customer_id)
+            row.get_by_role("button", name="Acknowledge").click()
+            row.get_by_label("Outcome").select_option("retained")
+            row.get_by_label("Note").fill("matched the rate")
+            page.screenshot(path=str(SCREENSHOTS / "console-queue-en.png"), full_page=True)
+            row.get_by_role("button", name="Resolve").click()
+            expect(page.locator("tr", has_text=customer_id)).to_have_count(0)
+            page.get_by_role("link", name="My queue").click()
+            with app.state.session_factory() as session:
+                alert = session.scalars(select(Alert).where(Alert.customer_id == customer_id)).one()
+            assert alert.status == AlertStatus.RESOLVED.value and alert.owner == "staff:rm-1"
+
+            page.goto(f"{base}/console/customers/{customer_id}")
+            expect(page.locator("figure svg")).to_have_count(1)
+            expect(page.get_by_role("heading", name=f"Customer {customer_id}")).to_be_visible()
+            page.screenshot(path=str(SCREENSHOTS / "console-customer-en.png"), full_page=True)
+            page.get_by_label("Language").select_option("zh_CN")
+            page.get_by_role("button", name="Switch").click()
+            expect(page.get_by_role("heading", name=f"客户 {customer_id}")).to_be_visible()
+            expect(page.get_by_text("最新评分")).to_be_visible()
+            page.screenshot(path=str(SCREENSHOTS / "console-customer-zh.png"), full_page=True)
+            context.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert requested and all(url.startswith(f"{base}/console/") for url in requested), [
+        url for url in requested if not url.startswith(base)
+    ]
