@@ -2,8 +2,8 @@
 
 from app.alerts import tables as alert_tables
 from app.casework import tables as casework_tables
-from app.contact import tables as contact_tables
 from app.console import tables as console_tables
+from app.contact import tables as contact_tables
 from app.customers import tables as customer_tables
 from app.modelops import tables as model_tables
 from app.scoring import tables as score_tables
@@ -13,8 +13,8 @@ from app.value import tables as value_tables
 __all__ = [
     "alert_tables",
     "casework_tables",
-    "contact_tables",
     "console_tables",
+    "contact_tables",
     "customer_tables",
     "model_tables",
     "score_tables",

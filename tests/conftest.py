@@ -116,6 +116,9 @@ def settings_for(models_dir: Path) -> Any:
         overrides.setdefault("log_level", "WARNING")
         # The broker's queue depth is asked for only by the tests about it.
         overrides.setdefault("event_queue_monitor_s", 0)
+        # Re-assessing after material events writes beside the test's own writes (on SQLite a
+        # read-then-write transaction then fails at once): on only where a test asks for it.
+        overrides.setdefault("rescore_in_process", False)
         overrides.setdefault("log_json", True)
         return Settings(database_url=database_url, models_dir=models_dir, **overrides)
 
@@ -125,7 +128,9 @@ def settings_for(models_dir: Path) -> Any:
 @pytest.fixture
 def client(database_url: str, settings_for: Any, registry: ModelRegistry) -> Iterator[TestClient]:
     """A running app on the tiny models and the parametrised database; every scope's key."""
-    app = create_app(settings_for(database_url, auth_enabled=True), registry)
+    app = create_app(
+        settings_for(database_url, auth_enabled=True, rescore_in_process=True), registry
+    )
     _, key = create_client(app.state.engine, name="tests", scopes=sorted(ALL_SCOPES))
     with TestClient(app, headers={"X-API-Key": key}) as test_client:
         yield test_client

@@ -252,7 +252,7 @@ def test_the_outcome_table_migrates_down_and_up_with_rows(
     engine = create_db_engine(url)
     with Session(engine) as session:
         before = session.query(ModelOutcome).count()
-    migrate.downgrade(url, "0012")
+    migrate.downgrade(url, "0014")
     with engine.connect() as connection:
         assert not engine.dialect.has_table(connection, "model_outcome")
     migrate.upgrade(url)

@@ -61,7 +61,7 @@ def test_up_down_up_with_rows(database: Engine) -> None:
             ),
             {"now": NOW},
         )
-    migrate.downgrade(url, "0012")
+    migrate.downgrade(url, "0016")
     tables = set(inspect(database).get_table_names())
     assert tables.isdisjoint(TABLES) and "staff" in tables
     migrate.upgrade(url, "0017")

@@ -55,7 +55,7 @@ def test_up_down_up_with_rows(database: Engine) -> None:
     migrate.upgrade(url, "0016")
     _fill_trail(database)
     _fill(database)
-    migrate.downgrade(url, "0012")
+    migrate.downgrade(url, "0015")
     tables = set(inspect(database).get_table_names())
     assert "tier_movement" not in tables and "model_version" in tables
     migrate.upgrade(url, "0016")

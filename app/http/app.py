@@ -22,9 +22,9 @@ from app.casework import routes as casework
 from app.casework.routing import RoutingPolicy
 from app.casework.service import Casework
 from app.config import Settings, get_settings
+from app.console import routes as console
 from app.contact import routes as contact
 from app.contact.service import ContactPolicy
-from app.console import routes as console
 from app.customers import routes as customers
 from app.customers.assessments import Rescorer
 from app.customers.consumer import QueueDepthMonitor

@@ -1,7 +1,7 @@
 """tier movements: every change of a customer's tier of record under the bank's tier policy
 
 Revision ID: 0016
-Revises: 0012
+Revises: 0015
 Create Date: 2026-12-06 14:00:00 UTC
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0016"
-down_revision: str | Sequence[str] | None = "0012"
+down_revision: str | Sequence[str] | None = "0015"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
