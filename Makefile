@@ -16,8 +16,9 @@ run: $(STAMP)
 	$(BIN)/cvm db upgrade
 	$(BIN)/cvm serve
 
+# Two workers, one per core: most tests wait on a database, a broker or a subprocess.
 test: $(STAMP) lint typecheck
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench migrations
