@@ -27,7 +27,7 @@ from app.alerts.states import AlertStatus
 from app.casework import staff as directory
 from app.casework.errors import AssignmentRefused, NotAllowed, TransitionNotAllowed
 from app.casework.schemas import AssignmentEventOut, AssignmentOut, AssignmentPage
-from app.casework.service import Act
+from app.casework.service import Act, newest_first_page
 from app.casework.states import (
     CROSS_BRANCH_ROLES,
     OPEN_ASSIGNMENT_STATUSES,
@@ -643,16 +643,11 @@ def list_assignments(
         conditions.append(AlertAssignment.assignee_id == act.staff.staff_id)
     if status is not None:
         conditions.append(AlertAssignment.status == status.value)
-    total = session.scalar(select(func.count()).select_from(AlertAssignment).where(*conditions))
-    found = session.scalars(
-        select(AlertAssignment)
-        .where(*conditions)
-        .order_by(AlertAssignment.id.desc())
-        .limit(limit)
-        .offset(offset)
+    total, found = newest_first_page(
+        session, AlertAssignment, conditions=conditions, limit=limit, offset=offset
     )
     return AssignmentPage(
-        total=total or 0,
+        total=total,
         limit=limit,
         offset=offset,
         items=[assignment_out(session, a) for a in found],

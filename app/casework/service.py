@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import TypeVar
 
 from sqlalchemy import ColumnElement, String, cast, delete, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -46,7 +47,7 @@ from app.casework.states import (
     ExtensionKind,
     StaffRole,
 )
-from app.casework.tables import CaseEvent, Complaint, Staff
+from app.casework.tables import AlertAssignment, CaseEvent, Complaint, Staff
 from app.config import Settings
 from app.customers import schemas as trail
 from app.customers.service import record_events
@@ -218,6 +219,10 @@ def escalation_target(
 
 
 # --- storage helpers ------------------------------------------------------------------------
+
+
+# A table paged newest first by newest_first_page.
+CaseRow = TypeVar("CaseRow", Complaint, AlertAssignment)
 
 
 def _tenant(tenant: str | None) -> ColumnElement[bool]:
@@ -507,16 +512,11 @@ def list_complaints(
         )
     if status is not None:
         conditions.append(Complaint.status == status.value)
-    total = session.scalar(select(func.count()).select_from(Complaint).where(*conditions))
-    found = session.scalars(
-        select(Complaint)
-        .where(*conditions)
-        .order_by(Complaint.id.desc())
-        .limit(limit)
-        .offset(offset)
+    total, found = newest_first_page(
+        session, Complaint, conditions=conditions, limit=limit, offset=offset
     )
     return ComplaintPage(
-        total=total or 0,
+        total=total,
         limit=limit,
         offset=offset,
         items=[complaint_out(session, c) for c in found],
@@ -907,3 +907,19 @@ def purge_expired(session: Session, *, now: datetime, retention: timedelta) -> i
 def utc_now() -> datetime:
     """The current time, timezone-aware."""
     return datetime.now(UTC)
+
+
+def newest_first_page(
+    session: Session,
+    table: type[CaseRow],
+    *,
+    conditions: list[ColumnElement[bool]],
+    limit: int,
+    offset: int,
+) -> tuple[int, list[CaseRow]]:
+    """One page of a case table's rows matching ``conditions``, newest first, and the total."""
+    total = session.scalar(select(func.count()).select_from(table).where(*conditions))
+    found = session.scalars(
+        select(table).where(*conditions).order_by(table.id.desc()).limit(limit).offset(offset)
+    )
+    return total or 0, list(found)
