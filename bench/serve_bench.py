@@ -133,7 +133,7 @@ def bench_client_key(settings: Any) -> str | None:
         _, key = create_client(
             engine,
             name="serve-bench",
-            scopes=["scores:write", "admin"],
+            scopes=["scores:write", "customers:read", "admin"],
             rate_limit_per_s=BENCH_RATE_LIMIT_PER_S,
         )
     finally:

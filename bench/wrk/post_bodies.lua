@@ -2,6 +2,9 @@
 --
 --   wrk -t2 -c32 -d10s --latency -s bench/wrk/post_bodies.lua URL -- BODIES.jsonl [API_KEY]
 --
+-- A line "PATH<TAB>BODY" posts BODY to PATH instead of the URL's path (one customer per
+-- line for the score-by-id benchmark).
+--
 -- With API_KEY, every request carries it in an X-API-Key header. Every request is formatted
 -- once in init(), so the per-request Lua cost is one table lookup and is the same whichever
 -- server is measured. done() prints one line starting with "WRK_JSON " that
@@ -31,7 +34,13 @@ function init(args)
   for line in file:lines() do
     if #line > 0 then
       count = count + 1
-      requests[count] = wrk.format("POST", nil, headers, line)
+      local tab = string.find(line, "\t", 1, true)
+      if tab then
+        requests[count] = wrk.format(
+          "POST", string.sub(line, 1, tab - 1), headers, string.sub(line, tab + 1))
+      else
+        requests[count] = wrk.format("POST", nil, headers, line)
+      end
     end
   end
   file:close()
