@@ -107,3 +107,31 @@ def test_bulk_assesses_in_order_and_names_a_bad_id_by_index(
         assert response.status_code == 422, response.text
         fields: list[Any] = [e["field"] for e in response.json()["errors"]]
         assert any("customer_ids[1]" in str(f) for f in fields), fields
+
+
+def _churn_row(probability: float) -> Any:
+    return {
+        "task": "churn",
+        "customer_id": "c1",
+        "probability": probability,
+        "band": "high" if probability >= 0.5 else "low",
+        "created_at": datetime(2026, 12, 1, tzinfo=UTC),
+    }
+
+
+def test_the_stage_is_told_only_a_churn_verdict_it_does_not_know() -> None:
+    from app.customers.assessments import risk_news
+    from app.customers.lifecycle import LifecycleRules, LifecycleStage
+    from app.customers.stages import KnownStage
+
+    rules = LifecycleRules(churn_probability=0.5)
+    risky, calm = [_churn_row(0.9)], [_churn_row(0.1)]
+    at_risk = KnownStage(LifecycleStage.AT_RISK, at_risk=True)
+    active = KnownStage(LifecycleStage.ACTIVE, at_risk=False)
+    assert not risk_news(risky, at_risk, rules) and not risk_news(calm, active, rules)
+    assert risk_news(risky, active, rules) and risk_news(calm, at_risk, rules)
+    # Nothing stored yet (or an evaluated stage that was never told a verdict): tell it.
+    assert risk_news(calm, None, rules)
+    assert risk_news(calm, KnownStage(LifecycleStage.ACTIVE, at_risk=None), rules)
+    # No churn row (other tasks only): nothing to tell.
+    assert not risk_news([{**_churn_row(0.9), "task": "tier"}], None, rules)

@@ -25,13 +25,12 @@ from app.customers.features import Feature
 from app.customers.lifecycle import (
     DEFAULT_LIFECYCLE,
     LifecycleRules,
-    LifecycleStage,
     StageSource,
     model_stage,
 )
 from app.customers.repository import drop_rescoring, pending_rescoring
 from app.customers.service import CustomerNotFound, stored_forms, trail_features
-from app.customers.stages import Risk, current_stage, refresh_stages
+from app.customers.stages import KnownStage, Risk, current_stage, refresh_stages
 from app.customers.tables import UNTAGGED_KEY
 from app.errors import BatchTooLarge, InvalidInput, ModelUnavailable
 from app.scoring.assess import Options
@@ -49,15 +48,23 @@ OPTIONS = Options(reasons=5, exact=False, top_k=3, next_tier_gap=True)
 
 
 def trail_record(
-    customer_id: str, features: dict[str, Feature], stage: LifecycleStage | None
+    customer_id: str, features: dict[str, Feature], known: KnownStage | None
 ) -> dict[str, Any]:
     """The features as an assessment's input, with the scoring core's stage of the
     customer's lifecycle stage (None: none on record, tenure decides)."""
     given: dict[str, Any] = {"customer_id": customer_id}
     given.update((name, value) for name, value in features.items() if value is not None)
-    if stage is not None:
-        given["lifecycle"] = model_stage(stage).value
+    if known is not None:
+        given["lifecycle"] = model_stage(known.stage).value
     return given
+
+
+def risk_news(rows: Sequence[ScoreRow], known: KnownStage | None, rules: LifecycleRules) -> bool:
+    """Whether a customer's new churn verdict differs from the one its stage was last told
+    (so the stage must be re-evaluated; otherwise the stored stage and verdict stand, and the
+    call skips that transaction)."""
+    told = None if known is None else known.at_risk
+    return any(told is None or risk.at_risk != told for risk in churn_risks(rows, rules).values())
 
 
 def churn_risks(rows: Sequence[ScoreRow], rules: LifecycleRules) -> dict[str, Risk]:
@@ -104,7 +111,7 @@ class CustomerScoring:
 
     def _features(
         self, customer_ids: Sequence[str], *, month: str | None, tenant: str | None, bulk: bool
-    ) -> list[tuple[str, dict[str, Feature], LifecycleStage | None]]:
+    ) -> list[tuple[str, dict[str, Feature], KnownStage | None]]:
         """Each customer's month, features and lifecycle stage; unknown: 404 by id, 422 naming
         the index in bulk."""
         found = []
@@ -166,11 +173,12 @@ class CustomerScoring:
         )
         answers: list[dict[str, Any]] = []
         rows: list[ScoreRow] = []
+        news: list[ScoreRow] = []  # the rows whose churn verdict the stage was not told yet
         candidates: list[AlertCandidateRow] = []
-        for customer_id, (label, features, stage) in zip(customer_ids, found, strict=True):
+        for customer_id, (label, features, known) in zip(customer_ids, found, strict=True):
             try:
                 answer, task_rows, task_candidates = self.scoring.assess_record(
-                    trail_record(customer_id, features, stage),
+                    trail_record(customer_id, features, known),
                     OPTIONS,
                     request_id,
                     tenant=tenant,
@@ -180,6 +188,8 @@ class CustomerScoring:
                 raise _trail_cannot_be_scored(error, customer_id) from error
             answers.append({**answer, "month": label})
             rows.extend(task_rows)
+            if risk_news(task_rows, known, self.lifecycle):
+                news.extend(task_rows)
             candidates.extend(task_candidates)
         response = {"request_id": request_id, "results": answers} if bulk else answers[0]
         record = self.scoring.request_row(
@@ -194,9 +204,12 @@ class CustomerScoring:
         answered = await self.scoring.save(
             response, rows, record=record, idempotency=idempotency, candidates=candidates
         )
-        await anyio.to_thread.run_sync(
-            lambda: note_risks(self.session_factory, tenant=tenant, rows=rows, rules=self.lifecycle)
-        )
+        if news:
+            await anyio.to_thread.run_sync(
+                lambda: note_risks(
+                    self.session_factory, tenant=tenant, rows=news, rules=self.lifecycle
+                )
+            )
         return answered
 
 
@@ -262,7 +275,7 @@ class Rescorer:
 
     def _read(
         self, tenant: str | None, customer_id: str
-    ) -> tuple[dict[str, Feature], LifecycleStage | None]:
+    ) -> tuple[dict[str, Feature], KnownStage | None]:
         with self.session_factory() as session:
             # The queue holds the stored id: read it as it is (no pseudonymizer).
             _, features = trail_features(

@@ -415,15 +415,20 @@ def trail_features(
     """A customer's model features in a month (YYYY-MM; default its latest month on record)
     from the running aggregates; 404 if the caller's tenant has no trail of it."""
     forms = stored_forms(customer_id, caller_tenant=caller_tenant, pseudonymizer=pseudonymizer)
-    last = latest_month(session, tenant=caller_tenant, customer_ids=forms)
-    if last is None:
-        raise CustomerNotFound(f"no events are stored for customer {customer_id!r}")
-    chosen = last if month is None else parse_month(month)
-    counts, latest = read_months(session, tenant=caller_tenant, customer_ids=forms, until=chosen)
+    # One read of the aggregates: up to the month asked for, else all (the latest is theirs).
+    until = None if month is None else parse_month(month)
+    counts, latest = read_months(session, tenant=caller_tenant, customer_ids=forms, until=until)
     if not counts and not latest:
+        if until is None or latest_month(session, tenant=caller_tenant, customer_ids=forms) is None:
+            raise CustomerNotFound(f"no events are stored for customer {customer_id!r}")
         raise CustomerNotFound(
-            f"no events are stored for customer {customer_id!r} up to {month_label(chosen)}"
+            f"no events are stored for customer {customer_id!r} up to {month_label(until)}"
         )
+    chosen = (
+        until
+        if until is not None
+        else max([row.month for row in counts] + [value.month for value in latest])
+    )
     return month_label(chosen), derive_features(chosen, counts, latest)
 
 
@@ -456,10 +461,9 @@ def feature_history(
     """A customer's features in every month from its first on record to its latest (month
     YYYY-MM, features), oldest first; 404 if the caller's tenant has no trail of it."""
     forms = stored_forms(customer_id, caller_tenant=caller_tenant, pseudonymizer=pseudonymizer)
-    last = latest_month(session, tenant=caller_tenant, customer_ids=forms)
-    if last is None:
+    counts, latest = read_months(session, tenant=caller_tenant, customer_ids=forms, until=None)
+    if not counts and not latest:
         raise CustomerNotFound(f"no events are stored for customer {customer_id!r}")
-    counts, latest = read_months(session, tenant=caller_tenant, customer_ids=forms, until=last)
     return _history(counts, latest)
 
 

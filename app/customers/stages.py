@@ -360,6 +360,14 @@ def read_stage(
     return current, list(history)
 
 
+@dataclass(frozen=True, slots=True)
+class KnownStage:
+    """A customer's stage and, when stored, the churn verdict it was last told."""
+
+    stage: LifecycleStage
+    at_risk: bool | None  # None: evaluated from the aggregates, nothing stored yet
+
+
 def current_stage(
     connection: Connection,
     *,
@@ -367,14 +375,21 @@ def current_stage(
     customer_ids: Sequence[str],
     now: datetime,
     rules: LifecycleRules,
-) -> LifecycleStage | None:
+) -> KnownStage | None:
     """A customer's stage (any of its stored id forms): as stored, else evaluated from its
     aggregates (a record from before stages were kept); None without a product or profile."""
-    stored, _ = read_stage(connection, tenant=tenant, customer_ids=customer_ids)
+    key = tenant_key(tenant)
+    stage = customer_stage_table.c
+    stored = connection.execute(
+        select(stage.stage, stage.at_risk)
+        .where(stage.tenant == key, stage.customer_id.in_(customer_ids))
+        .order_by(stage.updated_at.desc())
+        .limit(1)
+    ).first()
     if stored is not None:
-        return LifecycleStage(stored.stage)
-    gathered = _gather(connection, tenant_key(tenant), customer_ids)
+        return KnownStage(LifecycleStage(stored.stage), bool(stored.at_risk))
+    gathered = _gather(connection, key, customer_ids)
     for facts in gathered.values():
         if facts.products or facts.since is not None:
-            return evaluate(facts.facts(False, None), rules, now=now).stage
+            return KnownStage(evaluate(facts.facts(False, None), rules, now=now).stage, None)
     return None
