@@ -13,15 +13,23 @@ import pandas as pd
 
 from app.customers.features import (
     CHANGE_DENOMINATOR_FLOOR,
+    DAYS_PER_MONTH,
+    DEFAULT_INDEX_WEIGHTS,
+    DEFAULT_SEVERITY_POINTS,
     HISTORY_MONTHS,
+    MAX_DAYS_UNRESOLVED,
     PRODUCTS,
+    IndexWeights,
     deposits,
+    loyalty_index,
     pct_change,
+    satisfaction_index,
     wealth,
 )
 from app.scoring.feature_schema import FeatureKind, FeatureSchema, FeatureSpec
 from app.scoring.manifest import Task
 from app.training.synth import CHANNELS, OCCUPATIONS, REGIONS, TIERS
+from app.training.trail import COMPLAINTS_AT
 
 CUSTOMER_LIFECYCLES = ("new", "existing")
 HORIZON_MONTHS = 3
@@ -261,9 +269,10 @@ class TaskFrame:
     value_target: pd.Series | None = None  # prospect only: annual value brought after converting
 
 
-def prepare_book(book: pd.DataFrame) -> pd.DataFrame:
-    """Add the derived columns (trends, rolling counts, product count) to the raw monthly book,
-    by the definitions of app.customers.features (which serving applies to the trail)."""
+def prepare_book(book: pd.DataFrame, weights: IndexWeights = DEFAULT_INDEX_WEIGHTS) -> pd.DataFrame:
+    """Add the derived columns (trends, rolling counts, product count, open complaints, the
+    satisfaction and loyalty indices under ``weights``) to the raw monthly book, by the
+    definitions of app.customers.features (which serving applies to the trail)."""
     frame = book.sort_values(["customer_id", "month"], kind="stable").reset_index(drop=True)
     by_customer = frame.groupby("customer_id", sort=False)
 
@@ -292,7 +301,40 @@ def prepare_book(book: pd.DataFrame) -> pd.DataFrame:
         frame[target] = by_customer[source].rolling(HISTORY_MONTHS, min_periods=1).sum().to_numpy()
     frame["products_held"] = frame[[f"has_{p}" for p in PRODUCTS]].sum(axis=1)
     frame["history_months"] = by_customer.cumcount()
+    _open_complaints(frame)
+    frame["satisfaction_index"] = satisfaction_index(frame, weights.satisfaction)
+    frame["loyalty_index"] = loyalty_index(frame, weights.loyalty)
     return frame
+
+
+def _open_complaints(frame: pd.DataFrame) -> None:
+    """Severity points of the open complaints and the days the oldest has waited, per row of
+    a book sorted by customer and month.
+
+    The book keeps a complaint open from the month it is filed (on day COMPLAINTS_AT of it)
+    until the first month whose ``open_complaint`` is false; every complaint counts as medium
+    severity (the book has none). A book whose first month has a complaint open and none
+    filed took it over from the month before (as the trail says).
+    """
+    is_open = frame["open_complaint"].astype(bool)
+    first = frame.groupby("customer_id", sort=False).cumcount() == 0
+    # A run of open months starts where the month before (of the same customer) was closed.
+    starts = is_open & (
+        first | ~is_open.groupby(frame["customer_id"], sort=False).shift(1, fill_value=False)
+    )
+    run = starts.cumsum().where(is_open)
+    taken_over = first & is_open & frame["complaints"].eq(0)
+    opened_month = frame["month"] - taken_over.astype(int)
+    run_start = opened_month.where(starts).groupby(run).transform("first")
+    filed = frame["complaints"].where(is_open, 0).groupby(run).cumsum()
+    count = filed + taken_over.astype(int).groupby(run).transform("max").fillna(0).astype(int)
+    frame["open_complaint_severity"] = (
+        (count * DEFAULT_SEVERITY_POINTS).where(is_open, 0.0).astype(np.float64)
+    )
+    waited = (frame["month"] - run_start) * DAYS_PER_MONTH + DAYS_PER_MONTH - COMPLAINTS_AT
+    frame["days_unresolved"] = (
+        waited.clip(upper=MAX_DAYS_UNRESOLVED).where(is_open, 0).round().astype(np.int64)
+    )
 
 
 def month_snapshot(book: pd.DataFrame, month: int | None = None) -> pd.DataFrame:
