@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
+from app.cli.main import cli
 from app.config import IndexWeightsSetting, Settings
 from app.customers.features import (
     DEFAULT_INDEX_WEIGHTS,
@@ -21,7 +24,10 @@ from app.customers.features import (
 )
 from app.customers.record import index_weights
 from app.http.app import create_app
+from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
+from app.training.features import build_task_frame, prepare_book, schema_for
+from app.training.synth import generate_book
 from app.training.trail import moment
 
 MARCH = 2025 * 12 + 2
@@ -151,3 +157,26 @@ def test_the_360_shows_the_indices_under_the_configured_weights(
     # The features the models read keep the default weights they were trained with.
     assert served["satisfaction_index"] != pytest.approx(shown["satisfaction"])
     assert served["loyalty_index"] == pytest.approx(shown["loyalty"])
+
+
+def test_the_churn_candidate_reads_the_indices_the_bundled_schema_does_not() -> None:
+    book = prepare_book(generate_book(customers=120, months=8, seed=3).to_pandas())
+    plain = build_task_frame(book, Task.CHURN)
+    candidate = build_task_frame(book, Task.CHURN, indices=True)
+    assert "satisfaction_index" not in plain.features.columns
+    assert list(candidate.features.columns) == [
+        *plain.features.columns,
+        "satisfaction_index",
+        "loyalty_index",
+    ]
+    assert candidate.features["loyalty_index"].between(0, 100).all()
+    assert candidate.features["satisfaction_index"].nunique() > 1
+    assert schema_for(Task.TIER, indices=True) == schema_for(Task.TIER)
+
+
+def test_train_refuses_indices_beyond_churn(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli, ["train", "tier", "--book", str(tmp_path), "--indices", "--out", str(tmp_path / "m")]
+    )
+    assert result.exit_code != 0
+    assert "--indices trains churn" in result.output

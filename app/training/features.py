@@ -240,12 +240,40 @@ CUSTOMER_FEATURES: tuple[FeatureSpec, ...] = (
     *TRENDS,
 )
 
+INDICES: tuple[FeatureSpec, ...] = (
+    FeatureSpec(
+        name="satisfaction_index",
+        kind=FeatureKind.NUMBER,
+        unit="points",
+        minimum=0.0,
+        maximum=100.0,
+        description="Satisfaction index, 0 (worst) to 100: complaints, their severity and wait, "
+        "contacts (README, default weights).",
+        reason="satisfaction index of {value}",
+    ),
+    FeatureSpec(
+        name="loyalty_index",
+        kind=FeatureKind.NUMBER,
+        unit="points",
+        minimum=0.0,
+        maximum=100.0,
+        description="Loyalty index, 0 (weakest) to 100: tenure, product depth, share-of-wallet "
+        "trend, activity (README, default weights).",
+        reason="loyalty index of {value}",
+    ),
+)
+
+# The churn candidate that also reads the satisfaction and loyalty indices (`cvm train churn
+# --indices`); the bundled churn model does without (README "Satisfaction and loyalty indices").
+CHURN_WITH_INDICES: tuple[FeatureSpec, ...] = (*CUSTOMER_FEATURES, *INDICES)
+
 # What a brand-new customer already has on day one; everything else may be missing (cold start).
 COLD_START_KNOWN = frozenset({f.name for f in DEMOGRAPHICS} | {TENURE.name})
 
 
-def schema_for(task: Task) -> FeatureSchema:
-    """The bundled schema of a task."""
+def schema_for(task: Task, *, indices: bool = False) -> FeatureSchema:
+    """The bundled schema of a task; with ``indices``, churn also reads the satisfaction and
+    loyalty indices."""
     if task is Task.PROSPECT:
         return FeatureSchema(features=PROSPECT_FEATURES)
     if task is Task.RECOMMENDATION:
@@ -255,6 +283,8 @@ def schema_for(task: Task) -> FeatureSchema:
                 for f in CUSTOMER_FEATURES
             )
         )
+    if task is Task.CHURN and indices:
+        return FeatureSchema(features=CHURN_WITH_INDICES)
     return FeatureSchema(features=CUSTOMER_FEATURES)
 
 
@@ -372,9 +402,10 @@ def _is_customer(lifecycle: pd.Series) -> pd.Series:
     return lifecycle.isin(CUSTOMER_LIFECYCLES)
 
 
-def build_task_frame(book: pd.DataFrame, task: Task) -> TaskFrame:
-    """Rows, features and labels of one task, from a book already passed through prepare_book."""
-    schema = schema_for(task)
+def build_task_frame(book: pd.DataFrame, task: Task, *, indices: bool = False) -> TaskFrame:
+    """Rows, features and labels of one task, from a book already passed through prepare_book
+    (``indices``: the churn schema with the satisfaction and loyalty indices)."""
+    schema = schema_for(task, indices=indices)
     has_history = book["history_months"] >= HISTORY_MONTHS
     if task is Task.CHURN:
         last_month = book["month"].max()
