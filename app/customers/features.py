@@ -368,7 +368,9 @@ def _weighted(parts: Mapping[str, Any], weights: Mapping[str, float], order: Seq
     total: Any = 0.0
     for name in order:
         total = total + weights[name] * parts[name]
-    return 100.0 * total / sum(weights[name] for name in order)
+    # The share first: a weighted mean of components <= 1 stays <= 1 when rounded, so the
+    # index never exceeds 100 by a rounding step.
+    return 100.0 * (total / sum(weights[name] for name in order))
 
 
 def satisfaction_index(values: Any, weights: Mapping[str, float]) -> Any:
