@@ -69,6 +69,52 @@ class TenantRoute(BaseModel):
         return os.environ.get(self.webhook_secret_env or "", "")
 
 
+Weight = Annotated[float, Field(ge=0, le=1000)]
+
+
+class SatisfactionWeights(BaseModel):
+    """Weights of the satisfaction index's components (app/customers/features.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    complaints: Weight = 0.3
+    severity: Weight = 0.2
+    unresolved: Weight = 0.3
+    contacts: Weight = 0.2
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> SatisfactionWeights:
+        if sum(self.model_dump().values()) <= 0:
+            raise ValueError("index_weights.satisfaction: at least one weight must be positive")
+        return self
+
+
+class LoyaltyWeights(BaseModel):
+    """Weights of the loyalty index's components (app/customers/features.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tenure: Weight = 0.3
+    depth: Weight = 0.3
+    wallet_trend: Weight = 0.2
+    activity: Weight = 0.2
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> LoyaltyWeights:
+        if sum(self.model_dump().values()) <= 0:
+            raise ValueError("index_weights.loyalty: at least one weight must be positive")
+        return self
+
+
+class IndexWeightsSetting(BaseModel):
+    """The satisfaction and loyalty indices' weights (``index_weights``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    satisfaction: SatisfactionWeights = Field(default_factory=SatisfactionWeights)
+    loyalty: LoyaltyWeights = Field(default_factory=LoyaltyWeights)
+
+
 ContactChannelName = Literal["email", "sms", "phone", "letter"]
 
 
@@ -92,6 +138,13 @@ class Settings(BaseSettings):
             "Pinned version per task, e.g. {'churn': '2'}; unpinned tasks serve the registry's "
             "champion (on a fresh registry: the newest version on disk)."
         ),
+    )
+    index_weights: IndexWeightsSetting = Field(
+        default_factory=IndexWeightsSetting,
+        description="Weights of the satisfaction and loyalty indices' components, e.g. "
+        '{"satisfaction": {"complaints": 0.5}, "loyalty": {"tenure": 0.1}}; an unknown '
+        "component is refused by name. The churn model's index features were trained with "
+        "the defaults.",
     )
     model_poll_s: float = Field(
         default=0.5,

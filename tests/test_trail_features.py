@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.customers.features import (
+    DAYS_PER_MONTH,
     LatestValue,
     MonthCounts,
     TrailEvent,
@@ -29,6 +30,13 @@ from app.training.synth import generate_book
 from app.training.trail import book_events, moment
 
 CHUNK = 5000
+# Not (yet) in every task's schema, but derived by the one feature module on both sides.
+INDEX_FEATURES = {
+    "open_complaint_severity": FeatureKind.NUMBER,
+    "days_unresolved": FeatureKind.INTEGER,
+    "satisfaction_index": FeatureKind.NUMBER,
+    "loyalty_index": FeatureKind.NUMBER,
+}
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +77,14 @@ def test_ingested_book_serves_the_training_features(
         assert response.json()["duplicates"] == 0
     prepared = prepare_book(small_book)
     rows = {(str(r["customer_id"]), int(r["month"])): r for r in prepared.to_dict("records")}
-    kinds = {f.name: f.kind for task in Task for f in schema_for(task).features}
+    kinds = {f.name: f.kind for task in Task for f in schema_for(task).features} | INDEX_FEATURES
     wanted = training_rows(prepared)
     assert len(wanted) > 300
+    for names in wanted.values():
+        names.update(INDEX_FEATURES)
+    # The book must exercise the complaint inputs, or their equality would prove nothing.
+    assert (prepared["days_unresolved"] > DAYS_PER_MONTH).any()
+    assert (prepared["open_complaint_severity"] > 2.0).any()
     mismatches: list[str] = []
     for (customer_id, month), names in sorted(wanted.items()):
         label = month_label(month_index(datetime(2025, 1, 1, tzinfo=UTC)) + month)

@@ -64,6 +64,13 @@ def train(
             min=1, help="Boosting rounds with --dask (it has no early stopping).", metavar="N"
         ),
     ] = 200,
+    indices: Annotated[
+        bool,
+        typer.Option(
+            "--indices",
+            help="Churn from --book: also read the satisfaction and loyalty indices.",
+        ),
+    ] = False,
 ) -> None:
     """Train a model and write model.txt and manifest.json (test metrics included)."""
     from app.training.byod import DataSpec, train_from_file
@@ -71,6 +78,8 @@ def train(
 
     if (book is None) == (data is None):
         raise fail("give exactly one of --book (synthetic book) or --data (your own file)")
+    if indices and (task is not Task.CHURN or book is None or dask is not None):
+        raise fail("--indices trains churn from a --book (without --dask)")
     if dask is not None:
         from app.batch.dask import dask_client
         from app.training.distributed import train_on_dask
@@ -98,7 +107,12 @@ def train(
         try:
             if book is not None:
                 manifest = train_bundled(
-                    task, book_path=book, out_dir=out, seed=seed, progress=on_round
+                    task,
+                    book_path=book,
+                    out_dir=out,
+                    seed=seed,
+                    progress=on_round,
+                    indices=indices,
                 )
             else:
                 assert data is not None

@@ -261,7 +261,9 @@ def _latest_of(event: TrailEvent, month: int) -> list[LatestValue]:
         return [LatestValue(month, Kind.BALANCE, str(payload["product"]), at, number=balance)]
     if event.type == "complaint":
         status = str(payload.get("status", OPENED))
-        return [LatestValue(month, Kind.COMPLAINT, str(payload["complaint_id"]), at, text=status)]
+        points = SEVERITY_POINTS.get(str(payload.get("severity")), DEFAULT_SEVERITY_POINTS)
+        key = str(payload["complaint_id"])
+        return [LatestValue(month, Kind.COMPLAINT, key, at, number=points, text=status)]
     return []
 
 
@@ -306,6 +308,144 @@ def material_reason(event: TrailEvent, *, outflow_threshold: float) -> str | Non
             return MaterialReason.SALARY_STOPPED
         return MaterialReason.PRODUCT_CLOSED
     return None
+
+
+# --- satisfaction and loyalty indices ---------------------------------------------------------
+
+# Points of an open complaint by its severity (an event without one counts as medium).
+SEVERITY_POINTS: dict[str, float] = {"low": 1.0, "medium": 2.0, "high": 3.0}
+DEFAULT_SEVERITY_POINTS = SEVERITY_POINTS["medium"]
+MAX_DAYS_UNRESOLVED = 365
+SATISFACTION_COMPONENTS = ("complaints", "severity", "unresolved", "contacts")
+LOYALTY_COMPONENTS = ("tenure", "depth", "wallet_trend", "activity")
+# Where each component reaches its bound (0 or 1): complaints in 3 months, severity points
+# of the open complaints, days the oldest open complaint has waited, branch visits in the
+# month, months of tenure, products held, percent change of deposits and wealth (either
+# way), days since the last activity.
+COMPLAINTS_CAP = 3.0
+SEVERITY_CAP = 6.0
+UNRESOLVED_CAP = 90.0
+CONTACTS_CAP = 2.0
+TENURE_CAP = 120.0
+DEPTH_CAP = 6.0
+WALLET_TREND_CAP = 50.0
+INACTIVITY_CAP = 90.0
+# The features the two indices read.
+INDEX_INPUTS = (
+    "complaints_3m",
+    "open_complaint_severity",
+    "days_unresolved",
+    "branch_visits",
+    "tenure_months",
+    "products_held",
+    "deposits_change_3m_pct",
+    "wealth_change_3m_pct",
+    "days_since_last_activity",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexWeights:
+    """The weight of each component in the satisfaction and the loyalty index."""
+
+    satisfaction: Mapping[str, float]
+    loyalty: Mapping[str, float]
+
+
+DEFAULT_INDEX_WEIGHTS = IndexWeights(
+    satisfaction={"complaints": 0.3, "severity": 0.2, "unresolved": 0.3, "contacts": 0.2},
+    loyalty={"tenure": 0.3, "depth": 0.3, "wallet_trend": 0.2, "activity": 0.2},
+)
+
+
+def _share(value: ArrayOrFloat, cap: float) -> ArrayOrFloat:
+    """``value`` as a share of ``cap``, clipped to [0, 1]."""
+    return np.minimum(np.maximum(value, 0.0), cap) / cap  # type: ignore[no-any-return]
+
+
+def _weighted(parts: Mapping[str, Any], weights: Mapping[str, float], order: Sequence[str]) -> Any:
+    """100 x the weighted mean of the components (in ``order``)."""
+    total: Any = 0.0
+    for name in order:
+        total = total + weights[name] * parts[name]
+    # The share first: a weighted mean of components <= 1 stays <= 1 when rounded, so the
+    # index never exceeds 100 by a rounding step.
+    return 100.0 * (total / sum(weights[name] for name in order))
+
+
+def satisfaction_index(values: Any, weights: Mapping[str, float]) -> Any:
+    """Satisfaction, 0 (worst) to 100, of a mapping or a frame of features:
+
+    100 x the weighted mean (weights ``weights``) of
+      complaints = 1 - min(complaints_3m, 3) / 3,
+      severity   = 1 - min(open_complaint_severity, 6) / 6   (low 1, medium 2, high 3 points
+                                                               per open complaint),
+      unresolved = 1 - min(days_unresolved, 90) / 90          (the oldest open complaint),
+      contacts   = min(branch_visits, 2) / 2.
+    """
+    parts = {
+        "complaints": 1.0 - _share(values["complaints_3m"], COMPLAINTS_CAP),
+        "severity": 1.0 - _share(values["open_complaint_severity"], SEVERITY_CAP),
+        "unresolved": 1.0 - _share(values["days_unresolved"], UNRESOLVED_CAP),
+        "contacts": _share(values["branch_visits"], CONTACTS_CAP),
+    }
+    return _weighted(parts, weights, SATISFACTION_COMPONENTS)
+
+
+def loyalty_index(values: Any, weights: Mapping[str, float]) -> Any:
+    """Loyalty, 0 (weakest) to 100, of a mapping or a frame of features:
+
+    100 x the weighted mean (weights ``weights``) of
+      tenure       = min(tenure_months, 120) / 120,
+      depth        = min(products_held, 6) / 6,
+      wallet_trend = (clip(mean(deposits_change_3m_pct, wealth_change_3m_pct), -50, 50) + 50)
+                     / 100, the share-of-wallet trend (0.5 while 3 months of history lack),
+      activity     = 1 - min(days_since_last_activity, 90) / 90.
+    """
+    deposits_change = np.asarray(_number(values["deposits_change_3m_pct"]), dtype=np.float64)
+    wealth_change = np.asarray(_number(values["wealth_change_3m_pct"]), dtype=np.float64)
+    trend = np.clip((deposits_change + wealth_change) / 2.0, -WALLET_TREND_CAP, WALLET_TREND_CAP)
+    wallet = np.where(np.isnan(trend), 0.5, (trend + WALLET_TREND_CAP) / (2 * WALLET_TREND_CAP))
+    parts = {
+        "tenure": _share(values["tenure_months"], TENURE_CAP),
+        "depth": _share(values["products_held"], DEPTH_CAP),
+        "wallet_trend": wallet,
+        "activity": 1.0 - _share(values["days_since_last_activity"], INACTIVITY_CAP),
+    }
+    return _weighted(parts, weights, LOYALTY_COMPONENTS)
+
+
+def _number(value: Any) -> Any:
+    """None as NaN (a scalar feature the trail does not tell); anything else as it is."""
+    return math.nan if value is None else value
+
+
+def indices(features: Mapping[str, Feature], weights: IndexWeights) -> dict[str, float]:
+    """The satisfaction and loyalty indices of one customer-month's features."""
+    return {
+        "satisfaction_index": float(satisfaction_index(features, weights.satisfaction)),
+        "loyalty_index": float(loyalty_index(features, weights.loyalty)),
+    }
+
+
+def days_open(month: int, opened_at: datetime) -> int:
+    """Whole days (rounded) from ``opened_at`` to the end of ``month`` on the 30-day clock
+    (capped at MAX_DAYS_UNRESOLVED)."""
+    gap = (month - month_index(opened_at)) * DAYS_PER_MONTH
+    return min(MAX_DAYS_UNRESOLVED, round(gap + DAYS_PER_MONTH - month_position(opened_at)))
+
+
+def _complaint_state(
+    month: int, current: Mapping[tuple[str, str], LatestValue]
+) -> dict[str, Feature]:
+    """Severity points of the open complaints and days the oldest of them has waited."""
+    opened = [v for v in current.values() if v.kind == Kind.COMPLAINT and v.text == OPENED]
+    points = sum(DEFAULT_SEVERITY_POINTS if v.number is None else v.number for v in opened)
+    oldest = min((v.occurred_at for v in opened), default=None)
+    return {
+        "open_complaint_severity": float(points),
+        "days_unresolved": 0 if oldest is None else days_open(month, oldest),
+    }
 
 
 # --- running aggregates -> features -----------------------------------------------------------
@@ -383,10 +523,14 @@ def _holdings(current: Mapping[tuple[str, str], LatestValue]) -> dict[str, Featu
 
 
 def derive_features(
-    month: int, counts: Sequence[MonthCounts], latest: Sequence[LatestValue]
+    month: int,
+    counts: Sequence[MonthCounts],
+    latest: Sequence[LatestValue],
+    weights: IndexWeights = DEFAULT_INDEX_WEIGHTS,
 ) -> dict[str, Feature]:
     """Every model feature of one customer in ``month`` from its stored aggregates (rows of
-    later months are ignored); None where the trail does not tell."""
+    later months are ignored), with the satisfaction and loyalty indices under ``weights``;
+    None where the trail does not tell."""
     current = _current(latest, month)
     start = _record_start(latest, counts)
     by_month = {c.month: c for c in counts if c.month <= month}
@@ -420,6 +564,8 @@ def derive_features(
         v.kind == Kind.COMPLAINT and v.text == OPENED for v in current.values()
     )
     features.update(_trends(month, start, balances, counter, latest))
+    features.update(_complaint_state(month, current))
+    features.update(indices(features, weights))
     return features
 
 

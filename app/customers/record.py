@@ -11,10 +11,21 @@ from app.alerts.schemas import AlertSummary
 from app.alerts.service import list_alerts
 from app.alerts.states import AlertStatus
 from app.casework.service import customer_complaints
-from app.customers.features import OPENED, Kind, current_values, month_label
+from app.config import Settings
+from app.customers.features import (
+    INDEX_INPUTS,
+    OPENED,
+    Feature,
+    IndexWeights,
+    Kind,
+    current_values,
+    derive_features,
+    month_label,
+)
 from app.customers.record_schemas import (
     CustomerView,
     Holding,
+    IndicesView,
     LatestAssessment,
     StageChange,
     StageView,
@@ -43,6 +54,7 @@ def customer_view(
     tenant: TenantScope | None,
     pseudonymizer: Pseudonymizer | None,
     events: int,
+    index_weights: IndexWeights,
 ) -> CustomerView:
     """One customer's 360 for the caller's tenant; 404 when it has no record there."""
     forms = stored_forms(customer_id, caller_tenant=caller_tenant, pseudonymizer=pseudonymizer)
@@ -52,8 +64,12 @@ def customer_view(
         raise CustomerNotFound(f"no record of customer {customer_id!r}")
     profile: dict[str, Value] = {}
     holdings: list[Holding] = []
+    indices: IndicesView | None = None
     if last is not None:
-        _, latest = read_months(session, tenant=caller_tenant, customer_ids=forms, until=last)
+        counts, latest = read_months(session, tenant=caller_tenant, customer_ids=forms, until=last)
+        indices = _indices(
+            last, derive_features(last, counts, latest, index_weights), index_weights
+        )
         current = current_values(latest, last)
         for (kind, key), value in sorted(current.items()):
             if kind == Kind.PROFILE:
@@ -121,6 +137,31 @@ def customer_view(
             session, tenant=caller_tenant, customer_ids=[customer_id, *forms]
         ),
         events=page.items[:events],
+        indices=indices,
+    )
+
+
+def index_weights(settings: Settings) -> IndexWeights:
+    """The configured weights of the satisfaction and loyalty indices."""
+    configured = settings.index_weights
+    return IndexWeights(
+        satisfaction=configured.satisfaction.model_dump(), loyalty=configured.loyalty.model_dump()
+    )
+
+
+def _indices(month: int, features: dict[str, Feature], weights: IndexWeights) -> IndicesView:
+    inputs: dict[str, float | int | None] = {}
+    for name in INDEX_INPUTS:
+        value = features[name]
+        inputs[name] = value if isinstance(value, float | int) or value is None else None
+    satisfaction, loyalty = features["satisfaction_index"], features["loyalty_index"]
+    assert isinstance(satisfaction, float) and isinstance(loyalty, float)
+    return IndicesView(
+        month=month_label(month),
+        satisfaction=satisfaction,
+        loyalty=loyalty,
+        weights={"satisfaction": dict(weights.satisfaction), "loyalty": dict(weights.loyalty)},
+        inputs=inputs,
     )
 
 

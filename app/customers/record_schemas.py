@@ -73,6 +73,19 @@ class LatestAssessment(BaseModel):
     assessed_at: datetime
 
 
+class IndicesView(BaseModel):
+    """The satisfaction and loyalty indices of the customer's latest month, with their inputs
+    (formulas: app/customers/features.py, README "Satisfaction and loyalty indices")."""
+
+    month: str = Field(description="The month (YYYY-MM) the indices describe.")
+    satisfaction: float = Field(ge=0, le=100, description="0 (worst) to 100.")
+    loyalty: float = Field(ge=0, le=100, description="0 (weakest) to 100.")
+    weights: dict[str, dict[str, float]] = Field(
+        description="The configured weights applied (setting index_weights)."
+    )
+    inputs: dict[str, float | int | None] = Field(description="The features the indices read.")
+
+
 class CustomerView(BaseModel):
     """One customer's record: profile, lifecycle, holdings, latest assessments, open alerts
     and complaints, and the latest events."""
@@ -155,6 +168,36 @@ class CustomerView(BaseModel):
                     "open_alerts": [],
                     "open_complaints": [],
                     "events": [],
+                    "indices": {
+                        "month": "2026-11",
+                        "satisfaction": 61.0,
+                        "loyalty": 48.5,
+                        "weights": {
+                            "satisfaction": {
+                                "complaints": 0.3,
+                                "severity": 0.2,
+                                "unresolved": 0.3,
+                                "contacts": 0.2,
+                            },
+                            "loyalty": {
+                                "tenure": 0.3,
+                                "depth": 0.3,
+                                "wallet_trend": 0.2,
+                                "activity": 0.2,
+                            },
+                        },
+                        "inputs": {
+                            "complaints_3m": 1,
+                            "open_complaint_severity": 2.0,
+                            "days_unresolved": 29,
+                            "branch_visits": 0,
+                            "tenure_months": 92,
+                            "products_held": 2,
+                            "deposits_change_3m_pct": -35.0,
+                            "wealth_change_3m_pct": 0.0,
+                            "days_since_last_activity": 12,
+                        },
+                    },
                 }
             ]
         }
@@ -173,3 +216,6 @@ class CustomerView(BaseModel):
     open_alerts: list[AlertSummary]
     open_complaints: list[ComplaintBrief]
     events: list[StoredEvent] = Field(description="The latest events, latest occurrence first.")
+    indices: IndicesView | None = Field(
+        default=None, description="Null for a record without monthly aggregates."
+    )

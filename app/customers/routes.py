@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from app.customers import service
 from app.customers.assessments import CustomerScoring
 from app.customers.lifecycle import LifecycleRules
-from app.customers.record import customer_view
+from app.customers.record import customer_view, index_weights
 from app.customers.record_schemas import CustomerView
 from app.customers.schemas import (
     ASSESSMENT_BY_ID_EXAMPLE,
@@ -194,6 +194,7 @@ def customer_record(
         tenant=tenant,
         pseudonymizer=pseudonymizer,
         events=events,
+        index_weights=index_weights(request.app.state.settings),
     )
     stored = pseudonymizer.pseudonym(customer_id, caller.tenant) if pseudonymizer else customer_id
     note(request, customer=stored, view="360")

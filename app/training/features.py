@@ -13,15 +13,23 @@ import pandas as pd
 
 from app.customers.features import (
     CHANGE_DENOMINATOR_FLOOR,
+    DAYS_PER_MONTH,
+    DEFAULT_INDEX_WEIGHTS,
+    DEFAULT_SEVERITY_POINTS,
     HISTORY_MONTHS,
+    MAX_DAYS_UNRESOLVED,
     PRODUCTS,
+    IndexWeights,
     deposits,
+    loyalty_index,
     pct_change,
+    satisfaction_index,
     wealth,
 )
 from app.scoring.feature_schema import FeatureKind, FeatureSchema, FeatureSpec
 from app.scoring.manifest import Task
 from app.training.synth import CHANNELS, OCCUPATIONS, REGIONS, TIERS
+from app.training.trail import COMPLAINTS_AT
 
 CUSTOMER_LIFECYCLES = ("new", "existing")
 HORIZON_MONTHS = 3
@@ -232,12 +240,40 @@ CUSTOMER_FEATURES: tuple[FeatureSpec, ...] = (
     *TRENDS,
 )
 
+INDICES: tuple[FeatureSpec, ...] = (
+    FeatureSpec(
+        name="satisfaction_index",
+        kind=FeatureKind.NUMBER,
+        unit="points",
+        minimum=0.0,
+        maximum=100.0,
+        description="Satisfaction index, 0 (worst) to 100: complaints, their severity and wait, "
+        "contacts (README, default weights).",
+        reason="satisfaction index of {value}",
+    ),
+    FeatureSpec(
+        name="loyalty_index",
+        kind=FeatureKind.NUMBER,
+        unit="points",
+        minimum=0.0,
+        maximum=100.0,
+        description="Loyalty index, 0 (weakest) to 100: tenure, product depth, share-of-wallet "
+        "trend, activity (README, default weights).",
+        reason="loyalty index of {value}",
+    ),
+)
+
+# The churn candidate that also reads the satisfaction and loyalty indices (`cvm train churn
+# --indices`); the bundled churn model does without (README "Satisfaction and loyalty indices").
+CHURN_WITH_INDICES: tuple[FeatureSpec, ...] = (*CUSTOMER_FEATURES, *INDICES)
+
 # What a brand-new customer already has on day one; everything else may be missing (cold start).
 COLD_START_KNOWN = frozenset({f.name for f in DEMOGRAPHICS} | {TENURE.name})
 
 
-def schema_for(task: Task) -> FeatureSchema:
-    """The bundled schema of a task."""
+def schema_for(task: Task, *, indices: bool = False) -> FeatureSchema:
+    """The bundled schema of a task; with ``indices``, churn also reads the satisfaction and
+    loyalty indices."""
     if task is Task.PROSPECT:
         return FeatureSchema(features=PROSPECT_FEATURES)
     if task is Task.RECOMMENDATION:
@@ -247,6 +283,8 @@ def schema_for(task: Task) -> FeatureSchema:
                 for f in CUSTOMER_FEATURES
             )
         )
+    if task is Task.CHURN and indices:
+        return FeatureSchema(features=CHURN_WITH_INDICES)
     return FeatureSchema(features=CUSTOMER_FEATURES)
 
 
@@ -261,9 +299,10 @@ class TaskFrame:
     value_target: pd.Series | None = None  # prospect only: annual value brought after converting
 
 
-def prepare_book(book: pd.DataFrame) -> pd.DataFrame:
-    """Add the derived columns (trends, rolling counts, product count) to the raw monthly book,
-    by the definitions of app.customers.features (which serving applies to the trail)."""
+def prepare_book(book: pd.DataFrame, weights: IndexWeights = DEFAULT_INDEX_WEIGHTS) -> pd.DataFrame:
+    """Add the derived columns (trends, rolling counts, product count, open complaints, the
+    satisfaction and loyalty indices under ``weights``) to the raw monthly book, by the
+    definitions of app.customers.features (which serving applies to the trail)."""
     frame = book.sort_values(["customer_id", "month"], kind="stable").reset_index(drop=True)
     by_customer = frame.groupby("customer_id", sort=False)
 
@@ -292,7 +331,40 @@ def prepare_book(book: pd.DataFrame) -> pd.DataFrame:
         frame[target] = by_customer[source].rolling(HISTORY_MONTHS, min_periods=1).sum().to_numpy()
     frame["products_held"] = frame[[f"has_{p}" for p in PRODUCTS]].sum(axis=1)
     frame["history_months"] = by_customer.cumcount()
+    _open_complaints(frame)
+    frame["satisfaction_index"] = satisfaction_index(frame, weights.satisfaction)
+    frame["loyalty_index"] = loyalty_index(frame, weights.loyalty)
     return frame
+
+
+def _open_complaints(frame: pd.DataFrame) -> None:
+    """Severity points of the open complaints and the days the oldest has waited, per row of
+    a book sorted by customer and month.
+
+    The book keeps a complaint open from the month it is filed (on day COMPLAINTS_AT of it)
+    until the first month whose ``open_complaint`` is false; every complaint counts as medium
+    severity (the book has none). A book whose first month has a complaint open and none
+    filed took it over from the month before (as the trail says).
+    """
+    is_open = frame["open_complaint"].astype(bool)
+    first = frame.groupby("customer_id", sort=False).cumcount() == 0
+    # A run of open months starts where the month before (of the same customer) was closed.
+    starts = is_open & (
+        first | ~is_open.groupby(frame["customer_id"], sort=False).shift(1, fill_value=False)
+    )
+    run = starts.cumsum().where(is_open)
+    taken_over = first & is_open & frame["complaints"].eq(0)
+    opened_month = frame["month"] - taken_over.astype(int)
+    run_start = opened_month.where(starts).groupby(run).transform("first")
+    filed = frame["complaints"].where(is_open, 0).groupby(run).cumsum()
+    count = filed + taken_over.astype(int).groupby(run).transform("max").fillna(0).astype(int)
+    frame["open_complaint_severity"] = (
+        (count * DEFAULT_SEVERITY_POINTS).where(is_open, 0.0).astype(np.float64)
+    )
+    waited = (frame["month"] - run_start) * DAYS_PER_MONTH + DAYS_PER_MONTH - COMPLAINTS_AT
+    frame["days_unresolved"] = (
+        waited.clip(upper=MAX_DAYS_UNRESOLVED).where(is_open, 0).round().astype(np.int64)
+    )
 
 
 def month_snapshot(book: pd.DataFrame, month: int | None = None) -> pd.DataFrame:
@@ -330,9 +402,10 @@ def _is_customer(lifecycle: pd.Series) -> pd.Series:
     return lifecycle.isin(CUSTOMER_LIFECYCLES)
 
 
-def build_task_frame(book: pd.DataFrame, task: Task) -> TaskFrame:
-    """Rows, features and labels of one task, from a book already passed through prepare_book."""
-    schema = schema_for(task)
+def build_task_frame(book: pd.DataFrame, task: Task, *, indices: bool = False) -> TaskFrame:
+    """Rows, features and labels of one task, from a book already passed through prepare_book
+    (``indices``: the churn schema with the satisfaction and loyalty indices)."""
+    schema = schema_for(task, indices=indices)
     has_history = book["history_months"] >= HISTORY_MONTHS
     if task is Task.CHURN:
         last_month = book["month"].max()

@@ -267,17 +267,19 @@ def train_bundled(
     max_rounds: int | None = None,
     progress: ProgressCallback | None = None,
     card_rows: int | None = None,
+    indices: bool = False,
 ) -> Manifest:
-    """Train one of the four bundled models on a synthetic (or same-shaped) customer book.
+    """Train one of the four bundled models on a synthetic (or same-shaped) customer book
+    (``indices``: churn also reads the satisfaction and loyalty indices).
 
     ``card_rows`` caps the model card's samples (the logistic baseline's training rows and the
     rows compared with TreeSHAP) below their defaults, for quick test models.
     """
     book = prepare_book(read_book(book_path).to_pandas())
     generator = book_generator(book_path)
-    frame = build_task_frame(book, task)
+    frame = build_task_frame(book, task, indices=indices)
     split = time_split(frame.month.to_numpy())
-    schema = schema_for(task)
+    schema = schema_for(task, indices=indices)
     matrix = frame.features.to_numpy(dtype=np.float64)
     target = frame.target.to_numpy()
     if task is Task.RECOMMENDATION:
