@@ -22,6 +22,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.elements import conv
 
 from app.db.base import Base
 from app.scoring.tables import BigIntegerId, UTCDateTime
@@ -60,7 +61,12 @@ class PointsEntry(Base):
         CheckConstraint(f"kind IN ({KIND_VALUES})", name="kind"),
         CheckConstraint("(kind = 'earn') = (points > 0)", name="sign"),
         # A repeated key changes nothing; expiries and reversals key themselves by the lot.
-        UniqueConstraint("tenant", "customer_id", "idempotency_key", name="idempotency_key"),
+        UniqueConstraint(
+            "tenant",
+            "customer_id",
+            "idempotency_key",
+            name=conv("uq_points_entry_idempotency_key"),
+        ),
         Index("ix_points_entry_tenant_customer_id", "tenant", "customer_id", "id"),
         Index("ix_points_entry_tenant_expires_on", "tenant", "expires_on"),
     )
