@@ -409,6 +409,39 @@ def test_expiry_takes_the_oldest_points_first_and_is_idempotent(sqlite_engine: E
     assert entries_sum(sqlite_engine, tenant, "C") == 0
 
 
+@pytest.mark.parametrize(
+    ("expiry", "last_day"),
+    [
+        ({"rule": "month_end"}, date(2026, 3, 31)),
+        ({"rule": "year_end"}, date(2026, 12, 31)),
+        ({"rule": "never"}, None),
+    ],
+)
+def test_each_expiry_rule_expires_the_day_after_the_last_day(
+    sqlite_engine: Engine, expiry: dict[str, Any], last_day: date | None
+) -> None:
+    policy, tenant = small_policy(lock_days=0, expiry=expiry), f"r-{uuid.uuid4().hex[:8]}"
+    with Session(sqlite_engine) as session:
+        earned = service.earn(
+            session,
+            rewards=policy,
+            tier="mass",
+            tenant=tenant,
+            customer_id="C",
+            points=10,
+            idempotency_key="k",
+            description=None,
+            now=T0,
+        )
+    assert earned.entry.expires_on == last_day
+    last = last_day or date(2099, 12, 31)
+    expected = [15, 15 if last_day is None else 0]
+    for as_of, left in zip([last, last + timedelta(days=1)], expected, strict=True):
+        with Session(sqlite_engine) as session:
+            service.expire(session, as_of=as_of, now=T0)
+        assert entries_sum(sqlite_engine, tenant, "C") == left
+
+
 def _entries(engine: Engine, tenant: str) -> list[PointsEntry]:
     with Session(engine) as session:
         return list(
@@ -547,16 +580,74 @@ def test_stock_10_and_100_concurrent_redemptions_exactly_10_succeed() -> None:
                 redeemed = session.scalar(
                     select(func.count()).where(PointsEntry.kind == "redemption")
                 )
-                lowest = min(
+                balances = [
                     service.points(
                         session, tenant=tenant, customer_id=c, shown_id=c, limit=1, offset=0, now=T0
                     ).balance.available
                     for c in customers
-                )
+                ]
         finally:
             engine.dispose()
     assert outcomes.count("ok") == 10 and outcomes.count("out_of_stock") == 90
-    assert (stock, redeemed) == (0, 10) and lowest >= 1500 - 100
+    assert (stock, redeemed) == (0, 10)
+    assert sum(balances) == 20 * 1500 - 10 * 100 and min(balances) >= 0
+
+
+@pytest.mark.postgres
+def test_concurrent_redemptions_by_one_customer_never_overdraw_it() -> None:
+    policy = small_policy(lock_days=0)  # pen: 40 points, stock 1000
+    with temporary_postgres_database() as url:
+        upgrade(url)
+        engine = create_db_engine(url)
+        try:
+            with Session(engine) as session:  # 1.5 x 100 = 150 points: three pens
+                service.earn(
+                    session,
+                    rewards=policy,
+                    tier="mass",
+                    tenant="t",
+                    customer_id="C",
+                    points=100,
+                    idempotency_key="k",
+                    description=None,
+                    now=T0,
+                )
+            start, outcomes = threading.Barrier(30), list[str]()
+
+            def attempt(index: int) -> None:
+                start.wait()
+                with Session(engine) as session:
+                    try:
+                        service.redeem(
+                            session,
+                            rewards=policy,
+                            tier="mass",
+                            tenant="t",
+                            customer_id="C",
+                            gift_id="pen",
+                            idempotency_key=f"r{index % 10}",
+                            now=T0,
+                        )
+                        outcomes.append("ok")
+                    except ServiceError as error:
+                        outcomes.append(error.code)
+
+            threads = [threading.Thread(target=attempt, args=(i,)) for i in range(30)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            with Session(engine) as session:
+                page = service.points(
+                    session, tenant="t", customer_id="C", shown_id="C", limit=50, offset=0, now=T0
+                )
+        finally:
+            engine.dispose()
+    # Ten keys, each sent three times: three redemptions are posted, every other answer is
+    # either the replay of one of them or a refusal for the balance.
+    assert [e.kind for e in page.entries].count("redemption") == 3
+    assert page.balance.total == 30 and page.balance.available == 30
+    assert set(outcomes) <= {"ok", "insufficient_points"} and len(outcomes) == 30
 
 
 # --- over HTTP -------------------------------------------------------------------------------
