@@ -158,6 +158,10 @@ class Settings(BaseSettings):
     eligibility_file: Path = Field(default=PROJECT_ROOT / "app" / "resources" / "eligibility.json")
     # The bank's tier policy (app/value/policy.py); an invalid file stops the service at start.
     tier_policy_file: Path = Field(default=PROJECT_ROOT / "app" / "resources" / "tier_policy.json")
+    # Service plans, points rules and gift catalogue (app/rewards/policy.py); checked at start.
+    rewards_policy_file: Path = Field(
+        default=PROJECT_ROOT / "app" / "resources" / "rewards_policy.json"
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch_size: int = Field(default=1000, ge=1)

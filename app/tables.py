@@ -6,6 +6,7 @@ from app.console import tables as console_tables
 from app.contact import tables as contact_tables
 from app.customers import tables as customer_tables
 from app.modelops import tables as model_tables
+from app.rewards import tables as rewards_tables
 from app.scoring import tables as score_tables
 from app.security import tables as security_tables
 from app.value import tables as value_tables
@@ -17,6 +18,7 @@ __all__ = [
     "contact_tables",
     "customer_tables",
     "model_tables",
+    "rewards_tables",
     "score_tables",
     "security_tables",
     "value_tables",

@@ -14,6 +14,7 @@ from app.cli import (
     dispatch,
     ingest,
     models,
+    rewards,
     score,
     serve,
     staff,
@@ -40,6 +41,7 @@ cli.add_typer(customers.commands)
 cli.add_typer(backtest.outcomes)
 cli.add_typer(backtest.commands)
 cli.add_typer(tiers.commands)
+cli.add_typer(rewards.commands)
 
 __all__ = ["cli", "main"]
 

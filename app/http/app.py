@@ -38,6 +38,8 @@ from app.modelops import routes as models
 from app.modelops.serving import ChampionWatcher
 from app.notifications.service import build_dispatcher
 from app.observability import Metrics, RequestContextMiddleware, configure_logging
+from app.rewards import routes as rewards
+from app.rewards.policy import load_rewards_policy
 from app.scoring import history_routes as history
 from app.scoring import routes as scores
 from app.scoring.registry import ModelRegistry
@@ -85,6 +87,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     configure_logging(settings.log_level, settings.log_json)
     # Before anything starts: an invalid policy stops the service, naming the key.
     tier_policy = load_policy(settings.tier_policy_file)
+    rewards_policy = load_rewards_policy(settings.rewards_policy_file)
+    rewards_policy.check_tiers(tier_policy.names)
     rules = rules_from_settings(settings)
     # A registry of this app's own: activations swap its models, never a caller's.
     registry = (
@@ -220,6 +224,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.routing = RoutingPolicy.from_settings(settings)
     app.state.contact_policy = ContactPolicy.from_settings(settings)
     app.state.tier_policy = tier_policy
+    app.state.rewards_policy = rewards_policy
     for router in (health.router, scores.router, history.router, models.router, alerts.router):
         app.include_router(router)
     app.include_router(customers.router)
@@ -229,6 +234,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(contact.router)
     app.include_router(models.admin_router)
     app.include_router(value.router)
+    app.include_router(rewards.router)
     add_docs(app)
     app.mount(
         console.PREFIX,

@@ -19,6 +19,7 @@ class Scope(StrEnum):
     CASEWORK_READ = "casework:read"
     CASEWORK_WRITE = "casework:write"
     STAFF_ADMIN = "staff:admin"
+    REWARDS_WRITE = "rewards:write"
     ADMIN = "admin"
 
 

@@ -1,0 +1,64 @@
+"""Migration 0019: the points ledger and gift stock tables go up, down and up again."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy.exc
+from sqlalchemy import Engine, inspect, text
+
+from app.db import migrate
+from app.db.session import create_db_engine
+from tests.db_support import temporary_postgres_database, temporary_sqlite_database
+
+NOW = "2026-12-06 10:00:00+00:00"
+TABLES = {"points_account", "points_entry", "gift_stock"}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """An empty database of each kind."""
+    temporary = (
+        temporary_postgres_database if request.param == "postgres" else temporary_sqlite_database
+    )
+    with temporary() as url:
+        engine = create_db_engine(url)
+        yield engine
+        engine.dispose()
+
+
+def _fill(engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO points_entry (tenant, customer_id, kind, points, idempotency_key,"
+                " created_at) VALUES ('', 'C-1', 'earn', 10, 'k', :now)"
+            ),
+            {"now": NOW},
+        )
+        connection.execute(text("INSERT INTO gift_stock VALUES ('', 'pen', 3)"))
+
+
+def test_up_down_up_with_rows_and_the_constraints_hold(database: Engine) -> None:
+    url = database.url.render_as_string(hide_password=False)
+    migrate.upgrade(url, "0019")
+    _fill(database)
+    migrate.downgrade(url, "0017")
+    tables = set(inspect(database).get_table_names())
+    assert not TABLES & tables and "tier_movement" in tables
+    migrate.upgrade(url, "0019")
+    _fill(database)
+    for bad in (
+        # A second posting under the same key.
+        "INSERT INTO points_entry (tenant, customer_id, kind, points, idempotency_key,"
+        " created_at) VALUES ('', 'C-1', 'earn', 5, 'k', :now)",
+        # A redemption that adds points.
+        "INSERT INTO points_entry (tenant, customer_id, kind, points, idempotency_key,"
+        " created_at) VALUES ('', 'C-1', 'redemption', 5, 'r', :now)",
+        "UPDATE gift_stock SET remaining = -1",
+    ):
+        with pytest.raises(sqlalchemy.exc.IntegrityError), database.begin() as connection:
+            connection.execute(text(bad), {"now": NOW})
+    with database.connect() as connection:
+        assert connection.scalar(text("SELECT sum(points) FROM points_entry")) == 10
