@@ -275,17 +275,31 @@ def test_accept_reassign_and_escalate_by_hand_with_the_owner_from_the_credential
     with Session(bank.engine) as session:
         alert = get_alert(session, alert_id=alert_id, tenant=TenantScope(bank.tenant))
     assert (alert.status, alert.owner) == ("acknowledged", bank.principals["bs-1"])
-    response = bank.post("bs-1", alert_id, "reassign", {"to": "rm-3", "reason": "r"})
-    assert response.status_code == 409 and response.json()["state"] == "accepted"
+    # Accepted, then handed on by hand: back to waiting, the new assignee accepts again on a
+    # clock restarted from the reassignment.
+    before = datetime.now(UTC)
+    response = bank.post("bs-1", alert_id, "reassign", {"to": "rm-3", "reason": "knows them"})
+    assert response.status_code == 200, response.text
+    moved = response.json()
+    assert (moved["status"], moved["assignee"], moved["accepted_by"]) == ("assigned", "rm-3", None)
+    accept_by = datetime.fromisoformat(moved["accept_by"])
+    assert before + policy.accept_within <= accept_by <= datetime.now(UTC) + policy.accept_within
+    assert bank.post("bs-1", alert_id, "accept", {}).status_code == 403  # no longer theirs
+    again = bank.post("rm-3", alert_id, "accept", {"note": "mine now"})
+    assert again.status_code == 200, again.text
+    assert (again.json()["status"], again.json()["accepted_by"]) == ("accepted", "rm-3")
     history = bank.routed("bs-1", alert_id)["history"]
     assert [(e["kind"], e["actor"], e["from_value"], e["to_value"]) for e in history] == [
         ("routed", "system", None, "rm-1"),
         ("reassigned", "rm-1", "rm-1", "rm-2"),
         ("escalated", "rm-2", "rm-2", "bs-1"),
         ("accepted", "bs-1", "bs-1", "bs-1"),
+        ("reassigned", "bs-1", "bs-1", "rm-3"),
+        ("accepted", "rm-3", "rm-3", "rm-3"),
     ]
+    assert history[4]["reason"] == "knows them"
     assert history[1]["reason"] == "on leave" and history[1]["principal"]
-    mine = bank.client.get("/v1/casework/alerts?mine=true", headers=bank.keys["bs-1"]).json()
+    mine = bank.client.get("/v1/casework/alerts?mine=true", headers=bank.keys["rm-3"]).json()
     assert [a["alert_id"] for a in mine["items"]] == [alert_id]
     _, stranger = new_key(bank.client.app, "casework:read", tenant="another")  # type: ignore[arg-type]
     assert bank.client.get(f"/v1/casework/alerts/{alert_id}", headers=stranger).status_code in (

@@ -403,7 +403,8 @@ def accept_routed_alert(
 def reassign_routed_alert(
     session: SessionDep, act: Writing, policy: RoutingDep, alert_id: AlertId, body: ReassignRequest
 ) -> AssignmentOut:
-    """Hand a not yet accepted alert to another staff member, saying why."""
+    """Hand an alert (accepted or not) to another staff member, saying why; they accept it
+    again before a new deadline."""
     return routing.reassign(
         session, act=act, alert_id=alert_id, to=body.to, reason=body.reason, policy=policy
     )

@@ -679,6 +679,10 @@ def accept(session: Session, *, act: Act, alert_id: int, note: str | None) -> As
     assignment.assignee_id = assignment.accepted_by = me
     assignment.accepted_at = assignment.updated_at = act.now
     session.flush()
+    if alerts.alert_refs(session, alert_ids=[alert_id])[alert_id].status != AlertStatus.OPEN:
+        # Accepted again after a reassignment: the alert was acknowledged the first time.
+        session.commit()
+        return assignment_out(session, assignment)
     alerts.acknowledge_alert(  # commits both
         session,
         alert_id=alert_id,
@@ -713,10 +717,12 @@ def reassign(
     reason: str,
     policy: RoutingPolicy,
 ) -> AssignmentOut:
-    """Hand a not yet accepted alert to someone else, saying why (422: unknown staff; 409:
-    away, inactive or already theirs). A person's decision: capacity does not bind it."""
+    """Hand an open alert to someone else, saying why (422: unknown staff; 409: away,
+    inactive or already theirs). A person's decision: capacity does not bind it. An accepted
+    alert goes back to waiting: the new assignee must accept it, before a new deadline."""
     assignment = _load(session, act, alert_id)
-    _check_assigned(assignment, "reassign")
+    if assignment.status != AssignmentStatus.ACCEPTED.value:
+        _check_assigned(assignment, "reassign")
     _may_move(act, assignment)
     target = directory.require_staff(session, tenant=act.staff.tenant, staff_id=to, field="to")
     if target.staff_id == assignment.assignee_id:
@@ -734,6 +740,9 @@ def reassign(
         reason=reason,
         policy=policy,
     )
+    # Taken from someone who had accepted it: the new assignee accepts again, on a new clock.
+    assignment.status = AssignmentStatus.ASSIGNED.value
+    assignment.accepted_at = assignment.accepted_by = None
     session.commit()
     return assignment_out(session, assignment)
 
