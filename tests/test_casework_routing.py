@@ -4,6 +4,7 @@ credential's name), reassignment, escalation by hand and on timeout, and the app
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -482,3 +483,75 @@ def test_the_assignee_and_the_branch_desk_are_mailed_on_routing_and_on_escalatio
     )
     assert mail["Subject"] == f"CVM churn alert {alert_id} for bs-1"
     assert "not accepted within 24 h" in mail.get_content()
+
+
+def test_an_alert_routed_to_a_branch_with_its_own_webhook_is_posted_there(
+    bank: Bank, database_url: str, settings_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.alerts.repository import ClaimedMessage
+    from app.notifications.service import Dispatcher, build_channels, dispatch_policy
+    from tests.test_notifications import SECRET, WebhookReceiver
+
+    north, tenant_hook = WebhookReceiver(), WebhookReceiver()
+    north.start()
+    tenant_hook.start()
+    monkeypatch.setenv("NORTH_HOOK_KEY", SECRET)
+    monkeypatch.setenv("TENANT_HOOK_KEY", "the-tenant's-key")
+    route = {
+        "webhook_url": tenant_hook.url,
+        "webhook_secret_env": "TENANT_HOOK_KEY",
+        "branches": {"north": {"webhook_url": north.url, "webhook_secret_env": "NORTH_HOOK_KEY"}},
+    }
+    settings = settings_for(database_url, notification_routes={bank.tenant: route})
+    policy = RoutingPolicy.from_settings(settings)
+    assert policy.webhook_branches == {(bank.tenant, "north")}
+    in_north = bank.alert(bank.customer(branch="north", manager="rm-1"))
+    bank.alert(bank.customer(branch="south", manager="rm-s"))
+    try:
+        assert bank.route(policy).total_routed == 2
+        channels = build_channels(settings)
+        Dispatcher(engine=bank.engine, channels=channels, policy=dispatch_policy(settings)).drain(
+            max_rounds=5
+        )
+        # The north alert reached the branch's receiver, signed with the branch's key, once;
+        # the south branch has no receiver of its own: nothing is posted for it per branch.
+        (posted,) = north.accepted
+        assert posted.signed_correctly
+        payload = json.loads(posted.body)
+        assert (payload["alert_id"], payload["branch"], payload["assignee"]) == (
+            in_north,
+            "north",
+            "rm-1",
+        )
+        assert tenant_hook.accepted == []
+        # A message for a branch without a receiver falls back to the tenant's webhook.
+        channels["webhook"].deliver(
+            ClaimedMessage(
+                id="m-1",
+                channel="webhook",
+                kind="casework_routed",
+                recipient="branch:south",
+                alert_id=None,
+                payload={"branch": "south"},
+                attempts=0,
+                created_at=datetime.now(UTC),
+                tenant=bank.tenant,
+            )
+        )
+        assert [json.loads(r.body) for r in tenant_hook.accepted] == [{"branch": "south"}]
+    finally:
+        north.stop()
+        tenant_hook.stop()
+        for channel in channels.values():
+            channel.shutdown()
+
+
+@pytest.mark.parametrize(
+    "branch_route",
+    [{"webhook_url": "http://example.com/hook"}, {"webhook_url": "ftp://127.0.0.1/hook"}],
+)
+def test_a_branch_webhook_must_be_https(branch_route: dict[str, Any]) -> None:
+    from app.config import Settings
+
+    with pytest.raises(ValueError, match=r"branches\['north'\]\.webhook_url"):
+        Settings(notification_routes={"bank-a": {"branches": {"north": branch_route}}})

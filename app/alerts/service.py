@@ -644,15 +644,17 @@ def queue_email(
     payload: dict[str, Any],
     tenant: str | None,
     now: datetime,
+    channel: str = "email",
 ) -> bool:
-    """Queue one e-mail in the outbox (flushed, not committed) unless a message with this id
-    is already there: a deterministic id makes a repeated call a no-op. Whether it was new."""
+    """Queue one e-mail (or ``channel`` message) in the outbox (flushed, not committed) unless
+    a message with this id is already there: a deterministic id makes a repeated call a no-op.
+    Whether it was new."""
     connection = session.connection()
     if repo.outbox_message_exists(connection, message_id=message_id):
         return False
     row = OutboxRow(
         id=message_id,
-        channel="email",
+        channel=channel,
         kind=kind,
         recipient=recipient,
         alert_id=None,
