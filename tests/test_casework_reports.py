@@ -386,3 +386,16 @@ def test_the_report_operations_survive_fuzzing(reports: Reports) -> None:
 
         fuzz()
     assert 200 in statuses and all(status < 500 for status in statuses), statuses
+
+
+@pytest.mark.parametrize("path", ["/v1/reports/casework", "/v1/reports/complaints-return"])
+def test_reports_need_a_credential_with_casework_read(reports: Reports, path: str) -> None:
+    params = {"half": "2026H1"} if path.endswith("return") else {}
+    assert reports.client.get(path, params=params).status_code == 401
+    app: Any = reports.client.app
+    _, writer_only = new_key(app, "casework:write", tenant=reports.tenant)
+    refused = reports.client.get(path, params=params, headers=writer_only)
+    assert refused.status_code == 403 and "casework:read" in refused.json()["detail"]
+    # A reader that acts as no staff member: 403 too, never another tenant's figures.
+    _, stranger = new_key(app, "casework:read", tenant=reports.tenant)
+    assert reports.client.get(path, params=params, headers=stranger).status_code == 403
