@@ -41,6 +41,20 @@ class BranchRoute(BaseModel):
     email_recipients: list[str] = Field(
         default_factory=list, description="The branch's addresses (needs email_enabled)."
     )
+    webhook_url: str | None = Field(
+        default=None,
+        description="The branch's office-system receiver of the alerts routed to its staff "
+        "(else the tenant's webhook has them).",
+    )
+    webhook_secret_env: str | None = Field(
+        default=None,
+        description="Name of the environment variable holding the HMAC key of the branch's "
+        "webhook.",
+    )
+
+    def webhook_secret(self) -> str:
+        """The branch's webhook key, read from its environment variable."""
+        return os.environ.get(self.webhook_secret_env or "", "")
 
 
 class TenantRoute(BaseModel):
@@ -594,6 +608,10 @@ class Settings(BaseSettings):
             if any("@" not in address for address in branch_route.email_recipients):
                 raise ValueError(
                     f"{where}.branches[{branch!r}].email_recipients must be e-mail addresses"
+                )
+            if branch_route.webhook_url is not None:
+                check_webhook_url(
+                    branch_route.webhook_url, f"{where}.branches[{branch!r}].webhook_url"
                 )
         if route.webhook_url is None:
             if route.webhook_secret_env is not None:

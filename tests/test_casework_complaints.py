@@ -415,3 +415,29 @@ def test_every_casework_operation_accepts_its_documented_example(bank: Bank) -> 
         if method == "post"
     }
     assert len(covered) == len(steps) + 3  # the steps, close, reject and accept
+
+
+def test_an_accepted_transfer_can_be_handed_on_and_the_next_owner_accepts_again(
+    bank: Bank,
+) -> None:
+    case = bank.complaint()["id"]
+    assert bank.step("rm-1", case, "transfer", {"to": "ct-1", "reason": "fraud"}).status_code == 200
+    assert bank.step("ct-1", case, "accept").json()["owner"] == "ct-1"
+    offered = bank.step("ct-1", case, "transfer", {"to": "bs-1", "reason": "branch error"})
+    assert offered.status_code == 200, offered.text
+    # Until the new target accepts, the accepting owner stays accountable.
+    assert (offered.json()["owner"], offered.json()["pending_transfer_to"]) == ("ct-1", "bs-1")
+    assert bank.step("rm-1", case, "accept").status_code == 403
+    taken = bank.step("bs-1", case, "accept")
+    assert taken.status_code == 200 and taken.json()["owner"] == "bs-1"
+    trail = [
+        (e["kind"], e["actor"], e["from_value"], e["to_value"], e["reason"])
+        for e in taken.json()["history"]
+        if e["kind"] in ("transfer_requested", "transferred")
+    ]
+    assert trail == [
+        ("transfer_requested", "rm-1", "rm-1", "ct-1", "fraud"),
+        ("transferred", "ct-1", "rm-1", "ct-1", "fraud"),
+        ("transfer_requested", "ct-1", "ct-1", "bs-1", "branch error"),
+        ("transferred", "bs-1", "ct-1", "bs-1", "branch error"),
+    ]

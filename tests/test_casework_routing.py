@@ -4,6 +4,7 @@ credential's name), reassignment, escalation by hand and on timeout, and the app
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -275,17 +276,31 @@ def test_accept_reassign_and_escalate_by_hand_with_the_owner_from_the_credential
     with Session(bank.engine) as session:
         alert = get_alert(session, alert_id=alert_id, tenant=TenantScope(bank.tenant))
     assert (alert.status, alert.owner) == ("acknowledged", bank.principals["bs-1"])
-    response = bank.post("bs-1", alert_id, "reassign", {"to": "rm-3", "reason": "r"})
-    assert response.status_code == 409 and response.json()["state"] == "accepted"
+    # Accepted, then handed on by hand: back to waiting, the new assignee accepts again on a
+    # clock restarted from the reassignment.
+    before = datetime.now(UTC)
+    response = bank.post("bs-1", alert_id, "reassign", {"to": "rm-3", "reason": "knows them"})
+    assert response.status_code == 200, response.text
+    moved = response.json()
+    assert (moved["status"], moved["assignee"], moved["accepted_by"]) == ("assigned", "rm-3", None)
+    accept_by = datetime.fromisoformat(moved["accept_by"])
+    assert before + policy.accept_within <= accept_by <= datetime.now(UTC) + policy.accept_within
+    assert bank.post("bs-1", alert_id, "accept", {}).status_code == 403  # no longer theirs
+    again = bank.post("rm-3", alert_id, "accept", {"note": "mine now"})
+    assert again.status_code == 200, again.text
+    assert (again.json()["status"], again.json()["accepted_by"]) == ("accepted", "rm-3")
     history = bank.routed("bs-1", alert_id)["history"]
     assert [(e["kind"], e["actor"], e["from_value"], e["to_value"]) for e in history] == [
         ("routed", "system", None, "rm-1"),
         ("reassigned", "rm-1", "rm-1", "rm-2"),
         ("escalated", "rm-2", "rm-2", "bs-1"),
         ("accepted", "bs-1", "bs-1", "bs-1"),
+        ("reassigned", "bs-1", "bs-1", "rm-3"),
+        ("accepted", "rm-3", "rm-3", "rm-3"),
     ]
+    assert history[4]["reason"] == "knows them"
     assert history[1]["reason"] == "on leave" and history[1]["principal"]
-    mine = bank.client.get("/v1/casework/alerts?mine=true", headers=bank.keys["bs-1"]).json()
+    mine = bank.client.get("/v1/casework/alerts?mine=true", headers=bank.keys["rm-3"]).json()
     assert [a["alert_id"] for a in mine["items"]] == [alert_id]
     _, stranger = new_key(bank.client.app, "casework:read", tenant="another")  # type: ignore[arg-type]
     assert bank.client.get(f"/v1/casework/alerts/{alert_id}", headers=stranger).status_code in (
@@ -468,3 +483,75 @@ def test_the_assignee_and_the_branch_desk_are_mailed_on_routing_and_on_escalatio
     )
     assert mail["Subject"] == f"CVM churn alert {alert_id} for bs-1"
     assert "not accepted within 24 h" in mail.get_content()
+
+
+def test_an_alert_routed_to_a_branch_with_its_own_webhook_is_posted_there(
+    bank: Bank, database_url: str, settings_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.alerts.repository import ClaimedMessage
+    from app.notifications.service import Dispatcher, build_channels, dispatch_policy
+    from tests.test_notifications import SECRET, WebhookReceiver
+
+    north, tenant_hook = WebhookReceiver(), WebhookReceiver()
+    north.start()
+    tenant_hook.start()
+    monkeypatch.setenv("NORTH_HOOK_KEY", SECRET)
+    monkeypatch.setenv("TENANT_HOOK_KEY", "the-tenant's-key")
+    route = {
+        "webhook_url": tenant_hook.url,
+        "webhook_secret_env": "TENANT_HOOK_KEY",
+        "branches": {"north": {"webhook_url": north.url, "webhook_secret_env": "NORTH_HOOK_KEY"}},
+    }
+    settings = settings_for(database_url, notification_routes={bank.tenant: route})
+    policy = RoutingPolicy.from_settings(settings)
+    assert policy.webhook_branches == {(bank.tenant, "north")}
+    in_north = bank.alert(bank.customer(branch="north", manager="rm-1"))
+    bank.alert(bank.customer(branch="south", manager="rm-s"))
+    try:
+        assert bank.route(policy).total_routed == 2
+        channels = build_channels(settings)
+        Dispatcher(engine=bank.engine, channels=channels, policy=dispatch_policy(settings)).drain(
+            max_rounds=5
+        )
+        # The north alert reached the branch's receiver, signed with the branch's key, once;
+        # the south branch has no receiver of its own: nothing is posted for it per branch.
+        (posted,) = north.accepted
+        assert posted.signed_correctly
+        payload = json.loads(posted.body)
+        assert (payload["alert_id"], payload["branch"], payload["assignee"]) == (
+            in_north,
+            "north",
+            "rm-1",
+        )
+        assert tenant_hook.accepted == []
+        # A message for a branch without a receiver falls back to the tenant's webhook.
+        channels["webhook"].deliver(
+            ClaimedMessage(
+                id="m-1",
+                channel="webhook",
+                kind="casework_routed",
+                recipient="branch:south",
+                alert_id=None,
+                payload={"branch": "south"},
+                attempts=0,
+                created_at=datetime.now(UTC),
+                tenant=bank.tenant,
+            )
+        )
+        assert [json.loads(r.body) for r in tenant_hook.accepted] == [{"branch": "south"}]
+    finally:
+        north.stop()
+        tenant_hook.stop()
+        for channel in channels.values():
+            channel.shutdown()
+
+
+@pytest.mark.parametrize(
+    "branch_route",
+    [{"webhook_url": "http://example.com/hook"}, {"webhook_url": "ftp://127.0.0.1/hook"}],
+)
+def test_a_branch_webhook_must_be_https(branch_route: dict[str, Any]) -> None:
+    from app.config import Settings
+
+    with pytest.raises(ValueError, match=r"branches\['north'\]\.webhook_url"):
+        Settings(notification_routes={"bank-a": {"branches": {"north": branch_route}}})

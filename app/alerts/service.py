@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Select, select
 from sqlalchemy.orm import Session
 
 from app.alerts import repository as repo
@@ -54,6 +54,7 @@ from app.alerts.states import (
     MessageStatus,
     Outcome,
 )
+from app.alerts.tables import Alert
 from app.config import Settings
 from app.db.errors import describe_db_error
 from app.errors import Conflict, NotFound
@@ -643,15 +644,17 @@ def queue_email(
     payload: dict[str, Any],
     tenant: str | None,
     now: datetime,
+    channel: str = "email",
 ) -> bool:
-    """Queue one e-mail in the outbox (flushed, not committed) unless a message with this id
-    is already there: a deterministic id makes a repeated call a no-op. Whether it was new."""
+    """Queue one e-mail (or ``channel`` message) in the outbox (flushed, not committed) unless
+    a message with this id is already there: a deterministic id makes a repeated call a no-op.
+    Whether it was new."""
     connection = session.connection()
     if repo.outbox_message_exists(connection, message_id=message_id):
         return False
     row = OutboxRow(
         id=message_id,
-        channel="email",
+        channel=channel,
         kind=kind,
         recipient=recipient,
         alert_id=None,
@@ -869,3 +872,8 @@ def _refusal(
         detail = f"alert {alert_id} is owned by {alert.owner}; only its owner may resolve it"
     session.rollback()
     return Conflict(detail, extra=extra)
+
+
+def outcome_rows() -> Select[int, str | None]:
+    """Every alert's id and outcome (None until resolved): a subquery for reports to join."""
+    return select(Alert.id.label("alert_id"), Alert.outcome.label("outcome"))

@@ -3,22 +3,25 @@ churn alerts."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from app.casework import routing, service
+from app.casework import reports, routing, service
 from app.casework import staff as directory
+from app.casework.errors import NotAllowed
 from app.casework.routing import RoutingPolicy
 from app.casework.schemas import (
     AbsenceRequest,
     AssignmentOut,
     AssignmentPage,
+    CaseworkReport,
     CloseRequest,
     ComplaintOut,
     ComplaintPage,
     ComplaintRequest,
+    ComplaintsReturn,
     EscalateRequest,
     ExtendRequest,
     FactsRequest,
@@ -32,7 +35,13 @@ from app.casework.schemas import (
     TransferRequest,
 )
 from app.casework.service import Act, Casework, acting, utc_now
-from app.casework.states import AssignmentStatus, ComplaintAction, ComplaintStatus, StaffRole
+from app.casework.states import (
+    CROSS_BRANCH_ROLES,
+    AssignmentStatus,
+    ComplaintAction,
+    ComplaintStatus,
+    StaffRole,
+)
 from app.customers.schemas import Code
 from app.http.deps import (
     CaseworkReader,
@@ -394,7 +403,8 @@ def accept_routed_alert(
 def reassign_routed_alert(
     session: SessionDep, act: Writing, policy: RoutingDep, alert_id: AlertId, body: ReassignRequest
 ) -> AssignmentOut:
-    """Hand a not yet accepted alert to another staff member, saying why."""
+    """Hand an alert (accepted or not) to another staff member, saying why; they accept it
+    again before a new deadline."""
     return routing.reassign(
         session, act=act, alert_id=alert_id, to=body.to, reason=body.reason, policy=policy
     )
@@ -408,3 +418,93 @@ def escalate_routed_alert(
 ) -> AssignmentOut:
     """Send a not yet accepted alert to the assignee's supervisor, saying why."""
     return routing.escalate(session, act=act, alert_id=alert_id, reason=body.reason, policy=policy)
+
+
+# --- reports ----------------------------------------------------------------------------------
+
+reports_router = APIRouter(prefix="/v1/reports", tags=["casework"])
+
+
+def _report_branch(act: Act, branch: str | None) -> str | None:
+    """The branch a report may cover: any for cross-branch roles, else only the caller's."""
+    if set(act.staff.roles) & {role.value for role in CROSS_BRANCH_ROLES}:
+        return branch
+    if branch is not None and branch != act.staff.branch:
+        raise NotAllowed(f"you may report on branch {act.staff.branch!r} only, not {branch!r}")
+    return act.staff.branch
+
+
+@reports_router.get(
+    "/casework",
+    response_model=CaseworkReport,
+    responses={
+        **ACTOR_ERRORS,
+        422: {"description": "A malformed date or branch, or from not before to", **PROBLEM},
+    },
+)
+def casework_report(
+    session: SessionDep,
+    act: Reading,
+    date_from: Annotated[
+        date | None, Query(alias="from", description="First day included (UTC).")
+    ] = None,
+    date_to: Annotated[
+        date | None, Query(alias="to", description="First day excluded (UTC).")
+    ] = None,
+    branch: Annotated[Code | None, Query(description="Only this branch.")] = None,
+) -> CaseworkReport:
+    """Volumes, deadline hit rate, by branch and owner, root causes, repeat complaints and
+    alert retention (staff outside cross-branch roles see their own branch only)."""
+    return reports.casework_report(
+        session,
+        tenant=act.staff.tenant,
+        branch=_report_branch(act, branch),
+        date_from=date_from,
+        date_to=date_to,
+    )
+
+
+@reports_router.get(
+    "/complaints-return",
+    response_model=ComplaintsReturn,
+    responses={
+        **ACTOR_ERRORS,
+        422: {
+            "description": "A malformed half-year or bucket (the body names the field)",
+            **PROBLEM,
+        },
+    },
+)
+def complaints_return(
+    session: SessionDep,
+    act: Reading,
+    casework: CaseworkDep,
+    half: Annotated[
+        str,
+        Query(
+            min_length=6,
+            max_length=6,
+            pattern=r"^\d{4}H[12]$",
+            description="The half-year: 2026H1 (January-June) or 2026H2.",
+            examples=["2026H1"],
+        ),
+    ],
+    buckets: Annotated[
+        list[str] | None,
+        Query(
+            max_length=8,
+            description="Closed-within marks: 3bd (business days), 15d (days), 8w (weeks).",
+        ),
+    ] = None,
+) -> ComplaintsReturn:
+    """The half-yearly complaints return of the caller's tenant, by product (complaints team,
+    approvers and administrators)."""
+    if not set(act.staff.roles) & {role.value for role in CROSS_BRANCH_ROLES}:
+        raise NotAllowed("the complaints return is for the complaints team and head office")
+    return reports.complaints_return(
+        session,
+        tenant=act.staff.tenant,
+        half=reports.parse_half(half),
+        clock=casework.clock,
+        buckets=reports.parse_buckets(buckets or reports.DEFAULT_BUCKETS),
+    )

@@ -41,7 +41,7 @@ from app.casework.tables import AlertAssignment, AssignmentEvent, Staff
 from app.config import Settings
 from app.customers.service import service_profile
 from app.errors import NotFound
-from app.notifications.service import CASEWORK_DIGEST, CASEWORK_ROUTED
+from app.notifications.service import CASEWORK_DIGEST, CASEWORK_ROUTED, branch_recipient
 from app.scoring.repository import TenantScope
 
 SYSTEM = "system"
@@ -61,6 +61,9 @@ class RoutingPolicy:
     # E-mail the assignee (and the branch's addresses) of each alert routed or moved to them.
     notify: bool = False
     branch_recipients: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    # (tenant, branch) pairs with a webhook of their own: each alert routed or moved to the
+    # branch's staff is posted there too (other branches' alerts reach the tenant's webhook).
+    webhook_branches: frozenset[tuple[str, str]] = frozenset()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RoutingPolicy:
@@ -75,6 +78,12 @@ class RoutingPolicy:
                 for tenant, route in settings.notification_routes.items()
                 for branch, branch_route in route.branches.items()
             },
+            webhook_branches=frozenset(
+                (tenant, branch)
+                for tenant, route in settings.notification_routes.items()
+                for branch, branch_route in route.branches.items()
+                if branch_route.webhook_url is not None
+            ),
         )
 
 
@@ -360,12 +369,11 @@ def route_alert(
 def _announce(
     session: Session, assignment: AlertAssignment, policy: RoutingPolicy, *, reason: str
 ) -> None:
-    """E-mail the new assignee and the branch's addresses (one message each; the ids derive
-    from the alert, the person and the time, so a retried transaction queues nothing new)."""
-    if not policy.notify:
-        return
+    """E-mail the new assignee and the branch's addresses, and post to the branch's webhook
+    when it has one (one message each; the ids derive from the alert, the recipient and the
+    time, so a retried transaction queues nothing new)."""
     recipients: list[str] = []
-    if assignment.assignee_id is not None:
+    if policy.notify and assignment.assignee_id is not None:
         staff = directory.find_staff(
             session, tenant=assignment.tenant, staff_id=assignment.assignee_id
         )
@@ -382,7 +390,10 @@ def _announce(
         "reason": reason,
     }
     stamp = assignment.assigned_at.isoformat()
-    for recipient in dict.fromkeys(recipients):
+    channels = [("email", r) for r in dict.fromkeys(recipients) if policy.notify]
+    if (assignment.tenant, assignment.branch) in policy.webhook_branches:
+        channels.append(("webhook", branch_recipient(assignment.branch)))
+    for channel, recipient in channels:
         alerts.queue_email(
             session,
             message_id=str(
@@ -393,6 +404,7 @@ def _announce(
             payload=payload,
             tenant=assignment.tenant,
             now=assignment.assigned_at,
+            channel=channel,
         )
 
 
@@ -679,6 +691,10 @@ def accept(session: Session, *, act: Act, alert_id: int, note: str | None) -> As
     assignment.assignee_id = assignment.accepted_by = me
     assignment.accepted_at = assignment.updated_at = act.now
     session.flush()
+    if alerts.alert_refs(session, alert_ids=[alert_id])[alert_id].status != AlertStatus.OPEN:
+        # Accepted again after a reassignment: the alert was acknowledged the first time.
+        session.commit()
+        return assignment_out(session, assignment)
     alerts.acknowledge_alert(  # commits both
         session,
         alert_id=alert_id,
@@ -713,10 +729,12 @@ def reassign(
     reason: str,
     policy: RoutingPolicy,
 ) -> AssignmentOut:
-    """Hand a not yet accepted alert to someone else, saying why (422: unknown staff; 409:
-    away, inactive or already theirs). A person's decision: capacity does not bind it."""
+    """Hand an open alert to someone else, saying why (422: unknown staff; 409: away,
+    inactive or already theirs). A person's decision: capacity does not bind it. An accepted
+    alert goes back to waiting: the new assignee must accept it, before a new deadline."""
     assignment = _load(session, act, alert_id)
-    _check_assigned(assignment, "reassign")
+    if assignment.status != AssignmentStatus.ACCEPTED.value:
+        _check_assigned(assignment, "reassign")
     _may_move(act, assignment)
     target = directory.require_staff(session, tenant=act.staff.tenant, staff_id=to, field="to")
     if target.staff_id == assignment.assignee_id:
@@ -734,6 +752,9 @@ def reassign(
         reason=reason,
         policy=policy,
     )
+    # Taken from someone who had accepted it: the new assignee accepts again, on a new clock.
+    assignment.status = AssignmentStatus.ASSIGNED.value
+    assignment.accepted_at = assignment.accepted_by = None
     session.commit()
     return assignment_out(session, assignment)
 

@@ -450,3 +450,145 @@ class EscalateRequest(BaseModel):
     )
 
     reason: Reason
+
+
+# --- reports ---------------------------------------------------------------------------------
+
+
+class CaseCounts(BaseModel):
+    """Complaints of one group in a report's window."""
+
+    key: str = Field(description="The group: a branch, a staff id, a root cause...")
+    received: int
+    closed: int
+    closed_on_time: int
+    deadline_hit_rate: float | None = Field(
+        description="closed_on_time / closed (closed or rejected by the due date), 4 places; "
+        "null when nothing closed."
+    )
+
+
+class RetentionCounts(BaseModel):
+    """Routed churn alerts of one group resolved in the window, and how many were retained."""
+
+    key: str
+    resolved: int
+    retained: int
+    retention_rate: float | None = Field(description="retained / resolved, 4 places.")
+
+
+class RootCause(BaseModel):
+    """A root cause recorded when closing, and how often."""
+
+    root_cause: str
+    complaints: int
+
+
+class RepeatComplaints(BaseModel):
+    """Customers who complained more than once in the window."""
+
+    customers: int
+    complaints: int
+
+
+class CaseworkReport(BaseModel):
+    """Casework volumes and service levels of one tenant over a window."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "tenant": "bank-a",
+                    "date_from": "2026-01-01",
+                    "date_to": "2026-07-01",
+                    "branch": None,
+                    "received": 12,
+                    "closed": 9,
+                    "open": 3,
+                    "closed_on_time": 8,
+                    "deadline_hit_rate": 0.8889,
+                    "by_status": {"closed": 8, "rejected": 1, "received": 3},
+                    "by_branch": [],
+                    "by_owner": [],
+                    "top_root_causes": [{"root_cause": "duplicate_fee", "complaints": 4}],
+                    "repeat_complaints": {"customers": 2, "complaints": 5},
+                    "retention_by_reason": [],
+                    "retention_by_branch": [],
+                    "retention_by_assignee": [],
+                }
+            ]
+        }
+    )
+
+    tenant: str | None
+    date_from: date | None = Field(description="First day included (UTC); null: no bound.")
+    date_to: date | None = Field(description="First day excluded (UTC); null: no bound.")
+    branch: str | None
+    received: int = Field(description="Complaints received in the window.")
+    closed: int = Field(description="Complaints closed or rejected in the window.")
+    open: int = Field(description="Of those received in the window, not yet closed or rejected.")
+    closed_on_time: int
+    deadline_hit_rate: float | None
+    by_status: dict[str, int] = Field(description="Complaints received in the window by state.")
+    by_branch: list[CaseCounts]
+    by_owner: list[CaseCounts] = Field(description="By the current owner (staff id).")
+    top_root_causes: list[RootCause]
+    repeat_complaints: RepeatComplaints
+    retention_by_reason: list[RetentionCounts]
+    retention_by_branch: list[RetentionCounts]
+    retention_by_assignee: list[RetentionCounts]
+
+
+class ReturnLine(BaseModel):
+    """One product's line (or the total) of a half-yearly complaints return."""
+
+    product: str
+    received: int = Field(description="Received in the half-year.")
+    closed: int = Field(description="Closed or rejected in the half-year.")
+    closed_within: dict[str, int] = Field(
+        description="Of those closed, how many within each bucket of their receipt "
+        "(cumulative), by bucket label."
+    )
+    upheld: int = Field(description="Closed upheld or partially upheld.")
+    upheld_share: float | None = Field(description="upheld / closed, 4 places.")
+    redress_total: float = Field(description="Redress of complaints closed in the half-year.")
+    outstanding: int = Field(
+        description="Received before the half-year's end and still open at its end."
+    )
+
+
+class ComplaintsReturn(BaseModel):
+    """A regulator-style half-yearly complaints return, computed from case data alone."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "tenant": "bank-a",
+                    "half": "2026H1",
+                    "starts_on": "2026-01-01",
+                    "ends_before": "2026-07-01",
+                    "buckets": ["3bd", "8w"],
+                    "total": {
+                        "product": "all",
+                        "received": 10,
+                        "closed": 8,
+                        "closed_within": {"3bd": 2, "8w": 7},
+                        "upheld": 3,
+                        "upheld_share": 0.375,
+                        "redress_total": 420.0,
+                        "outstanding": 2,
+                    },
+                    "by_product": [],
+                }
+            ]
+        }
+    )
+
+    tenant: str | None
+    half: str
+    starts_on: date
+    ends_before: date
+    buckets: list[str]
+    total: ReturnLine
+    by_product: list[ReturnLine]

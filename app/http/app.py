@@ -231,6 +231,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(casework.staff_router)
     app.include_router(casework.complaints_router)
     app.include_router(casework.routed_alerts_router)
+    app.include_router(casework.reports_router)
     app.include_router(contact.router)
     app.include_router(models.admin_router)
     app.include_router(value.router)

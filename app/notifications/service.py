@@ -116,6 +116,21 @@ class WebhookChannel:
         self._client.close()
 
 
+BRANCH_RECIPIENT = "branch:"
+
+
+def branch_recipient(branch: str) -> str:
+    """The recipient of a webhook message meant for one branch's receiver."""
+    return f"{BRANCH_RECIPIENT}{branch}"
+
+
+def branch_of(recipient: str | None) -> str | None:
+    """The branch a webhook message is addressed to, if any."""
+    if recipient is None or not recipient.startswith(BRANCH_RECIPIENT):
+        return None
+    return recipient[len(BRANCH_RECIPIENT) :]
+
+
 class TenantWebhooks:
     """The webhook channel with one receiver per tenant: a message goes to its own tenant's
     receiver (the default one for messages without a tenant), never to another's."""
@@ -123,13 +138,25 @@ class TenantWebhooks:
     name = "webhook"
 
     def __init__(
-        self, *, default: WebhookChannel | None, tenants: Mapping[str, WebhookChannel]
+        self,
+        *,
+        default: WebhookChannel | None,
+        tenants: Mapping[str, WebhookChannel],
+        branches: Mapping[tuple[str, str], WebhookChannel] | None = None,
     ) -> None:
         self.default = default
         self.tenants = dict(tenants)
+        self.branches = dict(branches or {})
 
     def deliver(self, message: ClaimedMessage) -> None:
-        """Hand the message to its tenant's receiver; DeliveryError (retried) without one."""
+        """Hand the message to its branch's receiver when it is addressed to a branch that has
+        one, else to its tenant's; DeliveryError (retried) without one."""
+        branch = branch_of(message.recipient)
+        if message.tenant is not None and branch is not None:
+            found = self.branches.get((message.tenant, branch))
+            if found is not None:
+                found.deliver(message)
+                return
         channel = self.default if message.tenant is None else self.tenants.get(message.tenant)
         if channel is None:
             raise DeliveryError("webhook: no receiver is configured for this message's tenant")
@@ -140,7 +167,7 @@ class TenantWebhooks:
 
     def shutdown(self) -> None:
         """Close every receiver's HTTP client."""
-        for channel in (self.default, *self.tenants.values()):
+        for channel in (self.default, *self.tenants.values(), *self.branches.values()):
             if channel is not None:
                 channel.shutdown()
 
@@ -666,6 +693,16 @@ def build_channels(settings: Settings) -> dict[str, Channel]:
         for tenant, route in settings.notification_routes.items()
         if route.webhook_url is not None
     }
+    branches = {
+        (tenant, branch): WebhookChannel(
+            url=branch_route.webhook_url,
+            secret=branch_route.webhook_secret(),
+            timeout_s=settings.webhook_timeout_s,
+        )
+        for tenant, route in settings.notification_routes.items()
+        for branch, branch_route in route.branches.items()
+        if branch_route.webhook_url is not None
+    }
     default: WebhookChannel | None = None
     if settings.webhook_enabled:
         assert settings.webhook_url is not None and settings.webhook_secret is not None
@@ -674,8 +711,8 @@ def build_channels(settings: Settings) -> dict[str, Channel]:
             secret=settings.webhook_secret.get_secret_value(),
             timeout_s=settings.webhook_timeout_s,
         )
-    if default is not None or webhooks:
-        channels["webhook"] = TenantWebhooks(default=default, tenants=webhooks)
+    if default is not None or webhooks or branches:
+        channels["webhook"] = TenantWebhooks(default=default, tenants=webhooks, branches=branches)
     return channels
 
 
