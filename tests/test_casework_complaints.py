@@ -330,12 +330,9 @@ def test_the_audit_trail_takes_no_update_and_closed_cases_leave_after_retention(
     kept = bank.complaint()
     closed_at = datetime.now().astimezone()
     with Session(bank.engine) as session:
-        assert (
-            purge_expired(
-                session, now=closed_at + timedelta(days=1094), retention=timedelta(days=1095)
-            )
-            == 0
-        )
+        # Other tests' cases closed in the past may go (the database is shared): not this one.
+        purge_expired(session, now=closed_at + timedelta(days=1094), retention=timedelta(days=1095))
+        assert session.get(Complaint, cid) is not None
     with Session(bank.engine) as session:
         assert (
             purge_expired(
