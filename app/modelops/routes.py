@@ -25,6 +25,9 @@ from app.modelops.schemas import (
     MonitoringReport,
     RegisterRequest,
     ServedAsOf,
+    ShadowOut,
+    ShadowRequest,
+    ShadowStopped,
     TransitionRequest,
 )
 from app.modelops.serving import ChampionWatcher
@@ -349,3 +352,62 @@ def rollback(
     )
     note(request, task=task.value, version=activation.row.version, action="rollback")
     return _activated(request, activation)
+
+
+SHADOW_ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"description": "Not an admin", **PROBLEM},
+    404: {"description": "No such version, or no shadow to stop", **PROBLEM},
+    409: {
+        "description": "The champion itself, not an approved challenger, or does not load",
+        **PROBLEM,
+    },
+    422: {"description": "Invalid body: the share is not between 0 and 1", **PROBLEM},
+}
+
+
+@router.post(
+    "/models/{task}/versions/{version}/shadow",
+    response_model=ShadowOut,
+    responses=SHADOW_ERRORS,
+    dependencies=[Depends(require(Scope.ADMIN))],
+)
+def start_shadow(
+    task: Task,
+    version: VersionPath,
+    body: ShadowRequest,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Admin,
+    request: Request,
+) -> ShadowOut:
+    """Let an approved challenger score a share of the task's requests in shadow, everywhere,
+    without a restart; the champion's answers are unchanged."""
+    shadow = service.set_shadow(
+        session,
+        models_dir=settings.models_dir,
+        task=task,
+        version=version,
+        share=body.share,
+        actor=caller.client_id,
+        now=datetime.now(UTC),
+    )
+    out = ShadowOut.model_validate(shadow)
+    note(request, task=task.value, version=version, share=body.share, action="shadow")
+    watcher: ChampionWatcher = request.app.state.model_watcher
+    watcher.sync_shadows()  # here at once; the other processes on their next poll
+    return out
+
+
+@router.delete(
+    "/models/{task}/shadow",
+    response_model=ShadowStopped,
+    responses=SHADOW_ERRORS,
+    dependencies=[Depends(require(Scope.ADMIN))],
+)
+def stop_shadow(task: Task, session: SessionDep, caller: Admin, request: Request) -> ShadowStopped:
+    """Stop a task's challenger scoring in shadow (the scores it stored stay)."""
+    version = service.stop_shadow(session, task=task)
+    note(request, task=task.value, version=version, action="unshadow", actor=caller.client_id)
+    watcher: ChampionWatcher = request.app.state.model_watcher
+    watcher.sync_shadows()
+    return ShadowStopped(task=task.value, stopped=version)

@@ -249,3 +249,38 @@ class FairnessReport(BaseModel):
         "95% intervals, the selection-rate ratio and its status; groups under 500 rows are "
         "reported as too small."
     )
+
+
+class ShadowRequest(BaseModel):
+    """Put an approved challenger in shadow for a share of its task's requests."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"share": 0.1}]})
+
+    share: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1,
+            description="Share of requests (0..1, chosen by a hash of the request id) that "
+            "the challenger scores again in shadow; the champion's answers never change.",
+        ),
+    ]
+
+
+class ShadowOut(BaseModel):
+    """A task's challenger in shadow, as stored."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    task: str
+    version: str
+    share: float
+    set_by: str
+    set_at: datetime
+
+
+class ShadowStopped(BaseModel):
+    """A shadow ended."""
+
+    task: str
+    stopped: str = Field(description="The version that was in shadow.")

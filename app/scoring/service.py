@@ -7,7 +7,7 @@ are; this module parses requests, persists and answers. Nothing here knows about
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,6 +57,7 @@ from app.scoring.request_schemas import (
     customer_model,
     score_request_model,
 )
+from app.scoring.shadow import Challenger, ShadowJob, ShadowScorer, selected
 from app.scoring.writer import AlreadyCommitted, Announcement, ScoreWriter
 from app.security.errors import IdempotencyMismatch
 from app.security.idempotency import IdempotentRun
@@ -162,6 +163,7 @@ class ScoringService:
         max_batch_size: int,
         idempotency_ttl_s: float,
         pseudonymizer: Pseudonymizer | None = None,
+        shadow: ShadowScorer | None = None,
     ) -> None:
         self.registry = registry
         self.engine = engine
@@ -172,6 +174,11 @@ class ScoringService:
         self.rules = rules
         self.max_batch_size = max_batch_size
         self._serving = _Serving.of(registry.loaded)
+        # Challengers in shadow by task, replaced whole (see app/scoring/shadow.py).
+        self._challengers: dict[Task, Challenger] = {}
+        self.shadow = shadow
+        if shadow is not None:
+            shadow.bind(self.rescore)
 
     @property
     def request_models(self) -> dict[Task, type[ScoreRequestBase]]:
@@ -191,6 +198,56 @@ class ScoringService:
         """
         self._serving = self._serving.with_model(task, model)
         self.registry.replace(task, model)
+
+    def set_challenger(self, task: Task, model: ScoringModel | None, share: float = 0.0) -> None:
+        """Score ``share`` of ``task``'s requests with ``model`` in shadow (None: stop)."""
+        challengers = {t: c for t, c in self._challengers.items() if t is not task}
+        if model is not None and share > 0:
+            challengers[task] = Challenger(model=model, share=share)
+        self._challengers = challengers
+
+    def challenger(self, task: Task) -> Challenger | None:
+        """The challenger scoring ``task`` in shadow here, if any."""
+        return self._challengers.get(task)
+
+    def rescore(self, job: ShadowJob) -> TaskAssessment:
+        """A champion's request scored by the challenger through the same assessment core: on
+        the champion's block when their schemas agree, else on the body parsed anew."""
+        champion = job.champion
+        # The headline only: reasons are not compared and would cost most of the time.
+        options = replace(champion.options, reasons=0, exact=False)
+        if job.challenger.schema == champion.model.schema:
+            return self.compute(job.task, options, champion.block, job.challenger)
+        _, batch = self.parse(job.task, job.body, model=job.challenger)
+        block = self.block(job.task, batch, model=job.challenger)
+        return self.compute(job.task, options, block, job.challenger)
+
+    def _shadow(
+        self,
+        task: Task,
+        body: bytes,
+        assessment: TaskAssessment,
+        rows: list[ScoreRow],
+        tenant: str | None,
+    ) -> None:
+        """Queue the challenger's shadow score of a request already answered, if selected."""
+        challenger = self._challengers.get(task)
+        if challenger is None or self.shadow is None:
+            return
+        request_id = rows[0]["request_id"] if rows else ""
+        if not rows or not selected(request_id, challenger.share):
+            return
+        self.shadow.submit(
+            ShadowJob(
+                task=task,
+                challenger=challenger.model,
+                champion=assessment,
+                body=body,
+                request_id=request_id,
+                tenant=tenant,
+                stored_ids=[row["customer_id"] for row in rows],
+            )
+        )
 
     def model(self, task: Task) -> ScoringModel:
         """The active model of a task, or 503."""
@@ -424,7 +481,7 @@ class ScoringService:
                 rows=len(rows),
                 idempotency=idempotency,
             )
-            return await self.save(
+            answer = await self.save(
                 response,
                 rows,
                 record=record,
@@ -432,6 +489,9 @@ class ScoringService:
                 candidates=alert_candidates(assessment, rows),
                 announcement=announcement,
             )
+        if answer is response:  # decided and saved; a replayed answer is not scored again
+            self._shadow(task, body, assessment, rows, tenant)
+        return answer
 
     async def assess(
         self,
