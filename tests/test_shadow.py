@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
@@ -22,6 +26,7 @@ from app.db import migrate
 from app.db.session import create_db_engine
 from app.http.app import create_app
 from app.modelops import service
+from app.modelops.backtest import OutcomeRow, import_outcomes
 from app.observability import Metrics
 from app.scoring.assess import Block, Options, Rules, assess_task, stage_codes
 from app.scoring.manifest import Task
@@ -219,3 +224,82 @@ def test_cli_shadows_and_unshadows(cli_env: str, versions_dir: Path) -> None:
     with Session(engine) as session:
         assert service.shadows(session) == {}
     engine.dispose()
+
+
+THROUGH = datetime(2026, 7, 1, tzinfo=UTC)
+SCORED = datetime(2026, 2, 10, tzinfo=UTC)
+
+
+def _pair(customer: str, p0: float, p1: float, *, tenant: str, **changes: Any) -> ShadowScore:
+    values: dict[str, Any] = {
+        "request_id": f"r-{customer}",
+        "tenant": tenant,
+        "task": Task.CHURN.value,
+        "customer_id": customer,
+        "champion_version": "4",
+        "challenger_version": "2",
+        "champion_probability": p0,
+        "challenger_probability": p1,
+        "champion_band": "high" if p0 > 0.5 else "low",
+        "challenger_band": "high" if p1 > 0.5 else "low",
+        "created_at": SCORED,
+        **changes,
+    }
+    return ShadowScore(**values)
+
+
+def test_the_report_compares_both_models_on_the_same_rows(
+    fresh_url: str,
+    db: Engine,
+    versions_dir: Path,
+) -> None:
+    rng = np.random.default_rng(7)
+    n = 600
+    labels = (rng.random(n) < 0.3).astype(int)
+    champion = np.clip(0.3 + 0.25 * (labels - 0.3) + rng.normal(0, 0.25, n), 0.001, 0.999)
+    challenger = np.clip(0.3 + 0.45 * (labels - 0.3) + rng.normal(0, 0.2, n), 0.001, 0.999)
+    customers = [f"c{i}" for i in range(n)]
+    with Session(db) as session:
+        for i, customer in enumerate(customers):
+            session.add(_pair(customer, champion[i], challenger[i], tenant="bank-a"))
+        # Another bank's pair, and a pair too recent for its horizon to have passed.
+        session.add(_pair("x", 0.9, 0.1, tenant="bank-b"))
+        session.add(_pair("fresh", 0.9, 0.1, tenant="bank-a", created_at=THROUGH))
+        session.commit()
+        left = [c for c, y in zip(customers, labels, strict=True) if y]
+        import_outcomes(
+            session,
+            task=Task.CHURN,
+            rows=[OutcomeRow(c, SCORED + timedelta(days=30)) for c in left],
+            observed_through=THROUGH,
+            tenant="bank-a",
+            source="left.csv",
+            now=THROUGH,
+        )
+    _, key = create_client(db, name="bank-a", scopes=["models:read"], tenant="bank-a")
+    with TestClient(create_app(app_settings(fresh_url, versions_dir))) as client:
+        response = client.get("/v1/models/churn/challenger/report", headers={"X-API-Key": key})
+        assert response.status_code == 200, response.text
+        report = response.json()
+        none = client.get("/v1/models/tier/challenger/report", headers={"X-API-Key": key})
+        assert none.status_code == 404
+    # The fresh pair counts in the comparison (n + 1), not against outcomes (n).
+    p0 = np.append(champion, 0.9)
+    p1 = np.append(challenger, 0.1)
+    assert report["pairs"] == n + 1 and report["challenger_version"] == "2"
+    assert report["champion_versions"] == ["4"]
+    assert report["mean_difference"] == pytest.approx(float((p1 - p0).mean()), abs=1e-6)
+    agree = float(np.mean((p0 > 0.5) == (p1 > 0.5)))
+    assert report["band_agreement"] == pytest.approx(agree, abs=1e-6)
+    expected_rho = float(spearmanr(p0, p1).statistic)
+    assert report["rank_correlation"] == pytest.approx(expected_rho, abs=1e-6)
+    outcomes = report["outcomes"]
+    assert (outcomes["rows"], outcomes["positives"]) == (n, int(labels.sum()))
+    for name, p in (("champion", champion), ("challenger", challenger)):
+        auc = outcomes[name]["roc_auc"]
+        assert auc["value"] == pytest.approx(roc_auc_score(labels, p), abs=1e-4)
+        assert auc["ci_low"] < auc["value"] < auc["ci_high"]
+        brier = outcomes[name]["brier"]
+        assert brier["value"] == pytest.approx(float(np.mean((p - labels) ** 2)), abs=1e-4)
+    gain = outcomes["difference"]["roc_auc"]
+    assert gain["value"] > 0 and gain["ci_low"] > 0  # the better challenger, paired

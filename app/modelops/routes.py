@@ -13,11 +13,13 @@ from app.http.deps import Admin, RegistryDep, SessionDep, SettingsDep, TenantDep
 from app.modelops import backtest as backtests
 from app.modelops import service
 from app.modelops.cards import data_notice, trained_on_synthetic_data
+from app.modelops.challenger import challenger_report
 from app.modelops.monitoring import monitor
 from app.modelops.schemas import (
     VERSION_PATTERN,
     ActivationOut,
     BacktestReport,
+    ChallengerReport,
     FairnessReport,
     ModelRegistryOut,
     ModelTransitionOut,
@@ -411,3 +413,36 @@ def stop_shadow(task: Task, session: SessionDep, caller: Admin, request: Request
     watcher: ChampionWatcher = request.app.state.model_watcher
     watcher.sync_shadows()
     return ShadowStopped(task=task.value, stopped=version)
+
+
+@router.get(
+    "/models/{task}/challenger/report",
+    response_model=ChallengerReport,
+    responses={404: {"description": "No shadow scores stored for the task", **PROBLEM}},
+)
+def challenger(
+    task: Task,
+    session: SessionDep,
+    tenant: TenantDep,
+    version: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=32,
+            pattern=VERSION_PATTERN,
+            description="The challenger (default: the newest one scored in shadow).",
+        ),
+    ] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=1_000_000, description="Newest pairs compared.")
+    ] = 100_000,
+    resamples: Annotated[
+        int, Query(ge=20, le=1000, description="Bootstrap resamples per interval.")
+    ] = 200,
+) -> ChallengerReport:
+    """Champion against challenger on the requests scored in shadow: mean difference, band
+    agreement, rank correlation, and once outcomes are imported AUC and Brier of both on the
+    same rows with paired bootstrap 95% intervals."""
+    return challenger_report(
+        session, task=task, tenant=tenant, version=version, limit=limit, resamples=resamples
+    )
