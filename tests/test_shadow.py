@@ -303,3 +303,32 @@ def test_the_report_compares_both_models_on_the_same_rows(
         assert brier["value"] == pytest.approx(float(np.mean((p - labels) ** 2)), abs=1e-4)
     gain = outcomes["difference"]["roc_auc"]
     assert gain["value"] > 0 and gain["ci_low"] > 0  # the better challenger, paired
+
+
+def test_assessments_are_shadowed_too_and_answer_the_same_bytes(
+    fresh_url: str,
+    db: Engine,
+    versions_dir: Path,
+    sample_rows: dict[str, pd.DataFrame],
+) -> None:
+    _, admin = keys(db)
+    _approve(db, versions_dir, "2")
+    with TestClient(create_app(app_settings(fresh_url, versions_dir)), headers=admin) as client:
+        scoring = client.app.state.scoring  # type: ignore[attr-defined]
+        row = sample_rows["existing"].iloc[0]
+        customer: dict[str, Any] = {}
+        for task in (Task.TIER, Task.CHURN, Task.RECOMMENDATION):
+            customer.update(customer_record(row, scoring.model(task).schema, customer_id="A-1"))
+        off = client.post("/v1/assessments", json=customer)
+        assert off.status_code == 200, off.text
+        started = client.post("/v1/models/churn/versions/2/shadow", json={"share": 1.0})
+        assert started.status_code == 200, started.text
+        on = client.post("/v1/assessments", json=customer)
+        off_id, on_id = off.json()["request_id"], on.json()["request_id"]
+        assert on.content.replace(on_id.encode(), off_id.encode()) == off.content
+        client.app.state.shadow.drain()  # type: ignore[attr-defined]
+    rows = _shadow_rows(db)
+    assert [(r.request_id, r.customer_id, r.task) for r in rows] == [(on_id, "A-1", "churn")]
+    assert rows[0].champion_probability == pytest.approx(
+        on.json()["churn"]["probability"], abs=1e-6
+    )

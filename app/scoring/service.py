@@ -63,6 +63,8 @@ from app.security.errors import IdempotencyMismatch
 from app.security.idempotency import IdempotentRun
 from app.security.pseudonyms import Pseudonymizer
 
+# A task's assessment within an assessment call and its stored rows.
+Scored = tuple[Task, TaskAssessment, list[ScoreRow]]
 # The operation of a request record written by ``assess`` (the others name their task).
 ASSESSMENT = "assessment"
 # Keys recorded before an instant just past the expired record's are freed.
@@ -218,6 +220,8 @@ class ScoringService:
         options = replace(champion.options, reasons=0, exact=False)
         if job.challenger.schema == champion.model.schema:
             return self.compute(job.task, options, champion.block, job.challenger)
+        if job.body is None:
+            raise ValueError("the challenger's inputs differ and there is no body to parse")
         _, batch = self.parse(job.task, job.body, model=job.challenger)
         block = self.block(job.task, batch, model=job.challenger)
         return self.compute(job.task, options, block, job.challenger)
@@ -225,7 +229,7 @@ class ScoringService:
     def _shadow(
         self,
         task: Task,
-        body: bytes,
+        body: bytes | None,
         assessment: TaskAssessment,
         rows: list[ScoreRow],
         tenant: str | None,
@@ -236,6 +240,10 @@ class ScoringService:
             return
         request_id = rows[0]["request_id"] if rows else ""
         if not rows or not selected(request_id, challenger.share):
+            return
+        if body is None and challenger.model.schema != assessment.model.schema:
+            # Only a per-task request can be parsed anew for a challenger with other inputs.
+            self.shadow.skipped += 1
             return
         self.shadow.submit(
             ShadowJob(
@@ -508,8 +516,14 @@ class ScoringService:
         except ValidationError as error:
             raise invalid_input(error) from error
         given = {k: v for k, v in request.__dict__.items() if v is not None}
+        shadowed: list[Scored] = []
         response, rows, candidates = self.assess_record(
-            given, options_of(request), request_id, tenant=tenant, serving=serving
+            given,
+            options_of(request),
+            request_id,
+            tenant=tenant,
+            serving=serving,
+            shadowed=shadowed,
         )
         record = self.request_row(
             response,
@@ -520,9 +534,13 @@ class ScoringService:
             rows=len(rows),
             idempotency=idempotency,
         )
-        return await self.save(
+        answer = await self.save(
             response, rows, record=record, idempotency=idempotency, candidates=candidates
         )
+        if answer is response:  # decided and saved; a replayed answer is not scored again
+            for task, assessment, task_rows in shadowed:
+                self._shadow(task, None, assessment, task_rows, tenant)
+        return answer
 
     def assess_record(
         self,
@@ -535,11 +553,14 @@ class ScoringService:
         stored_id: str | None = None,
         tasks: Collection[Task] | None = None,
         serving: _Serving | None = None,
+        shadowed: list[Scored] | None = None,
     ) -> tuple[dict[str, Any], list[ScoreRow], list[AlertCandidateRow]]:
         """One customer's features (``customer_id`` and the features it has) through every
         model of its stage (of ``tasks`` when given): the answer, its rows and alert
         candidates, not yet saved. ``stored_id``: the id is already in its stored form;
-        ``serving``: the models the call started with (one set for the whole call)."""
+        ``serving``: the models the call started with (one set for the whole call);
+        ``shadowed``: receives each task's assessment and rows, for shadow scoring once the
+        answer is saved."""
         serving = serving or self._serving
         customer_id = given["customer_id"]
         tenure = given.get("tenure_months")
@@ -590,6 +611,8 @@ class ScoringService:
             )
             rows.extend(task_rows)
             candidates.extend(alert_candidates(assessment, task_rows))
+            if shadowed is not None:
+                shadowed.append((task, assessment, task_rows))
         return response, rows, candidates
 
     def _inputs_missing(self, model: ScoringModel, given: dict[str, Any]) -> list[str] | None:

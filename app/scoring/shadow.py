@@ -61,7 +61,7 @@ class ShadowJob:
     task: Task
     challenger: ScoringModel
     champion: TaskAssessment
-    body: bytes
+    body: bytes | None  # the per-task request (None: an assessment's, same inputs only)
     request_id: str
     tenant: str | None
     stored_ids: list[str]
@@ -112,6 +112,7 @@ class ShadowScorer:
         self.dropped = 0
         self.failed = 0
         self.stored = 0
+        self.skipped = 0
 
     def bind(self, rescore: Rescore) -> None:
         """Set how jobs are scored (the scoring service, built after this scorer)."""
