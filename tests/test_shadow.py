@@ -34,6 +34,8 @@ from app.scoring.model import ScoringModel
 from app.scoring.shadow import ShadowJob, ShadowScorer, selected
 from app.scoring.tables import ShadowScore
 from app.security.api_keys import create_client
+from app.training.synth import generate_book
+from app.training.trail import book_events
 from tests.conftest import customer_record
 from tests.test_modelops import T0, app_settings, keys
 
@@ -329,6 +331,36 @@ def test_assessments_are_shadowed_too_and_answer_the_same_bytes(
         client.app.state.shadow.drain()  # type: ignore[attr-defined]
     rows = _shadow_rows(db)
     assert [(r.request_id, r.customer_id, r.task) for r in rows] == [(on_id, "A-1", "churn")]
+    assert rows[0].champion_probability == pytest.approx(
+        on.json()["churn"]["probability"], abs=1e-6
+    )
+
+
+def test_score_by_id_is_shadowed_too(
+    fresh_url: str,
+    db: Engine,
+    versions_dir: Path,
+) -> None:
+    _, admin = keys(db)
+    _approve(db, versions_dir, "2")
+    book: pd.DataFrame = generate_book(customers=30, months=6, seed=9).to_pandas()
+    settings = app_settings(fresh_url, versions_dir, rescore_in_process=False)
+    with TestClient(create_app(settings), headers=admin) as client:
+        posted = client.post("/v1/events", json={"events": list(book_events(book))})
+        assert posted.status_code == 200, posted.text
+        last = book[(book["month"] == book["month"].max()) & (book["lifecycle"] == "existing")]
+        customer = str(last["customer_id"].iloc[0])
+        off = client.post(f"/v1/customers/{customer}/assessment", json={"tasks": ["churn"]})
+        assert off.status_code == 200, off.text
+        started = client.post("/v1/models/churn/versions/2/shadow", json={"share": 1.0})
+        assert started.status_code == 200, started.text
+        on = client.post(f"/v1/customers/{customer}/assessment", json={"tasks": ["churn"]})
+        assert on.status_code == 200, on.text
+        off_id, on_id = off.json()["request_id"], on.json()["request_id"]
+        assert on.content.replace(on_id.encode(), off_id.encode()) == off.content
+        client.app.state.shadow.drain()  # type: ignore[attr-defined]
+    rows = _shadow_rows(db)
+    assert [(r.request_id, r.task) for r in rows] == [(on_id, "churn")]
     assert rows[0].champion_probability == pytest.approx(
         on.json()["churn"]["probability"], abs=1e-6
     )

@@ -38,7 +38,7 @@ from app.scoring.assess import Options
 from app.scoring.manifest import Task
 from app.scoring.records import Source
 from app.scoring.repository import AlertCandidateRow, ScoreRow
-from app.scoring.service import ScoringService
+from app.scoring.service import Scored, ScoringService
 from app.security.idempotency import IdempotentRun
 from app.security.pseudonyms import Pseudonymizer
 
@@ -167,6 +167,7 @@ class CustomerScoring:
         answers: list[dict[str, Any]] = []
         rows: list[ScoreRow] = []
         candidates: list[AlertCandidateRow] = []
+        shadowed: list[Scored] = []
         for customer_id, (label, features, stage) in zip(customer_ids, found, strict=True):
             try:
                 answer, task_rows, task_candidates = self.scoring.assess_record(
@@ -175,6 +176,7 @@ class CustomerScoring:
                     request_id,
                     tenant=tenant,
                     tasks=tasks,
+                    shadowed=shadowed,
                 )
             except InvalidInput as error:
                 raise _trail_cannot_be_scored(error, customer_id) from error
@@ -197,6 +199,10 @@ class CustomerScoring:
         await anyio.to_thread.run_sync(
             lambda: note_risks(self.session_factory, tenant=tenant, rows=rows, rules=self.lifecycle)
         )
+        # The challenger in shadow once this request is done writing: on SQLite its insert
+        # would otherwise race note_risks' read-then-write transaction (busy).
+        if answered is response:
+            self.scoring.shadow_scored(shadowed, tenant=tenant)
         return answered
 
 

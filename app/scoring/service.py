@@ -538,9 +538,14 @@ class ScoringService:
             response, rows, record=record, idempotency=idempotency, candidates=candidates
         )
         if answer is response:  # decided and saved; a replayed answer is not scored again
-            for task, assessment, task_rows in shadowed:
-                self._shadow(task, None, assessment, task_rows, tenant)
+            self.shadow_scored(shadowed, tenant=tenant)
         return answer
+
+    def shadow_scored(self, scored: Sequence[Scored], *, tenant: str | None) -> None:
+        """Queue the shadow scores of assessments already answered and saved (those of tasks
+        with a challenger in shadow, for the selected share of request ids)."""
+        for task, assessment, task_rows in scored:
+            self._shadow(task, None, assessment, task_rows, tenant)
 
     def assess_record(
         self,
