@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -496,13 +496,15 @@ def set_shadow(
 
 def stop_shadow(session: Session, *, task: Task) -> str:
     """End a task's shadow; the version that was in it (404 when there was none)."""
-    shadow = session.get(ModelShadow, task.value)
-    if shadow is None:
+    # One statement, no read first: on SQLite a read turned write fails when busy.
+    version = session.scalar(
+        delete(ModelShadow).where(ModelShadow.task == task.value).returning(ModelShadow.version)
+    )
+    if version is None:
+        session.rollback()
         raise NotFound(f"no {task.value} challenger is in shadow")
-    version = shadow.version
-    session.delete(shadow)
     _commit(session, "stopping the shadow")
-    return version
+    return str(version)
 
 
 def shadows(session: Session) -> dict[Task, Shadowing]:

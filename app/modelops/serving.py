@@ -57,6 +57,7 @@ class ChampionWatcher:
         self._failed: set[tuple[Task, str]] = set()
         self._shadow = shadow
         self._shadowing: dict[Task, tuple[str, float]] = {}
+        self._shadow_models: dict[Task, ScoringModel] = {}  # kept when only the share changes
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -107,6 +108,7 @@ class ChampionWatcher:
             for task in [t for t in self._shadowing if t not in wanted]:
                 self._shadow(task, None, 0.0)
                 del self._shadowing[task]
+                self._shadow_models.pop(task, None)
                 log.info("shadow_stopped", task=task.value)
             for task, shadowing in wanted.items():
                 current = self._shadowing.get(task)
@@ -117,6 +119,11 @@ class ChampionWatcher:
     def _start_shadow(self, task: Task, shadowing: service.Shadowing) -> None:
         assert self._shadow is not None
         if (task, shadowing.version) in self._failed:
+            return
+        loaded = self._shadow_models.get(task)
+        if loaded is not None and loaded.manifest.version == shadowing.version:
+            self._shadow(task, loaded, shadowing.share)
+            self._shadowing[task] = (shadowing.version, shadowing.share)
             return
         try:
             model = service.load_version(
@@ -133,6 +140,7 @@ class ChampionWatcher:
             return
         self._shadow(task, model, shadowing.share)
         self._shadowing[task] = (shadowing.version, shadowing.share)
+        self._shadow_models[task] = model
         log.info(
             "shadow_started", task=task.value, version=shadowing.version, share=shadowing.share
         )
