@@ -259,6 +259,7 @@ def shadow(
         typer.Option(
             min=0.0,
             max=1.0,
+            metavar="SHARE",
             help="Share of requests (0..1) the challenger scores again in shadow.",
         ),
     ],
