@@ -65,6 +65,12 @@ class Metrics:
         self.scores = Counter(
             "cvm_scores_total", "Customers scored by task.", ["task"], registry=self.registry
         )
+        self.shadow_dropped = Counter(
+            "cvm_shadow_dropped_total",
+            "Shadow scoring jobs dropped because the challenger's queue was full, by task.",
+            ["task"],
+            registry=self.registry,
+        )
 
     def add_gauges(
         self, name: str, doc: str, read: Callable[[], dict[str, float]], *, label: str = "kind"

@@ -134,4 +134,6 @@ def test_the_stage_is_told_only_a_churn_verdict_it_does_not_know() -> None:
     assert risk_news(calm, None, rules)
     assert risk_news(calm, KnownStage(LifecycleStage.ACTIVE, at_risk=None), rules)
     # No churn row (other tasks only): nothing to tell.
-    assert not risk_news([{**_churn_row(0.9), "task": "tier"}], None, rules)
+    tier_only = _churn_row(0.9)
+    tier_only["task"] = "tier"
+    assert not risk_news([tier_only], None, rules)

@@ -23,13 +23,15 @@ if TYPE_CHECKING:
 
 commands = typer.Typer(
     name="models",
-    help="The model registry: list versions, register, approve, activate, roll back.",
+    help="The model registry: list versions, register, approve, activate, roll back, shadow.",
     epilog=example(
         "cvm models list",
         "cvm models register churn 2 --owner retention-analytics",
         "cvm models approve churn 2 --reason 'validated on March' --actor cli:validator",
         "cvm models activate churn 2 --reason 'beats 1 out of time' --actor cli:validator",
         "cvm models rollback churn --reason 'complaints about scores'",
+        "cvm models shadow churn 2 --share 0.1",
+        "cvm models unshadow churn",
     ),
 )
 T = TypeVar("T")
@@ -246,3 +248,44 @@ def headline_metric(manifest: Manifest) -> str:
         (f"{k}={test[k]}" for k in ("roc_auc", "accuracy") if k in test),
         f"map_at_7={test.get('all_customers', {}).get('map_at_7')}",
     )
+
+
+@commands.command("shadow", epilog=example("cvm models shadow churn 2 --share 0.1"))
+def shadow(
+    task: Task,
+    version: str,
+    share: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            metavar="SHARE",
+            help="Share of requests (0..1) the challenger scores again in shadow.",
+        ),
+    ],
+    actor: Actor = "",
+) -> None:
+    """Let an approved challenger score a share of requests in shadow (answers unchanged)."""
+    from app.modelops.service import set_shadow
+
+    done = _run(
+        lambda session, settings: set_shadow(
+            session,
+            models_dir=settings.models_dir,
+            task=task,
+            version=version,
+            share=share,
+            actor=actor or _default_actor(),
+            now=datetime.now(UTC),
+        )
+    )
+    console.print(f"{task.value} {done.version} in shadow for {done.share:.0%} of requests")
+
+
+@commands.command("unshadow", epilog=example("cvm models unshadow churn"))
+def unshadow(task: Task) -> None:
+    """Stop a task's challenger scoring in shadow (its stored scores stay)."""
+    from app.modelops.service import stop_shadow
+
+    version = _run(lambda session, _: stop_shadow(session, task=task))
+    console.print(f"{task.value} {version} no longer in shadow")

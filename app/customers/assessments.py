@@ -37,7 +37,7 @@ from app.scoring.assess import Options
 from app.scoring.manifest import Task
 from app.scoring.records import Source
 from app.scoring.repository import AlertCandidateRow, ScoreRow
-from app.scoring.service import ScoringService
+from app.scoring.service import Scored, ScoringService
 from app.security.idempotency import IdempotentRun
 from app.security.pseudonyms import Pseudonymizer
 
@@ -175,6 +175,7 @@ class CustomerScoring:
         rows: list[ScoreRow] = []
         news: list[ScoreRow] = []  # the rows whose churn verdict the stage was not told yet
         candidates: list[AlertCandidateRow] = []
+        shadowed: list[Scored] = []
         for customer_id, (label, features, known) in zip(customer_ids, found, strict=True):
             try:
                 answer, task_rows, task_candidates = self.scoring.assess_record(
@@ -183,6 +184,7 @@ class CustomerScoring:
                     request_id,
                     tenant=tenant,
                     tasks=tasks,
+                    shadowed=shadowed,
                 )
             except InvalidInput as error:
                 raise _trail_cannot_be_scored(error, customer_id) from error
@@ -210,6 +212,10 @@ class CustomerScoring:
                     self.session_factory, tenant=tenant, rows=news, rules=self.lifecycle
                 )
             )
+        # The challenger in shadow once this request is done writing: on SQLite its insert
+        # would otherwise race note_risks' read-then-write transaction (busy).
+        if answered is response:
+            self.scoring.shadow_scored(shadowed, tenant=tenant)
         return answered
 
 

@@ -45,6 +45,7 @@ from app.scoring import routes as scores
 from app.scoring.registry import ModelRegistry
 from app.scoring.rules import rules_from_settings
 from app.scoring.service import ScoringService, field_path
+from app.scoring.shadow import ShadowScorer
 from app.scoring.writer_process import build_score_writer
 from app.security.middleware import SecurityMiddleware
 from app.security.openapi import document_security
@@ -98,7 +99,12 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     writer = build_score_writer(settings, engine)
     # Turns the alert candidates the writer stores with churn scores into alerts.
     alert_processor = build_alert_processor(settings, engine)
+    metrics = Metrics()
+    shadow = ShadowScorer(
+        engine=engine, on_drop=lambda task: metrics.shadow_dropped.labels(task).inc()
+    )
     scoring = ScoringService(
+        shadow=shadow,
         registry=registry,
         writer=writer,
         engine=engine,
@@ -115,6 +121,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         served=registry.version,
         pinned=settings.model_versions,
         interval_s=settings.model_poll_s,
+        shadow=scoring.set_challenger,
     )
     guard = build_guard(
         settings,
@@ -134,7 +141,6 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         enabled=settings.rescore_in_process,
         lifecycle=LifecycleRules.from_settings(settings),
     )
-    metrics = Metrics()
     metrics.add_gauges(
         "cvm_group_commit",
         "Score writer: groups, rows and writes committed or failed; whether it is alive and "
@@ -163,6 +169,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         # which would otherwise stall all requests in flight for milliseconds.
         gc.collect()
         gc.freeze()
+        shadow.start()
         await asyncio.to_thread(watcher.start)
         await writer.open()
         if alert_processor is not None:
@@ -181,6 +188,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         finally:
             await queue_monitor.stop()
             await asyncio.to_thread(watcher.stop)
+            await asyncio.to_thread(shadow.stop)
             await rescorer.stop()  # before the writer: its last scores are committed
             await writer.close(timeout=30)
             if alert_processor is not None:  # after the writer: its last candidates too
@@ -214,6 +222,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.rescorer = rescorer
     app.state.model_watcher = watcher
     app.state.scoring = scoring
+    app.state.shadow = shadow
     app.state.pseudonymizer = pseudonymizer
     app.state.guard = guard
     app.state.dispatcher = dispatcher

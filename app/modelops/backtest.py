@@ -132,9 +132,10 @@ def import_outcomes(
     return ImportResult(inserted=len(fresh), already_stored=len(rows) - len(fresh))
 
 
-def _outcomes(
+def outcome_times(
     session: Session, task: Task, tenant: TenantScope | None
 ) -> tuple[dict[str, list[datetime]], datetime | None]:
+    """Each customer's outcome times (sorted) and the day the reports are complete through."""
     conditions = [ModelOutcome.task == task.value]
     if tenant is not None:
         conditions.append(tenant.condition(ModelOutcome.tenant))
@@ -195,7 +196,7 @@ def backtest(
     """Per month of assessment: AUC, Brier, observed/expected and top-decile lift of the stored
     scores against the reported outcomes, with seeded bootstrap 95% intervals."""
     _check_task(task)
-    outcomes, observed_through = _outcomes(session, task, tenant)
+    outcomes, observed_through = outcome_times(session, task, tenant)
     if observed_through is None:
         raise NotFound(f"no {task.value} outcomes imported yet: cvm outcomes import FILE")
     scores = stored_probabilities(

@@ -13,11 +13,13 @@ from app.http.deps import Admin, RegistryDep, SessionDep, SettingsDep, TenantDep
 from app.modelops import backtest as backtests
 from app.modelops import service
 from app.modelops.cards import data_notice, trained_on_synthetic_data
+from app.modelops.challenger import challenger_report
 from app.modelops.monitoring import monitor
 from app.modelops.schemas import (
     VERSION_PATTERN,
     ActivationOut,
     BacktestReport,
+    ChallengerReport,
     FairnessReport,
     ModelRegistryOut,
     ModelTransitionOut,
@@ -25,6 +27,9 @@ from app.modelops.schemas import (
     MonitoringReport,
     RegisterRequest,
     ServedAsOf,
+    ShadowOut,
+    ShadowRequest,
+    ShadowStopped,
     TransitionRequest,
 )
 from app.modelops.serving import ChampionWatcher
@@ -349,3 +354,95 @@ def rollback(
     )
     note(request, task=task.value, version=activation.row.version, action="rollback")
     return _activated(request, activation)
+
+
+SHADOW_ERRORS: dict[int | str, dict[str, Any]] = {
+    403: {"description": "Not an admin", **PROBLEM},
+    404: {"description": "No such version, or no shadow to stop", **PROBLEM},
+    409: {
+        "description": "The champion itself, not an approved challenger, or does not load",
+        **PROBLEM,
+    },
+    422: {"description": "Invalid body: the share is not between 0 and 1", **PROBLEM},
+}
+
+
+@router.post(
+    "/models/{task}/versions/{version}/shadow",
+    response_model=ShadowOut,
+    responses=SHADOW_ERRORS,
+    dependencies=[Depends(require(Scope.ADMIN))],
+)
+def start_shadow(
+    task: Task,
+    version: VersionPath,
+    body: ShadowRequest,
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: Admin,
+    request: Request,
+) -> ShadowOut:
+    """Let an approved challenger score a share of the task's requests in shadow, everywhere,
+    without a restart; the champion's answers are unchanged."""
+    shadow = service.set_shadow(
+        session,
+        models_dir=settings.models_dir,
+        task=task,
+        version=version,
+        share=body.share,
+        actor=caller.client_id,
+        now=datetime.now(UTC),
+    )
+    out = ShadowOut.model_validate(shadow)
+    note(request, task=task.value, version=version, share=body.share, action="shadow")
+    watcher: ChampionWatcher = request.app.state.model_watcher
+    watcher.sync_shadows()  # here at once; the other processes on their next poll
+    return out
+
+
+@router.delete(
+    "/models/{task}/shadow",
+    response_model=ShadowStopped,
+    responses=SHADOW_ERRORS,
+    dependencies=[Depends(require(Scope.ADMIN))],
+)
+def stop_shadow(task: Task, session: SessionDep, caller: Admin, request: Request) -> ShadowStopped:
+    """Stop a task's challenger scoring in shadow (the scores it stored stay)."""
+    version = service.stop_shadow(session, task=task)
+    note(request, task=task.value, version=version, action="unshadow", actor=caller.client_id)
+    watcher: ChampionWatcher = request.app.state.model_watcher
+    watcher.sync_shadows()
+    return ShadowStopped(task=task.value, stopped=version)
+
+
+@router.get(
+    "/models/{task}/challenger/report",
+    response_model=ChallengerReport,
+    responses={404: {"description": "No shadow scores stored for the task", **PROBLEM}},
+)
+def challenger(
+    task: Task,
+    session: SessionDep,
+    tenant: TenantDep,
+    version: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=32,
+            pattern=VERSION_PATTERN,
+            description="The challenger (default: the newest one scored in shadow).",
+        ),
+    ] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=1_000_000, description="Newest pairs compared.")
+    ] = 100_000,
+    resamples: Annotated[
+        int, Query(ge=20, le=1000, description="Bootstrap resamples per interval.")
+    ] = 200,
+) -> ChallengerReport:
+    """Champion against challenger on the requests scored in shadow: mean difference, band
+    agreement, rank correlation, and once outcomes are imported AUC and Brier of both on the
+    same rows with paired bootstrap 95% intervals."""
+    return challenger_report(
+        session, task=task, tenant=tenant, version=version, limit=limit, resamples=resamples
+    )

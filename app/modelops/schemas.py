@@ -249,3 +249,91 @@ class FairnessReport(BaseModel):
         "95% intervals, the selection-rate ratio and its status; groups under 500 rows are "
         "reported as too small."
     )
+
+
+class ShadowRequest(BaseModel):
+    """Put an approved challenger in shadow for a share of its task's requests."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"share": 0.1}]})
+
+    share: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=1,
+            description="Share of requests (0..1, chosen by a hash of the request id) that "
+            "the challenger scores again in shadow; the champion's answers never change.",
+        ),
+    ]
+
+
+class ShadowOut(BaseModel):
+    """A task's challenger in shadow, as stored."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    task: str
+    version: str
+    share: float
+    set_by: str
+    set_at: datetime
+
+
+class ShadowStopped(BaseModel):
+    """A shadow ended."""
+
+    task: str
+    stopped: str = Field(description="The version that was in shadow.")
+
+
+class ChallengerOutcomes(BaseModel):
+    """Champion and challenger against reported outcomes, on the same rows and resamples."""
+
+    observed_through: datetime
+    horizon_days: int
+    rows: int = Field(description="Pairs whose horizon has passed (latest per customer-month).")
+    positives: int
+    resamples: int
+    seed: int
+    champion: dict[str, Estimate] = Field(description="roc_auc and brier.")
+    challenger: dict[str, Estimate] = Field(description="roc_auc and brier.")
+    difference: dict[str, Estimate] = Field(
+        description="Challenger minus champion, on paired resamples (AUC up and Brier down "
+        "favour the challenger)."
+    )
+
+
+class ChallengerReport(BaseModel):
+    """How a challenger in shadow compares with the champion on the same requests."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "task": "churn",
+                    "challenger_version": "5",
+                    "champion_versions": ["4"],
+                    "pairs": 1200,
+                    "mean_difference": 0.0031,
+                    "mean_absolute_difference": 0.0184,
+                    "band_agreement": 0.94,
+                    "rank_correlation": 0.962,
+                    "outcomes": None,
+                }
+            ]
+        }
+    )
+
+    task: str
+    challenger_version: str
+    champion_versions: list[str] = Field(description="The champions it was compared with.")
+    pairs: int = Field(description="Customers scored by both (the newest pairs, up to limit).")
+    mean_difference: float = Field(description="Mean of challenger minus champion probability.")
+    mean_absolute_difference: float
+    band_agreement: float = Field(description="Share of pairs in the same band.")
+    rank_correlation: float | None = Field(
+        description="Spearman correlation of the two probabilities (null when one is constant)."
+    )
+    outcomes: ChallengerOutcomes | None = Field(
+        description="AUC and Brier of both with 95% intervals, once outcomes are imported."
+    )

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, InvalidInput, NotFound
 from app.modelops.cards import card_errors
 from app.modelops.errors import (
     ChampionChanged,
@@ -29,7 +29,7 @@ from app.modelops.errors import (
     VersionUnloadable,
 )
 from app.modelops.status import ModelStatus
-from app.modelops.tables import ModelTransition, ModelVersion
+from app.modelops.tables import ModelShadow, ModelTransition, ModelVersion
 from app.scoring.manifest import MANIFEST_FILE, Manifest, Task
 from app.scoring.model import ModelLoadError, ScoringModel
 from app.scoring.registry import available_versions
@@ -445,3 +445,82 @@ def bootstrap(session: Session, *, models_dir: Path, now: datetime) -> dict[Task
         session.rollback()
         return {}
     return made
+
+
+@dataclass(frozen=True)
+class Shadowing:
+    """A task's challenger in shadow, as the serving processes need it."""
+
+    version: str
+    share: float
+    manifest_sha256: str
+
+
+def set_shadow(
+    session: Session,
+    *,
+    models_dir: Path,
+    task: Task,
+    version: str,
+    share: float,
+    actor: str,
+    now: datetime,
+) -> ModelShadow:
+    """Put an approved challenger in shadow for ``share`` of the task's requests (replacing
+    any other): 404 unknown version, 409 the champion itself or not a challenger, or it does
+    not load. Serving processes pick it up on their next registry poll."""
+    if not 0 <= share <= 1:
+        raise InvalidInput(
+            f"share must be between 0 and 1, not {share}",
+            extra={"errors": [{"field": "share", "message": "between 0 and 1"}]},
+        )
+    row = _row(session, task, version)
+    if row.status == ModelStatus.CHAMPION.value:
+        raise Conflict(f"{task.value} version {version} is the champion: it cannot shadow itself")
+    if row.status != ModelStatus.CHALLENGER.value:
+        raise Conflict(
+            f"{task.value} version {version} is {row.status}: only an approved challenger "
+            "scores in shadow"
+        )
+    sha256 = row.manifest_sha256
+    session.rollback()  # no transaction held open while the model loads
+    load_version(models_dir, task=task.value, version=version, sha256=sha256)
+    shadow = session.get(ModelShadow, task.value)
+    if shadow is None:
+        shadow = ModelShadow(task=task.value)
+        session.add(shadow)
+    shadow.version, shadow.share, shadow.set_by, shadow.set_at = version, share, actor, now
+    _commit(session, "shadow")
+    return shadow
+
+
+def stop_shadow(session: Session, *, task: Task) -> str:
+    """End a task's shadow; the version that was in it (404 when there was none)."""
+    # One statement, no read first: on SQLite a read turned write fails when busy.
+    version = session.scalar(
+        delete(ModelShadow).where(ModelShadow.task == task.value).returning(ModelShadow.version)
+    )
+    if version is None:
+        session.rollback()
+        raise NotFound(f"no {task.value} challenger is in shadow")
+    _commit(session, "stopping the shadow")
+    return str(version)
+
+
+def shadows(session: Session) -> dict[Task, Shadowing]:
+    """Every task's challenger in shadow, while it is still a challenger (a shadowed version
+    that became the champion or was retired stops shadowing)."""
+    rows = session.execute(
+        select(
+            ModelShadow.task, ModelShadow.version, ModelShadow.share, ModelVersion.manifest_sha256
+        )
+        .join(
+            ModelVersion,
+            (ModelVersion.task == ModelShadow.task) & (ModelVersion.version == ModelShadow.version),
+        )
+        .where(ModelVersion.status == ModelStatus.CHALLENGER.value)
+    )
+    return {
+        Task(task): Shadowing(version=version, share=float(share), manifest_sha256=sha256)
+        for task, version, share, sha256 in rows
+    }

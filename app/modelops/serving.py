@@ -28,6 +28,8 @@ log = structlog.get_logger("cvm.models")
 
 Swap = Callable[[Task, ScoringModel], None]
 Served = Callable[[Task], str | None]
+# Serve a challenger in shadow for a share of a task's requests (None: stop).
+Shadow = Callable[[Task, ScoringModel | None, float], None]
 
 
 class ChampionWatcher:
@@ -43,6 +45,7 @@ class ChampionWatcher:
         served: Served,
         pinned: Mapping[str, str],
         interval_s: float,
+        shadow: Shadow | None = None,
     ) -> None:
         self._sessions = session_factory
         self._models_dir = models_dir
@@ -52,6 +55,9 @@ class ChampionWatcher:
         self._interval_s = interval_s
         self._generation = -1
         self._failed: set[tuple[Task, str]] = set()
+        self._shadow = shadow
+        self._shadowing: dict[Task, tuple[str, float]] = {}
+        self._shadow_models: dict[Task, ScoringModel] = {}  # kept when only the share changes
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,7 +92,60 @@ class ChampionWatcher:
                 log.warning("model_registry_unavailable", error=type(error).__name__)
 
     def sync(self) -> bool:
-        """Swap in any champion not served yet, if the registry changed; whether it had."""
+        """Swap in any champion not served yet, if the registry changed; whether it had.
+        Challengers in shadow are followed on every call (one small read)."""
+        changed = self._sync_champions()
+        if self._shadow is not None:
+            self.sync_shadows()
+        return changed
+
+    def sync_shadows(self) -> None:
+        """Serve the challengers in shadow as the registry says: load new ones, stop others."""
+        assert self._shadow is not None
+        with self._lock:
+            with self._sessions() as session:
+                wanted = service.shadows(session)
+            for task in [t for t in self._shadowing if t not in wanted]:
+                self._shadow(task, None, 0.0)
+                del self._shadowing[task]
+                self._shadow_models.pop(task, None)
+                log.info("shadow_stopped", task=task.value)
+            for task, shadowing in wanted.items():
+                current = self._shadowing.get(task)
+                if current == (shadowing.version, shadowing.share):
+                    continue
+                self._start_shadow(task, shadowing)
+
+    def _start_shadow(self, task: Task, shadowing: service.Shadowing) -> None:
+        assert self._shadow is not None
+        if (task, shadowing.version) in self._failed:
+            return
+        loaded = self._shadow_models.get(task)
+        if loaded is not None and loaded.manifest.version == shadowing.version:
+            self._shadow(task, loaded, shadowing.share)
+            self._shadowing[task] = (shadowing.version, shadowing.share)
+            return
+        try:
+            model = service.load_version(
+                self._models_dir,
+                task=task.value,
+                version=shadowing.version,
+                sha256=shadowing.manifest_sha256,
+            )
+        except ServiceError as error:
+            self._failed.add((task, shadowing.version))
+            log.error(
+                "shadow_not_loaded", task=task.value, version=shadowing.version, detail=str(error)
+            )
+            return
+        self._shadow(task, model, shadowing.share)
+        self._shadowing[task] = (shadowing.version, shadowing.share)
+        self._shadow_models[task] = model
+        log.info(
+            "shadow_started", task=task.value, version=shadowing.version, share=shadowing.share
+        )
+
+    def _sync_champions(self) -> bool:
         with self._lock, self._sessions() as session:
             now = service.generation(session)
             if now == self._generation:

@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CheckConstraint, Index, String, Table, Text, UniqueConstraint, text
+from sqlalchemy import (
+    CheckConstraint,
+    Float,
+    Index,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db.base import Base
@@ -95,3 +104,20 @@ class ModelOutcome(Base):
     observed_through: Mapped[datetime] = mapped_column(UTCDateTime())
     source: Mapped[str] = mapped_column(String(200))
     imported_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ModelShadow(Base):
+    """A challenger scoring a share of a task's requests in shadow: at most one per task.
+
+    Every serving process reads this table on each registry poll, so a shadow set or stopped
+    here reaches them all without a restart; the champion's answers never change.
+    """
+
+    __tablename__ = "model_shadow"
+    __table_args__ = (CheckConstraint("share >= 0 AND share <= 1", name="share"),)
+
+    task: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[str] = mapped_column(String(32))
+    share: Mapped[float] = mapped_column(Float)
+    set_by: Mapped[str] = mapped_column(String(64))
+    set_at: Mapped[datetime] = mapped_column(UTCDateTime())

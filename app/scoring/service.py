@@ -7,7 +7,7 @@ are; this module parses requests, persists and answers. Nothing here knows about
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,11 +57,14 @@ from app.scoring.request_schemas import (
     customer_model,
     score_request_model,
 )
+from app.scoring.shadow import Challenger, ShadowJob, ShadowScorer, selected
 from app.scoring.writer import AlreadyCommitted, Announcement, ScoreWriter
 from app.security.errors import IdempotencyMismatch
 from app.security.idempotency import IdempotentRun
 from app.security.pseudonyms import Pseudonymizer
 
+# A task's assessment within an assessment call and its stored rows.
+Scored = tuple[Task, TaskAssessment, list[ScoreRow]]
 # The operation of a request record written by ``assess`` (the others name their task).
 ASSESSMENT = "assessment"
 # Keys recorded before an instant just past the expired record's are freed.
@@ -162,6 +165,7 @@ class ScoringService:
         max_batch_size: int,
         idempotency_ttl_s: float,
         pseudonymizer: Pseudonymizer | None = None,
+        shadow: ShadowScorer | None = None,
     ) -> None:
         self.registry = registry
         self.engine = engine
@@ -172,6 +176,11 @@ class ScoringService:
         self.rules = rules
         self.max_batch_size = max_batch_size
         self._serving = _Serving.of(registry.loaded)
+        # Challengers in shadow by task, replaced whole (see app/scoring/shadow.py).
+        self._challengers: dict[Task, Challenger] = {}
+        self.shadow = shadow
+        if shadow is not None:
+            shadow.bind(self.rescore)
 
     @property
     def request_models(self) -> dict[Task, type[ScoreRequestBase]]:
@@ -191,6 +200,62 @@ class ScoringService:
         """
         self._serving = self._serving.with_model(task, model)
         self.registry.replace(task, model)
+
+    def set_challenger(self, task: Task, model: ScoringModel | None, share: float = 0.0) -> None:
+        """Score ``share`` of ``task``'s requests with ``model`` in shadow (None: stop)."""
+        challengers = {t: c for t, c in self._challengers.items() if t is not task}
+        if model is not None and share > 0:
+            challengers[task] = Challenger(model=model, share=share)
+        self._challengers = challengers
+
+    def challenger(self, task: Task) -> Challenger | None:
+        """The challenger scoring ``task`` in shadow here, if any."""
+        return self._challengers.get(task)
+
+    def rescore(self, job: ShadowJob) -> TaskAssessment:
+        """A champion's request scored by the challenger through the same assessment core: on
+        the champion's block when their schemas agree, else on the body parsed anew."""
+        champion = job.champion
+        # The headline only: reasons are not compared and would cost most of the time.
+        options = replace(champion.options, reasons=0, exact=False)
+        if job.challenger.schema == champion.model.schema:
+            return self.compute(job.task, options, champion.block, job.challenger)
+        if job.body is None:
+            raise ValueError("the challenger's inputs differ and there is no body to parse")
+        _, batch = self.parse(job.task, job.body, model=job.challenger)
+        block = self.block(job.task, batch, model=job.challenger)
+        return self.compute(job.task, options, block, job.challenger)
+
+    def _shadow(
+        self,
+        task: Task,
+        body: bytes | None,
+        assessment: TaskAssessment,
+        rows: list[ScoreRow],
+        tenant: str | None,
+    ) -> None:
+        """Queue the challenger's shadow score of a request already answered, if selected."""
+        challenger = self._challengers.get(task)
+        if challenger is None or self.shadow is None:
+            return
+        request_id = rows[0]["request_id"] if rows else ""
+        if not rows or not selected(request_id, challenger.share):
+            return
+        if body is None and challenger.model.schema != assessment.model.schema:
+            # Only a per-task request can be parsed anew for a challenger with other inputs.
+            self.shadow.skipped += 1
+            return
+        self.shadow.submit(
+            ShadowJob(
+                task=task,
+                challenger=challenger.model,
+                champion=assessment,
+                body=body,
+                request_id=request_id,
+                tenant=tenant,
+                stored_ids=[row["customer_id"] for row in rows],
+            )
+        )
 
     def model(self, task: Task) -> ScoringModel:
         """The active model of a task, or 503."""
@@ -424,7 +489,7 @@ class ScoringService:
                 rows=len(rows),
                 idempotency=idempotency,
             )
-            return await self.save(
+            answer = await self.save(
                 response,
                 rows,
                 record=record,
@@ -432,6 +497,9 @@ class ScoringService:
                 candidates=alert_candidates(assessment, rows),
                 announcement=announcement,
             )
+        if answer is response:  # decided and saved; a replayed answer is not scored again
+            self._shadow(task, body, assessment, rows, tenant)
+        return answer
 
     async def assess(
         self,
@@ -448,8 +516,14 @@ class ScoringService:
         except ValidationError as error:
             raise invalid_input(error) from error
         given = {k: v for k, v in request.__dict__.items() if v is not None}
+        shadowed: list[Scored] = []
         response, rows, candidates = self.assess_record(
-            given, options_of(request), request_id, tenant=tenant, serving=serving
+            given,
+            options_of(request),
+            request_id,
+            tenant=tenant,
+            serving=serving,
+            shadowed=shadowed,
         )
         record = self.request_row(
             response,
@@ -460,9 +534,18 @@ class ScoringService:
             rows=len(rows),
             idempotency=idempotency,
         )
-        return await self.save(
+        answer = await self.save(
             response, rows, record=record, idempotency=idempotency, candidates=candidates
         )
+        if answer is response:  # decided and saved; a replayed answer is not scored again
+            self.shadow_scored(shadowed, tenant=tenant)
+        return answer
+
+    def shadow_scored(self, scored: Sequence[Scored], *, tenant: str | None) -> None:
+        """Queue the shadow scores of assessments already answered and saved (those of tasks
+        with a challenger in shadow, for the selected share of request ids)."""
+        for task, assessment, task_rows in scored:
+            self._shadow(task, None, assessment, task_rows, tenant)
 
     def assess_record(
         self,
@@ -475,11 +558,14 @@ class ScoringService:
         stored_id: str | None = None,
         tasks: Collection[Task] | None = None,
         serving: _Serving | None = None,
+        shadowed: list[Scored] | None = None,
     ) -> tuple[dict[str, Any], list[ScoreRow], list[AlertCandidateRow]]:
         """One customer's features (``customer_id`` and the features it has) through every
         model of its stage (of ``tasks`` when given): the answer, its rows and alert
         candidates, not yet saved. ``stored_id``: the id is already in its stored form;
-        ``serving``: the models the call started with (one set for the whole call)."""
+        ``serving``: the models the call started with (one set for the whole call);
+        ``shadowed``: receives each task's assessment and rows, for shadow scoring once the
+        answer is saved."""
         serving = serving or self._serving
         customer_id = given["customer_id"]
         tenure = given.get("tenure_months")
@@ -530,6 +616,8 @@ class ScoringService:
             )
             rows.extend(task_rows)
             candidates.extend(alert_candidates(assessment, task_rows))
+            if shadowed is not None:
+                shadowed.append((task, assessment, task_rows))
         return response, rows, candidates
 
     def _inputs_missing(self, model: ScoringModel, given: dict[str, Any]) -> list[str] | None:

@@ -160,3 +160,28 @@ class RequestRecord(Base):
 
 
 request_record_table = cast(Table, RequestRecord.__table__)
+
+
+class ShadowScore(Base):
+    """A challenger's score of a customer the champion scored in the same request, kept apart
+    from ``score``: joined to the champion's rows by ``request_id`` (and customer)."""
+
+    __tablename__ = "shadow_score"
+    __table_args__ = (Index("ix_shadow_score_task_created_at", "task", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    task: Mapped[str] = mapped_column(String(32))
+    # As stored with the champion's score: pseudonymised when a secret is configured.
+    customer_id: Mapped[str] = mapped_column(String(128))
+    champion_version: Mapped[str] = mapped_column(String(32))
+    challenger_version: Mapped[str] = mapped_column(String(32))
+    champion_probability: Mapped[float] = mapped_column(Float)
+    challenger_probability: Mapped[float] = mapped_column(Float)
+    champion_band: Mapped[str | None] = mapped_column(String(64))
+    challenger_band: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+shadow_score_table = cast(Table, ShadowScore.__table__)
