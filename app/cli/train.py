@@ -69,6 +69,7 @@ def train(
         typer.Option(
             "--indices",
             help="Churn from --book: also read the satisfaction and loyalty indices.",
+            metavar="",
         ),
     ] = False,
 ) -> None:
