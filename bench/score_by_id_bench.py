@@ -138,7 +138,6 @@ def load(url: str, path: Path) -> float:
 
     from app.config import Settings
     from app.customers.ingest import ingest_file, open_event_file
-    from app.customers.lifecycle import LifecycleRules
     from app.customers.service import IntakeRules
     from app.db.migrate import upgrade
     from app.db.session import create_db_engine, create_session_factory
@@ -155,12 +154,7 @@ def load(url: str, path: Path) -> float:
             summary = ingest_file(
                 file,
                 session_factory=create_session_factory(engine),
-                rules=IntakeRules(
-                    future_tolerance_s=settings.event_future_tolerance_s,
-                    max_events=settings.max_events_per_call,
-                    material_outflow=settings.material_outflow_eur,
-                    lifecycle=LifecycleRules.from_settings(settings),
-                ),
+                rules=IntakeRules.from_settings(settings),
                 tenant=None,
                 pseudonymizer=Pseudonymizer.from_settings(settings),
                 chunk_rows=10_000,

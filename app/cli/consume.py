@@ -48,7 +48,6 @@ def consume(
     The broker is the amqp_url setting (environment: CVM_AMQP_URL).
     """
     from app.customers.consumer import ConsumerOptions, ConsumerStats, EventConsumer
-    from app.customers.lifecycle import LifecycleRules
     from app.customers.service import IntakeRules
     from app.db.session import create_db_engine, create_session_factory
     from app.security.pseudonyms import Pseudonymizer
@@ -69,12 +68,7 @@ def consume(
         queue=name,
         tenant=tenant,
         session_factory=create_session_factory(engine),
-        rules=IntakeRules(
-            future_tolerance_s=settings.event_future_tolerance_s,
-            max_events=settings.max_events_per_call,
-            material_outflow=settings.material_outflow_eur,
-            lifecycle=LifecycleRules.from_settings(settings),
-        ),
+        rules=IntakeRules.from_settings(settings),
         pseudonymizer=Pseudonymizer.from_settings(settings),
         options=ConsumerOptions(batch_messages=batch_messages, stop_when_idle_s=stop_when_idle),
     )

@@ -47,7 +47,6 @@ def ingest(
 ) -> None:
     """Store a file's events in chunks; a rerun after a crash stores nothing twice."""
     from app.customers.ingest import EventFileError, ingest_file, open_event_file, write_rejects
-    from app.customers.lifecycle import LifecycleRules
     from app.customers.service import IntakeRules
     from app.db.session import create_db_engine, create_session_factory
     from app.errors import DatabaseUnavailable
@@ -62,12 +61,7 @@ def ingest(
             summary = ingest_file(
                 events_file,
                 session_factory=create_session_factory(engine),
-                rules=IntakeRules(
-                    future_tolerance_s=settings.event_future_tolerance_s,
-                    max_events=settings.max_events_per_call,
-                    material_outflow=settings.material_outflow_eur,
-                    lifecycle=LifecycleRules.from_settings(settings),
-                ),
+                rules=IntakeRules.from_settings(settings),
                 tenant=tenant,
                 pseudonymizer=Pseudonymizer.from_settings(settings),
                 chunk_rows=chunk_rows,

@@ -62,12 +62,7 @@ async def get_intake(request: Request) -> EventIntake:
     settings = request.app.state.settings
     return EventIntake(
         session_factory=request.app.state.session_factory,
-        rules=IntakeRules(
-            future_tolerance_s=settings.event_future_tolerance_s,
-            max_events=settings.max_events_per_call,
-            material_outflow=settings.material_outflow_eur,
-            lifecycle=LifecycleRules.from_settings(settings),
-        ),
+        rules=IntakeRules.from_settings(settings),
         pseudonymizer=await get_pseudonymizer(request),
     )
 

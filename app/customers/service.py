@@ -18,6 +18,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.config import Settings
 from app.customers.features import (
     DEFAULT_MATERIAL_OUTFLOW,
     Feature,
@@ -85,6 +86,16 @@ class IntakeRules:
     max_events: int
     material_outflow: float = DEFAULT_MATERIAL_OUTFLOW
     lifecycle: LifecycleRules = DEFAULT_LIFECYCLE
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IntakeRules:
+        """The rules a deployment configured: one place for the API, CLI and consumer."""
+        return cls(
+            future_tolerance_s=settings.event_future_tolerance_s,
+            max_events=settings.max_events_per_call,
+            material_outflow=settings.material_outflow_eur,
+            lifecycle=LifecycleRules.from_settings(settings),
+        )
 
     def context(self, now: datetime) -> dict[str, Any]:
         """The validation context: the latest occurrence time accepted now."""
