@@ -32,7 +32,7 @@ from app.scoring.assess import Block, Options, Rules, assess_task, stage_codes
 from app.scoring.manifest import Task
 from app.scoring.model import ScoringModel
 from app.scoring.shadow import ShadowJob, ShadowScorer, selected
-from app.scoring.tables import ShadowScore
+from app.scoring.tables import Score, ShadowScore
 from app.security.api_keys import create_client
 from app.training.synth import generate_book
 from app.training.trail import book_events
@@ -364,3 +364,48 @@ def test_score_by_id_is_shadowed_too(
     assert rows[0].champion_probability == pytest.approx(
         on.json()["churn"]["probability"], abs=1e-6
     )
+
+
+def test_event_rescoring_is_shadowed_too(
+    fresh_url: str,
+    db: Engine,
+    versions_dir: Path,
+) -> None:
+    """A material event's background re-assessment goes through the same shadow as a call."""
+    _, admin = keys(db)
+    _approve(db, versions_dir, "2")
+    book: pd.DataFrame = generate_book(customers=30, months=6, seed=9).to_pandas()
+    settings = app_settings(fresh_url, versions_dir, rescore_in_process=False)
+    with TestClient(create_app(settings), headers=admin) as client:
+        posted = client.post("/v1/events", json={"events": list(book_events(book))})
+        assert posted.status_code == 200, posted.text
+        last = book[(book["month"] == book["month"].max()) & (book["lifecycle"] == "existing")]
+        customer = str(last["customer_id"].iloc[0])
+        started = client.post("/v1/models/churn/versions/2/shadow", json={"share": 1.0})
+        assert started.status_code == 200, started.text
+        complaint = {
+            "event_id": f"{customer}-complaint-shadowed",
+            "type": "complaint",
+            "customer_id": customer,
+            "occurred_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "complaint_id": "K-shadowed",
+            "severity": "high",
+        }
+        assert client.post("/v1/events", json={"events": [complaint]}).status_code == 200
+        rescorer = client.app.state.rescorer  # type: ignore[attr-defined]
+        assert client.portal.call(rescorer.run_once) >= 1  # type: ignore[union-attr]
+        client.app.state.shadow.drain()  # type: ignore[attr-defined]
+    with Session(db) as session:
+        champions = list(
+            session.scalars(select(Score).where(Score.source == "event", Score.task == "churn"))
+        )
+    assert customer in {c.customer_id for c in champions}
+    rows = _shadow_rows(db)
+    assert sorted((r.request_id, r.customer_id) for r in rows) == sorted(
+        (c.request_id, c.customer_id) for c in champions
+    )
+    assert all(c.request_id.startswith("rescore-") for c in champions)
+    probability = {c.request_id: c.probability for c in champions}
+    for row in rows:
+        assert row.task == "churn"
+        assert row.champion_probability == pytest.approx(probability[row.request_id], abs=1e-6)

@@ -322,6 +322,7 @@ class Rescorer:
         candidates: list[AlertCandidateRow] = []
         done: list[int] = []
         tenants: dict[str, str | None] = {}
+        shadowed: dict[str | None, list[Scored]] = {}
         for (tenant_key, customer_id), ids in groups.items():
             tenant = None if tenant_key == UNTAGGED_KEY else tenant_key
             try:
@@ -333,6 +334,7 @@ class Rescorer:
                     tenant=tenant,
                     source=Source.EVENT,
                     stored_id=customer_id,
+                    shadowed=shadowed.setdefault(tenant, []),
                 )
             except (CustomerNotFound, InvalidInput, ModelUnavailable) as error:
                 # Nothing to score from this trail (yet): a later material event queues it again.
@@ -345,5 +347,8 @@ class Rescorer:
         if rows:
             await self.scoring.persist(rows, candidates=candidates)
             await anyio.to_thread.run_sync(self._note_risks, rows, tenants)
+            # As for score by id: the challenger once the champion's rows are written.
+            for tenant, scored in shadowed.items():
+                self.scoring.shadow_scored(scored, tenant=tenant)
         await anyio.to_thread.run_sync(self._drop, done)
         return len(pending)

@@ -245,19 +245,24 @@ class TaskAssessment:
     def results(self) -> list[dict[str, Any]]:
         """Every customer's result in the API's shape, in block order."""
         headline = self.headline()
-        alerts = headline.alert
-        results = []
-        for i, (customer_id, stage, outputs) in enumerate(
-            zip(self.block.ids, headline.stages, self.outputs(), strict=True)
-        ):
-            body: dict[str, Any] = {"customer_id": customer_id, "stage": stage, **outputs}
-            if self.task is Task.CHURN:
-                body["alert"] = alerts[i]
-            if self.task is Task.RECOMMENDATION:
+        results = [
+            {"customer_id": customer_id, "stage": stage, **outputs}
+            for customer_id, stage, outputs in zip(
+                self.block.ids, headline.stages, self.outputs(), strict=True
+            )
+        ]
+        if self.task is Task.CHURN:
+            for body, alert in zip(results, headline.alert, strict=True):
+                body["alert"] = alert
+        if self.task is Task.RECOMMENDATION:
+            for i, body in enumerate(results):
                 body["products"] = self.offered(i, explained=True)
-            else:
+        elif self.explanation is None or self.options.reasons == 0:
+            for body in results:  # a batch without reasons: nothing to look up per customer
+                body["explanation"] = None
+        else:
+            for i, body in enumerate(results):
                 body["explanation"] = self.explained(i, self.headline_class(i))
-            results.append(body)
         return results
 
     def outputs(self) -> list[dict[str, Any]]:

@@ -287,11 +287,13 @@ class ScoringService:
                 extra={"limit": self.max_batch_size},
             )
         if customers is not None:
-            rows = [dict(c.__dict__) for c in customers]
-            ids = [row.pop("customer_id") for row in rows]
-            lifecycle = [row.pop("lifecycle") for row in rows]
-            profiles = [row.pop("risk_profile") for row in rows]
-            tiers = [row.pop("tier") for row in rows]
+            # The models' own field dicts: encoding reads the features by name, so the other
+            # fields need not be copied away first.
+            rows = [c.__dict__ for c in customers]
+            ids = [row["customer_id"] for row in rows]
+            lifecycle = [row["lifecycle"] for row in rows]
+            profiles = [row["risk_profile"] for row in rows]
+            tiers = [row["tier"] for row in rows]
             matrix = model.schema.encode_rows(rows)
         else:
             assert columns is not None
