@@ -35,6 +35,7 @@ from app.rewards.policy import (
     load_rewards_policy,
     parse_rewards_policy,
 )
+from app.rewards.schemas import PostingResult
 from app.rewards.tables import GiftStock, PointsEntry
 from app.scoring.registry import ModelRegistry
 from app.security.api_keys import create_client
@@ -355,6 +356,75 @@ def test_a_reversal_is_a_new_entry_once_and_never_drives_the_balance_negative(
                 now=T0,
             )
     assert entries_sum(sqlite_engine, tenant, "C") == 5
+
+
+def test_a_gift_given_back_returns_its_open_lots_points_its_stock_and_its_limit(
+    sqlite_engine: Engine,
+) -> None:
+    policy, tenant = small_policy(lock_days=0), f"g-{uuid.uuid4().hex[:8]}"
+    day = timedelta(days=1)
+
+    def earn(key: str, at: datetime) -> None:
+        with Session(sqlite_engine) as session:
+            service.earn(
+                session,
+                rewards=policy,
+                tier="mass",
+                tenant=tenant,
+                customer_id="C",
+                points=20,
+                idempotency_key=key,
+                description=None,
+                now=at,
+            )
+
+    def mug(key: str, at: datetime) -> PostingResult:
+        with Session(sqlite_engine) as session:
+            return service.redeem(
+                session,
+                rewards=policy,
+                tier="mass",
+                tenant=tenant,
+                customer_id="C",
+                gift_id="mug",
+                idempotency_key=key,
+                now=at,
+            )
+
+    def give_back(entry_id: int, at: datetime) -> PostingResult:
+        with Session(sqlite_engine) as session:
+            return service.reverse(
+                session,
+                tenant=tenant,
+                customer_id="C",
+                entry_id=entry_id,
+                description="returned",
+                now=at,
+            )
+
+    earn("a", T0)  # lot A: 30 points, last day T0 + 10
+    earn("b", T0 + 5 * day)  # lot B: 30 points, last day T0 + 15
+    mug("m1", T0 + 6 * day)  # 25 from A
+    second = mug("m2", T0 + 6 * day)  # 5 from A, 20 from B
+    with pytest.raises(LimitReached):
+        mug("m3", T0 + 6 * day)
+    with Session(sqlite_engine) as session:  # A closes, spent: nothing of it is left
+        service.expire(session, as_of=(T0 + 11 * day).date(), now=T0 + 11 * day)
+    returned = give_back(second.entry.id, T0 + 12 * day)
+    assert returned.entry.kind == "reversal" and returned.entry.refers_to == second.entry.id
+    assert returned.entry.points == 20, "A's 5 points expired with A: only B's 20 come back"
+    assert returned.balance.available == 30 and returned.balance.total == 30
+    again = give_back(second.entry.id, T0 + 12 * day)
+    assert again.replayed and again.entry.id == returned.entry.id
+    with Session(sqlite_engine) as session:
+        stock = session.get(GiftStock, (service.tenant_key(tenant), "mug"))
+        assert stock is not None and stock.remaining == 2  # 3, two taken, one given back
+    third = mug("m3", T0 + 12 * day)  # the limit counts gifts kept, not gifts ever redeemed
+    assert third.balance.available == 5
+    assert entries_sum(sqlite_engine, tenant, "C") == 5
+    with Session(sqlite_engine) as session:  # what B has left expires with B, no more
+        service.expire(session, as_of=(T0 + 16 * day).date(), now=T0 + 16 * day)
+    assert entries_sum(sqlite_engine, tenant, "C") == 0
 
 
 def test_expiry_takes_the_oldest_points_first_and_is_idempotent(sqlite_engine: Engine) -> None:

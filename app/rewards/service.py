@@ -25,7 +25,7 @@ from app.rewards.errors import (
     UnknownEntry,
     UnknownGift,
 )
-from app.rewards.ledger import Posting, balance, expiring
+from app.rewards.ledger import Posting, balance, expiring, refundable
 from app.rewards.policy import Gift, RewardsPolicy
 from app.rewards.schemas import (
     ExpiryRun,
@@ -159,8 +159,10 @@ def reverse(
     description: str | None,
     now: datetime,
 ) -> PostingResult:
-    """Take back an earn in full with a new entry referring to it; reversing it again returns
-    the first reversal. 409 when the points are no longer there (spent or expired)."""
+    """Reverse an earn or a redemption with a new entry referring to it; reversing it again
+    returns the first reversal. An earn is taken back in full (409 when the points are no
+    longer there: spent or expired); a redemption (the gift given back) returns its points to
+    the lots they came from that have not expired since, and its unit to the stock."""
     key = tenant_key(tenant)
     _lock_account(session, tenant=key, customer_id=customer_id, now=now)
     original = session.scalars(
@@ -173,12 +175,16 @@ def reverse(
     if original is None:
         session.rollback()
         raise UnknownEntry(f"no entry {entry_id} in this customer's ledger")
-    if original.kind != EntryKind.EARN.value:
+    if original.kind not in (EntryKind.EARN.value, EntryKind.REDEMPTION.value):
         session.rollback()
-        raise NotReversible(f"entry {entry_id} is a {original.kind}; only earns are reversed")
+        raise NotReversible(
+            f"entry {entry_id} is a {original.kind}; only earns and redemptions are reversed"
+        )
     reversal_key = f"reversal:{entry_id}"
     if (found := _by_key(session, key, customer_id, reversal_key)) is not None:
         return _result(session, found, replayed=True, now=now)
+    if original.kind == EntryKind.REDEMPTION.value:
+        return _give_back(session, original, description=description, now=now)
     held = balance(_postings(session, key, customer_id), now=now)
     if held.total < original.points:
         session.rollback()
@@ -236,6 +242,31 @@ def redeem(
     return _commit(session, entry, now=now)
 
 
+def _give_back(
+    session: Session, redemption: PointsEntry, *, description: str | None, now: datetime
+) -> PostingResult:
+    """A redemption reversed: its open lots' points back, its unit back in stock."""
+    tenant, customer_id = redemption.tenant, redemption.customer_id
+    returned = refundable(_postings(session, tenant, customer_id), redemption.id)
+    session.execute(
+        update(GiftStock)
+        .where(GiftStock.tenant == tenant, GiftStock.gift_id == redemption.gift_id)
+        .values(remaining=GiftStock.remaining + 1)
+    )
+    entry = PointsEntry(
+        tenant=tenant,
+        customer_id=customer_id,
+        kind=EntryKind.REVERSAL.value,
+        points=returned,
+        idempotency_key=f"reversal:{redemption.id}",
+        refers_to=redemption.id,
+        gift_id=redemption.gift_id,
+        description=description,
+        created_at=now,
+    )
+    return _commit(session, entry, now=now)
+
+
 def _visible_gift(rewards: RewardsPolicy, gift_id: str, tier: str) -> Gift:
     gift = rewards.gift(gift_id)
     if gift is None:
@@ -254,12 +285,16 @@ def _check_redeemable(
             f"gift {gift.gift_id!r} is not active on {now.date()}", extra={"reason": "inactive"}
         )
     if gift.limit_per_customer is not None:
+        mine = (PointsEntry.tenant == tenant, PointsEntry.customer_id == customer_id)
+        given_back = select(PointsEntry.refers_to).where(
+            *mine, PointsEntry.kind == EntryKind.REVERSAL.value, PointsEntry.gift_id.is_not(None)
+        )
         redeemed = session.scalar(
             select(func.count()).where(
-                PointsEntry.tenant == tenant,
-                PointsEntry.customer_id == customer_id,
+                *mine,
                 PointsEntry.kind == EntryKind.REDEMPTION.value,
                 PointsEntry.gift_id == gift.gift_id,
+                PointsEntry.id.not_in(given_back),
             )
         )
         if (redeemed or 0) >= gift.limit_per_customer:
