@@ -89,8 +89,11 @@ def test_0028_lets_a_reversal_credit_a_gift_return_and_refuses_to_go_down_over_o
     with database.begin() as connection:
         connection.execute(text("DELETE FROM points_entry WHERE kind = 'reversal'"))
     migrate.downgrade(url, "0023")
+    columns = {c["name"] for c in inspect(database).get_columns("points_entry")}
+    assert "request_digest" not in columns
     with pytest.raises(sqlalchemy.exc.IntegrityError), database.begin() as connection:
         connection.execute(text(credit), {"now": NOW})
     migrate.upgrade(url, "0028")
     with database.begin() as connection:
         connection.execute(text(credit), {"now": NOW})
+        connection.execute(text("UPDATE points_entry SET request_digest = 'd'"))

@@ -91,7 +91,8 @@ def customer_service_plan(
     responses={
         200: {"description": "The key (or the reversal) had been used: nothing changed"},
         409: {
-            "description": "A reversal of an earn whose points are no longer held, or of an expiry",
+            "description": "A reversal of an earn whose points are no longer held or of an "
+            "expiry, or an idempotency key already used for another request",
             **PROBLEM,
         },
         **NOT_FOUND,
@@ -183,7 +184,11 @@ def get_points(
     responses={
         200: {"description": "The key had been used: nothing changed"},
         403: {"description": "The gift is not offered to the customer's tier", **PROBLEM},
-        409: {"description": "Beyond the balance, the stock, the limit or the window", **PROBLEM},
+        409: {
+            "description": "Beyond the balance, the stock, the limit or the window, or an "
+            "idempotency key already used for another request",
+            **PROBLEM,
+        },
         **NOT_FOUND,
     },
 )

@@ -8,6 +8,8 @@ remaining > 0`` in the same transaction. The customer's tier comes from the valu
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from datetime import date, datetime, timedelta
 
@@ -19,6 +21,7 @@ from app.rewards.errors import (
     GiftInactive,
     GiftNotVisible,
     InsufficientPoints,
+    KeyReused,
     LimitReached,
     NotReversible,
     OutOfStock,
@@ -132,13 +135,15 @@ def earn(
     """Post earned points (times the tier's multiplier), pending for the lock period and
     expiring by the policy; a repeated key returns the first posting and changes nothing."""
     key = tenant_key(tenant)
+    digest = request_digest(EntryKind.EARN, points, description)
     _lock_account(session, tenant=key, customer_id=customer_id, now=now)
-    if (found := _by_key(session, key, customer_id, idempotency_key)) is not None:
+    if (found := _by_key(session, key, customer_id, idempotency_key, digest)) is not None:
         return _result(session, found, replayed=True, now=now)
     entry = PointsEntry(
         tenant=key,
         customer_id=customer_id,
         kind=EntryKind.EARN.value,
+        request_digest=digest,
         points=max(1, math.floor(points * rewards.plans[tier].points_multiplier + 0.5)),
         idempotency_key=idempotency_key,
         tier=tier,
@@ -221,8 +226,9 @@ def redeem(
     may not see it; 409 beyond the balance, the stock, the limit or the active window."""
     gift = _visible_gift(rewards, gift_id, tier)
     key = tenant_key(tenant)
+    digest = request_digest(EntryKind.REDEMPTION, gift_id)
     _lock_account(session, tenant=key, customer_id=customer_id, now=now)
-    if (found := _by_key(session, key, customer_id, idempotency_key)) is not None:
+    if (found := _by_key(session, key, customer_id, idempotency_key, digest)) is not None:
         return _result(session, found, replayed=True, now=now)
     try:
         _check_redeemable(session, gift, tenant=key, customer_id=customer_id, now=now)
@@ -233,6 +239,7 @@ def redeem(
         tenant=key,
         customer_id=customer_id,
         kind=EntryKind.REDEMPTION.value,
+        request_digest=digest,
         points=-gift.points_cost,
         idempotency_key=idempotency_key,
         gift_id=gift.gift_id,
@@ -426,14 +433,30 @@ def _seed_stock(session: Session, *, tenant: str, gift: Gift) -> None:
     )
 
 
-def _by_key(session: Session, tenant: str, customer_id: str, key: str) -> PointsEntry | None:
-    return session.scalars(
+def request_digest(kind: EntryKind, *request: object) -> str:
+    """A fingerprint of what a client asked for under its idempotency key."""
+    return hashlib.sha256(json.dumps([kind.value, *request]).encode()).hexdigest()
+
+
+def _by_key(
+    session: Session, tenant: str, customer_id: str, key: str, digest: str | None = None
+) -> PointsEntry | None:
+    """The entry posted under ``key``, if any; 409 when it was posted for another request."""
+    found = session.scalars(
         select(PointsEntry).where(
             PointsEntry.tenant == tenant,
             PointsEntry.customer_id == customer_id,
             PointsEntry.idempotency_key == key,
         )
     ).first()
+    if found is not None and digest is not None and found.request_digest not in (None, digest):
+        session.rollback()
+        raise KeyReused(
+            f"idempotency key {key!r} was used for another request (entry {found.id}, a"
+            f" {found.kind} of {found.points} points); a retry repeats its request, a new"
+            " posting needs a new key"
+        )
+    return found
 
 
 def _postings(session: Session, tenant: str, customer_id: str) -> list[Posting]:

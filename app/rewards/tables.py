@@ -89,6 +89,9 @@ class PointsEntry(Base):
     gift_id: Mapped[str | None] = mapped_column(String(64), default=None)
     tier: Mapped[str | None] = mapped_column(String(32), default=None)
     description: Mapped[str | None] = mapped_column(String(200), default=None)
+    # What the client asked for under its key (service.request_digest), to tell a retry from
+    # another posting reusing the key; null for keys the service derives (reversals, expiries).
+    request_digest: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # Earns only: when the lot stops being pending, and its last day of use (None: never).
     available_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

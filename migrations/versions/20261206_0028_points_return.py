@@ -1,5 +1,6 @@
-"""points return: a reversal may refer to a redemption (the gift given back) and credit its
-points, so the sign rule allows a reversal of either sign
+"""points return and request digest: a reversal may refer to a redemption (the gift given
+back) and credit its points, so the sign rule allows a reversal of either sign; each posting
+keeps a digest of the request made under its idempotency key
 
 Revision ID: 0028
 Revises: 0023
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0028"
@@ -30,6 +32,8 @@ def _sign(rule: str) -> None:
 
 def upgrade() -> None:
     _sign(SIGN_AFTER)
+    with op.batch_alter_table("points_entry") as batch:
+        batch.add_column(sa.Column("request_digest", sa.String(length=64), nullable=True))
 
 
 def downgrade() -> None:
@@ -42,4 +46,6 @@ def downgrade() -> None:
         raise RuntimeError(
             f"{credited} gift returns are in the ledger; they cannot be kept below revision 0028"
         )
+    with op.batch_alter_table("points_entry") as batch:
+        batch.drop_column("request_digest")
     _sign(SIGN_BEFORE)
