@@ -333,6 +333,17 @@ def _check_redeemable(
 # --- reading -----------------------------------------------------------------------------------
 
 
+def held(
+    session: Session, *, tenant: str | None, customer_id: str, now: datetime
+) -> PointsBalance | None:
+    """A customer's balance at ``now``; None when it has no ledger."""
+    postings = _postings(session, tenant_key(tenant), customer_id)
+    if not postings:
+        return None
+    found = balance(postings, now=now)
+    return _balance_view(found.available, found.pending, found.total)
+
+
 def points(
     session: Session,
     *,
