@@ -166,9 +166,6 @@ class Settings(BaseSettings):
         description="How often each process asks the model registry for a new champion "
         "(0: never; activations then need a restart).",
     )
-    service_plans_file: Path = Field(
-        default=PROJECT_ROOT / "app" / "resources" / "service_plans.json"
-    )
     eligibility_file: Path = Field(default=PROJECT_ROOT / "app" / "resources" / "eligibility.json")
     # The bank's tier policy (app/value/policy.py); an invalid file stops the service at start.
     tier_policy_file: Path = Field(default=PROJECT_ROOT / "app" / "resources" / "tier_policy.json")

@@ -115,6 +115,28 @@ def test_the_360_shows_stages_holdings_assessments_alerts_and_complaints(
     assert view.events[0].occurred_at >= view.events[-1].occurred_at
 
 
+def test_the_360_shows_the_policy_tier_with_its_gaps_and_the_points_balance(
+    record: Record,
+) -> None:
+    client, customer = record.client, record.ids["existing"]
+    before = client.get(f"/v1/customers/{customer}", headers=record.key)
+    assert before.status_code == 200, before.text
+    assert before.json()["points"] is None, "no ledger yet"
+    tier = client.get(f"/v1/customers/{customer}/tier", headers=record.key)
+    assert tier.status_code == 200, tier.text
+    assert before.json()["tier_of_record"] == tier.json()
+    earned = client.post(
+        f"/v1/customers/{customer}/points",
+        json={"kind": "earn", "points": 120, "idempotency_key": "360-1"},
+        headers=record.key,
+    )
+    assert earned.status_code == 201, earned.text
+    after = client.get(f"/v1/customers/{customer}", headers=record.key).json()
+    assert after["points"] == earned.json()["balance"] and after["points"]["total"] > 0
+    prospect = client.get(f"/v1/customers/{record.ids['prospect']}", headers=record.key).json()
+    assert prospect["points"] is None
+
+
 def test_every_view_is_audited(record: Record, monkeypatch: pytest.MonkeyPatch) -> None:
     lines: list[dict[str, Any]] = []
 

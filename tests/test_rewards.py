@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from app.db.session import create_db_engine
 from app.errors import ServiceError
 from app.http.app import create_app
 from app.rewards import service
-from app.rewards.errors import InsufficientPoints, LimitReached, OutOfStock
+from app.rewards.errors import InsufficientPoints, KeyReused, LimitReached, OutOfStock
 from app.rewards.policy import (
     Expiry,
     ExpiryRule,
@@ -35,6 +35,7 @@ from app.rewards.policy import (
     load_rewards_policy,
     parse_rewards_policy,
 )
+from app.rewards.schemas import PostingResult
 from app.rewards.tables import GiftStock, PointsEntry
 from app.scoring.registry import ModelRegistry
 from app.security.api_keys import create_client
@@ -180,6 +181,7 @@ def test_any_sequence_keeps_balance_the_sum_never_negative_and_keys_idempotent(
 ) -> None:
     policy, tenant, customer = small_policy(), f"p-{uuid.uuid4().hex[:8]}", "C1"
     now, used_keys = T0, set[str]()
+    asked: dict[str, Any] = {}  # a key's first request: a retry repeats it
     for name, value, key in operations:
         before = entry_count(sqlite_engine, tenant)
         repeated = False
@@ -194,7 +196,7 @@ def test_any_sequence_keeps_balance_the_sum_never_negative_and_keys_idempotent(
                         tier="mass",
                         tenant=tenant,
                         customer_id=customer,
-                        points=value,
+                        points=asked.setdefault(f"e-{key}", value),
                         idempotency_key=f"e-{key}",
                         description=None,
                         now=now,
@@ -217,7 +219,7 @@ def test_any_sequence_keeps_balance_the_sum_never_negative_and_keys_idempotent(
                         tier="mass",
                         tenant=tenant,
                         customer_id=customer,
-                        gift_id=value,
+                        gift_id=asked.setdefault(f"r-{key}", value),
                         idempotency_key=f"r-{key}",
                         now=now,
                     )
@@ -355,6 +357,125 @@ def test_a_reversal_is_a_new_entry_once_and_never_drives_the_balance_negative(
                 now=T0,
             )
     assert entries_sum(sqlite_engine, tenant, "C") == 5
+
+
+def test_a_key_reused_for_another_request_is_a_409_and_writes_nothing(
+    sqlite_engine: Engine,
+) -> None:
+    policy, tenant = small_policy(lock_days=0), f"k-{uuid.uuid4().hex[:8]}"
+
+    def earn(points: int, description: str | None = None) -> PostingResult:
+        with Session(sqlite_engine) as session:
+            return service.earn(
+                session,
+                rewards=policy,
+                tier="mass",
+                tenant=tenant,
+                customer_id="C",
+                points=points,
+                idempotency_key="k",
+                description=description,
+                now=T0,
+            )
+
+    def redeem(gift_id: str, key: str) -> PostingResult:
+        with Session(sqlite_engine) as session:
+            return service.redeem(
+                session,
+                rewards=policy,
+                tier="mass",
+                tenant=tenant,
+                customer_id="C",
+                gift_id=gift_id,
+                idempotency_key=key,
+                now=T0,
+            )
+
+    first = earn(100)
+    assert earn(100).replayed and earn(100).entry.id == first.entry.id
+    others: list[Callable[[], PostingResult]] = [
+        lambda: earn(101),
+        lambda: earn(100, "bonus"),
+        lambda: redeem("pen", "k"),
+    ]
+    for other in others:
+        with pytest.raises(KeyReused, match="'k' was used for another request"):
+            other()
+    kept = redeem("pen", "r")
+    assert redeem("pen", "r").replayed
+    with pytest.raises(KeyReused):
+        redeem("mug", "r")
+    assert entry_count(sqlite_engine, tenant) == 2
+    assert entries_sum(sqlite_engine, tenant, "C") == first.entry.points + kept.entry.points
+
+
+def test_a_gift_given_back_returns_its_open_lots_points_its_stock_and_its_limit(
+    sqlite_engine: Engine,
+) -> None:
+    policy, tenant = small_policy(lock_days=0), f"g-{uuid.uuid4().hex[:8]}"
+    day = timedelta(days=1)
+
+    def earn(key: str, at: datetime) -> None:
+        with Session(sqlite_engine) as session:
+            service.earn(
+                session,
+                rewards=policy,
+                tier="mass",
+                tenant=tenant,
+                customer_id="C",
+                points=20,
+                idempotency_key=key,
+                description=None,
+                now=at,
+            )
+
+    def mug(key: str, at: datetime) -> PostingResult:
+        with Session(sqlite_engine) as session:
+            return service.redeem(
+                session,
+                rewards=policy,
+                tier="mass",
+                tenant=tenant,
+                customer_id="C",
+                gift_id="mug",
+                idempotency_key=key,
+                now=at,
+            )
+
+    def give_back(entry_id: int, at: datetime) -> PostingResult:
+        with Session(sqlite_engine) as session:
+            return service.reverse(
+                session,
+                tenant=tenant,
+                customer_id="C",
+                entry_id=entry_id,
+                description="returned",
+                now=at,
+            )
+
+    earn("a", T0)  # lot A: 30 points, last day T0 + 10
+    earn("b", T0 + 5 * day)  # lot B: 30 points, last day T0 + 15
+    mug("m1", T0 + 6 * day)  # 25 from A
+    second = mug("m2", T0 + 6 * day)  # 5 from A, 20 from B
+    with pytest.raises(LimitReached):
+        mug("m3", T0 + 6 * day)
+    with Session(sqlite_engine) as session:  # A closes, spent: nothing of it is left
+        service.expire(session, as_of=(T0 + 11 * day).date(), now=T0 + 11 * day)
+    returned = give_back(second.entry.id, T0 + 12 * day)
+    assert returned.entry.kind == "reversal" and returned.entry.refers_to == second.entry.id
+    assert returned.entry.points == 20, "A's 5 points expired with A: only B's 20 come back"
+    assert returned.balance.available == 30 and returned.balance.total == 30
+    again = give_back(second.entry.id, T0 + 12 * day)
+    assert again.replayed and again.entry.id == returned.entry.id
+    with Session(sqlite_engine) as session:
+        stock = session.get(GiftStock, (service.tenant_key(tenant), "mug"))
+        assert stock is not None and stock.remaining == 2  # 3, two taken, one given back
+    third = mug("m3", T0 + 12 * day)  # the limit counts gifts kept, not gifts ever redeemed
+    assert third.balance.available == 5
+    assert entries_sum(sqlite_engine, tenant, "C") == 5
+    with Session(sqlite_engine) as session:  # what B has left expires with B, no more
+        service.expire(session, as_of=(T0 + 16 * day).date(), now=T0 + 16 * day)
+    assert entries_sum(sqlite_engine, tenant, "C") == 0
 
 
 def test_expiry_takes_the_oldest_points_first_and_is_idempotent(sqlite_engine: Engine) -> None:

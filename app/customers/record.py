@@ -3,6 +3,7 @@ lifecycle stages, the stored assessments, and the alerts and casework domains' s
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
@@ -35,9 +36,12 @@ from app.customers.record_schemas import (
 from app.customers.repository import latest_month, read_months
 from app.customers.service import CustomerNotFound, customer_events, stored_forms
 from app.customers.stages import read_stage
+from app.rewards import service as rewards
 from app.scoring.manifest import Task
 from app.scoring.repository import TenantScope, list_scores
 from app.security.pseudonyms import Pseudonymizer
+from app.value.policy import TierPolicy
+from app.value.service import customer_tier
 
 if TYPE_CHECKING:
     from app.scoring.tables import Score
@@ -55,6 +59,8 @@ def customer_view(
     pseudonymizer: Pseudonymizer | None,
     events: int,
     index_weights: IndexWeights,
+    tier_policy: TierPolicy,
+    now: datetime,
 ) -> CustomerView:
     """One customer's 360 for the caller's tenant; 404 when it has no record there."""
     forms = stored_forms(customer_id, caller_tenant=caller_tenant, pseudonymizer=pseudonymizer)
@@ -138,6 +144,23 @@ def customer_view(
         ),
         events=page.items[:events],
         indices=indices,
+        tier_of_record=None
+        if last is None
+        else customer_tier(
+            session,
+            policy=tier_policy,
+            customer_id=customer_id,
+            caller_tenant=caller_tenant,
+            pseudonymizer=pseudonymizer,
+        ),
+        points=rewards.held(
+            session,
+            tenant=caller_tenant,
+            customer_id=rewards.stored_id(
+                customer_id, tenant=caller_tenant, pseudonymizer=pseudonymizer
+            ),
+            now=now,
+        ),
     )
 
 

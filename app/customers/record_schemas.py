@@ -15,6 +15,8 @@ from app.alerts.schemas import AlertSummary
 from app.casework.schemas import ComplaintBrief
 from app.customers.lifecycle import LifecycleStage, StageCause, StageSource
 from app.customers.schemas import StoredEvent
+from app.rewards.schemas import PointsBalance
+from app.value.schemas import CustomerTier
 
 Value = float | str | None
 
@@ -49,7 +51,7 @@ class Holding(BaseModel):
 
 
 class TierView(BaseModel):
-    """The latest stored tier assessment."""
+    """The latest stored tier assessment (the tier model's; the policy's is tier_of_record)."""
 
     tier: str | None
     next_tier_gap: dict[str, Any] | None = Field(
@@ -208,7 +210,7 @@ class CustomerView(BaseModel):
     profile: dict[str, Value] = Field(description="Latest value of each profile field.")
     stage: StageView | None = Field(description="Null for a record without stages kept yet.")
     holdings: list[Holding]
-    tier: TierView | None
+    tier: TierView | None = Field(description="The tier model's latest assessment.")
     assessments: list[LatestAssessment] = Field(description="The latest one per task.")
     recommendations: list[dict[str, Any]] = Field(
         description="The latest recommendation assessment's offers, best first."
@@ -218,4 +220,13 @@ class CustomerView(BaseModel):
     events: list[StoredEvent] = Field(description="The latest events, latest occurrence first.")
     indices: IndicesView | None = Field(
         default=None, description="Null for a record without monthly aggregates."
+    )
+    tier_of_record: CustomerTier | None = Field(
+        default=None,
+        description="The tier under the bank's tier policy, with the gaps to the next tier and "
+        "to stay (as GET /v1/customers/{id}/tier); 'tier' above is the tier model's latest "
+        "assessment. Null for a record without monthly aggregates.",
+    )
+    points: PointsBalance | None = Field(
+        default=None, description="The points balance; null for a customer without a ledger."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import partial
 from typing import Annotated, Any
 
@@ -42,6 +43,7 @@ from app.http.deps import (
 from app.security.audit import note
 from app.security.principal import Principal, Scope
 from app.security.text import ID_PATTERN
+from app.value.routes import TierPolicyDep
 
 router = APIRouter(prefix="/v1", tags=["customers"])
 
@@ -178,10 +180,12 @@ def customer_record(
     tenant: TenantDep,
     pseudonymizer: PseudonymizerDep,
     customer_id: CustomerIdPath,
+    tier_policy: TierPolicyDep,
     events: Annotated[int, Query(ge=0, le=100, description="How many latest events.")] = 10,
 ) -> CustomerView:
-    """A customer's 360: profile, stage and history, holdings, tier, latest assessments,
-    recommendations, open alerts and complaints, latest events."""
+    """A customer's 360: profile, stage and history, holdings, tier (the model's and the
+    policy's, with the gaps), points, latest assessments, recommendations, open alerts and
+    complaints, latest events."""
     view = customer_view(
         session,
         customer_id=customer_id,
@@ -190,6 +194,8 @@ def customer_record(
         pseudonymizer=pseudonymizer,
         events=events,
         index_weights=index_weights(request.app.state.settings),
+        tier_policy=tier_policy,
+        now=datetime.now(UTC),
     )
     stored = pseudonymizer.pseudonym(customer_id, caller.tenant) if pseudonymizer else customer_id
     note(request, customer=stored, view="360")

@@ -27,6 +27,13 @@ class LimitReached(Conflict):
     title = "Limit per customer reached"
 
 
+class KeyReused(Conflict):
+    """An idempotency key already used for another posting: a retry must repeat its request."""
+
+    code = "idempotency_key_reused"
+    title = "Idempotency key reused"
+
+
 class GiftInactive(Conflict):
     """The gift is outside its active window."""
 

@@ -38,7 +38,10 @@ EARN_EXAMPLES: dict[str, Any] = {
         "summary": "Points earned",
         "value": {"kind": "earn", "points": 100, "idempotency_key": "txn-2026-12-001"},
     },
-    "reversal": {"summary": "An earn taken back", "value": {"kind": "reversal", "reverses": 7}},
+    "reversal": {
+        "summary": "An earn taken back, or a gift given back",
+        "value": {"kind": "reversal", "reverses": 7},
+    },
 }
 
 
@@ -87,7 +90,11 @@ def customer_service_plan(
     status_code=201,
     responses={
         200: {"description": "The key (or the reversal) had been used: nothing changed"},
-        409: {"description": "A reversal of points no longer held, or of a non-earn", **PROBLEM},
+        409: {
+            "description": "A reversal of an earn whose points are no longer held or of an "
+            "expiry, or an idempotency key already used for another request",
+            **PROBLEM,
+        },
         **NOT_FOUND,
     },
 )
@@ -177,7 +184,11 @@ def get_points(
     responses={
         200: {"description": "The key had been used: nothing changed"},
         403: {"description": "The gift is not offered to the customer's tier", **PROBLEM},
-        409: {"description": "Beyond the balance, the stock, the limit or the window", **PROBLEM},
+        409: {
+            "description": "Beyond the balance, the stock, the limit or the window, or an "
+            "idempotency key already used for another request",
+            **PROBLEM,
+        },
         **NOT_FOUND,
     },
 )

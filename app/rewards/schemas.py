@@ -86,7 +86,11 @@ class ReversalRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["reversal"]
-    reverses: int = Field(ge=1, description="The id of the earn entry to reverse.")
+    reverses: int = Field(
+        ge=1,
+        description="The id of the entry to reverse: an earn (its points taken back) or a "
+        "redemption (the gift given back: its points returned, its unit back in stock).",
+    )
     description: str | None = Field(default=None, max_length=200)
 
 

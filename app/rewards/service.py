@@ -8,6 +8,8 @@ remaining > 0`` in the same transaction. The customer's tier comes from the valu
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from datetime import date, datetime, timedelta
 
@@ -19,13 +21,14 @@ from app.rewards.errors import (
     GiftInactive,
     GiftNotVisible,
     InsufficientPoints,
+    KeyReused,
     LimitReached,
     NotReversible,
     OutOfStock,
     UnknownEntry,
     UnknownGift,
 )
-from app.rewards.ledger import Posting, balance, expiring
+from app.rewards.ledger import Posting, balance, expiring, refundable
 from app.rewards.policy import Gift, RewardsPolicy
 from app.rewards.schemas import (
     ExpiryRun,
@@ -132,13 +135,15 @@ def earn(
     """Post earned points (times the tier's multiplier), pending for the lock period and
     expiring by the policy; a repeated key returns the first posting and changes nothing."""
     key = tenant_key(tenant)
+    digest = request_digest(EntryKind.EARN, points, description)
     _lock_account(session, tenant=key, customer_id=customer_id, now=now)
-    if (found := _by_key(session, key, customer_id, idempotency_key)) is not None:
+    if (found := _by_key(session, key, customer_id, idempotency_key, digest)) is not None:
         return _result(session, found, replayed=True, now=now)
     entry = PointsEntry(
         tenant=key,
         customer_id=customer_id,
         kind=EntryKind.EARN.value,
+        request_digest=digest,
         points=max(1, math.floor(points * rewards.plans[tier].points_multiplier + 0.5)),
         idempotency_key=idempotency_key,
         tier=tier,
@@ -159,8 +164,10 @@ def reverse(
     description: str | None,
     now: datetime,
 ) -> PostingResult:
-    """Take back an earn in full with a new entry referring to it; reversing it again returns
-    the first reversal. 409 when the points are no longer there (spent or expired)."""
+    """Reverse an earn or a redemption with a new entry referring to it; reversing it again
+    returns the first reversal. An earn is taken back in full (409 when the points are no
+    longer there: spent or expired); a redemption (the gift given back) returns its points to
+    the lots they came from that have not expired since, and its unit to the stock."""
     key = tenant_key(tenant)
     _lock_account(session, tenant=key, customer_id=customer_id, now=now)
     original = session.scalars(
@@ -173,12 +180,16 @@ def reverse(
     if original is None:
         session.rollback()
         raise UnknownEntry(f"no entry {entry_id} in this customer's ledger")
-    if original.kind != EntryKind.EARN.value:
+    if original.kind not in (EntryKind.EARN.value, EntryKind.REDEMPTION.value):
         session.rollback()
-        raise NotReversible(f"entry {entry_id} is a {original.kind}; only earns are reversed")
+        raise NotReversible(
+            f"entry {entry_id} is a {original.kind}; only earns and redemptions are reversed"
+        )
     reversal_key = f"reversal:{entry_id}"
     if (found := _by_key(session, key, customer_id, reversal_key)) is not None:
         return _result(session, found, replayed=True, now=now)
+    if original.kind == EntryKind.REDEMPTION.value:
+        return _give_back(session, original, description=description, now=now)
     held = balance(_postings(session, key, customer_id), now=now)
     if held.total < original.points:
         session.rollback()
@@ -215,8 +226,9 @@ def redeem(
     may not see it; 409 beyond the balance, the stock, the limit or the active window."""
     gift = _visible_gift(rewards, gift_id, tier)
     key = tenant_key(tenant)
+    digest = request_digest(EntryKind.REDEMPTION, gift_id)
     _lock_account(session, tenant=key, customer_id=customer_id, now=now)
-    if (found := _by_key(session, key, customer_id, idempotency_key)) is not None:
+    if (found := _by_key(session, key, customer_id, idempotency_key, digest)) is not None:
         return _result(session, found, replayed=True, now=now)
     try:
         _check_redeemable(session, gift, tenant=key, customer_id=customer_id, now=now)
@@ -227,10 +239,36 @@ def redeem(
         tenant=key,
         customer_id=customer_id,
         kind=EntryKind.REDEMPTION.value,
+        request_digest=digest,
         points=-gift.points_cost,
         idempotency_key=idempotency_key,
         gift_id=gift.gift_id,
         tier=tier,
+        created_at=now,
+    )
+    return _commit(session, entry, now=now)
+
+
+def _give_back(
+    session: Session, redemption: PointsEntry, *, description: str | None, now: datetime
+) -> PostingResult:
+    """A redemption reversed: its open lots' points back, its unit back in stock."""
+    tenant, customer_id = redemption.tenant, redemption.customer_id
+    returned = refundable(_postings(session, tenant, customer_id), redemption.id)
+    session.execute(
+        update(GiftStock)
+        .where(GiftStock.tenant == tenant, GiftStock.gift_id == redemption.gift_id)
+        .values(remaining=GiftStock.remaining + 1)
+    )
+    entry = PointsEntry(
+        tenant=tenant,
+        customer_id=customer_id,
+        kind=EntryKind.REVERSAL.value,
+        points=returned,
+        idempotency_key=f"reversal:{redemption.id}",
+        refers_to=redemption.id,
+        gift_id=redemption.gift_id,
+        description=description,
         created_at=now,
     )
     return _commit(session, entry, now=now)
@@ -254,12 +292,16 @@ def _check_redeemable(
             f"gift {gift.gift_id!r} is not active on {now.date()}", extra={"reason": "inactive"}
         )
     if gift.limit_per_customer is not None:
+        mine = (PointsEntry.tenant == tenant, PointsEntry.customer_id == customer_id)
+        given_back = select(PointsEntry.refers_to).where(
+            *mine, PointsEntry.kind == EntryKind.REVERSAL.value, PointsEntry.gift_id.is_not(None)
+        )
         redeemed = session.scalar(
             select(func.count()).where(
-                PointsEntry.tenant == tenant,
-                PointsEntry.customer_id == customer_id,
+                *mine,
                 PointsEntry.kind == EntryKind.REDEMPTION.value,
                 PointsEntry.gift_id == gift.gift_id,
+                PointsEntry.id.not_in(given_back),
             )
         )
         if (redeemed or 0) >= gift.limit_per_customer:
@@ -289,6 +331,17 @@ def _check_redeemable(
 
 
 # --- reading -----------------------------------------------------------------------------------
+
+
+def held(
+    session: Session, *, tenant: str | None, customer_id: str, now: datetime
+) -> PointsBalance | None:
+    """A customer's balance at ``now``; None when it has no ledger."""
+    postings = _postings(session, tenant_key(tenant), customer_id)
+    if not postings:
+        return None
+    found = balance(postings, now=now)
+    return _balance_view(found.available, found.pending, found.total)
 
 
 def points(
@@ -391,14 +444,30 @@ def _seed_stock(session: Session, *, tenant: str, gift: Gift) -> None:
     )
 
 
-def _by_key(session: Session, tenant: str, customer_id: str, key: str) -> PointsEntry | None:
-    return session.scalars(
+def request_digest(kind: EntryKind, *request: object) -> str:
+    """A fingerprint of what a client asked for under its idempotency key."""
+    return hashlib.sha256(json.dumps([kind.value, *request]).encode()).hexdigest()
+
+
+def _by_key(
+    session: Session, tenant: str, customer_id: str, key: str, digest: str | None = None
+) -> PointsEntry | None:
+    """The entry posted under ``key``, if any; 409 when it was posted for another request."""
+    found = session.scalars(
         select(PointsEntry).where(
             PointsEntry.tenant == tenant,
             PointsEntry.customer_id == customer_id,
             PointsEntry.idempotency_key == key,
         )
     ).first()
+    if found is not None and digest is not None and found.request_digest not in (None, digest):
+        session.rollback()
+        raise KeyReused(
+            f"idempotency key {key!r} was used for another request (entry {found.id}, a"
+            f" {found.kind} of {found.points} points); a retry repeats its request, a new"
+            " posting needs a new key"
+        )
+    return found
 
 
 def _postings(session: Session, tenant: str, customer_id: str) -> list[Posting]:

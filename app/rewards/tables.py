@@ -35,12 +35,17 @@ class EntryKind(StrEnum):
     """What a ledger entry records."""
 
     EARN = "earn"  # points > 0: a lot, pending until available_at
-    REVERSAL = "reversal"  # points < 0: takes back an earn (refers_to)
+    # refers_to an earn: points < 0, the earn taken back; refers_to a redemption: points >= 0,
+    # the gift given back and its points returned to the lots still open.
+    REVERSAL = "reversal"
     REDEMPTION = "redemption"  # points < 0: a gift bought
     EXPIRY = "expiry"  # points < 0: what was left of a lot (refers_to) when it expired
 
 
 KIND_VALUES = ", ".join(f"'{k.value}'" for k in EntryKind)
+# Earns credit, reversals go either way (see EntryKind), redemptions and expiries debit
+# (an expiry of a spent lot posts 0).
+SIGN_RULE = "CASE kind WHEN 'earn' THEN points > 0 WHEN 'reversal' THEN 1 = 1 ELSE points <= 0 END"
 
 
 class PointsAccount(Base):
@@ -59,7 +64,7 @@ class PointsEntry(Base):
     __tablename__ = "points_entry"
     __table_args__ = (
         CheckConstraint(f"kind IN ({KIND_VALUES})", name="kind"),
-        CheckConstraint("(kind = 'earn') = (points > 0)", name="sign"),
+        CheckConstraint(SIGN_RULE, name="sign"),
         # A repeated key changes nothing; expiries and reversals key themselves by the lot.
         UniqueConstraint(
             "tenant",
@@ -84,6 +89,9 @@ class PointsEntry(Base):
     gift_id: Mapped[str | None] = mapped_column(String(64), default=None)
     tier: Mapped[str | None] = mapped_column(String(32), default=None)
     description: Mapped[str | None] = mapped_column(String(200), default=None)
+    # What the client asked for under its key (service.request_digest), to tell a retry from
+    # another posting reusing the key; null for keys the service derives (reversals, expiries).
+    request_digest: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # Earns only: when the lot stops being pending, and its last day of use (None: never).
     available_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

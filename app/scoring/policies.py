@@ -1,8 +1,7 @@
-"""Bank policies kept in files, not code: tier service plans and product eligibility rules."""
+"""Bank policies kept in files, not code: product eligibility rules."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -13,16 +12,8 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from app.scoring.schemas import ServicePlan
-
 FloatArray: TypeAlias = npt.NDArray[np.float64]
 BoolArray: TypeAlias = npt.NDArray[np.bool_]
-
-
-def load_service_plans(path: Path) -> dict[str, ServicePlan]:
-    """Service plan per tier name."""
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    return {tier: ServicePlan.model_validate(plan) for tier, plan in raw["tiers"].items()}
 
 
 class RiskLevel(StrEnum):

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from app.config import Settings
+from app.rewards.policy import load_rewards_policy
 from app.scoring.assess import AlertThresholds, Rules, Stage
-from app.scoring.policies import EligibilityRules, load_service_plans
+from app.scoring.policies import EligibilityRules
 
 
 def rules_from_settings(settings: Settings) -> Rules:
-    """Eligibility and service plans from their files, alert thresholds from the settings."""
+    """Eligibility and service plans from their files (the plans are the rewards policy's:
+    one file for what a tier is offered), alert thresholds from the settings."""
     return Rules(
         eligibility=EligibilityRules.load(settings.eligibility_file),
         service_plans={
             tier: plan.model_dump()
-            for tier, plan in load_service_plans(settings.service_plans_file).items()
+            for tier, plan in load_rewards_policy(settings.rewards_policy_file).plans.items()
         },
         alerts=_alert_thresholds(settings),
         new_customer_months=settings.lifecycle_new_months,

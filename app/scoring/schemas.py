@@ -65,12 +65,13 @@ class ChurnScoreResponse(ResponseEnvelope):
 
 
 class ServicePlan(BaseModel):
-    """What the bank offers a tier (configured in a file, not code)."""
+    """What the bank offers a tier: the rewards policy's plan (app/resources/
+    rewards_policy.json), as GET /v1/customers/{id}/service-plan shows it."""
 
     name: str
     services: list[str]
     promotions: list[str]
-    rewards: list[str]
+    points_multiplier: float
 
 
 class FeatureChange(BaseModel):
