@@ -35,10 +35,16 @@ from app.actions.rank import (
 from app.actions.service import EvidenceCache, evidence_of
 from app.contact.states import ContactChannel, ContactPurpose
 from app.http.app import create_app
+from app.scoring.assess import Block, Options, ProductScreen, Rules, assess_task, stage_codes
+from app.scoring.manifest import Task
+from app.scoring.policies import EligibilityRules, RuleStage
+from app.scoring.registry import ModelRegistry
 from app.training.synth import generate_book
 from app.training.trail import book_events
+from tests.conftest import customer_record
 
 SHIPPED = Path(__file__).parents[1] / "app" / "resources" / "next_best_action.json"
+ELIGIBILITY = Path(__file__).parents[1] / "app" / "resources" / "eligibility.json"
 PHONE = ContactChannel.PHONE
 
 
@@ -397,6 +403,7 @@ def existing_ids(book: pd.DataFrame) -> list[str]:
 
 def test_next_best_actions_of_a_customer_over_http(client: TestClient, book: pd.DataFrame) -> None:
     policy = load_action_policy(SHIPPED)
+    offered_any = False
     for customer in existing_ids(book)[:4]:
         answer = client.get(f"/v1/customers/{customer}/next-best-actions")
         assert answer.status_code == 200, answer.text
@@ -408,6 +415,7 @@ def test_next_best_actions_of_a_customer_over_http(client: TestClient, book: pd.
         assert priorities == sorted(priorities, reverse=True)
         assert [o["rank"] for o in body["offered"]] == list(range(1, len(priorities) + 1))
         assert len(body["offered"]) <= policy.max_actions
+        offered_any = offered_any or bool(body["offered"])
         # The product rules agree with the assessment's own offers (the one rule set): a
         # product the recommendations offer passes the three checks here.
         assessed = client.post(f"/v1/customers/{customer}/assessment").json()
@@ -420,6 +428,7 @@ def test_next_best_actions_of_a_customer_over_http(client: TestClient, book: pd.
         for offer in retention:
             assert offer["propensity"]["model"] == pytest.approx(churn, abs=1e-6)
         assert client.get(f"/v1/customers/{customer}/next-best-actions").json() == body
+    assert offered_any
 
 
 def test_the_contact_policy_applies_per_channel(client: TestClient, book: pd.DataFrame) -> None:
@@ -437,7 +446,7 @@ def test_the_contact_policy_applies_per_channel(client: TestClient, book: pd.Dat
         assert item["purpose"] == "service"
     capped = {r["action"] for r in email["not_offered"] if r["stage"] == "contact_policy"}
     reached = {o["action"] for o in before["offered"] if o["purpose"] != "service"}
-    assert reached <= capped
+    assert reached and reached <= capped
     assert all(
         "channel_cap" in r["reason"] for r in email["not_offered"] if r["stage"] == "contact_policy"
     )
@@ -499,3 +508,53 @@ def test_the_operation_is_documented_with_an_example(client: TestClient) -> None
     schema = spec["components"]["schemas"][reference.rsplit("/", 1)[-1]]
     (example,) = schema["examples"]
     assert example["offered"][0]["propensity"]["cold_start"] is True
+
+
+# --- the product rules split in three: the same verdicts as the whole rule set ---------------
+
+
+@pytest.mark.parametrize("profile", [None, "C1", "C5"])
+def test_the_product_screen_refuses_exactly_what_the_rule_set_refuses(
+    sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry, profile: str | None
+) -> None:
+    model = registry.get(Task.RECOMMENDATION)
+    assert model is not None
+    rules = EligibilityRules.load(ELIGIBILITY)
+    records = [
+        customer_record(row, model.schema) for _, row in sample_rows["existing"].head(30).iterrows()
+    ]
+    rows = [{k: v for k, v in r.items() if k in set(model.schema.names)} for r in records]
+    block = Block(
+        ids=[r["customer_id"] for r in records],
+        matrix=model.schema.encode_rows(rows),
+        stages=stage_codes(["existing"] * len(rows)),
+        risk_profiles=[profile] * len(rows),
+        tiers=["affluent"] * len(rows),
+    )
+    assessment = assess_task(
+        Task.RECOMMENDATION,
+        model,
+        block,
+        rules=Rules(eligibility=rules),
+        options=Options(reasons=0, top_k=len(model.classes), next_tier_gap=False),
+    )
+    screen = ProductScreen(rules)
+    stages_seen = set()
+    for i in range(len(rows)):
+        refused = screen.screen(assessment, i)
+        offered = {model.classes[j] for j in assessment.offers[i]} if assessment.offers else set()
+        passed = set(model.classes) - set(refused)
+        # The three checks pass exactly the products the whole rule set allows: those offered
+        # (every product asked for), and those dropped only for a better one of their
+        # exclusive group.
+        assert offered <= passed, (i, {p: refused[p] for p in offered & set(refused)})
+        for product in passed - offered:
+            group = next(g for g in rules.exclusive_groups if product in g)
+            assert offered & set(group), (i, product)
+        # Every refusal names a stage and the rule (or the holding) behind it.
+        for stage, why in refused.values():
+            stages_seen.add(stage)
+            assert why
+    assert RuleStage.APPLICABILITY in stages_seen  # products held
+    if profile != "C5":
+        assert RuleStage.SUITABILITY in stages_seen  # risk-rated products
