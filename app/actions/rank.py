@@ -289,6 +289,22 @@ CHECKS = (
 )
 
 
+def _first_refusal(rule: ActionRule, facts: CustomerFacts) -> tuple[RemovalStage, str] | None:
+    """The first check that removes the action, and why (None: it passes all three)."""
+    for stage, check in CHECKS:
+        why = check(rule, facts)
+        if why is not None:
+            return stage, why
+    return None
+
+
+def screened(policy: ActionPolicy, facts: CustomerFacts) -> dict[str, ActionRule]:
+    """The actions that pass eligibility, applicability and suitability (by name)."""
+    return {
+        name: rule for name, rule in policy.actions.items() if _first_refusal(rule, facts) is None
+    }
+
+
 def rank_actions(
     policy: ActionPolicy,
     facts: CustomerFacts,
@@ -302,11 +318,9 @@ def rank_actions(
     scored: list[_Scored] = []
     for name in sorted(policy.actions):
         rule = policy.actions[name]
-        for check_stage, check in CHECKS:
-            why = check(rule, facts)
-            if why is not None:
-                removed.append(Removed(name, rule.kind, rule.product, check_stage, why))
-                break
+        refusal = _first_refusal(rule, facts)
+        if refusal is not None:
+            removed.append(Removed(name, rule.kind, rule.product, *refusal))
         else:
             scored.append(
                 _score(

@@ -27,6 +27,7 @@ from app.actions.rank import (
     Ranking,
     Removed,
     rank_actions,
+    screened,
 )
 from app.actions.schemas import (
     NextBestActions,
@@ -110,21 +111,29 @@ class NextBestActionService:
     ) -> NextBestActions:
         """The customer's actions ranked for a channel, and why each other one is not offered;
         404 if the caller's tenant has no trail of it."""
-        history, known = self.scoring.read_history(customer_id, tenant=tenant)
-        tier = evaluate(self.tier_policy, [features for _, features in history])
-        trail = self.scoring.assess_quietly(
-            customer_id,
-            history=history,
-            known=known,
-            tenant=tenant,
-            tasks=(Task.CHURN, Task.RECOMMENDATION),
-            extra={"tier": tier.tier},
-        )
-        facts = customer_facts(trail, tier, tier_policy=self.tier_policy, screen=self.screen)
+        # One session (one connection checkout) for every read of the call.
         with self.session_factory() as session:
+            history, known = self.scoring.read_history(session, customer_id, tenant=tenant)
+            tier = evaluate(self.tier_policy, [features for _, features in history])
+            trail = self.scoring.assess_quietly(
+                customer_id,
+                history=history,
+                known=known,
+                tenant=tenant,
+                tasks=(Task.CHURN, Task.RECOMMENDATION),
+                extra={"tier": tier.tier},
+            )
+            facts = customer_facts(trail, tier, tier_policy=self.tier_policy, screen=self.screen)
             evidence = self.evidence.get(session, policy=self.policy, tenant=tenant)
+            # The contact policy is asked only for the purposes of actions that passed the
+            # eligibility, applicability and suitability checks.
+            purposes = {PURPOSE[rule.kind] for rule in screened(self.policy, facts).values()}
             contact = self._contact(
-                session, tenant=tenant, customer_id=customer_id, channel=channel
+                session,
+                tenant=tenant,
+                customer_id=customer_id,
+                channel=channel,
+                purposes=purposes,
             )
         ranking = rank_actions(
             self.policy, facts, channel=channel, evidence=evidence, contact=contact
@@ -132,12 +141,18 @@ class NextBestActionService:
         return answer(customer_id, trail, tier, ranking, policy=self.policy, channel=channel)
 
     def _contact(
-        self, session: Session, *, tenant: str | None, customer_id: str, channel: ContactChannel
+        self,
+        session: Session,
+        *,
+        tenant: str | None,
+        customer_id: str,
+        channel: ContactChannel,
+        purposes: set[ContactPurpose],
     ) -> dict[ContactPurpose, ContactVerdict]:
-        """The contact policy's decision per purpose of the configured actions."""
+        """The contact policy's decision per purpose."""
         now = datetime.now(UTC)
         verdicts = {}
-        for purpose in sorted({PURPOSE[a.kind] for a in self.policy.actions.values()}):
+        for purpose in sorted(purposes):
             decision = may_contact(
                 session,
                 policy=self.contact_policy,

@@ -154,27 +154,24 @@ class CustomerScoring:
         return found
 
     def read_history(
-        self, customer_id: str, *, tenant: str | None
+        self, session: Session, customer_id: str, *, tenant: str | None
     ) -> tuple[list[tuple[str, dict[str, Feature]]], KnownStage | None]:
-        """A customer's monthly feature history (oldest first) and stage on record, in one
-        session; 404 if the caller's tenant has no trail of it."""
-        with self.session_factory() as session:
-            history = feature_history(
-                session,
-                customer_id=customer_id,
-                caller_tenant=tenant,
-                pseudonymizer=self.pseudonymizer,
-            )
-            forms = stored_forms(
-                customer_id, caller_tenant=tenant, pseudonymizer=self.pseudonymizer
-            )
-            stage = current_stage(
-                session.connection(),
-                tenant=tenant,
-                customer_ids=forms,
-                now=datetime.now(UTC),
-                rules=self.lifecycle,
-            )
+        """A customer's monthly feature history (oldest first) and stage on record, read in
+        the caller's session; 404 if the caller's tenant has no trail of it."""
+        history = feature_history(
+            session,
+            customer_id=customer_id,
+            caller_tenant=tenant,
+            pseudonymizer=self.pseudonymizer,
+        )
+        forms = stored_forms(customer_id, caller_tenant=tenant, pseudonymizer=self.pseudonymizer)
+        stage = current_stage(
+            session.connection(),
+            tenant=tenant,
+            customer_ids=forms,
+            now=datetime.now(UTC),
+            rules=self.lifecycle,
+        )
         return history, stage
 
     def assess_quietly(
