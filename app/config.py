@@ -173,6 +173,11 @@ class Settings(BaseSettings):
     rewards_policy_file: Path = Field(
         default=PROJECT_ROOT / "app" / "resources" / "rewards_policy.json"
     )
+    # Next best action: actions, levers, context weights, cold start, volume caps
+    # (app/actions/policy.py); an invalid file stops the service at start, naming the key.
+    next_best_action_file: Path = Field(
+        default=PROJECT_ROOT / "app" / "resources" / "next_best_action.json"
+    )
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch_size: int = Field(default=1000, ge=1)

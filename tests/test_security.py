@@ -171,6 +171,7 @@ def test_health_docs_and_metrics_are_public_by_default(make_app: Any) -> None:
         ("POST", "/v1/prospect/scores", "scores:write"),
         ("POST", "/v1/assessments", "scores:write"),
         ("GET", "/v1/customers/C-1/scores", "scores:read"),
+        ("GET", "/v1/customers/C-1/next-best-actions", "customers:read"),
         ("GET", "/v1/alerts", "alerts:read"),
         ("GET", "/v1/alerts/1", "alerts:read"),
         ("POST", "/v1/alerts/1/acknowledge", "alerts:write"),

@@ -29,11 +29,16 @@ from app.customers.lifecycle import (
     model_stage,
 )
 from app.customers.repository import drop_rescoring, pending_rescoring
-from app.customers.service import CustomerNotFound, stored_forms, trail_features
+from app.customers.service import (
+    CustomerNotFound,
+    feature_history,
+    stored_forms,
+    trail_features,
+)
 from app.customers.stages import KnownStage, Risk, current_stage, refresh_stages
 from app.customers.tables import UNTAGGED_KEY
 from app.errors import BatchTooLarge, InvalidInput, ModelUnavailable
-from app.scoring.assess import Options
+from app.scoring.assess import Options, TaskAssessment
 from app.scoring.manifest import Task
 from app.scoring.records import Source
 from app.scoring.repository import AlertCandidateRow, ScoreRow
@@ -148,6 +153,55 @@ class CustomerScoring:
                     ) from error
         return found
 
+    def read_history(
+        self, session: Session, customer_id: str, *, tenant: str | None
+    ) -> tuple[list[tuple[str, dict[str, Feature]]], KnownStage | None]:
+        """A customer's monthly feature history (oldest first) and stage on record, read in
+        the caller's session; 404 if the caller's tenant has no trail of it."""
+        history = feature_history(
+            session,
+            customer_id=customer_id,
+            caller_tenant=tenant,
+            pseudonymizer=self.pseudonymizer,
+        )
+        forms = stored_forms(customer_id, caller_tenant=tenant, pseudonymizer=self.pseudonymizer)
+        stage = current_stage(
+            session.connection(),
+            tenant=tenant,
+            customer_ids=forms,
+            now=datetime.now(UTC),
+            rules=self.lifecycle,
+        )
+        return history, stage
+
+    def assess_quietly(
+        self,
+        customer_id: str,
+        *,
+        history: list[tuple[str, dict[str, Feature]]],
+        known: KnownStage | None,
+        tenant: str | None,
+        tasks: Collection[Task],
+        extra: dict[str, Any] | None = None,
+    ) -> TrailAssessment:
+        """The latest month of a trail through the one assessment function (as score by id),
+        nothing saved; ``extra``: what the product rules read besides the features (tier)."""
+        given = {**trail_record(customer_id, history[-1][1], known), **(extra or {})}
+        collected: list[Scored] = []
+        try:
+            answer, _, _ = self.scoring.assess_record(
+                given, QUIET_OPTIONS, "unsaved", tenant=tenant, tasks=tasks, shadowed=collected
+            )
+        except InvalidInput as error:
+            raise _trail_cannot_be_scored(error, customer_id) from error
+        return TrailAssessment(
+            month=history[-1][0],
+            history=history,
+            known=known,
+            stage=answer["lifecycle"],
+            assessments={task: assessment for task, assessment, _ in collected},
+        )
+
     async def assess(
         self,
         customer_ids: Sequence[str],
@@ -217,6 +271,28 @@ class CustomerScoring:
         if answered is response:
             self.scoring.shadow_scored(shadowed, tenant=tenant)
         return answered
+
+
+@dataclass(frozen=True, slots=True)
+class TrailAssessment:
+    """A customer's trail read once and assessed without saving (for decisions built on the
+    scores, e.g. next best actions): the monthly history, the lifecycle stage on record, the
+    scoring core's stage and each task's assessment."""
+
+    month: str
+    history: list[tuple[str, dict[str, Feature]]]
+    known: KnownStage | None
+    stage: str
+    assessments: dict[Task, TaskAssessment]
+
+    @property
+    def features(self) -> dict[str, Feature]:
+        """The latest month's features."""
+        return self.history[-1][1]
+
+
+# Unsaved assessments for decisions: no reasons (the decision explains itself), every product.
+QUIET_OPTIONS = Options(reasons=0, exact=False, top_k=64, next_tier_gap=False)
 
 
 def _trail_cannot_be_scored(error: InvalidInput, customer_id: str) -> InvalidInput:

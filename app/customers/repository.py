@@ -345,3 +345,23 @@ def drop_rescoring(session: Session, *, ids: Sequence[int]) -> None:
     """Remove re-assessments done (or that can never be done); the caller commits."""
     if ids:
         session.execute(delete(RescorePending).where(RescorePending.id.in_(ids)))
+
+
+def campaign_responses(
+    session: Session, *, tenant: str | None
+) -> list[tuple[str, str | None, str, int]]:
+    """How many campaign-response events a tenant's book holds, per (campaign, product,
+    response)."""
+    payload = CustomerEvent.payload
+    campaign = payload["campaign_id"].as_string()
+    product = payload["product"].as_string()
+    response = payload["response"].as_string()
+    rows = session.execute(
+        select(campaign, product, response, func.count())
+        .where(
+            TenantScope(tenant).condition(CustomerEvent.tenant),
+            CustomerEvent.type == "campaign_response",
+        )
+        .group_by(campaign, product, response)
+    )
+    return [(str(c), p, str(r), int(n)) for c, p, r, n in rows]

@@ -35,6 +35,7 @@ from app.customers.features import (
 from app.customers.lifecycle import DEFAULT_LIFECYCLE, LifecycleRules, StageSource
 from app.customers.repository import (
     EventRow,
+    campaign_responses,
     insert_new_events,
     latest_month,
     list_events,
@@ -563,3 +564,10 @@ def _path(location: list[int | str], prefix: str) -> str:
         else:
             path += f".{part}" if path else str(part)
     return path or "body"
+
+
+def campaign_response_counts(
+    session: Session, *, tenant: str | None
+) -> list[tuple[str, str | None, str, int]]:
+    """How many campaign responses the tenant's trail holds per (campaign, product, response)."""
+    return campaign_responses(session, tenant=tenant)

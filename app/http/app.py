@@ -16,6 +16,9 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
+from app.actions import routes as actions
+from app.actions.policy import load_action_policy
+from app.actions.service import EvidenceCache, NextBestActionService
 from app.alerts import routes as alerts
 from app.alerts.worker import build_alert_processor
 from app.casework import routes as casework
@@ -26,7 +29,7 @@ from app.console import routes as console
 from app.contact import routes as contact
 from app.contact.service import ContactPolicy
 from app.customers import routes as customers
-from app.customers.assessments import Rescorer
+from app.customers.assessments import CustomerScoring, Rescorer
 from app.customers.consumer import QueueDepthMonitor
 from app.customers.lifecycle import LifecycleRules
 from app.db.session import create_db_engine, create_session_factory
@@ -42,6 +45,7 @@ from app.rewards import routes as rewards
 from app.rewards.policy import load_rewards_policy
 from app.scoring import history_routes as history
 from app.scoring import routes as scores
+from app.scoring.assess import ProductScreen
 from app.scoring.registry import ModelRegistry
 from app.scoring.rules import rules_from_settings
 from app.scoring.service import ScoringService, field_path
@@ -90,6 +94,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     tier_policy = load_policy(settings.tier_policy_file)
     rewards_policy = load_rewards_policy(settings.rewards_policy_file)
     rewards_policy.check_tiers(tier_policy.names)
+    action_policy = load_action_policy(settings.next_best_action_file)
+    action_policy.check_tiers(tier_policy.names)
     rules = rules_from_settings(settings)
     # A registry of this app's own: activations swap its models, never a caller's.
     registry = (
@@ -234,6 +240,20 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.contact_policy = ContactPolicy.from_settings(settings)
     app.state.tier_policy = tier_policy
     app.state.rewards_policy = rewards_policy
+    app.state.next_best_actions = NextBestActionService(
+        session_factory=session_factory,
+        scoring=CustomerScoring(
+            session_factory=session_factory,
+            scoring=scoring,
+            pseudonymizer=pseudonymizer,
+            lifecycle=LifecycleRules.from_settings(settings),
+        ),
+        policy=action_policy,
+        tier_policy=tier_policy,
+        contact_policy=app.state.contact_policy,
+        screen=ProductScreen(rules.eligibility),
+        evidence=EvidenceCache(ttl_s=action_policy.evidence_ttl_s),
+    )
     for router in (health.router, scores.router, history.router, models.router, alerts.router):
         app.include_router(router)
     app.include_router(customers.router)
@@ -245,6 +265,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(models.admin_router)
     app.include_router(value.router)
     app.include_router(rewards.router)
+    app.include_router(actions.router)
     add_docs(app)
     app.mount(
         console.PREFIX,

@@ -21,7 +21,7 @@ from app.scoring.feature_schema import FeatureSchema
 from app.scoring.feature_schema import FloatMatrix as FloatArray
 from app.scoring.manifest import Objective, Task
 from app.scoring.next_tier import find_next_tier_gap
-from app.scoring.policies import EligibilityRules
+from app.scoring.policies import RULE_FIELDS, EligibilityRules, RuleStage
 
 if TYPE_CHECKING:  # not imported to run: a compiled model alone scores without LightGBM
     from app.scoring.compiled import CompiledModel
@@ -487,6 +487,101 @@ def _tier(
     )
 
 
+@dataclass(frozen=True)
+class ProductInputs:
+    """What the product rules read of a block's customers: holdings from the recommendation
+    model's features, age and occupation, stage, tier and risk profile."""
+
+    held: FloatArray
+    cold_start: BoolArray
+    age: FloatArray | None
+    occupation: Sequence[str | None] | None
+    stages: list[str]
+    tiers: Sequence[str | None] | None
+    risk_profiles: Sequence[str | None] | None
+
+    def arguments(self, *, holdings: bool = True) -> dict[str, Any]:
+        """Keyword arguments of ``EligibilityRules.allowed`` (holdings unknown when not
+        ``holdings``: nothing is then refused for being held)."""
+        return {
+            "held": self.held if holdings else np.full_like(self.held, np.nan),
+            "cold_start": self.cold_start,
+            "age": self.age,
+            "occupation": self.occupation,
+            "stages": self.stages,
+            "tiers": self.tiers,
+            "risk_profiles": self.risk_profiles,
+        }
+
+
+def _product_inputs(model: AnyModel, block: Block) -> ProductInputs:
+    products = model.classes
+    schema = model.schema
+    held = np.full((len(block), len(products)), np.nan)
+    for j, product in enumerate(products):
+        flags = schema.values_of(block.matrix, f"has_{product}")
+        if flags is not None:
+            held[:, j] = flags
+    return ProductInputs(
+        held=held,
+        cold_start=np.isnan(held).all(axis=1),
+        age=schema.values_of(block.matrix, "age"),
+        occupation=schema.labels_of(block.matrix, "occupation"),
+        stages=_STAGE_NAMES[block.stages].tolist(),
+        tiers=block.tiers,
+        risk_profiles=block.risk_profiles,
+    )
+
+
+@dataclass(frozen=True)
+class ProductScreen:
+    """The product rules split into their three checks, built once from the bank's rules."""
+
+    rules: EligibilityRules
+    _by_stage: dict[RuleStage, EligibilityRules] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "_by_stage", {stage: self.rules.only(stage) for stage in RuleStage}
+        )
+
+    def screen(self, assessment: TaskAssessment, i: int = 0) -> dict[str, tuple[RuleStage, str]]:
+        """Per product the recommendation model scores that customer ``i`` may not be offered,
+        the first check that refuses it and why (products absent: all three checks pass)."""
+        if assessment.task is not Task.RECOMMENDATION:
+            raise ValueError("products are screened on a recommendation assessment")
+        products = assessment.model.classes
+        inputs = _product_inputs(assessment.model, assessment.block)
+        by_stage = self._by_stage
+        refused: dict[str, tuple[RuleStage, str]] = {}
+        for stage in RuleStage:
+            holdings = stage is RuleStage.APPLICABILITY
+            allowed = by_stage[stage].allowed(products, **inputs.arguments(holdings=holdings))[i]
+            for j, product in enumerate(products):
+                if not allowed[j] and product not in refused:
+                    refused[product] = (stage, self._why(stage, product, products, inputs, i))
+        return refused
+
+    def _why(
+        self, stage: RuleStage, product: str, products: Sequence[str], inputs: ProductInputs, i: int
+    ) -> str:
+        """The rule field that refuses the product (its value as configured)."""
+        j = products.index(product)
+        if stage is RuleStage.APPLICABILITY and inputs.held[i, j] == 1.0:
+            return "already held"
+        rule = self.rules.products.get(product)
+        holdings = stage is RuleStage.APPLICABILITY
+        for name in RULE_FIELDS[stage]:
+            if rule is None or name not in rule.model_fields_set:
+                continue
+            one = self.rules.only(stage, name).model_copy(update={"exclusive_groups": []})
+            if not one.allowed(products, **inputs.arguments(holdings=holdings))[i, j]:
+                value = getattr(rule, name)
+                shown = value.value if isinstance(value, StrEnum) else value
+                return f"product rule {name}={shown} not met"
+        return "excluded with a product held (exclusive group)"
+
+
 def _recommend(
     model: AnyModel,
     block: Block,
@@ -496,24 +591,10 @@ def _recommend(
     explanation: Explanation | None,
 ) -> TaskAssessment:
     products = model.classes
-    schema = model.schema
     n = len(block)
-    held = np.full((n, len(products)), np.nan)
-    for j, product in enumerate(products):
-        flags = schema.values_of(block.matrix, f"has_{product}")
-        if flags is not None:
-            held[:, j] = flags
-    cold_start = np.isnan(held).all(axis=1)
-    allowed = rules.eligibility.allowed(
-        products,
-        held=held,
-        cold_start=cold_start,
-        age=schema.values_of(block.matrix, "age"),
-        occupation=schema.labels_of(block.matrix, "occupation"),
-        stages=_STAGE_NAMES[block.stages].tolist(),
-        tiers=block.tiers,
-        risk_profiles=block.risk_profiles,
-    )
+    inputs = _product_inputs(model, block)
+    cold_start = inputs.cold_start
+    allowed = rules.eligibility.allowed(products, **inputs.arguments())
     ranked = np.argsort(-np.where(allowed, probabilities, -np.inf), axis=1, kind="stable")
     offers = []
     for row in range(n):

@@ -65,6 +65,23 @@ class ProductRule(BaseModel):
     )
 
 
+class RuleStage(StrEnum):
+    """The three checks of a product rule, in the order they are applied."""
+
+    ELIGIBILITY = "eligibility"
+    APPLICABILITY = "applicability"
+    SUITABILITY = "suitability"
+
+
+# Which fields of a product rule each check reads (held products and exclusive groups are
+# applicability too: what the customer holds decides whether a product applies).
+RULE_FIELDS: dict[RuleStage, tuple[str, ...]] = {
+    RuleStage.ELIGIBILITY: ("min_age", "max_age", "occupations", "stages"),
+    RuleStage.APPLICABILITY: ("requires", "tiers"),
+    RuleStage.SUITABILITY: ("risk_level",),
+}
+
+
 class EligibilityRules(BaseModel):
     """Product eligibility: per-product rules and groups of mutually exclusive products."""
 
@@ -139,6 +156,21 @@ class EligibilityRules(BaseModel):
                 in_group = holds[:, members].any(axis=1)
                 allowed[np.ix_(in_group, members)] = False
         return np.asarray(allowed, dtype=bool)
+
+    def only(self, stage: RuleStage, *fields: str) -> EligibilityRules:
+        """These rules restricted to one check (to some of its fields when given): what
+        ``allowed`` then refuses, that check refuses. Only applicability keeps the exclusive
+        groups."""
+        kept = fields or RULE_FIELDS[stage]
+        return EligibilityRules(
+            products={
+                product: ProductRule.model_validate(
+                    {name: getattr(rule, name) for name in kept if name in rule.model_fields_set}
+                )
+                for product, rule in self.products.items()
+            },
+            exclusive_groups=self.exclusive_groups if stage is RuleStage.APPLICABILITY else [],
+        )
 
     def without_conflicts(self, products: Sequence[str], ranked: Sequence[int]) -> list[int]:
         """Keep only the best-ranked product of each exclusive group in one offer."""

@@ -3,7 +3,7 @@
 --   wrk -t2 -c32 -d10s --latency -s bench/wrk/post_bodies.lua URL -- BODIES.jsonl [API_KEY]
 --
 -- A line "PATH<TAB>BODY" posts BODY to PATH instead of the URL's path (one customer per
--- line for the score-by-id benchmark).
+-- line for the score-by-id benchmark); a line "GET PATH" gets PATH (next best actions).
 --
 -- With API_KEY, every request carries it in an X-API-Key header. Every request is formatted
 -- once in init(), so the per-request Lua cost is one table lookup and is the same whichever
@@ -35,7 +35,9 @@ function init(args)
     if #line > 0 then
       count = count + 1
       local tab = string.find(line, "\t", 1, true)
-      if tab then
+      if string.sub(line, 1, 4) == "GET " then
+        requests[count] = wrk.format("GET", string.sub(line, 5), headers)
+      elseif tab then
         requests[count] = wrk.format(
           "POST", string.sub(line, 1, tab - 1), headers, string.sub(line, tab + 1))
       else
