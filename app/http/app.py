@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.alerts import routes as alerts
 from app.alerts.worker import build_alert_processor
+from app.campaigns import routes as campaigns
 from app.casework import routes as casework
 from app.casework.routing import RoutingPolicy
 from app.casework.service import Casework
@@ -245,6 +246,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(models.admin_router)
     app.include_router(value.router)
     app.include_router(rewards.router)
+    app.include_router(campaigns.router)
     add_docs(app)
     app.mount(
         console.PREFIX,

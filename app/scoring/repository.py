@@ -12,6 +12,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Dialect,
+    Subquery,
     delete,
     false,
     func,
@@ -496,3 +497,18 @@ def get_request(
     if tenant is not None:
         conditions.append(tenant.condition(RequestRecord.tenant))
     return session.scalars(select(RequestRecord).where(*conditions)).first()
+
+
+def latest_scores(*, task: str, tenant: str | None, name: str) -> Subquery:
+    """Every customer's latest score of ``task`` in a tenant as a subquery (``customer_id``,
+    ``probability``), for set-based reads such as a campaign's targeting."""
+    latest = (
+        select(func.max(Score.id))
+        .where(Score.task == task, TenantScope(tenant).condition(Score.tenant))
+        .group_by(Score.customer_id)
+    )
+    return (
+        select(Score.customer_id, Score.probability)
+        .where(Score.id.in_(latest))
+        .subquery(name)
+    )
