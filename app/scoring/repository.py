@@ -507,8 +507,4 @@ def latest_scores(*, task: str, tenant: str | None, name: str) -> Subquery:
         .where(Score.task == task, TenantScope(tenant).condition(Score.tenant))
         .group_by(Score.customer_id)
     )
-    return (
-        select(Score.customer_id, Score.probability)
-        .where(Score.id.in_(latest))
-        .subquery(name)
-    )
+    return select(Score.customer_id, Score.probability).where(Score.id.in_(latest)).subquery(name)
