@@ -15,7 +15,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Select, func, insert, literal, select, update
+from sqlalchemy import (
+    ColumnElement,
+    FromClause,
+    Select,
+    Subquery,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -212,27 +222,40 @@ def audience_query(campaign: Campaign) -> Select[Any]:
     tenant = _tenant(campaign)
     segment = Segment.model_validate(campaign.target)
     stage = stages_of_record(tenant=tenant)
-    if campaign.priority_task is None:
-        query = select(stage.c.customer_id, literal(None).label("probability"))
-    else:
-        priority = latest_scores(task=campaign.priority_task, tenant=tenant, name="priority")
-        query = select(stage.c.customer_id, priority.c.probability).outerjoin(
-            priority, priority.c.customer_id == stage.c.customer_id
-        )
+    # One subquery per task: the priority and a band on the same task share it.
+    scores: dict[str, Subquery] = {}
+
+    def latest(task: str) -> Subquery:
+        if task not in scores:
+            scores[task] = latest_scores(task=task, tenant=tenant, name=f"score_{len(scores)}")
+        return scores[task]
+
+    joined: FromClause = stage
+    conditions: list[ColumnElement[bool]] = []
     if segment.stages:
-        query = query.where(stage.c.stage.in_([s.value for s in segment.stages]))
+        conditions.append(stage.c.stage.in_([s.value for s in segment.stages]))
     if segment.tiers:
         tiers = tiers_of_record(tenant=tenant)
-        query = query.join(tiers, tiers.c.customer_id == stage.c.customer_id).where(
-            tiers.c.tier.in_(segment.tiers)
-        )
-    for i, band in enumerate(segment.scores):
-        scores = latest_scores(task=band.task.value, tenant=tenant, name=f"band_{i}")
-        query = query.join(scores, scores.c.customer_id == stage.c.customer_id)
+        joined = joined.join(tiers, tiers.c.customer_id == stage.c.customer_id)
+        conditions.append(tiers.c.tier.in_(segment.tiers))
+    for task in sorted({band.task.value for band in segment.scores}):
+        banded = latest(task)
+        joined = joined.join(banded, banded.c.customer_id == stage.c.customer_id)
+    for band in segment.scores:
+        column = scores[band.task.value].c.probability
         if band.min is not None:
-            query = query.where(scores.c.probability >= band.min)
+            conditions.append(column >= band.min)
         if band.max is not None:
-            query = query.where(scores.c.probability <= band.max)
+            conditions.append(column <= band.max)
+    if campaign.priority_task is None:
+        priority_column: ColumnElement[Any] = literal(None).label("probability")
+    else:
+        known = campaign.priority_task in scores
+        priority = latest(campaign.priority_task)
+        if not known:  # unscored customers stay, ranked last
+            joined = joined.outerjoin(priority, priority.c.customer_id == stage.c.customer_id)
+        priority_column = priority.c.probability
+    query = select(stage.c.customer_id, priority_column).select_from(joined).where(*conditions)
     return query
 
 
