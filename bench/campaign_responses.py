@@ -2,7 +2,7 @@
 (the README's campaign report on the synthetic book; the synthetic book has no campaign of
 its own to respond to).
 
-Every member answers once, a day after the launch: ``accepted`` with probability
+Every member answers once, when the script runs (after the launch): ``accepted`` with probability
 ``base + treated_gain * score`` when contacted and ``base + held_gain * score`` when held
 out (score: the priority task's score at launch), else ``opened``. Seeded: the same file
 for the same campaign and seed.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def main() -> None:
     finally:
         engine.dispose()
     rng = np.random.default_rng(args.seed)
-    at = (campaign.launched_at + timedelta(days=1)).isoformat().replace("+00:00", "Z")
+    at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     with args.out.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
