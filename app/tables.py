@@ -1,6 +1,7 @@
 """Every domain's tables in one import, so ``Base.metadata`` is complete for Alembic."""
 
 from app.alerts import tables as alert_tables
+from app.campaigns import tables as campaign_tables
 from app.casework import tables as casework_tables
 from app.console import tables as console_tables
 from app.contact import tables as contact_tables
@@ -13,6 +14,7 @@ from app.value import tables as value_tables
 
 __all__ = [
     "alert_tables",
+    "campaign_tables",
     "casework_tables",
     "console_tables",
     "contact_tables",

@@ -476,6 +476,18 @@ def has_open_complaint(session: Session, *, tenant: str | None, customer_id: str
     return bool(found)
 
 
+def customers_with_open_complaint(session: Session, *, tenant: str | None) -> set[str]:
+    """Every customer of the tenant with a complaint not yet closed or rejected (the contact
+    policy over a whole campaign audience)."""
+    return set(
+        session.scalars(
+            select(Complaint.customer_id)
+            .where(_tenant(tenant), Complaint.status.not_in([s.value for s in FINAL_STATUSES]))
+            .distinct()
+        )
+    )
+
+
 def get_complaint(session: Session, *, act: Act, complaint_id: int) -> ComplaintOut:
     """One complaint with its trail (404: not the tenant's; 403: another branch's)."""
     complaint = session.scalars(

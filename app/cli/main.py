@@ -6,6 +6,7 @@ from app.cli import (
     alerts,
     backtest,
     book,
+    campaigns,
     casework,
     clients,
     consume,
@@ -42,6 +43,7 @@ cli.add_typer(backtest.outcomes)
 cli.add_typer(backtest.commands)
 cli.add_typer(tiers.commands)
 cli.add_typer(rewards.commands)
+cli.add_typer(campaigns.commands)
 
 __all__ = ["cli", "main"]
 

@@ -9,19 +9,19 @@ blocked by do-not-contact only. Contacts are recorded through the same policy.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.casework.service import has_open_complaint
+from app.casework.service import customers_with_open_complaint, has_open_complaint
 from app.config import Settings
 from app.contact.schemas import ContactDecision, ContactOut, ContactRequest, DoNotContactOut
 from app.contact.states import ContactChannel, ContactOutcome, ContactPurpose, ContactRule
-from app.contact.tables import ContactRecord, DoNotContact
+from app.contact.tables import ContactRecord, DoNotContact, contact_record_table
 from app.errors import Conflict, NotFound
 from app.scoring.repository import TenantScope
 
@@ -206,3 +206,97 @@ def clear_do_not_contact(session: Session, *, tenant: str | None, customer_id: s
         raise NotFound(f"customer {customer_id!r} is not flagged do-not-contact")
     session.delete(flag)
     session.commit()
+
+
+def blocked_customers(
+    session: Session,
+    *,
+    policy: ContactPolicy,
+    tenant: str | None,
+    channel: ContactChannel,
+    purpose: ContactPurpose,
+    at: datetime,
+) -> dict[str, ContactRule]:
+    """Every customer of the tenant the policy blocks for this channel and purpose at ``at``,
+    with the first rule that blocks it: ``may_contact``'s rules, in its order, as a few
+    set-based reads (a campaign's whole audience is checked at once)."""
+    blocked: dict[str, ContactRule] = {}
+
+    def add(customers: Iterable[str], rule: ContactRule) -> None:
+        for customer in customers:
+            blocked.setdefault(customer, rule)
+
+    add(
+        session.scalars(
+            select(DoNotContact.customer_id).where(
+                TenantScope(tenant).condition(DoNotContact.tenant)
+            )
+        ),
+        ContactRule.DO_NOT_CONTACT,
+    )
+    if purpose is ContactPurpose.MARKETING:
+        add(customers_with_open_complaint(session, tenant=tenant), ContactRule.OPEN_COMPLAINT)
+    if purpose not in CAPPED:
+        return blocked
+    add(
+        session.scalars(
+            select(ContactRecord.customer_id)
+            .where(
+                TenantScope(tenant).condition(ContactRecord.tenant),
+                ContactRecord.outcome == ContactOutcome.NEGATIVE.value,
+                ContactRecord.at > at - policy.negative_suppression,
+                ContactRecord.at <= at,
+            )
+            .group_by(ContactRecord.customer_id)
+            .having(func.count() >= policy.negative_limit)
+        ),
+        ContactRule.NEGATIVE_OUTCOMES,
+    )
+    cap = policy.caps.get(channel)
+    if cap is not None:
+        add(
+            session.scalars(
+                select(ContactRecord.customer_id)
+                .where(
+                    TenantScope(tenant).condition(ContactRecord.tenant),
+                    ContactRecord.channel == channel.value,
+                    ContactRecord.purpose.in_([p.value for p in CAPPED]),
+                    ContactRecord.at > at - policy.window,
+                    ContactRecord.at <= at,
+                )
+                .group_by(ContactRecord.customer_id)
+                .having(func.count() >= cap)
+            ),
+            ContactRule.CHANNEL_CAP,
+        )
+    return blocked
+
+
+def record_contacts(
+    session: Session,
+    *,
+    tenant: str | None,
+    customer_ids: Sequence[str],
+    channel: ContactChannel,
+    purpose: ContactPurpose,
+    at: datetime,
+    recorded_by: str,
+) -> None:
+    """Record contacts already cleared by ``blocked_customers`` (an outbound run), in the
+    caller's transaction: the caller commits."""
+    rows = [
+        {
+            "tenant": tenant,
+            "customer_id": customer_id,
+            "channel": channel.value,
+            "purpose": purpose.value,
+            "outcome": None,
+            "at": at,
+            "recorded_by": recorded_by,
+        }
+        for customer_id in customer_ids
+    ]
+    # RETURNING makes SQLAlchemy batch the rows into multi-row VALUES ("insertmanyvalues"):
+    # a plain executemany is one round trip a row on psycopg.
+    if rows:
+        session.execute(insert(contact_record_table).returning(contact_record_table.c.id), rows)

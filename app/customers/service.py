@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -56,6 +57,7 @@ from app.customers.schemas import (
     StoredEvent,
 )
 from app.customers.stages import Transition, refresh_stages, sweep_stages
+from app.customers.tables import CustomerEvent
 from app.errors import BatchTooLarge, DatabaseUnavailable, InvalidInput, NotFound
 from app.scoring.repository import TenantScope
 from app.security.pseudonyms import Pseudonymizer
@@ -571,3 +573,41 @@ def campaign_response_counts(
 ) -> list[tuple[str, str | None, str, int]]:
     """How many campaign responses the tenant's trail holds per (campaign, product, response)."""
     return campaign_responses(session, tenant=tenant)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseEvent:
+    """One campaign_response event of the trail: who, how far they went, and when."""
+
+    customer_id: str
+    response: str
+    occurred_at: datetime
+
+
+def responses_to_campaign(
+    session: Session,
+    *,
+    tenant: str | None,
+    campaign_code: str,
+    since: datetime,
+    until: datetime | None,
+) -> list[ResponseEvent]:
+    """The trail's responses to one campaign (its ``campaign_id`` is the campaign's code)
+    that occurred in [since, until], oldest first."""
+    event = CustomerEvent
+    query = (
+        select(event.customer_id, event.occurred_at, event.payload)
+        .where(
+            TenantScope(tenant).condition(event.tenant),
+            event.type == EventType.CAMPAIGN_RESPONSE.value,
+            event.occurred_at >= since,
+        )
+        .order_by(event.occurred_at, event.id)
+    )
+    if until is not None:
+        query = query.where(event.occurred_at <= until)
+    return [
+        ResponseEvent(row.customer_id, str(row.payload["response"]), row.occurred_at)
+        for row in session.execute(query)
+        if row.payload.get("campaign_id") == campaign_code
+    ]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import Connection, Subquery, and_, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.customers.features import CLOSED, OPENED, Kind
@@ -393,3 +393,14 @@ def current_stage(
         if facts.products or facts.since is not None:
             return KnownStage(evaluate(facts.facts(False, None), rules, now=now).stage, None)
     return None
+
+
+def stages_of_record(*, tenant: str | None) -> Subquery:
+    """Every customer's stored stage in a tenant as a subquery (``customer_id``, ``stage``):
+    the book a campaign targets."""
+    stage = customer_stage_table.c
+    return (
+        select(stage.customer_id, stage.stage)
+        .where(stage.tenant == tenant_key(tenant))
+        .subquery("stage_of_record")
+    )

@@ -21,6 +21,7 @@ from app.actions.policy import load_action_policy
 from app.actions.service import EvidenceCache, NextBestActionService
 from app.alerts import routes as alerts
 from app.alerts.worker import build_alert_processor
+from app.campaigns import routes as campaigns
 from app.casework import routes as casework
 from app.casework.routing import RoutingPolicy
 from app.casework.service import Casework
@@ -266,6 +267,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.include_router(value.router)
     app.include_router(rewards.router)
     app.include_router(actions.router)
+    app.include_router(campaigns.router)
     add_docs(app)
     app.mount(
         console.PREFIX,

@@ -12,6 +12,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Dialect,
+    Subquery,
     delete,
     false,
     func,
@@ -496,3 +497,21 @@ def get_request(
     if tenant is not None:
         conditions.append(tenant.condition(RequestRecord.tenant))
     return session.scalars(select(RequestRecord).where(*conditions)).first()
+
+
+def latest_scores(*, task: str, tenant: str | None, name: str) -> Subquery:
+    """Every customer's latest score of ``task`` in a tenant as a subquery (``customer_id``,
+    ``probability``), for set-based reads such as a campaign's targeting."""
+    # A join on the latest ids, not ``id IN (...)``: PostgreSQL estimates the IN list at 200
+    # rows and probes the index once per customer (12x slower at 1,000,000 customers).
+    latest = (
+        select(func.max(Score.id).label("id"))
+        .where(Score.task == task, TenantScope(tenant).condition(Score.tenant))
+        .group_by(Score.customer_id)
+        .subquery(f"{name}_latest")
+    )
+    return (
+        select(Score.customer_id, Score.probability)
+        .join(latest, Score.id == latest.c.id)
+        .subquery(name)
+    )

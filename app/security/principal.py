@@ -20,6 +20,8 @@ class Scope(StrEnum):
     CASEWORK_WRITE = "casework:write"
     STAFF_ADMIN = "staff:admin"
     REWARDS_WRITE = "rewards:write"
+    CAMPAIGNS_READ = "campaigns:read"
+    CAMPAIGNS_WRITE = "campaigns:write"
     ADMIN = "admin"
 
 

@@ -1,0 +1,1 @@
+"""Campaigns with control groups: target, hold out, launch under the contact policy, report."""
