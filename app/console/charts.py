@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 RAISES, LOWERS = "#b03a2e", "#1f618d"
+# Text stays <text>, not paths; a CJK font first when one is installed (fonts-wqy-microhei).
+TEXT_AS_TEXT: dict[str, Any] = {
+    "svg.fonttype": "none",
+    "font.family": ["sans-serif"],
+    "font.sans-serif": ["WenQuanYi Micro Hei", "Noto Sans CJK SC", "DejaVu Sans"],
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +47,47 @@ def reasons_svg(bars: Sequence[Bar], *, title: str) -> str:
     figure.tight_layout()
     buffer = io.StringIO()
     with matplotlib.rc_context({"svg.fonttype": "none"}):  # text stays <text>, not paths
+        figure.savefig(buffer, format="svg", metadata={"Date": None})
+    svg = buffer.getvalue()
+    return svg[svg.index("<svg") :]
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One named series of counts over the same periods."""
+
+    label: str
+    values: Sequence[float]
+    color: str
+
+
+def stacked_svg(periods: Sequence[str], series: Sequence[Series], *, axis_label: str) -> str:
+    """Vertical bars per period, the series stacked, with a legend, as an <svg> element."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    buffer = io.StringIO()
+    with matplotlib.rc_context(TEXT_AS_TEXT), warnings.catch_warnings():  # type: ignore[arg-type]
+        # Translated labels stay <text> that the browser draws with its own CJK font; without
+        # one installed here matplotlib only misjudges their width, and says so per glyph.
+        warnings.filterwarnings(
+            "ignore", message="Glyph .* missing from font", category=UserWarning
+        )
+        figure = Figure(figsize=(7, 3.2))
+        axes = figure.add_subplot()
+        bottom = [0.0] * len(periods)
+        for one in series:
+            axes.bar(
+                list(periods), list(one.values), bottom=bottom, label=one.label, color=one.color
+            )
+            bottom = [b + v for b, v in zip(bottom, one.values, strict=True)]
+        axes.set_ylabel(axis_label, fontsize=9)
+        axes.tick_params(labelsize=8)
+        axes.tick_params(axis="x", labelrotation=45)
+        axes.legend(fontsize=8, frameon=False)
+        for side in ("top", "right"):
+            axes.spines[side].set_visible(False)
+        figure.tight_layout()
         figure.savefig(buffer, format="svg", metadata={"Date": None})
     svg = buffer.getvalue()
     return svg[svg.index("<svg") :]

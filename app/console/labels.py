@@ -34,3 +34,12 @@ EVENT_TYPES = (
     N_("campaign_response"),
 )
 TASKS = (N_("tier"), N_("recommendation"), N_("churn"), N_("prospect"))
+ASSIGNMENT_STATUSES = (N_("assigned"), N_("accepted"), N_("closed"))
+# The tier movements chart: (series label, field of MovementMonth, colour).
+MOVEMENT_CHART = (
+    (N_("initial"), "initial", "#7f8c8d"),
+    (N_("upgrade"), "upgrades", "#1e8449"),
+    (N_("downgrade"), "downgrades", "#b03a2e"),
+    (N_("retired_tier"), "retired_tier", "#d4ac0d"),
+)
+CHART_AXES = (N_("customers moved"),)

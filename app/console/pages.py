@@ -11,9 +11,10 @@ from sqlalchemy.orm import Session
 from app.alerts import service as alerts
 from app.alerts.schemas import AlertSummary
 from app.alerts.states import AlertStatus
+from app.casework import routing
 from app.casework import service as casework
-from app.casework.schemas import ComplaintOut
-from app.casework.states import FINAL_STATUSES, StaffRole
+from app.casework.schemas import AssignmentOut, ComplaintOut
+from app.casework.states import FINAL_STATUSES, AssignmentStatus, StaffRole
 from app.console.service import ConsoleUser, acting_record
 from app.customers.schemas import EventType, StoredEvent
 from app.customers.service import customer_events
@@ -81,7 +82,26 @@ class Reader:
         return self.pseudonymizer.lookup_forms(customer_id, tenant=user.tenant)
 
 
-def _offset(page: int) -> int:
+# Pages beyond the queue and the customer page, and the roles that see them (administrators
+# see every page). A role without it gets the same 404 as a page that does not exist.
+PAGE_ROLES: dict[str, frozenset[StaffRole]] = {
+    "pyramid": frozenset({StaffRole.BRANCH_SUPERVISOR, StaffRole.ADMINISTRATOR}),
+}
+
+
+def can_see(user: ConsoleUser, page: str) -> bool:
+    """Whether the user's roles open this page."""
+    return bool(user.roles & PAGE_ROLES[page])
+
+
+def require_page(user: ConsoleUser, page: str) -> None:
+    """404 for a page the user's roles do not open (as for a page that does not exist)."""
+    if not can_see(user, page):
+        raise NotFound("no such page")
+
+
+def offset(page: int) -> int:
+    """The first row of a page."""
     return (page - 1) * PAGE_SIZE
 
 
@@ -99,31 +119,25 @@ def my_queue(
             status=AlertStatus.ACKNOWLEDGED,
             owner=user.principal.client_id,
             limit=PAGE_SIZE,
-            offset=_offset(alert_page),
+            offset=offset(alert_page),
             tenant=reader.scope(user),
         )
         opened = alerts.list_alerts(
             session,
             status=AlertStatus.OPEN,
             limit=PAGE_SIZE,
-            offset=_offset(alert_page),
+            offset=offset(alert_page),
             tenant=reader.scope(user),
         )
         alert_items = [*mine.items, *opened.items]
         alert_paging = Paging.of(alert_page, max(mine.total, opened.total))
-    act = casework.Act(
-        staff=acting_record(session, user=user),
-        principal=user.principal.client_id,
-        request_id=None,
-        now=casework.utc_now(),
-    )
     complaints = casework.list_complaints(
         session,
-        act=act,
+        act=acting_as(user, session, None),
         status=None,
         mine=False,
         limit=PAGE_SIZE,
-        offset=_offset(complaint_page),
+        offset=offset(complaint_page),
     )
     return Queue(
         alerts=alert_items,
@@ -131,6 +145,40 @@ def my_queue(
         complaints=complaints.items,
         complaint_paging=Paging.of(complaint_page, complaints.total),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Routed alerts the user may see (their branch's and their own), filtered by state."""
+
+    items: list[AssignmentOut]
+    paging: Paging
+    status: AssignmentStatus | None
+
+
+def acting_as(user: ConsoleUser, session: Session, request_id: str | None) -> casework.Act:
+    """The user as casework's actor: their staff record, acting now."""
+    return casework.Act(
+        staff=acting_record(session, user=user),
+        principal=user.principal.client_id,
+        request_id=request_id,
+        now=casework.utc_now(),
+    )
+
+
+def routed_alerts(
+    session: Session, *, user: ConsoleUser, status: AssignmentStatus | None, page: int
+) -> Routed:
+    """One page of the routed alerts the user may see, newest first."""
+    found = routing.list_assignments(
+        session,
+        act=acting_as(user, session, None),
+        status=status,
+        mine=False,
+        limit=PAGE_SIZE,
+        offset=offset(page),
+    )
+    return Routed(items=found.items, paging=Paging.of(page, found.total), status=status)
 
 
 def is_open(complaint: ComplaintOut) -> bool:
@@ -183,7 +231,7 @@ def customer_view(
         customer_id=customer_id,
         event_type=None,
         limit=PAGE_SIZE,
-        offset=_offset(page),
+        offset=offset(page),
         tenant=reader.scope(user),
         caller_tenant=user.tenant,
         pseudonymizer=reader.pseudonymizer,

@@ -249,7 +249,10 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.mount(
         console.PREFIX,
         console.build_console(
-            settings, session_factory=session_factory, pseudonymizer=pseudonymizer
+            settings,
+            session_factory=session_factory,
+            pseudonymizer=pseudonymizer,
+            tier_policy=tier_policy,
         ),
         name="console",
     )

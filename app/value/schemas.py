@@ -80,3 +80,34 @@ class RetierResult(BaseModel):
     customers: int
     moved: int
     flows: list[TierFlow]
+
+
+class TierLevel(BaseModel):
+    """One tier of the value pyramid: its customers of record and the value they hold."""
+
+    tier: str
+    customers: int
+    relationship_balance: float = Field(
+        description="The tier's customers' relationship balances added up (deposits + wealth "
+        "holdings + insurance value, latest snapshots)."
+    )
+    share_of_customers: float
+    share_of_value: float
+
+
+class MovementMonth(BaseModel):
+    """Tier movements recorded in one month of the book, by direction."""
+
+    month: str = Field(description="The customers' latest month when they were tiered, YYYY-MM.")
+    initial: int
+    upgrades: int
+    downgrades: int
+    retired_tier: int
+
+
+class Pyramid(BaseModel):
+    """The value pyramid of a tenant: tiers from the top down, and movements over time."""
+
+    policy_version: str
+    tiers: list[TierLevel]
+    movements: list[MovementMonth]
