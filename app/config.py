@@ -172,6 +172,11 @@ class Settings(BaseSettings):
     eligibility_file: Path = Field(default=PROJECT_ROOT / "app" / "resources" / "eligibility.json")
     # The bank's tier policy (app/value/policy.py); an invalid file stops the service at start.
     tier_policy_file: Path = Field(default=PROJECT_ROOT / "app" / "resources" / "tier_policy.json")
+    # Prospect segments (value band x buying power) and a marketing plan per segment
+    # (app/value/prospects.py); an invalid file stops the service at start, naming the key.
+    prospect_plan_file: Path = Field(
+        default=PROJECT_ROOT / "app" / "resources" / "prospect_plans.json"
+    )
     # Service plans, points rules and gift catalogue (app/rewards/policy.py); checked at start.
     rewards_policy_file: Path = Field(
         default=PROJECT_ROOT / "app" / "resources" / "rewards_policy.json"

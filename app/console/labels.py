@@ -43,3 +43,12 @@ MOVEMENT_CHART = (
     (N_("retired_tier"), "retired_tier", "#d4ac0d"),
 )
 CHART_AXES = (N_("customers moved"),)
+PLAN_CHANNELS = (
+    N_("relationship_manager"),
+    N_("branch"),
+    N_("phone"),
+    N_("email"),
+    N_("sms"),
+    N_("mobile_app"),
+    N_("direct_mail"),
+)

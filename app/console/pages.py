@@ -86,6 +86,7 @@ class Reader:
 # see every page). A role without it gets the same 404 as a page that does not exist.
 PAGE_ROLES: dict[str, frozenset[StaffRole]] = {
     "pyramid": frozenset({StaffRole.BRANCH_SUPERVISOR, StaffRole.ADMINISTRATOR}),
+    "prospects": frozenset({StaffRole.BRANCH_SUPERVISOR, StaffRole.ADMINISTRATOR}),
 }
 
 

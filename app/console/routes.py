@@ -58,6 +58,7 @@ from app.security.pseudonyms import Pseudonymizer
 from app.security.text import is_storable_id
 from app.value import service as value
 from app.value.policy import TierPolicy
+from app.value.prospects import ProspectPlan
 
 PREFIX = "/console"
 SESSION_COOKIE = "cvm_console"
@@ -128,6 +129,7 @@ class Console:
     default_language: Language
     routing: RoutingPolicy
     tier_policy: TierPolicy
+    prospect_plan: ProspectPlan
 
 
 def _console(request: Request) -> Console:
@@ -502,6 +504,32 @@ def pyramid(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
     )
 
 
+@router.get("/prospects")
+def prospects(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
+    """Prospects by segment (value band x buying power), ranked, with each segment's plan."""
+    pages.require_page(user, "prospects")
+    console = _console(request)
+    segment = request.query_params.get("segment", "") or None
+    page = _page_number(request, "page")
+    found = value.prospects(
+        session,
+        plan=console.prospect_plan,
+        tenant=user.tenant,
+        segment=segment,
+        limit=pages.PAGE_SIZE,
+        offset=pages.offset(page),
+    )
+    note(request, view="prospects", segment=segment, prospects=len(found.items))
+    return console.renderer.page(
+        "prospects.html",
+        language=_language(console, user, request),
+        user=user,
+        found=found,
+        paging=pages.Paging.of(page, found.total),
+        back=str(request.url.path),
+    )
+
+
 @router.get("/customers/{customer_id}")
 def customer(request: Request, customer_id: str, session: DbDep, user: UserDep) -> Response:
     """A customer's trail and latest scores with their reasons (every view is audited)."""
@@ -566,6 +594,7 @@ def build_console(
     session_factory: Callable[[], Session],
     pseudonymizer: Pseudonymizer | None,
     tier_policy: TierPolicy,
+    prospect_plan: ProspectPlan,
 ) -> FastAPI:
     """The console application (its pages are not part of the API's OpenAPI document)."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
@@ -584,6 +613,7 @@ def build_console(
         default_language=Language(settings.console_default_locale),
         routing=RoutingPolicy.from_settings(settings),
         tier_policy=tier_policy,
+        prospect_plan=prospect_plan,
     )
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)

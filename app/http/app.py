@@ -53,6 +53,7 @@ from app.security.pseudonyms import Pseudonymizer
 from app.security.setup import build_guard
 from app.value import routes as value
 from app.value.policy import load_policy
+from app.value.prospects import load_prospect_plan
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("cvm")
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     configure_logging(settings.log_level, settings.log_json)
     # Before anything starts: an invalid policy stops the service, naming the key.
     tier_policy = load_policy(settings.tier_policy_file)
+    prospect_plan = load_prospect_plan(settings.prospect_plan_file)
     rewards_policy = load_rewards_policy(settings.rewards_policy_file)
     rewards_policy.check_tiers(tier_policy.names)
     rules = rules_from_settings(settings)
@@ -233,6 +235,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.routing = RoutingPolicy.from_settings(settings)
     app.state.contact_policy = ContactPolicy.from_settings(settings)
     app.state.tier_policy = tier_policy
+    app.state.prospect_plan = prospect_plan
     app.state.rewards_policy = rewards_policy
     for router in (health.router, scores.router, history.router, models.router, alerts.router):
         app.include_router(router)
@@ -253,6 +256,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             session_factory=session_factory,
             pseudonymizer=pseudonymizer,
             tier_policy=tier_policy,
+            prospect_plan=prospect_plan,
         ),
         name="console",
     )

@@ -496,3 +496,44 @@ def get_request(
     if tenant is not None:
         conditions.append(tenant.condition(RequestRecord.tenant))
     return session.scalars(select(RequestRecord).where(*conditions)).first()
+
+
+@dataclass(frozen=True, slots=True)
+class LatestScore:
+    """A customer's latest stored result of one task: what the model said, and on what."""
+
+    customer_id: str
+    outputs: dict[str, Any]
+    features: dict[str, Any]
+    model_version: str | None
+    created_at: datetime
+
+
+def latest_scores_of_task(
+    session: Session, *, task: str, stage: str | None, tenant: TenantScope
+) -> list[LatestScore]:
+    """Every customer's latest score of ``task`` in a tenant (by stored id), of those scored
+    at ``stage`` (any stage when None)."""
+    conditions = [Score.task == task, tenant.condition(Score.tenant)]
+    if stage is not None:
+        conditions.append(Score.stage == stage)
+    latest = select(func.max(Score.id)).where(*conditions).group_by(Score.customer_id)
+    rows = session.execute(
+        select(
+            Score.customer_id,
+            Score.outputs,
+            Score.features,
+            Score.model_version,
+            Score.created_at,
+        ).where(Score.id.in_(latest))
+    )
+    return [
+        LatestScore(
+            customer_id=row.customer_id,
+            outputs=dict(row.outputs or {}),
+            features=dict(row.features or {}),
+            model_version=row.model_version,
+            created_at=row.created_at,
+        )
+        for row in rows
+    ]

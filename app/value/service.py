@@ -16,13 +16,18 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.customers import service as customers
+from app.scoring.repository import TenantScope, latest_scores_of_task
 from app.security.pseudonyms import Pseudonymizer
 from app.value.policy import Measure, TierPolicy, evaluate, measures_of
+from app.value.prospects import ProspectPlan, check_segment, number
 from app.value.schemas import (
     CustomerTier,
     MovementMonth,
+    ProspectOut,
+    ProspectPage,
     Pyramid,
     RetierResult,
+    SegmentPlan,
     TierFlow,
     TierLevel,
 )
@@ -201,6 +206,69 @@ def movements_by_month(
         )
         for month, found in months.items()
     ]
+
+
+PROSPECT_TASK = "prospect"
+
+
+def _ranked(prospect: ProspectOut) -> tuple[float, float, str]:
+    """Highest expected value first, then the likelier to convert; the id breaks ties."""
+    return (
+        -(prospect.expected_value if prospect.expected_value is not None else float("-inf")),
+        -(prospect.conversion_probability or 0.0),
+        prospect.customer_id,
+    )
+
+
+def prospects(
+    session: Session,
+    *,
+    plan: ProspectPlan,
+    tenant: str | None,
+    segment: str | None,
+    limit: int,
+    offset: int,
+) -> ProspectPage:
+    """A tenant's prospects (their latest prospect score, scored at the prospect stage) in
+    their segments, ranked by expected value, one page; 422 for a segment the plan lacks."""
+    check_segment(plan, segment)
+    everyone: list[ProspectOut] = []
+    for score in latest_scores_of_task(
+        session, task=PROSPECT_TASK, stage=PROSPECT_TASK, tenant=TenantScope(tenant)
+    ):
+        value = number(score.outputs, "value_if_converted")
+        income = number(score.features, "income")
+        value_band, _, power = plan.segment_of(value=value, income=income).partition(".")
+        everyone.append(
+            ProspectOut(
+                customer_id=score.customer_id,
+                segment=f"{value_band}.{power}",
+                value_band=value_band,
+                buying_power=power,
+                conversion_probability=number(score.outputs, "conversion_probability"),
+                value_if_converted=value,
+                expected_value=number(score.outputs, "expected_value"),
+                income=income,
+                model_version=score.model_version,
+                scored_at=score.created_at,
+            )
+        )
+    sizes = Counter(p.segment for p in everyone)
+    chosen = sorted((p for p in everyone if segment in (None, p.segment)), key=_ranked)
+    return ProspectPage(
+        plan_version=plan.version,
+        segment=segment,
+        total=len(chosen),
+        limit=limit,
+        offset=offset,
+        items=chosen[offset : offset + limit],
+        segments=[
+            SegmentPlan(
+                segment=name, prospects=sizes[name], **plan.plans[name].model_dump(mode="json")
+            )
+            for name in plan.segments
+        ],
+    )
 
 
 def _reason(policy: TierPolicy, move: Move) -> MovementReason:
