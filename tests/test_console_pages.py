@@ -1,6 +1,6 @@
-"""The console's second set of pages: queue actions on routed alerts (escalate, reassign) and
-the value pyramid. Role visibility, 404 out of scope, pagination and filters, both languages,
-and the audit line of every view or action."""
+"""The console's second set of pages: queue actions on routed alerts (escalate, reassign),
+the value pyramid and model monitoring. Role visibility, 404 out of scope, pagination and
+filters, both languages, and the audit line of every view or action."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ from sqlalchemy import select
 from app.alerts.tables import Alert
 from app.casework.routing import RoutingPolicy, route_new_alerts
 from app.casework.tables import AlertAssignment
+from app.console.charts import interval_svg
 from app.http.app import create_app
+from app.modelops.service import champion_row, champions
+from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
 from app.scoring.repository import TenantScope
 from app.security.api_keys import create_client
@@ -278,3 +281,74 @@ def test_the_value_pyramid_for_supervisors_and_administrators(
     assert chinese.status_code == 200
     assert "价值金字塔" in chinese.text and "升级" in chinese.text
     assert "€600,000.00" in chinese.text
+
+
+def test_model_monitoring_for_model_owners_and_administrators(
+    console_app: TestClient,
+    tenant: str,
+    registry: ModelRegistry,
+    sample_rows: dict[str, pd.DataFrame],
+) -> None:
+    app: Any = console_app.app
+    add_staff(app, tenant=tenant, staff_id="rm-1", roles=["relationship_manager"])
+    add_staff(app, tenant=tenant, staff_id="bs-1", roles=["branch_supervisor"])
+    add_staff(app, tenant=tenant, staff_id="mo-1", roles=["model_owner"])
+    add_staff(app, tenant=tenant, staff_id="ad-1", roles=["administrator"])
+    customer_with_alert(app, registry, sample_rows, tenant=tenant, manager="rm-1")  # a churn score
+    for staff_id in ("rm-1", "bs-1"):
+        browser = _browser(app)
+        log_in(browser, tenant=tenant, staff_id=staff_id)
+        assert 'href="/console/models"' not in browser.get("/console/queue").text
+        assert browser.get("/console/models").status_code == 404
+    owner = _browser(app)
+    log_in(owner, tenant=tenant, staff_id="mo-1")
+    assert 'href="/console/models"' in owner.get("/console/queue").text
+    audit = AuditLines()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(app.state.guard, "audit", audit)
+        page = owner.get("/console/models")
+    assert page.status_code == 200
+    (line,) = [entry for entry in audit.lines if entry["event"] == "audit"]
+    assert (line["view"], line["task"], line["client"]) == ("models", "churn", "staff:mo-1")
+    html = page.text
+    # Drift of this tenant's one stored churn score: a bar per feature, labels as text.
+    assert "1 stored scores of your bank" in html
+    assert "<svg" in html and ">age<" in html.replace("</text>", "<")
+    churn = registry.get(Task.CHURN)
+    assert churn is not None
+    for feature in churn.schema.features[:3]:
+        assert f'<th scope="row">{feature.name}</th>' in html
+    # Calibration and fairness come from the champion's card; no outcomes: no backtest.
+    with app.state.session_factory() as session:
+        version = champions(session)[Task.CHURN]
+        manifest = champion_row(session, task=Task.CHURN, version=version).manifest
+    for calibration_bin in manifest["metrics"]["test"]["calibration"]:
+        assert f'<th scope="row">{calibration_bin["bin"]}</th>' in html
+    assert "No backtest:" in html and "outcomes" in html
+    fairness = manifest["card"]["quantitative_analyses"]["fairness"]
+    if fairness.get("applicable"):
+        for factor in fairness["factors"]:
+            assert f'<th scope="row">{factor}</th>' in html
+    # Another model by the filter; a model that does not exist is named.
+    assert "prospect" in owner.get("/console/models?task=prospect").text
+    bad = owner.get("/console/models?task=weather")
+    assert bad.status_code == 422 and "task" in bad.text
+    admin = _browser(app)
+    log_in(admin, tenant=tenant, staff_id="ad-1")
+    token = csrf_of(admin.get("/console/models").text)
+    chinese = admin.post(
+        "/console/language",
+        data={"csrf_token": token, "language": "zh_CN", "back": "/console/models"},
+    )
+    assert "模型监控" in chinese.text and "留出月份上的校准" in chinese.text
+
+
+def test_the_auc_chart_draws_months_and_gaps_as_text() -> None:
+    svg = interval_svg(
+        ["2026-01", "2026-02", "2026-03"],
+        [0.91, None, 0.88],
+        [0.90, None, 0.86],
+        [0.92, None, 0.90],
+        axis_label="AUC",
+    )
+    assert svg.startswith("<svg") and "2026-02" in svg and "AUC" in svg

@@ -52,3 +52,6 @@ PLAN_CHANNELS = (
     N_("mobile_app"),
     N_("direct_mail"),
 )
+PSI_BANDS = (N_("stable"), N_("moderate"), N_("significant"))
+FAIRNESS_STATUSES = (N_("green"), N_("amber"), N_("too_small"))
+CHART_WORDS = (N_("score"), N_("AUC"))

@@ -18,7 +18,12 @@ from app.casework.states import FINAL_STATUSES, AssignmentStatus, StaffRole
 from app.console.service import ConsoleUser, acting_record
 from app.customers.schemas import EventType, StoredEvent
 from app.customers.service import customer_events
-from app.errors import NotFound
+from app.errors import NotFound, ServiceError
+from app.modelops import backtest as backtests
+from app.modelops import service as modelops
+from app.modelops.monitoring import monitor
+from app.modelops.schemas import BacktestReport, MonitoringReport
+from app.scoring.manifest import Task
 from app.scoring.repository import TenantScope, list_scores
 from app.scoring.schemas import StoredScore
 from app.security.pseudonyms import Pseudonymizer
@@ -87,6 +92,7 @@ class Reader:
 PAGE_ROLES: dict[str, frozenset[StaffRole]] = {
     "pyramid": frozenset({StaffRole.BRANCH_SUPERVISOR, StaffRole.ADMINISTRATOR}),
     "prospects": frozenset({StaffRole.BRANCH_SUPERVISOR, StaffRole.ADMINISTRATOR}),
+    "models": frozenset({StaffRole.MODEL_OWNER, StaffRole.ADMINISTRATOR}),
 }
 
 
@@ -283,3 +289,63 @@ def reasons_of(score: StoredScore) -> list[tuple[str, float]]:
 def deadline(complaint: ComplaintOut, now: datetime) -> float:
     """Seconds left before the complaint's deadline (negative: overdue)."""
     return (complaint.due_at - now).total_seconds()
+
+
+# Stored rows the drift report reads (the newest), and bootstrap resamples of the backtest's
+# intervals: enough for a page, as the API's defaults are for a report.
+MONITORED_ROWS = 5000
+BACKTEST_RESAMPLES = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ModelHealth:
+    """A champion's drift, calibration, backtest and fairness, each with why it is missing."""
+
+    task: Task
+    version: str | None
+    drift: MonitoringReport | None
+    drift_missing: str | None
+    backtest: BacktestReport | None
+    backtest_missing: str | None
+    calibration: list[dict[str, Any]]
+    fairness: dict[str, Any] | None
+
+
+def model_health(session: Session, *, user: ConsoleUser, task: Task) -> ModelHealth:
+    """The champion of ``task`` as its owner watches it: drift on the user's tenant's stored
+    scores (PSI), calibration and fairness from its card, the backtest on imported outcomes."""
+    version = modelops.champions(session).get(task)
+    tenant = TenantScope(user.tenant)
+    drift = backtest = None
+    drift_missing = backtest_missing = None
+    calibration: list[dict[str, Any]] = []
+    fairness = None
+    if version is None:
+        drift_missing = backtest_missing = f"no {task.value} champion"
+    else:
+        manifest = modelops.champion_row(session, task=task, version=version).manifest
+        calibration = list(manifest.get("metrics", {}).get("test", {}).get("calibration", []))
+        card = manifest.get("card", {}).get("quantitative_analyses", {})
+        fairness = card.get("fairness") if card.get("fairness", {}).get("applicable") else None
+        try:
+            drift = monitor(
+                session, task=task, version=version, since=None, limit=MONITORED_ROWS, tenant=tenant
+            )
+        except ServiceError as error:
+            drift_missing = error.detail
+        try:
+            backtest = backtests.backtest(
+                session, task=task, version=version, tenant=tenant, resamples=BACKTEST_RESAMPLES
+            )
+        except ServiceError as error:
+            backtest_missing = error.detail
+    return ModelHealth(
+        task=task,
+        version=version,
+        drift=drift,
+        drift_missing=drift_missing,
+        backtest=backtest,
+        backtest_missing=backtest_missing,
+        calibration=calibration,
+        fairness=fairness,
+    )

@@ -37,7 +37,15 @@ from app.casework.schemas import EscalateRequest, ReassignRequest
 from app.casework.states import AssignmentStatus
 from app.config import Settings
 from app.console import pages
-from app.console.charts import Bar, Series, reasons_svg, stacked_svg
+from app.console.charts import (
+    Bar,
+    Series,
+    Stability,
+    interval_svg,
+    psi_svg,
+    reasons_svg,
+    stacked_svg,
+)
 from app.console.errors import CsrfRefused, LoginFailed, LoginRequired
 from app.console.i18n import Formats, Language, load_translations
 from app.console.labels import MOVEMENT_CHART
@@ -52,6 +60,7 @@ from app.console.service import (
     utc_now,
 )
 from app.errors import InvalidInput, NotFound, ServiceError
+from app.scoring.manifest import Task
 from app.scoring.repository import TenantScope
 from app.security.audit import note
 from app.security.pseudonyms import Pseudonymizer
@@ -526,6 +535,50 @@ def prospects(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
         user=user,
         found=found,
         paging=pages.Paging.of(page, found.total),
+        back=str(request.url.path),
+    )
+
+
+def _health_charts(health: pages.ModelHealth, label: Callable[[str], str]) -> dict[str, str | None]:
+    """The drift bars (features and the score) and the backtest's AUC over months."""
+    drift = health.drift
+    psi = None
+    if drift is not None and (drift.features or drift.score):
+        rows = [Stability(f.name, f.psi, f.band) for f in drift.features]
+        if drift.score is not None:
+            rows.append(Stability(label("score"), drift.score.psi, drift.score.band))
+        psi = psi_svg(rows, axis_label="PSI")
+    auc = None
+    if health.backtest is not None and health.backtest.months:
+        months = health.backtest.months
+        estimates = [m.metrics.get("roc_auc") for m in months]
+        auc = interval_svg(
+            [m.month for m in months],
+            [e.value if e else None for e in estimates],
+            [e.ci_low if e else None for e in estimates],
+            [e.ci_high if e else None for e in estimates],
+            axis_label=label("AUC"),
+        )
+    return {"psi": psi, "auc": auc}
+
+
+@router.get("/models")
+def models(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
+    """A champion's drift (PSI per feature and of the score), calibration, backtest AUC over
+    time and fairness: what its owner watches."""
+    pages.require_page(user, "models")
+    console = _console(request)
+    language = _language(console, user, request)
+    task = _choice(request, "task", Task) or Task.CHURN
+    health = pages.model_health(session, user=user, task=task)
+    note(request, view="models", task=task.value, version=health.version)
+    return console.renderer.page(
+        "models.html",
+        language=language,
+        user=user,
+        health=health,
+        tasks=list(Task),
+        charts=_health_charts(health, partial(console.renderer.translate, language)),
         back=str(request.url.path),
     )
 
