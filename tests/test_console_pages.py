@@ -273,6 +273,9 @@ def test_the_value_pyramid_for_supervisors_and_administrators(
     # The administrator sees it too, and in Chinese.
     admin = _browser(app)
     log_in(admin, tenant=tenant, staff_id="ad-1")
+    # This app keeps its audit lines in the log only: the audit page says how to keep them.
+    assert "CVM_AUDIT_STORE=true" in admin.get("/console/audit").text
+    assert supervisor.get("/console/audit").status_code == 404
     token = csrf_of(admin.get("/console/pyramid").text)
     chinese = admin.post(
         "/console/language",

@@ -93,6 +93,7 @@ PAGE_ROLES: dict[str, frozenset[StaffRole]] = {
     "pyramid": frozenset({StaffRole.BRANCH_SUPERVISOR, StaffRole.ADMINISTRATOR}),
     "prospects": frozenset({StaffRole.BRANCH_SUPERVISOR, StaffRole.ADMINISTRATOR}),
     "models": frozenset({StaffRole.MODEL_OWNER, StaffRole.ADMINISTRATOR}),
+    "audit": frozenset({StaffRole.ADMINISTRATOR}),
 }
 
 

@@ -12,7 +12,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from functools import partial
 from gettext import NullTranslations
@@ -62,7 +62,7 @@ from app.console.service import (
 from app.errors import InvalidInput, NotFound, ServiceError
 from app.scoring.manifest import Task
 from app.scoring.repository import TenantScope
-from app.security.audit import note
+from app.security.audit import AuditFilter, audit_page, note
 from app.security.pseudonyms import Pseudonymizer
 from app.security.text import is_storable_id
 from app.value import service as value
@@ -79,6 +79,7 @@ AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 E = TypeVar("E", bound=StrEnum)
 M = TypeVar("M", bound=BaseModel)
 MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+AUDIT_FILTERS = ("actor", "action", "since", "until")
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,7 @@ class Console:
     routing: RoutingPolicy
     tier_policy: TierPolicy
     prospect_plan: ProspectPlan
+    audit_stored: bool
 
 
 def _console(request: Request) -> Console:
@@ -240,6 +242,31 @@ def _month(request: Request, name: str) -> str | None:
             extra={"errors": [{"field": name, "message": "YYYY-MM", "type": "pattern"}]},
         )
     return raw
+
+
+def _day(request: Request, name: str) -> datetime | None:
+    """An optional date filter, YYYY-MM-DD (midnight UTC)."""
+    raw = request.query_params.get(name, "")
+    if not raw:
+        return None
+    try:
+        return datetime.combine(date.fromisoformat(raw), time.min, tzinfo=UTC)
+    except ValueError as error:
+        raise InvalidInput(
+            f"{name}: a date as YYYY-MM-DD",
+            extra={"errors": [{"field": name, "message": "YYYY-MM-DD", "type": "date"}]},
+        ) from error
+
+
+def _text(request: Request, name: str, max_length: int) -> str | None:
+    """An optional free-text filter (an exact id or route), bounded."""
+    raw = request.query_params.get(name, "").strip()
+    if len(raw) > max_length or "\x00" in raw:
+        raise InvalidInput(
+            f"{name}: at most {max_length} characters",
+            extra={"errors": [{"field": name, "message": "too long", "type": "length"}]},
+        )
+    return raw or None
 
 
 def _see_other(path: str) -> RedirectResponse:
@@ -583,6 +610,38 @@ def models(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
     )
 
 
+@router.get("/audit")
+def audit_log(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
+    """The tenant's stored audit lines, newest first, filtered by actor, action and date."""
+    pages.require_page(user, "audit")
+    console = _console(request)
+    page = _page_number(request, "page")
+    since, until = _day(request, "since"), _day(request, "until")
+    where = AuditFilter(
+        tenant=user.tenant,
+        client=_text(request, "actor", 64),
+        route=_text(request, "action", 200),
+        since=since,
+        until=until + timedelta(days=1) if until is not None else None,  # the whole day
+    )
+    rows, total = audit_page(session, where=where, limit=pages.PAGE_SIZE, offset=pages.offset(page))
+    note(request, view="audit")
+    keep = {
+        name: request.query_params[name] for name in AUDIT_FILTERS if request.query_params.get(name)
+    }
+    return console.renderer.page(
+        "audit.html",
+        language=_language(console, user, request),
+        user=user,
+        rows=rows,
+        paging=pages.Paging.of(page, total),
+        total=total,
+        stored=console.audit_stored,
+        keep=keep,
+        back=str(request.url.path),
+    )
+
+
 @router.get("/customers/{customer_id}")
 def customer(request: Request, customer_id: str, session: DbDep, user: UserDep) -> Response:
     """A customer's trail and latest scores with their reasons (every view is audited)."""
@@ -667,6 +726,7 @@ def build_console(
         routing=RoutingPolicy.from_settings(settings),
         tier_policy=tier_policy,
         prospect_plan=prospect_plan,
+        audit_stored=settings.audit_store,
     )
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)

@@ -172,6 +172,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         gc.collect()
         gc.freeze()
         shadow.start()
+        guard.start()
         await asyncio.to_thread(watcher.start)
         await writer.open()
         if alert_processor is not None:
@@ -197,8 +198,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
                 await asyncio.to_thread(alert_processor.stop, 30)
             if dispatcher is not None:
                 dispatcher.stop(timeout=30)
-            if guard.limiter is not None:
-                await guard.limiter.close()
+            await guard.close()  # the audit store's last lines before the engine goes
             engine.dispose()
             gc.unfreeze()  # an app built again in this process (tests) starts clean
 
