@@ -16,14 +16,20 @@ from sqlalchemy import select
 
 from app.alerts.tables import Alert
 from app.casework.routing import RoutingPolicy, route_new_alerts
+from app.casework.states import AssignmentStatus
 from app.casework.tables import AlertAssignment
+from app.console import labels
 from app.console.charts import interval_svg
 from app.http.app import create_app
+from app.modelops.fairness import FairnessStatus
+from app.modelops.psi import band as psi_band
 from app.modelops.service import champion_row, champions
 from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
 from app.scoring.repository import TenantScope
 from app.security.api_keys import create_client
+from app.value.prospects import PlanChannel
+from app.value.schemas import MovementMonth
 from app.value.service import apply_tiers
 from tests.console_support import CHEAP_HASHING, add_staff, csrf_of, customer_with_alert, log_in
 
@@ -355,3 +361,13 @@ def test_the_auc_chart_draws_months_and_gaps_as_text() -> None:
         axis_label="AUC",
     )
     assert svg.startswith("<svg") and "2026-02" in svg and "AUC" in svg
+
+
+def test_the_words_shown_from_data_cover_their_enums() -> None:
+    assert set(labels.ASSIGNMENT_STATUSES) == {s.value for s in AssignmentStatus}
+    assert set(labels.PLAN_CHANNELS) == {c.value for c in PlanChannel}
+    assert set(labels.FAIRNESS_STATUSES) == {s.value for s in FairnessStatus}
+    assert {field for _, field, _ in labels.MOVEMENT_CHART} == set(MovementMonth.model_fields) - {
+        "month"
+    }
+    assert set(labels.PSI_BANDS) == {psi_band(0.0), psi_band(0.2), psi_band(1.0)}
