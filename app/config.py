@@ -169,6 +169,16 @@ class Settings(BaseSettings):
     eligibility_file: Path = Field(default=PROJECT_ROOT / "app" / "resources" / "eligibility.json")
     # The bank's tier policy (app/value/policy.py); an invalid file stops the service at start.
     tier_policy_file: Path = Field(default=PROJECT_ROOT / "app" / "resources" / "tier_policy.json")
+    # Keep every audit line in the database as well (`audit_record`, written by a thread in
+    # batches), for the console's audit log page; the `cvm.audit` log line is written anyway.
+    # PostgreSQL only: on SQLite the writer's commits would make a request's read-then-write
+    # transaction fail (SQLITE_BUSY_SNAPSHOT under WAL).
+    audit_store: bool = False
+    # Prospect segments (value band x buying power) and a marketing plan per segment
+    # (app/value/prospects.py); an invalid file stops the service at start, naming the key.
+    prospect_plan_file: Path = Field(
+        default=PROJECT_ROOT / "app" / "resources" / "prospect_plans.json"
+    )
     # Service plans, points rules and gift catalogue (app/rewards/policy.py); checked at start.
     rewards_policy_file: Path = Field(
         default=PROJECT_ROOT / "app" / "resources" / "rewards_policy.json"
@@ -577,6 +587,12 @@ class Settings(BaseSettings):
     hsts_max_age_s: int = Field(
         default=0, ge=0, description="Send Strict-Transport-Security with this max-age (0: off)."
     )
+
+    @model_validator(mode="after")
+    def _check_audit_store(self) -> Settings:
+        if self.audit_store and self.database_url.startswith("sqlite"):
+            raise ValueError("audit_store needs PostgreSQL (database_url is SQLite)")
+        return self
 
     @model_validator(mode="after")
     def _check_notifications(self) -> Settings:

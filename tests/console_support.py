@@ -34,6 +34,7 @@ def add_staff(
     roles: list[str],
     branch: str = "north",
     principal: str | None = None,
+    supervisor: str | None = None,
 ) -> None:
     """A staff member with the test password."""
     request = StaffRequest.model_validate(
@@ -45,6 +46,7 @@ def add_staff(
             "max_severity": "high",
             "max_amount": 10000,
             "principal": principal,
+            "supervisor": supervisor,
         }
     )
     now = datetime.now(UTC)

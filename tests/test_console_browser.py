@@ -194,3 +194,125 @@ def test_a_relationship_manager_works_the_console_in_a_browser(
     assert requested and all(url.startswith(f"{base}/console/") for url in requested), [
         url for url in requested if not url.startswith(base)
     ]
+
+
+def _seed_value_and_prospects(
+    base: str, app: Any, registry: ModelRegistry, prospects: pd.DataFrame
+) -> None:
+    """Tiers of record for three customers over two months, and scored prospects."""
+    tenant = "bank-a"
+    _, key = create_client(
+        app.state.engine, name="book", scopes=["events:write", "scores:write"], tenant=tenant
+    )
+    snapshots = [
+        {
+            "event_id": f"PB-{letter}-{month}",
+            "type": "balance_snapshot",
+            "customer_id": f"PB-{letter}",
+            "occurred_at": f"{month}-15T09:00:00Z",
+            "product": "savings",
+            "balance": balance,
+        }
+        for letter, month, balance in (
+            ("A", "2026-10", 30_000.0),
+            ("B", "2026-10", 600_000.0),
+            ("C", "2026-10", 1_000.0),
+        )
+    ]
+    _post(f"{base}/v1/events", {"events": snapshots}, key)
+    _retier(app, tenant)
+    upgrade = {**snapshots[0], "event_id": "PB-A-2026-11", "occurred_at": "2026-11-15T09:00:00Z"}
+    _post(f"{base}/v1/events", {"events": [{**upgrade, "balance": 150_000.0}]}, key)
+    _retier(app, tenant)
+    model = registry.get(Task.PROSPECT)
+    assert model is not None
+    records = []
+    for i, (_, row) in enumerate(prospects.head(12).iterrows()):
+        record = customer_record(row, model.schema, f"PR-{i:02d}")
+        record["lifecycle"] = "prospect"
+        record["income"] = (5_000.0, 45_000.0, 150_000.0)[i % 3]
+        records.append(record)
+    _post(f"{base}/v1/prospect/scores", {"customers": records}, key)
+
+
+def _retier(app: Any, tenant: str) -> None:
+    from datetime import UTC, datetime
+
+    from app.value.service import apply_tiers
+
+    with app.state.session_factory() as session:
+        apply_tiers(
+            session,
+            policy=app.state.tier_policy,
+            tenant=tenant,
+            dry_run=False,
+            now=datetime.now(UTC),
+        )
+
+
+def test_an_administrator_reads_the_value_prospect_and_model_pages_in_both_languages(
+    served: tuple[str, Any], registry: ModelRegistry, sample_rows: dict[str, pd.DataFrame]
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    base, app = served
+    _seed(base, app, registry, sample_rows["existing"])  # a churn score for the drift report
+    _seed_value_and_prospects(base, app, registry, sample_rows["prospect"])
+    add_staff(app, tenant="bank-a", staff_id="ad-1", roles=["administrator"])
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    requested: list[str] = []
+    profile = tempfile.mkdtemp(prefix="cvm-chromium-")
+    try:
+        with sync_playwright() as playwright:
+            context = playwright.chromium.launch_persistent_context(
+                profile,
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=CHROMIUM_ARGS,
+                locale="en-GB",
+            )
+            page = context.new_page()
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(f"{base}/console/login")
+            page.get_by_label("Bank (tenant), if any").fill("bank-a")
+            page.get_by_label("Staff id").fill("ad-1")
+            page.get_by_label("Password").fill(PASSWORD)
+            page.keyboard.press("Enter")
+            expect(page).to_have_url(f"{base}/console/queue")
+            for language, names in (
+                ("en", ("Value pyramid", "Prospects", "Model monitoring")),
+                ("zh", ("价值金字塔", "潜在客户", "模型监控")),
+            ):
+                pyramid, prospects, models = names
+                page.get_by_role("link", name=pyramid).click()
+                expect(page.get_by_role("heading", name=pyramid, exact=True)).to_be_visible()
+                expect(page.locator("figure svg")).to_have_count(1)
+                page.screenshot(
+                    path=str(SCREENSHOTS / f"console-pyramid-{language}.png"), full_page=True
+                )
+                page.get_by_role("link", name=prospects, exact=True).click()
+                expect(page.locator("tbody tr", has_text="PR-")).to_have_count(12)
+                # The segment filter, by keyboard: the select, then its button.
+                page.get_by_label("Segment" if language == "en" else "细分", exact=True).focus()
+                page.keyboard.press("ArrowDown")
+                page.keyboard.press("Tab")
+                page.keyboard.press("Enter")
+                expect(page).to_have_url(f"{base}/console/prospects?segment=premium.wealthy")
+                page.screenshot(
+                    path=str(SCREENSHOTS / f"console-prospects-{language}.png"), full_page=True
+                )
+                page.get_by_role("link", name=models).click()
+                expect(page.locator("figure svg")).to_have_count(1)  # the PSI chart
+                page.screenshot(
+                    path=str(SCREENSHOTS / f"console-models-{language}.png"), full_page=True
+                )
+                if language == "en":
+                    page.get_by_label("Language").select_option("zh_CN")
+                    page.get_by_role("button", name="Switch").click()
+                    expect(page.get_by_role("heading", name="模型监控")).to_be_visible()
+            context.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert requested and all(url.startswith(f"{base}/console/") for url in requested), [
+        url for url in requested if not url.startswith(base)
+    ]

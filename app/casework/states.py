@@ -22,6 +22,8 @@ class StaffRole(StrEnum):
     COMPLAINTS_TEAM = "complaints_team"
     HEAD_OFFICE_APPROVER = "head_office_approver"
     ADMINISTRATOR = "administrator"
+    # Answers for the models: sees their monitoring in the console, works no cases.
+    MODEL_OWNER = "model_owner"
 
 
 # Roles that act on every branch's cases; the others only on their own branch's.

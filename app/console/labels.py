@@ -34,3 +34,24 @@ EVENT_TYPES = (
     N_("campaign_response"),
 )
 TASKS = (N_("tier"), N_("recommendation"), N_("churn"), N_("prospect"))
+ASSIGNMENT_STATUSES = (N_("assigned"), N_("accepted"), N_("closed"))
+# The tier movements chart: (series label, field of MovementMonth, colour).
+MOVEMENT_CHART = (
+    (N_("initial"), "initial", "#7f8c8d"),
+    (N_("upgrade"), "upgrades", "#1e8449"),
+    (N_("downgrade"), "downgrades", "#b03a2e"),
+    (N_("retired_tier"), "retired_tier", "#d4ac0d"),
+)
+CHART_AXES = (N_("customers moved"),)
+PLAN_CHANNELS = (
+    N_("relationship_manager"),
+    N_("branch"),
+    N_("phone"),
+    N_("email"),
+    N_("sms"),
+    N_("mobile_app"),
+    N_("direct_mail"),
+)
+PSI_BANDS = (N_("stable"), N_("moderate"), N_("significant"))
+FAIRNESS_STATUSES = (N_("green"), N_("amber"), N_("too_small"))
+CHART_WORDS = (N_("score"), N_("AUC"))

@@ -11,13 +11,19 @@ from sqlalchemy.orm import Session
 from app.alerts import service as alerts
 from app.alerts.schemas import AlertSummary
 from app.alerts.states import AlertStatus
+from app.casework import routing
 from app.casework import service as casework
-from app.casework.schemas import ComplaintOut
-from app.casework.states import FINAL_STATUSES, StaffRole
+from app.casework.schemas import AssignmentOut, ComplaintOut
+from app.casework.states import FINAL_STATUSES, AssignmentStatus, StaffRole
 from app.console.service import ConsoleUser, acting_record
 from app.customers.schemas import EventType, StoredEvent
 from app.customers.service import customer_events
-from app.errors import NotFound
+from app.errors import NotFound, ServiceError
+from app.modelops import backtest as backtests
+from app.modelops import service as modelops
+from app.modelops.monitoring import monitor
+from app.modelops.schemas import BacktestReport, MonitoringReport
+from app.scoring.manifest import Task
 from app.scoring.repository import TenantScope, list_scores
 from app.scoring.schemas import StoredScore
 from app.security.pseudonyms import Pseudonymizer
@@ -81,7 +87,29 @@ class Reader:
         return self.pseudonymizer.lookup_forms(customer_id, tenant=user.tenant)
 
 
-def _offset(page: int) -> int:
+# Pages beyond the queue and the customer page, and the roles that see them (administrators
+# see every page). A role without it gets the same 404 as a page that does not exist.
+PAGE_ROLES: dict[str, frozenset[StaffRole]] = {
+    "pyramid": frozenset({StaffRole.BRANCH_SUPERVISOR, StaffRole.ADMINISTRATOR}),
+    "prospects": frozenset({StaffRole.BRANCH_SUPERVISOR, StaffRole.ADMINISTRATOR}),
+    "models": frozenset({StaffRole.MODEL_OWNER, StaffRole.ADMINISTRATOR}),
+    "audit": frozenset({StaffRole.ADMINISTRATOR}),
+}
+
+
+def can_see(user: ConsoleUser, page: str) -> bool:
+    """Whether the user's roles open this page."""
+    return bool(user.roles & PAGE_ROLES[page])
+
+
+def require_page(user: ConsoleUser, page: str) -> None:
+    """404 for a page the user's roles do not open (as for a page that does not exist)."""
+    if not can_see(user, page):
+        raise NotFound("no such page")
+
+
+def offset(page: int) -> int:
+    """The first row of a page."""
     return (page - 1) * PAGE_SIZE
 
 
@@ -99,31 +127,25 @@ def my_queue(
             status=AlertStatus.ACKNOWLEDGED,
             owner=user.principal.client_id,
             limit=PAGE_SIZE,
-            offset=_offset(alert_page),
+            offset=offset(alert_page),
             tenant=reader.scope(user),
         )
         opened = alerts.list_alerts(
             session,
             status=AlertStatus.OPEN,
             limit=PAGE_SIZE,
-            offset=_offset(alert_page),
+            offset=offset(alert_page),
             tenant=reader.scope(user),
         )
         alert_items = [*mine.items, *opened.items]
         alert_paging = Paging.of(alert_page, max(mine.total, opened.total))
-    act = casework.Act(
-        staff=acting_record(session, user=user),
-        principal=user.principal.client_id,
-        request_id=None,
-        now=casework.utc_now(),
-    )
     complaints = casework.list_complaints(
         session,
-        act=act,
+        act=acting_as(user, session, None),
         status=None,
         mine=False,
         limit=PAGE_SIZE,
-        offset=_offset(complaint_page),
+        offset=offset(complaint_page),
     )
     return Queue(
         alerts=alert_items,
@@ -131,6 +153,40 @@ def my_queue(
         complaints=complaints.items,
         complaint_paging=Paging.of(complaint_page, complaints.total),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Routed alerts the user may see (their branch's and their own), filtered by state."""
+
+    items: list[AssignmentOut]
+    paging: Paging
+    status: AssignmentStatus | None
+
+
+def acting_as(user: ConsoleUser, session: Session, request_id: str | None) -> casework.Act:
+    """The user as casework's actor: their staff record, acting now."""
+    return casework.Act(
+        staff=acting_record(session, user=user),
+        principal=user.principal.client_id,
+        request_id=request_id,
+        now=casework.utc_now(),
+    )
+
+
+def routed_alerts(
+    session: Session, *, user: ConsoleUser, status: AssignmentStatus | None, page: int
+) -> Routed:
+    """One page of the routed alerts the user may see, newest first."""
+    found = routing.list_assignments(
+        session,
+        act=acting_as(user, session, None),
+        status=status,
+        mine=False,
+        limit=PAGE_SIZE,
+        offset=offset(page),
+    )
+    return Routed(items=found.items, paging=Paging.of(page, found.total), status=status)
 
 
 def is_open(complaint: ComplaintOut) -> bool:
@@ -183,7 +239,7 @@ def customer_view(
         customer_id=customer_id,
         event_type=None,
         limit=PAGE_SIZE,
-        offset=_offset(page),
+        offset=offset(page),
         tenant=reader.scope(user),
         caller_tenant=user.tenant,
         pseudonymizer=reader.pseudonymizer,
@@ -234,3 +290,63 @@ def reasons_of(score: StoredScore) -> list[tuple[str, float]]:
 def deadline(complaint: ComplaintOut, now: datetime) -> float:
     """Seconds left before the complaint's deadline (negative: overdue)."""
     return (complaint.due_at - now).total_seconds()
+
+
+# Stored rows the drift report reads (the newest), and bootstrap resamples of the backtest's
+# intervals: enough for a page, as the API's defaults are for a report.
+MONITORED_ROWS = 5000
+BACKTEST_RESAMPLES = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ModelHealth:
+    """A champion's drift, calibration, backtest and fairness, each with why it is missing."""
+
+    task: Task
+    version: str | None
+    drift: MonitoringReport | None
+    drift_missing: str | None
+    backtest: BacktestReport | None
+    backtest_missing: str | None
+    calibration: list[dict[str, Any]]
+    fairness: dict[str, Any] | None
+
+
+def model_health(session: Session, *, user: ConsoleUser, task: Task) -> ModelHealth:
+    """The champion of ``task`` as its owner watches it: drift on the user's tenant's stored
+    scores (PSI), calibration and fairness from its card, the backtest on imported outcomes."""
+    version = modelops.champions(session).get(task)
+    tenant = TenantScope(user.tenant)
+    drift = backtest = None
+    drift_missing = backtest_missing = None
+    calibration: list[dict[str, Any]] = []
+    fairness = None
+    if version is None:
+        drift_missing = backtest_missing = f"no {task.value} champion"
+    else:
+        manifest = modelops.champion_row(session, task=task, version=version).manifest
+        calibration = list(manifest.get("metrics", {}).get("test", {}).get("calibration", []))
+        card = manifest.get("card", {}).get("quantitative_analyses", {})
+        fairness = card.get("fairness") if card.get("fairness", {}).get("applicable") else None
+        try:
+            drift = monitor(
+                session, task=task, version=version, since=None, limit=MONITORED_ROWS, tenant=tenant
+            )
+        except ServiceError as error:
+            drift_missing = error.detail
+        try:
+            backtest = backtests.backtest(
+                session, task=task, version=version, tenant=tenant, resamples=BACKTEST_RESAMPLES
+            )
+        except ServiceError as error:
+            backtest_missing = error.detail
+    return ModelHealth(
+        task=task,
+        version=version,
+        drift=drift,
+        drift_missing=drift_missing,
+        backtest=backtest,
+        backtest_missing=backtest_missing,
+        calibration=calibration,
+        fairness=fairness,
+    )

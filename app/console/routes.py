@@ -8,12 +8,16 @@ session's, or before login a double-submit cookie), and a missing or wrong one i
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from enum import StrEnum
+from functools import partial
+from gettext import NullTranslations
 from pathlib import Path as FilePath
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
@@ -21,16 +25,30 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
 from app.alerts import service as alerts
 from app.alerts.schemas import AcknowledgeRequest, ResolveRequest
 from app.alerts.states import Outcome
+from app.casework import routing
+from app.casework.routing import RoutingPolicy
+from app.casework.schemas import EscalateRequest, ReassignRequest
+from app.casework.states import AssignmentStatus
 from app.config import Settings
 from app.console import pages
-from app.console.charts import Bar, reasons_svg
+from app.console.charts import (
+    Bar,
+    Series,
+    Stability,
+    interval_svg,
+    psi_svg,
+    reasons_svg,
+    stacked_svg,
+)
 from app.console.errors import CsrfRefused, LoginFailed, LoginRequired
 from app.console.i18n import Formats, Language, load_translations
+from app.console.labels import MOVEMENT_CHART
 from app.console.service import (
     ConsoleUser,
     LoginPolicy,
@@ -42,10 +60,14 @@ from app.console.service import (
     utc_now,
 )
 from app.errors import InvalidInput, NotFound, ServiceError
+from app.scoring.manifest import Task
 from app.scoring.repository import TenantScope
-from app.security.audit import note
+from app.security.audit import AuditFilter, audit_page, note
 from app.security.pseudonyms import Pseudonymizer
 from app.security.text import is_storable_id
+from app.value import service as value
+from app.value.policy import TierPolicy
+from app.value.prospects import ProspectPlan
 
 PREFIX = "/console"
 SESSION_COOKIE = "cvm_console"
@@ -54,6 +76,10 @@ MAX_FORM_BYTES = 16 * 1024
 HERE = FilePath(__file__).parent
 # Bounded by the column's range: a larger id cannot exist (and would overflow the driver).
 AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+E = TypeVar("E", bound=StrEnum)
+M = TypeVar("M", bound=BaseModel)
+MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+AUDIT_FILTERS = ("actor", "action", "since", "until")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +87,18 @@ class Renderer:
     """One Jinja2 environment per language, with the formats of each."""
 
     environments: dict[Language, Environment]
+    catalogues: dict[Language, NullTranslations]
     currency: str
+
+    def translate(self, language: Language, message: str) -> str:
+        """One message in a language (for text drawn into charts)."""
+        return self.catalogues[language].gettext(message)
 
     @classmethod
     def build(cls, currency: str) -> Renderer:
         """Load the templates and catalogues once."""
         environments = {}
+        catalogues = {language: load_translations(language) for language in Language}
         for language in Language:
             env = Environment(
                 loader=FileSystemLoader(HERE / "templates"),
@@ -74,10 +106,10 @@ class Renderer:
                 extensions=["jinja2.ext.i18n"],
             )
             env.install_gettext_translations(  # type: ignore[attr-defined]
-                load_translations(language), newstyle=True
+                catalogues[language], newstyle=True
             )
             environments[language] = env
-        return cls(environments=environments, currency=currency)
+        return cls(environments=environments, catalogues=catalogues, currency=currency)
 
     def page(
         self, name: str, *, language: Language, status: int = 200, **context: Any
@@ -89,6 +121,7 @@ class Renderer:
             language=language,
             languages=list(Language),
             prefix=PREFIX,
+            can_see=pages.can_see,
             **context,
         )
         return HTMLResponse(html, status_code=status)
@@ -104,6 +137,10 @@ class Console:
     reader: pages.Reader
     secure_cookies: bool
     default_language: Language
+    routing: RoutingPolicy
+    tier_policy: TierPolicy
+    prospect_plan: ProspectPlan
+    audit_stored: bool
 
 
 def _console(request: Request) -> Console:
@@ -163,6 +200,73 @@ def _page_number(request: Request, name: str) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= 100_000:
         raise InvalidInput(f"{name}: a page number from 1")
     return int(raw)
+
+
+def _choice(request: Request, name: str, enum: type[E]) -> E | None:
+    """An optional filter from the query: one of an enum's values, or none ('' or absent)."""
+    raw = request.query_params.get(name, "")
+    if not raw:
+        return None
+    try:
+        return enum(raw)
+    except ValueError as error:
+        raise InvalidInput(
+            f"{name}: one of " + ", ".join(e.value for e in enum),
+            extra={"errors": [{"field": name, "message": "unknown", "type": "enum"}]},
+        ) from error
+
+
+def _body(model: type[M], data: dict[str, Any]) -> M:
+    """A form's fields as the API's request model, refused (422, naming each field) as the
+    API refuses them."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"], "type": e["type"]}
+            for e in error.errors()
+        ]
+        raise InvalidInput(
+            "; ".join(f"{e['field']}: {e['message']}" for e in errors), extra={"errors": errors}
+        ) from error
+
+
+def _month(request: Request, name: str) -> str | None:
+    """An optional month filter, YYYY-MM."""
+    raw = request.query_params.get(name, "")
+    if not raw:
+        return None
+    if not MONTH.match(raw):
+        raise InvalidInput(
+            f"{name}: a month as YYYY-MM",
+            extra={"errors": [{"field": name, "message": "YYYY-MM", "type": "pattern"}]},
+        )
+    return raw
+
+
+def _day(request: Request, name: str) -> datetime | None:
+    """An optional date filter, YYYY-MM-DD (midnight UTC)."""
+    raw = request.query_params.get(name, "")
+    if not raw:
+        return None
+    try:
+        return datetime.combine(date.fromisoformat(raw), time.min, tzinfo=UTC)
+    except ValueError as error:
+        raise InvalidInput(
+            f"{name}: a date as YYYY-MM-DD",
+            extra={"errors": [{"field": name, "message": "YYYY-MM-DD", "type": "date"}]},
+        ) from error
+
+
+def _text(request: Request, name: str, max_length: int) -> str | None:
+    """An optional free-text filter (an exact id or route), bounded."""
+    raw = request.query_params.get(name, "").strip()
+    if len(raw) > max_length or "\x00" in raw:
+        raise InvalidInput(
+            f"{name}: at most {max_length} characters",
+            extra={"errors": [{"field": name, "message": "too long", "type": "length"}]},
+        )
+    return raw or None
 
 
 def _see_other(path: str) -> RedirectResponse:
@@ -297,11 +401,17 @@ def queue(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
         alert_page=_page_number(request, "alerts_page"),
         complaint_page=_page_number(request, "complaints_page"),
     )
+    routed_status = _choice(request, "routed_status", AssignmentStatus)
+    routed = pages.routed_alerts(
+        session, user=user, status=routed_status, page=_page_number(request, "routed_page")
+    )
     return console.renderer.page(
         "queue.html",
         language=_language(console, user, request),
         user=user,
         queue=found,
+        routed=routed,
+        assignment_statuses=list(AssignmentStatus),
         now=utc_now(),
         outcomes=list(Outcome),
         is_open=pages.is_open,
@@ -350,6 +460,186 @@ def resolve(
     )
     note(request, alert=alert_id, action="resolve")
     return RedirectResponse(_back(form), status_code=303)
+
+
+@router.post("/routed/{alert_id}/escalate")
+def escalate(
+    request: Request, alert_id: AlertId, session: DbDep, user: UserDep, form: FormDep
+) -> Response:
+    """Send an alert not yet accepted to the assignee's supervisor, saying why."""
+    _checked(user, form)
+    body = _body(EscalateRequest, {"reason": form.get("reason", "").strip()})
+    routing.escalate(
+        session,
+        act=pages.acting_as(user, session, _rid(request)),
+        alert_id=alert_id,
+        reason=body.reason,
+        policy=_console(request).routing,
+    )
+    note(request, alert=alert_id, action="escalate")
+    return RedirectResponse(_back(form), status_code=303)
+
+
+@router.post("/routed/{alert_id}/reassign")
+def reassign(
+    request: Request, alert_id: AlertId, session: DbDep, user: UserDep, form: FormDep
+) -> Response:
+    """Hand an alert to another staff member, saying why; they accept it again."""
+    _checked(user, form)
+    body = _body(
+        ReassignRequest,
+        {"to": form.get("to", "").strip(), "reason": form.get("reason", "").strip()},
+    )
+    routing.reassign(
+        session,
+        act=pages.acting_as(user, session, _rid(request)),
+        alert_id=alert_id,
+        to=body.to,
+        reason=body.reason,
+        policy=_console(request).routing,
+    )
+    note(request, alert=alert_id, action="reassign")
+    return RedirectResponse(_back(form), status_code=303)
+
+
+@router.get("/pyramid")
+def pyramid(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
+    """Customers and value per tier of record, and tier movements over time."""
+    pages.require_page(user, "pyramid")
+    console = _console(request)
+    language = _language(console, user, request)
+    since, until = _month(request, "since"), _month(request, "until")
+    page = _page_number(request, "page")
+    found = value.pyramid(
+        session, policy=console.tier_policy, tenant=user.tenant, since=since, until=until
+    )
+    months = found.movements
+    chart = None
+    if months:
+        label = partial(console.renderer.translate, language)
+        chart = stacked_svg(
+            [m.month for m in months],
+            [
+                Series(label(name), [getattr(m, field) for m in months], color)
+                for name, field, color in MOVEMENT_CHART
+            ],
+            axis_label=label("customers moved"),
+        )
+    note(request, view="pyramid")
+    return console.renderer.page(
+        "pyramid.html",
+        language=language,
+        user=user,
+        pyramid=found,
+        months=months[pages.offset(page) : pages.offset(page) + pages.PAGE_SIZE],
+        paging=pages.Paging.of(page, len(months)),
+        chart=chart,
+        since=since or "",
+        until=until or "",
+        back=str(request.url.path),
+    )
+
+
+@router.get("/prospects")
+def prospects(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
+    """Prospects by segment (value band x buying power), ranked, with each segment's plan."""
+    pages.require_page(user, "prospects")
+    console = _console(request)
+    segment = request.query_params.get("segment", "") or None
+    page = _page_number(request, "page")
+    found = value.prospects(
+        session,
+        plan=console.prospect_plan,
+        tenant=user.tenant,
+        segment=segment,
+        limit=pages.PAGE_SIZE,
+        offset=pages.offset(page),
+    )
+    note(request, view="prospects", segment=segment, prospects=len(found.items))
+    return console.renderer.page(
+        "prospects.html",
+        language=_language(console, user, request),
+        user=user,
+        found=found,
+        paging=pages.Paging.of(page, found.total),
+        back=str(request.url.path),
+    )
+
+
+def _health_charts(health: pages.ModelHealth, label: Callable[[str], str]) -> dict[str, str | None]:
+    """The drift bars (features and the score) and the backtest's AUC over months."""
+    drift = health.drift
+    psi = None
+    if drift is not None and (drift.features or drift.score):
+        rows = [Stability(f.name, f.psi, f.band) for f in drift.features]
+        if drift.score is not None:
+            rows.append(Stability(label("score"), drift.score.psi, drift.score.band))
+        psi = psi_svg(rows, axis_label="PSI")
+    auc = None
+    if health.backtest is not None and health.backtest.months:
+        months = health.backtest.months
+        estimates = [m.metrics.get("roc_auc") for m in months]
+        auc = interval_svg(
+            [m.month for m in months],
+            [e.value if e else None for e in estimates],
+            [e.ci_low if e else None for e in estimates],
+            [e.ci_high if e else None for e in estimates],
+            axis_label=label("AUC"),
+        )
+    return {"psi": psi, "auc": auc}
+
+
+@router.get("/models")
+def models(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
+    """A champion's drift (PSI per feature and of the score), calibration, backtest AUC over
+    time and fairness: what its owner watches."""
+    pages.require_page(user, "models")
+    console = _console(request)
+    language = _language(console, user, request)
+    task = _choice(request, "task", Task) or Task.CHURN
+    health = pages.model_health(session, user=user, task=task)
+    note(request, view="models", task=task.value, version=health.version)
+    return console.renderer.page(
+        "models.html",
+        language=language,
+        user=user,
+        health=health,
+        tasks=list(Task),
+        charts=_health_charts(health, partial(console.renderer.translate, language)),
+        back=str(request.url.path),
+    )
+
+
+@router.get("/audit")
+def audit_log(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
+    """The tenant's stored audit lines, newest first, filtered by actor, action and date."""
+    pages.require_page(user, "audit")
+    console = _console(request)
+    page = _page_number(request, "page")
+    since, until = _day(request, "since"), _day(request, "until")
+    where = AuditFilter(
+        tenant=user.tenant,
+        client=_text(request, "actor", 64),
+        route=_text(request, "action", 200),
+        since=since,
+        until=until + timedelta(days=1) if until is not None else None,  # the whole day
+    )
+    rows, total = audit_page(session, where=where, limit=pages.PAGE_SIZE, offset=pages.offset(page))
+    note(request, view="audit")
+    keep = {
+        name: request.query_params[name] for name in AUDIT_FILTERS if request.query_params.get(name)
+    }
+    return console.renderer.page(
+        "audit.html",
+        language=_language(console, user, request),
+        user=user,
+        rows=rows,
+        paging=pages.Paging.of(page, total),
+        total=total,
+        stored=console.audit_stored,
+        keep=keep,
+        back=str(request.url.path),
+    )
 
 
 @router.get("/customers/{customer_id}")
@@ -415,6 +705,8 @@ def build_console(
     *,
     session_factory: Callable[[], Session],
     pseudonymizer: Pseudonymizer | None,
+    tier_policy: TierPolicy,
+    prospect_plan: ProspectPlan,
 ) -> FastAPI:
     """The console application (its pages are not part of the API's OpenAPI document)."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
@@ -431,6 +723,10 @@ def build_console(
         reader=pages.Reader(pseudonymizer),
         secure_cookies=settings.console_cookie_secure,
         default_language=Language(settings.console_default_locale),
+        routing=RoutingPolicy.from_settings(settings),
+        tier_policy=tier_policy,
+        prospect_plan=prospect_plan,
+        audit_stored=settings.audit_store,
     )
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(router)

@@ -43,6 +43,7 @@ ROLE_SCOPES: dict[StaffRole, frozenset[Scope]] = {
     StaffRole.COMPLAINTS_TEAM: frozenset({Scope.CASEWORK_READ, Scope.CASEWORK_WRITE}),
     StaffRole.HEAD_OFFICE_APPROVER: frozenset({Scope.CASEWORK_READ, Scope.CASEWORK_WRITE}),
     StaffRole.ADMINISTRATOR: frozenset(Scope),
+    StaffRole.MODEL_OWNER: frozenset({Scope.MODELS_READ}),
 }
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.customers.features import (
     COUNTERS,
+    Kind,
     LatestKey,
     LatestValue,
     MonthCounts,
@@ -286,6 +287,21 @@ def read_book_months(
             LatestValue(v.month, v.kind, v.key, v.occurred_at, number=v.number, text=v.text)
         )
     return book
+
+
+def read_latest_balances(session: Session, *, tenant: str | None) -> dict[str, dict[str, float]]:
+    """Every customer's latest balance per product in a tenant (the latest month's snapshot of
+    each product, carried forward as the features carry it), by stored customer id."""
+    key = UNTAGGED_KEY if tenant is None else tenant
+    rows = session.execute(
+        select(CustomerMonthLatest.customer_id, CustomerMonthLatest.key, CustomerMonthLatest.number)
+        .where(CustomerMonthLatest.tenant == key, CustomerMonthLatest.kind == Kind.BALANCE)
+        .order_by(CustomerMonthLatest.month, CustomerMonthLatest.occurred_at)
+    )
+    balances: dict[str, dict[str, float]] = {}
+    for row in rows:  # oldest first: a later month's snapshot replaces an earlier one
+        balances.setdefault(row.customer_id, {})[row.key] = float(row.number or 0.0)
+    return balances
 
 
 def latest_month(

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.customers.features import (
+    BALANCE_PRODUCTS,
     DEFAULT_MATERIAL_OUTFLOW,
     Feature,
     LatestValue,
@@ -42,6 +43,7 @@ from app.customers.repository import (
     list_events,
     queue_rescoring,
     read_book_months,
+    read_latest_balances,
     read_months,
     update_months,
 )
@@ -490,6 +492,20 @@ def book_feature_histories(
     for customer_id in sorted(book):
         counts, latest = book[customer_id]
         yield customer_id, _history(counts, latest)
+
+
+def book_balances(session: Session, *, tenant: str | None) -> dict[str, dict[str, Feature]]:
+    """Every customer's balance features (``BALANCE_PRODUCTS``) from its latest snapshots, by
+    stored customer id: what the value measures are computed from, without the rest of the
+    trail."""
+    book = read_latest_balances(session, tenant=tenant)
+    return {
+        customer_id: {
+            feature: sum(products.get(product, 0.0) for product in names)
+            for feature, names in BALANCE_PRODUCTS.items()
+        }
+        for customer_id, products in book.items()
+    }
 
 
 def _history(

@@ -58,6 +58,7 @@ from app.security.pseudonyms import Pseudonymizer
 from app.security.setup import build_guard
 from app.value import routes as value
 from app.value.policy import load_policy
+from app.value.prospects import load_prospect_plan
 
 PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger("cvm")
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     configure_logging(settings.log_level, settings.log_json)
     # Before anything starts: an invalid policy stops the service, naming the key.
     tier_policy = load_policy(settings.tier_policy_file)
+    prospect_plan = load_prospect_plan(settings.prospect_plan_file)
     rewards_policy = load_rewards_policy(settings.rewards_policy_file)
     rewards_policy.check_tiers(tier_policy.names)
     action_policy = load_action_policy(settings.next_best_action_file)
@@ -177,6 +179,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         gc.collect()
         gc.freeze()
         shadow.start()
+        guard.start()
         await asyncio.to_thread(watcher.start)
         await writer.open()
         if alert_processor is not None:
@@ -202,8 +205,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
                 await asyncio.to_thread(alert_processor.stop, 30)
             if dispatcher is not None:
                 dispatcher.stop(timeout=30)
-            if guard.limiter is not None:
-                await guard.limiter.close()
+            await guard.close()  # the audit store's last lines before the engine goes
             engine.dispose()
             gc.unfreeze()  # an app built again in this process (tests) starts clean
 
@@ -240,6 +242,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.state.routing = RoutingPolicy.from_settings(settings)
     app.state.contact_policy = ContactPolicy.from_settings(settings)
     app.state.tier_policy = tier_policy
+    app.state.prospect_plan = prospect_plan
     app.state.rewards_policy = rewards_policy
     app.state.next_best_actions = NextBestActionService(
         session_factory=session_factory,
@@ -272,7 +275,11 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     app.mount(
         console.PREFIX,
         console.build_console(
-            settings, session_factory=session_factory, pseudonymizer=pseudonymizer
+            settings,
+            session_factory=session_factory,
+            pseudonymizer=pseudonymizer,
+            tier_policy=tier_policy,
+            prospect_plan=prospect_plan,
         ),
         name="console",
     )

@@ -515,3 +515,50 @@ def latest_scores(*, task: str, tenant: str | None, name: str) -> Subquery:
         .join(latest, Score.id == latest.c.id)
         .subquery(name)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class LatestScore:
+    """A customer's latest stored result of one task: what the model said, and on what."""
+
+    customer_id: str
+    outputs: dict[str, Any]
+    features: dict[str, Any]
+    model_version: str | None
+    created_at: datetime
+
+
+def latest_scores_of_task(
+    session: Session, *, task: str, stage: str | None, tenant: TenantScope
+) -> list[LatestScore]:
+    """Every customer's latest score of ``task`` in a tenant (by stored id), of those scored
+    at ``stage`` (any stage when None)."""
+    conditions = [Score.task == task, tenant.condition(Score.tenant)]
+    if stage is not None:
+        conditions.append(Score.stage == stage)
+    # A join on the latest ids, as latest_scores does (``id IN`` is planned badly at scale).
+    latest = (
+        select(func.max(Score.id).label("id"))
+        .where(*conditions)
+        .group_by(Score.customer_id)
+        .subquery("latest")
+    )
+    rows = session.execute(
+        select(
+            Score.customer_id,
+            Score.outputs,
+            Score.features,
+            Score.model_version,
+            Score.created_at,
+        ).join(latest, Score.id == latest.c.id)
+    )
+    return [
+        LatestScore(
+            customer_id=row.customer_id,
+            outputs=dict(row.outputs or {}),
+            features=dict(row.features or {}),
+            model_version=row.model_version,
+            created_at=row.created_at,
+        )
+        for row in rows
+    ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -25,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import DatabaseUnavailable, InvalidInput, ServiceError
 from app.security.api_keys import KeyCache, find_active_client, key_digest, looks_like_api_key
+from app.security.audit import AuditStore
 from app.security.errors import (
     HeadersTooLarge,
     IdempotencyInProgress,
@@ -128,6 +130,20 @@ class Guard:
     unreleased: set[int] = field(default_factory=set)
     log: Any = field(default_factory=lambda: structlog.get_logger("cvm.security"))
     audit: Any = field(default_factory=lambda: structlog.get_logger("cvm.audit"))
+    # The audit lines kept in the database too (``audit_store``); None: the log only.
+    audit_store: AuditStore | None = None
+
+    def start(self) -> None:
+        """Start what runs beside the requests (the audit store's writer)."""
+        if self.audit_store is not None:
+            self.audit_store.start()
+
+    async def close(self) -> None:
+        """Release the rate limiter and write the audit lines still queued."""
+        if self.limiter is not None:
+            await self.limiter.close()
+        if self.audit_store is not None:
+            await anyio.to_thread.run_sync(self.audit_store.stop)
 
     async def authenticate(self, scope: Scope) -> Principal:
         """The caller named by the Authorization (Bearer) or X-API-Key header, or 401."""
@@ -426,20 +442,22 @@ class SecurityMiddleware:
         route = scope.get("route")
         state = scope.get("state", {})
         client = scope.get("client")
-        self.guard.audit.info(
-            "audit",
-            request_id=state.get("request_id"),
-            client_request_id=state.get("client_request_id"),
-            source=client[0] if client else None,
-            client=principal.client_id if principal else None,
-            tenant=principal.tenant if principal else None,
-            auth=principal.method if principal else None,
-            method=scope["method"],
-            route=getattr(route, "path", "unmatched"),
-            status=exchange.status,
-            outcome=_outcome(exchange, state),
+        line = {
+            "request_id": state.get("request_id"),
+            "client_request_id": state.get("client_request_id"),
+            "source": client[0] if client else None,
+            "client": principal.client_id if principal else None,
+            "tenant": principal.tenant if principal else None,
+            "auth": principal.method if principal else None,
+            "method": scope["method"],
+            "route": getattr(route, "path", "unmatched"),
+            "status": exchange.status,
+            "outcome": _outcome(exchange, state),
             **state.get("audit", {}),
-        )
+        }
+        self.guard.audit.info("audit", **line)
+        if self.guard.audit_store is not None:
+            self.guard.audit_store.put(line, datetime.now(UTC))
 
 
 # Outcomes of refusals that no domain error named (the router's 404 and 405, say).

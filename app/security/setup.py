@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 
 from app.config import Settings
 from app.security.api_keys import KeyCache
+from app.security.audit import AuditStore
 from app.security.idempotency import IdempotencyStore
 from app.security.middleware import Guard
 from app.security.rate_limit import RateLimiter
@@ -97,4 +98,5 @@ def build_guard(
         docs_paths=docs_paths,
         hsts_max_age_s=settings.hsts_max_age_s,
         session_prefix=session_prefix,
+        audit_store=AuditStore(engine) if settings.audit_store else None,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -64,3 +64,29 @@ class IdempotencyRecord(Base):
 
 api_client_table = cast(Table, ApiClient.__table__)
 idempotency_record_table = cast(Table, IdempotencyRecord.__table__)
+
+
+class AuditRecord(Base):
+    """One audit line kept in the database (when ``audit_store`` is on): who, what, when, the
+    outcome, and what the handler added (ids already pseudonymised, never bodies or paths)."""
+
+    __tablename__ = "audit_record"
+    __table_args__ = (
+        Index("ix_audit_record_tenant_id", "tenant", "id"),
+        Index("ix_audit_record_tenant_client_id", "tenant", "client", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    tenant: Mapped[str | None] = mapped_column(String(64))
+    client: Mapped[str | None] = mapped_column(String(64))
+    auth: Mapped[str | None] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(8))
+    route: Mapped[str] = mapped_column(String(200))
+    status: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+audit_record_table = cast(Table, AuditRecord.__table__)

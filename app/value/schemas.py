@@ -80,3 +80,113 @@ class RetierResult(BaseModel):
     customers: int
     moved: int
     flows: list[TierFlow]
+
+
+class TierLevel(BaseModel):
+    """One tier of the value pyramid: its customers of record and the value they hold."""
+
+    tier: str
+    customers: int
+    relationship_balance: float = Field(
+        description="The tier's customers' relationship balances added up (deposits + wealth "
+        "holdings + insurance value, latest snapshots)."
+    )
+    share_of_customers: float
+    share_of_value: float
+
+
+class MovementMonth(BaseModel):
+    """Tier movements recorded in one month of the book, by direction."""
+
+    month: str = Field(description="The customers' latest month when they were tiered, YYYY-MM.")
+    initial: int
+    upgrades: int
+    downgrades: int
+    retired_tier: int
+
+
+class Pyramid(BaseModel):
+    """The value pyramid of a tenant: tiers from the top down, and movements over time."""
+
+    policy_version: str
+    tiers: list[TierLevel]
+    movements: list[MovementMonth]
+
+
+class ProspectOut(BaseModel):
+    """A prospect in its segment, with what the prospect model said of it."""
+
+    customer_id: str = Field(description="As stored (a pseudonym when a secret is configured).")
+    segment: str
+    value_band: str
+    buying_power: str
+    conversion_probability: float | None
+    value_if_converted: float | None = Field(description="Predicted annual value once a customer.")
+    expected_value: float | None = Field(description="conversion_probability x value; the rank.")
+    income: float | None = Field(description="The income the prospect was scored on.")
+    model_version: str | None
+    scored_at: datetime
+
+
+class SegmentPlan(BaseModel):
+    """A segment's marketing plan, and how many prospects it holds."""
+
+    segment: str
+    prospects: int
+    channel: str
+    offer: str
+    message: str
+    contact_within_days: int
+    max_contacts_per_month: int
+
+
+class ProspectPage(BaseModel):
+    """One page of prospects, best first, with every segment's plan and size."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "plan_version": "2026-12-01",
+                    "segment": "premium.wealthy",
+                    "total": 1,
+                    "limit": 50,
+                    "offset": 0,
+                    "items": [
+                        {
+                            "customer_id": "P-000317",
+                            "segment": "premium.wealthy",
+                            "value_band": "premium",
+                            "buying_power": "wealthy",
+                            "conversion_probability": 0.41,
+                            "value_if_converted": 212.5,
+                            "expected_value": 87.1,
+                            "income": 126000.0,
+                            "model_version": "1",
+                            "scored_at": "2026-12-01T08:00:00Z",
+                        }
+                    ],
+                    "segments": [
+                        {
+                            "segment": "premium.wealthy",
+                            "prospects": 1,
+                            "channel": "relationship_manager",
+                            "offer": "Private banking introduction",
+                            "message": "A relationship manager invites the prospect to a "
+                            "wealth review.",
+                            "contact_within_days": 3,
+                            "max_contacts_per_month": 2,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    plan_version: str
+    segment: str | None = Field(description="The segment asked for; none: every segment.")
+    total: int
+    limit: int
+    offset: int
+    items: list[ProspectOut]
+    segments: list[SegmentPlan]

@@ -16,9 +16,21 @@ from sqlalchemy import Subquery, func, select
 from sqlalchemy.orm import Session
 
 from app.customers import service as customers
+from app.scoring.repository import TenantScope, latest_scores_of_task
 from app.security.pseudonyms import Pseudonymizer
-from app.value.policy import TierPolicy, evaluate
-from app.value.schemas import CustomerTier, RetierResult, TierFlow
+from app.value.policy import Measure, TierPolicy, evaluate, measures_of
+from app.value.prospects import ProspectPlan, check_segment, number
+from app.value.schemas import (
+    CustomerTier,
+    MovementMonth,
+    ProspectOut,
+    ProspectPage,
+    Pyramid,
+    RetierResult,
+    SegmentPlan,
+    TierFlow,
+    TierLevel,
+)
 from app.value.tables import UNTAGGED_KEY, MovementReason, TierMovement
 
 
@@ -124,6 +136,139 @@ def recorded_tiers(session: Session, *, tenant: str | None) -> dict[str, str]:
         select(TierMovement.customer_id, TierMovement.to_tier).where(TierMovement.id.in_(latest))
     )
     return {row.customer_id: row.to_tier for row in rows}
+
+
+def pyramid(
+    session: Session,
+    *,
+    policy: TierPolicy,
+    tenant: str | None,
+    since: str | None = None,
+    until: str | None = None,
+) -> Pyramid:
+    """Customers and relationship balance per tier of record (the policy's tiers from the
+    top, then any retired tier still held), and the movements recorded per month (YYYY-MM,
+    both ends included when given)."""
+    recorded = recorded_tiers(session, tenant=tenant)
+    balances = customers.book_balances(session, tenant=tenant)
+    counts: Counter[str] = Counter()
+    value: dict[str, float] = dict.fromkeys(counts, 0.0)
+    for customer_id, tier in recorded.items():
+        counts[tier] += 1
+        features = balances.get(customer_id, {})
+        value[tier] = value.get(tier, 0.0) + measures_of(features)[Measure.RELATIONSHIP_BALANCE]
+    held = [name for name in counts if policy.rank(name) is None]
+    order = [*reversed(policy.names), *sorted(held)]
+    total_customers = sum(counts.values())
+    total_value = sum(value.values())
+    tiers = [
+        TierLevel(
+            tier=name,
+            customers=counts[name],
+            relationship_balance=value.get(name, 0.0),
+            share_of_customers=counts[name] / total_customers if total_customers else 0.0,
+            share_of_value=value.get(name, 0.0) / total_value if total_value else 0.0,
+        )
+        for name in order
+    ]
+    return Pyramid(
+        policy_version=policy.version,
+        tiers=tiers,
+        movements=movements_by_month(session, tenant=tenant, since=since, until=until),
+    )
+
+
+def movements_by_month(
+    session: Session, *, tenant: str | None, since: str | None, until: str | None
+) -> list[MovementMonth]:
+    """Tier movements per month of the book and reason, oldest month first."""
+    conditions = [TierMovement.tenant == _key(tenant)]
+    if since is not None:
+        conditions.append(TierMovement.month >= since)
+    if until is not None:
+        conditions.append(TierMovement.month <= until)
+    rows = session.execute(
+        select(TierMovement.month, TierMovement.reason, func.count())
+        .where(*conditions)
+        .group_by(TierMovement.month, TierMovement.reason)
+        .order_by(TierMovement.month)
+    )
+    months: dict[str, Counter[str]] = {}
+    for month, reason, count in rows:
+        months.setdefault(month, Counter())[reason] = int(count)
+    return [
+        MovementMonth(
+            month=month,
+            initial=found[MovementReason.INITIAL.value],
+            upgrades=found[MovementReason.UPGRADE.value],
+            downgrades=found[MovementReason.DOWNGRADE.value],
+            retired_tier=found[MovementReason.RETIRED_TIER.value],
+        )
+        for month, found in months.items()
+    ]
+
+
+PROSPECT_TASK = "prospect"
+
+
+def _ranked(prospect: ProspectOut) -> tuple[float, float, str]:
+    """Highest expected value first, then the likelier to convert; the id breaks ties."""
+    return (
+        -(prospect.expected_value if prospect.expected_value is not None else float("-inf")),
+        -(prospect.conversion_probability or 0.0),
+        prospect.customer_id,
+    )
+
+
+def prospects(
+    session: Session,
+    *,
+    plan: ProspectPlan,
+    tenant: str | None,
+    segment: str | None,
+    limit: int,
+    offset: int,
+) -> ProspectPage:
+    """A tenant's prospects (their latest prospect score, scored at the prospect stage) in
+    their segments, ranked by expected value, one page; 422 for a segment the plan lacks."""
+    check_segment(plan, segment)
+    everyone: list[ProspectOut] = []
+    for score in latest_scores_of_task(
+        session, task=PROSPECT_TASK, stage=PROSPECT_TASK, tenant=TenantScope(tenant)
+    ):
+        value = number(score.outputs, "value_if_converted")
+        income = number(score.features, "income")
+        value_band, _, power = plan.segment_of(value=value, income=income).partition(".")
+        everyone.append(
+            ProspectOut(
+                customer_id=score.customer_id,
+                segment=f"{value_band}.{power}",
+                value_band=value_band,
+                buying_power=power,
+                conversion_probability=number(score.outputs, "conversion_probability"),
+                value_if_converted=value,
+                expected_value=number(score.outputs, "expected_value"),
+                income=income,
+                model_version=score.model_version,
+                scored_at=score.created_at,
+            )
+        )
+    sizes = Counter(p.segment for p in everyone)
+    chosen = sorted((p for p in everyone if segment in (None, p.segment)), key=_ranked)
+    return ProspectPage(
+        plan_version=plan.version,
+        segment=segment,
+        total=len(chosen),
+        limit=limit,
+        offset=offset,
+        items=chosen[offset : offset + limit],
+        segments=[
+            SegmentPlan(
+                segment=name, prospects=sizes[name], **plan.plans[name].model_dump(mode="json")
+            )
+            for name in plan.segments
+        ],
+    )
 
 
 def _reason(policy: TierPolicy, move: Move) -> MovementReason:
