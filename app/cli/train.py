@@ -64,6 +64,15 @@ def train(
             min=1, help="Boosting rounds with --dask (it has no early stopping).", metavar="N"
         ),
     ] = 200,
+    trials: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="With --data: configurations the search tries inside the training window "
+            "(1: the house configuration only).",
+            metavar="N",
+        ),
+    ] = 6,  # app.training.tuning.TRIALS (training is imported only when a command runs)
     indices: Annotated[
         bool,
         typer.Option(
@@ -76,6 +85,7 @@ def train(
     """Train a model and write model.txt and manifest.json (test metrics included)."""
     from app.training.byod import DataSpec, train_from_file
     from app.training.train import TrainingDataError, train_bundled
+    from app.training.tuning import TuningOptions
 
     if (book is None) == (data is None):
         raise fail("give exactly one of --book (synthetic book) or --data (your own file)")
@@ -128,7 +138,13 @@ def train(
                     time_column=time,
                 )
                 manifest = train_from_file(
-                    task, data_path=data, spec=spec, out_dir=out, seed=seed, progress=on_round
+                    task,
+                    data_path=data,
+                    spec=spec,
+                    out_dir=out,
+                    seed=seed,
+                    progress=on_round,
+                    tuning=TuningOptions(trials=trials),
                 )
         except TrainingDataError as error:
             raise fail(str(error)) from error
