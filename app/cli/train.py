@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -14,14 +15,32 @@ from app.scoring.manifest import Task
 commands = typer.Typer()
 
 
+class Trainable(StrEnum):
+    """What ``cvm train`` fits: the four served tasks, and the tier-movement model."""
+
+    TIER = Task.TIER.value
+    RECOMMENDATION = Task.RECOMMENDATION.value
+    CHURN = Task.CHURN.value
+    PROSPECT = Task.PROSPECT.value
+    TIER_MOVEMENT = "tier-movement"
+
+
 @commands.command(
     epilog=example(
         "cvm train churn --book var/book --out models/churn/2",
         "cvm train churn --data my.csv --target left --id cust_no --out models/churn/3",
+        "cvm train tier-movement --book var/book --out var/tier-movement/1",
     )
 )
 def train(
-    task: Annotated[Task, typer.Argument(help="Which model to train.", metavar="TASK")],
+    trainable: Annotated[
+        Trainable,
+        typer.Argument(
+            help="Which model to train: tier, recommendation, churn, prospect or "
+            "tier-movement (down/stay/up next month; trained, not served).",
+            metavar="TASK",
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Model folder, e.g. models/churn/2.", metavar="DIR")],
     book: Annotated[
         Path | None,
@@ -68,7 +87,8 @@ def train(
         int,
         typer.Option(
             min=1,
-            help="With --data: configurations the search tries inside the training window "
+            help="With --data or tier-movement: configurations the search tries inside the "
+            "training window "
             "(1: the house configuration only).",
             metavar="N",
         ),
@@ -87,6 +107,12 @@ def train(
     from app.training.train import TrainingDataError, train_bundled
     from app.training.tuning import TuningOptions
 
+    if trainable is Trainable.TIER_MOVEMENT:
+        if book is None or data is not None or dask is not None or indices:
+            raise fail("tier-movement trains from a --book alone")
+        _train_tier_movement(book=book, out=out, seed=seed, trials=trials)
+        return
+    task = Task(trainable.value)
     if (book is None) == (data is None):
         raise fail("give exactly one of --book (synthetic book) or --data (your own file)")
     if indices and (task is not Task.CHURN or book is None or dask is not None):
@@ -150,6 +176,32 @@ def train(
             raise fail(str(error)) from error
     summary = {k: v for k, v in manifest.metrics["test"].items() if not isinstance(v, list)}
     console.print(f"wrote {out} ({manifest.num_trees} trees); test metrics:")
+    console.print_json(json.dumps(summary))
+
+
+def _train_tier_movement(*, book: Path, out: Path, seed: int, trials: int) -> None:
+    from app.training.movement import train_tier_movement
+    from app.training.train import TrainingDataError
+    from app.training.tuning import TuningOptions
+
+    try:
+        with console.status("Training tier-movement"):
+            manifest = train_tier_movement(
+                book_path=book, out_dir=out, seed=seed, options=TuningOptions(trials=trials)
+            )
+    except TrainingDataError as error:
+        raise fail(str(error)) from error
+    test = manifest.metrics["test"]
+    summary = {
+        "rows": test["rows"],
+        "accuracy": test["accuracy"],
+        "persistence_accuracy": test["persistence"]["accuracy"],
+        "log_loss": test["log_loss"],
+        "persistence_log_loss": test["persistence"]["log_loss"],
+    }
+    console.print(
+        f"wrote {out} ({manifest.num_trees} trees; not served: keep it out of models/tier)"
+    )
     console.print_json(json.dumps(summary))
 
 
