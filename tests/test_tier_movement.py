@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from app.cli.main import cli
-from app.scoring.manifest import Manifest
-from app.scoring.model import ScoringModel
+from app.scoring.manifest import Manifest, Task
+from app.scoring.model import ModelLoadError, ScoringModel
+from app.scoring.registry import ModelRegistry
 from app.training.movement import MOVEMENTS, TARGET, policy_features, train_tier_movement
 from app.training.synth import TIER_CUTOFFS_EUR
 from app.training.tuning import TuningOptions
@@ -51,6 +54,20 @@ def test_tier_movement_beats_persistence(book_path: Path, tmp_path: Path) -> Non
     model = ScoringModel.load(tmp_path / "mv" / "1")
     rows = np.zeros((3, len(model.schema.features)))
     assert model.predict(rows).shape == (3, len(MOVEMENTS))
+
+
+def test_a_tier_movement_model_cannot_take_the_tier_slot(
+    book_path: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    """The API returns a tier: a down/stay/up model put under models/tier stops the start-up
+    instead of answering tiers with movements."""
+    served = tmp_path / "models"
+    for task in ("churn", "recommendation", "prospect", "tier"):
+        shutil.copytree(models_dir / task, served / task)
+    train_tier_movement(book_path=book_path, out_dir=served / "tier" / "2", options=FAST)
+    with pytest.raises(ModelLoadError, match="trained, not served"):
+        ModelRegistry.load(served)
+    assert ModelRegistry.load(served, pinned={"tier": "1"}).version(Task.TIER) == "1"
 
 
 def test_cvm_train_tier_movement(book_path: Path, tmp_path: Path) -> None:

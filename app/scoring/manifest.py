@@ -145,3 +145,15 @@ class Manifest(BaseModel):
         """Read and validate a model directory's manifest."""
         path = directory / MANIFEST_FILE
         return cls.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+NOT_SERVED_KINDS = frozenset({"tier_movement"})
+
+
+def why_not_served(manifest: Manifest) -> str | None:
+    """Why a trained model may not fill its task's slot (None: it may), e.g. a tier-movement
+    model answers down/stay/up where the API returns a tier."""
+    kind = manifest.extras.get("model_kind")
+    if kind in NOT_SERVED_KINDS:
+        return f"a {kind} model is trained, not served: it cannot fill the {manifest.task} slot"
+    return None
