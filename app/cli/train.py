@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from app.cli.app import console, example, fail, progress_bar
 from app.scoring.manifest import Task
+
+if TYPE_CHECKING:
+    from app.training.panel import PanelSpec
 
 commands = typer.Typer()
 
@@ -69,6 +72,14 @@ def train(
         str | None,
         typer.Option(help="Time column: split by time instead of at random.", metavar="COLUMN"),
     ] = None,
+    product: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Recommendation from a monthly panel (--data, --time): a 0/1 product "
+            "ownership column (repeat).",
+            metavar="COLUMN",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for splits and training.", metavar="N")] = 7,
     dask: Annotated[
         str | None,
@@ -104,6 +115,7 @@ def train(
 ) -> None:
     """Train a model and write model.txt and manifest.json (test metrics included)."""
     from app.training.byod import DataSpec, train_from_file
+    from app.training.panel import PanelSpec
     from app.training.train import TrainingDataError, train_bundled
     from app.training.tuning import TuningOptions
 
@@ -113,6 +125,18 @@ def train(
         _train_tier_movement(book=book, out=out, seed=seed, trials=trials)
         return
     task = Task(trainable.value)
+    if task is Task.RECOMMENDATION and data is not None:
+        if not (id_column and time and product) or dask is not None:
+            raise fail("recommendation from --data needs --id, --time and --product (a panel)")
+        panel = PanelSpec(
+            id_column=id_column,
+            month_column=time,
+            products=product,
+            drop=drop or [],
+            categorical=categorical or [],
+        )
+        _train_panel(data=data, spec=panel, out=out, seed=seed, trials=trials)
+        return
     if (book is None) == (data is None):
         raise fail("give exactly one of --book (synthetic book) or --data (your own file)")
     if indices and (task is not Task.CHURN or book is None or dask is not None):
@@ -176,6 +200,30 @@ def train(
             raise fail(str(error)) from error
     summary = {k: v for k, v in manifest.metrics["test"].items() if not isinstance(v, list)}
     console.print(f"wrote {out} ({manifest.num_trees} trees); test metrics:")
+    console.print_json(json.dumps(summary))
+
+
+def _train_panel(*, data: Path, spec: PanelSpec, out: Path, seed: int, trials: int) -> None:
+    from app.training.panel import train_recommendation_panel
+    from app.training.train import TrainingDataError
+    from app.training.tuning import TuningOptions
+
+    try:
+        with console.status("Training recommendation on the panel"):
+            manifest = train_recommendation_panel(
+                data_path=data,
+                spec=spec,
+                out_dir=out,
+                seed=seed,
+                tuning=TuningOptions(trials=trials),
+            )
+    except TrainingDataError as error:
+        raise fail(str(error)) from error
+    test = manifest.metrics["test"]
+    summary = {
+        group: {k: v for k, v in test[group].items() if k != "map_at_7_interval"} for group in test
+    }
+    console.print(f"wrote {out} ({manifest.num_trees} trees); test month MAP@7:")
     console.print_json(json.dumps(summary))
 
 

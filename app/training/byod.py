@@ -222,7 +222,8 @@ def train_from_file(
     """
     if task is Task.RECOMMENDATION:
         raise TrainingDataError(
-            "recommendation needs the monthly book layout; train it with --book"
+            "recommendation needs a monthly product-ownership panel: train it with --time "
+            "MONTH_COLUMN and --product COLUMN (repeat), or with --book"
         )
     frame = read_table(data_path)
     named = [spec.target, spec.id_column, *spec.drop, *spec.categorical]
