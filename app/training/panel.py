@@ -121,8 +121,10 @@ def train_recommendation_panel(
     out_dir: Path,
     seed: int = 7,
     tuning: TuningOptions | None = None,
+    test_months: int = 1,
 ) -> Manifest:
-    """Train the recommendation model on a bank's own product-ownership panel."""
+    """Train the recommendation model on a bank's own product-ownership panel; the last
+    ``test_months`` transitions are held out and scored once, at the end."""
     frame = read_table(data_path)
     named = [spec.id_column, spec.month_column, *spec.products, *spec.drop, *spec.categorical]
     missing = [c for c in named if c not in frame.columns]
@@ -132,9 +134,9 @@ def train_recommendation_panel(
         raise TrainingDataError("name at least three product columns with --product")
     pairs = transitions(frame, spec)
     months = np.unique(pairs.month)
-    if len(months) < 4:
-        raise TrainingDataError("the panel needs at least five consecutive months")
-    test_month, validation_month = int(months[-1]), int(months[-2])
+    if len(months) < 3 + test_months:
+        raise TrainingDataError(f"the panel needs at least {4 + test_months} consecutive months")
+    first_test_month, validation_month = int(months[-test_months]), int(months[-test_months - 1])
     schema = _schema(infer_schema(pairs.features, spec.categorical, data_path.name))
     matrix = encode_frame(pairs.features, schema)
     # One training row per product added (Santander style), within the training window.
@@ -155,7 +157,7 @@ def train_recommendation_panel(
         seed=seed,
         options=tuning,
     )
-    test = pairs.month == test_month
+    test = pairs.month >= first_test_month
     scores = np.asarray(tuned.booster.predict(matrix[test]), dtype=np.float64)
     popularity = np.bincount(product, minlength=len(spec.products)).astype(np.float64)
     held, added, new = pairs.held[test], pairs.added[test], pairs.new[test]
@@ -177,7 +179,7 @@ def train_recommendation_panel(
             "method": "time",
             "time_column": spec.month_column,
             "training_window": "every transition before the test month",
-            "test_month": test_month,
+            "test_months": [first_test_month, int(months[-1])],
             "new_customer": f"first seen after the panel's first month, at most "
             f"{NEW_CUSTOMER_MONTHS} months before the month scored",
             "tuning": tuned.summary(),
