@@ -54,7 +54,14 @@ from app.training.train import BASE_PARAMS, fit_booster, predict
 from app.training.tuning import TuningOptions, tune
 
 FloatArray = npt.NDArray[np.float64]
-DEFAULT_CASES = ("churn-modelling", "bank-marketing-random", "bank-marketing-time", "thera-bank")
+DEFAULT_CASES = (
+    "churn-modelling",
+    "bank-marketing-random",
+    "bank-marketing-time",
+    "thera-bank",
+    "berka-loan-bad",
+    "berka-card-24m",
+)
 BOOTSTRAP_SEED = 20240917
 RESAMPLES = 500
 
