@@ -408,7 +408,9 @@ def test_plots_label_the_split_they_show(tmp_path: Path, models_dir: Path) -> No
     frame.to_csv(data, index=False)
     model_dir = tmp_path / "models" / "churn" / "5"
     source = ["--data", str(data), "--target", "left", "--id", "cust_no"]
-    trained = runner.invoke(cli, ["train", "churn", *source, "--out", str(model_dir)])
+    trained = runner.invoke(
+        cli, ["train", "churn", *source, "--trials", "1", "--out", str(model_dir)]
+    )
     assert trained.exit_code == 0, trained.output
     random_split = figure_texts(model_card_figure(Manifest.load(model_dir)))
     assert "random 15% test split" in random_split and "month" not in random_split

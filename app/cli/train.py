@@ -3,25 +3,47 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from app.cli.app import console, example, fail, progress_bar
 from app.scoring.manifest import Task
 
+if TYPE_CHECKING:
+    from app.training.panel import PanelSpec
+
 commands = typer.Typer()
+
+
+class Trainable(StrEnum):
+    """What ``cvm train`` fits: the four served tasks, and the tier-movement model."""
+
+    TIER = Task.TIER.value
+    RECOMMENDATION = Task.RECOMMENDATION.value
+    CHURN = Task.CHURN.value
+    PROSPECT = Task.PROSPECT.value
+    TIER_MOVEMENT = "tier-movement"
 
 
 @commands.command(
     epilog=example(
         "cvm train churn --book var/book --out models/churn/2",
         "cvm train churn --data my.csv --target left --id cust_no --out models/churn/3",
+        "cvm train tier-movement --book var/book --out var/tier-movement/1",
     )
 )
 def train(
-    task: Annotated[Task, typer.Argument(help="Which model to train.", metavar="TASK")],
+    trainable: Annotated[
+        Trainable,
+        typer.Argument(
+            help="Which model to train: tier, recommendation, churn, prospect or "
+            "tier-movement (down/stay/up next month; trained, not served).",
+            metavar="TASK",
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Model folder, e.g. models/churn/2.", metavar="DIR")],
     book: Annotated[
         Path | None,
@@ -50,6 +72,14 @@ def train(
         str | None,
         typer.Option(help="Time column: split by time instead of at random.", metavar="COLUMN"),
     ] = None,
+    product: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Recommendation from a monthly panel (--data, --time): a 0/1 product "
+            "ownership column (repeat).",
+            metavar="COLUMN",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for splits and training.", metavar="N")] = 7,
     dask: Annotated[
         str | None,
@@ -64,6 +94,16 @@ def train(
             min=1, help="Boosting rounds with --dask (it has no early stopping).", metavar="N"
         ),
     ] = 200,
+    trials: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="With --data or tier-movement: configurations the search tries inside the "
+            "training window "
+            "(1: the house configuration only).",
+            metavar="N",
+        ),
+    ] = 6,  # app.training.tuning.TRIALS (training is imported only when a command runs)
     indices: Annotated[
         bool,
         typer.Option(
@@ -75,8 +115,28 @@ def train(
 ) -> None:
     """Train a model and write model.txt and manifest.json (test metrics included)."""
     from app.training.byod import DataSpec, train_from_file
+    from app.training.panel import PanelSpec
     from app.training.train import TrainingDataError, train_bundled
+    from app.training.tuning import TuningOptions
 
+    if trainable is Trainable.TIER_MOVEMENT:
+        if book is None or data is not None or dask is not None or indices:
+            raise fail("tier-movement trains from a --book alone")
+        _train_tier_movement(book=book, out=out, seed=seed, trials=trials)
+        return
+    task = Task(trainable.value)
+    if task is Task.RECOMMENDATION and data is not None:
+        if not (id_column and time and product) or dask is not None:
+            raise fail("recommendation from --data needs --id, --time and --product (a panel)")
+        panel = PanelSpec(
+            id_column=id_column,
+            month_column=time,
+            products=product,
+            drop=drop or [],
+            categorical=categorical or [],
+        )
+        _train_panel(data=data, spec=panel, out=out, seed=seed, trials=trials)
+        return
     if (book is None) == (data is None):
         raise fail("give exactly one of --book (synthetic book) or --data (your own file)")
     if indices and (task is not Task.CHURN or book is None or dask is not None):
@@ -128,12 +188,68 @@ def train(
                     time_column=time,
                 )
                 manifest = train_from_file(
-                    task, data_path=data, spec=spec, out_dir=out, seed=seed, progress=on_round
+                    task,
+                    data_path=data,
+                    spec=spec,
+                    out_dir=out,
+                    seed=seed,
+                    progress=on_round,
+                    tuning=TuningOptions(trials=trials),
                 )
         except TrainingDataError as error:
             raise fail(str(error)) from error
     summary = {k: v for k, v in manifest.metrics["test"].items() if not isinstance(v, list)}
     console.print(f"wrote {out} ({manifest.num_trees} trees); test metrics:")
+    console.print_json(json.dumps(summary))
+
+
+def _train_panel(*, data: Path, spec: PanelSpec, out: Path, seed: int, trials: int) -> None:
+    from app.training.panel import train_recommendation_panel
+    from app.training.train import TrainingDataError
+    from app.training.tuning import TuningOptions
+
+    try:
+        with console.status("Training recommendation on the panel"):
+            manifest = train_recommendation_panel(
+                data_path=data,
+                spec=spec,
+                out_dir=out,
+                seed=seed,
+                tuning=TuningOptions(trials=trials),
+            )
+    except TrainingDataError as error:
+        raise fail(str(error)) from error
+    test = manifest.metrics["test"]
+    summary = {
+        group: {k: v for k, v in test[group].items() if k != "map_at_7_interval"} for group in test
+    }
+    console.print(f"wrote {out} ({manifest.num_trees} trees); test month MAP@7:")
+    console.print_json(json.dumps(summary))
+
+
+def _train_tier_movement(*, book: Path, out: Path, seed: int, trials: int) -> None:
+    from app.training.movement import train_tier_movement
+    from app.training.train import TrainingDataError
+    from app.training.tuning import TuningOptions
+
+    try:
+        with console.status("Training tier-movement"):
+            manifest = train_tier_movement(
+                book_path=book, out_dir=out, seed=seed, options=TuningOptions(trials=trials)
+            )
+    except TrainingDataError as error:
+        raise fail(str(error)) from error
+    test = manifest.metrics["test"]
+    summary = {
+        "rows": test["rows"],
+        "accuracy": test["accuracy"],
+        "persistence_accuracy": test["persistence"]["accuracy"],
+        "log_loss": test["log_loss"],
+        "persistence_log_loss": test["persistence"]["log_loss"],
+    }
+    console.print(
+        f"wrote {out} ({manifest.num_trees} trees; not served: keep it out of models/tier)"
+    )
     console.print_json(json.dumps(summary))
 
 

@@ -30,7 +30,7 @@ from app.modelops.errors import (
 )
 from app.modelops.status import ModelStatus
 from app.modelops.tables import ModelShadow, ModelTransition, ModelVersion
-from app.scoring.manifest import MANIFEST_FILE, Manifest, Task
+from app.scoring.manifest import MANIFEST_FILE, Manifest, Task, why_not_served
 from app.scoring.model import ModelLoadError, ScoringModel
 from app.scoring.registry import available_versions
 
@@ -156,6 +156,9 @@ def register_version(
         raise VersionUnloadable(
             f"{directory} holds {manifest.task.value} version {manifest.version!r}"
         )
+    refusal = why_not_served(manifest)
+    if refusal is not None:
+        raise VersionUnloadable(f"{directory}: {refusal}")
     row = ModelVersion(
         task=task.value,
         version=version,

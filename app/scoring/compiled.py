@@ -34,7 +34,7 @@ import numpy as np
 from app.scoring.feature_schema import FeatureSchema
 from app.scoring.feature_schema import FloatMatrix as FloatArray
 from app.scoring.lean_import import optional_packages_hidden
-from app.scoring.manifest import Manifest
+from app.scoring.manifest import Calibrator, Manifest
 
 if TYPE_CHECKING:  # LightGBM is imported where it is used: load_compiled_model never needs it
     import lightgbm as lgb
@@ -330,6 +330,7 @@ class CompiledModel:
         self.predictor = predictor
         self.threads = threads
         self.max_difference = max_difference
+        self.calibrate = Calibrator(manifest.calibration)
 
     @property
     def schema(self) -> FeatureSchema:
@@ -342,8 +343,9 @@ class CompiledModel:
         return self.manifest.classes
 
     def predict(self, matrix: FloatArray, *, threads: int | None = None) -> FloatArray:
-        """The outputs of ``Booster.predict``, on ``threads`` threads (default: the model's)."""
-        return self.predictor.predict(matrix, threads=threads or self.threads)
+        """The outputs of ``Booster.predict`` (calibrated as the manifest says), on ``threads``
+        threads (default: the model's)."""
+        return self.calibrate(self.predictor.predict(matrix, threads=threads or self.threads))
 
 
 def _feature_names(model_file: Path) -> list[str]:

@@ -20,7 +20,7 @@ from app.scoring.explain import (
     resolve_num_iteration,
 )
 from app.scoring.feature_schema import FeatureSchema
-from app.scoring.manifest import Manifest, Objective
+from app.scoring.manifest import Calibrator, Manifest, Objective
 from app.scoring.single_row import PREDICT_RAW_SCORE, SingleRowPredictor
 
 FloatArray = npt.NDArray[np.float64]
@@ -108,6 +108,7 @@ class ScoringModel:
         self.predictor: Predictor | None = None
         self._explainer: PathExplainer | None = None
         self._explainer_lock = threading.Lock()
+        self.calibrate = Calibrator(manifest.calibration)
         self._single_row_raw = SingleRowPredictor(
             booster,
             predict_type=PREDICT_RAW_SCORE,
@@ -179,11 +180,13 @@ class ScoringModel:
         """Probability of the positive class (binary, shape (n,)), per class (multiclass, (n, k))
         or the value (regression); on ``threads`` threads (default: the model's)."""
         threads = threads or self.threads
+        if len(matrix) == 1 and self.predictor is None:  # LightGBM's C single-row path: a
+            return self.probabilities_from_raw(self.raw_scores(matrix))  # fifth of the cost
         if self.predictor is not None:
-            return self.predictor.predict(matrix, threads=threads)
-        if len(matrix) == 1:  # LightGBM's C single-row path: a fifth of Booster.predict's cost
-            return self.probabilities_from_raw(self.raw_scores(matrix))
-        return np.asarray(self.booster.predict(matrix, num_threads=threads), dtype=np.float64)
+            trees = self.predictor.predict(matrix, threads=threads)
+        else:
+            trees = np.asarray(self.booster.predict(matrix, num_threads=threads), dtype=np.float64)
+        return self.calibrate(trees)
 
     @property
     def backend(self) -> str:
@@ -207,7 +210,7 @@ class ScoringModel:
     def probabilities_from_raw(self, raw: FloatArray) -> FloatArray:
         """The same outputs as ``predict``, from an explanation's raw scores (no second pass)."""
         if self.manifest.objective is Objective.BINARY:
-            return sigmoid(raw[:, 0])
+            return self.calibrate(sigmoid(raw[:, 0]))
         if self.manifest.objective is Objective.MULTICLASS:
             return softmax(raw)
         return raw[:, 0]

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from app.scoring.manifest import MANIFEST_FILE, Task
+from app.scoring.manifest import MANIFEST_FILE, Task, why_not_served
 
 if TYPE_CHECKING:  # imported by load(): listing versions (cvm score) needs no LightGBM
     from app.scoring.model import ScoringModel
@@ -72,6 +72,9 @@ class ModelRegistry:
                 raise ModelLoadError(
                     f"{models_dir / task.value / version} holds a {model.manifest.task} model"
                 )
+            refusal = why_not_served(model.manifest)
+            if refusal is not None:
+                raise ModelLoadError(f"{models_dir / task.value / version}: {refusal}")
             model.warm_up()
             models[task] = model
         return cls(models, missing)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +17,22 @@ from sklearn.model_selection import train_test_split
 
 from app.modelops.fairness import age_band
 from app.scoring.feature_schema import FeatureKind, FeatureSchema, FeatureSpec
-from app.scoring.manifest import Manifest, Objective, Task
+from app.scoring.manifest import Calibrator, Manifest, Objective, Task
 from app.training import evaluate
 from app.training.card import HeldOut, Provenance, build_card
 from app.training.report import split_label
 from app.training.train import (
+    BASE_PARAMS,
     ProgressCallback,
     Split,
     TrainingDataError,
     build_manifest,
     fingerprint,
-    fit_booster,
     predict,
     risk_thresholds,
     save_model,
 )
+from app.training.tuning import TuningOptions, tune
 
 MAX_CATEGORIES = 200
 TRUE_WORDS = frozenset({"1", "yes", "y", "true", "t"})
@@ -212,11 +213,17 @@ def train_from_file(
     out_dir: Path,
     seed: int = 7,
     progress: ProgressCallback | None = None,
+    tuning: TuningOptions | None = None,
 ) -> Manifest:
-    """Train ``task`` on a bank's own table; the result is served like a bundled model."""
+    """Train ``task`` on a bank's own table; the result is served like a bundled model.
+
+    Search, early stopping and calibration use the training window only (``app.training.tuning``);
+    the model is refitted on every training row and the test split is scored once, at the end.
+    """
     if task is Task.RECOMMENDATION:
         raise TrainingDataError(
-            "recommendation needs the monthly book layout; train it with --book"
+            "recommendation needs a monthly product-ownership panel: train it with --time "
+            "MONTH_COLUMN and --product COLUMN (repeat), or with --book"
         )
     frame = read_table(data_path)
     named = [spec.target, spec.id_column, *spec.drop, *spec.categorical]
@@ -255,23 +262,41 @@ def train_from_file(
                 f"the {name} split holds a single class of {spec.target!r}; "
                 "more rows or a split without --time are needed"
             )
-    booster = fit_booster(
-        objective=objective,
-        num_classes=len(classes),
-        schema=schema,
-        train=(matrix[split.train], y[split.train]),
-        validation=(matrix[split.validation], y[split.validation]),
-        params={},
-        seed=seed,
-        progress=progress,
-    )
-    test_proba = predict(booster, matrix[split.test])
+    # The training window is every row but the test split; the test split is scored once, last.
+    window = split.train | split.validation
+    try:
+        tuned = tune(
+            objective=objective,
+            num_classes=len(classes),
+            schema=schema,
+            matrix=matrix[window],
+            labels=y[window].astype(np.int64),
+            base_params=BASE_PARAMS,
+            time=frame.loc[window, spec.time_column].to_numpy() if spec.time_column else None,
+            seed=seed,
+            options=tuning,
+            progress=progress,
+        )
+    except ValueError as error:
+        raise TrainingDataError(f"{error}; more rows are needed") from error
+    booster = tuned.booster
+    calibrate = Calibrator(tuned.served_calibration)
+    trees_test = predict(booster, matrix[split.test])
     thresholds: dict[str, float] = {}
     if objective is Objective.BINARY:
+        test_proba = calibrate(trees_test)
         metrics = evaluate.binary_metrics(y[split.test], test_proba)
-        thresholds = risk_thresholds(predict(booster, matrix[split.validation]))
+        metrics["trees_only"] = {
+            k: evaluate.binary_metrics(y[split.test], trees_test)[k] for k in ("roc_auc", "brier")
+        }
+        thresholds = risk_thresholds(calibrate(tuned.out_of_fold))
     else:
-        metrics = evaluate.multiclass_metrics(y[split.test], test_proba, classes)
+        metrics = evaluate.multiclass_metrics(y[split.test], trees_test, classes)
+    description = {
+        **split.description,
+        "training_window": "train and validation shares together; the test share held out",
+        "tuning": tuned.summary(),
+    }
     manifest = build_manifest(
         task=task,
         version=out_dir.name,
@@ -279,27 +304,29 @@ def train_from_file(
         classes=classes,
         schema=schema,
         booster=booster,
-        params={},
+        params=tuned.params,
+        full_params=True,
         data_fingerprint=fingerprint(matrix, y, names=schema.names),
         data_source=data_path.name,
-        training_rows=int(split.train.sum()),
-        split=split,
+        training_rows=int(window.sum()),
+        split=replace(split, description=description),
         metrics={"test": metrics},
         thresholds=thresholds,
         target=spec.target,
         id_column=spec.id_column,
+        calibration=tuned.served_calibration,
     )
     save_model(out_dir, booster, manifest)
     card = build_card(
         manifest=manifest,
         model_dir=out_dir,
         held=HeldOut(
-            train_x=matrix[split.train],
-            train_y=y[split.train].astype(np.int64),
+            train_x=matrix[window],
+            train_y=y[window].astype(np.int64),
             test_x=matrix[split.test],
             test_y=y[split.test].astype(np.int64),
             held_out=split_label(split.description),
-            training_window=_split_window(split, frame, spec, "train"),
+            training_window=_split_window(split, frame, spec, "train", window),
             evaluation_window=_split_window(split, frame, spec, "test"),
             factors=factor_groups(frame.loc[split.test]),
         ),
@@ -341,9 +368,16 @@ def factor_groups(rows: pd.DataFrame) -> dict[str, npt.NDArray[np.str_]]:
     return groups
 
 
-def _split_window(split: Split, frame: pd.DataFrame, spec: DataSpec, part: str) -> dict[str, Any]:
-    rows = getattr(split, part)
+def _split_window(
+    split: Split,
+    frame: pd.DataFrame,
+    spec: DataSpec,
+    part: str,
+    rows: npt.NDArray[np.bool_] | None = None,
+) -> dict[str, Any]:
+    rows = getattr(split, part) if rows is None else rows
     if spec.time_column is None:
-        return {"description": f"{part} rows of a {split.description['method']} split"}
+        name = "train and validation" if part == "train" else part
+        return {"description": f"{name} rows of a {split.description['method']} split"}
     times = frame.loc[rows, spec.time_column]
     return {"description": f"{part} rows: {spec.time_column} {times.min()} to {times.max()}"}

@@ -33,7 +33,7 @@ from app.modelops.cards import NOT_FOR_CREDIT, validate_card
 from app.modelops.fairness import fairness_report
 from app.scoring.explain import METHOD_TREESHAP, PathExplainer, exact_explanation
 from app.scoring.feature_schema import FeatureKind, FeatureSchema
-from app.scoring.manifest import MODEL_FILE, Manifest, Objective, Task
+from app.scoring.manifest import MODEL_FILE, Calibrator, Manifest, Objective, Task
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -365,7 +365,8 @@ def build_card(
         model_metrics, baselines = _ranking_analyses(held, counts)
     else:
         counts = stats.resample_counts(len(held.test_y), seed=seed)
-        proba = np.asarray(booster.predict(held.test_x), dtype=np.float64)
+        trees = np.asarray(booster.predict(held.test_x), dtype=np.float64)
+        proba = Calibrator(manifest.calibration)(trees) if trees.ndim == 1 else trees
         analyses = (
             _tier_analyses if manifest.objective is Objective.MULTICLASS else _binary_analyses
         )

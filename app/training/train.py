@@ -22,7 +22,7 @@ from app.modelops.fairness import age_band
 from app.modelops.psi import REFERENCE_KEY, training_reference
 from app.scoring.explain import METHOD_PATH
 from app.scoring.feature_schema import FeatureSchema
-from app.scoring.manifest import MODEL_FILE, Manifest, Objective, Task
+from app.scoring.manifest import MODEL_FILE, Calibration, Manifest, Objective, Task
 from app.training import evaluate
 from app.training.card import HeldOut, Provenance, build_card
 from app.training.features import (
@@ -230,7 +230,10 @@ def build_manifest(
     id_column: str,
     extras: dict[str, Any] | None = None,
     value_model_file: str | None = None,
+    calibration: Calibration | None = None,
+    full_params: bool = False,
 ) -> Manifest:
+    """The manifest of a trained model (``full_params``: ``params`` already hold the base)."""
     return Manifest(
         task=task,
         version=version,
@@ -240,7 +243,7 @@ def build_manifest(
         target=target,
         id_column=id_column,
         value_model_file=value_model_file,
-        params={**BASE_PARAMS, **params},
+        params=params if full_params else {**BASE_PARAMS, **params},
         num_trees=booster.num_trees(),
         lightgbm_version=lgb.__version__,
         data_fingerprint=data_fingerprint,
@@ -250,6 +253,7 @@ def build_manifest(
         metrics=metrics,
         thresholds=thresholds,
         explanation_method=METHOD_PATH,
+        calibration=calibration,
         extras=extras or {},
         created_at=datetime.now(UTC),
     )
