@@ -33,6 +33,7 @@ from app.customers.needs import (
     deposit_maturing,
     first_salary,
     idle_inflow,
+    spent_after,
 )
 from app.customers.service import IntakeRules, check_rows, record_events
 from app.http.app import create_app
@@ -65,7 +66,7 @@ def _opened(event_id: str, at: datetime, matures: date, **extra: Any) -> tuple[s
 def test_an_inflow_is_idle_exactly_at_the_amount_and_the_days() -> None:
     at_threshold = [_tx("in", T0, 20_000.0, "credit")]
     as_of = T0 + timedelta(days=30)
-    need = idle_inflow(at_threshold, as_of=as_of, rule=IDLE)
+    need = idle_inflow(at_threshold, spent={}, as_of=as_of, rule=IDLE)
     assert need is not None
     assert (need.cause, need.product, need.event_id) == (
         AlertCause.IDLE_INFLOW,
@@ -74,32 +75,38 @@ def test_an_inflow_is_idle_exactly_at_the_amount_and_the_days() -> None:
     )
     assert "20,000 EUR" in need.text and "30 days" in need.text
     # A second short of the idle days, a cent short of the amount: no need.
-    assert idle_inflow(at_threshold, as_of=as_of - timedelta(seconds=1), rule=IDLE) is None
+    assert (
+        idle_inflow(at_threshold, spent={}, as_of=as_of - timedelta(seconds=1), rule=IDLE) is None
+    )
     below = [_tx("in", T0, 19_999.99, "credit")]
-    assert idle_inflow(below, as_of=as_of, rule=IDLE) is None
-    # Spent since (any debit leaving less than the amount unspent): not idle; a debit before
-    # the inflow does not count; past the lookback (twice the idle days) it is not looked at.
+    assert idle_inflow(below, spent={}, as_of=as_of, rule=IDLE) is None
+    # Spent since (what the debits after it add up to) leaving less than the amount: not
+    # idle; past the lookback (twice the idle days) it is not looked at.
     bigger = [_tx("in", T0, 25_000.0, "credit")]
+    assert idle_inflow(bigger, spent={"in": 5_000.0}, as_of=as_of, rule=IDLE) is not None
+    assert idle_inflow(bigger, spent={"in": 5_000.01}, as_of=as_of, rule=IDLE) is None
+    assert idle_inflow(bigger, spent={}, as_of=T0 + timedelta(days=60), rule=IDLE) is not None
     assert (
-        idle_inflow(
-            [*bigger, _tx("out", T0 + timedelta(days=2), 5_000.0, "debit")], as_of=as_of, rule=IDLE
-        )
-        is not None
+        idle_inflow(bigger, spent={}, as_of=T0 + timedelta(days=60, seconds=1), rule=IDLE) is None
     )
-    assert (
-        idle_inflow(
-            [*bigger, _tx("out", T0 + timedelta(days=2), 5_000.01, "debit")], as_of=as_of, rule=IDLE
-        )
-        is None
-    )
-    assert (
-        idle_inflow(
-            [*bigger, _tx("out", T0 - timedelta(days=1), 9_000.0, "debit")], as_of=as_of, rule=IDLE
-        )
-        is not None
-    )
-    assert idle_inflow(bigger, as_of=T0 + timedelta(days=60), rule=IDLE) is not None
-    assert idle_inflow(bigger, as_of=T0 + timedelta(days=60, seconds=1), rule=IDLE) is None
+
+
+def test_only_debits_after_a_credit_are_spent_from_it() -> None:
+    credits = [
+        _tx("a", T0, 30_000.0, "credit"),
+        _tx("b", T0 + timedelta(days=2), 30_000.0, "credit"),
+    ]
+    debits = {
+        "C-1": [
+            (T0 - timedelta(days=1), 7.0),
+            (T0, 11.0),
+            (T0 + timedelta(days=1), 100.0),
+            (T0 + timedelta(days=3), 1_000.0),
+        ]
+    }
+    # Strictly after: a debit at the credit's own time is not spent from it.
+    assert spent_after(credits, debits) == {"a": 1_100.0, "b": 1_000.0}
+    assert spent_after(credits, {}) == {"a": 0.0, "b": 0.0}
 
 
 def test_a_deposit_matures_within_the_window_exactly() -> None:
@@ -323,6 +330,29 @@ def test_an_idle_inflow_opens_once_and_the_cooldown_holds_it(engine: Engine) -> 
         received_at=now + timedelta(days=31),
     )
     assert [a.reason for a in _alerts(engine, tenant, customer)] == ["idle_inflow"] * 2
+
+
+def test_only_the_debits_after_an_inflow_count_against_it(engine: Engine) -> None:
+    tenant = _tenant()
+    spent, kept = f"nd-{uuid.uuid4().hex[:8]}", f"nk-{uuid.uuid4().hex[:8]}"
+
+    def tx(customer: str, at: datetime, amount: float, direction: str) -> dict[str, Any]:
+        return _event(
+            customer, "transaction", at, amount=amount, direction=direction, channel="transfer"
+        )
+
+    for customer, after in ((spent, [2_500.0, 2_500.01]), (kept, [2_500.0, 2_500.0])):
+        rows = [
+            tx(customer, T0, 25_000.0, "credit"),
+            tx(customer, T0 - timedelta(days=1), 9_000.0, "debit"),
+        ]
+        rows += [tx(customer, T0 + timedelta(days=n + 1), a, "debit") for n, a in enumerate(after)]
+        _take(engine, rows, tenant=tenant)
+        later = _event(customer, "digital_session", T0 + timedelta(days=30), platform="web")
+        _take(engine, [later], tenant=tenant)
+    assert _alerts(engine, tenant, spent) == []  # 19,999.99 EUR left
+    (alert,) = _alerts(engine, tenant, kept)  # exactly 20,000 EUR left
+    assert alert.reason == "idle_inflow" and "20,000 EUR left" in alert.actions[0]
 
 
 def test_a_maturing_deposit_opens_a_renewal_beside_the_other_needs(engine: Engine) -> None:

@@ -262,6 +262,24 @@ def _active_alerts_sql(on_sqlite: bool, count: int, which: Literal["any", "none"
     )
 
 
+def customers_with_active_alert(
+    connection: Connection, *, customer_ids: Sequence[str], reason: str, tenant: TenantScope
+) -> set[str]:
+    """Which of these customers (of one tenant) have an active alert of ``reason``: a plain
+    read, so that intake does not try (and skip) an insert per customer on every call."""
+    if not customer_ids:
+        return set()
+    t = alert_table.c
+    query = select(t.customer_id).where(
+        t.customer_id.in_(list(customer_ids)),
+        # Verbatim the partial index's predicate, so the lookup is answered from that index.
+        text(ACTIVE_ALERT),
+        t.reason == reason,
+        tenant.condition(Alert.tenant),
+    )
+    return set(connection.scalars(query))
+
+
 def insert_new_alerts(connection: Connection, *, rows: Sequence[NewAlertRow]) -> dict[str, int]:
     """Insert one tenant's alerts of one reason, skipping customers whose active alert of
     that reason (and tenant) is already stored, or a concurrent transaction just made.

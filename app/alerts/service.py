@@ -507,6 +507,11 @@ def open_need_alerts(
     # Causes, then customers, in a fixed order: concurrent intakes wait instead of deadlocking.
     for cause in sorted(by_cause):
         found = by_cause[cause]
+        active = repo.customers_with_active_alert(
+            connection, customer_ids=sorted(found), reason=cause.value, tenant=scope
+        )
+        for customer_id in active:
+            del found[customer_id]
         recent = (
             repo.latest_resolutions(
                 connection,
@@ -515,7 +520,7 @@ def open_need_alerts(
                 tenant=scope,
                 reason=cause.value,
             )
-            if cooldown > timedelta(0)
+            if found and cooldown > timedelta(0)
             else {}
         )
         rows = [

@@ -4,8 +4,9 @@ Three rules, each configurable (setting ``needs_rules``) and each a pure functio
 customer's stored events as of the trail's clock (the latest occurrence the call brought):
 
 - ``idle_inflow``: a credit transaction of at least ``amount_eur`` of which at least
-  ``amount_eur`` is still unspent (credit minus the debits after it) ``idle_days`` or more
-  later -> a wealth product. An inflow is looked at until ``2 * idle_days`` after it.
+  ``amount_eur`` is still unspent (credit minus the debits stored after it) ``idle_days``
+  or more later -> a wealth product. An inflow is looked at until
+  ``2 * idle_days`` after it.
 - ``deposit_maturing``: an account opened with a ``maturity_date`` (a term deposit), not
   closed since, maturing within ``window_days`` (0 to window_days days ahead) -> its renewal.
 - ``first_salary``: the customer's first credit transaction of the salary category, arriving
@@ -14,12 +15,14 @@ customer's stored events as of the trail's clock (the latest occurrence the call
 Intake (``record_events``) runs them in its own transaction for the customers of the call's
 new events and opens one alert per customer and rule (alerts domain, reason = the rule), so a
 need alert is routed and owned as a churn alert is. No I/O here: the reads are
-``app/customers/repository.py``'s ``need_events``.
+``app/customers/repository.py``'s ``transactions``, ``debits_since`` and
+``term_accounts``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from bisect import bisect_right
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -123,9 +126,12 @@ def _eur(amount: float) -> str:
     return f"{amount:,.0f} EUR"
 
 
-def idle_inflow(events: Sequence[Stored], *, as_of: datetime, rule: IdleInflow) -> Need | None:
+def idle_inflow(
+    events: Sequence[Stored], *, spent: Mapping[str, float], as_of: datetime, rule: IdleInflow
+) -> Need | None:
     """The earliest inflow of at least ``rule.amount`` still idle as of ``as_of``: at least
-    ``rule.idle`` old (and at most the lookback), at least ``rule.amount`` of it unspent."""
+    ``rule.idle`` old (and at most the lookback), at least ``rule.amount`` of it unspent
+    (``spent``: what the debits stored after each credit add up to, by event id)."""
     credits = sorted(
         (event.occurred_at, event_id, event)
         for event_id, event in events
@@ -134,22 +140,36 @@ def idle_inflow(events: Sequence[Stored], *, as_of: datetime, rule: IdleInflow) 
         and as_of - rule.lookback <= event.occurred_at <= as_of - rule.idle
     )
     for at, event_id, event in credits:
-        spent = sum(
-            _amount(later)
-            for _, later in events
-            if _is_transaction(later, "debit") and at < later.occurred_at <= as_of
-        )
-        if _amount(event) - spent >= rule.amount:
-            days = (as_of - at).days
+        left = _amount(event) - spent.get(event_id, 0.0)
+        if left >= rule.amount:
             return Need(
                 event.customer_id,
                 AlertCause.IDLE_INFLOW,
                 rule.product,
                 event_id,
                 f"offer {rule.product}: {_eur(_amount(event))} credited on {at.date()} "
-                f"still unspent after {days} days ({_eur(_amount(event) - spent)} left)",
+                f"still unspent after {(as_of - at).days} days ({_eur(left)} left)",
             )
     return None
+
+
+def spent_after(
+    credits: Sequence[Stored], debits: Mapping[str, Sequence[tuple[datetime, float]]]
+) -> dict[str, float]:
+    """For each credit (by event id), what its customer's debits occurring after it add up
+    to; ``debits``: (time, amount) per customer, in time order."""
+    totals: dict[str, list[float]] = {}
+    spent: dict[str, float] = {}
+    for event_id, credit in credits:
+        times = debits.get(credit.customer_id, ())
+        if credit.customer_id not in totals:  # suffix sums: what is spent from each on
+            suffix = [0.0] * (len(times) + 1)
+            for index in range(len(times) - 1, -1, -1):
+                suffix[index] = suffix[index + 1] + times[index][1]
+            totals[credit.customer_id] = suffix
+        first_after = bisect_right([at for at, _ in times], credit.occurred_at)
+        spent[event_id] = totals[credit.customer_id][first_after]
+    return spent
 
 
 def _account(event: TrailEvent) -> str:
@@ -216,11 +236,18 @@ def first_salary(
 
 
 def customer_needs(
-    events: Sequence[Stored], *, as_of: datetime, new_ids: Collection[str], rules: NeedRules
+    events: Sequence[Stored],
+    *,
+    spent: Mapping[str, float],
+    as_of: datetime,
+    new_ids: Collection[str],
+    rules: NeedRules,
 ) -> list[Need]:
     """Every need the rules find in one customer's stored events as of ``as_of``."""
     found = [
-        idle_inflow(events, as_of=as_of, rule=rules.idle_inflow) if rules.idle_inflow else None,
+        idle_inflow(events, spent=spent, as_of=as_of, rule=rules.idle_inflow)
+        if rules.idle_inflow
+        else None,
         deposit_maturing(events, as_of=as_of, rule=rules.deposit_maturing)
         if rules.deposit_maturing
         else None,

@@ -418,6 +418,30 @@ def transactions(
     return _trail_rows(connection, conditions)
 
 
+def debits_since(
+    connection: Connection, *, tenant: str | None, customer_ids: Sequence[str], since: datetime
+) -> dict[str, list[tuple[datetime, float]]]:
+    """These customers' debit transactions occurring after ``since``: (time, amount) each, in
+    time order; the amount read by the database, no payload parsed here (there are many)."""
+    if not customer_ids:
+        return {}
+    t = customer_event_table.c
+    rows = connection.execute(
+        select(t.customer_id, t.occurred_at, t.payload["amount"].as_float())
+        .where(
+            *_customers(tenant, customer_ids),
+            t.type == "transaction",
+            t.occurred_at > since,
+            t.payload["direction"].as_string() == "debit",
+        )
+        .order_by(t.customer_id, t.occurred_at)
+    )
+    found: dict[str, list[tuple[datetime, float]]] = {}
+    for customer_id, occurred_at, amount in rows:
+        found.setdefault(customer_id, []).append((_aware(occurred_at), float(amount or 0.0)))
+    return found
+
+
 def term_accounts(
     connection: Connection,
     *,

@@ -43,6 +43,7 @@ from app.customers.needs import (
     NeedRules,
     customer_needs,
     is_salary,
+    spent_after,
 )
 from app.customers.repository import (
     EventRow,
@@ -290,6 +291,7 @@ def find_needs(
     customers = sorted(as_of)
     earliest, latest = min(as_of.values()), max(as_of.values())
     stored: dict[str, dict[str, TrailEvent]] = {customer: {} for customer in customers}
+    spent: dict[str, float] = {}
 
     def keep(rows: Iterable[tuple[str, TrailEvent]]) -> None:
         for event_id, event in rows:
@@ -305,18 +307,15 @@ def find_needs(
             until=latest - idle.idle,
             min_amount=idle.amount,
         )
-        holders = sorted({event.customer_id for _, event in credits})
         keep(credits)
-        keep(
-            repository.transactions(
+        if credits:
+            debits = repository.debits_since(
                 connection,
                 tenant=tenant,
-                customer_ids=holders,
-                direction="debit",
-                since=min((event.occurred_at for _, event in credits), default=None),
-                until=latest,
+                customer_ids=sorted({event.customer_id for _, event in credits}),
+                since=min(event.occurred_at for _, event in credits),
             )
-        )
+            spent = spent_after(credits, debits)
     if (maturing := rules.deposit_maturing) is not None:
         keep(
             repository.term_accounts(
@@ -344,7 +343,11 @@ def find_needs(
         need
         for customer in customers
         for need in customer_needs(
-            list(stored[customer].items()), as_of=as_of[customer], new_ids=new_ids, rules=rules
+            list(stored[customer].items()),
+            spent=spent,
+            as_of=as_of[customer],
+            new_ids=new_ids,
+            rules=rules,
         )
     ]
 
