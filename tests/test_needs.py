@@ -410,7 +410,7 @@ def test_a_need_alert_is_routed_to_the_manager_and_owned_by_who_accepts(
     _, admin = new_key(app, "staff:admin", tenant=tenant)
     principal, rm = new_key(app, tenant=tenant)
     put_staff(app_client, admin, "rm-1", principal=principal)
-    _, feed = new_key(app, "events:write", "alerts:read", tenant=tenant)
+    _, feed = new_key(app, "events:write", "alerts:read", "customers:read", tenant=tenant)
     now = datetime.now(UTC)
     profile = _event(
         customer,
@@ -438,6 +438,12 @@ def test_a_need_alert_is_routed_to_the_manager_and_owned_by_who_accepts(
         ).json()["items"]
         == []
     )
+
+    record = app_client.get(f"/v1/customers/{customer}", headers=feed)
+    assert record.status_code == 200, record.text
+    assert [(a["id"], a["reason"]) for a in record.json()["open_alerts"]] == [
+        (item["id"], "first_salary")
+    ]
 
     engine = app.state.engine
     with Session(engine) as session:
