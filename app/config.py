@@ -129,6 +129,57 @@ class IndexWeightsSetting(BaseModel):
     loyalty: LoyaltyWeights = Field(default_factory=LoyaltyWeights)
 
 
+ProductCode = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+]
+
+
+class IdleInflowRule(BaseModel):
+    """A large inflow sitting idle: a credit of at least ``amount_eur`` of which at least
+    ``amount_eur`` is still unspent ``idle_days`` later -> a wealth product."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    amount_eur: float = Field(default=20_000.0, gt=0, le=1e15, allow_inf_nan=False)
+    idle_days: int = Field(default=30, ge=1, le=3650)
+    product: ProductCode = "investment_fund"
+
+
+class DepositMaturingRule(BaseModel):
+    """A term deposit (an account opened with a maturity date, still open) maturing within
+    ``window_days`` -> its renewal."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    window_days: int = Field(default=30, ge=0, le=3650)
+    product: ProductCode = "term_deposit"
+
+
+class FirstSalaryRule(BaseModel):
+    """The customer's first salary credit (a credit transaction of ``category``) -> a card."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    category: ProductCode = "salary"
+    product: ProductCode = "credit_card"
+
+
+class NeedsRulesSetting(BaseModel):
+    """The needs warning's rules (``needs_rules``; app/customers/needs.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    idle_inflow: IdleInflowRule = Field(default_factory=IdleInflowRule)
+    deposit_maturing: DepositMaturingRule = Field(default_factory=DepositMaturingRule)
+    first_salary: FirstSalaryRule = Field(default_factory=FirstSalaryRule)
+    # A customer's need alert resolved less than this long ago is not reopened for the same
+    # rule (the churn alerts' cooldown, per reason).
+    cooldown_days: int = Field(default=30, ge=0, le=3650)
+
+
 ContactChannelName = Literal["email", "sms", "phone", "letter"]
 
 
@@ -254,6 +305,13 @@ class Settings(BaseSettings):
         description="A debit of at least this amount is a material event: the customer is "
         "re-assessed in the background, as after a complaint, a closed product or a stopped "
         "salary.",
+    )
+    needs_rules: NeedsRulesSetting = Field(
+        default_factory=NeedsRulesSetting,
+        description="The needs warning: opportunity alerts opened from the trail, e.g. "
+        '{"idle_inflow": {"amount_eur": 50000, "idle_days": 14}, "deposit_maturing": '
+        '{"window_days": 30}, "first_salary": {"enabled": false}, "cooldown_days": 30}; an '
+        "unknown rule or field is refused by name.",
     )
     lifecycle_new_months: int = Field(
         default=3,

@@ -439,6 +439,7 @@ def test_one_active_alert_per_customer_and_tenant(engine: Engine) -> None:
     def alert(tenant: str | None) -> NewAlertRow:
         return NewAlertRow(
             customer_id=customer_id,
+            reason="churn",
             status="open",
             risk_band="high",
             probability=0.9,

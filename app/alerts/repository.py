@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Select, Update, bindparam, func, or_, select,
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.alerts.states import AlertStatus, MessageStatus
+from app.alerts.states import AlertCause, AlertStatus, MessageStatus
 from app.alerts.tables import (
     ACTIVE_ALERT,
     ACTIVE_TAGGED_ALERT,
@@ -27,6 +27,10 @@ from app.alerts.tables import (
     outbox_message_table,
 )
 from app.scoring.repository import TenantScope
+
+# The churn path's lookups see churn alerts only: a need alert of the same customer is another
+# alert (one active per customer and reason).
+CHURN_ALERT = f"reason = '{AlertCause.CHURN.value}'"
 
 # --- alerts on the scoring hot path -----------------------------------------------------------
 
@@ -49,10 +53,11 @@ class NewAlertRow(TypedDict):
     """One row to insert into ``alert`` when a customer first crosses the threshold."""
 
     customer_id: str
+    reason: str
     status: str
-    risk_band: str
-    probability: float
-    peak_probability: float
+    risk_band: str | None
+    probability: float | None
+    peak_probability: float | None
     above_threshold: bool
     reasons: list[Any]
     actions: list[str]
@@ -64,6 +69,7 @@ class NewAlertRow(TypedDict):
     last_scored_at: datetime
     updated_at: datetime
     tenant: NotRequired[str | None]
+    product: NotRequired[str | None]
 
 
 class AlertScoreUpdate(TypedDict):
@@ -144,7 +150,7 @@ def _active_alerts_query(many: bool, tenant: Literal["any", "none", "one"] = "an
             t.actions,
         )
         # Verbatim the partial index's predicate, so the lookup is answered from that index.
-        .where(customer, text(ACTIVE_ALERT))
+        .where(customer, text(ACTIVE_ALERT), text(CHURN_ALERT))
         .where(
             *(
                 [t.tenant.is_(None)]
@@ -165,7 +171,7 @@ def _active_alerts_query(many: bool, tenant: Literal["any", "none", "one"] = "an
 def lock_active_alerts(
     connection: Connection, *, customer_ids: Sequence[str], tenant: TenantScope | None = None
 ) -> dict[str, ActiveAlert]:
-    """The unresolved alerts of these customers (of one tenant), row-locked until commit.
+    """The unresolved churn alerts of these customers (of one tenant), row-locked until commit.
 
     Every churn write runs this lookup, so on SQLite and PostgreSQL (psycopg) it goes to the
     driver with SQL written once per shape: SQLAlchemy's statement machinery cost ~85 µs for
@@ -248,7 +254,7 @@ def _active_alerts_sql(on_sqlite: bool, count: int, which: Literal["any", "none"
         "SELECT id, customer_id, status, above_threshold, peak_probability, score_count, "
         f"reasons, actions FROM {alert_table.name} "
         # Verbatim the partial index's predicate, so the lookup is answered from an index.
-        f"WHERE {customers} AND {ACTIVE_ALERT}{tenants[which]} "
+        f"WHERE {customers} AND {ACTIVE_ALERT} AND {CHURN_ALERT}{tenants[which]} "
         # A fixed lock order keeps two transactions over the same customers from deadlocking;
         # PostgreSQL waits for a concurrent acknowledge/resolve/score, then sees its outcome.
         # SQLite has no row locks: its writers are serialised by the database lock.
@@ -256,9 +262,27 @@ def _active_alerts_sql(on_sqlite: bool, count: int, which: Literal["any", "none"
     )
 
 
+def customers_with_active_alert(
+    connection: Connection, *, customer_ids: Sequence[str], reason: str, tenant: TenantScope
+) -> set[str]:
+    """Which of these customers (of one tenant) have an active alert of ``reason``: a plain
+    read, so that intake does not try (and skip) an insert per customer on every call."""
+    if not customer_ids:
+        return set()
+    t = alert_table.c
+    query = select(t.customer_id).where(
+        t.customer_id.in_(list(customer_ids)),
+        # Verbatim the partial index's predicate, so the lookup is answered from that index.
+        text(ACTIVE_ALERT),
+        t.reason == reason,
+        tenant.condition(Alert.tenant),
+    )
+    return set(connection.scalars(query))
+
+
 def insert_new_alerts(connection: Connection, *, rows: Sequence[NewAlertRow]) -> dict[str, int]:
-    """Insert one tenant's alerts, skipping customers whose active alert (of that tenant) a
-    concurrent transaction just made.
+    """Insert one tenant's alerts of one reason, skipping customers whose active alert of
+    that reason (and tenant) is already stored, or a concurrent transaction just made.
 
     Returns the ids of the alerts inserted, by customer; a missing customer lost the race and
     must be treated as having an active alert.
@@ -268,6 +292,8 @@ def insert_new_alerts(connection: Connection, *, rows: Sequence[NewAlertRow]) ->
     tenants = {row.get("tenant") for row in rows}
     if len(tenants) != 1:
         raise ValueError("insert_new_alerts takes the alerts of one tenant at a time")
+    if len({row["reason"] for row in rows}) != 1:
+        raise ValueError("insert_new_alerts takes the alerts of one reason at a time")
     tagged = tenants.pop() is not None
     statement = _insert_alert_statement(connection.dialect.name, tagged)
     result = connection.execute(statement, list(rows))
@@ -279,9 +305,9 @@ def _insert_alert_statement(dialect: str, tagged: bool) -> Any:
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     # The conflict target names the unique index the rows fall under (alert_tables.py).
     columns, where = (
-        (["tenant", "customer_id"], ACTIVE_TAGGED_ALERT)
+        (["tenant", "reason", "customer_id"], ACTIVE_TAGGED_ALERT)
         if tagged
-        else (["customer_id"], ACTIVE_UNTAGGED_ALERT)
+        else (["reason", "customer_id"], ACTIVE_UNTAGGED_ALERT)
     )
     return (
         insert(alert_table)
@@ -333,11 +359,11 @@ def insert_digest_entries(connection: Connection, *, rows: Sequence[DigestEntryR
 
 @dataclass(frozen=True, slots=True)
 class Resolution:
-    """A customer's latest resolved alert, for the cooldown."""
+    """A customer's latest resolved alert (of one reason), for the cooldown."""
 
     alert_id: int
     customer_id: str
-    probability: float
+    probability: float | None
     resolved_at: datetime
 
 
@@ -347,8 +373,10 @@ def latest_resolutions(
     customer_ids: Sequence[str],
     since: datetime,
     tenant: TenantScope | None = None,
+    reason: str = AlertCause.CHURN.value,
 ) -> dict[str, Resolution]:
-    """Each customer's most recent alert resolved at or after ``since`` (of one tenant)."""
+    """Each customer's most recent alert of ``reason`` resolved at or after ``since`` (of one
+    tenant)."""
     if not customer_ids:
         return {}
     t = alert_table.c
@@ -358,6 +386,7 @@ def latest_resolutions(
             t.customer_id.in_(list(customer_ids)),
             t.status == AlertStatus.RESOLVED,
             t.resolved_at >= since,
+            t.reason == reason,
         )
         .order_by(t.resolved_at, t.id)
     )
@@ -393,6 +422,7 @@ class AlertRef:
     status: str
     owner: str | None
     opened_at: datetime
+    reason: str = AlertCause.CHURN.value
 
 
 def _ref(alert: Alert) -> AlertRef:
@@ -403,6 +433,7 @@ def _ref(alert: Alert) -> AlertRef:
         status=alert.status,
         owner=alert.owner,
         opened_at=alert.opened_at,
+        reason=alert.reason,
     )
 
 
@@ -449,6 +480,7 @@ def list_alerts(
     limit: int = 50,
     offset: int = 0,
     tenant: TenantScope | None = None,
+    reason: str | None = None,
 ) -> tuple[list[Alert], int]:
     """One page of alerts, oldest opened first (the work queue order), and the total."""
     if limit < 0 or offset < 0:
@@ -462,6 +494,8 @@ def list_alerts(
         conditions.append(Alert.risk_band == risk_band)
     if owner is not None:
         conditions.append(Alert.owner == owner)
+    if reason is not None:
+        conditions.append(Alert.reason == reason)
     if customer_id is not None:
         conditions.append(Alert.customer_id == customer_id)
     if opened_before is not None:

@@ -17,7 +17,7 @@ from app.alerts.schemas import (
     ResolveRequest,
     RiskBand,
 )
-from app.alerts.states import AlertStatus, Outcome
+from app.alerts.states import AlertCause, AlertStatus, Outcome
 from app.http.deps import (
     AlertsReader,
     AlertsWriter,
@@ -53,6 +53,10 @@ def list_alerts(
         Outcome | None, Query(description="Only alerts resolved with this outcome.")
     ] = None,
     band: Annotated[RiskBand | None, Query(description="Only this latest risk band.")] = None,
+    reason: Annotated[
+        AlertCause | None,
+        Query(description="Only churn alerts, or only the need alerts of one rule."),
+    ] = None,
     owner: Annotated[
         OwnerId | None, Query(description="Only alerts this client (its id) owns.")
     ] = None,
@@ -74,6 +78,7 @@ def list_alerts(
         status=status,
         outcome=outcome,
         risk_band=band,
+        reason=reason,
         owner=owner,
         # Stored ids are pseudonyms when a secret is set: the caller's tenant's one.
         customer_id=customer_id

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.alerts.states import AlertStatus, EventKind, Outcome
+from app.alerts.states import AlertCause, AlertStatus, EventKind, Outcome
 from app.security.text import ID_PATTERN, TEXT_PATTERN
 
 RiskBand = Literal["low", "medium", "high"]
@@ -90,21 +90,37 @@ class AlertReason(BaseModel):
 
 
 class AlertSummary(BaseModel):
-    """An alert as listed: its state, owner and latest score."""
+    """An alert as listed: why it was opened, its state, owner and latest score."""
 
     model_config = ConfigDict(from_attributes=True)
 
     id: int
     customer_id: str
+    reason: AlertCause = Field(
+        description="churn: the churn warning; otherwise the needs rule that found an "
+        "opportunity (idle_inflow, deposit_maturing, first_salary)."
+    )
+    product: str | None = Field(
+        default=None, description="The product a need alert suggests; null on a churn alert."
+    )
     status: AlertStatus
-    risk_band: RiskBand = Field(description="Band of the latest score.")
-    probability: float = Field(description="Churn probability of the latest score.")
-    peak_probability: float = Field(description="Highest probability while the alert was active.")
+    risk_band: RiskBand | None = Field(
+        description="Band of the latest score; null on a need alert (no score opened it)."
+    )
+    probability: float | None = Field(
+        description="Churn probability of the latest score; null on a need alert."
+    )
+    peak_probability: float | None = Field(
+        description="Highest probability while the alert was active; null on a need alert."
+    )
     above_threshold: bool = Field(
         description="Whether the latest recorded score is above the threshold (alerts record "
         "crossing scores only; false only on alerts last scored before that)."
     )
-    actions: list[str] = Field(description="Recommended retention actions, from the reasons.")
+    actions: list[str] = Field(
+        description="Recommended actions: retention actions from the reasons (churn), the "
+        "offer and why (a need)."
+    )
     model_version: str | None
     score_count: int = Field(description="Scores recorded on the alert, the opening one included.")
     opened_at: datetime

@@ -49,6 +49,7 @@ from app.alerts.schemas import (
 from app.alerts.states import (
     TRANSITIONS,
     AlertAction,
+    AlertCause,
     AlertStatus,
     EventKind,
     MessageStatus,
@@ -118,6 +119,8 @@ class AlertPolicy:
         """Whether a recent resolution keeps this score from opening a new alert."""
         if resolution is None or candidate.created_at >= resolution.resolved_at + self.cooldown:
             return False
+        if resolution.probability is None:  # not a churn alert's: the cooldown alone holds
+            return True
         return candidate.probability < resolution.probability + self.reopen_margin
 
 
@@ -398,6 +401,7 @@ class ChurnAlerts:
     ) -> NewAlertRow:
         return NewAlertRow(
             customer_id=candidate.customer_id,
+            reason=AlertCause.CHURN,
             status=AlertStatus.OPEN,
             risk_band=candidate.band,
             probability=candidate.probability,
@@ -466,6 +470,105 @@ class ChurnAlerts:
                 outbox.append(
                     _outbox_row(message_id, "email", recipient, alert_id, snapshot, now, tenant)
                 )
+
+
+# --- need alerts --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NeedAlert:
+    """A need the trail shows (app/customers/needs.py), as plain data: the customer (stored
+    id), the rule, the product to offer, the event behind it and what to tell staff."""
+
+    customer_id: str
+    cause: AlertCause
+    product: str
+    event_id: str
+    text: str
+
+
+def open_need_alerts(
+    connection: Connection,
+    *,
+    tenant: str | None,
+    needs: Sequence[NeedAlert],
+    request_id: str,
+    now: datetime,
+    cooldown: timedelta,
+) -> list[int]:
+    """Open an alert per need (one tenant's), in the caller's transaction, unless the customer
+    has an active alert of that rule or one resolved less than ``cooldown`` ago; the ids
+    opened. No score: no band or probability; the offer is its action."""
+    opened: list[int] = []
+    by_cause: dict[AlertCause, dict[str, NeedAlert]] = {}
+    for need in needs:
+        by_cause.setdefault(need.cause, {}).setdefault(need.customer_id, need)
+    scope = TenantScope(tenant)
+    # Causes, then customers, in a fixed order: concurrent intakes wait instead of deadlocking.
+    for cause in sorted(by_cause):
+        found = by_cause[cause]
+        active = repo.customers_with_active_alert(
+            connection, customer_ids=sorted(found), reason=cause.value, tenant=scope
+        )
+        for customer_id in active:
+            del found[customer_id]
+        recent = (
+            repo.latest_resolutions(
+                connection,
+                customer_ids=sorted(found),
+                since=now - cooldown,
+                tenant=scope,
+                reason=cause.value,
+            )
+            if found and cooldown > timedelta(0)
+            else {}
+        )
+        rows = [
+            _need_alert(need, tenant, request_id, now)
+            for customer_id, need in sorted(found.items())
+            if customer_id not in recent
+        ]
+        inserted = repo.insert_new_alerts(connection, rows=rows)
+        events = [
+            AlertEventRow(
+                alert_id=alert_id,
+                kind=EventKind.OPENED,
+                at=now,
+                by=None,
+                status=AlertStatus.OPEN,
+                probability=None,
+                risk_band=None,
+                request_id=request_id,
+                note=found[customer_id].text,
+            )
+            for customer_id, alert_id in sorted(inserted.items())
+        ]
+        repo.insert_alert_events(connection, rows=events)
+        opened.extend(alert_id for _, alert_id in sorted(inserted.items()))
+    return opened
+
+
+def _need_alert(need: NeedAlert, tenant: str | None, request_id: str, now: datetime) -> NewAlertRow:
+    return NewAlertRow(
+        customer_id=need.customer_id,
+        reason=need.cause,
+        status=AlertStatus.OPEN,
+        risk_band=None,
+        probability=None,
+        peak_probability=None,
+        above_threshold=True,
+        reasons=[],
+        actions=[need.text],
+        model_version=None,
+        score_count=0,
+        opened_request_id=request_id,
+        last_request_id=request_id,
+        opened_at=now,
+        last_scored_at=now,
+        updated_at=now,
+        tenant=tenant,
+        product=need.product,
+    )
 
 
 # --- the processor ---------------------------------------------------------------------------
@@ -683,6 +786,7 @@ def list_alerts(
     customer_id: str | None = None,
     opened_before: datetime | None = None,
     older_than_hours: float | None = None,
+    reason: AlertCause | None = None,
     limit: int = 50,
     offset: int = 0,
     now: datetime | None = None,
@@ -703,6 +807,7 @@ def list_alerts(
         limit=limit,
         offset=offset,
         tenant=tenant,
+        reason=None if reason is None else reason.value,
     )
     return AlertPage(
         total=total,

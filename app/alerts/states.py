@@ -18,6 +18,19 @@ class AlertStatus(StrEnum):
     RESOLVED = "resolved"
 
 
+class AlertCause(StrEnum):
+    """Why an alert asks for a person: the churn warning, or a need the trail shows
+    (app/customers/needs.py). At most one active alert per customer and cause."""
+
+    CHURN = "churn"
+    IDLE_INFLOW = "idle_inflow"
+    DEPOSIT_MATURING = "deposit_maturing"
+    FIRST_SALARY = "first_salary"
+
+
+NEED_CAUSES = (AlertCause.IDLE_INFLOW, AlertCause.DEPOSIT_MATURING, AlertCause.FIRST_SALARY)
+
+
 class AlertAction(StrEnum):
     """What staff can do to an alert."""
 

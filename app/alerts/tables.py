@@ -19,7 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.alerts.states import AlertStatus, sql_values
+from app.alerts.states import AlertCause, AlertStatus, sql_values
 from app.db.base import Base
 from app.scoring.tables import BigIntegerId, JSONDocument, UTCDateTime
 
@@ -27,14 +27,15 @@ from app.scoring.tables import BigIntegerId, JSONDocument, UTCDateTime
 # the partial indexes and by every lookup of active alerts, so both SQLite and PostgreSQL
 # can answer those lookups from an index.
 ACTIVE_ALERT = f"status != '{AlertStatus.RESOLVED.value}'"
-# One active alert per customer id and tenant; rows without a tenant count as one tenant. Two
+# One active alert per customer id, cause and tenant; rows without a tenant count as one tenant. Two
 # partial unique indexes say it on both databases (a NULL never equals another in an index).
 ACTIVE_UNTAGGED_ALERT = f"{ACTIVE_ALERT} AND tenant IS NULL"
 ACTIVE_TAGGED_ALERT = f"{ACTIVE_ALERT} AND tenant IS NOT NULL"
 
 
 class Alert(Base):
-    """A churn early warning for one customer, from its first crossing to its resolution."""
+    """An early warning for one customer (churn, or a need the trail shows), from its opening
+    to its resolution."""
 
     __tablename__ = "alert"
     __table_args__ = (
@@ -45,18 +46,20 @@ class Alert(Base):
             sqlite_where=text(ACTIVE_ALERT),
             postgresql_where=text(ACTIVE_ALERT),
         ),
-        # One active alert per customer of a tenant, even when two transactions open one at the
-        # same time (insert_new_alerts names the index its rows fall under).
+        # One active alert per customer and cause of a tenant, even when two transactions open
+        # one at the same time (insert_new_alerts names the index its rows fall under).
         Index(
-            "uq_alert_customer_id_active_untagged",
+            "uq_alert_reason_customer_id_active_untagged",
+            "reason",
             "customer_id",
             unique=True,
             sqlite_where=text(ACTIVE_UNTAGGED_ALERT),
             postgresql_where=text(ACTIVE_UNTAGGED_ALERT),
         ),
         Index(
-            "uq_alert_tenant_customer_id_active",
+            "uq_alert_tenant_reason_customer_id_active",
             "tenant",
+            "reason",
             "customer_id",
             unique=True,
             sqlite_where=text(ACTIVE_TAGGED_ALERT),
@@ -67,14 +70,22 @@ class Alert(Base):
         # The cooldown's lookup: a customer's latest resolution.
         Index("ix_alert_customer_id_resolved_at", "customer_id", "resolved_at"),
         CheckConstraint(f"status IN ({sql_values(AlertStatus)})", name="status"),
+        CheckConstraint(f"reason IN ({sql_values(AlertCause)})", name="reason"),
     )
 
     id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
     customer_id: Mapped[str] = mapped_column(String(128))
+    # Churn, or the need rule that opened it (app/customers/needs.py).
+    reason: Mapped[str] = mapped_column(
+        String(24), server_default=text(f"'{AlertCause.CHURN.value}'")
+    )
     status: Mapped[str] = mapped_column(String(16))
-    risk_band: Mapped[str] = mapped_column(String(8))
-    probability: Mapped[float] = mapped_column(Float)
-    peak_probability: Mapped[float] = mapped_column(Float)
+    # The churn score's band and probabilities; None on a need alert (no score opened it).
+    risk_band: Mapped[str | None] = mapped_column(String(8))
+    probability: Mapped[float | None] = mapped_column(Float)
+    peak_probability: Mapped[float | None] = mapped_column(Float)
+    # A need alert's suggested product (None on a churn alert).
+    product: Mapped[str | None] = mapped_column(String(64))
     above_threshold: Mapped[bool] = mapped_column(Boolean)
     reasons: Mapped[list[Any]] = mapped_column(JSONDocument)
     actions: Mapped[list[str]] = mapped_column(JSONDocument)

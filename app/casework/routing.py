@@ -436,7 +436,13 @@ def route_new_alerts(
                 continue
             try:
                 with session.begin_nested():
-                    assignment = route_alert(session, alert=alert, policy=policy, now=now)
+                    assignment = route_alert(
+                        session,
+                        alert=alert,
+                        policy=policy,
+                        now=now,
+                        reason=AlertReason(alert.reason),
+                    )
             except IntegrityError:
                 continue  # another router took it, or an open one exists for the customer
             via = RoutedVia(assignment.routed_via)

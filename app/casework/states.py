@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from app.alerts.states import AlertCause
 from app.customers.schemas import Severity
 
 
@@ -139,10 +140,9 @@ ACTION_EVENTS: dict[ComplaintAction, CaseEventKind] = {
 }
 
 
-class AlertReason(StrEnum):
-    """Why an alert asks for a person: at most one open assignment per customer and reason."""
-
-    CHURN = "churn"
+# Why an alert asks for a person (the alerts domain's cause): at most one open assignment per
+# customer and reason.
+AlertReason = AlertCause
 
 
 class AssignmentStatus(StrEnum):

@@ -199,6 +199,7 @@ class EventConsumer:
                 pseudonymizer=self.pseudonymizer,
                 material_outflow=self.rules.material_outflow,
                 lifecycle=self.rules.lifecycle,
+                needs=self.rules.needs,
             )
 
     async def _dead_letter(

@@ -204,6 +204,7 @@ def ingest_file(
                 pseudonymizer=pseudonymizer,
                 material_outflow=rules.material_outflow,
                 lifecycle=rules.lifecycle,
+                needs=rules.needs,
             )
         first_row = summary.rows + 1
         summary.rejects += [

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Any, TypedDict
 
+import orjson
 from sqlalchemy import ColumnElement, Connection, Table, case, delete, func, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -18,6 +19,7 @@ from app.customers.features import (
     MonthCounts,
     MonthDelta,
     MonthKey,
+    TrailEvent,
 )
 from app.customers.tables import (
     UNTAGGED_KEY,
@@ -381,3 +383,126 @@ def campaign_responses(
         .group_by(campaign, product, response)
     )
     return [(str(c), p, str(r), int(n)) for c, p, r, n in rows]
+
+
+# --- what the needs warning reads (app/customers/needs.py) ------------------------------------
+
+
+def _trail_rows(
+    connection: Connection, conditions: Sequence[ColumnElement[bool]]
+) -> list[tuple[str, TrailEvent]]:
+    t = customer_event_table.c
+    rows = connection.execute(
+        select(t.event_id, t.customer_id, t.type, t.occurred_at, t.payload)
+        .where(*conditions)
+        .order_by(t.customer_id, t.occurred_at, t.id)
+    )
+    return [
+        (
+            row.event_id,
+            TrailEvent(row.customer_id, row.type, _aware(row.occurred_at), _json(row.payload)),
+        )
+        for row in rows
+    ]
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive UTC through Core when the column type is not processed.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _json(value: Any) -> dict[str, Any]:
+    return orjson.loads(value) if isinstance(value, str | bytes) else dict(value)
+
+
+def _customers(tenant: str | None, customer_ids: Sequence[str]) -> list[ColumnElement[bool]]:
+    return [
+        customer_event_table.c.customer_id.in_(list(customer_ids)),
+        TenantScope(tenant).condition(CustomerEvent.tenant),
+    ]
+
+
+def transactions(
+    connection: Connection,
+    *,
+    tenant: str | None,
+    customer_ids: Sequence[str],
+    direction: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    min_amount: float | None = None,
+    category: str | None = None,
+) -> list[tuple[str, TrailEvent]]:
+    """These customers' transactions of one direction (and amount floor, category) that
+    occurred in [since, until], as (event id, event), per customer in time order."""
+    if not customer_ids:
+        return []
+    t = customer_event_table.c
+    conditions = [
+        *_customers(tenant, customer_ids),
+        t.type == "transaction",
+        t.payload["direction"].as_string() == direction,
+    ]
+    if since is not None:
+        conditions.append(t.occurred_at >= since)
+    if until is not None:
+        conditions.append(t.occurred_at <= until)
+    if min_amount is not None:
+        conditions.append(t.payload["amount"].as_float() >= min_amount)
+    if category is not None:
+        conditions.append(t.payload["category"].as_string() == category)
+    return _trail_rows(connection, conditions)
+
+
+def debits_since(
+    connection: Connection, *, tenant: str | None, customer_ids: Sequence[str], since: datetime
+) -> dict[str, list[tuple[datetime, float]]]:
+    """These customers' debit transactions occurring after ``since``: (time, amount) each, in
+    time order; the amount read by the database, no payload parsed here (there are many)."""
+    if not customer_ids:
+        return {}
+    t = customer_event_table.c
+    rows = connection.execute(
+        select(t.customer_id, t.occurred_at, t.payload["amount"].as_float())
+        .where(
+            *_customers(tenant, customer_ids),
+            t.type == "transaction",
+            t.occurred_at > since,
+            t.payload["direction"].as_string() == "debit",
+        )
+        .order_by(t.customer_id, t.occurred_at)
+    )
+    found: dict[str, list[tuple[datetime, float]]] = {}
+    for customer_id, occurred_at, amount in rows:
+        found.setdefault(customer_id, []).append((_aware(occurred_at), float(amount or 0.0)))
+    return found
+
+
+def term_accounts(
+    connection: Connection,
+    *,
+    tenant: str | None,
+    customer_ids: Sequence[str],
+    first: date,
+    last: date,
+) -> list[tuple[str, TrailEvent]]:
+    """These customers' accounts opened with a maturity date in [first, last], and every
+    account closing of the customers that have one."""
+    if not customer_ids:
+        return []
+    t = customer_event_table.c
+    maturity = t.payload["maturity_date"].as_string()
+    opened = _trail_rows(
+        connection,
+        [
+            *_customers(tenant, customer_ids),
+            t.type == "account_opened",
+            maturity >= first.isoformat(),
+            maturity <= last.isoformat(),
+        ],
+    )
+    holders = sorted({event.customer_id for _, event in opened})
+    if not holders:
+        return []
+    closed = _trail_rows(connection, [*_customers(tenant, holders), t.type == "account_closed"])
+    return opened + closed

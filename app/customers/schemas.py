@@ -238,6 +238,12 @@ class AccountOpened(EventBase):
     type: Literal[EventType.ACCOUNT_OPENED]
     product: Code = Field(examples=["savings"])
     account_id: Code | None = None
+    maturity_date: date | None = Field(
+        default=None,
+        description="When a term product (a term deposit) matures; the needs warning offers "
+        "its renewal ahead of it (setting needs_rules.deposit_maturing).",
+        examples=["2027-03-31"],
+    )
 
 
 class AccountClosed(EventBase):

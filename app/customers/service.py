@@ -15,11 +15,13 @@ from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.alerts.service import NeedAlert, open_need_alerts
 from app.config import Settings
+from app.customers import repository
 from app.customers.features import (
     BALANCE_PRODUCTS,
     DEFAULT_MATERIAL_OUTFLOW,
@@ -35,6 +37,15 @@ from app.customers.features import (
     parse_month,
 )
 from app.customers.lifecycle import DEFAULT_LIFECYCLE, LifecycleRules, StageSource
+from app.customers.needs import (
+    DEFAULT_NEEDS,
+    NO_NEEDS,
+    Need,
+    NeedRules,
+    customer_needs,
+    is_salary,
+    spent_after,
+)
 from app.customers.repository import (
     EventRow,
     campaign_responses,
@@ -91,6 +102,7 @@ class IntakeRules:
     max_events: int
     material_outflow: float = DEFAULT_MATERIAL_OUTFLOW
     lifecycle: LifecycleRules = DEFAULT_LIFECYCLE
+    needs: NeedRules = DEFAULT_NEEDS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IntakeRules:
@@ -100,6 +112,7 @@ class IntakeRules:
             max_events=settings.max_events_per_call,
             material_outflow=settings.material_outflow_eur,
             lifecycle=LifecycleRules.from_settings(settings),
+            needs=NeedRules.from_settings(settings),
         )
 
     def context(self, now: datetime) -> dict[str, Any]:
@@ -132,6 +145,7 @@ class EventIntake:
                 pseudonymizer=self.pseudonymizer,
                 material_outflow=self.rules.material_outflow,
                 lifecycle=self.rules.lifecycle,
+                needs=self.rules.needs,
             )
 
 
@@ -200,10 +214,11 @@ def record_events(
     pseudonymizer: Pseudonymizer | None,
     material_outflow: float = DEFAULT_MATERIAL_OUTFLOW,
     lifecycle: LifecycleRules = DEFAULT_LIFECYCLE,
+    needs: NeedRules = NO_NEEDS,
 ) -> IntakeResult:
     """Store the events not stored yet for ``tenant`` (one commit): with them, their
-    customer-months' aggregates, the lifecycle stages they change and the re-assessments
-    their material events call for; count the others."""
+    customer-months' aggregates, the lifecycle stages they change, the re-assessments their
+    material events call for and the need alerts the ``needs`` rules find; count the others."""
     rows = event_rows(
         events,
         tenant=tenant,
@@ -235,6 +250,19 @@ def record_events(
             activity_only={e.customer_id for e in shaping}
             - {e.customer_id for e in shaping if e.type in STAGE_EVENTS},
         )
+        # In this transaction, which already holds the write lock: a second transaction
+        # reading then writing would race other writers on SQLite (busy).
+        open_need_alerts(
+            connection,
+            tenant=tenant,
+            needs=[
+                NeedAlert(n.customer_id, n.cause, n.product, n.event_id, n.text)
+                for n in find_needs(connection, tenant=tenant, trail=trail, rules=needs)
+            ],
+            request_id=request_id,
+            now=received_at,
+            cooldown=needs.cooldown,
+        )
         session.commit()
     except SQLAlchemyError as error:
         session.rollback()
@@ -245,6 +273,87 @@ def record_events(
     return IntakeResult(
         received=len(events), new=new, duplicates=len(events) - new, received_at=received_at
     )
+
+
+def find_needs(
+    connection: Connection,
+    *,
+    tenant: str | None,
+    trail: Sequence[tuple[str, TrailEvent]],
+    rules: NeedRules,
+) -> list[Need]:
+    """The needs the rules find for the customers of these new events, each as of its latest
+    new event: the stored events each rule reads, then the rules (app/customers/needs.py)."""
+    if not trail or not rules.any:
+        return []
+    as_of: dict[str, datetime] = {}
+    for _, event in trail:
+        known = as_of.get(event.customer_id)
+        as_of[event.customer_id] = (
+            event.occurred_at if known is None else max(known, event.occurred_at)
+        )
+    customers = sorted(as_of)
+    earliest, latest = min(as_of.values()), max(as_of.values())
+    stored: dict[str, dict[str, TrailEvent]] = {customer: {} for customer in customers}
+    spent: dict[str, float] = {}
+
+    def keep(rows: Iterable[tuple[str, TrailEvent]]) -> None:
+        for event_id, event in rows:
+            stored.setdefault(event.customer_id, {})[event_id] = event
+
+    if (idle := rules.idle_inflow) is not None:
+        credits = repository.transactions(
+            connection,
+            tenant=tenant,
+            customer_ids=customers,
+            direction="credit",
+            since=earliest - idle.lookback,
+            until=latest - idle.idle,
+            min_amount=idle.amount,
+        )
+        keep(credits)
+        if credits:
+            debits = repository.debits_since(
+                connection,
+                tenant=tenant,
+                customer_ids=sorted({event.customer_id for _, event in credits}),
+                since=min(event.occurred_at for _, event in credits),
+            )
+            spent = spent_after(credits, debits)
+    if (maturing := rules.deposit_maturing) is not None:
+        keep(
+            repository.term_accounts(
+                connection,
+                tenant=tenant,
+                customer_ids=customers,
+                first=earliest.date(),
+                last=latest.date() + timedelta(days=maturing.window_days),
+            )
+        )
+    if (salary := rules.first_salary) is not None:
+        paid = [event for _, event in trail if is_salary(event, salary)]
+        keep(
+            repository.transactions(
+                connection,
+                tenant=tenant,
+                customer_ids=sorted({event.customer_id for event in paid}),
+                direction="credit",
+                category=salary.category,
+                until=max((event.occurred_at for event in paid), default=None),
+            )
+        )
+    new_ids = {event_id for event_id, _ in trail}
+    return [
+        need
+        for customer in customers
+        for need in customer_needs(
+            list(stored[customer].items()),
+            spent=spent,
+            as_of=as_of[customer],
+            new_ids=new_ids,
+            rules=rules,
+        )
+    ]
 
 
 def sweep_lifecycle(
