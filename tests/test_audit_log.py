@@ -63,21 +63,22 @@ def test_the_store_is_refused_on_sqlite(settings_for: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def stored_app(
-    database_url: str, settings_for: Any, registry: ModelRegistry
-) -> Iterator[TestClient]:
-    """An app keeping its audit lines (PostgreSQL only: see Settings.audit_store)."""
-    if database_url.startswith("sqlite"):
-        pytest.skip("the audit store needs PostgreSQL")
-    settings = settings_for(database_url, auth_enabled=True, audit_store=True, **CHEAP_HASHING)
-    with TestClient(create_app(settings, registry), base_url="https://testserver") as client:
-        yield client
+def stored_app(settings_for: Any, registry: ModelRegistry) -> Iterator[TestClient]:
+    """An app keeping its audit lines, on a PostgreSQL database of its own (the store is
+    PostgreSQL only: see Settings.audit_store)."""
+    with temporary_postgres_database() as url:
+        migrate.upgrade(url)
+        settings = settings_for(url, auth_enabled=True, audit_store=True, **CHEAP_HASHING)
+        app = create_app(settings, registry)
+        with TestClient(app, base_url="https://testserver") as client:
+            yield client
 
 
 def _flush(app: Any) -> None:
     app.state.guard.audit_store.flush()
 
 
+@pytest.mark.postgres
 def test_api_calls_and_console_views_are_kept_per_tenant(stored_app: TestClient) -> None:
     app: Any = stored_app.app
     tenant = f"bank-{uuid.uuid4().hex[:8]}"
@@ -110,6 +111,7 @@ def test_api_calls_and_console_views_are_kept_per_tenant(stored_app: TestClient)
     assert "source" not in view.details  # the caller's address stays in the log line
 
 
+@pytest.mark.postgres
 def test_the_audit_log_page_for_administrators(stored_app: TestClient) -> None:
     app: Any = stored_app.app
     tenant = f"bank-{uuid.uuid4().hex[:8]}"
