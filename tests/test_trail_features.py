@@ -23,6 +23,7 @@ from app.customers.features import (
     month_label,
     pct_change,
 )
+from app.customers.service import feature_history
 from app.scoring.feature_schema import FeatureKind
 from app.scoring.manifest import Task
 from app.training.features import build_task_frame, prepare_book, schema_for
@@ -98,6 +99,27 @@ def test_ingested_book_serves_the_training_features(
             if not same(served[name], trained[name], kinds[name])
         ]
     assert not mismatches, mismatches[:10]
+    # A history read for a tier derives the measures of its months by the same definitions.
+    state: Any = client.app.state  # type: ignore[attr-defined]
+    with state.session_factory() as session:
+        for customer_id in sorted({customer for customer, _ in wanted})[:40]:
+            read = {
+                depth: feature_history(
+                    session,
+                    customer_id=customer_id,
+                    caller_tenant=None,
+                    pseudonymizer=state.pseudonymizer,
+                    depth=depth,
+                )
+                for depth in ("every", "latest", "value")
+            }
+            assert read["latest"][-1] == read["every"][-1]
+            for (when, full), (_, value), (_, latest) in zip(
+                read["every"], read["value"], read["latest"], strict=True
+            ):
+                assert value == {name: full[name] for name in value}, (customer_id, when)
+                assert {"savings_balance", "profit", "products_held"} <= set(value)
+                assert latest in (full, value)
 
 
 def test_a_late_event_updates_the_month_it_belongs_to(client: TestClient) -> None:

@@ -163,6 +163,7 @@ class CustomerScoring:
             customer_id=customer_id,
             caller_tenant=tenant,
             pseudonymizer=self.pseudonymizer,
+            depth="latest",  # the tier replay reads the measures of the earlier months
         )
         forms = stored_forms(customer_id, caller_tenant=tenant, pseudonymizer=self.pseudonymizer)
         stage = current_stage(

@@ -522,6 +522,14 @@ def _holdings(current: Mapping[tuple[str, str], LatestValue]) -> dict[str, Featu
     return flags
 
 
+def value_features(month: int, latest: Sequence[LatestValue]) -> dict[str, Feature]:
+    """The features the tier policy measures in ``month`` (the profile, profit included, the
+    balances and the holdings), by derive_features' own definitions and nothing else: the
+    earlier months of a history read for a tier need no more."""
+    current = _current(latest, month)
+    return {**_profile(current), **_balances(current), **_holdings(current)}
+
+
 def derive_features(
     month: int,
     counts: Sequence[MonthCounts],

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy import Connection, select
@@ -35,6 +35,7 @@ from app.customers.features import (
     material_reason,
     month_label,
     parse_month,
+    value_features,
 )
 from app.customers.lifecycle import DEFAULT_LIFECYCLE, LifecycleRules, StageSource
 from app.customers.needs import (
@@ -576,31 +577,38 @@ def month_features(
     return MonthFeatures(customer_id=customer_id, month=label, features=features)
 
 
+# How much of each month a history derives: every feature of every month, every feature of
+# the latest month only (the tier measures of the others), or the tier measures only.
+HistoryDepth = Literal["every", "latest", "value"]
+
+
 def feature_history(
     session: Session,
     *,
     customer_id: str,
     caller_tenant: str | None,
     pseudonymizer: Pseudonymizer | None,
+    depth: HistoryDepth = "every",
 ) -> list[tuple[str, dict[str, Feature]]]:
     """A customer's features in every month from its first on record to its latest (month
-    YYYY-MM, features), oldest first; 404 if the caller's tenant has no trail of it."""
+    YYYY-MM, features), oldest first, to ``depth``; 404 if the caller's tenant has no trail
+    of it."""
     forms = stored_forms(customer_id, caller_tenant=caller_tenant, pseudonymizer=pseudonymizer)
     counts, latest = read_months(session, tenant=caller_tenant, customer_ids=forms, until=None)
     if not counts and not latest:
         raise CustomerNotFound(f"no events are stored for customer {customer_id!r}")
-    return _history(counts, latest)
+    return _history(counts, latest, depth)
 
 
 def book_feature_histories(
-    session: Session, *, tenant: str | None
+    session: Session, *, tenant: str | None, depth: HistoryDepth = "every"
 ) -> Iterator[tuple[str, list[tuple[str, dict[str, Feature]]]]]:
     """Every customer of a tenant (by stored id, in id order) with its feature history as
     ``feature_history`` gives it."""
     book = read_book_months(session, tenant=tenant)
     for customer_id in sorted(book):
         counts, latest = book[customer_id]
-        yield customer_id, _history(counts, latest)
+        yield customer_id, _history(counts, latest, depth)
 
 
 def book_balances(session: Session, *, tenant: str | None) -> dict[str, dict[str, Feature]]:
@@ -618,13 +626,17 @@ def book_balances(session: Session, *, tenant: str | None) -> dict[str, dict[str
 
 
 def _history(
-    counts: Sequence[MonthCounts], latest: Sequence[LatestValue]
+    counts: Sequence[MonthCounts], latest: Sequence[LatestValue], depth: HistoryDepth
 ) -> list[tuple[str, dict[str, Feature]]]:
     months = [c.month for c in counts] + [v.month for v in latest]
-    return [
-        (month_label(m), derive_features(m, counts, latest))
-        for m in range(min(months), max(months) + 1)
-    ]
+    last = max(months)
+
+    def features(month: int) -> dict[str, Feature]:
+        if depth == "every" or (depth == "latest" and month == last):
+            return derive_features(month, counts, latest)
+        return value_features(month, latest)
+
+    return [(month_label(m), features(m)) for m in range(min(months), last + 1)]
 
 
 class CustomerNotFound(NotFound):

@@ -45,7 +45,11 @@ def customer_tier(
     """A customer's policy tier in its latest month on record, its gaps and its tier of record;
     404 if the caller's tenant has no trail of it."""
     history = customers.feature_history(
-        session, customer_id=customer_id, caller_tenant=caller_tenant, pseudonymizer=pseudonymizer
+        session,
+        customer_id=customer_id,
+        caller_tenant=caller_tenant,
+        pseudonymizer=pseudonymizer,
+        depth="value",
     )
     result = evaluate(policy, [features for _, features in history])
     forms = customers.stored_forms(
@@ -92,7 +96,9 @@ def apply_tiers(
     recorded = recorded_tiers(session, tenant=tenant)
     customers_seen = 0
     moves: list[Move] = []
-    for customer_id, history in customers.book_feature_histories(session, tenant=tenant):
+    for customer_id, history in customers.book_feature_histories(
+        session, tenant=tenant, depth="value"
+    ):
         customers_seen += 1
         tier = evaluate(policy, [features for _, features in history]).tier
         before = recorded.get(customer_id)
