@@ -165,7 +165,15 @@ def test_create_check_launch_and_report_with_the_uplift_plot(
     # The list, and its status filter.
     listed = admin.get("/console/campaigns")
     assert f'id="campaign-{campaign_id}"' in listed.text and "WIN-1" in listed.text
-    assert f'id="campaign-{campaign_id}"' in admin.get("/console/campaigns?status=draft").text
+    audit = AuditLines()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(app.state.guard, "audit", audit)
+        drafts = admin.get("/console/campaigns?status=draft")
+        admin.get(location)
+    assert f'id="campaign-{campaign_id}"' in drafts.text
+    views = [(e["view"], e.get("campaign"), e["status"]) for e in audit.lines if "view" in e]
+    assert views == [("campaigns", None, 200), ("campaign", campaign_id, 200)]
+    assert audit.lines[0]["campaign_status"] == "draft"
     assert (
         f'id="campaign-{campaign_id}"' not in admin.get("/console/campaigns?status=launched").text
     )

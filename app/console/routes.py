@@ -693,7 +693,7 @@ def campaign_list(request: Request, session: DbDep, user: UserDep) -> HTMLRespon
     found = campaigns.list_campaigns(
         session, tenant=user.tenant, limit=pages.PAGE_SIZE, offset=pages.offset(page), status=status
     )
-    note(request, view="campaigns", status=status.value if status else None)
+    note(request, view="campaigns", campaign_status=status.value if status else None)
     return console.renderer.page(
         "campaigns.html",
         language=_language(console, user, request),
