@@ -16,8 +16,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.campaigns import stats
+from app.campaigns.states import Arm, CampaignStatus
 from app.campaigns.tables import Campaign, CampaignMember
+from app.console import labels
 from app.console.campaign_form import errors_by_field, form_field, request_body
+from app.contact.states import ContactChannel, ContactPurpose
+from app.customers.lifecycle import LifecycleStage
 from app.http.app import create_app
 from app.scoring.registry import ModelRegistry
 from app.security.api_keys import create_client
@@ -102,6 +106,15 @@ def test_the_form_maps_to_the_api_request_and_errors_back_to_its_fields() -> Non
     assert form_field("control_rate") == "control_rate" and form_field("") == ""
     grouped = errors_by_field([{"field": "code", "message": "a"}, {"field": "", "message": "b"}])
     assert grouped == {"code": ["a"], "": ["b"]}
+
+
+def test_every_campaign_word_from_data_has_its_label() -> None:
+    """The enums the pages translate are all listed for extraction."""
+    assert set(labels.CAMPAIGN_STATUSES) == {s.value for s in CampaignStatus}
+    assert set(labels.CONTACT_CHANNELS) == {c.value for c in ContactChannel}
+    assert set(labels.CONTACT_PURPOSES) == {p.value for p in ContactPurpose}
+    assert set(labels.LIFECYCLE_STAGES) == {s.value for s in LifecycleStage}
+    assert set(labels.ARMS) == {a.value for a in Arm}
 
 
 def test_roles_decide_who_sees_the_campaigns_pages(console_app: TestClient, tenant: str) -> None:
