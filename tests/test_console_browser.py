@@ -321,3 +321,89 @@ def test_an_administrator_reads_the_value_prospect_and_model_pages_in_both_langu
     assert requested and all(url.startswith(f"{base}/console/") for url in requested), [
         url for url in requested if not url.startswith(base)
     ]
+
+
+def test_a_supervisor_drafts_launches_and_reads_a_campaign_in_both_languages(
+    served: tuple[str, Any],
+) -> None:
+    from datetime import UTC, datetime
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from app.campaigns import stats
+    from tests.test_campaigns import Bank, book
+
+    base, app = served
+    # The book's customers go straight to the tables (book() needs no API client).
+    bank = Bank(client=None, engine=app.state.engine, tenant="bank-a")  # type: ignore[arg-type]
+    ids = book(bank, 200, churn=lambda i: (i % 100) / 100)
+    add_staff(app, tenant="bank-a", staff_id="bs-1", roles=["branch_supervisor"])
+    _, key = create_client(app.state.engine, name="t", scopes=["events:write"], tenant="bank-a")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    requested: list[str] = []
+    profile = tempfile.mkdtemp(prefix="cvm-chromium-")
+    try:
+        with sync_playwright() as playwright:
+            context = playwright.chromium.launch_persistent_context(
+                profile,
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=CHROMIUM_ARGS,
+                locale="en-GB",
+            )
+            page = context.new_page()
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(f"{base}/console/login")
+            page.get_by_label("Bank (tenant), if any").fill("bank-a")
+            page.get_by_label("Staff id").fill("bs-1")
+            page.get_by_label("Password").fill(PASSWORD)
+            page.keyboard.press("Enter")
+            page.get_by_role("link", name="Campaigns").click()
+            page.get_by_role("link", name="Draft a campaign").click()
+            page.get_by_label("Code (the campaign id responses carry)").fill("WIN-B")
+            page.get_by_label("Name").fill("Winter retention")
+            page.get_by_label("Action offered").fill("retention_offer")
+            page.get_by_label("Rank the audience by the score of").select_option("churn")
+            page.get_by_label("Control group share (0 to 1, default 0.02)").fill("0.3")
+            page.keyboard.press("Enter")  # submits the form from its field
+            expect(page.get_by_role("heading", name="Pre-launch check")).to_be_visible()
+            campaign_url = page.url
+            page.get_by_role("button", name="Launch: write the contact list").click()
+            expect(page.get_by_role("heading", name="Report")).to_be_visible()
+            period = datetime.now(UTC).strftime("%Y-%m")
+            at = datetime.now(UTC).isoformat()
+            events = [
+                {
+                    "event_id": f"WIN-B-{c}",
+                    "type": "campaign_response",
+                    "customer_id": c,
+                    "occurred_at": at,
+                    "campaign_id": "WIN-B",
+                    "response": "accepted"
+                    if (i % 3 == 0 if not stats.in_control(c, period, 0.3) else i % 10 == 0)
+                    else "declined",
+                }
+                for i, c in enumerate(ids)
+            ]
+            _post(f"{base}/v1/events", {"events": events}, key)
+            page.goto(campaign_url)
+            expect(page.locator("figure svg")).to_have_count(1)  # the uplift plot
+            expect(page.locator("#deciles tbody tr")).to_have_count(10)
+            page.screenshot(path=str(SCREENSHOTS / "console-campaign-en.png"), full_page=True)
+            page.get_by_role("link", name="All campaigns").click()
+            expect(page.locator("tbody tr", has_text="WIN-B")).to_have_count(1)
+            page.screenshot(path=str(SCREENSHOTS / "console-campaigns-en.png"), full_page=True)
+            page.get_by_label("Language").select_option("zh_CN")
+            page.get_by_role("button", name="Switch").click()
+            expect(page.get_by_role("heading", name="营销活动")).to_be_visible()
+            expect(page.locator("tbody tr", has_text="已启动")).to_have_count(1)
+            page.screenshot(path=str(SCREENSHOTS / "console-campaigns-zh.png"), full_page=True)
+            page.get_by_role("link", name="WIN-B").click()
+            expect(page.locator("figure svg text", has_text="每组转化率").first).to_be_attached()
+            page.screenshot(path=str(SCREENSHOTS / "console-campaign-zh.png"), full_page=True)
+            context.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert requested and all(url.startswith(f"{base}/console/") for url in requested), [
+        url for url in requested if not url.startswith(base)
+    ]

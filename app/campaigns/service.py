@@ -174,10 +174,17 @@ def get_campaign(session: Session, *, tenant: str | None, campaign_id: int) -> C
 
 
 def list_campaigns(
-    session: Session, *, tenant: str | None, limit: int, offset: int
+    session: Session,
+    *,
+    tenant: str | None,
+    limit: int,
+    offset: int,
+    status: CampaignStatus | None = None,
 ) -> CampaignPage:
-    """A page of the tenant's campaigns, newest first."""
+    """A page of the tenant's campaigns, newest first (of one status when given)."""
     where = Campaign.tenant == _key(tenant)
+    if status is not None:
+        where = where & (Campaign.status == status.value)
     total = session.scalar(select(func.count()).select_from(Campaign).where(where)) or 0
     rows = session.scalars(
         select(Campaign).where(where).order_by(Campaign.id.desc()).limit(limit).offset(offset)

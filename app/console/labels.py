@@ -55,3 +55,24 @@ PLAN_CHANNELS = (
 PSI_BANDS = (N_("stable"), N_("moderate"), N_("significant"))
 FAIRNESS_STATUSES = (N_("green"), N_("amber"), N_("too_small"))
 CHART_WORDS = (N_("score"), N_("AUC"))
+CAMPAIGN_STATUSES = (N_("draft"), N_("launched"))
+CONTACT_CHANNELS = (N_("email"), N_("sms"), N_("phone"), N_("letter"))
+CONTACT_PURPOSES = (N_("service"), N_("retention"), N_("marketing"))
+LIFECYCLE_STAGES = (
+    N_("prospect"),
+    N_("new"),
+    N_("active"),
+    N_("at_risk"),
+    N_("dormant"),
+    N_("lost"),
+)
+ARMS = (N_("treatment"), N_("control"))
+# The words app/campaigns/charts.py draws into the report's chart.
+CAMPAIGN_CHART = (
+    N_("%(code)s: conversion rate per arm"),
+    N_("lift %(lift)s (%(mark)s)"),
+    N_("significant"),
+    N_("not significant"),
+    N_("uplift by %(task)s score decile"),
+    N_("decile (highest scores first)"),
+)

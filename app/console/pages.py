@@ -11,11 +11,15 @@ from sqlalchemy.orm import Session
 from app.alerts import service as alerts
 from app.alerts.schemas import AlertSummary
 from app.alerts.states import AlertStatus
+from app.campaigns import service as campaigns
+from app.campaigns.schemas import CampaignOut, CampaignReport, PowerCheck
+from app.campaigns.states import CampaignStatus
 from app.casework import routing
 from app.casework import service as casework
 from app.casework.schemas import AssignmentOut, ComplaintOut
 from app.casework.states import FINAL_STATUSES, AssignmentStatus, StaffRole
 from app.console.service import ConsoleUser, acting_record
+from app.contact.service import ContactPolicy
 from app.customers.schemas import EventType, StoredEvent
 from app.customers.service import customer_events
 from app.errors import NotFound, ServiceError
@@ -94,6 +98,8 @@ PAGE_ROLES: dict[str, frozenset[StaffRole]] = {
     "prospects": frozenset({StaffRole.BRANCH_SUPERVISOR, StaffRole.ADMINISTRATOR}),
     "models": frozenset({StaffRole.MODEL_OWNER, StaffRole.ADMINISTRATOR}),
     "audit": frozenset({StaffRole.ADMINISTRATOR}),
+    # Campaigns target the tenant's whole book: those who run the branches' and the bank's.
+    "campaigns": frozenset({StaffRole.BRANCH_SUPERVISOR, StaffRole.ADMINISTRATOR}),
 }
 
 
@@ -350,3 +356,27 @@ def model_health(session: Session, *, user: ConsoleUser, task: Task) -> ModelHea
         calibration=calibration,
         fairness=fairness,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignView:
+    """A campaign's page: its definition, and the pre-launch check (a draft) or the report
+    (launched)."""
+
+    campaign: CampaignOut
+    check: PowerCheck | None
+    report: CampaignReport | None
+
+
+def campaign_view(
+    session: Session, *, user: ConsoleUser, campaign_id: int, policy: ContactPolicy, now: datetime
+) -> CampaignView:
+    """A campaign of the user's tenant (404 for another tenant's) with its check or report."""
+    campaign = campaigns.get_campaign(session, tenant=user.tenant, campaign_id=campaign_id)
+    if campaign.status is CampaignStatus.DRAFT:
+        check = campaigns.check_campaign(
+            session, tenant=user.tenant, campaign_id=campaign_id, policy=policy, now=now
+        )
+        return CampaignView(campaign=campaign, check=check, report=None)
+    found = campaigns.report(session, tenant=user.tenant, campaign_id=campaign_id, now=now)
+    return CampaignView(campaign=campaign, check=None, report=found)

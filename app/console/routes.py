@@ -31,12 +31,16 @@ from sqlalchemy.orm import Session
 from app.alerts import service as alerts
 from app.alerts.schemas import AcknowledgeRequest, ResolveRequest
 from app.alerts.states import Outcome
+from app.campaigns import service as campaigns
+from app.campaigns.charts import report_svg
+from app.campaigns.schemas import CampaignRequest
+from app.campaigns.states import CampaignStatus
 from app.casework import routing
 from app.casework.routing import RoutingPolicy
 from app.casework.schemas import EscalateRequest, ReassignRequest
 from app.casework.states import AssignmentStatus
 from app.config import Settings
-from app.console import pages
+from app.console import campaign_form, pages
 from app.console.charts import (
     Bar,
     Series,
@@ -59,7 +63,10 @@ from app.console.service import (
     set_locale,
     utc_now,
 )
-from app.errors import InvalidInput, NotFound, ServiceError
+from app.contact.service import ContactPolicy
+from app.contact.states import ContactChannel, ContactPurpose
+from app.customers.lifecycle import LifecycleStage
+from app.errors import Conflict, InvalidInput, NotFound, ServiceError
 from app.scoring.manifest import Task
 from app.scoring.repository import TenantScope
 from app.security.audit import AuditFilter, audit_page, note
@@ -76,6 +83,7 @@ MAX_FORM_BYTES = 16 * 1024
 HERE = FilePath(__file__).parent
 # Bounded by the column's range: a larger id cannot exist (and would overflow the driver).
 AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+CampaignId = Annotated[int, Path(ge=1, le=2**62)]
 E = TypeVar("E", bound=StrEnum)
 M = TypeVar("M", bound=BaseModel)
 MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -140,6 +148,7 @@ class Console:
     routing: RoutingPolicy
     tier_policy: TierPolicy
     prospect_plan: ProspectPlan
+    contact_policy: ContactPolicy
     audit_stored: bool
 
 
@@ -674,6 +683,150 @@ def customer(request: Request, customer_id: str, session: DbDep, user: UserDep) 
     )
 
 
+@router.get("/campaigns")
+def campaign_list(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
+    """The tenant's campaigns, newest first, filtered by status."""
+    pages.require_page(user, "campaigns")
+    console = _console(request)
+    status = _choice(request, "status", CampaignStatus)
+    page = _page_number(request, "page")
+    found = campaigns.list_campaigns(
+        session, tenant=user.tenant, limit=pages.PAGE_SIZE, offset=pages.offset(page), status=status
+    )
+    note(request, view="campaigns", campaign_status=status.value if status else None)
+    return console.renderer.page(
+        "campaigns.html",
+        language=_language(console, user, request),
+        user=user,
+        found=found,
+        chosen=status,
+        statuses=list(CampaignStatus),
+        paging=pages.Paging.of(page, found.total),
+        back=str(request.url.path),
+    )
+
+
+def _campaign_form(
+    request: Request,
+    user: ConsoleUser,
+    *,
+    values: dict[str, str],
+    error: ServiceError | None = None,
+) -> HTMLResponse:
+    """The create form, filled with what was typed and the refusal next to its fields."""
+    console = _console(request)
+    errors = campaign_form.errors_by_field(error.extra.get("errors", [])) if error else {}
+    if error is not None and not errors:
+        errors = {"": [error.detail]}
+    return console.renderer.page(
+        "campaign_new.html",
+        language=_language(console, user, request),
+        status=error.status if error is not None else 200,
+        user=user,
+        values=values,
+        errors=errors,
+        channels=list(ContactChannel),
+        purposes=list(ContactPurpose),
+        stages=list(LifecycleStage),
+        tiers=console.tier_policy.names,
+        tasks=list(Task),
+        today=utc_now().date().isoformat(),
+        back=str(request.url.path),
+    )
+
+
+@router.get("/campaigns/new")
+def campaign_new(request: Request, user: UserDep) -> HTMLResponse:
+    """The form that drafts a campaign."""
+    pages.require_page(user, "campaigns")
+    note(request, view="campaign_new")
+    return _campaign_form(request, user, values={})
+
+
+@router.post("/campaigns")
+def campaign_create(request: Request, session: DbDep, user: UserDep, form: FormDep) -> Response:
+    """Draft a campaign; a refusal (422 naming the field, 409 for a taken code) comes back on
+    the form."""
+    pages.require_page(user, "campaigns")
+    _checked(user, form)
+    values = {k: v for k, v in form.items() if k != "csrf_token"}
+    try:
+        created = campaigns.create_campaign(
+            session,
+            tenant=user.tenant,
+            request=_body(CampaignRequest, campaign_form.request_body(form)),
+            tier_names=_console(request).tier_policy.names,
+            created_by=user.principal.client_id,
+            now=utc_now(),
+        )
+    except (InvalidInput, Conflict) as error:
+        request.scope["state"]["error_code"] = error.code
+        return _campaign_form(request, user, values=values, error=error)
+    note(request, campaign=created.id, code=created.code, action="create")
+    return _see_other(f"/campaigns/{created.id}")
+
+
+def _campaign_page(
+    request: Request,
+    session: Session,
+    user: ConsoleUser,
+    campaign_id: int,
+    *,
+    refused: ServiceError | None = None,
+) -> HTMLResponse:
+    console = _console(request)
+    language = _language(console, user, request)
+    view = pages.campaign_view(
+        session, user=user, campaign_id=campaign_id, policy=console.contact_policy, now=utc_now()
+    )
+    chart = None
+    if view.report is not None:
+        chart = report_svg(view.report, partial(console.renderer.translate, language))
+    return console.renderer.page(
+        "campaign.html",
+        language=language,
+        status=refused.status if refused is not None else 200,
+        user=user,
+        view=view,
+        chart=chart,
+        refused=refused,
+        back=str(request.url.path),
+    )
+
+
+@router.get("/campaigns/{campaign_id}")
+def campaign_page(
+    request: Request, campaign_id: CampaignId, session: DbDep, user: UserDep
+) -> HTMLResponse:
+    """A campaign: its definition, the pre-launch power check, or once launched its report."""
+    pages.require_page(user, "campaigns")
+    note(request, view="campaign", campaign=campaign_id)
+    return _campaign_page(request, session, user, campaign_id)
+
+
+@router.post("/campaigns/{campaign_id}/launch")
+def campaign_launch(
+    request: Request, campaign_id: CampaignId, session: DbDep, user: UserDep, form: FormDep
+) -> Response:
+    """Write the campaign's contact list once; launched already: 409, said on its page."""
+    pages.require_page(user, "campaigns")
+    _checked(user, form)
+    note(request, campaign=campaign_id, action="launch")
+    try:
+        result = campaigns.launch_campaign(
+            session,
+            tenant=user.tenant,
+            campaign_id=campaign_id,
+            policy=_console(request).contact_policy,
+            now=utc_now(),
+        )
+    except Conflict as error:
+        request.scope["state"]["error_code"] = error.code
+        return _campaign_page(request, session, user, campaign_id, refused=error)
+    note(request, treatment=result.check.treatment, control=result.check.control)
+    return _see_other(f"/campaigns/{campaign_id}")
+
+
 def _rid(request: Request) -> str | None:
     rid = request.scope.get("state", {}).get("request_id")
     return str(rid) if rid is not None else None
@@ -707,6 +860,7 @@ def build_console(
     pseudonymizer: Pseudonymizer | None,
     tier_policy: TierPolicy,
     prospect_plan: ProspectPlan,
+    contact_policy: ContactPolicy,
 ) -> FastAPI:
     """The console application (its pages are not part of the API's OpenAPI document)."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
@@ -726,6 +880,7 @@ def build_console(
         routing=RoutingPolicy.from_settings(settings),
         tier_policy=tier_policy,
         prospect_plan=prospect_plan,
+        contact_policy=contact_policy,
         audit_stored=settings.audit_store,
     )
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

@@ -280,6 +280,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             pseudonymizer=pseudonymizer,
             tier_policy=tier_policy,
             prospect_plan=prospect_plan,
+            contact_policy=app.state.contact_policy,
         ),
         name="console",
     )
