@@ -166,7 +166,7 @@ def _book(
                 f"b{1 + i % 10}",
                 start,
             )
-            for i in np.flatnonzero(moved)
+            for i in np.flatnonzero(moved).tolist()
         ),
     )
     _copy(
