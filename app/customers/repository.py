@@ -303,8 +303,8 @@ def read_book_months(
 
 def latest_balance_totals(*, tenant: str | None, products: Sequence[str]) -> Subquery:
     """Every customer's latest balances of ``products`` summed, as a subquery (``customer_id``,
-    ``balance``): the same snapshots ``read_latest_balances`` keeps (each product's latest month,
-    the latest occurrence within it), read set-wise so an aggregate never leaves the database."""
+    ``balance``): each product's snapshot of its latest month (the latest occurrence within
+    it, as the features carry it), read set-wise so an aggregate never leaves the database."""
     key = UNTAGGED_KEY if tenant is None else tenant
     ranked = (
         select(
