@@ -7,7 +7,17 @@ from datetime import UTC, date, datetime
 from typing import Any, TypedDict
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, Table, case, delete, func, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Subquery,
+    Table,
+    case,
+    delete,
+    func,
+    select,
+    true,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -291,19 +301,42 @@ def read_book_months(
     return book
 
 
-def read_latest_balances(session: Session, *, tenant: str | None) -> dict[str, dict[str, float]]:
-    """Every customer's latest balance per product in a tenant (the latest month's snapshot of
-    each product, carried forward as the features carry it), by stored customer id."""
+def latest_balance_totals(*, tenant: str | None, products: Sequence[str]) -> Subquery:
+    """Every customer's latest balances of ``products`` summed, as a subquery (``customer_id``,
+    ``balance``): each product's snapshot of its latest month (the latest occurrence within
+    it, as the features carry it), read set-wise so an aggregate never leaves the database."""
     key = UNTAGGED_KEY if tenant is None else tenant
-    rows = session.execute(
-        select(CustomerMonthLatest.customer_id, CustomerMonthLatest.key, CustomerMonthLatest.number)
-        .where(CustomerMonthLatest.tenant == key, CustomerMonthLatest.kind == Kind.BALANCE)
-        .order_by(CustomerMonthLatest.month, CustomerMonthLatest.occurred_at)
+    ranked = (
+        select(
+            CustomerMonthLatest.customer_id,
+            CustomerMonthLatest.number,
+            func.row_number()
+            .over(
+                partition_by=(CustomerMonthLatest.customer_id, CustomerMonthLatest.key),
+                order_by=(
+                    CustomerMonthLatest.month.desc(),
+                    CustomerMonthLatest.occurred_at.desc(),
+                    CustomerMonthLatest.id.desc(),
+                ),
+            )
+            .label("newest"),
+        )
+        .where(
+            CustomerMonthLatest.tenant == key,
+            CustomerMonthLatest.kind == Kind.BALANCE,
+            CustomerMonthLatest.key.in_(products),
+        )
+        .subquery("ranked_balance")
     )
-    balances: dict[str, dict[str, float]] = {}
-    for row in rows:  # oldest first: a later month's snapshot replaces an earlier one
-        balances.setdefault(row.customer_id, {})[row.key] = float(row.number or 0.0)
-    return balances
+    return (
+        select(
+            ranked.c.customer_id,
+            func.sum(func.coalesce(ranked.c.number, 0.0)).label("balance"),
+        )
+        .where(ranked.c.newest == 1)
+        .group_by(ranked.c.customer_id)
+        .subquery("balance_total")
+    )
 
 
 def latest_month(

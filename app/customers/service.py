@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Subquery, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,7 +23,6 @@ from app.alerts.service import NeedAlert, open_need_alerts
 from app.config import Settings
 from app.customers import repository
 from app.customers.features import (
-    BALANCE_PRODUCTS,
     DEFAULT_MATERIAL_OUTFLOW,
     Feature,
     LatestValue,
@@ -51,11 +50,11 @@ from app.customers.repository import (
     EventRow,
     campaign_responses,
     insert_new_events,
+    latest_balance_totals,
     latest_month,
     list_events,
     queue_rescoring,
     read_book_months,
-    read_latest_balances,
     read_months,
     update_months,
 )
@@ -611,18 +610,10 @@ def book_feature_histories(
         yield customer_id, _history(counts, latest, depth)
 
 
-def book_balances(session: Session, *, tenant: str | None) -> dict[str, dict[str, Feature]]:
-    """Every customer's balance features (``BALANCE_PRODUCTS``) from its latest snapshots, by
-    stored customer id: what the value measures are computed from, without the rest of the
-    trail."""
-    book = read_latest_balances(session, tenant=tenant)
-    return {
-        customer_id: {
-            feature: sum(products.get(product, 0.0) for product in names)
-            for feature, names in BALANCE_PRODUCTS.items()
-        }
-        for customer_id, products in book.items()
-    }
+def balance_totals(*, tenant: str | None, products: Sequence[str]) -> Subquery:
+    """Every customer's latest balances of ``products`` summed, as a subquery (``customer_id``,
+    ``balance``) for set-wise reads such as the value pyramid's per-tier totals."""
+    return latest_balance_totals(tenant=tenant, products=products)
 
 
 def _history(

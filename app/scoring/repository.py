@@ -517,22 +517,11 @@ def latest_scores(*, task: str, tenant: str | None, name: str) -> Subquery:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class LatestScore:
-    """A customer's latest stored result of one task: what the model said, and on what."""
-
-    customer_id: str
-    outputs: dict[str, Any]
-    features: dict[str, Any]
-    model_version: str | None
-    created_at: datetime
-
-
-def latest_scores_of_task(
-    session: Session, *, task: str, stage: str | None, tenant: TenantScope
-) -> list[LatestScore]:
-    """Every customer's latest score of ``task`` in a tenant (by stored id), of those scored
-    at ``stage`` (any stage when None)."""
+def latest_of_task(*, task: str, stage: str | None, tenant: TenantScope) -> Subquery:
+    """Every customer's latest score of ``task`` in a tenant, of those scored at ``stage``
+    (any stage when None), as a subquery (``customer_id``, ``outputs``, ``features``,
+    ``model_version``, ``created_at``): callers rank, filter and count it in the database and
+    read only the page they show."""
     conditions = [Score.task == task, tenant.condition(Score.tenant)]
     if stage is not None:
         conditions.append(Score.stage == stage)
@@ -543,22 +532,14 @@ def latest_scores_of_task(
         .group_by(Score.customer_id)
         .subquery("latest")
     )
-    rows = session.execute(
+    return (
         select(
             Score.customer_id,
             Score.outputs,
             Score.features,
             Score.model_version,
             Score.created_at,
-        ).join(latest, Score.id == latest.c.id)
-    )
-    return [
-        LatestScore(
-            customer_id=row.customer_id,
-            outputs=dict(row.outputs or {}),
-            features=dict(row.features or {}),
-            model_version=row.model_version,
-            created_at=row.created_at,
         )
-        for row in rows
-    ]
+        .join(latest, Score.id == latest.c.id)
+        .subquery("latest_of_task")
+    )

@@ -18,7 +18,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from app.customers.features import BALANCE_PRODUCTS, Feature, deposits, wealth
+from app.customers.features import (
+    BALANCE_PRODUCTS,
+    DEPOSIT_BALANCES,
+    WEALTH_BALANCES,
+    Feature,
+    deposits,
+    wealth,
+)
 
 
 class Measure(StrEnum):
@@ -131,6 +138,13 @@ def load_policy(path: Path) -> TierPolicy:
 
 def _number(value: Feature) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+# The products whose balances make up the relationship balance (deposits + wealth holdings), for
+# reads that sum them in the database rather than through ``measures_of``.
+RELATIONSHIP_PRODUCTS: tuple[str, ...] = tuple(
+    product for name in (*DEPOSIT_BALANCES, *WEALTH_BALANCES) for product in BALANCE_PRODUCTS[name]
+)
 
 
 def measures_of(features: Mapping[str, Feature]) -> dict[Measure, float]:
