@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -40,9 +39,10 @@ from score_by_id_bench import (  # noqa: E402
     drop_database,
     ensure_database,
     events_file,
+    interleaved,
     load,
+    medians,
     service,
-    wait_quiet,
 )
 from serve_bench import (  # noqa: E402
     BARE_PATH,
@@ -52,7 +52,6 @@ from serve_bench import (  # noqa: E402
     Run,
     Server,
     http,
-    run_wrk,
 )
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "nba.json"
@@ -100,46 +99,7 @@ def measure(server: Server, requests: dict[str, Path], args: argparse.Namespace)
         )
         for name, path in requests.items()
     ]
-    runs: list[Run] = []
-    log = BENCH_VAR / "logs" / "nba_wrk.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    for round_ in range(1, args.rounds + 1):
-        for case in cases:
-            cpu = server.cpu_seconds()
-            run = run_wrk(
-                case,
-                seconds=args.duration,
-                connections=args.connections,
-                threads=2,
-                round_=round_,
-                log=log,
-            )
-            wait_quiet(server)
-            run.server_cpu_us_per_request = (server.cpu_seconds() - cpu) / max(run.ok, 1) * 1e6
-            runs.append(run)
-            print(
-                f"round {round_} {case.name:>5}: {run.rps:8,.0f} req/s  p50 {run.p50_ms:7.2f} ms"
-                f"  p99 {run.p99_ms:7.2f} ms  non-2xx {run.non_2xx}  errors {run.socket_errors}"
-                f"  load {run.load_avg_1m:.1f}"
-            )
-    return runs
-
-
-def summary(runs: list[Run]) -> dict[str, dict[str, float]]:
-    """Medians per case."""
-    table: dict[str, dict[str, float]] = {}
-    for name in dict.fromkeys(run.case for run in runs):
-        mine = [run for run in runs if run.case == name]
-        table[name] = {
-            "rps": statistics.median(run.rps for run in mine),
-            "p50_ms": statistics.median(run.p50_ms for run in mine),
-            "p99_ms": statistics.median(run.p99_ms for run in mine),
-            "non_2xx": sum(run.non_2xx for run in mine),
-            "server_cpu_us": statistics.median(
-                run.server_cpu_us_per_request or 0.0 for run in mine
-            ),
-        }
-    return table
+    return interleaved(server, cases, args=args, log=BENCH_VAR / "logs" / "nba_wrk.log")
 
 
 def main() -> None:
@@ -180,7 +140,7 @@ def main() -> None:
     finally:
         if args.drop:
             drop_database(args.postgres_server, url)
-    table = summary(runs)
+    table = medians(runs)
     print(
         f"\nMedians of {args.rounds} rounds, {args.duration:g} s each, wrk -t2 "
         f"-c{args.connections}; one uvicorn worker; PostgreSQL; {os.cpu_count()} CPUs; "

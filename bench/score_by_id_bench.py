@@ -248,8 +248,16 @@ def measure(server: Server, bodies: dict[str, Path], args: argparse.Namespace) -
     ]
     for case in cases:
         check(server, case)
+    return interleaved(server, cases, args=args, log=BENCH_VAR / "logs" / "score_by_id_wrk.log")
+
+
+def interleaved(
+    server: Server, cases: list[Case], *, args: argparse.Namespace, log: Path
+) -> list[Run]:
+    """``args.rounds`` rounds of every case in turn under wrk, each run with the server's CPU
+    per request (the server left to drain its writes between runs)."""
     runs: list[Run] = []
-    log = BENCH_VAR / "logs" / "score_by_id_wrk.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     for round_ in range(1, args.rounds + 1):
         for case in cases:
             cpu = server.cpu_seconds()
@@ -272,8 +280,8 @@ def measure(server: Server, bodies: dict[str, Path], args: argparse.Namespace) -
     return runs
 
 
-def summary(runs: list[Run]) -> dict[str, dict[str, float]]:
-    """Medians per case, and the ratios against bare."""
+def medians(runs: list[Run]) -> dict[str, dict[str, float]]:
+    """Per case: the medians of its rounds (non-2xx summed)."""
     table: dict[str, dict[str, float]] = {}
     for name in dict.fromkeys(run.case for run in runs):
         mine = [run for run in runs if run.case == name]
@@ -286,6 +294,12 @@ def summary(runs: list[Run]) -> dict[str, dict[str, float]]:
                 run.server_cpu_us_per_request or 0.0 for run in mine
             ),
         }
+    return table
+
+
+def summary(runs: list[Run]) -> dict[str, dict[str, float]]:
+    """Medians per case, and the ratios against bare."""
+    table = medians(runs)
     for row in table.values():
         row["rps_vs_bare"] = row["rps"] / table["bare"]["rps"]
     return table
