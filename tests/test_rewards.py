@@ -359,37 +359,60 @@ def test_a_reversal_is_a_new_entry_once_and_never_drives_the_balance_negative(
     assert entries_sum(sqlite_engine, tenant, "C") == 5
 
 
+def post_earn(
+    engine: Engine,
+    policy: RewardsPolicy,
+    tenant: str,
+    *,
+    key: str,
+    points: int = 20,
+    description: str | None = None,
+    at: datetime = T0,
+) -> PostingResult:
+    """Customer C of the mass tier earns, in a session of its own."""
+    with Session(engine) as session:
+        return service.earn(
+            session,
+            rewards=policy,
+            tier="mass",
+            tenant=tenant,
+            customer_id="C",
+            points=points,
+            idempotency_key=key,
+            description=description,
+            now=at,
+        )
+
+
+def post_redemption(
+    engine: Engine, policy: RewardsPolicy, tenant: str, *, gift_id: str, key: str, at: datetime = T0
+) -> PostingResult:
+    """Customer C of the mass tier redeems a gift, in a session of its own."""
+    with Session(engine) as session:
+        return service.redeem(
+            session,
+            rewards=policy,
+            tier="mass",
+            tenant=tenant,
+            customer_id="C",
+            gift_id=gift_id,
+            idempotency_key=key,
+            now=at,
+        )
+
+
 def test_a_key_reused_for_another_request_is_a_409_and_writes_nothing(
     sqlite_engine: Engine,
 ) -> None:
     policy, tenant = small_policy(lock_days=0), f"k-{uuid.uuid4().hex[:8]}"
 
     def earn(points: int, description: str | None = None) -> PostingResult:
-        with Session(sqlite_engine) as session:
-            return service.earn(
-                session,
-                rewards=policy,
-                tier="mass",
-                tenant=tenant,
-                customer_id="C",
-                points=points,
-                idempotency_key="k",
-                description=description,
-                now=T0,
-            )
+        return post_earn(
+            sqlite_engine, policy, tenant, key="k", points=points, description=description
+        )
 
     def redeem(gift_id: str, key: str) -> PostingResult:
-        with Session(sqlite_engine) as session:
-            return service.redeem(
-                session,
-                rewards=policy,
-                tier="mass",
-                tenant=tenant,
-                customer_id="C",
-                gift_id=gift_id,
-                idempotency_key=key,
-                now=T0,
-            )
+        return post_redemption(sqlite_engine, policy, tenant, gift_id=gift_id, key=key)
 
     first = earn(100)
     assert earn(100).replayed and earn(100).entry.id == first.entry.id
@@ -415,32 +438,8 @@ def test_a_gift_given_back_returns_its_open_lots_points_its_stock_and_its_limit(
     policy, tenant = small_policy(lock_days=0), f"g-{uuid.uuid4().hex[:8]}"
     day = timedelta(days=1)
 
-    def earn(key: str, at: datetime) -> None:
-        with Session(sqlite_engine) as session:
-            service.earn(
-                session,
-                rewards=policy,
-                tier="mass",
-                tenant=tenant,
-                customer_id="C",
-                points=20,
-                idempotency_key=key,
-                description=None,
-                now=at,
-            )
-
     def mug(key: str, at: datetime) -> PostingResult:
-        with Session(sqlite_engine) as session:
-            return service.redeem(
-                session,
-                rewards=policy,
-                tier="mass",
-                tenant=tenant,
-                customer_id="C",
-                gift_id="mug",
-                idempotency_key=key,
-                now=at,
-            )
+        return post_redemption(sqlite_engine, policy, tenant, gift_id="mug", key=key, at=at)
 
     def give_back(entry_id: int, at: datetime) -> PostingResult:
         with Session(sqlite_engine) as session:
@@ -453,8 +452,8 @@ def test_a_gift_given_back_returns_its_open_lots_points_its_stock_and_its_limit(
                 now=at,
             )
 
-    earn("a", T0)  # lot A: 30 points, last day T0 + 10
-    earn("b", T0 + 5 * day)  # lot B: 30 points, last day T0 + 15
+    post_earn(sqlite_engine, policy, tenant, key="a")  # lot A: 30 points, last day T0 + 10
+    post_earn(sqlite_engine, policy, tenant, key="b", at=T0 + 5 * day)  # lot B: last day T0 + 15
     mug("m1", T0 + 6 * day)  # 25 from A
     second = mug("m2", T0 + 6 * day)  # 5 from A, 20 from B
     with pytest.raises(LimitReached):
