@@ -264,6 +264,13 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
     log_json: bool = True
+    freeze_heap_at_start: bool = Field(
+        default=True,
+        description="At start-up, take everything loaded so far (models, schemas, routes) out "
+        "of the garbage collector's scans: a full collection would otherwise rescan it and "
+        "stall every request in flight for milliseconds. Tests, which build hundreds of apps "
+        "in one process, turn it off (each freeze costs a full collection).",
+    )
 
     # Batch scoring and compiled inference
     batch_chunk_rows: int = Field(

@@ -6,6 +6,7 @@ built by running the real Alembic migrations.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,13 @@ from app.training.features import prepare_book
 from app.training.synth import read_book, write_book
 from app.training.train import train_bundled
 from tests.db_support import temporary_postgres_database, temporary_sqlite_database
+
+# Start-up costs every app pays, paid hundreds of times a session here: the heap freeze's full
+# collection and the console's dummy Argon2 hash at production cost. Through the environment,
+# so that every Settings of the session (and of the CLI subprocesses) has them.
+os.environ.setdefault("CVM_FREEZE_HEAP_AT_START", "false")
+os.environ.setdefault("CVM_CONSOLE_ARGON2_TIME_COST", "1")
+os.environ.setdefault("CVM_CONSOLE_ARGON2_MEMORY_KIB", "8")
 
 TEST_CUSTOMERS = 3000
 TEST_MONTHS = 15

@@ -6,15 +6,17 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import cache
 from typing import Any
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
+from starlette.routing import BaseRoute
 
 from app.actions import routes as actions
 from app.actions.policy import load_action_policy
@@ -86,6 +88,38 @@ def watch_event_queues(settings: Settings, metrics: Metrics) -> QueueDepthMonito
             label="queue",
         )
     return monitor
+
+
+@cache
+def api_routes() -> tuple[BaseRoute, ...]:
+    """Every domain's routes, built once per process and shared by each app it makes.
+
+    Building a route (FastAPI reads the endpoint's signature and builds a validator for each
+    parameter) costs milliseconds, about all of an app's start-up; a route holds nothing of
+    its app (endpoints reach the app's state through the request), so it can be shared. The
+    one thing lost is ``app.dependency_overrides``, which nothing here uses.
+    """
+    every = APIRouter()
+    for router in (
+        health.router,
+        scores.router,
+        history.router,
+        models.router,
+        alerts.router,
+        customers.router,
+        casework.staff_router,
+        casework.complaints_router,
+        casework.routed_alerts_router,
+        casework.reports_router,
+        contact.router,
+        models.admin_router,
+        value.router,
+        rewards.router,
+        actions.router,
+        campaigns.router,
+    ):
+        every.include_router(router)
+    return tuple(every.routes)
 
 
 def create_app(settings: Settings | None = None, registry: ModelRegistry | None = None) -> FastAPI:
@@ -176,8 +210,9 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         # Everything loaded so far (models, schemas, routes) lives as long as the process:
         # frozen out of the collector, it is no longer rescanned by every full collection,
         # which would otherwise stall all requests in flight for milliseconds.
-        gc.collect()
-        gc.freeze()
+        if settings.freeze_heap_at_start:
+            gc.collect()
+            gc.freeze()
         shadow.start()
         guard.start()
         await asyncio.to_thread(watcher.start)
@@ -207,7 +242,8 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
                 dispatcher.stop(timeout=30)
             await guard.close()  # the audit store's last lines before the engine goes
             engine.dispose()
-            gc.unfreeze()  # an app built again in this process (tests) starts clean
+            if settings.freeze_heap_at_start:
+                gc.unfreeze()  # an app built again in this process starts clean
 
     app = FastAPI(
         title="CVM",
@@ -258,19 +294,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
         screen=ProductScreen(rules.eligibility),
         evidence=EvidenceCache(ttl_s=action_policy.evidence_ttl_s),
     )
-    for router in (health.router, scores.router, history.router, models.router, alerts.router):
-        app.include_router(router)
-    app.include_router(customers.router)
-    app.include_router(casework.staff_router)
-    app.include_router(casework.complaints_router)
-    app.include_router(casework.routed_alerts_router)
-    app.include_router(casework.reports_router)
-    app.include_router(contact.router)
-    app.include_router(models.admin_router)
-    app.include_router(value.router)
-    app.include_router(rewards.router)
-    app.include_router(actions.router)
-    app.include_router(campaigns.router)
+    app.router.routes.extend(api_routes())
     add_docs(app)
     app.mount(
         console.PREFIX,

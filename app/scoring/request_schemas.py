@@ -6,6 +6,7 @@ without code changes: every field carries its type, unit, range and description.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
@@ -126,6 +127,7 @@ def _rule_inputs(many: bool) -> dict[str, Any]:
     }
 
 
+@cache  # one model class per schema: built once however many apps a process makes
 def customer_model(task: Task, schema: FeatureSchema) -> type[BaseModel]:
     """One customer: id plus every feature; optional features may be left out or null."""
     fields: dict[str, Any] = {
@@ -145,6 +147,7 @@ def customer_model(task: Task, schema: FeatureSchema) -> type[BaseModel]:
     return create_model(f"{_title(task)}Customer", __config__=STRICT, **fields)
 
 
+@cache  # one model class per schema: built once however many apps a process makes
 def columns_model(task: Task, schema: FeatureSchema) -> type[BaseModel]:
     """Many customers as columns: one array per feature, all of the same length."""
     fields: dict[str, Any] = {
@@ -217,6 +220,7 @@ class ScoreRequestBase(BaseModel):
     explain: ExplainMethod = "fast"
 
 
+@cache  # one model class per schema: built once however many apps a process makes
 def score_request_model(task: Task, schema: FeatureSchema) -> type[ScoreRequestBase]:
     """The body of ``POST /v1/<task>``: customers as objects, or as columns."""
     customer = customer_model(task, schema)
@@ -272,6 +276,12 @@ def assessment_request_model(schemas: dict[Task, FeatureSchema]) -> type[BaseMod
     Which features are required depends on the lifecycle group, so each applicable model's
     own customer model validates its part afterwards and names what is missing.
     """
+    return _assessment_request_model(tuple(schemas.items()))
+
+
+@cache
+def _assessment_request_model(tasks: tuple[tuple[Task, FeatureSchema], ...]) -> type[BaseModel]:
+    schemas = dict(tasks)
     fields: dict[str, Any] = {
         "customer_id": (CustomerId, ...),
         "lifecycle": (
