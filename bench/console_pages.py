@@ -67,17 +67,17 @@ STAFF = {
 BUDGET_MS = 300.0
 
 
-def bench_url() -> str:
+def bench_url(database: str = DATABASE) -> str:
     """The kept bench database on the test server, created when missing, migrated."""
     server = postgres_server_url()
     admin = server.set(database="postgres").render_as_string(hide_password=False)
     with psycopg.connect(admin.replace("+psycopg", ""), autocommit=True) as connection:
         found = connection.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
         ).fetchone()
         if found is None:
-            connection.execute(f'CREATE DATABASE "{DATABASE}"')
-    url = server.set(database=DATABASE).render_as_string(hide_password=False)
+            connection.execute(f'CREATE DATABASE "{database}"')
+    url = server.set(database=database).render_as_string(hide_password=False)
     upgrade(url)
     return url
 
@@ -500,8 +500,11 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--only", nargs="*", help="page names to time (default: every page)")
+    parser.add_argument(
+        "--database", default=DATABASE, help=f"the kept bench database (default {DATABASE})"
+    )
     args = parser.parse_args()
-    url = bench_url()
+    url = bench_url(args.database)
     settings = Settings(
         database_url=url,
         models_dir=ROOT / "models",
@@ -519,7 +522,7 @@ def main() -> None:
         )
         names = list(manifest["extras"]["monitoring_reference"]["features"])
         seconds = load(url, args.customers, churn_version, names)
-        print(f"book: {args.customers:,} customers in {DATABASE} (loaded in {seconds:.0f} s)")
+        print(f"book: {args.customers:,} customers in {args.database} (loaded in {seconds:.0f} s)")
         add_staff(app)
         rm, supervisor = logged_in(app, "rm000"), logged_in(app, "sup00")
         owner, admin = logged_in(app, "owner"), logged_in(app, "admin")
