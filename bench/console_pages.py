@@ -45,6 +45,7 @@ from app.db.migrate import upgrade  # noqa: E402
 from app.http.app import create_app  # noqa: E402
 from app.modelops.service import champions  # noqa: E402
 from app.scoring.manifest import Task  # noqa: E402
+from app.value.service import store_pyramid  # noqa: E402
 from tests.db_support import postgres_server_url  # noqa: E402
 
 DATABASE = "cvm_bench_console"
@@ -65,6 +66,15 @@ STAFF = {
     "admin": (["administrator"], "b00"),
 }
 BUDGET_MS = 300.0
+PROSPECTS_FROM_SCORES = """
+INSERT INTO prospect (tenant, customer_id, value_if_converted, income, expected_value,
+    conversion_probability, expected_known, conversion_rank, model_version, scored_at)
+SELECT tenant, customer_id, (outputs->>'value_if_converted')::float,
+    (features->>'income')::float, (outputs->>'expected_value')::float,
+    (outputs->>'conversion_probability')::float, outputs->>'expected_value' IS NOT NULL,
+    coalesce((outputs->>'conversion_probability')::float, 0), model_version, created_at
+FROM score WHERE tenant = %s AND task = 'prospect' AND stage = 'prospect'
+"""
 
 
 def bench_url(database: str = DATABASE) -> str:
@@ -409,10 +419,15 @@ def load(url: str, customers: int, churn_version: str, names: list[str]) -> floa
             "score",
             "customer_month_latest",
             "tier_movement",
+            "prospect",
+            "tier_total",
+            "tier_movement_month",
         ):
             connection.execute(f"DELETE FROM {table} WHERE tenant = %s", (TENANT,))
         _book(connection, customers, churn_version, names)
         _casework(connection, customers)
+        # What storing each prospect score writes beside it (app/value/prospect_book.py).
+        connection.execute(PROSPECTS_FROM_SCORES, (TENANT,))
         connection.commit()
     with psycopg.connect(dsn, autocommit=True) as connection:
         connection.execute("VACUUM ANALYZE")
@@ -523,6 +538,10 @@ def main() -> None:
         names = list(manifest["extras"]["monitoring_reference"]["features"])
         seconds = load(url, args.customers, churn_version, names)
         print(f"book: {args.customers:,} customers in {args.database} (loaded in {seconds:.0f} s)")
+        if seconds:  # what `cvm tiers apply` stores after writing the tiers of record
+            with app.state.session_factory() as session:
+                store_pyramid(session, tenant=TENANT, now=datetime.now(UTC))
+                session.commit()
         add_staff(app)
         rm, supervisor = logged_in(app, "rm000"), logged_in(app, "sup00")
         owner, admin = logged_in(app, "owner"), logged_in(app, "admin")
