@@ -2,9 +2,10 @@
 as columns, written in the transaction of the score, so the prospects page and
 ``GET /v1/prospects`` read an index instead of parsing every stored score's JSON documents.
 
-The segment needs the prospect plan, which the score writer does not have: a new score leaves
-its row unsegmented and ``service.prospects`` segments such rows set-wise under the plan in
-force (one UPDATE of the rows written since, or of every row when the plan's bands change).
+The segment needs the prospect plan, which the score writer does not have: a new score marks
+its row unsegmented and ``service.segment_prospects`` segments such rows set-wise under the
+plan in force (the rows written since, or every row when the plan's bands change), moving the
+stored count of each segment, so that no read counts the prospects.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.value.prospects import number
-from app.value.tables import UNTAGGED_KEY, prospect_table
+from app.value.tables import UNTAGGED_KEY, prospect_segment_table, prospect_table
 
 PROSPECT_TASK = "prospect"
 # What the prospect model outputs and the feature the buying power comes from.
@@ -62,7 +63,6 @@ def prospect_values(score: ProspectScore) -> dict[str, Any]:
         "conversion_rank": 0.0 if conversion is None else conversion,
         "model_version": score.model_version,
         "scored_at": score.scored_at,
-        "segment": None,
         "segmented_by": None,
     }
 
@@ -75,15 +75,40 @@ def record_prospect_scores(connection: Connection, *, scores: Sequence[ProspectS
         latest[(score.tenant, score.customer_id)] = score
     if not latest:
         return 0
-    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    statement = insert(prospect_table)
-    keys = ("tenant", "customer_id")
+    statement = _insert(connection, prospect_table)
+    # The segment stays: it is where the row is counted until it is segmented again.
+    kept = ("tenant", "customer_id", "segment")
     statement = statement.on_conflict_do_update(
-        index_elements=list(keys),
-        set_={c.name: statement.excluded[c.name] for c in prospect_table.c if c.name not in keys},
+        index_elements=["tenant", "customer_id"],
+        set_={c.name: statement.excluded[c.name] for c in prospect_table.c if c.name not in kept},
         # Scores of one prospect arrive in time order; a late group commit of an older score
         # must not replace a newer one (equal times: the later write wins, as the later id).
         where=prospect_table.c.scored_at <= statement.excluded.scored_at,
     )
     connection.execute(statement, [prospect_values(score) for score in latest.values()])
     return len(latest)
+
+
+def add_to_segments(connection: Connection, *, tenant: str, changes: dict[str, int]) -> None:
+    """Add ``changes`` (prospects per segment, negative to take away) to a tenant's counts."""
+    rows = [
+        {"tenant": tenant, "segment": name, "prospects": change}
+        for name, change in sorted(changes.items())
+        if change
+    ]
+    if not rows:
+        return
+    table = prospect_segment_table
+    statement = _insert(connection, table)
+    statement = statement.on_conflict_do_update(
+        index_elements=["tenant", "segment"],
+        set_={"prospects": table.c.prospects + statement.excluded.prospects},
+    )
+    connection.execute(statement, rows)
+
+
+def _insert(connection: Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT that can update on conflict, in the connection's dialect."""
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)

@@ -98,10 +98,21 @@ class Prospect(Base):
     conversion_rank: Mapped[float] = mapped_column(Float)  # conversion_probability or 0
     model_version: Mapped[str | None] = mapped_column(String(32))
     scored_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    # <value band>.<buying power band> under the plan whose bands ``segmented_by`` digests;
-    # None until the value domain segments the row (a new score clears both).
+    # <value band>.<buying power band> under the plan whose bands ``segmented_by`` digests
+    # (None until first segmented). A new score clears ``segmented_by`` only: the segment the
+    # row was counted in stays until the value domain segments it again and moves the count.
     segment: Mapped[str | None] = mapped_column(String(65))
     segmented_by: Mapped[str | None] = mapped_column(String(16))
+
+
+class ProspectSegment(Base):
+    """How many of a tenant's prospects are in one segment, kept by each segmenting."""
+
+    __tablename__ = "prospect_segment"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    segment: Mapped[str] = mapped_column(String(65), primary_key=True)
+    prospects: Mapped[int] = mapped_column(Integer)
 
 
 # The rank: expected value from the highest (unknown last), then the likelier to convert
@@ -129,3 +140,4 @@ Index("ix_prospect_tenant_segmented_by", Prospect.tenant, Prospect.segmented_by)
 tier_total_table = cast(Table, TierTotal.__table__)
 tier_movement_month_table = cast(Table, TierMovementMonth.__table__)
 prospect_table = cast(Table, Prospect.__table__)
+prospect_segment_table = cast(Table, ProspectSegment.__table__)

@@ -1,6 +1,8 @@
 """value summaries: the pyramid's per-tier totals and monthly movement counts, stored by each
 re-tiering run (tier_total, tier_movement_month), and each prospect's latest prospect score as
-columns with its segment (prospect); all three backfilled from the rows already stored
+columns with its segment (prospect) and the count of each segment (prospect_segment);
+backfilled from the rows already stored (the segments by the app's first read: they need the
+prospect plan)
 
 Revision ID: 0029
 Revises: 0024
@@ -149,6 +151,13 @@ def _create_tables() -> None:
         sa.Column("segmented_by", sa.String(length=16), nullable=True),
         sa.PrimaryKeyConstraint("tenant", "customer_id", name=op.f("pk_prospect")),
     )
+    op.create_table(
+        "prospect_segment",
+        sa.Column("tenant", sa.String(length=64), nullable=False),
+        sa.Column("segment", sa.String(length=65), nullable=False),
+        sa.Column("prospects", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("tenant", "segment", name=op.f("pk_prospect_segment")),
+    )
     rank = [sa.text("expected_known DESC"), sa.text("expected_value DESC")]
     rank += [sa.text("conversion_rank DESC"), sa.text("customer_id")]
     op.create_index(
@@ -175,6 +184,7 @@ def downgrade() -> None:
     op.drop_index("ix_prospect_tenant_segmented_by", table_name="prospect")
     op.drop_index("ix_prospect_tenant_rank", table_name="prospect")
     op.drop_index("ix_prospect_tenant_segment_rank", table_name="prospect")
+    op.drop_table("prospect_segment")
     op.drop_table("prospect")
     op.drop_table("tier_movement_month")
     op.drop_table("tier_total")
