@@ -5,7 +5,9 @@ on the test server, never the test database): per customer a tier of record (plu
 and downgrades spread over the months), its latest balances, a churn score of the champion
 model, a profile event (branch, relationship manager) and two transactions; a quarter of
 them are prospects with a prospect score; 20,000 open churn alerts (routed), 10,000
-complaints, 1,000,000 audit lines, and churn outcomes for 5% of the book (the backtest).
+complaints, 1,000,000 audit lines, and churn outcomes for 5% of the book (the backtest);
+with them what the app stores beside such rows (each prospect's row of ``prospect``, the
+pyramid's totals that ``cvm tiers apply`` stores).
 
 The app is then built on that database, staff log in through the real login form (a
 relationship manager, a branch supervisor, a model owner, an administrator), and each page
