@@ -5,7 +5,9 @@ on the test server, never the test database): per customer a tier of record (plu
 and downgrades spread over the months), its latest balances, a churn score of the champion
 model, a profile event (branch, relationship manager) and two transactions; a quarter of
 them are prospects with a prospect score; 20,000 open churn alerts (routed), 10,000
-complaints, 1,000,000 audit lines, and churn outcomes for 5% of the book (the backtest).
+complaints, 1,000,000 audit lines, and churn outcomes for 5% of the book (the backtest);
+with them what the app stores beside such rows (each prospect's row of ``prospect``, the
+pyramid's totals that ``cvm tiers apply`` stores).
 
 The app is then built on that database, staff log in through the real login form (a
 relationship manager, a branch supervisor, a model owner, an administrator), and each page
@@ -45,6 +47,7 @@ from app.db.migrate import upgrade  # noqa: E402
 from app.http.app import create_app  # noqa: E402
 from app.modelops.service import champions  # noqa: E402
 from app.scoring.manifest import Task  # noqa: E402
+from app.value.service import store_pyramid  # noqa: E402
 from tests.db_support import postgres_server_url  # noqa: E402
 
 DATABASE = "cvm_bench_console"
@@ -65,19 +68,28 @@ STAFF = {
     "admin": (["administrator"], "b00"),
 }
 BUDGET_MS = 300.0
+PROSPECTS_FROM_SCORES = """
+INSERT INTO prospect (tenant, customer_id, value_if_converted, income, expected_value,
+    conversion_probability, expected_known, conversion_rank, model_version, scored_at)
+SELECT tenant, customer_id, (outputs->>'value_if_converted')::float,
+    (features->>'income')::float, (outputs->>'expected_value')::float,
+    (outputs->>'conversion_probability')::float, outputs->>'expected_value' IS NOT NULL,
+    coalesce((outputs->>'conversion_probability')::float, 0), model_version, created_at
+FROM score WHERE tenant = %s AND task = 'prospect' AND stage = 'prospect'
+"""
 
 
-def bench_url() -> str:
+def bench_url(database: str = DATABASE) -> str:
     """The kept bench database on the test server, created when missing, migrated."""
     server = postgres_server_url()
     admin = server.set(database="postgres").render_as_string(hide_password=False)
     with psycopg.connect(admin.replace("+psycopg", ""), autocommit=True) as connection:
         found = connection.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
         ).fetchone()
         if found is None:
-            connection.execute(f'CREATE DATABASE "{DATABASE}"')
-    url = server.set(database=DATABASE).render_as_string(hide_password=False)
+            connection.execute(f'CREATE DATABASE "{database}"')
+    url = server.set(database=database).render_as_string(hide_password=False)
     upgrade(url)
     return url
 
@@ -409,10 +421,15 @@ def load(url: str, customers: int, churn_version: str, names: list[str]) -> floa
             "score",
             "customer_month_latest",
             "tier_movement",
+            "prospect",
+            "tier_total",
+            "tier_movement_month",
         ):
             connection.execute(f"DELETE FROM {table} WHERE tenant = %s", (TENANT,))
         _book(connection, customers, churn_version, names)
         _casework(connection, customers)
+        # What storing each prospect score writes beside it (app/value/prospect_book.py).
+        connection.execute(PROSPECTS_FROM_SCORES, (TENANT,))
         connection.commit()
     with psycopg.connect(dsn, autocommit=True) as connection:
         connection.execute("VACUUM ANALYZE")
@@ -500,8 +517,11 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--only", nargs="*", help="page names to time (default: every page)")
+    parser.add_argument(
+        "--database", default=DATABASE, help=f"the kept bench database (default {DATABASE})"
+    )
     args = parser.parse_args()
-    url = bench_url()
+    url = bench_url(args.database)
     settings = Settings(
         database_url=url,
         models_dir=ROOT / "models",
@@ -519,7 +539,11 @@ def main() -> None:
         )
         names = list(manifest["extras"]["monitoring_reference"]["features"])
         seconds = load(url, args.customers, churn_version, names)
-        print(f"book: {args.customers:,} customers in {DATABASE} (loaded in {seconds:.0f} s)")
+        print(f"book: {args.customers:,} customers in {args.database} (loaded in {seconds:.0f} s)")
+        if seconds:  # what `cvm tiers apply` stores after writing the tiers of record
+            with app.state.session_factory() as session:
+                store_pyramid(session, tenant=TENANT, now=datetime.now(UTC))
+                session.commit()
         add_staff(app)
         rm, supervisor = logged_in(app, "rm000"), logged_in(app, "sup00")
         owner, admin = logged_in(app, "owner"), logged_in(app, "admin")

@@ -4,6 +4,7 @@ filters, both languages, and the audit line of every view or action."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -19,7 +20,7 @@ from app.casework.routing import RoutingPolicy, route_new_alerts
 from app.casework.states import AssignmentStatus
 from app.casework.tables import AlertAssignment
 from app.console import labels
-from app.console.charts import interval_svg
+from app.console.charts import Series, interval_svg, stacked_svg
 from app.http.app import create_app
 from app.modelops.fairness import FairnessStatus
 from app.modelops.psi import band as psi_band
@@ -364,6 +365,23 @@ def test_the_auc_chart_draws_months_and_gaps_as_text() -> None:
         axis_label="AUC",
     )
     assert svg.startswith("<svg") and "2026-02" in svg and "AUC" in svg
+
+
+def test_the_movement_chart_stacks_its_bars_to_scale_with_labels_as_text() -> None:
+    svg = stacked_svg(
+        ["2026-10", "2026-11"],
+        [Series("up", [30, 0], "#1e8449"), Series("down <&>", [10, 20], "#b03a2e")],
+        axis_label="customers moved",
+    )
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert "down &lt;&amp;&gt;" in svg and "customers moved" in svg and "2026-11" in svg
+    heights = [
+        float(h) for h in re.findall(r'<rect [^>]*height="([0-9.]+)" fill="[^"]+"><title>', svg)
+    ]
+    assert len(heights) == 3  # the zero is not drawn; the legend's squares are not bars
+    assert heights[0] == pytest.approx(3 * heights[1], rel=0.01)  # 30 against 10
+    assert heights[2] == pytest.approx(2 * heights[1], rel=0.01)
+    assert ">40<" in svg  # the axis reaches the highest stack
 
 
 def test_the_words_shown_from_data_cover_their_enums() -> None:

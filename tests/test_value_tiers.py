@@ -30,6 +30,7 @@ from app.value.policy import (
     parse_policy,
 )
 from app.value.tables import TierMovement
+from tests.value_support import assert_pyramid_as_before
 
 DEFAULT = Path(__file__).parents[1] / "app" / "resources" / "tier_policy.json"
 RB = Measure.RELATIONSHIP_BALANCE
@@ -252,7 +253,11 @@ def apply(database_url: str, *arguments: str) -> list[list[str]]:
 
 
 def test_the_tier_of_a_customer_and_re_tiering_the_book(
-    tenant_client: tuple[TestClient, str], database_url: str, engine: Engine, tmp_path: Path
+    tenant_client: tuple[TestClient, str],
+    database_url: str,
+    engine: Engine,
+    tmp_path: Path,
+    policy: TierPolicy,
 ) -> None:
     client, tenant = tenant_client
     b = client.get("/v1/customers/B/tier").json()
@@ -274,6 +279,8 @@ def test_the_tier_of_a_customer_and_re_tiering_the_book(
             session.scalars(select(TierMovement).where(TierMovement.tenant == tenant)).all() == []
         )
     apply(database_url, *first)
+    with Session(engine) as session:  # the run stored the pyramid's totals
+        assert_pyramid_as_before(session, policy, tenant)
     assert apply(database_url, *first, "--dry-run") == []  # applied: nothing left to move
     assert client.get("/v1/customers/C/tier").json()["recorded_tier"] == "affluent"
 
@@ -287,6 +294,7 @@ def test_the_tier_of_a_customer_and_re_tiering_the_book(
     ]
     apply(database_url, *first, "--policy", str(path))
     with Session(engine) as session:
+        assert_pyramid_as_before(session, policy, tenant)
         rows = session.scalars(
             select(TierMovement).where(TierMovement.tenant == tenant).order_by(TierMovement.id)
         ).all()

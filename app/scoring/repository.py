@@ -31,6 +31,7 @@ from app.scoring.tables import (
     score_alert_candidate_table,
     score_table,
 )
+from app.value.prospect_book import ProspectScore, is_prospect_score, record_prospect_scores
 
 
 class ScoreRow(TypedDict):
@@ -146,7 +147,22 @@ def insert_scores(target: Connection | Session, *, rows: Sequence[ScoreRow | Enc
         _copy_scores(connection, encoded)
     else:
         connection.exec_driver_sql(_SQLITE_INSERT, _driver_tuples(dialect, encoded))
+    # A prospect's ranking inputs as columns, in the same transaction (app/value/prospect_book).
+    prospects = [_prospect_score(row) for row in encoded if is_prospect_score(row[1], row[11])]
+    if prospects:
+        record_prospect_scores(connection, scores=prospects)
     return len(rows)
+
+
+def _prospect_score(row: EncodedScore) -> ProspectScore:
+    return ProspectScore(
+        tenant=row[9],
+        customer_id=row[2],
+        outputs=orjson.loads(row[5]),
+        features=orjson.loads(row[7]),
+        model_version=row[4],
+        scored_at=_timestamp(row[8]),
+    )
 
 
 # Columns written by insert_scores, in order (the generated id is left to the database).
@@ -514,32 +530,4 @@ def latest_scores(*, task: str, tenant: str | None, name: str) -> Subquery:
         select(Score.customer_id, Score.probability)
         .join(latest, Score.id == latest.c.id)
         .subquery(name)
-    )
-
-
-def latest_of_task(*, task: str, stage: str | None, tenant: TenantScope) -> Subquery:
-    """Every customer's latest score of ``task`` in a tenant, of those scored at ``stage``
-    (any stage when None), as a subquery (``customer_id``, ``outputs``, ``features``,
-    ``model_version``, ``created_at``): callers rank, filter and count it in the database and
-    read only the page they show."""
-    conditions = [Score.task == task, tenant.condition(Score.tenant)]
-    if stage is not None:
-        conditions.append(Score.stage == stage)
-    # A join on the latest ids, as latest_scores does (``id IN`` is planned badly at scale).
-    latest = (
-        select(func.max(Score.id).label("id"))
-        .where(*conditions)
-        .group_by(Score.customer_id)
-        .subquery("latest")
-    )
-    return (
-        select(
-            Score.customer_id,
-            Score.outputs,
-            Score.features,
-            Score.model_version,
-            Score.created_at,
-        )
-        .join(latest, Score.id == latest.c.id)
-        .subquery("latest_of_task")
     )

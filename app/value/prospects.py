@@ -17,6 +17,7 @@ out of order is refused at load with a message naming the key.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from enum import StrEnum
@@ -119,6 +120,14 @@ class ProspectPlan(BaseModel):
             for value in reversed(self.value_bands)
             for power in reversed(self.buying_power_bands)
         ]
+
+    @property
+    def bands_digest(self) -> str:
+        """What the segments depend on (the bands), digested: stored beside each prospect's
+        segment, so a change of bands re-segments the stored prospects."""
+        bands = {"value": self.value_bands, "power": self.buying_power_bands}
+        raw = json.dumps({k: [b.model_dump() for b in v] for k, v in bands.items()})
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
     def segment_of(self, *, value: float | None, income: float | None) -> str:
         """The segment of a prospect with this predicted value and income."""
