@@ -5,7 +5,8 @@ on the test server, never the test database): per customer a tier of record (plu
 and downgrades spread over the months), its latest balances, a churn score of the champion
 model, a profile event (branch, relationship manager) and two transactions; a quarter of
 them are prospects with a prospect score; 20,000 open churn alerts (routed), 10,000
-complaints, 1,000,000 audit lines, and churn outcomes for 5% of the book (the backtest).
+complaints, 1,000,000 audit lines, churn outcomes for 5% of the book (the backtest), and a
+launched model-targeted campaign of 20,000 members with their responses in the trail.
 
 The app is then built on that database, staff log in through the real login form (a
 relationship manager, a branch supervisor, a model owner, an administrator), and each page
@@ -15,6 +16,7 @@ rendering included. One table per page: p50, p95 and max in milliseconds.
 
     python bench/console_pages.py                    # 1,000,000 customers, 20 requests a page
     python bench/console_pages.py --customers 100000 --requests 5
+    python bench/console_pages.py --database cvm_bench_console_mine   # a database of one's own
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ MANAGERS = 500
 ALERTS = 20_000
 COMPLAINTS = 10_000
 AUDIT_LINES = 1_000_000
+CAMPAIGN_MEMBERS = 20_000
+CAMPAIGN_CODE = "bench-retention"
 STAFF = {
     "rm000": (["relationship_manager"], "b00"),
     "sup00": (["branch_supervisor"], "b00"),
@@ -67,17 +71,17 @@ STAFF = {
 BUDGET_MS = 300.0
 
 
-def bench_url() -> str:
+def bench_url(database: str) -> str:
     """The kept bench database on the test server, created when missing, migrated."""
     server = postgres_server_url()
     admin = server.set(database="postgres").render_as_string(hide_password=False)
     with psycopg.connect(admin.replace("+psycopg", ""), autocommit=True) as connection:
         found = connection.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)
+            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
         ).fetchone()
         if found is None:
-            connection.execute(f'CREATE DATABASE "{DATABASE}"')
-    url = server.set(database=DATABASE).render_as_string(hide_password=False)
+            connection.execute(f'CREATE DATABASE "{database}"')
+    url = server.set(database=database).render_as_string(hide_password=False)
     upgrade(url)
     return url
 
@@ -388,6 +392,76 @@ def _casework(connection: psycopg.Connection[Any], customers: int) -> None:
     )
 
 
+def _campaign(connection: psycopg.Connection[Any], customers: int) -> None:
+    """A launched retention campaign ranked by churn score: 20,000 members (5% held out), every
+    treated member contacted, 8% of the treated and 5% of the held out accepting."""
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    launched = start - timedelta(days=30)
+    campaign_id = connection.execute(
+        "INSERT INTO campaign (tenant, code, name, action, channel, purpose, target,"
+        " priority_task, starts_at, ends_at, period, control_rate, volume_cap, budget,"
+        " cost_per_contact, baseline_rate, minimum_lift, status, created_by, created_at,"
+        " launched_at) VALUES (%s, %s, 'Bench retention', 'retention_call', 'phone',"
+        " 'retention', '{}', 'churn', %s, NULL, '2026-11', 0.05, NULL, NULL, 2.5, 0.05, 0.01,"
+        " 'launched', 'staff:sup00', %s, %s) RETURNING id",
+        (TENANT, CAMPAIGN_CODE, launched, launched, launched),
+    ).fetchone()[0]
+    rng = np.random.default_rng(23)
+    step = max(customers // CAMPAIGN_MEMBERS, 1)
+    members = list(range(0, customers, step))[:CAMPAIGN_MEMBERS]
+    scores = np.sort(rng.beta(2, 5, len(members)))[::-1]
+    held = [n % 20 == 0 for n in range(len(members))]
+    _copy(
+        connection,
+        "COPY campaign_member (campaign_id, customer_id, arm, rank, score) FROM STDIN",
+        (
+            (
+                campaign_id,
+                customer_id(i),
+                "control" if held[n] else "treatment",
+                n + 1,
+                float(scores[n]),
+            )
+            for n, i in enumerate(members)
+        ),
+    )
+    accepted = rng.random(len(members)) < np.where(held, 0.05, 0.08)
+
+    def responses() -> Iterator[tuple[Any, ...]]:
+        for n, i in enumerate(members):
+            said = (["contacted"] if not held[n] else []) + (["accepted"] if accepted[n] else [])
+            for k, response in enumerate(said):
+                yield (
+                    TENANT,
+                    f"{customer_id(i)}-c{k}",
+                    customer_id(i),
+                    "campaign_response",
+                    launched + timedelta(days=1 + k, minutes=n % 1000),
+                    launched + timedelta(days=1 + k),
+                    "bench",
+                    json.dumps({"campaign_id": CAMPAIGN_CODE, "response": response}),
+                )
+
+    _copy(
+        connection,
+        "COPY customer_event (tenant, event_id, customer_id, type, occurred_at, received_at,"
+        " request_id, payload) FROM STDIN",
+        responses(),
+    )
+
+
+def campaign_of(url: str) -> int:
+    """The bench campaign's id."""
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn) as connection:
+        found = connection.execute(
+            "SELECT id FROM campaign WHERE tenant = %s AND code = %s", (TENANT, CAMPAIGN_CODE)
+        ).fetchone()
+    if found is None:
+        raise SystemExit("the bench campaign is missing: drop the database and load again")
+    return int(found[0])
+
+
 def load(url: str, customers: int, churn_version: str, names: list[str]) -> float:
     """Load the book once (kept between runs); seconds taken (0 when already there)."""
     dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -399,7 +473,13 @@ def load(url: str, customers: int, churn_version: str, names: list[str]) -> floa
         if have is not None and have[0] == customers:
             return 0.0
         started = time.perf_counter()
+        connection.execute(
+            "DELETE FROM campaign_member WHERE campaign_id IN"
+            " (SELECT id FROM campaign WHERE tenant = %s)",
+            (TENANT,),
+        )
         for table in (
+            "campaign",
             "alert_assignment",
             "alert",
             "complaint",
@@ -413,6 +493,7 @@ def load(url: str, customers: int, churn_version: str, names: list[str]) -> floa
             connection.execute(f"DELETE FROM {table} WHERE tenant = %s", (TENANT,))
         _book(connection, customers, churn_version, names)
         _casework(connection, customers)
+        _campaign(connection, customers)
         connection.commit()
     with psycopg.connect(dsn, autocommit=True) as connection:
         connection.execute("VACUUM ANALYZE")
@@ -500,8 +581,9 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--only", nargs="*", help="page names to time (default: every page)")
+    parser.add_argument("--database", default=DATABASE, help=f"kept database (default {DATABASE})")
     args = parser.parse_args()
-    url = bench_url()
+    url = bench_url(args.database)
     settings = Settings(
         database_url=url,
         models_dir=ROOT / "models",
@@ -519,7 +601,8 @@ def main() -> None:
         )
         names = list(manifest["extras"]["monitoring_reference"]["features"])
         seconds = load(url, args.customers, churn_version, names)
-        print(f"book: {args.customers:,} customers in {DATABASE} (loaded in {seconds:.0f} s)")
+        print(f"book: {args.customers:,} customers in {args.database} (loaded in {seconds:.0f} s)")
+        campaign = campaign_of(url)
         add_staff(app)
         rm, supervisor = logged_in(app, "rm000"), logged_in(app, "sup00")
         owner, admin = logged_in(app, "owner"), logged_in(app, "admin")
@@ -537,6 +620,9 @@ def main() -> None:
                 "/console/prospects?segment=premium.wealthy&page=5"
             ),
             "model monitoring (model owner)": lambda n: owner.get("/console/models"),
+            "campaign report, 20,000 members (branch supervisor)": lambda n: supervisor.get(
+                f"/console/campaigns/{campaign}"
+            ),
             "audit log (administrator)": lambda n: admin.get("/console/audit"),
             "audit log, one actor, page 10": lambda n: admin.get(
                 "/console/audit?actor=staff:rm007&page=10"
