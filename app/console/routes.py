@@ -11,7 +11,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from functools import partial
@@ -32,7 +32,6 @@ from app.alerts import service as alerts
 from app.alerts.schemas import AcknowledgeRequest, ResolveRequest
 from app.alerts.states import Outcome
 from app.campaigns import service as campaigns
-from app.campaigns.charts import report_svg
 from app.campaigns.schemas import CampaignRequest
 from app.campaigns.states import CampaignStatus
 from app.casework import routing
@@ -150,6 +149,24 @@ class Console:
     prospect_plan: ProspectPlan
     contact_policy: ContactPolicy
     audit_stored: bool
+    # Charts of stored reports, drawn once per report and language (matplotlib takes tens of
+    # milliseconds a chart): keyed by what identifies the stored report.
+    charts: dict[tuple[str, ...], dict[str, str | None]] = field(default_factory=dict)
+
+    def chart(
+        self, key: tuple[str, ...], draw: Callable[[], dict[str, str | None]]
+    ) -> dict[str, str | None]:
+        """The charts stored under ``key``, drawn on first use (at most CHART_CACHE kept)."""
+        found = self.charts.get(key)
+        if found is None:
+            if len(self.charts) >= CHART_CACHE:
+                self.charts.clear()
+            found = self.charts[key] = draw()
+        return found
+
+
+# Stored reports whose charts are kept drawn (per process).
+CHART_CACHE = 64
 
 
 def _console(request: Request) -> Console:
@@ -614,7 +631,17 @@ def models(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
         user=user,
         health=health,
         tasks=list(Task),
-        charts=_health_charts(health, partial(console.renderer.translate, language)),
+        charts=console.chart(
+            (
+                "models",
+                task.value,
+                health.version or "",
+                health.drift_computed_at.isoformat() if health.drift_computed_at else "",
+                health.backtest_computed_at.isoformat() if health.backtest_computed_at else "",
+                language.value,
+            ),
+            lambda: _health_charts(health, partial(console.renderer.translate, language)),
+        ),
         back=str(request.url.path),
     )
 
@@ -777,18 +804,21 @@ def _campaign_page(
     console = _console(request)
     language = _language(console, user, request)
     view = pages.campaign_view(
-        session, user=user, campaign_id=campaign_id, policy=console.contact_policy, now=utc_now()
+        session,
+        user=user,
+        campaign_id=campaign_id,
+        policy=console.contact_policy,
+        now=utc_now(),
+        language=language.value,
+        translate=partial(console.renderer.translate, language),
     )
-    chart = None
-    if view.report is not None:
-        chart = report_svg(view.report, partial(console.renderer.translate, language))
     return console.renderer.page(
         "campaign.html",
         language=language,
         status=refused.status if refused is not None else 200,
         user=user,
         view=view,
-        chart=chart,
+        chart=view.chart,
         refused=refused,
         back=str(request.url.path),
     )
