@@ -660,7 +660,7 @@ def audit_log(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
         since=since,
         until=until + timedelta(days=1) if until is not None else None,  # the whole day
     )
-    rows, total = audit_page(session, where=where, limit=pages.PAGE_SIZE, offset=pages.offset(page))
+    found = audit_page(session, where=where, limit=pages.PAGE_SIZE, offset=pages.offset(page))
     note(request, view="audit")
     keep = {
         name: request.query_params[name] for name in AUDIT_FILTERS if request.query_params.get(name)
@@ -669,9 +669,11 @@ def audit_log(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
         "audit.html",
         language=_language(console, user, request),
         user=user,
-        rows=rows,
-        paging=pages.Paging.of(page, total),
-        total=total,
+        rows=found.rows,
+        # Beyond the counted lines there is at least one more page.
+        paging=pages.Paging.of(page, found.total + (0 if found.exact else 1)),
+        total=found.total,
+        exact=found.exact,
         stored=console.audit_stored,
         keep=keep,
         back=str(request.url.path),
