@@ -22,7 +22,9 @@ from app.errors import InvalidInput, NotFound
 from app.http.app import create_app
 from app.modelops import backtest as backtests
 from app.modelops.backtest import HORIZON, OutcomeRow, import_outcomes, read_outcomes_csv
+from app.modelops.monitoring import latest_run
 from app.modelops.schemas import BacktestReport
+from app.modelops.service import champions
 from app.modelops.tables import ModelBacktest, ModelOutcome
 from app.scoring.manifest import Task
 from app.scoring.repository import TenantScope
@@ -226,9 +228,24 @@ def test_the_api_and_the_cli(
             ],
         )
         assert stored.exit_code == 0 and "1 stored" in stored.output, stored.output
+        # The champion's backtest for these (untagged) outcomes, computed by the import.
+        assert "1 stored backtest(s) recomputed" in stored.output, stored.output
         printed = runner.invoke(cli, ["backtest", "churn", "--resamples", "20"])
         assert printed.exit_code == 0, printed.output
         assert "2026-01" in printed.output and "2026-02" in printed.output
+        # cvm monitor stores the drift run it prints (bank-a's stored scores, features empty).
+        monitored = runner.invoke(cli, ["monitor", "churn", "--tenant", "bank-a"])
+        assert monitored.exit_code == 0, monitored.output
+        assert "stored rows against" in monitored.output
+        with Session(create_db_engine(url)) as session:
+            champion = champions(session)[Task.CHURN]
+            run = latest_run(
+                session, task=Task.CHURN, version=champion, tenant=TenantScope("bank-a")
+            )
+            # Every stored row of bank-a: both months, the second scores of every 50th
+            # customer and the censored one.
+            stored_rows = 2 * PER_MONTH + 2 * (PER_MONTH // 50) + 1
+            assert run is not None and run.report.current_rows == stored_rows
     finally:
         get_settings.cache_clear()
 

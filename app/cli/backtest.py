@@ -79,7 +79,8 @@ def import_outcomes(
         )
     )
     console.print(
-        f"{task.value} outcomes: {result.inserted} stored, {result.already_stored} already there"
+        f"{task.value} outcomes: {result.inserted} stored, {result.already_stored} already "
+        f"there; {result.backtests} stored backtest(s) recomputed"
     )
 
 

@@ -57,6 +57,8 @@ class ImportResult:
 
     inserted: int
     already_stored: int
+    # Stored backtests recomputed with the new outcomes (and the champion's stored).
+    backtests: int = 0
 
 
 def parse_instant(text: str, *, field: str) -> datetime:
@@ -138,10 +140,11 @@ def import_outcomes(
         for customer_id, occurred_at in sorted(fresh)
     )
     session.flush()
-    if fresh:
-        refresh_backtests(session, task=task, tenant=tenant, now=now)
+    refreshed = refresh_backtests(session, task=task, tenant=tenant, now=now) if fresh else []
     session.commit()
-    return ImportResult(inserted=len(fresh), already_stored=len(rows) - len(fresh))
+    return ImportResult(
+        inserted=len(fresh), already_stored=len(rows) - len(fresh), backtests=len(refreshed)
+    )
 
 
 def outcome_times(
