@@ -10,7 +10,8 @@ count once (the latest), so a customer scored daily weighs as much as one scored
 
 Backtests are computed when outcomes are imported (and by ``cvm backtest``) and stored in
 ``model_backtest`` with the outcome rows they saw; readers (the console) take the stored
-report and compare that mark with the outcomes stored now to say whether it is stale. Scores
+report and compare the largest outcome id it saw with the largest stored now (outcomes are
+only ever added) to say whether it is stale. Scores
 count only once their horizon has passed, so scores stored later do not change a backtest
 unless they are backdated (``cvm backtest`` recomputes on demand).
 """
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput, NotFound
@@ -253,17 +254,32 @@ def _scope_of(key: str) -> TenantScope | None:
 
 
 def outcome_mark(session: Session, *, task: Task, tenant: TenantScope | None) -> tuple[int, int]:
-    """(rows, largest id) of the task's stored outcomes in a scope: a backtest that saw a
-    different mark is stale."""
-    conditions = [ModelOutcome.task == task.value]
-    if tenant is not None:
-        conditions.append(tenant.condition(ModelOutcome.tenant))
+    """(rows, largest id) of the task's stored outcomes in a scope, as a backtest stores them."""
+    conditions = _outcome_conditions(task, tenant)
     rows, last = session.execute(
         select(func.count(ModelOutcome.id), func.coalesce(func.max(ModelOutcome.id), 0)).where(
             *conditions
         )
     ).one()
     return int(rows), int(last)
+
+
+def last_outcome_id(session: Session, *, task: Task, tenant: TenantScope | None) -> int:
+    """The largest id of the task's stored outcomes in a scope (an index probe): outcomes are
+    only ever added, so a stored backtest that saw a smaller one is stale."""
+    last = session.scalar(
+        select(func.coalesce(func.max(ModelOutcome.id), 0)).where(
+            *_outcome_conditions(task, tenant)
+        )
+    )
+    return int(last or 0)
+
+
+def _outcome_conditions(task: Task, tenant: TenantScope | None) -> list[ColumnElement[bool]]:
+    conditions = [ModelOutcome.task == task.value]
+    if tenant is not None:
+        conditions.append(tenant.condition(ModelOutcome.tenant))
+    return conditions
 
 
 def _save(
@@ -376,9 +392,9 @@ def latest_backtest(
     ).one_or_none()
     if row is None:
         return None
-    mark = outcome_mark(session, task=task, tenant=tenant)
+    last = last_outcome_id(session, task=task, tenant=tenant)
     return StoredBacktest(
         report=BacktestReport.model_validate(row.report),
         computed_at=row.computed_at,
-        stale=mark != (row.outcome_rows, row.last_outcome_id),
+        stale=last != row.last_outcome_id,
     )

@@ -96,6 +96,9 @@ class ModelOutcome(Base):
             "tenant", "task", "customer_id", "occurred_at", name="uq_model_outcome_event"
         ),
         Index("ix_model_outcome_task_customer", "task", "customer_id"),
+        # The mark a stored backtest is checked against (count and last id of a scope's
+        # outcomes), read on every view of the model page: an index-only read.
+        Index("ix_model_outcome_task_tenant_id", "task", "tenant", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
@@ -146,7 +149,8 @@ class ModelBacktest(Base):
     version: Mapped[str] = mapped_column(String(32))
     resamples: Mapped[int] = mapped_column(Integer)
     seed: Mapped[int] = mapped_column(BigInteger)
-    # The outcome rows of the task and scope when it was computed: their count and largest id.
+    # The outcome rows of the task and scope when it was computed: their count and largest id
+    # (outcomes are only added: a larger id stored since makes it stale).
     outcome_rows: Mapped[int] = mapped_column(Integer)
     last_outcome_id: Mapped[int] = mapped_column(BigInteger)
     report: Mapped[dict[str, Any]] = mapped_column(JSONDocument)

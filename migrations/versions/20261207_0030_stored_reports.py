@@ -4,7 +4,8 @@
 backtest``), with the outcome rows it saw; ``model_drift_run`` each drift monitoring run;
 ``campaign_report`` a launched campaign's report and charts with the mark of the responses it
 read. The console reads these instead of computing per view. A partial index on the trail's
-campaign responses lets a report (and its mark) read them without the rest of the trail.
+campaign responses lets a report (and its mark) read them without the rest of the trail; an
+index on outcomes by task, tenant and id makes a backtest's mark an index-only read.
 Nothing is converted: the stored reports start empty and are computed on the next import,
 command or (campaigns) view.
 
@@ -78,6 +79,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("campaign_id", name=op.f("pk_campaign_report")),
     )
     op.create_index(
+        "ix_model_outcome_task_tenant_id", "model_outcome", ["task", "tenant", "id"]
+    )
+    op.create_index(
         "ix_customer_event_campaign_response",
         "customer_event",
         ["tenant", "occurred_at", "id"],
@@ -88,6 +92,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_customer_event_campaign_response", table_name="customer_event")
+    op.drop_index("ix_model_outcome_task_tenant_id", table_name="model_outcome")
     op.drop_table("campaign_report")
     op.drop_index("ix_model_drift_run_key", table_name="model_drift_run")
     op.drop_table("model_drift_run")
