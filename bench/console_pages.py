@@ -482,11 +482,12 @@ def load(url: str, customers: int, churn_version: str, names: list[str]) -> floa
         if have is not None and have[0] == customers:
             return 0.0
         started = time.perf_counter()
-        connection.execute(
-            "DELETE FROM campaign_member WHERE campaign_id IN"
-            " (SELECT id FROM campaign WHERE tenant = %s)",
-            (TENANT,),
-        )
+        for table in ("campaign_report", "campaign_member"):
+            connection.execute(
+                f"DELETE FROM {table} WHERE campaign_id IN"
+                " (SELECT id FROM campaign WHERE tenant = %s)",
+                (TENANT,),
+            )
         for table in (
             "campaign",
             "alert_assignment",
