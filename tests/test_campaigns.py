@@ -490,13 +490,13 @@ def test_the_report_is_computed_once_per_responses_mark(
     from app.campaigns import service
     from app.campaigns.tables import CampaignReportRow
 
-    ids = book(bank, 300, churn=lambda i: (i % 100) / 100)
+    ids = book(bank, 120, churn=lambda i: (i % 100) / 100)
     created = create(bank, priority_task="churn", control_rate=0.3)
     assert bank.client.post(f"/v1/campaigns/{created['id']}/launch").status_code == 200
     respond(
         bank,
         created["code"],
-        {c: "accepted" if i % 4 else "opened" for i, c in enumerate(ids[:200])},
+        {c: "accepted" if i % 4 else "opened" for i, c in enumerate(ids[:80])},
     )
 
     def same_figures(stored: Any, live: Any) -> None:
@@ -536,7 +536,7 @@ def test_the_report_is_computed_once_per_responses_mark(
         assert row is not None and sorted(row.charts) == ["en", "zh_CN"]
         monkeypatch.undo()
     # A new response changes the mark: the next read computes and stores the report again.
-    respond(bank, created["code"], {ids[250]: "accepted"})
+    respond(bank, created["code"], {ids[100]: "accepted"})
     with Session(bank.engine) as session:
         fresh = service.stored_report(
             session, tenant=bank.tenant, campaign_id=created["id"], now=NOW, language="en"
