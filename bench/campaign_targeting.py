@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session  # noqa: E402
 
 from app.campaigns import service, stats  # noqa: E402
 from app.campaigns.schemas import CampaignRequest, LaunchResult, PowerCheck  # noqa: E402
-from app.campaigns.tables import Campaign, CampaignMember  # noqa: E402
+from app.campaigns.tables import Campaign, CampaignMember, CampaignReportRow  # noqa: E402
 from app.contact.service import ContactPolicy, blocked_customers  # noqa: E402
 from app.contact.states import ContactChannel, ContactPurpose  # noqa: E402
 from app.contact.tables import ContactRecord  # noqa: E402
@@ -136,6 +136,7 @@ def reset(url: str) -> None:
     engine = create_db_engine(url)
     try:
         with Session(engine) as session:
+            session.execute(delete(CampaignReportRow))
             session.execute(delete(CampaignMember))
             session.execute(delete(Campaign))
             session.execute(delete(ContactRecord))

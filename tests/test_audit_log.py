@@ -17,6 +17,7 @@ from app.db import migrate
 from app.db.session import create_db_engine
 from app.http.app import create_app
 from app.scoring.registry import ModelRegistry
+from app.security import audit
 from app.security.api_keys import create_client
 from app.security.tables import AuditRecord
 from tests.console_support import CHEAP_HASHING, add_staff, csrf_of, log_in
@@ -134,6 +135,14 @@ def test_the_audit_log_page_for_administrators(stored_app: TestClient) -> None:
     assert "?page=2&amp;action=%2Fv1%2Fprospects" in page  # the filter kept across pages
     second = admin.get("/console/audit?page=2&action=/v1/prospects").text
     assert second.count("GET /v1/prospects") == 2
+    # A long log is counted only so far past the page (a million lines are not counted per
+    # view): with the count capped at 5, page 1 counts 21 of the 22 and says "more than 20".
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(audit, "COUNT_CAP", 5)
+        capped = admin.get("/console/audit?action=/v1/prospects").text
+        assert "More than 20 lines." in capped and "?page=2&amp;" in capped
+        last = admin.get("/console/audit?page=2&action=/v1/prospects").text
+        assert "22 lines." in last and "?page=3&amp;" not in last
     # By actor: the staff member's own console views only.
     mine = admin.get("/console/audit?actor=staff:bs-1").text
     assert "/queue" in mine and "GET /v1/prospects" not in mine

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sklearn.metrics import roc_auc_score
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
@@ -22,7 +22,10 @@ from app.errors import InvalidInput, NotFound
 from app.http.app import create_app
 from app.modelops import backtest as backtests
 from app.modelops.backtest import HORIZON, OutcomeRow, import_outcomes, read_outcomes_csv
-from app.modelops.tables import ModelOutcome
+from app.modelops.monitoring import latest_run
+from app.modelops.schemas import BacktestReport
+from app.modelops.service import champions
+from app.modelops.tables import ModelBacktest, ModelOutcome
 from app.scoring.manifest import Task
 from app.scoring.repository import TenantScope
 from app.scoring.tables import Score
@@ -225,11 +228,107 @@ def test_the_api_and_the_cli(
             ],
         )
         assert stored.exit_code == 0 and "1 stored" in stored.output, stored.output
+        # The champion's backtest for these (untagged) outcomes, computed by the import.
+        assert "1 stored backtest(s) recomputed" in stored.output, stored.output
         printed = runner.invoke(cli, ["backtest", "churn", "--resamples", "20"])
         assert printed.exit_code == 0, printed.output
         assert "2026-01" in printed.output and "2026-02" in printed.output
+        # cvm monitor stores the drift run it prints (bank-a's stored scores, features empty).
+        monitored = runner.invoke(cli, ["monitor", "churn", "--tenant", "bank-a"])
+        assert monitored.exit_code == 0, monitored.output
+        assert "stored rows against" in monitored.output
+        with Session(create_db_engine(url)) as session:
+            champion = champions(session)[Task.CHURN]
+            run = latest_run(
+                session, task=Task.CHURN, version=champion, tenant=TenantScope("bank-a")
+            )
+            # Every stored row of bank-a: both months, the second scores of every 50th
+            # customer and the censored one.
+            stored_rows = 2 * PER_MONTH + 2 * (PER_MONTH // 50) + 1
+            assert run is not None and run.report.current_rows == stored_rows
     finally:
         get_settings.cache_clear()
+
+
+def test_backtests_are_stored_and_recomputed_when_outcomes_are_imported(
+    book: tuple[str, dict[str, tuple[list[int], list[float]]]],
+) -> None:
+    url, expected = book
+    bank_a = TenantScope("bank-a")
+    engine = create_db_engine(url)
+
+    def live(session: Session) -> BacktestReport:
+        return backtests.backtest(
+            session, task=Task.CHURN, version="1", tenant=bank_a, resamples=30
+        )
+
+    with Session(engine) as session:
+        assert (
+            backtests.latest_backtest(session, task=Task.CHURN, version="1", tenant=bank_a) is None
+        )
+        stored = backtests.store_backtest(
+            session, task=Task.CHURN, version="1", tenant=bank_a, now=NOW, resamples=30
+        )
+        before = live(session)
+        assert stored == before
+        latest = backtests.latest_backtest(session, task=Task.CHURN, version="1", tenant=bank_a)
+        assert latest is not None and latest.report == before
+        assert (latest.computed_at, latest.stale) == (NOW, False)
+        # Another tenant's or another version's backtest is another row.
+        assert (
+            backtests.latest_backtest(session, task=Task.CHURN, version="2", tenant=bank_a) is None
+        )
+        # An outcome stored other than by an import: the stored backtest says it is stale.
+        session.add(
+            ModelOutcome(
+                tenant="bank-a",
+                task="churn",
+                customer_id="never-scored",
+                occurred_at=MONTHS[0],
+                observed_through=THROUGH,
+                source="direct",
+                imported_at=NOW,
+            )
+        )
+        session.commit()
+        latest = backtests.latest_backtest(session, task=Task.CHURN, version="1", tenant=bank_a)
+        assert latest is not None and latest.stale and latest.report == before
+        # An import recomputes every stored backtest it touches: a customer who had stayed
+        # leaves within the horizon of their February score.
+        stayed = next(i for i, label in enumerate(expected["2026-02"][0]) if label == 0 and i % 50)
+        later = NOW + timedelta(days=1)
+        import_outcomes(
+            session,
+            task=Task.CHURN,
+            rows=[OutcomeRow(f"c1-{stayed}", MONTHS[1] + timedelta(days=16))],
+            observed_through=THROUGH,
+            tenant="bank-a",
+            source="more.csv",
+            now=later,
+        )
+        latest = backtests.latest_backtest(session, task=Task.CHURN, version="1", tenant=bank_a)
+        assert latest is not None and (latest.computed_at, latest.stale) == (later, False)
+        # (The import also stored the champion's backtest for bank-a, as the console shows
+        # it: the latest is either; each equals the live computation with its bootstrap.)
+        assert latest.report == backtests.backtest(
+            session,
+            task=Task.CHURN,
+            version=latest.report.version,
+            tenant=bank_a,
+            resamples=latest.report.resamples,
+        )
+        rows = session.scalars(
+            select(ModelBacktest).where(ModelBacktest.scope == "tenant:bank-a")
+        ).all()
+        assert {row.computed_at for row in rows} == {later}
+        (mine,) = [row for row in rows if row.resamples == 30]
+        refreshed = BacktestReport.model_validate(mine.report)
+        assert refreshed == live(session) != before
+        assert refreshed.months[1].positives == before.months[1].positives + 1
+        session.execute(delete(ModelOutcome).where(ModelOutcome.source.in_(["direct", "more.csv"])))
+        session.execute(delete(ModelBacktest))
+        session.commit()
+    engine.dispose()
 
 
 def test_outcome_files_name_the_bad_line() -> None:

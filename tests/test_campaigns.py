@@ -484,6 +484,82 @@ def test_report_end_to_end_with_responses_from_the_trail(bank: Bank) -> None:
         assert stored == conv_t + conv_c
 
 
+def test_the_report_is_computed_once_per_responses_mark(
+    bank: Bank, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.campaigns import service
+    from app.campaigns.tables import CampaignReportRow
+
+    ids = book(bank, 120, churn=lambda i: (i % 100) / 100)
+    created = create(bank, priority_task="churn", control_rate=0.3)
+    assert bank.client.post(f"/v1/campaigns/{created['id']}/launch").status_code == 200
+    respond(
+        bank,
+        created["code"],
+        {c: "accepted" if i % 4 else "opened" for i, c in enumerate(ids[:80])},
+    )
+
+    def same_figures(stored: Any, live: Any) -> None:
+        assert stored.model_dump(exclude={"responses_until"}) == live.model_dump(
+            exclude={"responses_until"}
+        )
+
+    with Session(bank.engine) as session:
+        first = service.stored_report(
+            session, tenant=bank.tenant, campaign_id=created["id"], now=NOW, language="en"
+        )
+        same_figures(
+            first.report,
+            service.report(session, tenant=bank.tenant, campaign_id=created["id"], now=NOW),
+        )
+        assert first.chart is not None and first.chart.startswith("<svg")
+        # No response since: read from the stored copy (computing would fail now), the chart
+        # of a language already drawn included; another language is drawn once and kept.
+        monkeypatch.setattr(service, "report", lambda *a, **k: pytest.fail("recomputed"))
+        later = NOW + timedelta(minutes=5)
+        again = service.stored_report(
+            session, tenant=bank.tenant, campaign_id=created["id"], now=later, language="en"
+        )
+        assert again.report.responses_until == later
+        same_figures(again.report, first.report)
+        assert again.chart == first.chart
+        chinese = service.stored_report(
+            session,
+            tenant=bank.tenant,
+            campaign_id=created["id"],
+            now=later,
+            language="zh_CN",
+            translate=lambda text: f"[{text}]",
+        )
+        assert chinese.chart is not None and "[treatment]" in chinese.chart
+        row = session.get(CampaignReportRow, created["id"])
+        assert row is not None and sorted(row.charts) == ["en", "zh_CN"]
+        monkeypatch.undo()
+    # A new response changes the mark: the next read computes and stores the report again.
+    respond(bank, created["code"], {ids[100]: "accepted"})
+    with Session(bank.engine) as session:
+        fresh = service.stored_report(
+            session, tenant=bank.tenant, campaign_id=created["id"], now=NOW, language="en"
+        )
+        live = service.report(session, tenant=bank.tenant, campaign_id=created["id"], now=NOW)
+        same_figures(fresh.report, live)
+        conversions = sum(arm.conversions for arm in fresh.report.arms)
+        assert conversions == sum(arm.conversions for arm in first.report.arms) + 1
+        row = session.get(CampaignReportRow, created["id"])
+        assert row is not None and list(row.charts) == ["en"]
+        assert (
+            session.scalar(
+                select(func.count())
+                .select_from(CampaignReportRow)
+                .where(CampaignReportRow.campaign_id == created["id"])
+            )
+            == 1
+        )
+    # The API reads the same stored report.
+    answer = bank.client.get(f"/v1/campaigns/{created['id']}/report").json()
+    assert answer["arms"] == fresh.report.model_dump(mode="json")["arms"]
+
+
 def test_the_cli_drafts_checks_launches_and_reports(
     bank: Bank, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:

@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from app.campaigns import service as campaign_service
 from app.campaigns import stats
 from app.campaigns.states import Arm, CampaignStatus
 from app.campaigns.tables import Campaign, CampaignMember
@@ -245,6 +246,16 @@ def test_create_check_launch_and_report_with_the_uplift_plot(
     # The plot's labels are text, and the cost per conversion is in euros.
     assert "WIN-1: conversion rate per arm" in text and "uplift by churn score decile" in text
     assert re.search(r"Cost per conversion</dt><dd>€\d", text)
+    # Read again without a new response: the stored report and chart, nothing computed.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(campaign_service, "report", lambda *a, **k: pytest.fail("recomputed"))
+        patch.setattr(campaign_service, "report_svg", lambda *a, **k: pytest.fail("redrawn"))
+        stored = admin.get(location).text
+
+    def chart(html: str) -> str:
+        return html[html.index("<svg") : html.index("</svg>")]
+
+    assert chart(stored) == chart(text)
     # In Chinese: the page and the plot's words.
     admin.post(
         "/console/language",

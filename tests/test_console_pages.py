@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -22,9 +22,14 @@ from app.casework.tables import AlertAssignment
 from app.console import labels
 from app.console.charts import Series, interval_svg, stacked_svg
 from app.http.app import create_app
+from app.modelops import backtest as backtests
+from app.modelops import monitoring
+from app.modelops.backtest import OutcomeRow, import_outcomes, latest_backtest
 from app.modelops.fairness import FairnessStatus
+from app.modelops.monitoring import monitor, record_run
 from app.modelops.psi import band as psi_band
 from app.modelops.service import champion_row, champions
+from app.modelops.tables import ModelOutcome
 from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
 from app.scoring.repository import TenantScope
@@ -316,9 +321,36 @@ def test_model_monitoring_for_model_owners_and_administrators(
     owner = _browser(app)
     log_in(owner, tenant=tenant, staff_id="mo-1")
     assert 'href="/console/models"' in owner.get("/console/queue").text
+    # Nothing computed yet: the page says how to compute each, and computes neither itself.
+    empty = owner.get("/console/models").text
+    assert "No drift run stored yet" in empty and f"cvm monitor churn --tenant {tenant}" in empty
+    assert "No backtest stored yet" in empty
+    # A drift run (what cvm monitor stores), and outcomes imported for the tenant: the import
+    # stores the champion's backtest (the score's horizon has passed by the day reported).
+    now = datetime.now(UTC)
+    with app.state.session_factory() as session:
+        version = champions(session)[Task.CHURN]
+        scope = TenantScope(tenant)
+        drift = monitor(
+            session, task=Task.CHURN, version=version, since=None, limit=5000, tenant=scope
+        )
+        record_run(session, report=drift, tenant=scope, now=now)
+        import_outcomes(
+            session,
+            task=Task.CHURN,
+            rows=[OutcomeRow("someone-else", now)],
+            observed_through=now + timedelta(days=92),
+            tenant=tenant,
+            source="left.csv",
+            now=now,
+        )
+        stored = latest_backtest(session, task=Task.CHURN, version=version, tenant=scope)
+    assert stored is not None and not stored.stale and stored.report.months
     audit = AuditLines()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(app.state.guard, "audit", audit)
+        patch.setattr(backtests, "backtest", lambda *a, **k: pytest.fail("computed per view"))
+        patch.setattr(monitoring, "monitor", lambda *a, **k: pytest.fail("computed per view"))
         page = owner.get("/console/models")
     assert page.status_code == 200
     (line,) = [entry for entry in audit.lines if entry["event"] == "audit"]
@@ -331,13 +363,30 @@ def test_model_monitoring_for_model_owners_and_administrators(
     assert churn is not None
     for feature in churn.schema.features[:3]:
         assert f'<th scope="row">{feature.name}</th>' in html
-    # Calibration and fairness come from the champion's card; no outcomes: no backtest.
+    # Calibration and fairness come from the champion's card.
     with app.state.session_factory() as session:
         version = champions(session)[Task.CHURN]
         manifest = champion_row(session, task=Task.CHURN, version=version).manifest
     for calibration_bin in manifest["metrics"]["test"]["calibration"]:
         assert f'<th scope="row">{calibration_bin["bin"]}</th>' in html
-    assert "No backtest:" in html and "outcomes" in html
+    # The stored backtest: the month of the one score, when it was computed, not stale.
+    assert "Computed when outcomes were imported" in html and "stale" not in html
+    assert f'<th scope="row">{stored.report.months[0].month}</th>' in html
+    # An outcome that arrived without the import: the page says the backtest is stale.
+    with app.state.session_factory() as session:
+        session.add(
+            ModelOutcome(
+                tenant=tenant,
+                task="churn",
+                customer_id="another",
+                occurred_at=now,
+                observed_through=now,
+                source="direct",
+                imported_at=now,
+            )
+        )
+        session.commit()
+    assert "this backtest is stale" in owner.get("/console/models").text
     fairness = manifest["card"]["quantitative_analyses"]["fairness"]
     if fairness.get("applicable"):
         for factor in fairness["factors"]:

@@ -14,7 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 from scipy.stats import chi2
 from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
 
+from app.modelops.monitoring import latest_run
 from app.modelops.psi import (
     FLOOR,
     Reference,
@@ -24,6 +26,7 @@ from app.modelops.psi import (
 )
 from app.scoring.manifest import Manifest, Task
 from app.scoring.registry import ModelRegistry
+from app.scoring.repository import TenantScope
 from tests.conftest import customer_record
 
 
@@ -181,3 +184,10 @@ def test_monitoring_endpoint_reports_each_feature_and_the_score(
     assert f'cvm_model_psi{{kind="churn/{category.name}"}}' in metrics
     missing = client.get("/v1/models/churn/monitoring", params={"version": "none"})
     assert missing.status_code == 404
+    # Each run is stored: the console shows the latest instead of computing one per view.
+    with Session(engine) as session:
+        # The client has no tenant: its runs are the untagged rows'.
+        stored = latest_run(
+            session, task=Task.CHURN, version=manifest.version, tenant=TenantScope(None)
+        )
+    assert stored is not None and stored.report.model_dump(mode="json") == body

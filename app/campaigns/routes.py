@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from app.campaigns import service
-from app.campaigns.charts import report_svg
 from app.campaigns.schemas import (
     CampaignOut,
     CampaignPage,
@@ -137,9 +136,9 @@ def campaign_report(
     """Per arm customers, conversions and rate; lift with delta-method and bootstrap intervals;
     Qini and uplift by decile when model-targeted; cost per conversion."""
     note(request, campaign=campaign_id)
-    return service.report(
+    return service.stored_report(
         session, tenant=caller.tenant, campaign_id=campaign_id, now=datetime.now(UTC)
-    )
+    ).report
 
 
 @router.get(
@@ -156,7 +155,11 @@ def campaign_report_svg(
 ) -> Response:
     """The report as a chart: rate per arm with intervals, uplift by decile."""
     note(request, campaign=campaign_id)
-    report = service.report(
-        session, tenant=caller.tenant, campaign_id=campaign_id, now=datetime.now(UTC)
+    stored = service.stored_report(
+        session,
+        tenant=caller.tenant,
+        campaign_id=campaign_id,
+        now=datetime.now(UTC),
+        language=service.ENGLISH,
     )
-    return Response(content=report_svg(report), media_type="image/svg+xml")
+    return Response(content=stored.chart or "", media_type="image/svg+xml")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.campaigns import stats
+from app.campaigns.charts import report_svg
 from app.campaigns.schemas import (
     ArmResult,
     BlockedCount,
@@ -46,7 +48,12 @@ from app.campaigns.schemas import (
     UpliftResult,
 )
 from app.campaigns.states import CONVERTING_RESPONSE, Arm, CampaignStatus
-from app.campaigns.tables import Campaign, CampaignMember, campaign_member_table
+from app.campaigns.tables import (
+    Campaign,
+    CampaignMember,
+    CampaignReportRow,
+    campaign_member_table,
+)
 from app.contact import service as contact
 from app.contact.service import ContactPolicy
 from app.contact.states import ContactChannel, ContactPurpose
@@ -63,6 +70,8 @@ BOOTSTRAP_SEED = 20261206
 INSERT_CHUNK = 10_000
 # Customers the priority task never scored rank after every scored one.
 UNSCORED = -1.0
+# The charts' source language (the console's English is the same code: one stored chart).
+ENGLISH = "en"
 
 
 class CampaignLaunched(Conflict):
@@ -561,6 +570,74 @@ def report(
         bootstrap_rounds=rounds,
         bootstrap_seed=seed,
     )
+
+
+def _responses_mark(session: Session, campaign: Campaign, rounds: int, seed: int) -> str:
+    count, last = customers.campaign_response_mark(
+        session,
+        tenant=_tenant(campaign),
+        since=campaign.launched_at or campaign.created_at,
+        until=campaign.ends_at,
+    )
+    ends = campaign.ends_at.isoformat() if campaign.ends_at else ""
+    return f"{count}:{last}:{ends}:{rounds}:{seed}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReport:
+    """A campaign's report and its chart in the reader's language."""
+
+    report: CampaignReport
+    chart: str | None
+
+
+def _same(message: str) -> str:
+    return message
+
+
+def stored_report(
+    session: Session,
+    *,
+    tenant: str | None,
+    campaign_id: int,
+    now: datetime,
+    language: str | None = None,
+    translate: Callable[[str], str] = _same,
+) -> StoredReport:
+    """The report as ``report`` computes it, read from its stored copy while no response has
+    arrived since, and its chart in ``language`` (when given; drawn once with ``translate``
+    and stored beside it); computed and stored again when a response has arrived. One commit
+    when something was stored."""
+    campaign = _load(session, tenant=tenant, campaign_id=campaign_id)
+    if campaign.launched_at is None:
+        raise CampaignNotLaunched(f"campaign {campaign.id} is not launched")
+    mark = _responses_mark(session, campaign, BOOTSTRAP_ROUNDS, BOOTSTRAP_SEED)
+    row = session.get(CampaignReportRow, campaign.id)
+    fresh = row is None or row.responses_mark != mark
+    if fresh:
+        found = report(session, tenant=tenant, campaign_id=campaign_id, now=now)
+        if row is None:
+            row = CampaignReportRow(campaign_id=campaign.id)
+            session.add(row)
+        row.responses_mark, row.charts, row.computed_at = mark, {}, now
+        row.report = found.model_dump(mode="json")
+    else:
+        assert row is not None
+        # No response arrived since: the stored figures hold up to now.
+        found = CampaignReport.model_validate(row.report).model_copy(
+            update={"responses_until": min(campaign.ends_at, now) if campaign.ends_at else now}
+        )
+    chart = None if language is None else row.charts.get(language)
+    if language is not None and chart is None:
+        chart = report_svg(found, translate)
+        row.charts = {**row.charts, language: chart}
+        fresh = True
+    if fresh:
+        try:
+            session.commit()
+        except IntegrityError:  # another view stored the same report first
+            session.rollback()
+    return StoredReport(report=found, chart=None if chart is None else str(chart))
 
 
 @dataclass(frozen=True, slots=True)

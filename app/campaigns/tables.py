@@ -93,3 +93,21 @@ class CampaignMember(Base):
 
 campaign_table = cast(Table, Campaign.__table__)
 campaign_member_table = cast(Table, CampaignMember.__table__)
+
+
+class CampaignReportRow(Base):
+    """A launched campaign's report as last computed, with the mark of the trail's responses
+    it read and its chart in each language drawn so far: the page reads this copy until a
+    response arrives (the mark changes) and then computes and stores a new one."""
+
+    __tablename__ = "campaign_report"
+
+    campaign_id: Mapped[int] = mapped_column(
+        BigIntegerId, ForeignKey("campaign.id"), primary_key=True
+    )
+    # The responses read (count:largest id), the response window's end and the bootstrap.
+    responses_mark: Mapped[str] = mapped_column(String(128))
+    report: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    # Language code -> the report's chart (inline SVG) drawn in that language.
+    charts: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime())

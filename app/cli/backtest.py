@@ -1,17 +1,21 @@
-"""``cvm outcomes import`` and ``cvm backtest``: what became of customers, and how the stored
-scores did against it."""
+"""``cvm outcomes import``, ``cvm backtest`` and ``cvm monitor``: what became of customers, how
+the stored scores did against it, and how far the served inputs drifted. Each computed report is
+stored: the console shows the stored ones."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from app.cli.app import console, example, fail
 from app.scoring.manifest import Task
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 outcomes = typer.Typer(
     name="outcomes",
@@ -75,15 +79,28 @@ def import_outcomes(
         )
     )
     console.print(
-        f"{task.value} outcomes: {result.inserted} stored, {result.already_stored} already there"
+        f"{task.value} outcomes: {result.inserted} stored, {result.already_stored} already "
+        f"there; {result.backtests} stored backtest(s) recomputed"
     )
 
 
-@commands.command(epilog=example("cvm backtest churn", "cvm backtest churn --version 2 --json"))
+@commands.command(
+    epilog=example(
+        "cvm backtest churn",
+        "cvm backtest churn --version 2 --json",
+        "cvm backtest churn --version 2 --tenant bank-a --resamples 100",
+    )
+)
 def backtest(
     task: Annotated[Task, typer.Argument(help="churn or prospect.", metavar="TASK")],
     version: Annotated[
         str | None, typer.Option(help="Only this version's scores.", metavar="VERSION")
+    ] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            help="Only this tenant's scores and outcomes (default: all).", metavar="TENANT"
+        ),
     ] = None,
     resamples: Annotated[
         int, typer.Option(min=20, max=1000, help="Bootstrap resamples.", metavar="N")
@@ -93,13 +110,21 @@ def backtest(
     ] = False,
 ) -> None:
     """Stored scores against imported outcomes, per month: AUC, Brier, observed/expected and
-    top-decile lift with 95% intervals."""
+    top-decile lift with 95% intervals; the report is stored (the console shows it)."""
+    from datetime import UTC, datetime
+
     from app.cli.models import _run
-    from app.modelops.backtest import backtest as run
+    from app.modelops.backtest import store_backtest
+    from app.scoring.repository import TenantScope
 
     report = _run(
-        lambda session, _: run(
-            session, task=task, version=version, tenant=None, resamples=resamples
+        lambda session, _: store_backtest(
+            session,
+            task=task,
+            version=version,
+            tenant=None if tenant is None else TenantScope(tenant),
+            resamples=resamples,
+            now=datetime.now(UTC),
         )
     )
     if as_json:
@@ -119,4 +144,48 @@ def backtest(
     console.print(
         f"outcome: {report.outcome} within {report.horizon_days} days; outcomes complete through "
         f"{report.observed_through:%Y-%m-%d}"
+    )
+
+
+@commands.command(
+    epilog=example("cvm monitor churn --tenant bank-a", "cvm monitor churn --version 2 --rows 5000")
+)
+def monitor(
+    task: Annotated[Task, typer.Argument(help="The model's task.", metavar="TASK")],
+    version: Annotated[
+        str | None, typer.Option(help="Default: the champion.", metavar="VERSION")
+    ] = None,
+    tenant: Annotated[
+        str | None,
+        typer.Option(help="Only this tenant's stored rows (default: all).", metavar="TENANT"),
+    ] = None,
+    rows: Annotated[
+        int, typer.Option(min=1, max=1_000_000, help="Newest stored rows compared.", metavar="N")
+    ] = 5000,
+) -> None:
+    """PSI per feature and of the score of the newest stored rows against the training bins;
+    the run is stored (the console shows the latest)."""
+    from datetime import UTC, datetime
+
+    from app.cli.models import _run
+    from app.modelops.monitoring import monitor as compute
+    from app.modelops.monitoring import record_run
+    from app.modelops.schemas import MonitoringReport
+    from app.scoring.repository import TenantScope
+
+    scope = None if tenant is None else TenantScope(tenant)
+
+    def run(session: Session, _: object) -> MonitoringReport:
+        report = compute(session, task=task, version=version, since=None, limit=rows, tenant=scope)
+        record_run(session, report=report, tenant=scope, now=datetime.now(UTC))
+        return report
+
+    report = _run(run)
+    table = Table("feature", "psi", "band", "flagged")
+    for row in [*filter(None, [report.score]), *report.features]:
+        table.add_row(row.name, f"{row.psi:.4f}", row.band, "yes" if row.flagged else "no")
+    console.print(table)
+    console.print(
+        f"{task.value} version {report.version}: {report.current_rows} stored rows against "
+        f"{report.reference_rows} training rows"
     )

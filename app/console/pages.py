@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,10 +23,10 @@ from app.console.service import ConsoleUser, acting_record
 from app.contact.service import ContactPolicy
 from app.customers.schemas import EventType, StoredEvent
 from app.customers.service import customer_events
-from app.errors import NotFound, ServiceError
+from app.errors import NotFound
 from app.modelops import backtest as backtests
 from app.modelops import service as modelops
-from app.modelops.monitoring import monitor
+from app.modelops.monitoring import latest_run
 from app.modelops.schemas import BacktestReport, MonitoringReport
 from app.scoring.manifest import Task
 from app.scoring.repository import TenantScope, list_scores
@@ -298,32 +299,34 @@ def deadline(complaint: ComplaintOut, now: datetime) -> float:
     return (complaint.due_at - now).total_seconds()
 
 
-# Stored rows the drift report reads (the newest), and bootstrap resamples of the backtest's
-# intervals: enough for a page, as the API's defaults are for a report.
-MONITORED_ROWS = 5000
-BACKTEST_RESAMPLES = 100
-
-
 @dataclass(frozen=True, slots=True)
 class ModelHealth:
-    """A champion's drift, calibration, backtest and fairness, each with why it is missing."""
+    """A champion's drift, calibration, backtest and fairness, each with why it is missing.
+
+    Drift and backtest are the stored reports (computed by ``cvm monitor``, the monitoring
+    endpoint, ``cvm backtest`` and each outcome import), never computed per view."""
 
     task: Task
     version: str | None
     drift: MonitoringReport | None
     drift_missing: str | None
+    drift_computed_at: datetime | None
     backtest: BacktestReport | None
     backtest_missing: str | None
+    backtest_computed_at: datetime | None
+    # Outcomes were imported after the stored backtest was computed.
+    backtest_stale: bool
     calibration: list[dict[str, Any]]
     fairness: dict[str, Any] | None
 
 
 def model_health(session: Session, *, user: ConsoleUser, task: Task) -> ModelHealth:
-    """The champion of ``task`` as its owner watches it: drift on the user's tenant's stored
-    scores (PSI), calibration and fairness from its card, the backtest on imported outcomes."""
+    """The champion of ``task`` as its owner watches it: the latest stored drift run on the
+    user's tenant's scores (PSI), calibration and fairness from its card, and the stored
+    backtest on the tenant's imported outcomes."""
     version = modelops.champions(session).get(task)
     tenant = TenantScope(user.tenant)
-    drift = backtest = None
+    drift = stored_backtest = None
     drift_missing = backtest_missing = None
     calibration: list[dict[str, Any]] = []
     fairness = None
@@ -334,25 +337,24 @@ def model_health(session: Session, *, user: ConsoleUser, task: Task) -> ModelHea
         calibration = list(manifest.get("metrics", {}).get("test", {}).get("calibration", []))
         card = manifest.get("card", {}).get("quantitative_analyses", {})
         fairness = card.get("fairness") if card.get("fairness", {}).get("applicable") else None
-        try:
-            drift = monitor(
-                session, task=task, version=version, since=None, limit=MONITORED_ROWS, tenant=tenant
-            )
-        except ServiceError as error:
-            drift_missing = error.detail
-        try:
-            backtest = backtests.backtest(
-                session, task=task, version=version, tenant=tenant, resamples=BACKTEST_RESAMPLES
-            )
-        except ServiceError as error:
-            backtest_missing = error.detail
+        drift = latest_run(session, task=task, version=version, tenant=tenant)
+        if drift is None:
+            drift_missing = "no drift run stored yet"
+        stored_backtest = backtests.latest_backtest(
+            session, task=task, version=version, tenant=tenant
+        )
+        if stored_backtest is None:
+            backtest_missing = "no backtest stored yet"
     return ModelHealth(
         task=task,
         version=version,
-        drift=drift,
+        drift=drift.report if drift else None,
         drift_missing=drift_missing,
-        backtest=backtest,
+        drift_computed_at=drift.computed_at if drift else None,
+        backtest=stored_backtest.report if stored_backtest else None,
         backtest_missing=backtest_missing,
+        backtest_computed_at=stored_backtest.computed_at if stored_backtest else None,
+        backtest_stale=stored_backtest.stale if stored_backtest else False,
         calibration=calibration,
         fairness=fairness,
     )
@@ -366,17 +368,34 @@ class CampaignView:
     campaign: CampaignOut
     check: PowerCheck | None
     report: CampaignReport | None
+    # The report's chart (inline SVG) in the reader's language.
+    chart: str | None = None
 
 
 def campaign_view(
-    session: Session, *, user: ConsoleUser, campaign_id: int, policy: ContactPolicy, now: datetime
+    session: Session,
+    *,
+    user: ConsoleUser,
+    campaign_id: int,
+    policy: ContactPolicy,
+    now: datetime,
+    language: str,
+    translate: Callable[[str], str],
 ) -> CampaignView:
-    """A campaign of the user's tenant (404 for another tenant's) with its check or report."""
+    """A campaign of the user's tenant (404 for another tenant's) with its check, or its
+    stored report and chart (recomputed only when responses arrived since)."""
     campaign = campaigns.get_campaign(session, tenant=user.tenant, campaign_id=campaign_id)
     if campaign.status is CampaignStatus.DRAFT:
         check = campaigns.check_campaign(
             session, tenant=user.tenant, campaign_id=campaign_id, policy=policy, now=now
         )
         return CampaignView(campaign=campaign, check=check, report=None)
-    found = campaigns.report(session, tenant=user.tenant, campaign_id=campaign_id, now=now)
-    return CampaignView(campaign=campaign, check=None, report=found)
+    found = campaigns.stored_report(
+        session,
+        tenant=user.tenant,
+        campaign_id=campaign_id,
+        now=now,
+        language=language,
+        translate=translate,
+    )
+    return CampaignView(campaign=campaign, check=None, report=found.report, chart=found.chart)

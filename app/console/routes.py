@@ -11,7 +11,7 @@ import hmac
 import re
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from functools import cache, partial
@@ -33,7 +33,6 @@ from app.alerts import service as alerts
 from app.alerts.schemas import AcknowledgeRequest, ResolveRequest
 from app.alerts.states import Outcome
 from app.campaigns import service as campaigns
-from app.campaigns.charts import report_svg
 from app.campaigns.schemas import CampaignRequest
 from app.campaigns.states import CampaignStatus
 from app.casework import routing
@@ -151,6 +150,24 @@ class Console:
     prospect_plan: ProspectPlan
     contact_policy: ContactPolicy
     audit_stored: bool
+    # Charts of stored reports, drawn once per report and language (matplotlib takes tens of
+    # milliseconds a chart): keyed by what identifies the stored report.
+    charts: dict[tuple[str, ...], dict[str, str | None]] = field(default_factory=dict)
+
+    def chart(
+        self, key: tuple[str, ...], draw: Callable[[], dict[str, str | None]]
+    ) -> dict[str, str | None]:
+        """The charts stored under ``key``, drawn on first use (at most CHART_CACHE kept)."""
+        found = self.charts.get(key)
+        if found is None:
+            if len(self.charts) >= CHART_CACHE:
+                self.charts.clear()
+            found = self.charts[key] = draw()
+        return found
+
+
+# Stored reports whose charts are kept drawn (per process).
+CHART_CACHE = 64
 
 
 def _console(request: Request) -> Console:
@@ -615,7 +632,17 @@ def models(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
         user=user,
         health=health,
         tasks=list(Task),
-        charts=_health_charts(health, partial(console.renderer.translate, language)),
+        charts=console.chart(
+            (
+                "models",
+                task.value,
+                health.version or "",
+                health.drift_computed_at.isoformat() if health.drift_computed_at else "",
+                health.backtest_computed_at.isoformat() if health.backtest_computed_at else "",
+                language.value,
+            ),
+            lambda: _health_charts(health, partial(console.renderer.translate, language)),
+        ),
         back=str(request.url.path),
     )
 
@@ -634,7 +661,7 @@ def audit_log(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
         since=since,
         until=until + timedelta(days=1) if until is not None else None,  # the whole day
     )
-    rows, total = audit_page(session, where=where, limit=pages.PAGE_SIZE, offset=pages.offset(page))
+    found = audit_page(session, where=where, limit=pages.PAGE_SIZE, offset=pages.offset(page))
     note(request, view="audit")
     keep = {
         name: request.query_params[name] for name in AUDIT_FILTERS if request.query_params.get(name)
@@ -643,9 +670,11 @@ def audit_log(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
         "audit.html",
         language=_language(console, user, request),
         user=user,
-        rows=rows,
-        paging=pages.Paging.of(page, total),
-        total=total,
+        rows=found.rows,
+        # Beyond the counted lines there is at least one more page.
+        paging=pages.Paging.of(page, found.total + (0 if found.exact else 1)),
+        total=found.total,
+        exact=found.exact,
         stored=console.audit_stored,
         keep=keep,
         back=str(request.url.path),
@@ -778,18 +807,21 @@ def _campaign_page(
     console = _console(request)
     language = _language(console, user, request)
     view = pages.campaign_view(
-        session, user=user, campaign_id=campaign_id, policy=console.contact_policy, now=utc_now()
+        session,
+        user=user,
+        campaign_id=campaign_id,
+        policy=console.contact_policy,
+        now=utc_now(),
+        language=language.value,
+        translate=partial(console.renderer.translate, language),
     )
-    chart = None
-    if view.report is not None:
-        chart = report_svg(view.report, partial(console.renderer.translate, language))
     return console.renderer.page(
         "campaign.html",
         language=language,
         status=refused.status if refused is not None else 200,
         user=user,
         view=view,
-        chart=chart,
+        chart=view.chart,
         refused=refused,
         back=str(request.url.path),
     )

@@ -15,7 +15,7 @@ from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from sqlalchemy import Connection, Subquery, select
+from sqlalchemy import Connection, Subquery, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -710,6 +710,23 @@ class ResponseEvent:
     customer_id: str
     response: str
     occurred_at: datetime
+
+
+def campaign_response_mark(
+    session: Session, *, tenant: str | None, since: datetime, until: datetime | None
+) -> tuple[int, int]:
+    """(count, largest id) of the trail's campaign responses in [since, until]: it changes when
+    one arrives (a report computed from them is stale then)."""
+    event = CustomerEvent
+    query = select(func.count(event.id), func.coalesce(func.max(event.id), 0)).where(
+        TenantScope(tenant).condition(event.tenant),
+        event.type == EventType.CAMPAIGN_RESPONSE.value,
+        event.occurred_at >= since,
+    )
+    if until is not None:
+        query = query.where(event.occurred_at <= until)
+    count, last = session.execute(query).one()
+    return int(count), int(last)
 
 
 def responses_to_campaign(

@@ -29,6 +29,9 @@ UNTAGGED = "tenant IS NULL"
 EVENT_TYPES_CHECK = "type IN ({})".format(", ".join(f"'{t.value}'" for t in EventType))
 
 
+CAMPAIGN_RESPONSES = "type = 'campaign_response'"
+
+
 class CustomerEvent(Base):
     """One event of a customer's trail: its type, when it happened and when it arrived."""
 
@@ -44,6 +47,16 @@ class CustomerEvent(Base):
         ),
         # A customer's trail in time order (reads, and the features built from it).
         Index("ix_customer_event_customer_id_occurred_at", "customer_id", "occurred_at"),
+        # A tenant's campaign responses in time order: a campaign report's responses and the
+        # mark its stored copy is checked against, without reading the rest of the trail.
+        Index(
+            "ix_customer_event_campaign_response",
+            "tenant",
+            "occurred_at",
+            "id",
+            sqlite_where=text(CAMPAIGN_RESPONSES),
+            postgresql_where=text(CAMPAIGN_RESPONSES),
+        ),
         CheckConstraint(EVENT_TYPES_CHECK, name="type"),
     )
 

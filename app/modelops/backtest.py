@@ -7,6 +7,13 @@ labelled once its horizon (three months, as the training labels) has passed by t
 outcome report is complete through: positive when an outcome falls inside the horizon,
 negative otherwise; younger scores are left out (censored). A customer's scores in one month
 count once (the latest), so a customer scored daily weighs as much as one scored monthly.
+
+Backtests are computed when outcomes are imported (and by ``cvm backtest``) and stored in
+``model_backtest`` with the outcome rows they saw; readers (the console) take the stored
+report and compare the largest outcome id it saw with the largest stored now (outcomes are
+only ever added) to say whether it is stale. Scores
+count only once their horizon has passed, so scores stored later do not change a backtest
+unless they are backdated (``cvm backtest`` recomputes on demand).
 """
 
 from __future__ import annotations
@@ -19,19 +26,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput, NotFound
-from app.modelops import stats
+from app.modelops import service, stats
 from app.modelops.schemas import BacktestMonth, BacktestReport
-from app.modelops.tables import ModelOutcome
+from app.modelops.tables import ModelBacktest, ModelOutcome
 from app.scoring.manifest import Task
 from app.scoring.repository import TenantScope, stored_probabilities
 
 HORIZON = timedelta(days=91)  # three months, as the churn and prospect training labels
 BACKTEST_TASKS = (Task.CHURN, Task.PROSPECT)
 OUTCOME_MEANING = {Task.CHURN: "left the bank", Task.PROSPECT: "became a customer"}
+# Bootstrap resamples of the backtest stored for the champion at each import (what the
+# console shows): the interval matrix is resamples x rows, 800 MB for 1,000,000 scores.
+IMPORT_RESAMPLES = 100
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,8 @@ class ImportResult:
 
     inserted: int
     already_stored: int
+    # Stored backtests recomputed with the new outcomes (and the champion's stored).
+    backtests: int = 0
 
 
 def parse_instant(text: str, *, field: str) -> datetime:
@@ -128,8 +140,12 @@ def import_outcomes(
         )
         for customer_id, occurred_at in sorted(fresh)
     )
+    session.flush()
+    refreshed = refresh_backtests(session, task=task, tenant=tenant, now=now) if fresh else []
     session.commit()
-    return ImportResult(inserted=len(fresh), already_stored=len(rows) - len(fresh))
+    return ImportResult(
+        inserted=len(fresh), already_stored=len(rows) - len(fresh), backtests=len(refreshed)
+    )
 
 
 def outcome_times(
@@ -221,4 +237,164 @@ def backtest(
         overall=(
             _month("all", all_labels, all_probabilities, resamples, seed) if all_labels else None
         ),
+    )
+
+
+def scope_key(tenant: TenantScope | None) -> str:
+    """How a stored backtest names whose rows it covers."""
+    if tenant is None:
+        return "all"
+    return "untagged" if tenant.tenant is None else f"tenant:{tenant.tenant}"
+
+
+def _scope_of(key: str) -> TenantScope | None:
+    if key == "all":
+        return None
+    return TenantScope(None if key == "untagged" else key.removeprefix("tenant:"))
+
+
+def outcome_mark(session: Session, *, task: Task, tenant: TenantScope | None) -> tuple[int, int]:
+    """(rows, largest id) of the task's stored outcomes in a scope, as a backtest stores them."""
+    conditions = _outcome_conditions(task, tenant)
+    rows, last = session.execute(
+        select(func.count(ModelOutcome.id), func.coalesce(func.max(ModelOutcome.id), 0)).where(
+            *conditions
+        )
+    ).one()
+    return int(rows), int(last)
+
+
+def last_outcome_id(session: Session, *, task: Task, tenant: TenantScope | None) -> int:
+    """The largest id of the task's stored outcomes in a scope (an index probe): outcomes are
+    only ever added, so a stored backtest that saw a smaller one is stale."""
+    last = session.scalar(
+        select(func.coalesce(func.max(ModelOutcome.id), 0)).where(
+            *_outcome_conditions(task, tenant)
+        )
+    )
+    return int(last or 0)
+
+
+def _outcome_conditions(task: Task, tenant: TenantScope | None) -> list[ColumnElement[bool]]:
+    conditions = [ModelOutcome.task == task.value]
+    if tenant is not None:
+        conditions.append(tenant.condition(ModelOutcome.tenant))
+    return conditions
+
+
+def _save(
+    session: Session,
+    *,
+    report: BacktestReport,
+    tenant: TenantScope | None,
+    mark: tuple[int, int],
+    now: datetime,
+) -> ModelBacktest:
+    key = {
+        "scope": scope_key(tenant),
+        "task": report.task,
+        "version": report.version or "",
+        "resamples": report.resamples,
+        "seed": report.seed,
+    }
+    row = session.scalars(
+        select(ModelBacktest).where(*(getattr(ModelBacktest, k) == v for k, v in key.items()))
+    ).one_or_none()
+    if row is None:
+        row = ModelBacktest(**key)
+        session.add(row)
+    row.outcome_rows, row.last_outcome_id = mark
+    row.report = report.model_dump(mode="json")
+    row.computed_at = now
+    return row
+
+
+def store_backtest(
+    session: Session,
+    *,
+    task: Task,
+    version: str | None,
+    tenant: TenantScope | None,
+    now: datetime,
+    resamples: int = stats.DEFAULT_RESAMPLES,
+    seed: int = stats.DEFAULT_SEED,
+) -> BacktestReport:
+    """Compute a backtest and store it (replacing the one of the same scope, version and
+    bootstrap setting); one commit."""
+    report = backtest(
+        session, task=task, version=version, tenant=tenant, resamples=resamples, seed=seed
+    )
+    mark = outcome_mark(session, task=task, tenant=tenant)
+    _save(session, report=report, tenant=tenant, mark=mark, now=now)
+    session.commit()
+    return report
+
+
+def refresh_backtests(
+    session: Session, *, task: Task, tenant: str | None, now: datetime
+) -> list[BacktestReport]:
+    """Recompute, after outcomes of ``tenant`` arrived, every stored backtest of the task that
+    covers them (the tenant's and the all-tenants ones) and the champion's for the tenant (what
+    the console shows); not committed."""
+    scopes = (scope_key(TenantScope(tenant)), scope_key(None))
+    stored = session.execute(
+        select(
+            ModelBacktest.scope, ModelBacktest.version, ModelBacktest.resamples, ModelBacktest.seed
+        )
+        .where(ModelBacktest.task == task.value, ModelBacktest.scope.in_(scopes))
+        .order_by(ModelBacktest.id)
+    ).all()
+    wanted = [(row.scope, row.version, row.resamples, row.seed) for row in stored]
+    champion = service.champions(session).get(task)
+    if champion is not None:
+        mine = (scopes[0], champion, IMPORT_RESAMPLES, stats.DEFAULT_SEED)
+        wanted += [] if mine in wanted else [mine]
+    reports = []
+    for scope, version, resamples, seed in wanted:
+        covered = _scope_of(scope)
+        report = backtest(
+            session,
+            task=task,
+            version=version or None,
+            tenant=covered,
+            resamples=resamples,
+            seed=seed,
+        )
+        mark = outcome_mark(session, task=task, tenant=covered)
+        _save(session, report=report, tenant=covered, mark=mark, now=now)
+        reports.append(report)
+    return reports
+
+
+@dataclass(frozen=True)
+class StoredBacktest:
+    """A stored backtest, when it was computed, and whether outcomes arrived since."""
+
+    report: BacktestReport
+    computed_at: datetime
+    stale: bool
+
+
+def latest_backtest(
+    session: Session, *, task: Task, version: str | None, tenant: TenantScope | None
+) -> StoredBacktest | None:
+    """The most recently computed stored backtest of a version in a scope (any bootstrap
+    setting); None when none was computed."""
+    row = session.scalars(
+        select(ModelBacktest)
+        .where(
+            ModelBacktest.scope == scope_key(tenant),
+            ModelBacktest.task == task.value,
+            ModelBacktest.version == (version or ""),
+        )
+        .order_by(ModelBacktest.computed_at.desc(), ModelBacktest.id.desc())
+        .limit(1)
+    ).one_or_none()
+    if row is None:
+        return None
+    last = last_outcome_id(session, task=task, tenant=tenant)
+    return StoredBacktest(
+        report=BacktestReport.model_validate(row.report),
+        computed_at=row.computed_at,
+        stale=last != row.last_outcome_id,
     )

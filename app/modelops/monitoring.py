@@ -1,19 +1,26 @@
 """Drift monitoring: PSI of each feature and of the score, stored inputs against the
-reference frozen in the version's manifest at training (see ``app.modelops.psi``)."""
+reference frozen in the version's manifest at training (see ``app.modelops.psi``).
+
+Each run computed by ``cvm monitor`` or the monitoring endpoint is stored (``model_drift_run``);
+the console shows the latest run of the champion instead of computing one per view."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.errors import Conflict, NotFound
 from app.modelops import service
+from app.modelops.backtest import scope_key
 from app.modelops.psi import REFERENCE_KEY, Reference, Stability, stability
 from app.modelops.schemas import FeatureStability, MonitoringReport
+from app.modelops.tables import ModelDriftRun
 from app.scoring.manifest import Task
 from app.scoring.repository import TenantScope, stored_inputs
 
@@ -98,4 +105,49 @@ def monitor(
         since=since,
         features=[_wire(name, ref, result) for name, ref, result in results],
         score=score,
+    )
+
+
+def record_run(
+    session: Session, *, report: MonitoringReport, tenant: TenantScope | None, now: datetime
+) -> None:
+    """Store a computed run as the latest of its scope, task and version; one commit."""
+    session.add(
+        ModelDriftRun(
+            scope=scope_key(tenant),
+            task=report.task,
+            version=report.version,
+            report=report.model_dump(mode="json"),
+            computed_at=now,
+        )
+    )
+    session.commit()
+
+
+@dataclass(frozen=True)
+class StoredDrift:
+    """The latest stored drift run and when it was computed."""
+
+    report: MonitoringReport
+    computed_at: datetime
+
+
+def latest_run(
+    session: Session, *, task: Task, version: str, tenant: TenantScope | None
+) -> StoredDrift | None:
+    """The latest stored run of a version in a scope; None when none was run."""
+    row = session.scalars(
+        select(ModelDriftRun)
+        .where(
+            ModelDriftRun.scope == scope_key(tenant),
+            ModelDriftRun.task == task.value,
+            ModelDriftRun.version == version,
+        )
+        .order_by(ModelDriftRun.id.desc())
+        .limit(1)
+    ).one_or_none()
+    if row is None:
+        return None
+    return StoredDrift(
+        report=MonitoringReport.model_validate(row.report), computed_at=row.computed_at
     )

@@ -14,7 +14,7 @@ from app.modelops import backtest as backtests
 from app.modelops import service
 from app.modelops.cards import data_notice, trained_on_synthetic_data
 from app.modelops.challenger import challenger_report
-from app.modelops.monitoring import monitor
+from app.modelops.monitoring import monitor, record_run
 from app.modelops.schemas import (
     VERSION_PATTERN,
     ActivationOut,
@@ -206,8 +206,10 @@ def monitoring(
     limit: Annotated[int, Query(ge=1, le=1_000_000, description="Newest rows compared.")] = 100_000,
 ) -> MonitoringReport:
     """PSI per feature and for the score (bands and a sample-size-aware flag) of the stored
-    inputs of a version against the bins frozen from its training data."""
+    inputs of a version against the bins frozen from its training data (the run is stored:
+    the console shows the latest)."""
     report = monitor(session, task=task, version=version, since=since, limit=limit, tenant=tenant)
+    record_run(session, report=report, tenant=tenant, now=datetime.now(UTC))
     request.app.state.model_psi.update(
         {f"{task.value}/{f.name}": f.psi for f in [*report.features, *filter(None, [report.score])]}
     )

@@ -6,9 +6,11 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Float,
     Index,
+    Integer,
     String,
     Table,
     Text,
@@ -94,6 +96,9 @@ class ModelOutcome(Base):
             "tenant", "task", "customer_id", "occurred_at", name="uq_model_outcome_event"
         ),
         Index("ix_model_outcome_task_customer", "task", "customer_id"),
+        # The mark a stored backtest is checked against (count and last id of a scope's
+        # outcomes), read on every view of the model page: an index-only read.
+        Index("ix_model_outcome_task_tenant_id", "task", "tenant", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
@@ -121,3 +126,48 @@ class ModelShadow(Base):
     share: Mapped[float] = mapped_column(Float)
     set_by: Mapped[str] = mapped_column(String(64))
     set_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ModelBacktest(Base):
+    """A backtest as computed when outcomes were imported (or by ``cvm backtest``): the report
+    and the outcome rows it saw, so a reader can tell whether outcomes arrived since.
+
+    ``scope`` names whose rows it covers (``all``, ``untagged`` or ``tenant:NAME``) and
+    ``version`` whose scores ('' for every version's); one row per scope, task, version and
+    bootstrap setting, replaced when recomputed."""
+
+    __tablename__ = "model_backtest"
+    __table_args__ = (
+        UniqueConstraint(
+            "scope", "task", "version", "resamples", "seed", name="uq_model_backtest_key"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(80))
+    task: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(32))
+    resamples: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    # The outcome rows of the task and scope when it was computed: their count and largest id
+    # (outcomes are only added: a larger id stored since makes it stale).
+    outcome_rows: Mapped[int] = mapped_column(Integer)
+    last_outcome_id: Mapped[int] = mapped_column(BigInteger)
+    report: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ModelDriftRun(Base):
+    """One drift monitoring run (PSI per feature and of the score) of a version on a scope's
+    newest stored rows, appended by ``cvm monitor`` and the monitoring endpoint; the console
+    shows the latest."""
+
+    __tablename__ = "model_drift_run"
+    __table_args__ = (Index("ix_model_drift_run_key", "scope", "task", "version", "id"),)
+
+    id: Mapped[int] = mapped_column(BigIntegerId, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(80))
+    task: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(32))
+    report: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    computed_at: Mapped[datetime] = mapped_column(UTCDateTime())

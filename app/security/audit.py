@@ -132,10 +132,24 @@ class AuditFilter:
     until: datetime | None = None
 
 
-def audit_page(
-    session: Session, *, where: AuditFilter, limit: int, offset: int
-) -> tuple[list[AuditRecord], int]:
-    """One page of a tenant's stored audit lines, newest first, and their total."""
+# Lines counted for the page's total: a million-line log is not counted per view (counting
+# it cost most of the page); beyond this the page says "more than".
+COUNT_CAP = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    """One page of audit lines and how many match: exactly, or at least ``total`` when
+    ``exact`` is false (more than ``COUNT_CAP`` after the page's rows)."""
+
+    rows: list[AuditRecord]
+    total: int
+    exact: bool
+
+
+def audit_page(session: Session, *, where: AuditFilter, limit: int, offset: int) -> AuditPage:
+    """One page of a tenant's stored audit lines, newest first, and their total counted up to
+    ``COUNT_CAP`` lines past the page."""
     a = AuditRecord
     conditions = [a.tenant.is_(None) if where.tenant is None else a.tenant == where.tenant]
     if where.client is not None:
@@ -146,8 +160,10 @@ def audit_page(
         conditions.append(a.at >= where.since)
     if where.until is not None:
         conditions.append(a.at < where.until)
-    total = session.scalar(select(func.count()).select_from(a).where(*conditions)) or 0
+    cap = max(COUNT_CAP, offset + limit)
+    matching = select(a.id).where(*conditions).limit(cap + 1).subquery()
+    counted = session.scalar(select(func.count()).select_from(matching)) or 0
     rows = session.scalars(
         select(a).where(*conditions).order_by(a.id.desc()).limit(limit).offset(offset)
     ).all()
-    return list(rows), total
+    return AuditPage(rows=list(rows), total=min(counted, cap), exact=counted <= cap)
