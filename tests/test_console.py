@@ -242,7 +242,7 @@ def test_customer_page_shows_the_360_in_both_languages(browser: TestClient, tena
         app, tenant=tenant, staff_id="rm-1", roles=["relationship_manager"], principal=client.id
     )
     customer_id = f"CON-{uuid.uuid4().hex[:10]}"
-    trail = [
+    trail: list[dict[str, Any]] = [
         {  # rm-1's customer, with what the models need to rank next best actions
             "type": "customer_profile",
             "occurred_at": "2026-11-02T09:00:00Z",
