@@ -355,7 +355,10 @@ def test_customer_page_shows_the_360_in_both_languages(browser: TestClient, tena
     assert ">高<" in section(text, "customer-complaints-title")  # severity high
     assert ">电话<" in section(text, "contacts-title")
     assert ">积极<" in section(text, "contacts-title")
-    assert "生命周期阶段" in text
+    stage = load_translations(Language.ZH_CN).pgettext(
+        labels.STAGE_CONTEXT, record["stage"]["current"]
+    )
+    assert f"<dd>{stage} (" in text and "生命周期阶段" in text
 
 
 def test_the_queue_names_each_alerts_reason_and_reads_a_fixed_number_of_statements(
