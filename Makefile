@@ -33,7 +33,7 @@ typecheck: $(STAMP)
 # an installed package needs no build step; tests/test_console.py fails on a stale .mo.
 I18N := app/console/translations
 messages: $(STAMP)
-	$(BIN)/pybabel extract -F babel.cfg -k _ -k N_ --no-wrap --sort-by-file --omit-header \
+	$(BIN)/pybabel extract -F babel.cfg -k _ -k N_ -k NC_:1c,2 --no-wrap --sort-by-file --omit-header \
 		-o $(I18N)/messages.pot .
 	$(BIN)/pybabel update -i $(I18N)/messages.pot -d $(I18N) -D messages --no-wrap --ignore-pot-creation-date
 	$(BIN)/pybabel compile -d $(I18N) -D messages --statistics

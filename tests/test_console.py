@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,23 +15,31 @@ from babel.messages.extract import extract_from_dir
 from babel.messages.mofile import read_mo
 from babel.messages.pofile import read_po
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import event, select
 from typer.testing import CliRunner
 
-from app.alerts.states import AlertStatus, Outcome
+from app.actions.policy import ActionKind
+from app.actions.rank import RemovalStage
+from app.alerts.states import AlertCause, AlertStatus, Outcome
 from app.alerts.tables import Alert
+from app.casework.routing import RoutingPolicy, route_new_alerts
 from app.casework.states import ComplaintStatus
 from app.cli.main import cli
 from app.config import get_settings
 from app.console import labels
-from app.console.i18n import Formats, Language, translations_dir
+from app.console.i18n import Formats, Language, load_translations, translations_dir
 from app.console.service import LoginPolicy, Passwords, current_user
-from app.customers.schemas import EventType
+from app.contact.states import ContactOutcome
+from app.customers.lifecycle import LifecycleStage
+from app.customers.schemas import EventType, Severity
 from app.db.migrate import upgrade
 from app.db.session import create_db_engine, create_session_factory
 from app.http.app import create_app
 from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
+from app.scoring.repository import TenantScope
+from app.security.api_keys import create_client
+from app.value.policy import Measure
 from tests.console_support import (
     CHEAP_HASHING,
     PASSWORD,
@@ -213,6 +222,223 @@ def test_customer_page_scope_chart_and_audit(
     assert browser.get(f"/console/customers/{mine}?page=0").status_code == 422
 
 
+def section(html: str, title_id: str) -> str:
+    """The HTML of the page's section headed by ``title_id``."""
+    start = html.index(f'<section aria-labelledby="{title_id}">')
+    return html[start : html.index("</section>", start)]
+
+
+def test_customer_page_shows_the_360_in_both_languages(browser: TestClient, tenant: str) -> None:
+    app: Any = browser.app
+    client, key = create_client(
+        app.state.engine,
+        name="rm-desk",
+        scopes=["events:write", "customers:read", "casework:read", "casework:write"],
+        tenant=tenant,
+    )
+    api = TestClient(app, headers={"X-API-Key": key})
+    # rm-1 receives complaints through their own credential.
+    add_staff(
+        app, tenant=tenant, staff_id="rm-1", roles=["relationship_manager"], principal=client.id
+    )
+    customer_id = f"CON-{uuid.uuid4().hex[:10]}"
+    trail: list[dict[str, Any]] = [
+        {  # rm-1's customer, with what the models need to rank next best actions
+            "type": "customer_profile",
+            "occurred_at": "2026-11-02T09:00:00Z",
+            "branch": "north",
+            "relationship_manager": "rm-1",
+            "age": 41,
+            "income": 52000,
+            "occupation": "employee",
+            "region": "north",
+        },
+        {
+            "type": "account_opened",
+            "occurred_at": "2026-11-03T10:00:00Z",
+            "product": "term_deposit",
+        },
+        {
+            "type": "balance_snapshot",
+            "occurred_at": "2026-11-29T21:00:00Z",
+            "product": "term_deposit",
+            "balance": 31234.5,
+        },
+        {
+            "type": "transaction",
+            "occurred_at": "2026-11-30T09:15:00Z",
+            "amount": 2450.5,
+            "direction": "credit",
+            "channel": "transfer",
+            "category": "salary",
+        },
+    ]
+    events = [
+        {"event_id": f"{customer_id}-{n}", "customer_id": customer_id, **fields}
+        for n, fields in enumerate(trail)
+    ]
+    assert api.post("/v1/events", json={"events": events}).status_code in (200, 201, 202)
+    complaint = {
+        "customer_id": customer_id,
+        "channel": "branch",
+        "category": "fees",
+        "product": "current_account",
+        "severity": "high",
+        "amount_at_stake": 100.0,
+        "description": "Charged twice.",
+    }
+    response = api.post("/v1/complaints", json=complaint)
+    assert response.status_code == 201, response.text
+    complaint_id = response.json()["id"]
+    contact = {"customer_id": customer_id, "channel": "phone", "purpose": "service"}
+    response = api.post("/v1/contact/records", json={**contact, "outcome": "positive"})
+    assert response.status_code == 201, response.text
+    # The same id in another tenant is another customer: its contact never shows here.
+    _, other_key = create_client(
+        app.state.engine, name="other", scopes=["casework:write"], tenant="other-bank"
+    )
+    response = TestClient(app, headers={"X-API-Key": other_key}).post(
+        "/v1/contact/records", json={**contact, "outcome": "negative"}
+    )
+    assert response.status_code == 201, response.text
+    record = api.get(f"/v1/customers/{customer_id}").json()
+    response = api.get(f"/v1/customers/{customer_id}/next-best-actions?channel=sms")
+    assert response.status_code == 200, response.text
+    actions = response.json()
+    log_in(browser, tenant=tenant, staff_id="rm-1")
+
+    page = browser.get(f"/console/customers/{customer_id}?channel=sms")
+    assert page.status_code == 200
+    en = Formats(Language.EN, "EUR")
+    holdings = section(page.text, "holdings-title")
+    assert "term_deposit" in holdings and en.money(31234.5) in holdings  # €31,234.50
+    tier = section(page.text, "tier-title")
+    policy = record["tier_of_record"]
+    assert policy is not None and f"<dd>{policy['tier']} (" in tier
+    for measure, gap in (policy["gap_to_next"] or {}).items():
+        shown = en.number(gap) if measure == "products_held" else en.money(gap)
+        assert f"<td>{measure}</td>" in tier and shown in tier
+    assert "Lifecycle stage" in page.text and record["stage"]["current"] in page.text
+    # The same actions the API ranks for the channel, in its order; none ranked a second way.
+    offered = section(page.text, "actions-title")
+    assert 'option value="sms" selected' in offered
+    names = [item["action"] for item in actions["offered"]]
+    assert [offered.index(f"<td>{name}</td>") for name in names] == sorted(
+        offered.index(f"<td>{name}</td>") for name in names
+    )
+    for removed in actions["not_offered"]:
+        assert f"<td>{removed['action']}</td>" in offered
+    assert names or actions["not_offered"], "the API ranked nothing: the check would be empty"
+    complaints = section(page.text, "customer-complaints-title")
+    assert f"#{complaint_id}" in complaints and ">high<" in complaints
+    contacts = section(page.text, "contacts-title")
+    assert ">phone<" in contacts and ">positive<" in contacts and client.id in contacts
+    assert ">negative<" not in contacts and contacts.count("<time ") == 1
+    assert "€2,450.50" in section(page.text, "events-title")
+    bad = browser.get(f"/console/customers/{customer_id}?channel=pigeon")
+    assert bad.status_code == 422 and "channel" in bad.text
+
+    token = csrf_of(page.text)
+    switched = browser.post(
+        "/console/language",
+        data={"csrf_token": token, "language": "zh_CN"},
+        follow_redirects=False,
+    )
+    assert switched.status_code == 303
+    zh_page = browser.get(f"/console/customers/{customer_id}")
+    assert zh_page.status_code == 200
+    zh = Formats(Language.ZH_CN, "EUR")
+    text = zh_page.text
+    for heading in ("持有产品", "客户等级与升级差距", "下一最佳行动", "投诉", "联系记录", "事件"):
+        assert f">{heading}</h2>" in text, heading
+    assert zh.money(31234.5) in section(text, "holdings-title")
+    assert ">高<" in section(text, "customer-complaints-title")  # severity high
+    assert ">电话<" in section(text, "contacts-title")
+    assert ">积极<" in section(text, "contacts-title")
+    stage = load_translations(Language.ZH_CN).pgettext(
+        labels.STAGE_CONTEXT, record["stage"]["current"]
+    )
+    assert f"<dd>{stage} (" in text and "生命周期阶段" in text
+
+
+def test_the_queue_names_each_alerts_reason_and_reads_a_fixed_number_of_statements(
+    browser: TestClient,
+    tenant: str,
+    registry: ModelRegistry,
+    sample_rows: dict[str, pd.DataFrame],
+) -> None:
+    app: Any = browser.app
+    client, key = create_client(
+        app.state.engine, name="desk", scopes=["casework:read", "casework:write"], tenant=tenant
+    )
+    api = TestClient(app, headers={"X-API-Key": key})
+    add_staff(app, tenant=tenant, staff_id="bs-1", roles=["branch_supervisor"], principal=client.id)
+    log_in(browser, tenant=tenant, staff_id="bs-1")
+    # The console's pages on an engine of their own: the app's background threads (alert
+    # processor, model watcher) share the app's, and their statements are not the page's.
+    (console,) = [r.app for r in app.routes if getattr(r, "path", "") == "/console"]
+    engine = create_db_engine(app.state.settings.database_url)
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+
+    def queue_statements() -> tuple[int, str]:
+        statements.clear()
+        page = browser.get("/console/queue")
+        assert page.status_code == 200
+        return len(statements), page.text
+
+    def one_more_customer() -> str:
+        customer_id = customer_with_alert(app, registry, sample_rows, tenant=tenant, manager="rm-9")
+        body = {
+            "customer_id": customer_id,
+            "channel": "branch",
+            "category": "fees",
+            "product": "current_account",
+            "severity": "low",
+            "amount_at_stake": 10.0,
+            "description": "Charged twice.",
+        }
+        assert api.post("/v1/complaints", json=body).status_code == 201
+        with app.state.session_factory() as session:
+            route_new_alerts(
+                session, policy=RoutingPolicy(), now=datetime.now(UTC), tenant=TenantScope(tenant)
+            )
+        return customer_id
+
+    kept = console.state.console
+    console.state.console = replace(kept, session_factory=create_session_factory(engine))
+    try:
+        first = one_more_customer()
+        few, page = queue_statements()
+        alerts = section(page, "alerts-title")
+        assert ">Alerts</h2>" in alerts and "Churn alerts" not in page
+        # Its churn alert and the first-salary need its salary opened, each with its reason.
+        assert alerts.count(f">{first}</a>") == 2
+        assert '<td class="reason">churn</td>' in alerts
+        assert '<td class="reason">first_salary: ' in alerts
+        assert section(page, "routed-title").count('<tr id="routed-') == 2
+        for _ in range(2):
+            one_more_customer()
+        many, page = queue_statements()
+        assert section(page, "complaints-title").count("/console/customers/") == 3
+        assert section(page, "alerts-title").count('<td class="reason">') == 6
+        assert section(page, "routed-title").count('<tr id="routed-') == 6
+        assert many == few, statements  # one read per kind of row, whatever the rows on the page
+        token = csrf_of(page)
+        switched = browser.post(
+            "/console/language",
+            data={"csrf_token": token, "language": "zh_CN"},
+            follow_redirects=False,
+        )
+        assert switched.status_code == 303
+        zh = section(browser.get("/console/queue").text, "alerts-title")
+        assert ">预警</h2>" in zh and '<td class="reason">流失风险</td>' in zh
+        assert '<td class="reason">首次代发工资\uff1a' in zh  # rule\uff1a product
+    finally:
+        console.state.console = kept
+        engine.dispose()
+
+
 def test_language_switch_per_user_and_formats(browser: TestClient, tenant: str) -> None:
     add_staff(browser.app, tenant=tenant, staff_id="rm-1", roles=["relationship_manager"])  # type: ignore[arg-type]
     log_in(browser, tenant=tenant, staff_id="rm-1")
@@ -273,10 +499,10 @@ def test_every_message_has_both_languages() -> None:
     package = ROOT / "app" / "console"
     method_map = [("**.py", "python"), ("templates/**.html", "jinja2")]
     options = {"templates/**.html": {"extensions": "jinja2.ext.i18n"}}
-    keywords = {"_": None, "N_": None}
+    keywords = {"_": None, "N_": None, "NC_": ((1, "c"), 2), "pgettext": ((1, "c"), 2)}
     extracted = {
-        message
-        for _, _, message, _, _ in extract_from_dir(
+        (context, message)
+        for _, _, message, _, context in extract_from_dir(
             str(package), method_map, options_map=options, keywords=keywords
         )
     }
@@ -284,11 +510,11 @@ def test_every_message_has_both_languages() -> None:
     po_path = translations_dir() / "zh_CN" / "LC_MESSAGES" / "messages.po"
     with po_path.open("rb") as handle:
         catalog = read_po(handle)
-    translated = {m.id: m.string for m in catalog if m.id and not m.fuzzy}
+    translated = {(m.context, m.id): m.string for m in catalog if m.id and not m.fuzzy}
     missing = sorted(str(m) for m in extracted if not translated.get(m))
     assert missing == [], "run `make messages` and translate these"
     with po_path.with_suffix(".mo").open("rb") as handle:
-        compiled = {m.id: m.string for m in read_mo(handle) if m.id}
+        compiled = {(m.context, m.id): m.string for m in read_mo(handle) if m.id}
     assert compiled == translated, "the .mo is stale: run `make messages`"
     # The words shown from data cover every value of their enums.
     assert set(labels.ALERT_STATUSES) == {s.value for s in AlertStatus}
@@ -296,6 +522,18 @@ def test_every_message_has_both_languages() -> None:
     assert set(labels.COMPLAINT_STATUSES) == {s.value for s in ComplaintStatus}
     assert set(labels.EVENT_TYPES) == {t.value for t in EventType}
     assert set(labels.TASKS) == {t.value for t in Task}
+    assert set(labels.LIFECYCLE_STAGES) == {s.value for s in LifecycleStage}
+    assert set(labels.ALERT_CAUSES) == {c.value for c in AlertCause}
+    assert set(labels.MEASURES) == {m.value for m in Measure}
+    assert set(labels.ACTION_KINDS) == {k.value for k in ActionKind}
+    assert set(labels.REMOVAL_STAGES) == {s.value for s in RemovalStage}
+    assert set(labels.CONTACT_OUTCOMES) == {o.value for o in ContactOutcome}
+    assert set(labels.SEVERITIES) == {s.value for s in Severity}
+    # "prospect" is a task (the prospect score) and a lifecycle stage: one word in English,
+    # two in Chinese, told apart by the stage's message context.
+    zh = load_translations(Language.ZH_CN)
+    assert zh.gettext("prospect") == "潜客价值"
+    assert zh.pgettext(labels.STAGE_CONTEXT, "prospect") == "潜在客户"
 
 
 def test_cvm_staff_create_makes_a_user_who_can_log_in(

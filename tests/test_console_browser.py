@@ -187,6 +187,17 @@ def test_a_relationship_manager_works_the_console_in_a_browser(
             page.goto(f"{base}/console/customers/{customer_id}")
             expect(page.locator("figure svg")).to_have_count(1)
             expect(page.get_by_role("heading", name=f"Customer {customer_id}")).to_be_visible()
+            expect(page.locator("main section h2")).to_have_text(
+                [
+                    "Holdings",
+                    "Tier and next-tier gap",
+                    "Latest scores",
+                    "Next best actions",
+                    "Complaints",
+                    "Contact history",
+                    "Events",
+                ]
+            )
             page.screenshot(path=str(SCREENSHOTS / "console-customer-en.png"), full_page=True)
             page.get_by_label("Language").select_option("zh_CN")
             page.get_by_role("button", name="Switch").click()

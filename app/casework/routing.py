@@ -276,13 +276,30 @@ def _audit(
     )
 
 
-def assignment_out(session: Session, assignment: AlertAssignment) -> AssignmentOut:
-    """A stored assignment with its trail, oldest entry first."""
-    history = session.scalars(
-        select(AssignmentEvent)
-        .where(AssignmentEvent.assignment_id == assignment.id)
-        .order_by(AssignmentEvent.id)
-    )
+def assignment_histories(
+    session: Session, assignment_ids: Sequence[int]
+) -> dict[int, list[AssignmentEvent]]:
+    """The trails of these assignments, oldest entry first, in one read."""
+    found: dict[int, list[AssignmentEvent]] = {key: [] for key in assignment_ids}
+    if assignment_ids:
+        for event in session.scalars(
+            select(AssignmentEvent)
+            .where(AssignmentEvent.assignment_id.in_(assignment_ids))
+            .order_by(AssignmentEvent.id)
+        ):
+            found[event.assignment_id].append(event)
+    return found
+
+
+def assignment_out(
+    session: Session,
+    assignment: AlertAssignment,
+    history: Sequence[AssignmentEvent] | None = None,
+) -> AssignmentOut:
+    """A stored assignment with its trail, oldest entry first (read here unless given, as a
+    page's are, read at once by ``assignment_histories``)."""
+    if history is None:
+        history = assignment_histories(session, [assignment.id])[assignment.id]
     return AssignmentOut(
         alert_id=assignment.alert_id,
         customer_id=assignment.customer_id,
@@ -664,11 +681,12 @@ def list_assignments(
     total, found = newest_first_page(
         session, AlertAssignment, conditions=conditions, limit=limit, offset=offset
     )
+    histories = assignment_histories(session, [a.id for a in found])
     return AssignmentPage(
         total=total,
         limit=limit,
         offset=offset,
-        items=[assignment_out(session, a) for a in found],
+        items=[assignment_out(session, a, histories[a.id]) for a in found],
     )
 
 

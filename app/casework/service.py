@@ -302,11 +302,26 @@ def _to_customer_trail(
     )
 
 
-def complaint_out(session: Session, complaint: Complaint) -> ComplaintOut:
-    """A stored complaint with its audit trail, oldest entry first."""
-    history = session.scalars(
-        select(CaseEvent).where(CaseEvent.complaint_id == complaint.id).order_by(CaseEvent.id)
-    )
+def case_histories(session: Session, complaint_ids: Sequence[int]) -> dict[int, list[CaseEvent]]:
+    """The audit trails of these complaints, oldest entry first, in one read."""
+    found: dict[int, list[CaseEvent]] = {complaint_id: [] for complaint_id in complaint_ids}
+    if complaint_ids:
+        for event in session.scalars(
+            select(CaseEvent)
+            .where(CaseEvent.complaint_id.in_(complaint_ids))
+            .order_by(CaseEvent.id)
+        ):
+            found[event.complaint_id].append(event)
+    return found
+
+
+def complaint_out(
+    session: Session, complaint: Complaint, history: Sequence[CaseEvent] | None = None
+) -> ComplaintOut:
+    """A stored complaint with its audit trail, oldest entry first (read here unless given,
+    as a page's are, read at once by ``case_histories``)."""
+    if history is None:
+        history = case_histories(session, [complaint.id])[complaint.id]
     return ComplaintOut(
         id=complaint.id,
         customer_id=complaint.customer_id,
@@ -527,11 +542,12 @@ def list_complaints(
     total, found = newest_first_page(
         session, Complaint, conditions=conditions, limit=limit, offset=offset
     )
+    histories = case_histories(session, [c.id for c in found])
     return ComplaintPage(
         total=total,
         limit=limit,
         offset=offset,
-        items=[complaint_out(session, c) for c in found],
+        items=[complaint_out(session, c, histories[c.id]) for c in found],
     )
 
 

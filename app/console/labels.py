@@ -12,6 +12,17 @@ def N_(message: str) -> str:
     return message
 
 
+def NC_(context: str, message: str) -> str:
+    """Mark a message with its context (templates translate it with ``pgettext``): the same
+    English word that means two things gets a translation for each."""
+    return message
+
+
+# Lifecycle stages share words with other lists ("prospect" is also a score's task, "lost"
+# an alert's outcome): templates show them with pgettext(STAGE_CONTEXT, stage).
+STAGE_CONTEXT = "lifecycle stage"
+
+
 ALERT_STATUSES = (N_("open"), N_("acknowledged"), N_("resolved"))
 OUTCOMES = (N_("retained"), N_("lost"), N_("not_reachable"), N_("other"))
 COMPLAINT_STATUSES = (
@@ -59,12 +70,12 @@ CAMPAIGN_STATUSES = (N_("draft"), N_("launched"))
 CONTACT_CHANNELS = (N_("email"), N_("sms"), N_("phone"), N_("letter"))
 CONTACT_PURPOSES = (N_("service"), N_("retention"), N_("marketing"))
 LIFECYCLE_STAGES = (
-    N_("prospect"),
-    N_("new"),
-    N_("active"),
-    N_("at_risk"),
-    N_("dormant"),
-    N_("lost"),
+    NC_("lifecycle stage", "prospect"),
+    NC_("lifecycle stage", "new"),
+    NC_("lifecycle stage", "active"),
+    NC_("lifecycle stage", "at_risk"),
+    NC_("lifecycle stage", "dormant"),
+    NC_("lifecycle stage", "lost"),
 )
 ARMS = (N_("treatment"), N_("control"))
 # The words app/campaigns/charts.py draws into the report's chart.
@@ -76,3 +87,24 @@ CAMPAIGN_CHART = (
     N_("uplift by %(task)s score decile"),
     N_("decile (highest scores first)"),
 )
+# Why an alert was opened: the churn warning or a needs rule (app/customers/needs.py).
+ALERT_CAUSES = (N_("churn"), N_("idle_inflow"), N_("deposit_maturing"), N_("first_salary"))
+# The tier policy's measures (money but products_held, a count).
+MEASURES = (N_("relationship_balance"), N_("loans"), N_("products_held"), N_("profit"))
+COUNTED_MEASURES = ("products_held",)
+ACTION_KINDS = (
+    N_("retention_offer"),
+    N_("product_offer"),
+    N_("tier_upgrade_nudge"),
+    N_("service_call"),
+)
+REMOVAL_STAGES = (
+    N_("eligibility"),
+    N_("applicability"),
+    N_("suitability"),
+    N_("priority"),
+    N_("contact_policy"),
+    N_("volume_cap"),
+)
+CONTACT_OUTCOMES = (N_("positive"), N_("neutral"), N_("negative"))
+SEVERITIES = (N_("low"), N_("medium"), N_("high"))

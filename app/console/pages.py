@@ -9,6 +9,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.actions.schemas import NextBestActions
+from app.actions.service import NextBestActionService
 from app.alerts import service as alerts
 from app.alerts.schemas import AlertSummary
 from app.alerts.states import AlertStatus
@@ -17,13 +19,19 @@ from app.campaigns.schemas import CampaignOut, CampaignReport, PowerCheck
 from app.campaigns.states import CampaignStatus
 from app.casework import routing
 from app.casework import service as casework
-from app.casework.schemas import AssignmentOut, ComplaintOut
+from app.casework.schemas import AssignmentOut, ComplaintBrief, ComplaintOut
 from app.casework.states import FINAL_STATUSES, AssignmentStatus, StaffRole
 from app.console.service import ConsoleUser, acting_record
+from app.contact import service as contact
+from app.contact.schemas import ContactOut
 from app.contact.service import ContactPolicy
+from app.contact.states import ContactChannel
+from app.customers import record
+from app.customers.features import IndexWeights
+from app.customers.record_schemas import CustomerView as Customer360
 from app.customers.schemas import EventType, StoredEvent
-from app.customers.service import customer_events
-from app.errors import NotFound
+from app.customers.service import CustomerNotFound, customer_events
+from app.errors import NotFound, ServiceError
 from app.modelops import backtest as backtests
 from app.modelops import service as modelops
 from app.modelops.monitoring import latest_run
@@ -32,6 +40,7 @@ from app.scoring.manifest import Task
 from app.scoring.repository import TenantScope, list_scores
 from app.scoring.schemas import StoredScore
 from app.security.pseudonyms import Pseudonymizer
+from app.value.policy import TierPolicy
 
 PAGE_SIZE = 20
 # Profile events are partial (fields left out are unchanged): the latest few are read to find
@@ -65,7 +74,8 @@ class Queue:
 
 @dataclass(frozen=True, slots=True)
 class CustomerView:
-    """A customer's page: where they belong, their trail, their latest scores."""
+    """A customer's page: where they belong, their trail, their latest scores, and from the
+    other domains their 360 (holdings, tiers), complaints, contacts and next best actions."""
 
     customer_id: str
     branch: str | None
@@ -73,6 +83,22 @@ class CustomerView:
     events: list[StoredEvent]
     event_paging: Paging
     latest_scores: list[StoredScore]
+    record: Customer360 | None  # None: no monthly aggregates or stages kept for it yet
+    complaints: list[ComplaintBrief]
+    contacts: list[ContactOut]
+    channel: ContactChannel
+    actions: NextBestActions | None
+    actions_missing: str | None  # why there are no next best actions (the service's refusal)
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerSources:
+    """What the customer page asks of the domains beyond the session: the 360's settings and
+    the next-best-action service the app was built with."""
+
+    index_weights: IndexWeights
+    tier_policy: TierPolicy
+    next_best_actions: NextBestActionService
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +261,15 @@ def in_scope(user: ConsoleUser, *, branch: str | None, manager: str | None) -> b
 
 
 def customer_view(
-    session: Session, *, user: ConsoleUser, reader: Reader, customer_id: str, page: int
+    session: Session,
+    *,
+    user: ConsoleUser,
+    reader: Reader,
+    sources: CustomerSources,
+    customer_id: str,
+    page: int,
+    channel: ContactChannel,
+    now: datetime,
 ) -> CustomerView:
     """A customer's page; 404 alike for an unknown customer and one outside the user's scope."""
     branch, manager = _profile(session, user, reader, customer_id)
@@ -262,6 +296,8 @@ def customer_view(
     latest: dict[str, StoredScore] = {}
     for row in rows:  # newest first: the first of each task is its latest
         latest.setdefault(row.task, StoredScore.model_validate(row, from_attributes=True))
+    forms = [customer_id, *reader.stored_ids(user, customer_id)]
+    actions, actions_missing = _next_best_actions(sources, user, customer_id, channel)
     return CustomerView(
         customer_id=customer_id,
         branch=branch,
@@ -269,7 +305,56 @@ def customer_view(
         events=events.items,
         event_paging=Paging.of(page, events.total),
         latest_scores=sorted(latest.values(), key=lambda score: score.task),
+        record=_record(session, user, reader, sources, customer_id, now),
+        complaints=casework.customer_complaints(
+            session, tenant=user.tenant, customer_ids=forms, open_only=False, limit=PAGE_SIZE
+        ),
+        contacts=contact.customer_contacts(
+            session, tenant=user.tenant, customer_ids=forms, limit=PAGE_SIZE
+        ),
+        channel=channel,
+        actions=actions,
+        actions_missing=actions_missing,
     )
+
+
+def _record(
+    session: Session,
+    user: ConsoleUser,
+    reader: Reader,
+    sources: CustomerSources,
+    customer_id: str,
+    now: datetime,
+) -> Customer360 | None:
+    """The API's customer 360 (its events left to the page's own, paged list)."""
+    try:
+        return record.customer_view(
+            session,
+            customer_id=customer_id,
+            caller_tenant=user.tenant,
+            tenant=reader.scope(user),
+            pseudonymizer=reader.pseudonymizer,
+            events=0,
+            index_weights=sources.index_weights,
+            tier_policy=sources.tier_policy,
+            now=now,
+        )
+    except CustomerNotFound:
+        return None
+
+
+def _next_best_actions(
+    sources: CustomerSources, user: ConsoleUser, customer_id: str, channel: ContactChannel
+) -> tuple[NextBestActions | None, str | None]:
+    """The customer's next best actions for the channel, or why the service gave none (no
+    trail to assess, a model unavailable): the rest of the page still shows."""
+    try:
+        found = sources.next_best_actions.next_best_actions(
+            customer_id=customer_id, tenant=user.tenant, channel=channel
+        )
+    except ServiceError as error:
+        return None, error.detail
+    return found, None
 
 
 def _reason_list(raw: Any) -> list[Any]:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 from starlette.routing import BaseRoute
 
+from app.actions.service import NextBestActionService
 from app.alerts import service as alerts
 from app.alerts.schemas import AcknowledgeRequest, ResolveRequest
 from app.alerts.states import Outcome
@@ -52,7 +53,7 @@ from app.console.charts import (
 )
 from app.console.errors import CsrfRefused, LoginFailed, LoginRequired
 from app.console.i18n import Formats, Language, load_translations
-from app.console.labels import MOVEMENT_CHART
+from app.console.labels import COUNTED_MEASURES, MOVEMENT_CHART
 from app.console.service import (
     ConsoleUser,
     LoginPolicy,
@@ -66,6 +67,7 @@ from app.console.service import (
 from app.contact.service import ContactPolicy
 from app.contact.states import ContactChannel, ContactPurpose
 from app.customers.lifecycle import LifecycleStage
+from app.customers.record import index_weights
 from app.errors import Conflict, InvalidInput, NotFound, ServiceError
 from app.scoring.manifest import Task
 from app.scoring.repository import TenantScope
@@ -150,6 +152,7 @@ class Console:
     prospect_plan: ProspectPlan
     contact_policy: ContactPolicy
     audit_stored: bool
+    customer_sources: pages.CustomerSources
     # Charts of stored reports, drawn once per report and language (matplotlib takes tens of
     # milliseconds a chart): keyed by what identifies the stored report.
     charts: dict[tuple[str, ...], dict[str, str | None]] = field(default_factory=dict)
@@ -693,9 +696,14 @@ def customer(request: Request, customer_id: str, session: DbDep, user: UserDep) 
         session,
         user=user,
         reader=console.reader,
+        sources=console.customer_sources,
         customer_id=customer_id,
         page=_page_number(request, "page"),
+        channel=_choice(request, "channel", ContactChannel) or ContactChannel.PHONE,
+        now=utc_now(),
     )
+    if view.actions is not None:
+        note(request, channel=view.channel.value, offered=[a.action for a in view.actions.offered])
     charts = {}
     for score in view.latest_scores:
         reasons = pages.reasons_of(score)
@@ -709,6 +717,8 @@ def customer(request: Request, customer_id: str, session: DbDep, user: UserDep) 
         user=user,
         view=view,
         charts=charts,
+        channels=list(ContactChannel),
+        counted=COUNTED_MEASURES,
         back=str(request.url.path),
     )
 
@@ -903,6 +913,7 @@ def build_console(
     tier_policy: TierPolicy,
     prospect_plan: ProspectPlan,
     contact_policy: ContactPolicy,
+    next_best_actions: NextBestActionService,
 ) -> FastAPI:
     """The console application (its pages are not part of the API's OpenAPI document)."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
@@ -924,6 +935,11 @@ def build_console(
         prospect_plan=prospect_plan,
         contact_policy=contact_policy,
         audit_stored=settings.audit_store,
+        customer_sources=pages.CustomerSources(
+            index_weights=index_weights(settings),
+            tier_policy=tier_policy,
+            next_best_actions=next_best_actions,
+        ),
     )
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.router.routes.extend(console_routes())

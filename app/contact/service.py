@@ -300,3 +300,20 @@ def record_contacts(
     # a plain executemany is one round trip a row on psycopg.
     if rows:
         session.execute(insert(contact_record_table).returning(contact_record_table.c.id), rows)
+
+
+def customer_contacts(
+    session: Session, *, tenant: str | None, customer_ids: Sequence[str], limit: int = 20
+) -> list[ContactOut]:
+    """The contacts recorded with a customer (any of its id forms) in the tenant, newest
+    first."""
+    found = session.scalars(
+        select(ContactRecord)
+        .where(
+            TenantScope(tenant).condition(ContactRecord.tenant),
+            ContactRecord.customer_id.in_(customer_ids),
+        )
+        .order_by(ContactRecord.at.desc(), ContactRecord.id.desc())
+        .limit(limit)
+    )
+    return [ContactOut.model_validate(record) for record in found]

@@ -93,15 +93,20 @@ def customer_view(
     latest_scores = _latest_scores(session, forms, tenant)
     tier = latest_scores.get(Task.TIER.value)
     recommendation = latest_scores.get(Task.RECOMMENDATION.value)
-    page = customer_events(
-        session,
-        customer_id=customer_id,
-        event_type=None,
-        limit=max(events, 1),
-        offset=0,
-        tenant=tenant,
-        caller_tenant=caller_tenant,
-        pseudonymizer=pseudonymizer,
+    # events=0 (the console's page, which pages the trail itself): nothing to read.
+    latest_events = (
+        customer_events(
+            session,
+            customer_id=customer_id,
+            event_type=None,
+            limit=events,
+            offset=0,
+            tenant=tenant,
+            caller_tenant=caller_tenant,
+            pseudonymizer=pseudonymizer,
+        ).items
+        if events > 0
+        else []
     )
     return CustomerView(
         customer_id=customer_id,
@@ -142,7 +147,7 @@ def customer_view(
         open_complaints=customer_complaints(
             session, tenant=caller_tenant, customer_ids=[customer_id, *forms]
         ),
-        events=page.items[:events],
+        events=latest_events[:events],
         indices=indices,
         tier_of_record=None
         if last is None

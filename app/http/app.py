@@ -305,6 +305,7 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
             tier_policy=tier_policy,
             prospect_plan=prospect_plan,
             contact_policy=app.state.contact_policy,
+            next_best_actions=app.state.next_best_actions,
         ),
         name="console",
     )
