@@ -582,3 +582,26 @@ def test_cvm_staff_create_makes_a_user_who_can_log_in(
                 assert "Li Wei" in browser.get("/console/queue").text
         finally:
             get_settings.cache_clear()
+
+
+def test_a_database_failure_is_a_503_page_not_a_500(
+    settings_for: Any, registry: ModelRegistry
+) -> None:
+    """The console answers as the API does when the database fails under a page: 503, retry."""
+    with temporary_sqlite_database() as url:
+        upgrade(url)
+        app = create_app(settings_for(url, auth_enabled=True), registry)
+        with TestClient(app, base_url="https://testserver") as browser:
+            add_staff(app, tenant="bank-a", staff_id="rm-1", roles=["relationship_manager"])
+            log_in(browser, tenant="bank-a", staff_id="rm-1")
+            assert browser.get("/console/queue").status_code == 200
+            with app.state.engine.begin() as connection:  # the queue's table goes missing
+                connection.exec_driver_sql("ALTER TABLE alert RENAME TO alert_gone")
+            try:
+                failed = browser.get("/console/queue")
+            finally:
+                with app.state.engine.begin() as connection:
+                    connection.exec_driver_sql("ALTER TABLE alert_gone RENAME TO alert")
+            assert failed.status_code == 503
+            assert "retry later" in failed.text and "<html" in failed.text
+            assert browser.get("/console/queue").status_code == 200

@@ -20,12 +20,14 @@ from pathlib import Path as FilePath
 from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl
 
+import structlog
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from starlette.routing import BaseRoute
 
@@ -68,7 +70,7 @@ from app.contact.service import ContactPolicy
 from app.contact.states import ContactChannel, ContactPurpose
 from app.customers.lifecycle import LifecycleStage
 from app.customers.record import index_weights
-from app.errors import Conflict, InvalidInput, NotFound, ServiceError
+from app.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound, ServiceError
 from app.scoring.manifest import Task
 from app.scoring.repository import TenantScope
 from app.security.audit import AuditFilter, audit_page, note
@@ -311,6 +313,7 @@ def _back(form: dict[str, str]) -> str:
     return PREFIX + "/queue"
 
 
+log = structlog.get_logger("cvm")
 router = APIRouter(include_in_schema=False)
 
 
@@ -891,6 +894,17 @@ async def _refused(request: Request, error: Exception) -> Response:
     )
 
 
+async def _database_unavailable(request: Request, error: Exception) -> Response:
+    """The database is down or busy: a 503 page saying to retry, as the API answers (a use
+    case commits once, so nothing of the request was saved)."""
+    assert isinstance(error, OperationalError)
+    route = getattr(request.scope.get("route"), "path", "unmatched")
+    log.warning("database_error", error_type=type(error.orig).__name__, route=route)
+    return await _refused(
+        request, DatabaseUnavailable("the database is unavailable or busy; retry later")
+    )
+
+
 async def _invalid_path(request: Request, error: Exception) -> Response:
     """A path parameter out of range (an alert id): that page does not exist."""
     return await _refused(request, NotFound("no such page"))
@@ -945,4 +959,5 @@ def build_console(
     app.router.routes.extend(console_routes())
     app.add_exception_handler(ServiceError, _refused)
     app.add_exception_handler(RequestValidationError, _invalid_path)
+    app.add_exception_handler(OperationalError, _database_unavailable)
     return app
