@@ -77,14 +77,16 @@ COLUMNS = (
     "received_at",
     "request_id",
     "payload",
+    "amount",
+    "direction",
 )
 
 
 @contextmanager
-def bench_database(server_url: str) -> Iterator[str]:
-    """A throw-away PostgreSQL database, migrated, dropped afterwards."""
+def bench_database(server_url: str, tag: str = "") -> Iterator[str]:
+    """A throw-away PostgreSQL database (its name holds ``tag``), migrated, dropped afterwards."""
     server = make_url(server_url)
-    name = f"cvm_bench_{secrets.token_hex(6)}"
+    name = f"cvm_bench_{tag}{'_' if tag else ''}{secrets.token_hex(6)}"
     admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with admin.connect() as connection:
@@ -225,6 +227,8 @@ def copy_rows(database_url: str, calls: list[list[EventRow]]) -> float:
                 row["received_at"],
                 row["request_id"],
                 json_text(row["payload"]),
+                row["amount"],
+                row["direction"],
             )
             for row in rows
         ]
