@@ -11,14 +11,13 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Subquery,
-    Table,
     case,
     delete,
     func,
     select,
     true,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from app.customers.features import (
@@ -42,6 +41,7 @@ from app.customers.tables import (
     customer_month_table,
     rescore_pending_table,
 )
+from app.db.bulk import insert_rows, one_of
 from app.db.session import json_text
 from app.scoring.repository import TenantScope
 
@@ -160,11 +160,6 @@ def list_events(
 # --- running aggregates -----------------------------------------------------------------------
 
 
-def _upsert(connection: Connection, table: Table) -> Any:
-    """An INSERT ... ON CONFLICT of this database's dialect."""
-    return (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(table)
-
-
 def _later(stored: Any, new: Any) -> Any:
     """The later of two nullable times (SQLite's MAX of a NULL is NULL)."""
     return case(
@@ -185,10 +180,10 @@ def update_months(
     """Add counter deltas to their customer-months and keep each latest value unless a later
     occurrence is already stored; atomic per row, so concurrent calls never lose an update."""
     key = UNTAGGED_KEY if tenant is None else tenant
-    if deltas:
-        months = customer_month_table.c
-        insert = _upsert(connection, customer_month_table)
-        insert = insert.on_conflict_do_update(
+    months = customer_month_table.c
+
+    def add_counts(insert: Any) -> Any:
+        return insert.on_conflict_do_update(
             index_elements=[months.tenant, months.customer_id, months.month],
             set_={
                 **{name: months[name] + insert.excluded[name] for name in COUNTERS},
@@ -197,23 +192,26 @@ def update_months(
                 ),
             },
         )
-        connection.execute(
-            insert,
-            [
-                {
-                    "tenant": key,
-                    "customer_id": customer_id,
-                    "month": month,
-                    **delta.counts,
-                    "last_activity_at": delta.last_activity_at,
-                }
-                for (customer_id, month), delta in sorted(deltas.items())
-            ],
-        )
-    if latest:
-        values = customer_month_latest_table.c
-        insert = _upsert(connection, customer_month_latest_table)
-        insert = insert.on_conflict_do_update(
+
+    insert_rows(
+        connection,
+        customer_month_table,
+        [
+            {
+                "tenant": key,
+                "customer_id": customer_id,
+                "month": month,
+                **delta.counts,
+                "last_activity_at": delta.last_activity_at,
+            }
+            for (customer_id, month), delta in sorted(deltas.items())
+        ],
+        on_conflict=add_counts,
+    )
+    values = customer_month_latest_table.c
+
+    def keep_latest(insert: Any) -> Any:
+        return insert.on_conflict_do_update(
             index_elements=[
                 values.tenant,
                 values.customer_id,
@@ -228,22 +226,25 @@ def update_months(
             },
             where=insert.excluded.occurred_at >= values.occurred_at,
         )
-        connection.execute(
-            insert,
-            [
-                {
-                    "tenant": key,
-                    "customer_id": customer_id,
-                    "month": value.month,
-                    "kind": value.kind,
-                    "key": value.key,
-                    "occurred_at": value.occurred_at,
-                    "number": value.number,
-                    "text": value.text,
-                }
-                for (customer_id, *_), value in sorted(latest.items(), key=lambda kv: kv[0])
-            ],
-        )
+
+    insert_rows(
+        connection,
+        customer_month_latest_table,
+        [
+            {
+                "tenant": key,
+                "customer_id": customer_id,
+                "month": value.month,
+                "kind": value.kind,
+                "key": value.key,
+                "occurred_at": value.occurred_at,
+                "number": value.number,
+                "text": value.text,
+            }
+            for (customer_id, *_), value in sorted(latest.items(), key=lambda kv: kv[0])
+        ],
+        on_conflict=keep_latest,
+    )
 
 
 def read_months(
@@ -373,11 +374,10 @@ def queue_rescoring(
 ) -> None:
     """Note customers to re-assess (stored id -> reason, event id), in the caller's
     transaction."""
-    if not pending:
-        return
     key = UNTAGGED_KEY if tenant is None else tenant
-    connection.execute(
-        rescore_pending_table.insert(),
+    insert_rows(
+        connection,
+        rescore_pending_table,
         [
             {
                 "tenant": key,
@@ -454,9 +454,11 @@ def _json(value: Any) -> dict[str, Any]:
     return orjson.loads(value) if isinstance(value, str | bytes) else dict(value)
 
 
-def _customers(tenant: str | None, customer_ids: Sequence[str]) -> list[ColumnElement[bool]]:
+def _customers(
+    connection: Connection, tenant: str | None, customer_ids: Sequence[str]
+) -> list[ColumnElement[bool]]:
     return [
-        customer_event_table.c.customer_id.in_(list(customer_ids)),
+        one_of(connection, customer_event_table.c.customer_id, customer_ids),
         TenantScope(tenant).condition(CustomerEvent.tenant),
     ]
 
@@ -476,7 +478,7 @@ def transactions(
         return []
     t = customer_event_table.c
     conditions = [
-        *_customers(tenant, customer_ids),
+        *_customers(connection, tenant, customer_ids),
         t.type == "transaction",
         t.direction == direction,
     ]
@@ -524,7 +526,7 @@ def idle_candidates(
         )
         .where(
             _tenant_is(credit.c.tenant, tenant),
-            credit.c.customer_id.in_(list(customer_ids)),
+            one_of(connection, credit.c.customer_id, customer_ids),
             credit.c.type == "transaction",
             credit.c.direction == "credit",
             credit.c.occurred_at >= since,
@@ -566,7 +568,7 @@ def term_accounts(
     opened = _trail_rows(
         connection,
         [
-            *_customers(tenant, customer_ids),
+            *_customers(connection, tenant, customer_ids),
             t.type == "account_opened",
             maturity >= first.isoformat(),
             maturity <= last.isoformat(),
@@ -575,5 +577,7 @@ def term_accounts(
     holders = sorted({event.customer_id for _, event in opened})
     if not holders:
         return []
-    closed = _trail_rows(connection, [*_customers(tenant, holders), t.type == "account_closed"])
+    closed = _trail_rows(
+        connection, [*_customers(connection, tenant, holders), t.type == "account_closed"]
+    )
     return opened + closed
