@@ -325,6 +325,17 @@ def copy_rows(database_url: str, calls: list[list[EventRow]]) -> float:
         engine.dispose()
 
 
+def analyze(database_url: str) -> None:
+    """Refresh the planner's statistics, as autovacuum does on a live server: the test server
+    runs without it, and plans made for empty tables degrade as the intake fills them."""
+    engine = create_engine(database_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("ANALYZE"))
+    finally:
+        engine.dispose()
+
+
 def stored_count(database_url: str, *, empty: bool = False) -> int:
     """The round's rows in the event table (removed afterwards when asked; the history's
     ``h`` rows stay)."""
@@ -430,6 +441,13 @@ def main() -> None:
         help="bound the customers (calls cycle through them; default: 250 new ones a call)",
     )
     parser.add_argument("--tag", default="", help="a word for the throw-away database's name")
+    parser.add_argument(
+        "--no-analyze",
+        dest="analyze",
+        action="store_false",
+        help="no ANALYZE after the history and between rounds (the planner then has no "
+        "statistics on a server without autovacuum)",
+    )
     args = parser.parse_args()
     if args.history_months and args.customers is None:
         parser.error("--history-months needs --customers (whose history to load)")
@@ -446,6 +464,8 @@ def main() -> None:
         if args.history_months:
             started = time.perf_counter()
             loaded = load_history(url, args.customers, args.history_months)
+            if args.analyze:
+                analyze(url)
             print(
                 f"history: {loaded:,} events of {args.customers:,} customers "
                 f"({args.history_months} months) in {time.perf_counter() - started:.0f} s",
@@ -477,6 +497,8 @@ def main() -> None:
                 copy_seconds = copy_rows(url, rows)
                 copied = stored_count(url, empty=True)
                 assert copied == events, copied
+                if args.analyze:
+                    analyze(url)
                 ceiling_rates.append(copied / copy_seconds)
                 print(
                     f"round {round_no + 1}: service {service_rates[-1]:,.0f} events/s "
