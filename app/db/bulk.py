@@ -27,7 +27,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.types import ARRAY
+from sqlalchemy.types import ARRAY, TypeDecorator
 
 from app.db.session import json_text
 
@@ -54,6 +54,7 @@ def insert_rows(
         connection.execute(on_conflict(sqlite.insert(table)), list(rows))
         return
     names = list(rows[0])
+    rows = _bound(connection, table, names, rows)
     # One JSON document (orjson, in C) read back by the server as typed columns: an array per
     # column would be dumped by psycopg element by element in Python (~85 ms an intake call).
     document = cast(bindparam(None, json_text(list(rows)), type_=Text), JSON)
@@ -64,6 +65,25 @@ def insert_rows(
     )
     statement = postgresql.insert(table).from_select(names, select(*source.c))
     connection.execute(on_conflict(statement))
+
+
+def _bound(
+    connection: Connection, table: Table, names: list[str], rows: Sequence[Mapping[str, Any]]
+) -> Sequence[Mapping[str, Any]]:
+    """The rows as the columns' own types would bind them (UTCDateTime refuses a naive time
+    and converts to UTC): the JSON document bypasses SQLAlchemy's bind processing."""
+    processors = {
+        name: processor
+        for name in names
+        if isinstance(table.c[name].type, TypeDecorator)
+        and (processor := table.c[name].type.bind_processor(connection.dialect)) is not None
+    }
+    if not processors:
+        return rows
+    return [
+        {**row, **{name: process(row[name]) for name, process in processors.items()}}
+        for row in rows
+    ]
 
 
 def one_of(connection: Connection, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
