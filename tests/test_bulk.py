@@ -94,3 +94,8 @@ def test_one_of_finds_exactly_the_ids_asked_for(engine: Engine) -> None:
     asked = [f"B-{n:04d}" for n in range(0, 60, 7)]
     assert found(asked) == [customer for customer in asked if customer < "B-0050"]
     assert found([]) == []
+    # A longer id is not cut to the column's length (128) and so matches nothing.
+    with engine.begin() as connection:
+        insert_rows(connection, customer_stage_table, [_row(tenant, 0, customer_id="Z" * 128)])
+    assert found(["Z" * 129]) == []
+    assert found(["Z" * 128]) == ["Z" * 128]

@@ -18,6 +18,7 @@ from sqlalchemy import (
     JSON,
     ColumnElement,
     Connection,
+    String,
     Table,
     Text,
     bindparam,
@@ -95,6 +96,9 @@ def one_of(connection: Connection, column: Any, values: Sequence[Any]) -> Column
     if connection.dialect.name != "postgresql":
         result = column.in_(list(values))
         return result
-    array = cast(bindparam(None, list(values)), ARRAY(column.type))
+    # VARCHAR without its length: a cast to VARCHAR(n) would cut a longer value to one that
+    # may match.
+    element = String() if isinstance(column.type, String) else column.type
+    array = cast(bindparam(None, list(values)), ARRAY(element))
     result = column.in_(select(func.unnest(array)).scalar_subquery())
     return result
