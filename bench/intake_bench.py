@@ -60,8 +60,9 @@ from app.customers.consumer import (  # noqa: E402
     dead_letter_queue,
     declare_queues,
 )
+from app.customers.needs import DEFAULT_NEEDS, NO_NEEDS, NeedRules  # noqa: E402
 from app.customers.repository import EventRow  # noqa: E402
-from app.customers.service import EVENTS, IntakeRules, event_rows  # noqa: E402
+from app.customers.service import EVENTS, IntakeRules, event_rows, record_events  # noqa: E402
 from app.db.migrate import upgrade  # noqa: E402
 from app.db.session import create_db_engine, create_session_factory, json_text  # noqa: E402
 from app.security.api_keys import create_client  # noqa: E402
@@ -77,14 +78,16 @@ COLUMNS = (
     "received_at",
     "request_id",
     "payload",
+    "amount",
+    "direction",
 )
 
 
 @contextmanager
-def bench_database(server_url: str) -> Iterator[str]:
-    """A throw-away PostgreSQL database, migrated, dropped afterwards."""
+def bench_database(server_url: str, tag: str = "") -> Iterator[str]:
+    """A throw-away PostgreSQL database (its name holds ``tag``), migrated, dropped afterwards."""
     server = make_url(server_url)
-    name = f"cvm_bench_{secrets.token_hex(6)}"
+    name = f"cvm_bench_{tag}{'_' if tag else ''}{secrets.token_hex(6)}"
     admin = create_engine(server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with admin.connect() as connection:
@@ -100,14 +103,24 @@ def bench_database(server_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def event_dicts(round_no: int, call: int) -> list[dict[str, Any]]:
+START = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def customer_of(call: int, i: int, customers: int | None) -> str:
+    """The customer of a call's i-th event: 250 a call, new ones each call unless
+    ``customers`` bounds the pool (calls then cycle through it)."""
+    number = call * 250 + i % 250
+    return f"C{number if customers is None else number % customers:07d}"
+
+
+def event_dicts(round_no: int, call: int, customers: int | None = None) -> list[dict[str, Any]]:
     """One call's events: a month's mix of types for 250 customers, every id new."""
-    start = datetime(2026, 11, 1, tzinfo=UTC)
+    start = START
     events: list[dict[str, Any]] = []
     for i in range(EVENTS_PER_CALL):
         common = {
             "event_id": f"r{round_no}-c{call}-e{i}",
-            "customer_id": f"C{(call * 250 + i % 250):07d}",
+            "customer_id": customer_of(call, i, customers),
             "occurred_at": (start + timedelta(minutes=i)).isoformat(),
         }
         kind = i % 10
@@ -131,6 +144,70 @@ def event_dicts(round_no: int, call: int) -> list[dict[str, Any]]:
         else:
             events.append({**common, "type": "contact", "kind": "call", "topic": "cards"})
     return events
+
+
+def history_calls(customers: int, months: int) -> Iterator[list[dict[str, Any]]]:
+    """1,000-event calls of the customers' past (``h`` ids, never counted as the round's): per
+    customer and month before START a salary, a 30,000 EUR credit and 30 card debits; once,
+    a term deposit maturing within the needs rule's window. The rules' reads then find rows,
+    as on a live book (bench/needs_overhead.py's history)."""
+    events: list[dict[str, Any]] = []
+    for c in range(customers):
+        customer = f"C{c:07d}"
+        for month in range(1, months + 1):
+            at = START - timedelta(days=30 * month)
+            for n in range(32):
+                credit = n < 2
+                events.append(
+                    {
+                        "event_id": f"h{month}-{customer}-{n}",
+                        "customer_id": customer,
+                        "occurred_at": (at + timedelta(hours=n)).isoformat(),
+                        "type": "transaction",
+                        "amount": (2_400.0, 30_000.0)[n] if credit else 25.0 + n,
+                        "direction": "credit" if credit else "debit",
+                        "channel": "transfer",
+                        "category": ("salary", "inheritance")[n] if credit else "groceries",
+                    }
+                )
+        events.append(
+            {
+                "event_id": f"h-td-{customer}",
+                "customer_id": customer,
+                "occurred_at": (START - timedelta(days=30 * months)).isoformat(),
+                "type": "account_opened",
+                "product": "term_deposit",
+                "maturity_date": (START + timedelta(days=10)).date().isoformat(),
+            }
+        )
+        while len(events) >= EVENTS_PER_CALL:
+            yield events[:EVENTS_PER_CALL]
+            events = events[EVENTS_PER_CALL:]
+    if events:
+        yield events
+
+
+def load_history(database_url: str, customers: int, months: int) -> int:
+    """Store the history through the intake (rules off, as a bulk load would); events stored."""
+    engine = create_db_engine(database_url)
+    factory = create_session_factory(engine)
+    stored = 0
+    try:
+        for n, events in enumerate(history_calls(customers, months)):
+            now = datetime.now(UTC)
+            with factory() as session:
+                stored += record_events(
+                    session,
+                    events=EVENTS.validate_python(events, strict=False),
+                    tenant="bench",
+                    request_id=f"history:{n}",
+                    received_at=now,
+                    pseudonymizer=None,
+                    needs=NO_NEEDS,
+                ).new
+        return stored
+    finally:
+        engine.dispose()
 
 
 def free_port() -> int:
@@ -225,6 +302,8 @@ def copy_rows(database_url: str, calls: list[list[EventRow]]) -> float:
                 row["received_at"],
                 row["request_id"],
                 json_text(row["payload"]),
+                row["amount"],
+                row["direction"],
             )
             for row in rows
         ]
@@ -246,22 +325,42 @@ def copy_rows(database_url: str, calls: list[list[EventRow]]) -> float:
         engine.dispose()
 
 
+def analyze(database_url: str) -> None:
+    """Refresh the planner's statistics, as autovacuum does on a live server: the test server
+    runs without it, and plans made for empty tables degrade as the intake fills them."""
+    engine = create_engine(database_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("ANALYZE"))
+    finally:
+        engine.dispose()
+
+
 def stored_count(database_url: str, *, empty: bool = False) -> int:
-    """Rows in the event table (emptied afterwards when asked)."""
+    """The round's rows in the event table (removed afterwards when asked; the history's
+    ``h`` rows stay)."""
     engine = create_engine(database_url, poolclass=NullPool)
+    round_rows = "FROM customer_event WHERE event_id NOT LIKE 'h%'"
     try:
         with engine.begin() as connection:
-            count = int(
-                connection.execute(text("SELECT count(*) FROM customer_event")).scalar_one()
-            )
+            count = int(connection.execute(text(f"SELECT count(*) {round_rows}")).scalar_one())
             if empty:
-                connection.execute(text("TRUNCATE customer_event"))
+                history = connection.execute(
+                    text("SELECT count(*) FROM customer_event WHERE event_id LIKE 'h%'")
+                ).scalar_one()
+                # TRUNCATE when there is no history: DELETE leaves dead rows behind.
+                connection.execute(
+                    text(f"DELETE {round_rows}" if history else "TRUNCATE customer_event")
+                )
             return count
     finally:
         engine.dispose()
 
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+OFF_SETTING = orjson.dumps(
+    {rule: {"enabled": False} for rule in ("idle_inflow", "deposit_maturing", "first_salary")}
+).decode()
 
 
 async def publish(queue: str, bodies: list[bytes]) -> None:
@@ -286,7 +385,7 @@ async def delete_queues(queue: str) -> None:
             await channel.queue_delete(name)
 
 
-def consume_all(database_url: str, bodies: list[bytes]) -> float:
+def consume_all(database_url: str, bodies: list[bytes], needs: NeedRules) -> float:
     """Publish, then drain the queue through the consumer; seconds from start to last commit."""
     queue = f"cvm.bench.{secrets.token_hex(5)}"
     asyncio.run(publish(queue, bodies))
@@ -303,7 +402,7 @@ def consume_all(database_url: str, bodies: list[bytes]) -> float:
             queue=queue,
             tenant="bench",
             session_factory=create_session_factory(engine),
-            rules=IntakeRules(future_tolerance_s=300, max_events=10_000),
+            rules=IntakeRules(future_tolerance_s=300, max_events=10_000, needs=needs),
             pseudonymizer=None,
             options=ConsumerOptions(batch_messages=20, stop_when_idle_s=0.5),
             on_batch=committed,
@@ -326,24 +425,61 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100, help="1,000-event calls per round")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument(
+        "--needs", choices=("on", "off"), default="on", help="the needs rules (default: on)"
+    )
+    parser.add_argument(
+        "--history-months",
+        type=int,
+        default=0,
+        help="months of past transactions stored first for each customer (0: new customers)",
+    )
+    parser.add_argument(
+        "--customers",
+        type=int,
+        default=None,
+        help="bound the customers (calls cycle through them; default: 250 new ones a call)",
+    )
+    parser.add_argument("--tag", default="", help="a word for the throw-away database's name")
+    parser.add_argument(
+        "--no-analyze",
+        dest="analyze",
+        action="store_false",
+        help="no ANALYZE after the history and between rounds (the planner then has no "
+        "statistics on a server without autovacuum)",
+    )
     args = parser.parse_args()
+    if args.history_months and args.customers is None:
+        parser.error("--history-months needs --customers (whose history to load)")
+    needs = DEFAULT_NEEDS if args.needs == "on" else NO_NEEDS
+    env = {} if args.needs == "on" else {"CVM_NEEDS_RULES": OFF_SETTING}
 
     service_rates: list[float] = []
     consumer_rates: list[float] = []
     ceiling_rates: list[float] = []
-    with bench_database(args.postgres_server) as url:
+    with bench_database(args.postgres_server, args.tag) as url:
         _, key = create_client(
             create_db_engine(url), name="bench", scopes=["events:write"], tenant="bench"
         )
-        with service(url, workers=args.workers) as base:
+        if args.history_months:
+            started = time.perf_counter()
+            loaded = load_history(url, args.customers, args.history_months)
+            if args.analyze:
+                analyze(url)
+            print(
+                f"history: {loaded:,} events of {args.customers:,} customers "
+                f"({args.history_months} months) in {time.perf_counter() - started:.0f} s",
+                flush=True,
+            )
+        with service(url, workers=args.workers, extra_env=env) as base:
             for round_no in range(args.rounds):
-                calls = [event_dicts(round_no, call) for call in range(args.calls)]
+                calls = [event_dicts(round_no, call, args.customers) for call in range(args.calls)]
                 bodies = [orjson.dumps({"events": events}) for events in calls]
                 seconds = asyncio.run(post_all(base, key, bodies, args.connections))
                 events = stored_count(url, empty=True)
                 assert events == args.calls * EVENTS_PER_CALL, events
                 service_rates.append(events / seconds)
-                consumed_seconds = consume_all(url, bodies)
+                consumed_seconds = consume_all(url, bodies, needs)
                 assert stored_count(url, empty=True) == events
                 consumer_rates.append(events / consumed_seconds)
                 # The same rows as the service stored them (parsed by the same models).
@@ -361,6 +497,8 @@ def main() -> None:
                 copy_seconds = copy_rows(url, rows)
                 copied = stored_count(url, empty=True)
                 assert copied == events, copied
+                if args.analyze:
+                    analyze(url)
                 ceiling_rates.append(copied / copy_seconds)
                 print(
                     f"round {round_no + 1}: service {service_rates[-1]:,.0f} events/s "
@@ -376,7 +514,8 @@ def main() -> None:
     met = min(service_rate, consumer_rate) >= 20_000
     print(
         f"median: service {service_rate:,.0f} events/s persisted in {EVENTS_PER_CALL:,}-event "
-        f"calls ({args.connections} connections, {args.workers} worker(s)); consumer "
+        f"calls ({args.connections} connections, {args.workers} worker(s), needs rules "
+        f"{args.needs}, {args.history_months} months of history); consumer "
         f"{consumer_rate:,.0f} events/s from RabbitMQ; COPY ceiling "
         f"{ceiling_rate:,.0f} events/s; ratio {service_rate / ceiling_rate:.2f}; "
         f"target 20,000 events/s: {'met' if met else 'NOT met'}"

@@ -142,8 +142,9 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=250)
     parser.add_argument("--history-months", type=int, default=3)
     parser.add_argument("--pairs", type=int, default=20)
+    parser.add_argument("--tag", default="", help="a word for the throw-away database's name")
     args = parser.parse_args()
-    with bench_database(args.postgres_server) as url:
+    with bench_database(args.postgres_server, args.tag) as url:
         engine = create_db_engine(url)
         factory = create_session_factory(engine)
         for n, events in enumerate(history(args.customers, args.history_months)):

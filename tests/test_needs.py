@@ -33,8 +33,8 @@ from app.customers.needs import (
     deposit_maturing,
     first_salary,
     idle_inflow,
-    spent_after,
 )
+from app.customers.repository import idle_candidates
 from app.customers.service import IntakeRules, check_rows, record_events
 from app.http.app import create_app
 from app.scoring.registry import ModelRegistry
@@ -89,24 +89,6 @@ def test_an_inflow_is_idle_exactly_at_the_amount_and_the_days() -> None:
     assert (
         idle_inflow(bigger, spent={}, as_of=T0 + timedelta(days=60, seconds=1), rule=IDLE) is None
     )
-
-
-def test_only_debits_after_a_credit_are_spent_from_it() -> None:
-    credits = [
-        _tx("a", T0, 30_000.0, "credit"),
-        _tx("b", T0 + timedelta(days=2), 30_000.0, "credit"),
-    ]
-    debits = {
-        "C-1": [
-            (T0 - timedelta(days=1), 7.0),
-            (T0, 11.0),
-            (T0 + timedelta(days=1), 100.0),
-            (T0 + timedelta(days=3), 1_000.0),
-        ]
-    }
-    # Strictly after: a debit at the credit's own time is not spent from it.
-    assert spent_after(credits, debits) == {"a": 1_100.0, "b": 1_000.0}
-    assert spent_after(credits, {}) == {"a": 0.0, "b": 0.0}
 
 
 def test_a_deposit_matures_within_the_window_exactly() -> None:
@@ -385,6 +367,94 @@ def test_rules_switched_off_open_nothing(engine: Engine) -> None:
     assert _alerts(engine, tenant, customer) == []
     _take(engine, [_salary(customer, T0 - timedelta(days=1))], tenant=tenant, needs=NO_NEEDS)
     assert _alerts(engine, tenant, customer) == []
+
+
+def test_only_debits_after_a_credit_are_spent_from_it(engine: Engine) -> None:
+    tenant, customer = _tenant(), f"na-{uuid.uuid4().hex[:8]}"
+
+    def tx(event_id: str, at: datetime, amount: float, direction: str) -> dict[str, Any]:
+        return {
+            **_event(customer, "transaction", at),
+            "event_id": f"{customer}-{event_id}",
+            "amount": amount,
+            "direction": direction,
+            "channel": "transfer",
+        }
+
+    rows = [
+        tx("a", T0, 30_000.0, "credit"),
+        tx("b", T0 + timedelta(days=2), 30_000.0, "credit"),
+        tx("small", T0 + timedelta(days=2), 100.0, "credit"),
+        tx("d0", T0 - timedelta(days=1), 7.0, "debit"),
+        tx("d1", T0, 11.0, "debit"),
+        tx("d2", T0 + timedelta(days=1), 100.0, "debit"),
+        tx("d3", T0 + timedelta(days=3), 1_000.0, "debit"),
+    ]
+    _take(engine, rows, tenant=tenant, needs=NO_NEEDS)
+    _take(engine, [tx("other", T0 + timedelta(days=1), 500.0, "debit")], tenant=_tenant())
+
+    def read(since: datetime, until: datetime) -> tuple[list[str], dict[str, float]]:
+        with engine.connect() as connection:
+            credits, spent = idle_candidates(
+                connection,
+                tenant=tenant,
+                customer_ids=[customer],
+                since=since,
+                until=until,
+                min_amount=20_000.0,
+            )
+        prefix = len(customer) + 1
+        return [event_id[prefix:] for event_id, _ in credits], {
+            event_id[prefix:]: amount for event_id, amount in spent.items()
+        }
+
+    # Strictly after: a debit at the credit's own time is not spent from it; another tenant's
+    # debit of the same customer id is not either; small credits are no candidates.
+    assert read(T0, T0 + timedelta(days=2)) == (["a", "b"], {"a": 1_100.0, "b": 1_000.0})
+    assert read(T0 + timedelta(seconds=1), T0 + timedelta(days=2)) == (["b"], {"b": 1_000.0})
+    assert read(T0, T0 + timedelta(days=2, seconds=-1)) == (["a"], {"a": 1_100.0})
+
+
+# Calls delivering one trail (indexes into it): in time order; latest first; the inflow late,
+# in the call of the event that makes it idle; a debit late, likewise. (A debit arriving after
+# the alert opened does not withdraw it: the rules judge what is stored when they run.)
+ORDERS = {
+    "in_order": [[0], [1], [2], [3], [4]],
+    "latest_first": [[4], [3], [2], [1], [0]],
+    "inflow_late": [[3, 1, 2], [4, 0]],
+    "debit_late": [[0], [1], [2], [4, 3]],
+}
+
+
+@pytest.mark.parametrize("order", sorted(ORDERS))
+def test_late_and_out_of_order_events_give_the_same_alerts(engine: Engine, order: str) -> None:
+    tenant = _tenant()
+    spent, kept = f"nd-{uuid.uuid4().hex[:8]}", f"nk-{uuid.uuid4().hex[:8]}"
+
+    def trail(customer: str, last_debit: float) -> list[dict[str, Any]]:
+        def tx(at: datetime, amount: float, direction: str) -> dict[str, Any]:
+            return _event(
+                customer, "transaction", at, amount=amount, direction=direction, channel="card"
+            )
+
+        return [
+            tx(T0, 25_000.0, "credit"),
+            tx(T0 - timedelta(days=1), 9_000.0, "debit"),  # before the inflow: not spent
+            tx(T0 + timedelta(days=1), 2_500.0, "debit"),
+            tx(T0 + timedelta(days=2), last_debit, "debit"),
+            _event(customer, "digital_session", T0 + timedelta(days=30), platform="web"),
+        ]
+
+    trails = {spent: trail(spent, 2_500.01), kept: trail(kept, 2_500.0)}
+    for call in ORDERS[order]:
+        _take(engine, [trails[c][i] for c in (spent, kept) for i in call], tenant=tenant)
+    # Whatever the order, once the whole trail is stored the same clock gives the same alerts.
+    for customer in (spent, kept):
+        clock = _event(customer, "digital_session", T0 + timedelta(days=31), platform="web")
+        _take(engine, [clock], tenant=tenant)
+    assert _alerts(engine, tenant, spent) == []  # 19,999.99 EUR left
+    (alert,) = _alerts(engine, tenant, kept)  # exactly 20,000 EUR left
+    assert alert.reason == "idle_inflow" and "20,000 EUR left" in alert.actions[0]
 
 
 # --- routed and owned as churn alerts ---------------------------------------------------------

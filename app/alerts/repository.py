@@ -26,6 +26,7 @@ from app.alerts.tables import (
     outbox_attempt_table,
     outbox_message_table,
 )
+from app.db.bulk import one_of
 from app.scoring.repository import TenantScope
 
 # The churn path's lookups see churn alerts only: a need alert of the same customer is another
@@ -271,7 +272,7 @@ def customers_with_active_alert(
         return set()
     t = alert_table.c
     query = select(t.customer_id).where(
-        t.customer_id.in_(list(customer_ids)),
+        one_of(connection, t.customer_id, customer_ids),
         # Verbatim the partial index's predicate, so the lookup is answered from that index.
         text(ACTIVE_ALERT),
         t.reason == reason,
@@ -383,7 +384,7 @@ def latest_resolutions(
     query = (
         select(t.id, t.customer_id, t.probability, t.resolved_at)
         .where(
-            t.customer_id.in_(list(customer_ids)),
+            one_of(connection, t.customer_id, customer_ids),
             t.status == AlertStatus.RESOLVED,
             t.resolved_at >= since,
             t.reason == reason,

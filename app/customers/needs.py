@@ -15,13 +15,13 @@ customer's stored events as of the trail's clock (the latest occurrence the call
 Intake (``record_events``) runs them in its own transaction for the customers of the call's
 new events and opens one alert per customer and rule (alerts domain, reason = the rule), so a
 need alert is routed and owned as a churn alert is. No I/O here: the reads are
-``app/customers/repository.py``'s ``transactions``, ``debits_since`` and
-``term_accounts``.
+``app/customers/repository.py``'s ``idle_candidates`` (the large credits in the window, each
+with what the debits after it add up to, summed by the database from the typed ``amount``
+and ``direction`` columns), ``transactions`` and ``term_accounts``.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -151,25 +151,6 @@ def idle_inflow(
                 f"still unspent after {(as_of - at).days} days ({_eur(left)} left)",
             )
     return None
-
-
-def spent_after(
-    credits: Sequence[Stored], debits: Mapping[str, Sequence[tuple[datetime, float]]]
-) -> dict[str, float]:
-    """For each credit (by event id), what its customer's debits occurring after it add up
-    to; ``debits``: (time, amount) per customer, in time order."""
-    totals: dict[str, list[float]] = {}
-    spent: dict[str, float] = {}
-    for event_id, credit in credits:
-        times = debits.get(credit.customer_id, ())
-        if credit.customer_id not in totals:  # suffix sums: what is spent from each on
-            suffix = [0.0] * (len(times) + 1)
-            for index in range(len(times) - 1, -1, -1):
-                suffix[index] = suffix[index + 1] + times[index][1]
-            totals[credit.customer_id] = suffix
-        first_after = bisect_right([at for at, _ in times], credit.occurred_at)
-        spent[event_id] = totals[credit.customer_id][first_after]
-    return spent
 
 
 def _account(event: TrailEvent) -> str:

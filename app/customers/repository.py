@@ -11,14 +11,13 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Subquery,
-    Table,
     case,
     delete,
     func,
     select,
     true,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from app.customers.features import (
@@ -42,6 +41,7 @@ from app.customers.tables import (
     customer_month_table,
     rescore_pending_table,
 )
+from app.db.bulk import insert_rows, one_of
 from app.db.session import json_text
 from app.scoring.repository import TenantScope
 
@@ -57,6 +57,9 @@ class EventRow(TypedDict):
     received_at: datetime
     request_id: str
     payload: dict[str, Any]
+    # A transaction's amount and direction (None for the other types), as the payload says.
+    amount: float | None
+    direction: str | None
 
 
 def insert_new_events(connection: Connection, *, rows: Sequence[EventRow]) -> list[EventRow]:
@@ -87,13 +90,14 @@ def insert_new_events(connection: Connection, *, rows: Sequence[EventRow]) -> li
 _STAGING = "customer_event_in"
 _STAGE = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} (event_id varchar, customer_id varchar, "
-    "type varchar, occurred_at timestamptz, payload json) ON COMMIT DELETE ROWS"
+    "type varchar, occurred_at timestamptz, payload json, amount float8, direction varchar) "
+    "ON COMMIT DELETE ROWS"
 )
-_COPY_STAGED = f"COPY {_STAGING} (event_id, customer_id, type, occurred_at, payload) FROM STDIN"
+_STAGED_COLUMNS = "event_id, customer_id, type, occurred_at, payload, amount, direction"
+_COPY_STAGED = f"COPY {_STAGING} ({_STAGED_COLUMNS}) FROM STDIN"
 _INSERT_STAGED = (
-    f"INSERT INTO {customer_event_table.name} (tenant, event_id, customer_id, type, "
-    "occurred_at, received_at, request_id, payload) "
-    f"SELECT %s, event_id, customer_id, type, occurred_at, %s, %s, payload FROM {_STAGING} "
+    f"INSERT INTO {customer_event_table.name} (tenant, received_at, request_id, "
+    f"{_STAGED_COLUMNS}) SELECT %s, %s, %s, {_STAGED_COLUMNS} FROM {_STAGING} "
     "ON CONFLICT DO NOTHING RETURNING event_id"
 )
 
@@ -116,6 +120,8 @@ def _copy_new_events(connection: Connection, rows: Sequence[EventRow]) -> set[st
                         row["type"],
                         row["occurred_at"],
                         json_text(row["payload"]),
+                        row["amount"],
+                        row["direction"],
                     )
                 )
         cursor.execute(_INSERT_STAGED, shared)
@@ -154,11 +160,6 @@ def list_events(
 # --- running aggregates -----------------------------------------------------------------------
 
 
-def _upsert(connection: Connection, table: Table) -> Any:
-    """An INSERT ... ON CONFLICT of this database's dialect."""
-    return (postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert)(table)
-
-
 def _later(stored: Any, new: Any) -> Any:
     """The later of two nullable times (SQLite's MAX of a NULL is NULL)."""
     return case(
@@ -179,10 +180,10 @@ def update_months(
     """Add counter deltas to their customer-months and keep each latest value unless a later
     occurrence is already stored; atomic per row, so concurrent calls never lose an update."""
     key = UNTAGGED_KEY if tenant is None else tenant
-    if deltas:
-        months = customer_month_table.c
-        insert = _upsert(connection, customer_month_table)
-        insert = insert.on_conflict_do_update(
+    months = customer_month_table.c
+
+    def add_counts(insert: Any) -> Any:
+        return insert.on_conflict_do_update(
             index_elements=[months.tenant, months.customer_id, months.month],
             set_={
                 **{name: months[name] + insert.excluded[name] for name in COUNTERS},
@@ -191,23 +192,26 @@ def update_months(
                 ),
             },
         )
-        connection.execute(
-            insert,
-            [
-                {
-                    "tenant": key,
-                    "customer_id": customer_id,
-                    "month": month,
-                    **delta.counts,
-                    "last_activity_at": delta.last_activity_at,
-                }
-                for (customer_id, month), delta in sorted(deltas.items())
-            ],
-        )
-    if latest:
-        values = customer_month_latest_table.c
-        insert = _upsert(connection, customer_month_latest_table)
-        insert = insert.on_conflict_do_update(
+
+    insert_rows(
+        connection,
+        customer_month_table,
+        [
+            {
+                "tenant": key,
+                "customer_id": customer_id,
+                "month": month,
+                **delta.counts,
+                "last_activity_at": delta.last_activity_at,
+            }
+            for (customer_id, month), delta in sorted(deltas.items())
+        ],
+        on_conflict=add_counts,
+    )
+    values = customer_month_latest_table.c
+
+    def keep_latest(insert: Any) -> Any:
+        return insert.on_conflict_do_update(
             index_elements=[
                 values.tenant,
                 values.customer_id,
@@ -222,22 +226,25 @@ def update_months(
             },
             where=insert.excluded.occurred_at >= values.occurred_at,
         )
-        connection.execute(
-            insert,
-            [
-                {
-                    "tenant": key,
-                    "customer_id": customer_id,
-                    "month": value.month,
-                    "kind": value.kind,
-                    "key": value.key,
-                    "occurred_at": value.occurred_at,
-                    "number": value.number,
-                    "text": value.text,
-                }
-                for (customer_id, *_), value in sorted(latest.items(), key=lambda kv: kv[0])
-            ],
-        )
+
+    insert_rows(
+        connection,
+        customer_month_latest_table,
+        [
+            {
+                "tenant": key,
+                "customer_id": customer_id,
+                "month": value.month,
+                "kind": value.kind,
+                "key": value.key,
+                "occurred_at": value.occurred_at,
+                "number": value.number,
+                "text": value.text,
+            }
+            for (customer_id, *_), value in sorted(latest.items(), key=lambda kv: kv[0])
+        ],
+        on_conflict=keep_latest,
+    )
 
 
 def read_months(
@@ -367,11 +374,10 @@ def queue_rescoring(
 ) -> None:
     """Note customers to re-assess (stored id -> reason, event id), in the caller's
     transaction."""
-    if not pending:
-        return
     key = UNTAGGED_KEY if tenant is None else tenant
-    connection.execute(
-        rescore_pending_table.insert(),
+    insert_rows(
+        connection,
+        rescore_pending_table,
         [
             {
                 "tenant": key,
@@ -448,9 +454,11 @@ def _json(value: Any) -> dict[str, Any]:
     return orjson.loads(value) if isinstance(value, str | bytes) else dict(value)
 
 
-def _customers(tenant: str | None, customer_ids: Sequence[str]) -> list[ColumnElement[bool]]:
+def _customers(
+    connection: Connection, tenant: str | None, customer_ids: Sequence[str]
+) -> list[ColumnElement[bool]]:
     return [
-        customer_event_table.c.customer_id.in_(list(customer_ids)),
+        one_of(connection, customer_event_table.c.customer_id, customer_ids),
         TenantScope(tenant).condition(CustomerEvent.tenant),
     ]
 
@@ -461,54 +469,86 @@ def transactions(
     tenant: str | None,
     customer_ids: Sequence[str],
     direction: str,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    min_amount: float | None = None,
     category: str | None = None,
+    until: datetime | None = None,
 ) -> list[tuple[str, TrailEvent]]:
-    """These customers' transactions of one direction (and amount floor, category) that
-    occurred in [since, until], as (event id, event), per customer in time order."""
+    """These customers' transactions of one direction (and category) that occurred up to
+    ``until``, as (event id, event), per customer in time order."""
     if not customer_ids:
         return []
     t = customer_event_table.c
     conditions = [
-        *_customers(tenant, customer_ids),
+        *_customers(connection, tenant, customer_ids),
         t.type == "transaction",
-        t.payload["direction"].as_string() == direction,
+        t.direction == direction,
     ]
-    if since is not None:
-        conditions.append(t.occurred_at >= since)
     if until is not None:
         conditions.append(t.occurred_at <= until)
-    if min_amount is not None:
-        conditions.append(t.payload["amount"].as_float() >= min_amount)
     if category is not None:
         conditions.append(t.payload["category"].as_string() == category)
     return _trail_rows(connection, conditions)
 
 
-def debits_since(
-    connection: Connection, *, tenant: str | None, customer_ids: Sequence[str], since: datetime
-) -> dict[str, list[tuple[datetime, float]]]:
-    """These customers' debit transactions occurring after ``since``: (time, amount) each, in
-    time order; the amount read by the database, no payload parsed here (there are many)."""
+def idle_candidates(
+    connection: Connection,
+    *,
+    tenant: str | None,
+    customer_ids: Sequence[str],
+    since: datetime,
+    until: datetime,
+    min_amount: float,
+) -> tuple[list[tuple[str, TrailEvent]], dict[str, float]]:
+    """These customers' credits of at least ``min_amount`` that occurred in [since, until],
+    as (event id, event) per customer in time order, and for each (by event id) what the
+    customer's debits occurring after it add up to: summed by the database from the typed
+    columns' index, no debit row read here."""
     if not customer_ids:
-        return {}
-    t = customer_event_table.c
-    rows = connection.execute(
-        select(t.customer_id, t.occurred_at, t.payload["amount"].as_float())
+        return [], {}
+    credit, debit = customer_event_table.alias("credit"), customer_event_table.alias("debit")
+    spent = (
+        select(func.coalesce(func.sum(debit.c.amount), 0.0))
         .where(
-            *_customers(tenant, customer_ids),
-            t.type == "transaction",
-            t.occurred_at > since,
-            t.payload["direction"].as_string() == "debit",
+            _tenant_is(debit.c.tenant, tenant),
+            debit.c.customer_id == credit.c.customer_id,
+            debit.c.type == "transaction",
+            debit.c.direction == "debit",
+            debit.c.occurred_at > credit.c.occurred_at,
         )
-        .order_by(t.customer_id, t.occurred_at)
+        .scalar_subquery()
     )
-    found: dict[str, list[tuple[datetime, float]]] = {}
-    for customer_id, occurred_at, amount in rows:
-        found.setdefault(customer_id, []).append((_aware(occurred_at), float(amount or 0.0)))
-    return found
+    rows = connection.execute(
+        select(
+            credit.c.event_id,
+            credit.c.customer_id,
+            credit.c.occurred_at,
+            credit.c.payload,
+            spent.label("spent"),
+        )
+        .where(
+            _tenant_is(credit.c.tenant, tenant),
+            one_of(connection, credit.c.customer_id, customer_ids),
+            credit.c.type == "transaction",
+            credit.c.direction == "credit",
+            credit.c.occurred_at >= since,
+            credit.c.occurred_at <= until,
+            credit.c.amount >= min_amount,
+        )
+        .order_by(credit.c.customer_id, credit.c.occurred_at, credit.c.id)
+    )
+    credits: list[tuple[str, TrailEvent]] = []
+    spent_by_id: dict[str, float] = {}
+    for row in rows:
+        event = TrailEvent(
+            row.customer_id, "transaction", _aware(row.occurred_at), _json(row.payload)
+        )
+        credits.append((row.event_id, event))
+        spent_by_id[row.event_id] = float(row.spent)
+    return credits, spent_by_id
+
+
+def _tenant_is(column: ColumnElement[str | None], tenant: str | None) -> ColumnElement[bool]:
+    """The tenant condition on an alias's tenant column."""
+    return column.is_(None) if tenant is None else column == tenant
 
 
 def term_accounts(
@@ -528,7 +568,7 @@ def term_accounts(
     opened = _trail_rows(
         connection,
         [
-            *_customers(tenant, customer_ids),
+            *_customers(connection, tenant, customer_ids),
             t.type == "account_opened",
             maturity >= first.isoformat(),
             maturity <= last.isoformat(),
@@ -537,5 +577,7 @@ def term_accounts(
     holders = sorted({event.customer_id for _, event in opened})
     if not holders:
         return []
-    closed = _trail_rows(connection, [*_customers(tenant, holders), t.type == "account_closed"])
+    closed = _trail_rows(
+        connection, [*_customers(connection, tenant, holders), t.type == "account_closed"]
+    )
     return opened + closed

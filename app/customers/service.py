@@ -44,7 +44,6 @@ from app.customers.needs import (
     NeedRules,
     customer_needs,
     is_salary,
-    spent_after,
 )
 from app.customers.repository import (
     EventRow,
@@ -302,24 +301,15 @@ def find_needs(
             stored.setdefault(event.customer_id, {})[event_id] = event
 
     if (idle := rules.idle_inflow) is not None:
-        credits = repository.transactions(
+        credits, spent = repository.idle_candidates(
             connection,
             tenant=tenant,
             customer_ids=customers,
-            direction="credit",
             since=earliest - idle.lookback,
             until=latest - idle.idle,
             min_amount=idle.amount,
         )
         keep(credits)
-        if credits:
-            debits = repository.debits_since(
-                connection,
-                tenant=tenant,
-                customer_ids=sorted({event.customer_id for _, event in credits}),
-                since=min(event.occurred_at for _, event in credits),
-            )
-            spent = spent_after(credits, debits)
     if (maturing := rules.deposit_maturing) is not None:
         keep(
             repository.term_accounts(
@@ -403,18 +393,28 @@ def event_rows(
     if pseudonymizer is not None:  # keyed per tenant, as scores are
         customer_ids = pseudonymizer.pseudonyms(customer_ids, tenant=tenant)
     return [
-        EventRow(
-            tenant=tenant,
-            event_id=event.event_id,
-            customer_id=customer_id,
-            type=event.__dict__["type"].value,
-            occurred_at=event.occurred_at,
-            received_at=received_at,
-            request_id=request_id,
-            payload=payload_of(event),
-        )
+        _event_row(event, customer_id, tenant, request_id, received_at)
         for event, customer_id in zip(unique.values(), customer_ids, strict=True)
     ]
+
+
+def _event_row(
+    event: EventBase, customer_id: str, tenant: str | None, request_id: str, received_at: datetime
+) -> EventRow:
+    payload = payload_of(event)
+    transaction = event.__dict__["type"] is EventType.TRANSACTION
+    return EventRow(
+        tenant=tenant,
+        event_id=event.event_id,
+        customer_id=customer_id,
+        type=event.__dict__["type"].value,
+        occurred_at=event.occurred_at,
+        received_at=received_at,
+        request_id=request_id,
+        payload=payload,
+        amount=payload["amount"] if transaction else None,
+        direction=payload["direction"] if transaction else None,
+    )
 
 
 def payload_of(event: BaseModel) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Subquery, and_, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from app.customers.features import CLOSED, OPENED, Kind
 from app.customers.lifecycle import (
@@ -28,6 +27,7 @@ from app.customers.tables import (
     customer_stage_table,
     customer_stage_transition_table,
 )
+from app.db.bulk import insert_rows, one_of
 
 # Customers evaluated per statement (the IN lists of the reads).
 CHUNK = 1000
@@ -112,7 +112,7 @@ def _gather(connection: Connection, key: str, customer_ids: Sequence[str]) -> di
             latest.text,
         ).where(
             latest.tenant == key,
-            latest.customer_id.in_(customer_ids),
+            one_of(connection, latest.customer_id, customer_ids),
             or_(
                 latest.kind == Kind.PRODUCT,
                 and_(latest.kind == Kind.PROFILE, latest.key == "customer_since"),
@@ -135,7 +135,7 @@ def _gather(connection: Connection, key: str, customer_ids: Sequence[str]) -> di
     months = customer_month_table.c
     for customer_id, last in connection.execute(
         select(months.customer_id, func.max(months.last_activity_at))
-        .where(months.tenant == key, months.customer_id.in_(customer_ids))
+        .where(months.tenant == key, one_of(connection, months.customer_id, customer_ids))
         .group_by(months.customer_id)
     ):
         gathered[customer_id].last_activity_at = last
@@ -148,7 +148,7 @@ def _stored(connection: Connection, key: str, customer_ids: Sequence[str]) -> di
         row.customer_id: row
         for row in connection.execute(
             select(customer_stage_table).where(
-                stage.tenant == key, stage.customer_id.in_(customer_ids)
+                stage.tenant == key, one_of(connection, stage.customer_id, customer_ids)
             )
         )
     }
@@ -265,44 +265,42 @@ def _write(
     source: StageSource,
     now: datetime,
 ) -> None:
-    if upserts:
-        dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-        insert = dialect.insert(customer_stage_table)
-        stage = customer_stage_table.c
-        connection.execute(
-            insert.on_conflict_do_update(
-                index_elements=[stage.tenant, stage.customer_id],
-                set_={
-                    name: insert.excluded[name]
-                    for name in (
-                        "stage",
-                        "since",
-                        "at_risk",
-                        "risk_assessed_at",
-                        "review_at",
-                        "updated_at",
-                    )
-                },
-            ),
-            upserts,
+    stage = customer_stage_table.c
+
+    def replace(insert: Any) -> Any:
+        return insert.on_conflict_do_update(
+            index_elements=[stage.tenant, stage.customer_id],
+            set_={
+                name: insert.excluded[name]
+                for name in (
+                    "stage",
+                    "since",
+                    "at_risk",
+                    "risk_assessed_at",
+                    "review_at",
+                    "updated_at",
+                )
+            },
         )
-    if transitions:
-        connection.execute(
-            customer_stage_transition_table.insert(),
-            [
-                {
-                    "tenant": key,
-                    "customer_id": t.customer_id,
-                    "from_stage": t.from_stage.value if t.from_stage else None,
-                    "to_stage": t.to_stage.value,
-                    "at": t.at,
-                    "cause": t.cause,
-                    "source": source.value,
-                    "recorded_at": now,
-                }
-                for t in transitions
-            ],
-        )
+
+    insert_rows(connection, customer_stage_table, upserts, on_conflict=replace)
+    insert_rows(
+        connection,
+        customer_stage_transition_table,
+        [
+            {
+                "tenant": key,
+                "customer_id": t.customer_id,
+                "from_stage": t.from_stage.value if t.from_stage else None,
+                "to_stage": t.to_stage.value,
+                "at": t.at,
+                "cause": t.cause,
+                "source": source.value,
+                "recorded_at": now,
+            }
+            for t in transitions
+        ],
+    )
 
 
 def sweep_stages(

@@ -57,6 +57,17 @@ class CustomerEvent(Base):
             sqlite_where=text(CAMPAIGN_RESPONSES),
             postgresql_where=text(CAMPAIGN_RESPONSES),
         ),
+        # A customer's events of one type (and direction) in time order, with the amount: the
+        # needs rules sum the debits after an inflow from this index alone.
+        Index(
+            "ix_customer_event_tenant_customer_type",
+            "tenant",
+            "customer_id",
+            "type",
+            "direction",
+            "occurred_at",
+            "amount",
+        ),
         CheckConstraint(EVENT_TYPES_CHECK, name="type"),
     )
 
@@ -73,6 +84,10 @@ class CustomerEvent(Base):
     request_id: Mapped[str] = mapped_column(String(64))
     # The fields of the event's type (the common ones are columns).
     payload: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    # A transaction's amount and direction, also in the payload, as typed columns for the
+    # reads that filter or sum them (None for the other types).
+    amount: Mapped[float | None] = mapped_column(Float(precision=53))
+    direction: Mapped[str | None] = mapped_column(String(8))
 
 
 customer_event_table = cast(Table, CustomerEvent.__table__)
