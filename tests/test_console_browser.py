@@ -266,6 +266,23 @@ def _retier(app: Any, tenant: str) -> None:
         )
 
 
+def _store_drift_run(app: Any, tenant: str) -> None:
+    """The churn champion's drift run, as `cvm monitor` stores it (the page reads it)."""
+    from datetime import UTC, datetime
+
+    from app.modelops.monitoring import monitor, record_run
+    from app.modelops.service import champions
+    from app.scoring.repository import TenantScope
+
+    scope = TenantScope(tenant)
+    with app.state.session_factory() as session:
+        version = champions(session)[Task.CHURN]
+        drift = monitor(
+            session, task=Task.CHURN, version=version, since=None, limit=5000, tenant=scope
+        )
+        record_run(session, report=drift, tenant=scope, now=datetime.now(UTC))
+
+
 def test_an_administrator_reads_the_value_prospect_and_model_pages_in_both_languages(
     served: tuple[str, Any], registry: ModelRegistry, sample_rows: dict[str, pd.DataFrame]
 ) -> None:
@@ -274,6 +291,7 @@ def test_an_administrator_reads_the_value_prospect_and_model_pages_in_both_langu
     base, app = served
     _seed(base, app, registry, sample_rows["existing"])  # a churn score for the drift report
     _seed_value_and_prospects(base, app, registry, sample_rows["prospect"])
+    _store_drift_run(app, "bank-a")
     add_staff(app, tenant="bank-a", staff_id="ad-1", roles=["administrator"])
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     requested: list[str] = []
