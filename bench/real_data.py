@@ -212,7 +212,7 @@ def prepare(case: Case) -> Prepared:
     if spec.time_column:
         excluded.add(spec.time_column)
     features = frame[[c for c in frame.columns if c not in excluded]]
-    schema = infer_schema(features, spec.categorical, case.data_path.name)
+    schema = infer_schema(features, spec.categorical, case.data_path.name, spec.year_cycle)
     return Prepared(
         frame=frame,
         features=features,
@@ -558,7 +558,14 @@ def build_cases(data_dir: Path, work_dir: Path, *, leak_checks: bool) -> list[Ca
     thera = data_dir / "thera_bank_personal_loan"
     berka = data_dir / "berka_pkdd99"
     bank_file = bank_with_row_id(bank / "bank-full.csv", work_dir)
-    bank_spec = DataSpec(target="y", id_column="row_id", drop=["duration"], positive="yes")
+    # The contact date's place in the year (month and day of month) as derived features.
+    bank_spec = DataSpec(
+        target="y",
+        id_column="row_id",
+        drop=["duration"],
+        positive="yes",
+        year_cycle=("month", "day"),
+    )
     tables = _berka_tables(berka)
     loan_file = berka_loan_outcome(tables, work_dir)
     card_file = berka_card_propensity(tables, work_dir)
@@ -606,6 +613,7 @@ def build_cases(data_dir: Path, work_dir: Path, *, leak_checks: bool) -> list[Ca
                 drop=["duration"],
                 positive="yes",
                 time_column="row_id",
+                year_cycle=("month", "day"),
             ),
             source_md=bank / "SOURCE.md",
             reference_pattern=BANK_NO_DURATION,

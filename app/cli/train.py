@@ -72,6 +72,14 @@ def train(
         str | None,
         typer.Option(help="Time column: split by time instead of at random.", metavar="COLUMN"),
     ] = None,
+    year_cycle: Annotated[
+        tuple[str, str] | None,
+        typer.Option(
+            help="With --data: a month column and a day-of-month column; the date's place in "
+            "the year becomes two derived features (sine and cosine), computed when serving too.",
+            metavar="MONTH DAY",
+        ),
+    ] = None,
     product: Annotated[
         list[str] | None,
         typer.Option(
@@ -139,6 +147,8 @@ def train(
         return
     if (book is None) == (data is None):
         raise fail("give exactly one of --book (synthetic book) or --data (your own file)")
+    if year_cycle is not None and data is None:
+        raise fail("--year-cycle reads two columns of your own file (--data)")
     if indices and (task is not Task.CHURN or book is None or dask is not None):
         raise fail("--indices trains churn from a --book (without --dask)")
     if dask is not None:
@@ -186,6 +196,7 @@ def train(
                     categorical=categorical or [],
                     positive=positive,
                     time_column=time,
+                    year_cycle=year_cycle,
                 )
                 manifest = train_from_file(
                     task,
