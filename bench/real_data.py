@@ -33,7 +33,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -599,6 +599,15 @@ def build_cases(data_dir: Path, work_dir: Path, *, leak_checks: bool) -> list[Ca
             task=Task.PROSPECT,
             data_path=bank_file,
             spec=bank_spec,
+            source_md=bank / "SOURCE.md",
+            reference_pattern=BANK_NO_DURATION,
+        ),
+        Case(  # the ablation: bank-full as it was trained before --year-cycle
+            key="bank-marketing-random-no-year-cycle",
+            dataset="Bank Marketing (bank-full, no duration, no year cycle)",
+            task=Task.PROSPECT,
+            data_path=bank_file,
+            spec=replace(bank_spec, year_cycle=None),
             source_md=bank / "SOURCE.md",
             reference_pattern=BANK_NO_DURATION,
         ),

@@ -287,3 +287,19 @@ def test_a_model_with_a_year_cycle_scores_alike_through_the_api_and_the_batch(
         np.testing.assert_allclose(got, expected[: len(got)], rtol=0, atol=1e-6)
     assert refused.status_code == 422
     assert "month_day_year_sin" in refused.text
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("churn", "--book", "var/book"),
+        ("recommendation", "--data", "panel.csv", "--id", "id", "--time", "m", "--product", "p"),
+    ],
+    ids=["book", "panel"],
+)
+def test_year_cycle_is_refused_where_it_would_be_ignored(tmp_path: Path, args: tuple[str]) -> None:
+    out = tmp_path / "model"
+    result = runner.invoke(cli, ["train", *args, "--year-cycle", "month", "day", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "--year-cycle reads two columns of your own file" in " ".join(result.output.split())
+    assert not out.exists()

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from app.training.panel import PanelSpec
 
 commands = typer.Typer()
+_YEAR_CYCLE_TASKS = frozenset({"churn", "prospect", "tier"})  # the tasks `--data` trains directly
 
 
 class Trainable(StrEnum):
@@ -127,6 +128,10 @@ def train(
     from app.training.train import TrainingDataError, train_bundled
     from app.training.tuning import TuningOptions
 
+    if year_cycle is not None and (data is None or trainable.value not in _YEAR_CYCLE_TASKS):
+        raise fail(
+            "--year-cycle reads two columns of your own file: churn, prospect or tier --data"
+        )
     if trainable is Trainable.TIER_MOVEMENT:
         if book is None or data is not None or dask is not None or indices:
             raise fail("tier-movement trains from a --book alone")
@@ -147,8 +152,6 @@ def train(
         return
     if (book is None) == (data is None):
         raise fail("give exactly one of --book (synthetic book) or --data (your own file)")
-    if year_cycle is not None and data is None:
-        raise fail("--year-cycle reads two columns of your own file (--data)")
     if indices and (task is not Task.CHURN or book is None or dask is not None):
         raise fail("--indices trains churn from a --book (without --dask)")
     if dask is not None:
