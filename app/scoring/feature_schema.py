@@ -235,7 +235,8 @@ class FeatureSchema(BaseModel):
 
         The one definition of every derived feature: training encodes its table through it,
         and the API and the batch scorer encode every request and file through it. A missing
-        or impossible month or day gives a missing (NaN) derived value, never an error.
+        month, a value that is not a month, or a day outside 1-31 gives a missing (NaN)
+        derived value, never an error.
         """
         for column, month, month_starts, day, function in self._derivations():
             months = matrix[:, month]
