@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,6 +27,11 @@ import numpy as np
 
 MAX_CONNECTIONS = 256
 DRAIN_TIMEOUT_S = 60.0
+# uvicorn closes a keep-alive connection after 5 s idle: one idle longer is not reused (a
+# request on a connection the server is closing would fail for the client's reason, not its).
+IDLE_REUSE_S = 2.0
+
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 @dataclass(frozen=True)
@@ -44,38 +50,53 @@ class OpenLoopRun:
     achieved_rps: float
     client_late_p99_ms: float
     connections: int
+    failures: dict[int, int]
+    """Failed requests by status: an HTTP status, -1 for a broken connection, 0 unanswered."""
+    latencies_ms: list[float] = field(repr=False)
+    """Every request's latency (unanswered ones at the drain timeout), in send order."""
 
 
 class _Pool:
-    """Keep-alive connections to one host: an idle one is reused, else a new one is opened."""
+    """Keep-alive connections to one host: a recently used idle one is reused, else a new one
+    is opened, up to ``limit`` at a time."""
 
     def __init__(self, host: str, port: int, limit: int) -> None:
         self.host, self.port, self.limit = host, port, limit
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[float, Connection]] = []  # (when it was last answered, it)
         self.opened = 0
         self.freed = asyncio.Condition()
 
-    async def take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def take(self) -> Connection:
+        now = asyncio.get_running_loop().time()
         async with self.freed:
-            while not self.idle and self.opened >= self.limit:
+            while True:
+                # The idle list is in the order connections came back: the stale ones first.
+                while self.idle and now - self.idle[0][0] > IDLE_REUSE_S:
+                    self.idle.pop(0)[1][1].close()
+                    self.opened -= 1
+                if self.idle:
+                    return self.idle.pop()[1]
+                if self.opened < self.limit:
+                    break
                 await self.freed.wait()
-            if self.idle:
-                return self.idle.pop()
+                now = asyncio.get_running_loop().time()
             self.opened += 1
-        return await asyncio.open_connection(self.host, self.port)
+        try:
+            return await asyncio.open_connection(self.host, self.port)
+        except OSError:
+            await self.give(None)
+            raise
 
-    async def give(
-        self, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None
-    ) -> None:
+    async def give(self, connection: Connection | None) -> None:
         async with self.freed:
             if connection is None:  # broken: a new one may be opened in its place
                 self.opened -= 1
             else:
-                self.idle.append(connection)
+                self.idle.append((asyncio.get_running_loop().time(), connection))
             self.freed.notify()
 
     def close(self) -> None:
-        for _, writer in self.idle:
+        for _, (_, writer) in self.idle:
             writer.close()
 
 
@@ -132,18 +153,20 @@ async def _run(
 
     async def one(i: int, intended: float) -> None:
         late[i] = loop.time() - intended
-        connection = None
         try:
             connection = await pool.take()
+        except OSError:  # the pool has already given the slot back
+            statuses[i], latencies[i] = -1, loop.time() - intended
+            return
+        try:
             statuses[i] = await _exchange(connection, requests[i % len(requests)])
         except (OSError, asyncio.IncompleteReadError, ValueError):
-            if connection is not None:
-                connection[1].close()
-            connection = None
+            connection[1].close()
             statuses[i] = -1
-        finally:
-            latencies[i] = loop.time() - intended
+            await pool.give(None)
+        else:
             await pool.give(connection)
+        latencies[i] = loop.time() - intended
 
     start = loop.time() + 0.05
     tasks = []
@@ -174,6 +197,8 @@ async def _run(
         achieved_rps=float(ok.sum() / (seconds + drained)),
         client_late_p99_ms=float(np.percentile(late, 99) * 1000.0),
         connections=pool.opened,
+        failures=dict(Counter(int(status) for status in statuses[~ok])),
+        latencies_ms=measured.tolist(),
     )
 
 
