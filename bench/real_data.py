@@ -33,7 +33,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +212,7 @@ def prepare(case: Case) -> Prepared:
     if spec.time_column:
         excluded.add(spec.time_column)
     features = frame[[c for c in frame.columns if c not in excluded]]
-    schema = infer_schema(features, spec.categorical, case.data_path.name)
+    schema = infer_schema(features, spec.categorical, case.data_path.name, spec.year_cycle)
     return Prepared(
         frame=frame,
         features=features,
@@ -558,7 +558,14 @@ def build_cases(data_dir: Path, work_dir: Path, *, leak_checks: bool) -> list[Ca
     thera = data_dir / "thera_bank_personal_loan"
     berka = data_dir / "berka_pkdd99"
     bank_file = bank_with_row_id(bank / "bank-full.csv", work_dir)
-    bank_spec = DataSpec(target="y", id_column="row_id", drop=["duration"], positive="yes")
+    # The contact date's place in the year (month and day of month) as derived features.
+    bank_spec = DataSpec(
+        target="y",
+        id_column="row_id",
+        drop=["duration"],
+        positive="yes",
+        year_cycle=("month", "day"),
+    )
     tables = _berka_tables(berka)
     loan_file = berka_loan_outcome(tables, work_dir)
     card_file = berka_card_propensity(tables, work_dir)
@@ -595,6 +602,15 @@ def build_cases(data_dir: Path, work_dir: Path, *, leak_checks: bool) -> list[Ca
             source_md=bank / "SOURCE.md",
             reference_pattern=BANK_NO_DURATION,
         ),
+        Case(  # the ablation: bank-full as it was trained before --year-cycle
+            key="bank-marketing-random-no-year-cycle",
+            dataset="Bank Marketing (bank-full, no duration, no year cycle)",
+            task=Task.PROSPECT,
+            data_path=bank_file,
+            spec=replace(bank_spec, year_cycle=None),
+            source_md=bank / "SOURCE.md",
+            reference_pattern=BANK_NO_DURATION,
+        ),
         Case(
             key="bank-marketing-time",
             dataset="Bank Marketing (bank-full, no duration)",
@@ -606,6 +622,7 @@ def build_cases(data_dir: Path, work_dir: Path, *, leak_checks: bool) -> list[Ca
                 drop=["duration"],
                 positive="yes",
                 time_column="row_id",
+                year_cycle=("month", "day"),
             ),
             source_md=bank / "SOURCE.md",
             reference_pattern=BANK_NO_DURATION,

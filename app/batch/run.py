@@ -174,7 +174,7 @@ def check_input(input_path: Path, schema: FeatureSchema, id_column: str) -> None
             f"{input_path}: id column {id_column!r} holds {columns.field(id_column).type}, "
             "not text or numbers"
         )
-    for feature in schema.features:
+    for feature in schema.inputs:
         if feature.column in columns.names:
             kind = columns.field(feature.column).type
             if not _readable_feature_type(kind):

@@ -473,7 +473,7 @@ def columns_to_read(model: BatchModel, input_path: Path, id_column: str) -> list
     check_columns(model.schema, available)
     if id_column not in available:
         raise ValueError(f"input lacks the id column {id_column!r}")
-    wanted = [id_column, *(f.column for f in model.schema.features if f.column in available)]
+    wanted = [id_column, *(f.column for f in model.schema.inputs if f.column in available)]
     wanted += [name for name in (LIFECYCLE_COLUMN, *RULE_COLUMNS) if name in available]
     return list(dict.fromkeys(wanted))
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from app.training.panel import PanelSpec
 
 commands = typer.Typer()
+_YEAR_CYCLE_TASKS = frozenset({"churn", "prospect", "tier"})  # the tasks `--data` trains directly
 
 
 class Trainable(StrEnum):
@@ -72,6 +73,14 @@ def train(
         str | None,
         typer.Option(help="Time column: split by time instead of at random.", metavar="COLUMN"),
     ] = None,
+    year_cycle: Annotated[
+        tuple[str, str] | None,
+        typer.Option(
+            help="With --data: a month column and a day-of-month column; the date's place in "
+            "the year becomes two derived features (sine and cosine), computed when serving too.",
+            metavar="MONTH DAY",
+        ),
+    ] = None,
     product: Annotated[
         list[str] | None,
         typer.Option(
@@ -119,6 +128,10 @@ def train(
     from app.training.train import TrainingDataError, train_bundled
     from app.training.tuning import TuningOptions
 
+    if year_cycle is not None and (data is None or trainable.value not in _YEAR_CYCLE_TASKS):
+        raise fail(
+            "--year-cycle reads two columns of your own file: churn, prospect or tier --data"
+        )
     if trainable is Trainable.TIER_MOVEMENT:
         if book is None or data is not None or dask is not None or indices:
             raise fail("tier-movement trains from a --book alone")
@@ -186,6 +199,7 @@ def train(
                     categorical=categorical or [],
                     positive=positive,
                     time_column=time,
+                    year_cycle=year_cycle,
                 )
                 manifest = train_from_file(
                     task,

@@ -24,7 +24,7 @@ class MissingColumnsError(ValueError):
 
 def check_columns(schema: FeatureSchema, available: list[str]) -> None:
     """Fail before reading any rows when a required feature has no column."""
-    missing = [f.column for f in schema.features if f.required and f.column not in available]
+    missing = [f.column for f in schema.inputs if f.required and f.column not in available]
     if missing:
         raise MissingColumnsError(f"input lacks the model's columns: {missing}")
 
@@ -61,7 +61,7 @@ def encode(schema: FeatureSchema, batch: pa.RecordBatch) -> EncodedBatch:
     names = batch.schema.names
     for j, feature in enumerate(schema.features):
         unreadable: list[tuple[Mask, str]] = []
-        if feature.column not in names:
+        if feature.derived is not None or feature.column not in names:  # derived: filled below
             values = np.full(n, np.nan)
         else:
             column = batch.column(names.index(feature.column))
@@ -77,6 +77,7 @@ def encode(schema: FeatureSchema, batch: pa.RecordBatch) -> EncodedBatch:
         matrix[:, j] = values
         # The rules run on the contiguous column, not the matrix's.
         found.append([*feature.problems(values), *unreadable])
+    schema.derive(matrix)
     # A row's first problem wins: the first feature's before later ones', so masks are applied
     # from the least to the most important.
     codes = np.zeros(n, dtype=np.int32)

@@ -53,6 +53,55 @@ class FeatureKind(StrEnum):
     CATEGORY = "category"
 
 
+class Derivation(StrEnum):
+    """A feature computed from other features of the same schema, never sent by a caller."""
+
+    # The day of the year of a (month, day of month) pair as an angle on the year's circle:
+    # December 31 sits next to January 1, which a plain day number cannot say to a tree.
+    YEAR_ANGLE_SIN = "year_angle_sin"
+    YEAR_ANGLE_COS = "year_angle_cos"
+
+
+MONTH_NAMES = (
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+)
+# First day of each month as a day of a common year, less one (January 1 is day 0).
+_MONTH_START = np.cumsum([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30], dtype=np.float64)
+
+
+def month_number(label: str) -> int | None:
+    """1-12 for a month's name, its three-letter abbreviation or its number; else None."""
+    text = label.strip().lower()
+    if text.isdigit():
+        number = int(text)
+        return number if 1 <= number <= 12 else None
+    for number, name in enumerate(MONTH_NAMES, start=1):
+        if len(text) >= 3 and name.startswith(text):
+            return number
+    return None
+
+
+class DerivedFrom(BaseModel):
+    """How a derived feature is computed: the function and the features it reads."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    function: Derivation
+    month: str = Field(description="The feature holding the month (name, abbreviation or 1-12).")
+    day: str = Field(description="The feature holding the day of the month (1-31).")
+
+
 class FeatureSpec(BaseModel):
     """One model input: its type, unit, allowed values and the words used to explain it."""
 
@@ -74,9 +123,16 @@ class FeatureSpec(BaseModel):
         default="",
         description="Plain-language template read by staff; '{value}' is replaced by the value.",
     )
+    derived: DerivedFrom | None = Field(
+        default=None,
+        description="Computed from other features by the schema itself (training and serving "
+        "alike); callers never send it.",
+    )
 
     @model_validator(mode="after")
     def _check_consistency(self) -> FeatureSpec:
+        if self.derived is not None and (self.kind is not FeatureKind.NUMBER or self.required):
+            raise ValueError(f"derived feature {self.name!r} must be an optional number")
         if self.kind is FeatureKind.CATEGORY and not self.categories:
             raise ValueError(f"categorical feature {self.name!r} needs its categories")
         if self.kind is not FeatureKind.CATEGORY and self.categories:
@@ -160,7 +216,80 @@ class FeatureSchema(BaseModel):
             raise ValueError(f"duplicate feature names: {duplicates}")
         if not names:
             raise ValueError("a schema needs at least one feature")
+        inputs = {f.name: f for f in self.inputs}
+        for feature in self.features:
+            if feature.derived is None:
+                continue
+            for read in (feature.derived.month, feature.derived.day):
+                if read not in inputs:
+                    raise ValueError(f"{feature.name!r} is derived from {read!r}: not an input")
         return self
+
+    @property
+    def inputs(self) -> tuple[FeatureSpec, ...]:
+        """The features callers send (every feature but the derived ones), in column order."""
+        return tuple(f for f in self.features if f.derived is None)
+
+    def derive(self, matrix: FloatMatrix) -> FloatMatrix:
+        """Fill the derived columns of an encoded matrix from its input columns, in place.
+
+        The one definition of every derived feature: training encodes its table through it,
+        and the API and the batch scorer encode every request and file through it. A missing
+        month, a value that is not a month, or a day outside 1-31 gives a missing (NaN)
+        derived value, never an error.
+        """
+        for column, month, month_starts, day, function in self._derivations():
+            months = matrix[:, month]
+            if month_starts is None:  # a numeric month, 1-12
+                known = (months >= 1) & (months <= 12) & (np.round(months) == months)
+                index = np.where(known, months - 1, 0).astype(np.intp)
+                start = np.where(known, _MONTH_START[index], np.nan)
+            else:  # a category's code: its label read as a month, or NaN
+                index = np.where(np.isnan(months), len(month_starts) - 1, months).astype(np.intp)
+                start = month_starts[index]
+            days = matrix[:, day]
+            days = np.where((days >= 1) & (days <= 31), days, np.nan)
+            angle = (2 * np.pi / 365.0) * (start + days - 1)
+            matrix[:, column] = (
+                np.sin(angle) if function is Derivation.YEAR_ANGLE_SIN else np.cos(angle)
+            )
+        return matrix
+
+    def _derivations(
+        self,
+    ) -> tuple[tuple[int, int, FloatMatrix | None, int, Derivation], ...]:
+        """Per derived feature: its column, the month's column and, for a categorical month,
+        each code's first day of the year (NaN: not a month; last: missing), the day's column
+        and the function; cached like the codes."""
+        cache: tuple[tuple[int, int, FloatMatrix | None, int, Derivation], ...] | None = (
+            self.__dict__.get("_derivations_cache")
+        )
+        if cache is None:
+            positions = self._positions()
+            found = []
+            for j, feature in enumerate(self.features):
+                if feature.derived is None:
+                    continue
+                month = self[feature.derived.month]
+                starts = None
+                if month.kind is FeatureKind.CATEGORY:
+                    numbers = [month_number(c) for c in month.categories or ()]
+                    starts = np.asarray(
+                        [np.nan if n is None else _MONTH_START[n - 1] for n in [*numbers, None]],
+                        dtype=np.float64,
+                    )
+                found.append(
+                    (
+                        j,
+                        positions[month.name],
+                        starts,
+                        positions[feature.derived.day],
+                        feature.derived.function,
+                    )
+                )
+            cache = tuple(found)
+            object.__setattr__(self, "_derivations_cache", cache)
+        return cache
 
     @property
     def names(self) -> list[str]:
@@ -215,7 +344,8 @@ class FeatureSchema(BaseModel):
                 for name, codes in columns
             ]
         # One array from a flat list: far cheaper than writing numpy elements one by one.
-        return np.array(values, dtype=np.float64).reshape(len(rows), len(columns))
+        matrix = np.array(values, dtype=np.float64).reshape(len(rows), len(columns))
+        return self.derive(matrix) if self._derivations() else matrix
 
     def _encode_rows_by_column(
         self, rows: Sequence[Mapping[str, Any]], codes: dict[str, dict[str, int]]
@@ -233,7 +363,7 @@ class FeatureSchema(BaseModel):
             else:
                 column = [nan if (v := row.get(name)) is None else lookup[v] for row in rows]
             matrix[:, j] = column
-        return matrix
+        return self.derive(matrix) if self._derivations() else matrix
 
     def encode_columns(self, columns: Mapping[str, Sequence[Any]]) -> FloatMatrix:
         """Already-validated columns (one sequence per feature) to the float matrix."""
@@ -253,7 +383,8 @@ class FeatureSchema(BaseModel):
             else:
                 encoded.append(values)
         # One conversion of every column at once (None becomes NaN), then C order for LightGBM.
-        return np.ascontiguousarray(np.array(encoded, dtype=np.float64).reshape(-1, n).T)
+        matrix = np.ascontiguousarray(np.array(encoded, dtype=np.float64).reshape(-1, n).T)
+        return self.derive(matrix) if self._derivations() else matrix
 
     def validate_matrix(self, matrix: FloatMatrix) -> list[str | None]:
         """Per row, the first problem found (None when the row is valid); vectorised for files."""

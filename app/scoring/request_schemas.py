@@ -138,7 +138,7 @@ def customer_model(task: Task, schema: FeatureSchema) -> type[BaseModel]:
         ),
         **_rule_inputs(many=False),
     }
-    for feature in schema.features:
+    for feature in schema.inputs:
         annotation = feature_annotation(feature)
         if feature.required:
             fields[feature.name] = (annotation, ...)
@@ -158,7 +158,7 @@ def columns_model(task: Task, schema: FeatureSchema) -> type[BaseModel]:
         ),
         **_rule_inputs(many=True),
     }
-    for feature in schema.features:
+    for feature in schema.inputs:
         item = feature_annotation(feature)
         if feature.required:
             fields[feature.name] = (list[item], ...)  # type: ignore[valid-type]
@@ -199,7 +199,7 @@ def example_value(feature: FeatureSpec) -> Any:
 
 def example_customer(schema: FeatureSchema, customer_id: str = "C0000042") -> dict[str, Any]:
     """One customer with every feature of a schema, as the documented example."""
-    return {"customer_id": customer_id, **{f.name: example_value(f) for f in schema.features}}
+    return {"customer_id": customer_id, **{f.name: example_value(f) for f in schema.inputs}}
 
 
 def _document_example(schema: dict[str, Any], model: type[BaseModel]) -> None:
@@ -294,7 +294,7 @@ def _assessment_request_model(tasks: tuple[tuple[Task, FeatureSchema], ...]) -> 
     }
     specs: dict[str, list[FeatureSpec]] = {}
     for schema in schemas.values():
-        for feature in schema.features:
+        for feature in schema.inputs:
             specs.setdefault(feature.name, []).append(feature)
     for name, same_name in specs.items():
         if name in fields:

@@ -626,7 +626,7 @@ class ScoringService:
         """The model's required inputs when the call sent none of them (a model for other data,
         e.g. one a bank trained on its own columns): the model is skipped, not the call. None
         when some were sent: the model then names whatever else it needs."""
-        required = [f.name for f in model.schema.features if f.required]
+        required = [f.name for f in model.schema.inputs if f.required]
         if not required or any(name in given for name in required):
             return None
         return required

@@ -16,7 +16,14 @@ import pyarrow.compute as pc
 from sklearn.model_selection import train_test_split
 
 from app.modelops.fairness import age_band
-from app.scoring.feature_schema import FeatureKind, FeatureSchema, FeatureSpec
+from app.scoring.feature_schema import (
+    Derivation,
+    DerivedFrom,
+    FeatureKind,
+    FeatureSchema,
+    FeatureSpec,
+    month_number,
+)
 from app.scoring.manifest import Calibrator, Manifest, Objective, Task
 from app.training import evaluate
 from app.training.card import HeldOut, Provenance, build_card
@@ -50,6 +57,9 @@ class DataSpec:
     categorical: Sequence[str] = ()
     positive: str | None = None
     time_column: str | None = None
+    # (month column, day-of-month column): the date's place in the year as two derived
+    # features, its sine and cosine (``Derivation``), computed by the schema when serving too.
+    year_cycle: tuple[str, str] | None = None
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -92,8 +102,14 @@ def binary_target(column: pd.Series, positive: str | None) -> pd.Series:
     return labels
 
 
-def infer_schema(frame: pd.DataFrame, categorical: Sequence[str], source: str) -> FeatureSchema:
-    """One feature per column: strings and named columns categorical, the rest numeric."""
+def infer_schema(
+    frame: pd.DataFrame,
+    categorical: Sequence[str],
+    source: str,
+    year_cycle: tuple[str, str] | None = None,
+) -> FeatureSchema:
+    """One feature per column: strings and named columns categorical, the rest numeric; then
+    the derived features ``year_cycle`` asks for."""
     features = []
     for name in frame.columns:
         column = frame[name]
@@ -141,7 +157,51 @@ def infer_schema(frame: pd.DataFrame, categorical: Sequence[str], source: str) -
                 reason=f"{name} is {{value}}",
             )
         )
+    if year_cycle is not None:
+        features += year_cycle_features(frame, year_cycle, features)
     return FeatureSchema(features=tuple(features))
+
+
+def year_cycle_features(
+    frame: pd.DataFrame, year_cycle: tuple[str, str], inferred: Sequence[FeatureSpec]
+) -> list[FeatureSpec]:
+    """The sine and cosine of the day of the year of a month and a day-of-month column."""
+    month_column, day_column = year_cycle
+    by_column = {f.column: f for f in inferred}
+    for name in year_cycle:
+        if name not in by_column:
+            raise TrainingDataError(f"--year-cycle column {name!r} is not a feature column")
+    months = frame[month_column].dropna()
+    if by_column[month_column].categories:
+        unknown = sorted({str(v) for v in category_text(months) if month_number(str(v)) is None})
+    else:
+        unknown = sorted({str(v) for v in months if v not in range(1, 13)})
+    if unknown:
+        raise TrainingDataError(
+            f"--year-cycle month column {month_column!r} holds values that are not months: "
+            f"{unknown[:10]} (month names, abbreviations or 1-12)"
+        )
+    days = pd.to_numeric(frame[day_column], errors="coerce")
+    if by_column[day_column].categories or not days.dropna().between(1, 31).all():
+        raise TrainingDataError(
+            f"--year-cycle day column {day_column!r} must hold days of the month, 1-31"
+        )
+    month, day = by_column[month_column].name, by_column[day_column].name
+    return [
+        FeatureSpec(
+            name=f"{month}_{day}_year_{part}",
+            kind=FeatureKind.NUMBER,
+            description=f"Time of year of {month_column!r} and {day_column!r} ({part} of the "
+            "day of the year).",
+            required=False,
+            derived=DerivedFrom(function=function, month=month, day=day),
+            reason=f"the time of year ({month_column} and {day_column})",
+        )
+        for part, function in (
+            ("sin", Derivation.YEAR_ANGLE_SIN),
+            ("cos", Derivation.YEAR_ANGLE_COS),
+        )
+    ]
 
 
 def category_text(column: pd.Series) -> pd.Series:
@@ -164,17 +224,24 @@ def _safe_name(name: str) -> str:
 def encode_frame(
     frame: pd.DataFrame, schema: FeatureSchema
 ) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """The feature matrix in schema order, categories as codes."""
+    """The feature matrix in schema order, categories as codes, derived features filled in by
+    the schema (as serving fills them)."""
     columns = []
-    for feature, name in zip(schema.features, frame.columns, strict=True):
-        column = frame[name]
+    inputs = iter(frame.columns)
+    for feature in schema.features:
+        if feature.derived is not None:
+            columns.append(np.full(len(frame), np.nan))
+            continue
+        column = frame[next(inputs)]
         if feature.kind is FeatureKind.CATEGORY:
             assert feature.categories is not None
             codes = pd.Categorical(category_text(column), categories=list(feature.categories)).codes
             columns.append(np.where(codes < 0, np.nan, codes).astype(np.float64))
         else:
             columns.append(column.to_numpy(dtype=np.float64))
-    return np.column_stack(columns)
+    if next(inputs, None) is not None:
+        raise ValueError("the frame has more columns than the schema has inputs")
+    return schema.derive(np.column_stack(columns))
 
 
 def split_rows(labels: np.ndarray[Any, Any], time: pd.Series | None, seed: int) -> Split:
@@ -226,7 +293,7 @@ def train_from_file(
             "MONTH_COLUMN and --product COLUMN (repeat), or with --book"
         )
     frame = read_table(data_path)
-    named = [spec.target, spec.id_column, *spec.drop, *spec.categorical]
+    named = [spec.target, spec.id_column, *spec.drop, *spec.categorical, *(spec.year_cycle or ())]
     if spec.time_column:
         named.append(spec.time_column)
     missing = [c for c in named if c not in frame.columns]
@@ -252,7 +319,7 @@ def train_from_file(
     if spec.time_column:
         excluded.add(spec.time_column)
     feature_frame = frame[[c for c in frame.columns if c not in excluded]]
-    schema = infer_schema(feature_frame, spec.categorical, data_path.name)
+    schema = infer_schema(feature_frame, spec.categorical, data_path.name, spec.year_cycle)
     matrix = encode_frame(feature_frame, schema)
     y = labels.to_numpy()
     split = split_rows(y, frame[spec.time_column] if spec.time_column else None, seed)
