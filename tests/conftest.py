@@ -6,7 +6,9 @@ built by running the real Alembic migrations.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +30,7 @@ from app.scoring.registry import ModelRegistry
 from app.security.api_keys import create_client
 from app.security.principal import ALL_SCOPES
 from app.training.features import prepare_book
-from app.training.synth import read_book, write_book
+from app.training.synth import BOOK_FILE, read_book, write_book
 from app.training.train import train_bundled
 from tests.db_support import temporary_postgres_database, temporary_sqlite_database
 
@@ -45,11 +47,32 @@ TEST_ROUNDS = 60
 TEST_CARD_ROWS = 1000  # the model cards' baseline and TreeSHAP samples
 
 
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Any) -> Path:
+    """A folder built by ``build`` once per test run, by whichever xdist worker asks first:
+    the others wait on a lock and read it (the book and the models are seeded, so every
+    worker would build the same files; each costs seconds of CPU the cores are short of)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, shared by its workers
+    folder = root / f"shared-{name}"
+    with (root / f"shared-{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def book_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small seeded book, shared by every test."""
-    out = tmp_path_factory.mktemp("book")
-    return write_book(out_dir=out, customers=TEST_CUSTOMERS, months=TEST_MONTHS, seed=11)
+
+    def build(out: Path) -> None:
+        write_book(out_dir=out, customers=TEST_CUSTOMERS, months=TEST_MONTHS, seed=11)
+
+    return built_once(tmp_path_factory, "book", build) / BOOK_FILE
 
 
 @pytest.fixture(scope="session")
@@ -60,17 +83,19 @@ def prepared_book(book_path: Path) -> pd.DataFrame:
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory, book_path: Path) -> Path:
-    """Tiny versions of the four models, trained from the small book."""
-    root = tmp_path_factory.mktemp("models")
-    for task in Task:
-        train_bundled(
-            task,
-            book_path=book_path,
-            out_dir=root / task.value / "1",
-            max_rounds=TEST_ROUNDS,
-            card_rows=TEST_CARD_ROWS,
-        )
-    return root
+    """Tiny versions of the four models, trained from the small book (read-only for tests)."""
+
+    def build(root: Path) -> None:
+        for task in Task:
+            train_bundled(
+                task,
+                book_path=book_path,
+                out_dir=root / task.value / "1",
+                max_rounds=TEST_ROUNDS,
+                card_rows=TEST_CARD_ROWS,
+            )
+
+    return built_once(tmp_path_factory, "models", build)
 
 
 def models_without(task: Task, models_dir: Path, root: Path) -> Path:
