@@ -238,7 +238,7 @@ class FeatureSchema(BaseModel):
         month, a value that is not a month, or a day outside 1-31 gives a missing (NaN)
         derived value, never an error.
         """
-        for column, month, month_starts, day, function in self._derivations():
+        for column, month, month_starts, day, function in self._derivations:
             months = matrix[:, month]
             if month_starts is None:  # a numeric month, 1-12
                 known = (months >= 1) & (months <= 12) & (np.round(months) == months)
@@ -255,41 +255,33 @@ class FeatureSchema(BaseModel):
             )
         return matrix
 
-    def _derivations(
-        self,
-    ) -> tuple[tuple[int, int, FloatMatrix | None, int, Derivation], ...]:
+    @cached_property
+    def _derivations(self) -> tuple[tuple[int, int, FloatMatrix | None, int, Derivation], ...]:
         """Per derived feature: its column, the month's column and, for a categorical month,
         each code's first day of the year (NaN: not a month; last: missing), the day's column
-        and the function; cached like the codes."""
-        cache: tuple[tuple[int, int, FloatMatrix | None, int, Derivation], ...] | None = (
-            self.__dict__.get("_derivations_cache")
-        )
-        if cache is None:
-            positions = self._positions()
-            found = []
-            for j, feature in enumerate(self.features):
-                if feature.derived is None:
-                    continue
-                month = self[feature.derived.month]
-                starts = None
-                if month.kind is FeatureKind.CATEGORY:
-                    numbers = [month_number(c) for c in month.categories or ()]
-                    starts = np.asarray(
-                        [np.nan if n is None else _MONTH_START[n - 1] for n in [*numbers, None]],
-                        dtype=np.float64,
-                    )
-                found.append(
-                    (
-                        j,
-                        positions[month.name],
-                        starts,
-                        positions[feature.derived.day],
-                        feature.derived.function,
-                    )
+        and the function; built once per loaded model."""
+        found = []
+        for j, feature in enumerate(self.features):
+            if feature.derived is None:
+                continue
+            month = self[feature.derived.month]
+            starts = None
+            if month.kind is FeatureKind.CATEGORY:
+                numbers = [month_number(c) for c in month.categories or ()]
+                starts = np.asarray(
+                    [np.nan if n is None else _MONTH_START[n - 1] for n in [*numbers, None]],
+                    dtype=np.float64,
                 )
-            cache = tuple(found)
-            object.__setattr__(self, "_derivations_cache", cache)
-        return cache
+            found.append(
+                (
+                    j,
+                    self._positions[month.name],
+                    starts,
+                    self._positions[feature.derived.day],
+                    feature.derived.function,
+                )
+            )
+        return tuple(found)
 
     @property
     def names(self) -> list[str]:
@@ -307,35 +299,27 @@ class FeatureSchema(BaseModel):
                 return feature
         raise KeyError(name)
 
+    @cached_property
     def _category_codes(self) -> dict[str, dict[str, int]]:
-        # Cached on the instance: built once per loaded model, never per request.
-        cache: dict[str, dict[str, int]] | None = self.__dict__.get("_codes_cache")
-        if cache is None:
-            cache = {
-                f.name: {c: i for i, c in enumerate(f.categories or ())}
-                for f in self.features
-                if f.kind is FeatureKind.CATEGORY
-            }
-            object.__setattr__(self, "_codes_cache", cache)  # frozen model: store a derived cache
-        return cache
+        """Each categorical feature's code per label; built once per loaded model, never per
+        request."""
+        return {
+            f.name: {c: i for i, c in enumerate(f.categories or ())}
+            for f in self.features
+            if f.kind is FeatureKind.CATEGORY
+        }
 
+    @cached_property
     def _column_codes(self) -> tuple[tuple[str, dict[str, int] | None], ...]:
-        """Per column, its name and its category codes (None: numeric); cached like the codes."""
-        cache: tuple[tuple[str, dict[str, int] | None], ...] | None = self.__dict__.get(
-            "_columns_cache"
-        )
-        if cache is None:
-            codes = self._category_codes()
-            cache = tuple((f.name, codes.get(f.name)) for f in self.features)
-            object.__setattr__(self, "_columns_cache", cache)
-        return cache
+        """Per column, its name and its category codes (None: numeric)."""
+        return tuple((f.name, self._category_codes.get(f.name)) for f in self.features)
 
     def encode_rows(self, rows: Sequence[Mapping[str, Any]]) -> FloatMatrix:
         """Already-validated records to the float matrix LightGBM takes (missing -> NaN)."""
         if len(rows) > _ROW_WISE_MAX_ROWS:
-            return self._encode_rows_by_column(rows, self._category_codes())
+            return self._encode_rows_by_column(rows, self._category_codes)
         nan = float("nan")
-        columns = self._column_codes()
+        columns = self._column_codes
         values: list[Any] = []
         for row in rows:
             get = row.get
@@ -345,7 +329,7 @@ class FeatureSchema(BaseModel):
             ]
         # One array from a flat list: far cheaper than writing numpy elements one by one.
         matrix = np.array(values, dtype=np.float64).reshape(len(rows), len(columns))
-        return self.derive(matrix) if self._derivations() else matrix
+        return self.derive(matrix)
 
     def _encode_rows_by_column(
         self, rows: Sequence[Mapping[str, Any]], codes: dict[str, dict[str, int]]
@@ -363,7 +347,7 @@ class FeatureSchema(BaseModel):
             else:
                 column = [nan if (v := row.get(name)) is None else lookup[v] for row in rows]
             matrix[:, j] = column
-        return self.derive(matrix) if self._derivations() else matrix
+        return self.derive(matrix)
 
     def encode_columns(self, columns: Mapping[str, Sequence[Any]]) -> FloatMatrix:
         """Already-validated columns (one sequence per feature) to the float matrix."""
@@ -374,7 +358,7 @@ class FeatureSchema(BaseModel):
             return np.empty((0, len(self.features)), dtype=np.float64)
         missing = [None] * n
         encoded: list[Sequence[Any]] = []
-        for name, codes in self._column_codes():
+        for name, codes in self._column_codes:
             values = columns.get(name)
             if values is None:
                 encoded.append(missing)
@@ -384,7 +368,7 @@ class FeatureSchema(BaseModel):
                 encoded.append(values)
         # One conversion of every column at once (None becomes NaN), then C order for LightGBM.
         matrix = np.ascontiguousarray(np.array(encoded, dtype=np.float64).reshape(-1, n).T)
-        return self.derive(matrix) if self._derivations() else matrix
+        return self.derive(matrix)
 
     def validate_matrix(self, matrix: FloatMatrix) -> list[str | None]:
         """Per row, the first problem found (None when the row is valid); vectorised for files."""
@@ -395,39 +379,30 @@ class FeatureSchema(BaseModel):
                     problems[int(i)] = message
         return problems
 
+    @cached_property
     def _decoders(self) -> tuple[tuple[str, Callable[[float], Any]], ...]:
-        """Per column, its name and how a present value reads back; cached like the codes."""
-        cache: tuple[tuple[str, Callable[[float], Any]], ...] | None = self.__dict__.get(
-            "_decoders_cache"
-        )
-        if cache is None:
-            decoders: list[tuple[str, Callable[[float], Any]]] = []
-            for spec in self.features:
-                if spec.kind is FeatureKind.CATEGORY:
-                    labels = spec.categories or ()
-                    decoders.append((spec.name, partial(_label, labels)))
-                elif spec.kind is FeatureKind.BOOLEAN:
-                    decoders.append((spec.name, bool))
-                elif spec.kind is FeatureKind.INTEGER:
-                    decoders.append((spec.name, int))
-                else:
-                    decoders.append((spec.name, float))
-            cache = tuple(decoders)
-            object.__setattr__(self, "_decoders_cache", cache)
-        return cache
+        """Per column, its name and how a present value reads back."""
+        decoders: list[tuple[str, Callable[[float], Any]]] = []
+        for spec in self.features:
+            if spec.kind is FeatureKind.CATEGORY:
+                decoders.append((spec.name, partial(_label, spec.categories or ())))
+            elif spec.kind is FeatureKind.BOOLEAN:
+                decoders.append((spec.name, bool))
+            elif spec.kind is FeatureKind.INTEGER:
+                decoders.append((spec.name, int))
+            else:
+                decoders.append((spec.name, float))
+        return tuple(decoders)
 
     def values_of(self, matrix: FloatMatrix, name: str) -> FloatMatrix | None:
         """One feature's column of an encoded matrix (None: the model has no such feature)."""
-        column = self._positions().get(name)
+        column = self._positions.get(name)
         return None if column is None else matrix[:, column]
 
+    @cached_property
     def _positions(self) -> dict[str, int]:
-        """Each feature's column; cached like the codes (looked up on every scoring call)."""
-        cache: dict[str, int] | None = self.__dict__.get("_positions_cache")
-        if cache is None:
-            cache = {f.name: j for j, f in enumerate(self.features)}
-            object.__setattr__(self, "_positions_cache", cache)
-        return cache
+        """Each feature's column (looked up on every scoring call)."""
+        return {f.name: j for j, f in enumerate(self.features)}
 
     def labels_of(self, matrix: FloatMatrix, name: str) -> list[str | None] | None:
         """A categorical feature's column as its labels (None where missing)."""
@@ -441,7 +416,7 @@ class FeatureSchema(BaseModel):
         """Each row of an encoded matrix as the model saw it, by name: categories as labels,
         integers as ints, missing values as None. What every stored score keeps."""
         if len(matrix) <= _ROW_WISE_MAX_ROWS:  # numpy's per-call cost dwarfs a few rows
-            decoders = self._decoders()
+            decoders = self._decoders
             return [
                 {
                     name: None if v != v else decode(v)
