@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,12 +18,18 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 from app.db import migrate
 from app.db.base import Base
 from app.db.checkpoint import WRITER_CACHE_KIB, WalCheckpointer
 from app.db.errors import PersistenceUnavailable
-from app.db.session import create_db_engine, create_session_factory, database_is_reachable
+from app.db.session import (
+    create_db_engine,
+    create_session_factory,
+    database_is_reachable,
+    writing,
+)
 from app.scoring.repository import ScoreRow, insert_scores, list_scores
 from app.scoring.tables import Score, score_table
 from app.scoring.writer import GroupCommitWriter
@@ -601,3 +608,41 @@ def test_no_checkpointer_where_there_is_no_log() -> None:
         assert GroupCommitWriter(memory).checkpointer is None
     finally:
         memory.dispose()
+
+
+def _read_then_write_beside_a_commit(tmp_path: Path, *, declared: bool) -> list[int]:
+    """A unit of work reads, another connection inserts and commits, the unit then writes:
+    the rows stored at the end."""
+    engine = create_db_engine(sqlite_file_url(tmp_path / "lock.db"))
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        other_done = threading.Event()
+
+        def other_writer() -> None:
+            with engine.begin() as connection:  # waits for a declared writer's lock
+                connection.exec_driver_sql("INSERT INTO t VALUES (2)")
+            other_done.set()
+
+        with create_session_factory(engine)() as session:
+            if declared:
+                writing(session)
+            session.execute(text("SELECT count(*) FROM t")).scalar_one()
+            thread = threading.Thread(target=other_writer)
+            thread.start()
+            other_done.wait(0.3)  # an undeclared reader lets the other commit now
+            session.execute(text("INSERT INTO t VALUES (1)"))
+            session.commit()
+        thread.join(10)
+        with engine.connect() as connection:
+            return sorted(connection.exec_driver_sql("SELECT x FROM t").scalars())
+    finally:
+        engine.dispose()
+
+
+def test_a_declared_writer_on_sqlite_waits_for_the_lock_instead_of_failing(tmp_path: Path) -> None:
+    """SQLite fails a deferred read-then-write transaction at once (no busy wait) when another
+    connection committed after its first read; ``writing`` takes the lock up front."""
+    with pytest.raises(OperationalError, match="locked"):
+        _read_then_write_beside_a_commit(tmp_path / "deferred", declared=False)
+    assert _read_then_write_beside_a_commit(tmp_path / "declared", declared=True) == [1, 2]

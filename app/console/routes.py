@@ -70,6 +70,7 @@ from app.contact.service import ContactPolicy
 from app.contact.states import ContactChannel, ContactPurpose
 from app.customers.lifecycle import LifecycleStage
 from app.customers.record import index_weights
+from app.db.session import writing
 from app.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound, ServiceError
 from app.scoring.manifest import Task
 from app.scoring.repository import TenantScope
@@ -181,8 +182,9 @@ def _console(request: Request) -> Console:
 
 
 def _db(request: Request) -> Iterator[Session]:
+    """The page's session; a form post takes SQLite's write lock when its transaction begins."""
     with _console(request).session_factory() as session:
-        yield session
+        yield session if request.method in ("GET", "HEAD") else writing(session)
 
 
 async def _form(request: Request) -> dict[str, str]:

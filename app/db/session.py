@@ -95,9 +95,24 @@ def _create_sqlite_engine(sa_url: URL) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN")
+        # A deferred transaction that reads and then writes fails at once (SQLITE_BUSY, no
+        # busy wait) when another connection committed in between; a unit of work that will
+        # write asks for the write lock up front instead (see ``writing``).
+        immediate = connection.get_execution_options().get(IMMEDIATE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+IMMEDIATE_OPTION = "cvm_sqlite_immediate"
+
+
+def writing(session: Session) -> Session:
+    """Begin ``session``'s transaction as one that will write: on SQLite it takes the write
+    lock first (waiting out another writer within the busy timeout) rather than failing when
+    its first write finds the database changed since its first read; elsewhere a no-op."""
+    session.connection(execution_options={IMMEDIATE_OPTION: True})
+    return session
 
 
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db.session import writing
 from app.scoring.registry import ModelRegistry
 from app.scoring.repository import TenantScope
 from app.scoring.service import ScoringService
@@ -36,9 +37,13 @@ async def get_settings_dep(request: Request) -> Settings:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """A database session for one request, closed afterwards."""
+    """A database session for one request, closed afterwards; a request that may write
+    (not GET or HEAD) takes SQLite's write lock when its transaction begins."""
     with request.app.state.session_factory() as session:
-        yield session
+        yield session if request.method in READ_ONLY_METHODS else writing(session)
+
+
+READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 
 
 def get_principal(request: Request) -> Principal:
