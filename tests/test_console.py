@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -33,7 +35,7 @@ from app.contact.states import ContactOutcome
 from app.customers.lifecycle import LifecycleStage
 from app.customers.schemas import EventType, Severity
 from app.db.migrate import upgrade
-from app.db.session import create_db_engine, create_session_factory
+from app.db.session import IMMEDIATE_OPTION, create_db_engine, create_session_factory
 from app.http.app import create_app
 from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
@@ -605,3 +607,33 @@ def test_a_database_failure_is_a_503_page_not_a_500(
             assert failed.status_code == 503
             assert "retry later" in failed.text and "<html" in failed.text
             assert browser.get("/console/queue").status_code == 200
+
+
+def test_a_page_waits_for_another_writer_instead_of_failing(
+    settings_for: Any, registry: ModelRegistry
+) -> None:
+    """Every page reads the console session, then writes its idle clock: on SQLite, with
+    another writer committing in between, a deferred transaction would fail (503); the page
+    takes the write lock first and waits."""
+    with temporary_sqlite_database() as url:
+        upgrade(url)
+        app = create_app(settings_for(url, auth_enabled=True), registry)
+        with TestClient(app, base_url="https://testserver") as browser:
+            add_staff(app, tenant="bank-a", staff_id="rm-1", roles=["relationship_manager"])
+            log_in(browser, tenant="bank-a", staff_id="rm-1")
+            holding = threading.Event()
+
+            def other_writer() -> None:
+                with app.state.engine.connect() as connection:
+                    connection.execution_options(**{IMMEDIATE_OPTION: True})
+                    connection.exec_driver_sql("UPDATE staff SET name = name")  # holds the lock
+                    holding.set()
+                    time.sleep(0.5)
+                    connection.commit()
+
+            thread = threading.Thread(target=other_writer)
+            thread.start()
+            holding.wait(5)
+            page = browser.get("/console/queue")
+            thread.join(10)
+            assert page.status_code == 200

@@ -202,6 +202,10 @@ def _user(request: Request, session: Annotated[Session, Depends(_db)]) -> Consol
     """The logged-in staff member, or a redirect to the login page."""
     console = _console(request)
     token = request.cookies.get(SESSION_COOKIE, "")
+    if not session.in_transaction():
+        # Every page writes the session's idle clock after reading it: on SQLite a deferred
+        # read-then-write fails at once when another writer committed in between.
+        writing(session)
     user = current_user(session, token=token, policy=console.policy, now=utc_now())
     if user is None:
         raise LoginRequired("log in first")
