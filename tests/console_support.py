@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from app.casework.schemas import StaffRequest
 from app.casework.staff import StaffRow, store_staff
 from app.console.service import Passwords, set_password
+from app.db.session import writing
 from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
 from app.security.api_keys import create_client
@@ -50,10 +51,11 @@ def add_staff(
         }
     )
     now = datetime.now(UTC)
+    # Declared writers (see app.db.session.writing): the app's own threads write beside them.
     with app.state.session_factory() as session:
-        store_staff(session, tenant=tenant, rows=[StaffRow(staff_id, request)], now=now)
+        store_staff(writing(session), tenant=tenant, rows=[StaffRow(staff_id, request)], now=now)
         set_password(
-            session,
+            writing(session),
             passwords=Passwords.from_settings(app.state.settings),
             tenant=tenant,
             staff_id=staff_id,

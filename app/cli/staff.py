@@ -59,7 +59,7 @@ def import_staff(
 
     from app.casework.staff import read_staff_csv, store_staff
     from app.config import get_settings
-    from app.db.session import create_db_engine, create_session_factory
+    from app.db.session import create_db_engine, create_session_factory, writing
     from app.errors import ServiceError
 
     try:
@@ -69,7 +69,7 @@ def import_staff(
     engine = create_db_engine(get_settings().database_url)
     try:
         with create_session_factory(engine)() as session:
-            result = store_staff(session, tenant=tenant, rows=rows, now=datetime.now(UTC))
+            result = store_staff(writing(session), tenant=tenant, rows=rows, now=datetime.now(UTC))
     except ServiceError as error:
         raise fail(f"nothing imported: {error.detail}") from error
     finally:
@@ -92,7 +92,7 @@ def _save_password(*, tenant: str | None, staff_id: str, password: str) -> None:
 
     from app.config import get_settings
     from app.console.service import Passwords, set_password
-    from app.db.session import create_db_engine, create_session_factory
+    from app.db.session import create_db_engine, create_session_factory, writing
     from app.errors import ServiceError
 
     settings = get_settings()
@@ -100,7 +100,7 @@ def _save_password(*, tenant: str | None, staff_id: str, password: str) -> None:
     try:
         with create_session_factory(engine)() as session:
             set_password(
-                session,
+                writing(session),  # beside a running service's writers
                 passwords=Passwords.from_settings(settings),
                 tenant=tenant,
                 staff_id=staff_id,
@@ -178,7 +178,7 @@ def create_staff(
     from app.casework.staff import StaffRow, store_staff
     from app.config import get_settings
     from app.console.service import MAX_PASSWORD, MIN_PASSWORD
-    from app.db.session import create_db_engine, create_session_factory
+    from app.db.session import create_db_engine, create_session_factory, writing
     from app.errors import ServiceError
 
     try:
@@ -203,7 +203,7 @@ def create_staff(
     try:
         with create_session_factory(engine)() as session:
             store_staff(
-                session,
+                writing(session),
                 tenant=tenant,
                 rows=[StaffRow(staff_id, request)],
                 now=datetime.now(UTC),
