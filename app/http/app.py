@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -91,6 +92,19 @@ def watch_event_queues(settings: Settings, metrics: Metrics) -> QueueDepthMonito
 
 
 @cache
+@cache
+def _route_spec(title: str, version: str, summary: str | None, description: str) -> dict[str, Any]:
+    """FastAPI's spec of the shared routes (about a second of CPU to generate): once per
+    process and metadata, copied by each app that serves it."""
+    return get_openapi(
+        title=title,
+        version=version,
+        summary=summary,
+        description=description,
+        routes=list(api_routes()),
+    )
+
+
 def api_routes() -> tuple[BaseRoute, ...]:
     """Every domain's routes, built once per process and shared by each app it makes.
 
@@ -383,13 +397,7 @@ def _openapi(app: FastAPI, scoring: ScoringService) -> dict[str, Any]:
     """The generated spec, plus the request schemas built from the loaded models."""
     if app.openapi_schema:
         return app.openapi_schema
-    spec = get_openapi(
-        title=app.title,
-        version=app.version,
-        summary=app.summary,
-        description=app.description,
-        routes=app.routes,
-    )
+    spec = copy.deepcopy(_route_spec(app.title, app.version, app.summary, app.description))
     components = spec.setdefault("components", {}).setdefault("schemas", {})
     template = "#/components/schemas/{model}"
     for model in (
