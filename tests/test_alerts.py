@@ -38,7 +38,6 @@ from app.alerts.tables import (
 )
 from app.alerts.worker import AlertProcessorProcess
 from app.config import PROJECT_ROOT, Settings
-from app.db.migrate import upgrade
 from app.db.session import create_db_engine
 from app.http.app import create_app
 from app.scoring.assess import AlertThresholds
@@ -54,7 +53,7 @@ from app.security.api_keys import create_client
 from app.security.principal import ALL_SCOPES
 from tests.alert_support import settle_alerts
 from tests.conftest import customer_record
-from tests.db_support import TcpProxy, temporary_postgres_database
+from tests.db_support import TcpProxy, migrated_postgres_database
 
 ACTIONS_FILE = PROJECT_ROOT / "app" / "resources" / "retention_actions.json"
 
@@ -692,8 +691,7 @@ def test_a_processor_that_fails_mid_way_leaves_the_candidate_for_the_next(
 def test_postgres_outage_during_a_churn_score_saves_nothing(
     settings_for: Any, registry: ModelRegistry, churn_cases: ChurnCases
 ) -> None:
-    with temporary_postgres_database() as direct_url:
-        upgrade(direct_url)
+    with migrated_postgres_database() as direct_url:
         proxy = TcpProxy("127.0.0.1", make_url(direct_url).port or 5432)
         proxy.start()
         proxied = make_url(direct_url).set(host="127.0.0.1", port=proxy.port)

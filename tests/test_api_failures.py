@@ -18,12 +18,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from app.casework.schemas import STAFF_EXAMPLE
-from app.db.migrate import upgrade
 from app.http.app import create_app
 from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
 from tests.conftest import customer_record, models_without
-from tests.db_support import TcpProxy, temporary_postgres_database
+from tests.db_support import TcpProxy, migrated_postgres_database, migrated_sqlite_file
 
 
 def churn_customers(rows: pd.DataFrame, registry: ModelRegistry, n: int) -> list[dict[str, Any]]:
@@ -51,8 +50,7 @@ def count_rows(url: str, customer_ids: list[str]) -> int:
 @pytest.fixture
 def proxied_postgres() -> Iterator[tuple[str, str, TcpProxy]]:
     """A migrated PostgreSQL database, reached directly and through a proxy a test can cut."""
-    with temporary_postgres_database() as database_url:
-        upgrade(database_url)
+    with migrated_postgres_database() as database_url:
         direct = make_url(database_url)
         proxy = TcpProxy("127.0.0.1", direct.port or 5432)
         proxy.start()
@@ -99,8 +97,7 @@ def test_broken_database_gives_503_and_writes_nothing(
     sample_rows: dict[str, pd.DataFrame],
 ) -> None:
     """A SQLite database whose score table is gone: the call fails whole, then recovers."""
-    url = f"sqlite:///{tmp_path / 'broken.db'}"
-    upgrade(url)
+    url = migrated_sqlite_file(tmp_path / "broken.db")
     customers = churn_customers(sample_rows["existing"], registry, 2)
     engine = create_engine(url)
     app = create_app(settings_for(url), registry)
@@ -151,8 +148,7 @@ def test_a_score_writer_that_cannot_come_back_fails_liveness(
 ) -> None:
     """The writer process dies and its replacement cannot start: scoring answers 503 with
     nothing written, and /healthz fails so that the orchestrator restarts the worker."""
-    url = f"sqlite:///{tmp_path / 'writer.db'}"
-    upgrade(url)
+    url = migrated_sqlite_file(tmp_path / "writer.db")
     customers = churn_customers(sample_rows["existing"], registry, 2)
     app = create_app(settings_for(url, score_writer="process"), registry)
     with TestClient(app) as client:
@@ -195,8 +191,7 @@ def test_a_write_lost_with_the_writer_says_its_outcome_is_unknown(
 ) -> None:
     """The writer process takes a call's rows and dies before confirming them: the 503 must
     not claim that nothing was saved (it cannot know), as a refused write's does."""
-    url = f"sqlite:///{tmp_path / 'unknown.db'}"
-    upgrade(url)
+    url = migrated_sqlite_file(tmp_path / "unknown.db")
     customers = churn_customers(sample_rows["existing"], registry, 1)
     app = create_app(settings_for(url, score_writer="process"), registry)
     with TestClient(app) as client:
@@ -220,8 +215,7 @@ def test_readiness_fails_while_the_writer_is_frozen_and_recovers(
     registry: ModelRegistry,
     sample_rows: dict[str, pd.DataFrame],
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'frozen.db'}"
-    upgrade(url)
+    url = migrated_sqlite_file(tmp_path / "frozen.db")
     customers = churn_customers(sample_rows["existing"], registry, 1)
     settings = settings_for(url, score_writer="process", score_writer_stall_s=0.3)
     app = create_app(settings, registry)
@@ -248,8 +242,7 @@ def test_readiness_fails_after_a_failed_commit_until_the_next_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A full disk makes every commit fail: readiness says so, then recovers with the disk."""
-    url = f"sqlite:///{tmp_path / 'full.db'}"
-    upgrade(url)
+    url = migrated_sqlite_file(tmp_path / "full.db")
     customers = churn_customers(sample_rows["existing"], registry, 2)
     app = create_app(settings_for(url, score_writer="thread"), registry)
     with TestClient(app) as client:

@@ -21,7 +21,11 @@ from app.security import audit
 from app.security.api_keys import create_client
 from app.security.tables import AuditRecord
 from tests.console_support import CHEAP_HASHING, add_staff, csrf_of, log_in
-from tests.db_support import temporary_postgres_database, temporary_sqlite_database
+from tests.db_support import (
+    migrated_postgres_database,
+    temporary_postgres_database,
+    temporary_sqlite_database,
+)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -67,8 +71,7 @@ def test_the_store_is_refused_on_sqlite(settings_for: Any) -> None:
 def stored_app(settings_for: Any, registry: ModelRegistry) -> Iterator[TestClient]:
     """An app keeping its audit lines, on a PostgreSQL database of its own (the store is
     PostgreSQL only: see Settings.audit_store)."""
-    with temporary_postgres_database() as url:
-        migrate.upgrade(url)
+    with migrated_postgres_database() as url:
         settings = settings_for(url, auth_enabled=True, audit_store=True, **CHEAP_HASHING)
         app = create_app(settings, registry)
         with TestClient(app, base_url="https://testserver") as client:

@@ -30,7 +30,10 @@ from app.scoring.manifest import Task
 from app.scoring.repository import TenantScope
 from app.scoring.tables import Score
 from app.security.api_keys import create_client
-from tests.db_support import temporary_postgres_database, temporary_sqlite_database
+from tests.db_support import (
+    migrated_postgres_database,
+    migrated_sqlite_database,
+)
 from tests.test_modelops import app_settings
 
 MONTHS = (datetime(2026, 1, 10, tzinfo=UTC), datetime(2026, 2, 10, tzinfo=UTC))
@@ -64,14 +67,11 @@ def book(
 ) -> Iterator[tuple[str, dict[str, tuple[list[int], list[float]]]]]:
     """A migrated database holding two months of churn scores of bank-a and the outcomes
     drawn from them; the labels each month should get."""
-    factory = (
-        temporary_sqlite_database if request.param == "sqlite" else temporary_postgres_database
-    )
+    factory = migrated_sqlite_database if request.param == "sqlite" else migrated_postgres_database
     rng = np.random.default_rng(4)
     expected: dict[str, tuple[list[int], list[float]]] = {}
     outcomes: list[OutcomeRow] = []
     with factory() as url:
-        migrate.upgrade(url)
         engine = create_db_engine(url)
         with Session(engine) as session:
             for m, start in enumerate(MONTHS):

@@ -40,14 +40,16 @@ from app.batch.service import (
 )
 from app.cli.main import cli
 from app.config import PROJECT_ROOT, Settings, get_settings
-from app.db.migrate import upgrade
 from app.db.session import create_db_engine, create_session_factory
 from app.scoring.assess import Options
 from app.scoring.model import ScoringModel
 from app.scoring.repository import ScoreRow, bulk_insert_scores, list_scores
 from app.scoring.rules import rules_from_settings
 from app.security.pseudonyms import Pseudonymizer
-from tests.db_support import temporary_postgres_database, temporary_sqlite_database
+from tests.db_support import (
+    migrated_postgres_database,
+    migrated_sqlite_database,
+)
 from tests.rules_support import RULES
 
 CHUNK = 64
@@ -58,11 +60,8 @@ BAD_ROWS = 7
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def fresh_database(request: pytest.FixtureRequest) -> Iterator[str]:
     """An empty, migrated database per test: counts of rows are this test's alone."""
-    factory = (
-        temporary_sqlite_database if request.param == "sqlite" else temporary_postgres_database
-    )
+    factory = migrated_sqlite_database if request.param == "sqlite" else migrated_postgres_database
     with factory() as url:
-        upgrade(url)
         yield url
 
 

@@ -15,12 +15,11 @@ from typer.testing import CliRunner
 from app.casework.tables import Staff
 from app.cli.main import cli
 from app.config import get_settings
-from app.db.migrate import upgrade
 from app.db.session import create_db_engine
 from app.http.app import create_app
 from app.scoring.registry import ModelRegistry
 from tests.casework_support import new_key, put_staff, staff_body
-from tests.db_support import temporary_sqlite_database
+from tests.db_support import migrated_sqlite_database
 
 
 @pytest.fixture
@@ -112,8 +111,7 @@ def test_cvm_staff_import_stores_every_row_or_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runner = CliRunner()
-    with temporary_sqlite_database() as url:
-        upgrade(url)
+    with migrated_sqlite_database() as url:
         monkeypatch.setenv("CVM_DATABASE_URL", url)
         get_settings.cache_clear()
         engine = create_db_engine(url)

@@ -24,9 +24,10 @@ from typer.testing import CliRunner
 
 from app.cli.main import cli
 from app.config import PROJECT_ROOT
-from app.db.migrate import current, head, upgrade
+from app.db.migrate import current, head
 from app.scoring.manifest import Task
 from app.training.train import MAX_ROUNDS
+from tests.db_support import migrated_sqlite_file
 
 runner = CliRunner()
 
@@ -181,8 +182,7 @@ def test_cvm_score_imports_only_what_scoring_needs(
     cache = {"CVM_COMPILED_DIR": str(tmp_path / "compiled")}
     plain = [*score, "--output", str(tmp_path / "a.parquet"), "--backend", "lightgbm"]
     assert packages_imported_by(plain, **cache) & HEAVY == set()
-    database = f"sqlite:///{tmp_path / 'scores.db'}"
-    upgrade(database)
+    database = migrated_sqlite_file(tmp_path / "scores.db")
     persisting = packages_imported_by([*plain, "--persist"], CVM_DATABASE_URL=database, **cache)
     assert persisting & HEAVY == {"sqlalchemy"}
     # The first compiled run compiles the library and its reference (LightGBM loaded) ...

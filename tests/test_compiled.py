@@ -16,7 +16,6 @@ from app.alerts.service import ChurnAlerts
 from app.batch.persist import DatabaseChunkSink, run_id_for
 from app.batch.service import score_file
 from app.config import Settings
-from app.db.migrate import upgrade
 from app.db.session import create_db_engine
 from app.scoring import compiled
 from app.scoring.assess import Options
@@ -31,7 +30,7 @@ from app.scoring.compiled import (
     use_compiled,
 )
 from app.scoring.model import ScoringModel
-from tests.db_support import temporary_sqlite_database
+from tests.db_support import migrated_sqlite_database
 from tests.rules_support import RULES
 
 
@@ -252,8 +251,7 @@ def test_scores_alone_persist_like_lightgbms(
     alerts = ChurnAlerts.from_settings(Settings(churn_alert_band="medium"))
     stored, opened = [], []
     for scorer in (model, alone):
-        with temporary_sqlite_database() as url:
-            upgrade(url)
+        with migrated_sqlite_database() as url:
             engine = create_db_engine(url)
             run_id = run_id_for(input_path=source, model=scorer, chunk_rows=64)
             sink = DatabaseChunkSink(

@@ -34,7 +34,6 @@ from app.console.service import LoginPolicy, Passwords, current_user
 from app.contact.states import ContactOutcome
 from app.customers.lifecycle import LifecycleStage
 from app.customers.schemas import EventType, Severity
-from app.db.migrate import upgrade
 from app.db.session import IMMEDIATE_OPTION, create_db_engine, create_session_factory
 from app.http.app import create_app
 from app.scoring.manifest import Task
@@ -50,7 +49,7 @@ from tests.console_support import (
     customer_with_alert,
     log_in,
 )
-from tests.db_support import temporary_sqlite_database
+from tests.db_support import migrated_sqlite_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -542,8 +541,7 @@ def test_cvm_staff_create_makes_a_user_who_can_log_in(
     monkeypatch: pytest.MonkeyPatch, settings_for: Any, registry: ModelRegistry
 ) -> None:
     runner = CliRunner()
-    with temporary_sqlite_database() as url:
-        upgrade(url)
+    with migrated_sqlite_database() as url:
         monkeypatch.setenv("CVM_DATABASE_URL", url)
         for name, value in CHEAP_HASHING.items():
             monkeypatch.setenv(f"CVM_{name.upper()}", str(value))
@@ -590,8 +588,7 @@ def test_a_database_failure_is_a_503_page_not_a_500(
     settings_for: Any, registry: ModelRegistry
 ) -> None:
     """The console answers as the API does when the database fails under a page: 503, retry."""
-    with temporary_sqlite_database() as url:
-        upgrade(url)
+    with migrated_sqlite_database() as url:
         app = create_app(settings_for(url, auth_enabled=True), registry)
         with TestClient(app, base_url="https://testserver") as browser:
             add_staff(app, tenant="bank-a", staff_id="rm-1", roles=["relationship_manager"])
@@ -615,8 +612,7 @@ def test_a_page_waits_for_another_writer_instead_of_failing(
     """Every page reads the console session, then writes its idle clock: on SQLite, with
     another writer committing in between, a deferred transaction would fail (503); the page
     takes the write lock first and waits."""
-    with temporary_sqlite_database() as url:
-        upgrade(url)
+    with migrated_sqlite_database() as url:
         app = create_app(settings_for(url, auth_enabled=True), registry)
         with TestClient(app, base_url="https://testserver") as browser:
             add_staff(app, tenant="bank-a", staff_id="rm-1", roles=["relationship_manager"])

@@ -34,7 +34,7 @@ from app.security.api_keys import create_client
 from tests.alert_support import settle_alerts
 from tests.conftest import customer_record
 from tests.console_support import CHEAP_HASHING, PASSWORD, add_staff
-from tests.db_support import temporary_sqlite_database
+from tests.db_support import migrated_sqlite_database
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "var" / "screenshots"
@@ -65,10 +65,7 @@ def _free_port() -> int:
 @pytest.fixture
 def served(settings_for: Any, registry: ModelRegistry) -> Iterator[tuple[str, Any]]:
     """The app on a real port (uvicorn in a thread) over a fresh SQLite database."""
-    with temporary_sqlite_database() as url:
-        from app.db.migrate import upgrade
-
-        upgrade(url)
+    with migrated_sqlite_database() as url:
         settings = settings_for(
             url, auth_enabled=True, churn_alert_probability=1e-9, **CHEAP_HASHING
         )

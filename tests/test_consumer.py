@@ -35,11 +35,10 @@ from app.customers.consumer import (
 )
 from app.customers.service import IntakeRules
 from app.customers.tables import CustomerEvent
-from app.db.migrate import upgrade
 from app.db.session import create_db_engine, create_session_factory
 from app.http.app import create_app
 from app.scoring.registry import ModelRegistry
-from tests.db_support import TcpProxy, temporary_postgres_database
+from tests.db_support import TcpProxy, migrated_postgres_database
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672/"
 RULES = IntakeRules(future_tolerance_s=300, max_events=10_000)
@@ -207,8 +206,7 @@ def test_malformed_messages_are_dead_lettered_with_the_reason(
 def test_database_outage_keeps_messages_until_committed(queue: str) -> None:
     bodies = [message_of("out", i, 5) for i in range(30)]
     asyncio.run(_publish(queue, bodies))
-    with temporary_postgres_database() as database_url:
-        upgrade(database_url)
+    with migrated_postgres_database() as database_url:
         direct = make_url(database_url)
         proxy = TcpProxy("127.0.0.1", direct.port or 5432)
         proxy.start()
@@ -261,8 +259,7 @@ def test_killed_consumer_loses_nothing_and_stores_nothing_twice(queue: str) -> N
     bodies = [message_of("kill", i, per_message) for i in range(messages)]
     asyncio.run(_publish(queue, bodies))
     tenant = "bank-a"
-    with temporary_postgres_database() as database_url:
-        upgrade(database_url)
+    with migrated_postgres_database() as database_url:
         engine = create_db_engine(database_url)
         try:
             first = _cvm_consume(database_url, queue, tenant)

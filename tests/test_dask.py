@@ -19,7 +19,6 @@ from app.alerts.service import ChurnAlerts
 from app.batch.dask import REJECTS_DIR, dask_client, plan_partitions, score_on_dask
 from app.batch.service import score_file
 from app.config import Settings, get_settings
-from app.db.migrate import upgrade
 from app.db.session import create_db_engine
 from app.http.app import create_app
 from app.scoring.assess import Options
@@ -30,7 +29,11 @@ from app.scoring.rules import rules_from_settings
 from app.security.pseudonyms import Pseudonymizer
 from app.training.distributed import train_on_dask
 from tests.conftest import customer_record
-from tests.db_support import temporary_postgres_database, temporary_sqlite_database
+from tests.db_support import (
+    migrated_postgres_database,
+    migrated_sqlite_database,
+    migrated_sqlite_file,
+)
 from tests.rules_support import RULES
 
 ROWS = 1000
@@ -138,9 +141,8 @@ def customer_ids_in(url: str, table: str) -> list[str]:
 def test_dask_persists_each_partition_once(
     threads_cluster: Any, models_dir: Path, book_rows: Path, tmp_path: Path, kind: str
 ) -> None:
-    factory = temporary_sqlite_database if kind == "sqlite" else temporary_postgres_database
+    factory = migrated_sqlite_database if kind == "sqlite" else migrated_postgres_database
     with factory() as url:
-        upgrade(url)
         arguments = persisting(models_dir, book_rows, tmp_path, url)
         first = score_on_dask(threads_cluster, **arguments)
         again = score_on_dask(threads_cluster, **arguments)
@@ -165,8 +167,7 @@ def test_dask_workers_store_pseudonyms_open_alerts_and_refuse_another_secret(
     monkeypatch.setenv("CVM_PSEUDONYM_SECRET", secret.decode())
     get_settings.cache_clear()
     try:
-        with temporary_sqlite_database() as url:
-            upgrade(url)
+        with migrated_sqlite_database() as url:
             arguments = persisting(models_dir, book_rows, tmp_path, url)
             with pytest.raises(ValueError, match="differs from the client"):
                 score_on_dask(
@@ -221,8 +222,8 @@ def test_a_model_trained_on_dask_is_served_like_any_other(
         customer_record(row, model.schema, f"D-{i}")
         for i, (_, row) in enumerate(sample_rows["existing"].head(5).iterrows())
     ]
-    with TestClient(create_app(settings_for(f"sqlite:///{tmp_path / 'api.db'}"), registry)) as api:
-        upgrade(f"sqlite:///{tmp_path / 'api.db'}")
+    api_url = migrated_sqlite_file(tmp_path / "api.db")
+    with TestClient(create_app(settings_for(api_url), registry)) as api:
         response = api.post("/v1/churn/scores", json={"customers": customers, "reasons": 2})
     assert response.status_code == 200, response.text
     body = response.json()

@@ -35,7 +35,11 @@ from app.scoring.registry import ModelRegistry
 from app.security.api_keys import create_client
 from app.security.principal import ALL_SCOPES
 from tests.conftest import customer_record
-from tests.db_support import temporary_postgres_database, temporary_sqlite_database
+from tests.db_support import (
+    migrated_postgres_database,
+    migrated_sqlite_database,
+    migrated_sqlite_file,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -63,11 +67,8 @@ def versions_dir(models_dir: Path, tmp_path: Path) -> Path:
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def fresh_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """An empty, migrated database of each kind for one test."""
-    factory = (
-        temporary_sqlite_database if request.param == "sqlite" else temporary_postgres_database
-    )
+    factory = migrated_sqlite_database if request.param == "sqlite" else migrated_postgres_database
     with factory() as url:
-        migrate.upgrade(url)
         yield url
 
 
@@ -378,8 +379,7 @@ def test_two_concurrent_activations_give_one_success_and_one_409(
     source = models_dir / "churn" / "1"
     for version in ("1", "2", "3"):
         add_version(root, Task.CHURN, source, version)
-    with temporary_postgres_database() as url:
-        migrate.upgrade(url)
+    with migrated_postgres_database() as url:
         engine = create_db_engine(url)
         sessions = create_session_factory(engine)
         _approved(sessions, root, "1", "2")
@@ -448,8 +448,7 @@ def test_cli_registers_approves_activates_and_rolls_back(
 ) -> None:
     from app.config import get_settings
 
-    url = f"sqlite:///{tmp_path / 'cvm.db'}"
-    migrate.upgrade(url)
+    url = migrated_sqlite_file(tmp_path / "cvm.db")
     monkeypatch.setenv("CVM_DATABASE_URL", url)
     monkeypatch.setenv("CVM_MODELS_DIR", str(versions_dir))
     monkeypatch.setenv("COLUMNS", "160")  # the table's cells unwrapped

@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 
 from app.cli.main import cli
 from app.config import get_settings
-from app.db.migrate import upgrade
 from app.db.session import create_db_engine
 from app.http.app import create_app
 from app.scoring.feature_schema import FeatureKind, FeatureSchema
@@ -27,7 +26,10 @@ from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
 from app.training.features import month_snapshot
 from app.training.synth import read_book
-from tests.db_support import temporary_postgres_database, temporary_sqlite_database
+from tests.db_support import (
+    migrated_postgres_database,
+    migrated_sqlite_database,
+)
 
 BOOK_CUSTOMERS = 2_000
 REASONS = 3
@@ -37,10 +39,8 @@ API_CALL_ROWS = 1_000
 @contextmanager
 def two_databases(backend: str) -> Iterator[tuple[str, str]]:
     """Two fresh, migrated databases of one backend: the API's and the batch's."""
-    temporary = temporary_postgres_database if backend == "postgres" else temporary_sqlite_database
-    with temporary() as api_url, temporary() as batch_url:
-        upgrade(api_url)
-        upgrade(batch_url)
+    migrated = migrated_postgres_database if backend == "postgres" else migrated_sqlite_database
+    with migrated() as api_url, migrated() as batch_url:
         yield api_url, batch_url
 
 

@@ -25,7 +25,6 @@ from typer.testing import CliRunner
 from app.batch.service import read_batches
 from app.cli.main import cli
 from app.config import Settings
-from app.db.migrate import upgrade
 from app.http.app import create_app
 from app.scoring.arrow import encode_batch
 from app.scoring.feature_schema import FeatureKind
@@ -40,6 +39,7 @@ from app.training.byod import (
     split_rows,
 )
 from tests.conftest import customer_record
+from tests.db_support import migrated_sqlite_file
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CHURN_DIR = SHARED_DATA / "churn_modelling"
@@ -301,8 +301,7 @@ def test_a_bank_trained_churn_model_never_breaks_the_endpoints(
         ],
     )
     assert trained.exit_code == 0, trained.output
-    url = f"sqlite:///{tmp_path / 'cvm.db'}"
-    upgrade(url)
+    url = migrated_sqlite_file(tmp_path / "cvm.db")
     settings = settings_for(url).model_copy(update={"models_dir": served})
     registry = ModelRegistry.load(served)
     churn_schema = registry.loaded[Task.CHURN].schema

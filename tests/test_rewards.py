@@ -21,7 +21,6 @@ from typer.testing import CliRunner
 
 from app.cli.main import cli
 from app.config import get_settings
-from app.db.migrate import upgrade
 from app.db.session import create_db_engine
 from app.errors import ServiceError
 from app.http.app import create_app
@@ -40,7 +39,10 @@ from app.rewards.tables import GiftStock, PointsEntry
 from app.scoring.registry import ModelRegistry
 from app.security.api_keys import create_client
 from app.security.principal import ALL_SCOPES
-from tests.db_support import temporary_postgres_database, temporary_sqlite_database
+from tests.db_support import (
+    migrated_postgres_database,
+    migrated_sqlite_database,
+)
 
 SHIPPED = Path(__file__).parents[1] / "app" / "resources" / "rewards_policy.json"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -139,8 +141,7 @@ def test_expiry_rules_give_the_last_day() -> None:
 @pytest.fixture(scope="module")
 def sqlite_engine() -> Iterator[Engine]:
     """A migrated SQLite database of this module's own."""
-    with temporary_sqlite_database() as url:
-        upgrade(url)
+    with migrated_sqlite_database() as url:
         engine = create_db_engine(url)
         yield engine
         engine.dispose()
@@ -650,8 +651,7 @@ def test_stock_10_and_100_concurrent_redemptions_exactly_10_succeed() -> None:
         ],
     )
     tenant, customers = "race", [f"C{i}" for i in range(20)]
-    with temporary_postgres_database() as url:
-        upgrade(url)
+    with migrated_postgres_database() as url:
         engine = create_db_engine(url)
         try:
             with Session(engine) as session:
@@ -716,8 +716,7 @@ def test_stock_10_and_100_concurrent_redemptions_exactly_10_succeed() -> None:
 @pytest.mark.postgres
 def test_concurrent_redemptions_by_one_customer_never_overdraw_it() -> None:
     policy = small_policy(lock_days=0)  # pen: 40 points, stock 1000
-    with temporary_postgres_database() as url:
-        upgrade(url)
+    with migrated_postgres_database() as url:
         engine = create_db_engine(url)
         try:
             with Session(engine) as session:  # 1.5 x 100 = 150 points: three pens

@@ -22,7 +22,6 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from app.cli.main import cli
-from app.db import migrate
 from app.db.session import create_db_engine
 from app.http.app import create_app
 from app.modelops import service
@@ -37,6 +36,7 @@ from app.security.api_keys import create_client
 from app.training.synth import generate_book
 from app.training.trail import book_events
 from tests.conftest import customer_record
+from tests.db_support import migrated_sqlite_file
 from tests.test_modelops import T0, app_settings, keys
 
 # The fixtures of the registry's tests: every task's version 1, churn 2..4 (4 the champion).
@@ -202,8 +202,7 @@ def cli_env(
 ) -> Iterator[str]:
     from app.config import get_settings
 
-    url = f"sqlite:///{tmp_path / 'cvm.db'}"
-    migrate.upgrade(url)
+    url = migrated_sqlite_file(tmp_path / "cvm.db")
     monkeypatch.setenv("CVM_DATABASE_URL", url)
     monkeypatch.setenv("CVM_MODELS_DIR", str(versions_dir))
     get_settings.cache_clear()

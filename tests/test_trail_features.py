@@ -43,7 +43,7 @@ INDEX_FEATURES = {
 @pytest.fixture(scope="module")
 def small_book() -> pd.DataFrame:
     """A small book of its own, ids made unique to this module's run."""
-    book: pd.DataFrame = generate_book(customers=160, months=8, seed=5).to_pandas()
+    book: pd.DataFrame = generate_book(customers=80, months=8, seed=5).to_pandas()
     book["customer_id"] = f"tr{uuid.uuid4().hex[:6]}-" + book["customer_id"]
     return book
 

@@ -18,13 +18,12 @@ import pytest
 from sqlalchemy import Engine, func, select, text
 
 from app.db.errors import OutcomeUnknown, PersistenceUnavailable
-from app.db.migrate import upgrade
 from app.db.session import create_db_engine
 from app.scoring.repository import AlertCandidateRow
 from app.scoring.tables import Score
 from app.scoring.writer import CommitWatch, GroupCommitWriter
 from app.scoring.writer_process import ProcessWriter, build_score_writer
-from tests.db_support import sqlite_file_url
+from tests.db_support import migrated_sqlite_file, sqlite_file_url
 from tests.test_db import make_row
 
 
@@ -99,8 +98,7 @@ def test_acknowledged_writes_are_committed_with_their_alert_candidates(
 @pytest.fixture
 def sqlite_writer(tmp_path: Any, settings_for: Any) -> Iterator[tuple[Engine, ProcessWriter]]:
     """A migrated SQLite file of this test's own and a (not yet opened) writer process on it."""
-    url = sqlite_file_url(tmp_path / "writer.db")
-    upgrade(url)
+    url = migrated_sqlite_file(tmp_path / "writer.db")
     engine = create_db_engine(url)
     yield engine, ProcessWriter(settings_for(url))
     engine.dispose()

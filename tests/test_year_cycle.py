@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 from app.batch.service import read_batches, score_file
 from app.cli.main import cli
 from app.config import Settings
-from app.db.migrate import upgrade
 from app.http.app import create_app
 from app.scoring.arrow import encode_batch
 from app.scoring.assess import Options
@@ -37,6 +36,7 @@ from app.scoring.registry import ModelRegistry
 from app.scoring.request_schemas import customer_model
 from app.scoring.rules import rules_from_settings
 from app.training.byod import encode_frame, infer_schema, read_table
+from tests.db_support import migrated_sqlite_file
 
 runner = CliRunner()
 MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -247,8 +247,7 @@ def test_a_model_with_a_year_cycle_scores_alike_through_the_api_and_the_batch(
     )
     by_file = pq.read_table(batch).to_pandas().set_index("customer_id")["probability"]
 
-    url = f"sqlite:///{tmp_path / 'cvm.db'}"
-    upgrade(url)
+    url = migrated_sqlite_file(tmp_path / "cvm.db")
     settings = settings_for(url).model_copy(update={"models_dir": served})
     rows = frame.head(20)
     customers = [
