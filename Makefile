@@ -24,8 +24,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck pytest
 
+# Bytecode is written even where the environment says not to (PYTHONDONTWRITEBYTECODE): the
+# CLI, writer and broker processes the tests start would otherwise each compile the app anew.
 pytest: $(STAMP)
-	$(BIN)/pytest -n 4 --dist loadfile
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -n 4 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench migrations
