@@ -610,9 +610,11 @@ def test_no_checkpointer_where_there_is_no_log() -> None:
         memory.dispose()
 
 
-def _read_then_write_beside_a_commit(tmp_path: Path, *, declared: bool) -> list[int]:
+def _read_then_write_beside_a_commit(
+    tmp_path: Path, *, declared: bool, after_commit: bool = False
+) -> list[int]:
     """A unit of work reads, another connection inserts and commits, the unit then writes:
-    the rows stored at the end."""
+    the rows stored at the end (``after_commit``: in the unit's second transaction)."""
     engine = create_db_engine(sqlite_file_url(tmp_path / "lock.db"))
     try:
         with engine.begin() as connection:
@@ -627,6 +629,9 @@ def _read_then_write_beside_a_commit(tmp_path: Path, *, declared: bool) -> list[
         with create_session_factory(engine)() as session:
             if declared:
                 writing(session)
+            if after_commit:
+                session.execute(text("SELECT 1")).scalar_one()
+                session.commit()
             session.execute(text("SELECT count(*) FROM t")).scalar_one()
             thread = threading.Thread(target=other_writer)
             thread.start()
@@ -646,3 +651,6 @@ def test_a_declared_writer_on_sqlite_waits_for_the_lock_instead_of_failing(tmp_p
     with pytest.raises(OperationalError, match="locked"):
         _read_then_write_beside_a_commit(tmp_path / "deferred", declared=False)
     assert _read_then_write_beside_a_commit(tmp_path / "declared", declared=True) == [1, 2]
+    # A console post commits the session's idle clock, then does its work: still declared.
+    later = _read_then_write_beside_a_commit(tmp_path / "later", declared=True, after_commit=True)
+    assert later == [1, 2]

@@ -198,15 +198,14 @@ async def _form(request: Request) -> dict[str, str]:
         raise InvalidInput("the form cannot be read") from error
 
 
-def _user(request: Request, session: Annotated[Session, Depends(_db)]) -> ConsoleUser:
+def _user(request: Request) -> ConsoleUser:
     """The logged-in staff member, or a redirect to the login page."""
     console = _console(request)
     token = request.cookies.get(SESSION_COOKIE, "")
-    if not session.in_transaction():
-        # Every page writes the session's idle clock after reading it: on SQLite a deferred
-        # read-then-write fails at once when another writer committed in between.
-        writing(session)
-    user = current_user(session, token=token, policy=console.policy, now=utc_now())
+    # A unit of work of its own, declared a writer: it reads the console session, then writes
+    # its idle clock (the page's own reads stay in a transaction that takes no write lock).
+    with console.session_factory() as session:
+        user = current_user(writing(session), token=token, policy=console.policy, now=utc_now())
     if user is None:
         raise LoginRequired("log in first")
     request.scope["state"]["principal"] = user.principal

@@ -108,10 +108,14 @@ IMMEDIATE_OPTION = "cvm_sqlite_immediate"
 
 
 def writing(session: Session) -> Session:
-    """Begin ``session``'s transaction as one that will write: on SQLite it takes the write
-    lock first (waiting out another writer within the busy timeout) rather than failing when
-    its first write finds the database changed since its first read; elsewhere a no-op."""
-    session.connection(execution_options={IMMEDIATE_OPTION: True})
+    """Declare ``session`` a unit of work that will write: on SQLite each transaction it begins
+    from now on (at its first statement, and again after each commit) takes the write lock
+    first, waiting out another writer within the busy timeout, rather than failing when its
+    first write finds the database changed since its first read; elsewhere a no-op. Declare
+    before the session's first statement: a transaction already begun stays as it began."""
+    bind = session.get_bind()
+    if not bind.get_execution_options().get(IMMEDIATE_OPTION, False):
+        session.bind = bind.execution_options(**{IMMEDIATE_OPTION: True})
     return session
 
 
