@@ -308,7 +308,7 @@ def read_months(
             "customer_ids": list(customer_ids),
             "until": _LAST_MONTH if until is None else until,
         },
-    )
+    ).all()  # fetched at once: row by row costs a driver call each
     merged: dict[int, MonthCounts] = {}
     latest: list[LatestValue] = []
     # Rows unpacked by position, not read by name: a score by id reads a year of months and their
