@@ -85,8 +85,11 @@ def check(server: Server, requests: dict[str, Path]) -> dict[str, object]:
     return body
 
 
-def measure(server: Server, requests: dict[str, Path], args: argparse.Namespace) -> list[Run]:
-    """Interleaved rounds of both cases; the server's CPU per request with each run."""
+def measure(
+    server: Server, requests: dict[str, Path], args: argparse.Namespace, url: str
+) -> list[Run]:
+    """Interleaved rounds of both cases; the server's and the database's CPU per request with
+    each run."""
     cases = [
         Case(
             name,
@@ -99,7 +102,7 @@ def measure(server: Server, requests: dict[str, Path], args: argparse.Namespace)
         )
         for name, path in requests.items()
     ]
-    return interleaved(server, cases, args=args, log=BENCH_VAR / "logs" / "nba_wrk.log")
+    return interleaved(server, cases, args=args, log=BENCH_VAR / "logs" / "nba_wrk.log", url=url)
 
 
 def main() -> None:
@@ -136,7 +139,7 @@ def main() -> None:
         with service(url) as server:
             first = check(server, requests)
             print(f"first answer: {json.dumps(first)[:400]}...")
-            runs = measure(server, requests, args)
+            runs = measure(server, requests, args, url)
     finally:
         if args.drop:
             drop_database(args.postgres_server, url)

@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from serve_bench import (  # noqa: E402
     BARE_PATH,
     BENCH_VAR,
+    CLOCK_TICKS,
     DEFAULT_POSTGRES_SERVER,
     Case,
     Run,
@@ -65,11 +66,38 @@ TARGET_P99_MS = 50.0
 IDLE_CPU_SHARE = 0.05
 
 
-def database_url(server_url: str, customers: int, months: int) -> str:
-    """The kept database of one book size."""
+def database_url(server_url: str, customers: int, months: int, name: str | None = None) -> str:
+    """The kept database of one book size (``name``: another one's)."""
     server = make_url(server_url)
-    name = f"cvm_bench_byid_{customers}x{months}"
+    name = name or f"cvm_bench_byid_{customers}x{months}"
     return server.set(database=name).render_as_string(hide_password=False)
+
+
+def backend_cpu(url: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend connected to the database (``/proc``:
+    the server runs on this machine). A backend that exits between two readings takes its
+    CPU with it: the pool's overflow connections make the figure a lower bound."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            pids = connection.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalars()
+            return {pid: process_cpu(pid) for pid in pids}
+    finally:
+        engine.dispose()
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process (0 once it has exited)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def ensure_database(server_url: str, url: str) -> bool:
@@ -232,7 +260,9 @@ def check(server: Server, case: Case) -> None:
         raise SystemExit(f"{case.name}: {status} {answer[:300]!r}")
 
 
-def measure(server: Server, bodies: dict[str, Path], args: argparse.Namespace) -> list[Run]:
+def measure(
+    server: Server, bodies: dict[str, Path], args: argparse.Namespace, url: str
+) -> list[Run]:
     """Interleaved rounds of every case; the server's CPU per request with each run."""
     cases = [
         Case(
@@ -248,19 +278,20 @@ def measure(server: Server, bodies: dict[str, Path], args: argparse.Namespace) -
     ]
     for case in cases:
         check(server, case)
-    return interleaved(server, cases, args=args, log=BENCH_VAR / "logs" / "score_by_id_wrk.log")
+    log = BENCH_VAR / "logs" / "score_by_id_wrk.log"
+    return interleaved(server, cases, args=args, log=log, url=url)
 
 
 def interleaved(
-    server: Server, cases: list[Case], *, args: argparse.Namespace, log: Path
+    server: Server, cases: list[Case], *, args: argparse.Namespace, log: Path, url: str
 ) -> list[Run]:
-    """``args.rounds`` rounds of every case in turn under wrk, each run with the server's CPU
-    per request (the server left to drain its writes between runs)."""
+    """``args.rounds`` rounds of every case in turn under wrk, each run with the server's and
+    the database's CPU per request (the server left to drain its writes between runs)."""
     runs: list[Run] = []
     log.parent.mkdir(parents=True, exist_ok=True)
     for round_ in range(1, args.rounds + 1):
         for case in cases:
-            cpu = server.cpu_seconds()
+            cpu, database = server.cpu_seconds(), backend_cpu(url)
             run = run_wrk(
                 case,
                 seconds=args.duration,
@@ -271,6 +302,9 @@ def interleaved(
             )
             wait_quiet(server)
             run.server_cpu_us_per_request = (server.cpu_seconds() - cpu) / max(run.ok, 1) * 1e6
+            after = backend_cpu(url)
+            used = sum(after[pid] - database.get(pid, 0.0) for pid in after)
+            run.database_cpu_us_per_request = used / max(run.ok, 1) * 1e6
             runs.append(run)
             print(
                 f"round {round_} {case.name:>12}: {run.rps:8,.0f} req/s  p50 {run.p50_ms:7.2f} ms"
@@ -292,6 +326,9 @@ def medians(runs: list[Run]) -> dict[str, dict[str, float]]:
             "non_2xx": sum(run.non_2xx for run in mine),
             "server_cpu_us": statistics.median(
                 run.server_cpu_us_per_request or 0.0 for run in mine
+            ),
+            "database_cpu_us": statistics.median(
+                run.database_cpu_us_per_request or 0.0 for run in mine
             ),
         }
     return table
@@ -316,11 +353,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--postgres-server", default=DEFAULT_POSTGRES_SERVER)
+    parser.add_argument("--database", help="the kept database's name (default by book size)")
     parser.add_argument("--drop", action="store_true", help="drop the book's database at the end")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
 
-    url = database_url(args.postgres_server, args.customers, args.months)
+    url = database_url(args.postgres_server, args.customers, args.months, args.database)
     path = events_file(args.customers, args.months, args.seed)
     created = ensure_database(args.postgres_server, url)
     stored = counts(url) if not created else {"events": 0}
@@ -336,7 +374,7 @@ def main() -> None:
     bodies = write_bodies(customer_ids(path, args.ids, args.seed), BENCH_VAR / "byid" / "bodies")
     try:
         with service(url) as server:
-            runs = measure(server, bodies, args)
+            runs = measure(server, bodies, args, url)
     finally:
         if args.drop:
             drop_database(args.postgres_server, url)
@@ -345,12 +383,16 @@ def main() -> None:
         f"\nMedians of {args.rounds} rounds, {args.duration:g} s each, wrk -t2 "
         f"-c{args.connections}; one uvicorn worker; PostgreSQL; {os.cpu_count()} CPUs.\n"
     )
-    print("| case | requests/s | vs bare | p50 ms | p99 ms | server CPU µs/request | non-2xx |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| case | requests/s | vs bare | p50 ms | p99 ms | server CPU µs/request "
+        "| PostgreSQL CPU µs/request | non-2xx |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for name, row in table.items():
         print(
             f"| {name} | {row['rps']:,.0f} | {row['rps_vs_bare']:.2f} | {row['p50_ms']:.2f} | "
-            f"{row['p99_ms']:.2f} | {row['server_cpu_us']:,.0f} | {row['non_2xx']:.0f} |"
+            f"{row['p99_ms']:.2f} | {row['server_cpu_us']:,.0f} | {row['database_cpu_us']:,.0f} "
+            f"| {row['non_2xx']:.0f} |"
         )
     churn = table["by_id_churn"]
     verdict = churn["rps"] >= TARGET_RPS and churn["p99_ms"] <= TARGET_P99_MS

@@ -551,6 +551,8 @@ class Run:
     """200s the service itself counted for this run, including those wrk left in flight."""
     server_cpu_us_per_request: float | None = None
     """Server CPU time (all its threads and worker processes) per answered request."""
+    database_cpu_us_per_request: float | None = None
+    """CPU time of the database's server processes (PostgreSQL backends) per answered request."""
     drain_s: float = 0.0
     """Time the service took, after wrk stopped, to answer what was still in flight."""
 

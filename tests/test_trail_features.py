@@ -13,10 +13,12 @@ from fastapi.testclient import TestClient
 
 from app.customers.features import (
     DAYS_PER_MONTH,
+    Kind,
     LatestValue,
     MonthCounts,
     TrailEvent,
     aggregate,
+    current_values,
     days_since_activity,
     derive_features,
     month_index,
@@ -205,3 +207,25 @@ def test_definitions_match_the_books_arithmetic() -> None:
     ]
     counts = [MonthCounts(march, deltas[("c", march)].counts, None)]
     assert derive_features(march, counts, stored)["open_complaint"] is False
+
+
+def test_current_values_take_the_latest_month_then_occurrence_then_list_order() -> None:
+    """Whatever order the rows come in (one statement reads them unsorted), each thing's
+    value is that of its latest month, then latest occurrence; on a full tie, the later row."""
+    at = datetime(2026, 3, 10, tzinfo=UTC)
+    later = datetime(2026, 3, 20, tzinfo=UTC)
+    march, april, may = 2026 * 12 + 2, 2026 * 12 + 3, 2026 * 12 + 4
+    rows = [
+        LatestValue(april, Kind.BALANCE, "savings", at, number=2.0),
+        LatestValue(march, Kind.BALANCE, "savings", later, number=1.0),
+        LatestValue(may, Kind.BALANCE, "savings", at, number=9.0),  # after the month asked
+        LatestValue(march, Kind.PRODUCT, "savings", later, text="closed"),
+        LatestValue(march, Kind.PRODUCT, "savings", at, text="opened"),
+        LatestValue(march, Kind.PROFILE, "region", at, text="north"),
+        LatestValue(march, Kind.PROFILE, "region", at, text="south"),
+    ]
+    current = current_values(rows, april)
+    assert current[(Kind.BALANCE, "savings")].number == 2.0
+    assert current[(Kind.PRODUCT, "savings")].text == "closed"
+    assert current[(Kind.PROFILE, "region")].text == "south"
+    assert current_values(rows, march)[(Kind.BALANCE, "savings")].number == 1.0

@@ -37,6 +37,7 @@ from app.customers.service import (
 )
 from app.customers.stages import KnownStage, Risk, current_stage, refresh_stages
 from app.customers.tables import UNTAGGED_KEY
+from app.db.session import reading
 from app.errors import BatchTooLarge, InvalidInput, ModelUnavailable
 from app.scoring.assess import Options, TaskAssessment
 from app.scoring.manifest import Task
@@ -120,11 +121,11 @@ class CustomerScoring:
         """Each customer's month, features and lifecycle stage; unknown: 404 by id, 422 naming
         the index in bulk."""
         found = []
-        with self.session_factory() as session:
+        with reading(self.scoring.engine) as connection:
             for index, customer_id in enumerate(customer_ids):
                 try:
                     label, features = trail_features(
-                        session,
+                        connection,
                         customer_id=customer_id,
                         month=month,
                         caller_tenant=tenant,
@@ -134,7 +135,7 @@ class CustomerScoring:
                         customer_id, caller_tenant=tenant, pseudonymizer=self.pseudonymizer
                     )
                     stage = current_stage(
-                        session.connection(),
+                        connection,
                         tenant=tenant,
                         customer_ids=forms,
                         now=datetime.now(UTC),

@@ -465,11 +465,16 @@ Feature = float | int | str | bool | None
 
 def _current(latest: Sequence[LatestValue], month: int) -> dict[tuple[str, str], LatestValue]:
     """Each thing's value as of the end of ``month``: the latest month's, latest occurrence."""
+    # One pass, no sort: a value replaces the one kept unless that one is later (on a tie,
+    # the later in the list wins, as a stable sort by (month, occurred_at) would have it).
     current: dict[tuple[str, str], LatestValue] = {}
-    for value in sorted(
-        (v for v in latest if v.month <= month), key=lambda v: (v.month, v.occurred_at)
-    ):
-        current[(value.kind, value.key)] = value
+    for value in latest:
+        if value.month > month:
+            continue
+        key = (value.kind, value.key)
+        kept = current.get(key)
+        if kept is None or (value.month, value.occurred_at) >= (kept.month, kept.occurred_at):
+            current[key] = value
     return current
 
 

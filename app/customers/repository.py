@@ -11,14 +11,18 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Subquery,
+    bindparam,
     case,
+    cast,
     delete,
     func,
+    null,
     select,
-    true,
+    union_all,
 )
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.types import TypeEngine
 
 from app.customers.features import (
     COUNTERS,
@@ -247,43 +251,79 @@ def update_months(
     )
 
 
+def _nothing(type_: TypeEngine[Any]) -> ColumnElement[Any]:
+    return cast(null(), type_)
+
+
+_month = customer_month_table.c
+_latest = customer_month_latest_table.c
+# A customer's months and latest values in one statement (one round trip): a month row has no
+# kind; a latest value has no counters. Built once: a score by id runs it on every call.
+_TRAIL = union_all(
+    select(
+        _month.month,
+        _nothing(_latest.kind.type).label("kind"),
+        _nothing(_latest.key.type).label("key"),
+        _month.last_activity_at.label("occurred_at"),
+        _nothing(_latest.number.type).label("number"),
+        _nothing(_latest.text.type).label("text"),
+        *(_month[name] for name in COUNTERS),
+    ).where(
+        _month.tenant == bindparam("tenant"),
+        _month.customer_id.in_(bindparam("customer_ids", expanding=True)),
+        _month.month <= bindparam("until"),
+    ),
+    select(
+        _latest.month,
+        _latest.kind,
+        _latest.key,
+        _latest.occurred_at,
+        _latest.number,
+        _latest.text,
+        *(_nothing(_month[name].type).label(name) for name in COUNTERS),
+    ).where(
+        _latest.tenant == bindparam("tenant"),
+        _latest.customer_id.in_(bindparam("customer_ids", expanding=True)),
+        _latest.month <= bindparam("until"),
+    ),
+)
+# Beyond any month a trail holds (year 9999): "up to no month in particular".
+_LAST_MONTH = 9999 * 12 + 11
+
+
 def read_months(
-    session: Session, *, tenant: str | None, customer_ids: Sequence[str], until: int | None
+    reader: Connection | Session,
+    *,
+    tenant: str | None,
+    customer_ids: Sequence[str],
+    until: int | None,
 ) -> tuple[list[MonthCounts], list[LatestValue]]:
     """A customer's stored aggregates up to a month (None: all of them), under any of its
     stored id forms."""
     key = UNTAGGED_KEY if tenant is None else tenant
-    month_bound = true() if until is None else CustomerMonth.month <= until
-    latest_bound = true() if until is None else CustomerMonthLatest.month <= until
-    # Core rows, not ORM objects: a score by id reads a year of months and their latest
-    # values on every call, and building mapped objects doubled the time of this read.
-    months = session.execute(
-        select(CustomerMonth.__table__).where(
-            CustomerMonth.tenant == key,
-            CustomerMonth.customer_id.in_(customer_ids),
-            month_bound,
-        )
-    )
+    rows = reader.execute(
+        _TRAIL,
+        {
+            "tenant": key,
+            "customer_ids": list(customer_ids),
+            "until": _LAST_MONTH if until is None else until,
+        },
+    ).all()  # fetched at once: row by row costs a driver call each
     merged: dict[int, MonthCounts] = {}
-    for row in months:
-        counts = {name: int(getattr(row, name)) for name in COUNTERS}
-        earlier = merged.get(row.month)
-        last = row.last_activity_at
+    latest: list[LatestValue] = []
+    # Rows unpacked by position, not read by name: a score by id reads a year of months and their
+    # latest values on every call.
+    for month, kind, name, occurred_at, number, text, *counters in rows:
+        if kind is not None:
+            latest.append(LatestValue(month, kind, name, occurred_at, number=number, text=text))
+            continue
+        counts = dict(zip(COUNTERS, map(int, counters), strict=True))
+        earlier = merged.get(month)
+        last = occurred_at
         if earlier is not None:  # the same month under two id forms: add them up
             counts = {n: counts[n] + earlier.counts[n] for n in COUNTERS}
             last = max(filter(None, (last, earlier.last_activity_at)), default=None)
-        merged[row.month] = MonthCounts(row.month, counts, last)
-    values = session.execute(
-        select(CustomerMonthLatest.__table__).where(
-            CustomerMonthLatest.tenant == key,
-            CustomerMonthLatest.customer_id.in_(customer_ids),
-            latest_bound,
-        )
-    )
-    latest = [
-        LatestValue(v.month, v.kind, v.key, v.occurred_at, number=v.number, text=v.text)
-        for v in values
-    ]
+        merged[month] = MonthCounts(month, counts, last)
     return list(merged.values()), latest
 
 
@@ -347,12 +387,12 @@ def latest_balance_totals(*, tenant: str | None, products: Sequence[str]) -> Sub
 
 
 def latest_month(
-    session: Session, *, tenant: str | None, customer_ids: Sequence[str]
+    reader: Connection | Session, *, tenant: str | None, customer_ids: Sequence[str]
 ) -> int | None:
     """The customer's latest month with any aggregate, or None if it has none."""
     key = UNTAGGED_KEY if tenant is None else tenant
     found = [
-        session.scalar(
+        reader.scalar(
             select(func.max(table.month)).where(
                 table.tenant == key, table.customer_id.in_(customer_ids)
             )

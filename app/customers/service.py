@@ -530,7 +530,7 @@ def stored_forms(
 
 
 def trail_features(
-    session: Session,
+    reader: Connection | Session,
     *,
     customer_id: str,
     month: str | None,
@@ -542,9 +542,9 @@ def trail_features(
     forms = stored_forms(customer_id, caller_tenant=caller_tenant, pseudonymizer=pseudonymizer)
     # One read of the aggregates: up to the month asked for, else all (the latest is theirs).
     until = None if month is None else parse_month(month)
-    counts, latest = read_months(session, tenant=caller_tenant, customer_ids=forms, until=until)
+    counts, latest = read_months(reader, tenant=caller_tenant, customer_ids=forms, until=until)
     if not counts and not latest:
-        if until is None or latest_month(session, tenant=caller_tenant, customer_ids=forms) is None:
+        if until is None or latest_month(reader, tenant=caller_tenant, customer_ids=forms) is None:
             raise CustomerNotFound(f"no events are stored for customer {customer_id!r}")
         raise CustomerNotFound(
             f"no events are stored for customer {customer_id!r} up to {month_label(until)}"

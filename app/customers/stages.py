@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Subquery, and_, func, or_, select
+from sqlalchemy import Connection, Subquery, and_, bindparam, func, or_, select
 
 from app.customers.features import CLOSED, OPENED, Kind
 from app.customers.lifecycle import (
@@ -366,6 +366,19 @@ class KnownStage:
     at_risk: bool | None  # None: evaluated from the aggregates, nothing stored yet
 
 
+# The stage on record of a customer under any of its id forms, built once: a score by id reads
+# it on every call.
+_STORED_STAGE = (
+    select(customer_stage_table.c.stage, customer_stage_table.c.at_risk)
+    .where(
+        customer_stage_table.c.tenant == bindparam("tenant"),
+        customer_stage_table.c.customer_id.in_(bindparam("customer_ids", expanding=True)),
+    )
+    .order_by(customer_stage_table.c.updated_at.desc())
+    .limit(1)
+)
+
+
 def current_stage(
     connection: Connection,
     *,
@@ -377,12 +390,8 @@ def current_stage(
     """A customer's stage (any of its stored id forms): as stored, else evaluated from its
     aggregates (a record from before stages were kept); None without a product or profile."""
     key = tenant_key(tenant)
-    stage = customer_stage_table.c
     stored = connection.execute(
-        select(stage.stage, stage.at_risk)
-        .where(stage.tenant == key, stage.customer_id.in_(customer_ids))
-        .order_by(stage.updated_at.desc())
-        .limit(1)
+        _STORED_STAGE, {"tenant": key, "customer_ids": list(customer_ids)}
     ).first()
     if stored is not None:
         return KnownStage(LifecycleStage(stored.stage), bool(stored.at_risk))

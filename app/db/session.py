@@ -119,6 +119,16 @@ def writing(session: Session) -> Session:
     return session
 
 
+def reading(engine: Engine) -> Connection:
+    """A connection for reads whose statements commit on their own: on PostgreSQL a read pays
+    no BEGIN and ROLLBACK round trips (each statement sees its own snapshot, as under READ
+    COMMITTED already); SQLite keeps its transaction (its reads take no round trip)."""
+    connection = engine.connect()
+    if engine.dialect.name == "postgresql":
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+    return connection
+
+
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions bound to ``engine``; objects stay readable after commit (no lazy reloads)."""
     return sessionmaker(bind=engine, expire_on_commit=False)
