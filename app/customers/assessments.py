@@ -37,7 +37,7 @@ from app.customers.service import (
 )
 from app.customers.stages import KnownStage, Risk, current_stage, refresh_stages
 from app.customers.tables import UNTAGGED_KEY
-from app.db.session import reading
+from app.db.session import reading, writing
 from app.errors import BatchTooLarge, InvalidInput, ModelUnavailable
 from app.scoring.assess import Options, TaskAssessment
 from app.scoring.manifest import Task
@@ -95,7 +95,7 @@ def note_risks(
         return
     with session_factory() as session:
         refresh_stages(
-            session.connection(),
+            writing(session).connection(),  # it reads the stages before it moves them
             tenant=tenant,
             customer_ids=sorted(risks),
             now=datetime.now(UTC),

@@ -70,6 +70,7 @@ from app.customers.schemas import (
 )
 from app.customers.stages import Transition, refresh_stages, sweep_stages
 from app.customers.tables import CustomerEvent
+from app.db.session import writing
 from app.errors import BatchTooLarge, DatabaseUnavailable, InvalidInput, NotFound
 from app.scoring.repository import TenantScope
 from app.security.pseudonyms import Pseudonymizer
@@ -218,6 +219,7 @@ def record_events(
     """Store the events not stored yet for ``tenant`` (one commit): with them, their
     customer-months' aggregates, the lifecycle stages they change, the re-assessments their
     material events call for and the need alerts the ``needs`` rules find; count the others."""
+    writing(session)  # it reads (stored ids, stages, trails) before it writes
     rows = event_rows(
         events,
         tenant=tenant,
