@@ -40,6 +40,7 @@ from app.casework.states import (
 from app.casework.tables import AlertAssignment, AssignmentEvent, Staff
 from app.config import Settings
 from app.customers.service import service_profile
+from app.db.session import writing
 from app.errors import NotFound
 from app.notifications.service import CASEWORK_DIGEST, CASEWORK_ROUTED, branch_recipient
 from app.scoring.repository import TenantScope
@@ -436,6 +437,7 @@ def route_new_alerts(
     """Close or accept assignments whose alert moved on, then route every open alert without
     one (of one tenant, or all). Safe to run concurrently: a second router's insert of the
     same alert is skipped."""
+    writing(session)  # it reads the open alerts before it assigns them
     summary = RoutingSummary()
     _follow_alerts(session, now=now, summary=summary, tenant=tenant)
     after = 0
