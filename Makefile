@@ -16,9 +16,9 @@ run: $(STAMP)
 	$(BIN)/cvm db upgrade
 	$(BIN)/cvm serve
 
-# Four workers on two cores: tests spend much of their time waiting (background threads'
-# polls, subprocesses, the broker, the browser), so two workers left the cores 40% idle
-# (471 s of pytest with 2 workers, 397 s with 4 on the same machine).
+# Three workers on two cores (measured with mypy beside them, fresh caches, one quiet machine:
+# 2 workers 353 s with the cores idle 55 s; 3 workers 346 s; 4 workers 371 s, both cores busy
+# throughout and each extra worker paying its own start-up and collection).
 # Lint and mypy run beside the tests (mypy from cold is a minute of one core, which the tests'
 # waits leave free); `make test` fails if any of the three fails.
 test: $(STAMP)
@@ -27,7 +27,7 @@ test: $(STAMP)
 # Bytecode is written even where the environment says not to (PYTHONDONTWRITEBYTECODE): the
 # CLI, writer and broker processes the tests start would otherwise each compile the app anew.
 pytest: $(STAMP)
-	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -n 4 --dist loadfile
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/pytest -n 3 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench migrations
