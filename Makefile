@@ -16,14 +16,14 @@ run: $(STAMP)
 	$(BIN)/cvm db upgrade
 	$(BIN)/cvm serve
 
-# Three workers on two cores (measured with mypy beside them, fresh caches, one quiet machine:
-# 2 workers 353 s with the cores idle 55 s; 3 workers 346 s; 4 workers 371 s, both cores busy
-# throughout and each extra worker paying its own start-up and collection).
-# Lint and mypy run beside the tests (mypy from cold is a minute of one core, which the tests'
-# waits leave free); `make test` fails if any of the three fails.
+# Lint and mypy run beside the tests instead of a minute before them (mypy from cold is a
+# minute of one core); `make test` fails if any of the three fails.
 test: $(STAMP)
 	$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck pytest
 
+# Three workers on two cores (measured with mypy beside them, fresh caches, one quiet machine:
+# 2 workers 353 s with the cores idle 55 s; 3 workers 346 s; 4 workers 371 s, both cores busy
+# throughout and each extra worker paying its own start-up and collection).
 # Bytecode is written even where the environment says not to (PYTHONDONTWRITEBYTECODE): the
 # CLI, writer and broker processes the tests start would otherwise each compile the app anew.
 pytest: $(STAMP)
