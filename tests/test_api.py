@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, select
 
-from app.http.app import create_app
+from app.http.app import _route_spec, api_routes, create_app
 from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
 from app.scoring.routes import SCORING_ROUTES
@@ -515,3 +515,10 @@ def test_readiness_names_model_versions_never_paths(
     assert models["prospect"] == "missing"
     assert all(v == "missing" or v.startswith("v") for v in models.values())
     assert str(models_dir) not in ready.text and str(tmp_path) not in ready.text
+
+
+def test_apps_share_their_routes_and_spec_generation() -> None:
+    """Building routes and generating the spec cost about a second an app; a process builds
+    them once (the suite makes hundreds of apps)."""
+    assert api_routes() is api_routes()
+    assert _route_spec("t", "1", None, "d") is _route_spec("t", "1", None, "d")

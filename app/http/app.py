@@ -92,7 +92,6 @@ def watch_event_queues(settings: Settings, metrics: Metrics) -> QueueDepthMonito
 
 
 @cache
-@cache
 def _route_spec(title: str, version: str, summary: str | None, description: str) -> dict[str, Any]:
     """FastAPI's spec of the shared routes (about a second of CPU to generate): once per
     process and metadata, copied by each app that serves it."""
@@ -105,6 +104,7 @@ def _route_spec(title: str, version: str, summary: str | None, description: str)
     )
 
 
+@cache
 def api_routes() -> tuple[BaseRoute, ...]:
     """Every domain's routes, built once per process and shared by each app it makes.
 
