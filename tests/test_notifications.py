@@ -640,8 +640,10 @@ def test_a_batch_longer_than_the_lease_is_renewed_and_sent_once_by_two_dispatche
     """500 messages, two dispatchers, a receiver that sleeps per request: each batch of 250
     lasts at least twice the lease, so without renewal the other dispatcher would claim and
     send the batch's tail again."""
-    count, batch_size, lease_s = 500, 250, 0.4
-    webhook.delay_s = 0.004
+    # A lease of a second: the renewal must come within it even on a machine whose cores the
+    # rest of the suite keeps busy (at 0.4 s a starved renewal lost claims, safely, in 1 run of 5).
+    count, batch_size, lease_s = 500, 250, 1.0
+    webhook.delay_s = 0.008
     assert batch_size * webhook.delay_s >= 2 * lease_s
     now = datetime.now(UTC)
     rows: list[OutboxRow] = [
