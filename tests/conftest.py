@@ -53,14 +53,18 @@ gc.set_threshold(50_000, 20, 20)
 # The modules that take longest, run first: `--dist loadfile` hands out modules in collection
 # order, and one of these started last would leave the other workers idle at the end.
 SLOWEST_FIRST = (
+    "test_fuzz.py",
+    "test_console_browser.py",
     "test_trail_features.py",
     "test_events.py",
     "test_cli.py",
+    "test_tier_movement.py",
     "test_modelops.py",
-    "test_fuzz.py",
+    "test_dask.py",
+    "test_consumer.py",
     "test_batch.py",
+    "test_real_data.py",
     "test_security.py",
-    "test_console_browser.py",
     "test_one_rule_set.py",
     "test_casework_reports.py",
     "test_notifications.py",
