@@ -35,6 +35,8 @@ from app.training.train import train_bundled
 from tests.db_support import (
     migrated_postgres_database,
     migrated_sqlite_database,
+    temporary_postgres_database,
+    temporary_sqlite_database,
 )
 
 # Start-up costs every app pays, paid hundreds of times a session here: the heap freeze's full
@@ -167,6 +169,18 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     factory = migrated_sqlite_database if request.param == "sqlite" else migrated_postgres_database
     with factory() as url:
         yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """An empty database of each kind, for the migrations' tests to build up themselves."""
+    temporary = (
+        temporary_postgres_database if request.param == "postgres" else temporary_sqlite_database
+    )
+    with temporary() as url:
+        engine = create_db_engine(url)
+        yield engine
+        engine.dispose()
 
 
 @pytest.fixture

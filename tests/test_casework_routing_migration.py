@@ -3,31 +3,15 @@ their records (and get an empty list of backups); the trail's trigger comes and 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from app.db import migrate
-from app.db.session import create_db_engine
-from tests.db_support import temporary_postgres_database, temporary_sqlite_database
 
 NOW = "2026-12-06 10:00:00+00:00"
 REVISION, PREVIOUS = "0014", "0013"
 TABLES = {"alert_assignment", "assignment_event", "do_not_contact", "contact_record"}
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest) -> Iterator[Engine]:
-    """An empty database of each kind."""
-    temporary = (
-        temporary_postgres_database if request.param == "postgres" else temporary_sqlite_database
-    )
-    with temporary() as url:
-        engine = create_db_engine(url)
-        yield engine
-        engine.dispose()
 
 
 def _staff(engine: Engine, staff_id: str) -> None:

@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from sqlalchemy import Engine, inspect, text
 
 from app.db import migrate
-from app.db.session import create_db_engine
-from tests.db_support import temporary_postgres_database, temporary_sqlite_database
 
 NOW = "2026-12-06 10:00:00+00:00"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest) -> Iterator[Engine]:
-    """An empty database of each kind."""
-    temporary = (
-        temporary_postgres_database if request.param == "postgres" else temporary_sqlite_database
-    )
-    with temporary() as url:
-        engine = create_db_engine(url)
-        yield engine
-        engine.dispose()
 
 
 def _fill(engine: Engine, customer: str) -> None:

@@ -4,15 +4,11 @@ one reason; down removes need alerts (and their assignments) and keeps churn one
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from app.db import migrate
-from app.db.session import create_db_engine
-from tests.db_support import temporary_postgres_database, temporary_sqlite_database
 
 NOW = "2026-12-06 10:00:00+00:00"
 REVISION, PREVIOUS = "0024", "0027"
@@ -33,18 +29,6 @@ ASSIGNMENT = (
     " routed_via, assigned_at, accept_by, updated_at) SELECT 't', id, customer_id, reason,"
     " 'assigned', 'n', 'central_queue', :now, :now, :now FROM alert WHERE reason = :reason"
 )
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest) -> Iterator[Engine]:
-    """An empty database of each kind."""
-    temporary = (
-        temporary_postgres_database if request.param == "postgres" else temporary_sqlite_database
-    )
-    with temporary() as url:
-        engine = create_db_engine(url)
-        yield engine
-        engine.dispose()
 
 
 def _execute(engine: Engine, sql: str, **params: str) -> None:

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import sqlalchemy.exc
 from sqlalchemy import Engine, inspect, text
 
 from app.db import migrate
-from app.db.session import create_db_engine
-from tests.db_support import temporary_postgres_database, temporary_sqlite_database
 
 NOW = "2026-12-06 10:00:00+00:00"
 TABLES = {"points_account", "points_entry", "gift_stock"}
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest) -> Iterator[Engine]:
-    """An empty database of each kind."""
-    temporary = (
-        temporary_postgres_database if request.param == "postgres" else temporary_sqlite_database
-    )
-    with temporary() as url:
-        engine = create_db_engine(url)
-        yield engine
-        engine.dispose()
 
 
 def _fill(engine: Engine) -> None:

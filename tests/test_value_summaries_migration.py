@@ -4,18 +4,13 @@ per-request reads gave), and the revision goes down and up again, on SQLite and 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.orm import Session
 
 from app.config import PROJECT_ROOT
 from app.db import migrate
-from app.db.session import create_db_engine
 from app.value.policy import load_policy
 from app.value.prospects import load_prospect_plan
-from tests.db_support import temporary_postgres_database, temporary_sqlite_database
 from tests.value_support import (
     assert_prospects_as_before,
     assert_pyramid_as_before,
@@ -26,18 +21,6 @@ from tests.value_support import (
 
 RESOURCES = PROJECT_ROOT / "app" / "resources"
 NEW_TABLES = {"tier_total", "tier_movement_month", "prospect", "prospect_segment"}
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database(request: pytest.FixtureRequest) -> Iterator[Engine]:
-    """An empty database of each kind."""
-    temporary = (
-        temporary_postgres_database if request.param == "postgres" else temporary_sqlite_database
-    )
-    with temporary() as url:
-        engine = create_db_engine(url)
-        yield engine
-        engine.dispose()
 
 
 def _counts(engine: Engine) -> dict[str, int]:
