@@ -5,6 +5,8 @@ monitoring endpoint on stored scores and its Prometheus gauges."""
 from __future__ import annotations
 
 import math
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +18,7 @@ from scipy.stats import chi2
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from app.db.session import IMMEDIATE_OPTION
 from app.modelops.monitoring import latest_run
 from app.modelops.psi import (
     FLOOR,
@@ -27,7 +30,7 @@ from app.modelops.psi import (
 from app.scoring.manifest import Manifest, Task
 from app.scoring.registry import ModelRegistry
 from app.scoring.repository import TenantScope
-from tests.conftest import customer_record
+from tests.conftest import ON_SQLITE_ONLY, customer_record
 
 
 def plain_psi(
@@ -191,3 +194,34 @@ def test_monitoring_endpoint_reports_each_feature_and_the_score(
             session, task=Task.CHURN, version=manifest.version, tenant=TenantScope(None)
         )
     assert stored is not None and stored.report.model_dump(mode="json") == body
+
+
+@ON_SQLITE_ONLY
+def test_a_run_is_stored_after_waiting_out_another_writer(
+    client: TestClient,
+    engine: Engine,
+    registry: ModelRegistry,
+    sample_rows: dict[str, pd.DataFrame],
+) -> None:
+    """The monitoring GET reads, then stores its run: on SQLite, with another writer committing
+    in between, a deferred transaction would fail (503); the GET takes the write lock first."""
+    model = registry.get(Task.CHURN)
+    assert model is not None
+    records = [customer_record(row, model.schema) for _, row in sample_rows["existing"].iterrows()]
+    assert client.post("/v1/churn/scores", json={"customers": records}).status_code == 200
+    holding = threading.Event()
+
+    def other_writer() -> None:
+        with engine.connect() as connection:
+            connection.execution_options(**{IMMEDIATE_OPTION: True})
+            connection.exec_driver_sql("UPDATE score SET source = source")  # holds the lock
+            holding.set()
+            time.sleep(0.5)
+            connection.commit()
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    holding.wait(5)
+    report = client.get("/v1/models/churn/monitoring")
+    thread.join(10)
+    assert report.status_code == 200, report.text

@@ -17,7 +17,7 @@ from app.campaigns.schemas import (
     PowerCheck,
 )
 from app.contact.routes import PolicyDep
-from app.http.deps import SessionDep, require
+from app.http.deps import RecordingSessionDep, SessionDep, require
 from app.security.audit import note
 from app.security.principal import Principal, Scope
 from app.value.routes import TierPolicyDep
@@ -131,7 +131,10 @@ def launch_campaign(
     responses={409: {"description": "Not launched yet", **PROBLEM}, **NOT_FOUND},
 )
 def campaign_report(
-    request: Request, session: SessionDep, caller: CampaignsReader, campaign_id: CampaignIdPath
+    request: Request,
+    session: RecordingSessionDep,
+    caller: CampaignsReader,
+    campaign_id: CampaignIdPath,
 ) -> CampaignReport:
     """Per arm customers, conversions and rate; lift with delta-method and bootstrap intervals;
     Qini and uplift by decile when model-targeted; cost per conversion."""
@@ -151,7 +154,10 @@ def campaign_report(
     },
 )
 def campaign_report_svg(
-    request: Request, session: SessionDep, caller: CampaignsReader, campaign_id: CampaignIdPath
+    request: Request,
+    session: RecordingSessionDep,
+    caller: CampaignsReader,
+    campaign_id: CampaignIdPath,
 ) -> Response:
     """The report as a chart: rate per arm with intervals, uplift by decile."""
     note(request, campaign=campaign_id)

@@ -46,6 +46,14 @@ def get_session(request: Request) -> Iterator[Session]:
 READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 
 
+def get_recording_session(request: Request) -> Iterator[Session]:
+    """A session for a GET that stores what it computed (a monitoring run, a campaign report,
+    prospects' segments): declared a writer like any POST, since on SQLite a read that turns
+    into a write fails at once when another writer committed in between."""
+    with request.app.state.session_factory() as session:
+        yield writing(session)
+
+
 def get_principal(request: Request) -> Principal:
     """The client the security middleware authenticated."""
     principal: Principal | None = request.scope["state"].get("principal")
@@ -118,6 +126,7 @@ async def get_request_id(request: Request) -> str:
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 SessionDep = Annotated[Session, Depends(get_session)]
+RecordingSessionDep = Annotated[Session, Depends(get_recording_session)]
 ScoresWriter = Annotated[Principal, Depends(require(Scope.SCORES_WRITE))]
 ScoresReader = Annotated[Principal, Depends(require(Scope.SCORES_READ))]
 AlertsReader = Annotated[Principal, Depends(require(Scope.ALERTS_READ))]

@@ -9,7 +9,15 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import AwareDatetime
 
 from app.errors import NotFound
-from app.http.deps import Admin, RegistryDep, SessionDep, SettingsDep, TenantDep, require
+from app.http.deps import (
+    Admin,
+    RecordingSessionDep,
+    RegistryDep,
+    SessionDep,
+    SettingsDep,
+    TenantDep,
+    require,
+)
 from app.modelops import backtest as backtests
 from app.modelops import service
 from app.modelops.cards import data_notice, trained_on_synthetic_data
@@ -188,7 +196,7 @@ def served_as_of(
 )
 def monitoring(
     task: Task,
-    session: SessionDep,
+    session: RecordingSessionDep,
     tenant: TenantDep,
     request: Request,
     version: Annotated[

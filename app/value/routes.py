@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
-from app.http.deps import PseudonymizerDep, SessionDep, require
+from app.http.deps import PseudonymizerDep, RecordingSessionDep, SessionDep, require
 from app.security.audit import note
 from app.security.principal import Principal, Scope
 from app.security.text import ID_PATTERN
@@ -75,7 +75,7 @@ ProspectPlanDep = Annotated[ProspectPlan, Depends(get_prospect_plan)]
 )
 def list_prospects(
     request: Request,
-    session: SessionDep,
+    session: RecordingSessionDep,
     caller: CustomersReader,
     plan: ProspectPlanDep,
     segment: Annotated[
