@@ -34,8 +34,16 @@ def test_the_policy_features_reproduce_the_tier_of_record(prepared_book: pd.Data
     assert np.mean(rebuilt == policy.loc[rows, "tier_now"].to_numpy()) > 0.99
 
 
-def test_tier_movement_beats_persistence(book_path: Path, tmp_path: Path) -> None:
-    manifest = train_tier_movement(book_path=book_path, out_dir=tmp_path / "mv" / "1", options=FAST)
+@pytest.fixture(scope="module")
+def movement_model(book_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tier-movement model trained once for the module (a training is seconds of CPU)."""
+    out = tmp_path_factory.mktemp("movement") / "mv" / "1"
+    train_tier_movement(book_path=book_path, out_dir=out, options=FAST)
+    return out
+
+
+def test_tier_movement_beats_persistence(movement_model: Path) -> None:
+    manifest = Manifest.load(movement_model)
     assert manifest.classes == MOVEMENTS and manifest.target == TARGET
     assert manifest.extras["synthetic"] is True
     assert "SYNTHETIC" in manifest.data_source
@@ -51,20 +59,20 @@ def test_tier_movement_beats_persistence(book_path: Path, tmp_path: Path) -> Non
     assert test["log_loss_gain_over_persistence"]["ci_low"] > 0
     assert test["macro_f1"] > test["persistence"]["macro_f1"]
     # The model loads through the ordinary scoring code.
-    model = ScoringModel.load(tmp_path / "mv" / "1")
+    model = ScoringModel.load(movement_model)
     rows = np.zeros((3, len(model.schema.features)))
     assert model.predict(rows).shape == (3, len(MOVEMENTS))
 
 
 def test_a_tier_movement_model_cannot_take_the_tier_slot(
-    book_path: Path, models_dir: Path, tmp_path: Path
+    movement_model: Path, models_dir: Path, tmp_path: Path
 ) -> None:
     """The API returns a tier: a down/stay/up model put under models/tier stops the start-up
     instead of answering tiers with movements."""
     served = tmp_path / "models"
     for task in ("churn", "recommendation", "prospect", "tier"):
         shutil.copytree(models_dir / task, served / task)
-    train_tier_movement(book_path=book_path, out_dir=served / "tier" / "2", options=FAST)
+    shutil.copytree(movement_model, served / "tier" / "2")
     with pytest.raises(ModelLoadError, match="trained, not served"):
         ModelRegistry.load(served)
     assert ModelRegistry.load(served, pinned={"tier": "1"}).version(Task.TIER) == "1"
