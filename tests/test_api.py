@@ -1,4 +1,7 @@
-"""The scoring API end to end, on SQLite and on PostgreSQL."""
+"""The scoring API end to end, on SQLite and on PostgreSQL.
+
+What is stored runs on both, the features' JSON included (a missing optional value, a whole
+float); refusals and computations that store only incidentally run on SQLite alone."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,9 @@ from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
 from app.scoring.routes import SCORING_ROUTES
 from app.scoring.tables import Score
-from tests.conftest import customer_record, models_without
+from app.security.api_keys import create_client
+from app.security.principal import ALL_SCOPES
+from tests.conftest import ON_SQLITE_ONLY, customer_record, models_without
 
 
 def records(
@@ -44,6 +50,20 @@ def stored_count(database_url: str, customer_ids: list[str]) -> int:
             )
     finally:
         engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def refusing_client(
+    database_url: str, settings_for: Any, registry: ModelRegistry
+) -> Iterator[TestClient]:
+    """The `client` fixture's app, built once for the module's parametrised refusals: each
+    of their calls is refused before anything is stored, so one app serves every case."""
+    app = create_app(
+        settings_for(database_url, auth_enabled=True, rescore_in_process=True), registry
+    )
+    _, key = create_client(app.state.engine, name="tests", scopes=sorted(ALL_SCOPES))
+    with TestClient(app, headers={"X-API-Key": key}) as test_client:
+        yield test_client
 
 
 def assert_explanation_adds_up(explanation: dict[str, Any]) -> None:
@@ -89,6 +109,7 @@ def test_churn_scores_are_explained_and_saved(
     assert stored_count(database_url, [c["customer_id"] for c in customers]) == 5
 
 
+@ON_SQLITE_ONLY
 def test_columns_layout_gives_the_same_scores(
     client: TestClient, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
 ) -> None:
@@ -100,6 +121,7 @@ def test_columns_layout_gives_the_same_scores(
     assert all(r["explanation"] is None for r in by_columns["results"])
 
 
+@ON_SQLITE_ONLY
 def test_exact_treeshap_on_request(
     client: TestClient, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
 ) -> None:
@@ -110,6 +132,7 @@ def test_exact_treeshap_on_request(
         assert_explanation_adds_up(result["explanation"])
 
 
+@ON_SQLITE_ONLY
 def test_tier_scores_with_plan_and_next_tier_gap(
     client: TestClient, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
 ) -> None:
@@ -134,6 +157,7 @@ def test_tier_scores_with_plan_and_next_tier_gap(
     assert gaps > 0, "no customer got a next-tier gap"
 
 
+@ON_SQLITE_ONLY
 def test_recommendations_skip_held_products_and_apply_rules(
     client: TestClient, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
 ) -> None:
@@ -171,6 +195,7 @@ def test_cold_start_recommendations_from_demographics_only(client: TestClient) -
     assert "business_loan" not in offered
 
 
+@ON_SQLITE_ONLY
 def test_prospect_scores(
     client: TestClient, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
 ) -> None:
@@ -216,6 +241,7 @@ def test_assessment_by_lifecycle(
     assert "income" in {e["field"] for e in response.json()["errors"]}
 
 
+@ON_SQLITE_ONLY
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -228,7 +254,7 @@ def test_assessment_by_lifecycle(
     ],
 )
 def test_invalid_fields_are_named(
-    client: TestClient,
+    refusing_client: TestClient,
     sample_rows: dict[str, pd.DataFrame],
     registry: ModelRegistry,
     database_url: str,
@@ -237,13 +263,14 @@ def test_invalid_fields_are_named(
 ) -> None:
     customers = records(sample_rows["existing"], registry, Task.CHURN, 2)
     customers[0].update(change)
-    response = client.post("/v1/churn/scores", json={"customers": customers})
+    response = refusing_client.post("/v1/churn/scores", json={"customers": customers})
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
     assert field in {e["field"] for e in response.json()["errors"]}
     assert stored_count(database_url, [c["customer_id"] for c in customers]) == 0
 
 
+@ON_SQLITE_ONLY
 def test_missing_field_nan_and_infinity_are_rejected(
     client: TestClient, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
 ) -> None:
@@ -268,6 +295,7 @@ def test_missing_field_nan_and_infinity_are_rejected(
     assert response.status_code == 422
 
 
+@ON_SQLITE_ONLY
 def test_malformed_json_and_wrong_layouts(client: TestClient) -> None:
     response = client.post(
         "/v1/churn/scores", content=b"{not json", headers={"content-type": "application/json"}
@@ -281,6 +309,7 @@ def test_malformed_json_and_wrong_layouts(client: TestClient) -> None:
     assert response.status_code == 422
 
 
+@ON_SQLITE_ONLY
 def test_batch_limit_is_413(
     database_url: str,
     settings_for: Any,
@@ -315,6 +344,7 @@ def test_history_filters_and_pages(
     assert client.get(url, params={"limit": 0}).status_code == 422
 
 
+@ON_SQLITE_ONLY
 def test_models_and_model_card(client: TestClient) -> None:
     models = client.get("/v1/models").json()
     assert {m["task"] for m in models} == {t.value for t in Task}
@@ -335,6 +365,7 @@ def test_models_and_model_card(client: TestClient) -> None:
     assert client.get("/v1/models/unknown").status_code == 422
 
 
+@ON_SQLITE_ONLY
 def test_health_ready_metrics_and_docs(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
@@ -365,6 +396,7 @@ def test_health_ready_metrics_and_docs(client: TestClient) -> None:
     assert uuid.UUID(response.headers["x-request-id"]).version == 7
 
 
+@ON_SQLITE_ONLY
 def test_request_ids_the_service_generates_are_time_ordered_uuids(client: TestClient) -> None:
     # UUIDv7: stored scores' request ids then append to their index instead of scattering.
     first = client.get("/healthz").headers["x-request-id"]
@@ -413,6 +445,7 @@ def test_integer_fields_take_whole_floats_and_name_a_fraction(
     assert stored_count(database_url, [c["customer_id"] for c in customers]) == 4
 
 
+@ON_SQLITE_ONLY
 def test_a_body_with_customers_and_columns_is_refused_saying_so(
     client: TestClient, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
 ) -> None:
@@ -432,6 +465,7 @@ def test_a_body_with_customers_and_columns_is_refused_saying_so(
     assert neither.json()["errors"][0]["type"] == "customers_or_columns"
 
 
+@ON_SQLITE_ONLY
 @pytest.mark.parametrize(
     ("method", "url", "unknown"),
     [
@@ -445,9 +479,9 @@ def test_a_body_with_customers_and_columns_is_refused_saying_so(
     ],
 )
 def test_unknown_query_parameters_are_named_in_a_422(
-    client: TestClient, method: str, url: str, unknown: list[str]
+    refusing_client: TestClient, method: str, url: str, unknown: list[str]
 ) -> None:
-    answer = client.request(method, url, json={} if method == "POST" else None)
+    answer = refusing_client.request(method, url, json={} if method == "POST" else None)
     assert answer.status_code == 422, answer.text
     problem = answer.json()
     assert answer.headers["content-type"] == "application/problem+json"
@@ -455,6 +489,7 @@ def test_unknown_query_parameters_are_named_in_a_422(
     assert all(repr(name) in problem["detail"] for name in unknown)
 
 
+@ON_SQLITE_ONLY
 def test_declared_query_parameters_still_pass(client: TestClient) -> None:
     assert client.get("/v1/alerts?status=open&limit=5&offset=0").status_code == 200
     assert client.get("/v1/customers/X/scores?task=churn&limit=2").status_code == 200
@@ -497,6 +532,7 @@ def test_columns_without_the_optional_columns_are_scored(
         assert len(response.json()["results"]) == 3
 
 
+@ON_SQLITE_ONLY
 def test_readiness_names_model_versions_never_paths(
     database_url: str, settings_for: Any, models_dir: Any, tmp_path: Path
 ) -> None:

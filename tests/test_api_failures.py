@@ -21,7 +21,7 @@ from app.casework.schemas import STAFF_EXAMPLE
 from app.http.app import create_app
 from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
-from tests.conftest import customer_record, models_without
+from tests.conftest import ON_SQLITE_ONLY, customer_record, models_without
 from tests.db_support import TcpProxy, migrated_postgres_database, migrated_sqlite_file
 
 
@@ -115,6 +115,7 @@ def test_broken_database_gives_503_and_writes_nothing(
     engine.dispose()
 
 
+@ON_SQLITE_ONLY
 def test_missing_model_gives_503(
     database_url: str,
     settings_for: Any,

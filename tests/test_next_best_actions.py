@@ -41,7 +41,7 @@ from app.scoring.policies import EligibilityRules, RuleStage
 from app.scoring.registry import ModelRegistry
 from app.training.synth import generate_book
 from app.training.trail import book_events
-from tests.conftest import customer_record
+from tests.conftest import ON_SQLITE_ONLY, customer_record
 
 SHIPPED = Path(__file__).parents[1] / "app" / "resources" / "next_best_action.json"
 ELIGIBILITY = Path(__file__).parents[1] / "app" / "resources" / "eligibility.json"
@@ -465,6 +465,7 @@ def test_the_contact_policy_applies_per_channel(client: TestClient, book: pd.Dat
     )
 
 
+@ON_SQLITE_ONLY
 def test_unknown_customers_and_bad_parameters(client: TestClient, book: pd.DataFrame) -> None:
     missing = client.get("/v1/customers/nobody-here/next-best-actions")
     assert missing.status_code == 404
@@ -499,6 +500,7 @@ def test_evidence_is_counted_from_campaign_responses(
     assert card.responses >= 8 and card.accepted >= 3
 
 
+@ON_SQLITE_ONLY
 def test_the_operation_is_documented_with_an_example(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     operation = spec["paths"]["/v1/customers/{customer_id}/next-best-actions"]["get"]

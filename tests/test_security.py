@@ -40,7 +40,7 @@ from app.security.strict_json import duplicate_key, nesting_exceeds
 from app.security.tables import IdempotencyRecord, api_client_table
 from app.security.tokens import TokenVerifier
 from tests.alert_support import settle_alerts
-from tests.conftest import customer_record
+from tests.conftest import ON_SQLITE_ONLY, customer_record
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 SECRET = "pseudonymisation-secret-for-tests-0123456789"
@@ -93,6 +93,7 @@ def stored_ids(engine: Engine) -> set[str]:
 # --- authentication and scopes -------------------------------------------------------------
 
 
+@ON_SQLITE_ONLY
 def test_no_or_bad_credential_is_401_and_says_nothing_more(make_app: Any) -> None:
     app, client = make_app()
     _, revoked_key = create_client(app.state.engine, name="old", scopes=["scores:read"])
@@ -126,6 +127,7 @@ def _client_id(app: FastAPI, key: str) -> str:
     return principal.client_id
 
 
+@ON_SQLITE_ONLY
 def test_health_docs_and_metrics_are_public_by_default(make_app: Any) -> None:
     app, client = make_app()
     assert client.get("/healthz").status_code == 200
@@ -162,6 +164,19 @@ def test_health_docs_and_metrics_are_public_by_default(make_app: Any) -> None:
     assert client.get("/metrics", headers=admin).status_code == 200
 
 
+@pytest.fixture(scope="module")
+def scopes_app(
+    database_url: str, settings_for: Any, registry: ModelRegistry
+) -> Iterator[tuple[FastAPI, TestClient]]:
+    """One authenticated app for every operation's scope check: each check makes keys of its
+    own and stores nothing (its calls are refused or carry an empty body), so one app serves
+    them all instead of one app each."""
+    app = create_app(settings_for(database_url, auth_enabled=True), registry)
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        yield app, test_client
+
+
+@ON_SQLITE_ONLY
 @pytest.mark.parametrize(
     ("method", "path", "scope"),
     [
@@ -180,8 +195,10 @@ def test_health_docs_and_metrics_are_public_by_default(make_app: Any) -> None:
         ("GET", "/v1/models/churn", "models:read"),
     ],
 )
-def test_each_operation_needs_its_scope(make_app: Any, method: str, path: str, scope: str) -> None:
-    app, client = make_app()
+def test_each_operation_needs_its_scope(
+    scopes_app: tuple[FastAPI, TestClient], method: str, path: str, scope: str
+) -> None:
+    app, client = scopes_app
     others = sorted(ALL_SCOPES - {scope})
     refused = client.request(method, path, headers=key_for(app.state.engine, *others), json={})
     assert refused.status_code == 403
@@ -191,6 +208,7 @@ def test_each_operation_needs_its_scope(make_app: Any, method: str, path: str, s
     assert allowed.status_code not in (401, 403)
 
 
+@ON_SQLITE_ONLY
 def test_bearer_api_key_and_revocation_within_the_cache_ttl(
     make_app: Any, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
 ) -> None:
@@ -257,6 +275,7 @@ def token(private: rsa.RSAPrivateKey, kid: str | None = None, **claims: Any) -> 
     return {"Authorization": f"Bearer {encoded}"}
 
 
+@ON_SQLITE_ONLY
 @pytest.mark.parametrize("source", ["pem", "jwks"])
 def test_bearer_jwts_are_verified(
     make_app: Any, issuer_key: tuple[rsa.RSAPrivateKey, Path, Path], source: str
@@ -282,6 +301,7 @@ def test_bearer_jwts_are_verified(
         assert client.get("/v1/models", headers=bad).status_code == 401
 
 
+@ON_SQLITE_ONLY
 def test_a_token_without_a_tenant_is_refused_while_tenants_are_isolated(
     make_app: Any, issuer_key: tuple[rsa.RSAPrivateKey, Path, Path]
 ) -> None:
@@ -492,6 +512,7 @@ def test_alert_owner_is_the_caller_and_writers_see_only_what_changed(
 # --- abuse and bad input -------------------------------------------------------------------
 
 
+@ON_SQLITE_ONLY
 def test_local_rate_limit_answers_429_with_retry_after(make_app: Any) -> None:
     app, client = make_app(rate_limit_per_s=1, rate_limit_burst=2)
     headers = key_for(app.state.engine, "models:read")
@@ -513,6 +534,7 @@ def test_per_client_rate_override() -> None:
     assert limiter.wait_s("a", rate_per_s=10, burst=1) == 0
 
 
+@ON_SQLITE_ONLY
 def test_redis_limits_are_shared_across_replicas(make_app: Any) -> None:
     first, one = make_app(redis_url=REDIS_URL, rate_limit_per_s=0.5, rate_limit_burst=3)
     _, two = make_app(redis_url=REDIS_URL, rate_limit_per_s=0.5, rate_limit_burst=3)
@@ -522,6 +544,7 @@ def test_redis_limits_are_shared_across_replicas(make_app: Any) -> None:
     assert first.state.settings.redis_url is not None
 
 
+@ON_SQLITE_ONLY
 def test_redis_down_falls_back_to_local_limits(
     make_app: Any, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -537,6 +560,7 @@ def test_redis_down_falls_back_to_local_limits(
 JSON = {"Content-Type": "application/json"}
 
 
+@ON_SQLITE_ONLY
 def test_body_limit_with_and_without_content_length(make_app: Any) -> None:
     app, client = make_app(max_body_bytes=2048)
     headers = {**key_for(app.state.engine), **JSON}
@@ -554,6 +578,7 @@ def test_body_limit_with_and_without_content_length(make_app: Any) -> None:
     assert alert_body.status_code == 413
 
 
+@ON_SQLITE_ONLY
 def test_duplicate_keys_are_refused_and_nothing_is_saved(
     make_app: Any, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry, engine: Engine
 ) -> None:
@@ -589,6 +614,7 @@ def test_duplicate_key_detection(body: bytes, duplicate: str | None) -> None:
     assert duplicate_key(body) == duplicate
 
 
+@ON_SQLITE_ONLY
 def test_slow_requests_time_out(make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import anyio
 
@@ -679,6 +705,7 @@ def nested(depth: int) -> bytes:
     return b'{"customers":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
 
 
+@ON_SQLITE_ONLY
 def test_deeply_nested_json_is_refused_with_400(make_app: Any) -> None:
     """Issue 20 item 8: 254 to 1,023 levels answered 500 (orjson writes no deeper than 254)."""
     app, client = make_app()
@@ -725,6 +752,7 @@ def test_nesting_depth_is_measured_exactly(body: bytes) -> None:
     assert duplicate_key(nested(500)) is None  # no longer raises beyond orjson's 254 levels
 
 
+@ON_SQLITE_ONLY
 def test_json_bodies_need_a_json_content_type(
     make_app: Any, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry, engine: Engine
 ) -> None:
@@ -752,6 +780,7 @@ def test_json_bodies_need_a_json_content_type(
         assert client.post("/v1/churn/scores", content=body, headers=headers).status_code == 200
 
 
+@ON_SQLITE_ONLY
 def test_oversized_headers_are_refused_with_431(make_app: Any) -> None:
     """Issue 20 item 15: no limit on header size; public paths are limited too."""
     app, client = make_app(max_header_bytes=8192)
@@ -930,6 +959,7 @@ def test_pseudonyms_are_keyed_per_tenant_and_old_rows_still_read(
     assert client.get(f"/v1/customers/{cid}/scores", headers=bank_b).json()["total"] == 1
 
 
+@ON_SQLITE_ONLY
 def test_audit_line_says_who_what_and_the_outcome(
     make_app: Any,
     sample_rows: dict[str, pd.DataFrame],
@@ -986,6 +1016,7 @@ def test_audit_line_says_who_what_and_the_outcome(
     assert key not in text and str(customers[0]["age"]) not in [str(v) for v in scored.values()]
 
 
+@ON_SQLITE_ONLY
 def test_security_headers_and_cors(make_app: Any) -> None:
     _, client = make_app()
     for response in (client.get("/healthz"), client.get("/v1/models")):
@@ -1034,6 +1065,7 @@ def test_cli_creates_lists_and_revokes_clients(
         get_settings.cache_clear()
 
 
+@ON_SQLITE_ONLY
 def test_docs_load_offline_without_a_key(make_app: Any) -> None:
     """The docs page and everything it loads come from this service, without a credential."""
     _, client = make_app()
