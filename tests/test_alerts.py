@@ -52,7 +52,7 @@ from app.scoring.tables import Score, score_table
 from app.security.api_keys import create_client
 from app.security.principal import ALL_SCOPES
 from tests.alert_support import settle_alerts
-from tests.conftest import customer_record
+from tests.conftest import ON_SQLITE_ONLY, customer_record
 from tests.db_support import TcpProxy, migrated_postgres_database
 
 ACTIONS_FILE = PROJECT_ROOT / "app" / "resources" / "retention_actions.json"
@@ -547,6 +547,7 @@ def test_lifecycle_transitions_keep_history_and_refuse_illegal_moves(
     assert last["request_id"] == held["request_id"]
 
 
+@ON_SQLITE_ONLY
 def test_lifecycle_requests_are_validated(
     alert_client: TestClient, churn_cases: ChurnCases
 ) -> None:

@@ -29,6 +29,7 @@ from app.cli.main import cli
 from app.http.app import create_app
 from app.scoring.registry import ModelRegistry
 from tests.casework_support import new_key, put_staff
+from tests.conftest import ON_SQLITE_ONLY
 
 GOLDEN = Path(__file__).parent / "golden" / "casework_reports.json"
 FIRST_HALF_2026 = {"from": "2026-01-01", "to": "2026-07-01"}
@@ -179,9 +180,10 @@ class Reports:
         return self.client.get(path, params=params, headers=self.keys[who])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def reports(database_url: str, settings_for: Any, registry: ModelRegistry) -> Iterator[Reports]:
-    """The UK DISP profile; the seeded tenant, and another tenant with one complaint."""
+    """The UK DISP profile; the seeded tenant, and another tenant with one complaint. Seeded
+    once per database for the module: the tests only read it (or add keys of their own)."""
     settings = settings_for(database_url, auth_enabled=True, casework_profile="uk_disp")
     app = create_app(settings, registry)
     tenant, other = (f"bank-{uuid.uuid4().hex[:8]}" for _ in range(2))
@@ -267,6 +269,7 @@ def test_staff_outside_cross_branch_roles_report_on_their_branch_only(reports: R
     assert response.status_code == 403
 
 
+@ON_SQLITE_ONLY
 @pytest.mark.parametrize(
     ("params", "field"),
     [
@@ -284,6 +287,7 @@ def test_a_bad_return_query_is_a_422_naming_the_field(
     assert response.status_code == 422 and field in response.text, response.text
 
 
+@ON_SQLITE_ONLY
 @pytest.mark.parametrize(
     ("params", "field"),
     [
@@ -388,6 +392,7 @@ def test_the_report_operations_survive_fuzzing(reports: Reports) -> None:
     assert 200 in statuses and all(status < 500 for status in statuses), statuses
 
 
+@ON_SQLITE_ONLY
 @pytest.mark.parametrize("path", ["/v1/reports/casework", "/v1/reports/complaints-return"])
 def test_reports_need_a_credential_with_casework_read(reports: Reports, path: str) -> None:
     params = {"half": "2026H1"} if path.endswith("return") else {}

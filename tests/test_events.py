@@ -1,4 +1,5 @@
-"""Event intake: POST /v1/events and a customer's events, on SQLite and PostgreSQL."""
+"""Event intake: POST /v1/events and a customer's events, on SQLite and PostgreSQL (refusals
+decided before anything is stored, on SQLite alone)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from app.http.app import create_app
 from app.scoring.registry import ModelRegistry
 from app.security.api_keys import create_client
 from app.security.pseudonyms import Pseudonymizer
+from tests.conftest import ON_SQLITE_ONLY
 
 SECRET = "s" * 40
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -258,6 +260,7 @@ def bad_events(prefix: str) -> dict[str, tuple[dict[str, Any], str]]:
     }
 
 
+@ON_SQLITE_ONLY
 @pytest.mark.parametrize(
     "case",
     [
@@ -284,6 +287,7 @@ def test_a_bad_event_is_named_and_nothing_of_the_call_is_stored(
     assert count(engine, prefix) == 0
 
 
+@ON_SQLITE_ONLY
 def test_every_bad_event_of_a_call_is_listed(
     client: TestClient, engine: Engine, prefix: str
 ) -> None:
@@ -312,6 +316,7 @@ def test_a_whole_float_is_an_integer_and_a_fraction_is_refused(
     assert [row.payload["age"] for row in stored(engine, prefix)] == [41]
 
 
+@ON_SQLITE_ONLY
 def test_bad_columns_name_the_column_and_row(
     client: TestClient, engine: Engine, prefix: str
 ) -> None:
@@ -342,6 +347,7 @@ def test_bad_columns_name_the_column_and_row(
     assert count(engine, prefix) == 0
 
 
+@ON_SQLITE_ONLY
 def test_layouts_and_limits(make_app: Any, engine: Engine, prefix: str) -> None:
     app, client = make_app(max_events_per_call=3)
     headers = key_for(app, "events:write")
@@ -358,6 +364,7 @@ def test_layouts_and_limits(make_app: Any, engine: Engine, prefix: str) -> None:
     assert count(engine, prefix) == 0
 
 
+@ON_SQLITE_ONLY
 def test_each_operation_needs_its_scope(make_app: Any) -> None:
     app, client = make_app()
     body = {"events": [transaction(f"s-{uuid.uuid4().hex}")]}

@@ -78,7 +78,7 @@ from app.scoring.registry import ModelRegistry
 from app.scoring.repository import AlertCandidateRow, insert_alert_candidates
 from app.security.api_keys import create_client
 from app.security.principal import ALL_SCOPES
-from tests.conftest import customer_record
+from tests.conftest import ON_SQLITE_ONLY, customer_record
 
 SECRET = "webhook-s3cret"
 SENDER = "cvm@bank.example"
@@ -973,6 +973,9 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
+# The subject is the SMTP session (STARTTLS, login, certificates): the outbox under it is the
+# same as in the delivery tests above, which run on both databases.
+@ON_SQLITE_ONLY
 # aiosmtpd itself sets the deprecated attribute after a successful login.
 @pytest.mark.filterwarnings("ignore:Session.login_data is deprecated:DeprecationWarning")
 def test_smtp_with_starttls_and_authentication(
