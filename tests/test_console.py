@@ -41,6 +41,7 @@ from app.scoring.registry import ModelRegistry
 from app.scoring.repository import TenantScope
 from app.security.api_keys import create_client
 from app.value.policy import Measure
+from tests.conftest import ON_SQLITE_ONLY
 from tests.console_support import (
     CHEAP_HASHING,
     PASSWORD,
@@ -83,6 +84,7 @@ def tenant() -> str:
     return f"bank-{uuid.uuid4().hex[:8]}"
 
 
+@ON_SQLITE_ONLY
 def test_unauthenticated_requests_go_to_the_login_page(browser: TestClient) -> None:
     assert str(browser.get("/console/").url).endswith("/console/login")
     for path in ("/console/queue", "/console/customers/C-1"):
@@ -116,6 +118,7 @@ def test_one_message_for_unknown_and_wrong_and_a_lockout(browser: TestClient, te
     assert "cvm_console" not in locked.cookies
 
 
+@ON_SQLITE_ONLY
 def test_forged_and_empty_tokens_are_refused(browser: TestClient, tenant: str) -> None:
     add_staff(browser.app, tenant=tenant, staff_id="rm-1", roles=["relationship_manager"])  # type: ignore[arg-type]
     browser.get("/console/login")  # sets the double-submit cookie

@@ -27,6 +27,7 @@ from app.http.app import create_app
 from app.scoring.registry import ModelRegistry
 from app.security.api_keys import create_client
 from app.security.principal import ALL_SCOPES
+from tests.conftest import ON_SQLITE_ONLY
 from tests.console_support import CHEAP_HASHING, add_staff, csrf_of, log_in
 from tests.test_campaigns import Bank, book, respond
 
@@ -118,6 +119,7 @@ def test_every_campaign_word_from_data_has_its_label() -> None:
     assert set(labels.ARMS) == {a.value for a in Arm}
 
 
+@ON_SQLITE_ONLY
 def test_roles_decide_who_sees_the_campaigns_pages(console_app: TestClient, tenant: str) -> None:
     app: Any = console_app.app
     for staff_id, role, sees in (

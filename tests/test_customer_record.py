@@ -21,6 +21,7 @@ from app.training.synth import generate_book
 from app.training.trail import book_events
 from tests.alert_support import settle_alerts
 from tests.casework_support import new_key, put_staff
+from tests.conftest import ON_SQLITE_ONLY
 
 
 @dataclass
@@ -137,6 +138,7 @@ def test_the_360_shows_the_policy_tier_with_its_gaps_and_the_points_balance(
     assert prospect["points"] is None
 
 
+@ON_SQLITE_ONLY
 def test_every_view_is_audited(record: Record, monkeypatch: pytest.MonkeyPatch) -> None:
     lines: list[dict[str, Any]] = []
 
@@ -173,6 +175,7 @@ def test_the_360_is_tenant_isolated_and_needs_its_scope(record: Record) -> None:
     assert missing.status_code == 404 and missing.json()["code"] == "customer_not_found"
 
 
+@ON_SQLITE_ONLY
 def test_the_documented_example_is_a_valid_view(record: Record) -> None:
     spec = record.client.get("/openapi.json", headers=record.key).json()
     (example,) = spec["components"]["schemas"]["CustomerView"]["examples"]

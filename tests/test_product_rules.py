@@ -17,7 +17,7 @@ from app.http.app import create_app
 from app.scoring.manifest import Task
 from app.scoring.policies import EligibilityRules, InvalidRules, ProductRule, RiskLevel
 from app.scoring.registry import ModelRegistry
-from tests.conftest import customer_record
+from tests.conftest import ON_SQLITE_ONLY, customer_record
 
 SHIPPED = Path(__file__).parents[1] / "app" / "resources" / "eligibility.json"
 PRODUCTS = ["fund", "brokerage", "loan", "premier_card"]
@@ -97,6 +97,7 @@ def test_the_service_refuses_to_start_on_a_bad_rule(tmp_path: Path, settings_for
 RISK_RATED = {"investment_fund", "brokerage", "pension"}
 
 
+@ON_SQLITE_ONLY
 def test_recommendations_offer_risk_rated_products_only_to_suitable_profiles(
     client: TestClient, sample_rows: dict[str, pd.DataFrame], registry: ModelRegistry
 ) -> None:

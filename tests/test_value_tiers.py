@@ -30,6 +30,7 @@ from app.value.policy import (
     parse_policy,
 )
 from app.value.tables import TierMovement
+from tests.conftest import ON_SQLITE_ONLY
 from tests.value_support import assert_pyramid_as_before
 
 DEFAULT = Path(__file__).parents[1] / "app" / "resources" / "tier_policy.json"
@@ -305,6 +306,7 @@ def test_the_tier_of_a_customer_and_re_tiering_the_book(
     assert rows[-1].policy_version == "2027-01" and rows[-1].month == "2026-04"
 
 
+@ON_SQLITE_ONLY
 def test_an_invalid_policy_file_changes_nothing(database_url: str, tmp_path: Path) -> None:
     data = raw_policy()
     data["tiers"][3]["cutoffs"]["relationship_balance"] = 1
