@@ -1,7 +1,8 @@
 """Shared fixtures: a small synthetic book, tiny models trained from it, and real databases.
 
-Every API test runs twice: on a SQLite file and on a throw-away PostgreSQL database, both
-built by running the real Alembic migrations.
+A test of what is stored runs twice: on a SQLite file and on a throw-away PostgreSQL database,
+both at the real Alembic migrations' head; a test whose subject is decided before anything is
+stored runs on SQLite alone (``ON_SQLITE_ONLY``).
 """
 
 from __future__ import annotations

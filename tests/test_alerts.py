@@ -879,9 +879,11 @@ def _an_alert_opens_by_itself(alert_client: TestClient, churn_cases: ChurnCases)
         items: list[Any] = page["items"]
         return items
 
+    # The wait includes a processor child's start (it imports the app): on a loaded 2-core
+    # machine that alone passed 10 s. The bound is for a processor that never opens one.
     while not listed():
         waited = time.monotonic() - started
-        assert waited < 10, f"no alert after {waited:.1f} s; {pending_candidates(engine)} pending"
+        assert waited < 30, f"no alert after {waited:.1f} s; {pending_candidates(engine)} pending"
         time.sleep(0.05)
 
 
