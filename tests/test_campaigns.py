@@ -23,6 +23,7 @@ from app.contact.service import ContactPolicy
 from app.contact.states import ContactChannel, ContactOutcome, ContactPurpose
 from app.contact.tables import ContactRecord, DoNotContact
 from app.customers.tables import CustomerStage
+from app.db.session import writing
 from app.http.app import create_app
 from app.scoring.registry import ModelRegistry
 from app.scoring.tables import Score
@@ -488,7 +489,7 @@ def test_report_end_to_end_with_responses_from_the_trail(bank: Bank) -> None:
     # Outcomes flow back onto the member rows (what retraining reads).
     from app.campaigns.service import collect_outcomes
 
-    with Session(bank.engine) as session:
+    with writing(Session(bank.engine)) as session:
         rows = collect_outcomes(session, tenant=bank.tenant, campaign_id=created["id"])
         assert sum(r.converted for r in rows) == conv_t + conv_c
         stored = session.scalar(
@@ -519,7 +520,7 @@ def test_the_report_is_computed_once_per_responses_mark(
             exclude={"responses_until"}
         )
 
-    with Session(bank.engine) as session:
+    with writing(Session(bank.engine)) as session:
         first = service.stored_report(
             session, tenant=bank.tenant, campaign_id=created["id"], now=NOW, language="en"
         )
@@ -552,7 +553,7 @@ def test_the_report_is_computed_once_per_responses_mark(
         monkeypatch.undo()
     # A new response changes the mark: the next read computes and stores the report again.
     respond(bank, created["code"], {ids[100]: "accepted"})
-    with Session(bank.engine) as session:
+    with writing(Session(bank.engine)) as session:
         fresh = service.stored_report(
             session, tenant=bank.tenant, campaign_id=created["id"], now=NOW, language="en"
         )
