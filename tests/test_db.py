@@ -6,7 +6,8 @@ import asyncio
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -19,6 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, func, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from app.db import migrate
 from app.db.base import Base
@@ -611,10 +613,15 @@ def test_no_checkpointer_where_there_is_no_log() -> None:
 
 
 def _read_then_write_beside_a_commit(
-    tmp_path: Path, *, declared: bool, after_commit: bool = False
+    tmp_path: Path,
+    *,
+    declared: bool,
+    after_commit: bool = False,
+    session_scope: Callable[[], AbstractContextManager[Session]] | None = None,
 ) -> list[int]:
     """A unit of work reads, another connection inserts and commits, the unit then writes:
-    the rows stored at the end (``after_commit``: in the unit's second transaction)."""
+    the rows stored at the end (``after_commit``: in the unit's second transaction). The unit
+    is a session of ``session_scope`` when given (on the same file), else of this engine."""
     engine = create_db_engine(sqlite_file_url(tmp_path / "lock.db"))
     try:
         with engine.begin() as connection:
@@ -626,7 +633,7 @@ def _read_then_write_beside_a_commit(
                 connection.exec_driver_sql("INSERT INTO t VALUES (2)")
             other_done.set()
 
-        with create_session_factory(engine)() as session:
+        with (session_scope or create_session_factory(engine))() as session:
             if declared:
                 writing(session)
             if after_commit:
@@ -654,3 +661,26 @@ def test_a_declared_writer_on_sqlite_waits_for_the_lock_instead_of_failing(tmp_p
     # A console post commits the session's idle clock, then does its work: still declared.
     later = _read_then_write_beside_a_commit(tmp_path / "later", declared=True, after_commit=True)
     assert later == [1, 2]
+
+
+def test_a_cli_command_s_session_is_a_declared_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every command of the CLI that writes opens its session through ``database_session``:
+    beside a running service's commit it waits for the lock rather than failing."""
+    from app.cli.app import database_session
+    from app.config import get_settings
+
+    def beside_a_commit(folder: Path, *, writes: bool) -> list[int]:
+        monkeypatch.setenv("CVM_DATABASE_URL", sqlite_file_url(folder / "lock.db"))
+        get_settings.cache_clear()
+        return _read_then_write_beside_a_commit(
+            folder, declared=False, session_scope=lambda: database_session(writes=writes)
+        )
+
+    try:
+        assert beside_a_commit(tmp_path / "writes", writes=True) == [1, 2]
+        with pytest.raises(OperationalError, match="locked"):
+            beside_a_commit(tmp_path / "reads", writes=False)
+    finally:
+        get_settings.cache_clear()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -14,6 +18,9 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def example(*invocations: str) -> str:
@@ -52,3 +59,21 @@ def fail(message: str) -> typer.Exit:
     (code 2) for the caller to raise."""
     console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     return typer.Exit(code=2)
+
+
+@contextmanager
+def database_session(*, writes: bool = True) -> Iterator[Session]:
+    """A session of the configured database for one command; its engine is disposed after.
+
+    A command that writes is declared a writer (``app.db.session.writing``): on SQLite a
+    transaction that reads and then writes fails at once ("database is locked") when a running
+    service commits in between, where a declared one waits its turn."""
+    from app.config import get_settings
+    from app.db.session import create_db_engine, create_session_factory, writing
+
+    engine = create_db_engine(get_settings().database_url)
+    try:
+        with create_session_factory(engine)() as session:
+            yield writing(session) if writes else session
+    finally:
+        engine.dispose()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from app.cli.app import console, example, fail, progress_bar
+from app.cli.app import console, database_session, example, fail, progress_bar
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -42,21 +42,15 @@ CampaignId = Annotated[int, typer.Argument(help="The campaign's id.", metavar="I
 def _run(step: str, work: Callable[[Session], T]) -> T:
     """Run one use case on a session of the configured database, a spinner meanwhile; a
     domain error is printed on one line (exit 2)."""
-    from app.config import get_settings
-    from app.db.session import create_db_engine, create_session_factory
     from app.errors import ServiceError
 
-    settings = get_settings()
-    engine = create_db_engine(settings.database_url)
     try:
-        with progress_bar() as progress, create_session_factory(engine)() as session:
+        with progress_bar() as progress, database_session() as session:
             task = progress.add_task(step, total=1)
             result = work(session)
             progress.update(task, completed=1)
     except ServiceError as error:
         raise fail(f"{error.code}: {error.detail}") from error
-    finally:
-        engine.dispose()
     return result
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from app.cli.app import console, example, fail
+from app.cli.app import console, database_session, example, fail
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -51,19 +51,14 @@ def tick(
     from app.casework.routing import RoutingPolicy, route_new_alerts, sweep_acceptance
     from app.casework.service import sweep_deadlines
     from app.config import get_settings
-    from app.db.session import create_db_engine, create_session_factory
 
     now = datetime.now(UTC) if at is None else at if at.tzinfo else at.replace(tzinfo=UTC)
     settings = get_settings()
     policy = RoutingPolicy.from_settings(settings)
-    engine = create_db_engine(settings.database_url)
-    try:
-        with create_session_factory(engine)() as session:
-            summary = sweep_deadlines(session, now=now)
-            routed = route_new_alerts(session, policy=policy, now=now)
-            timed_out = sweep_acceptance(session, policy=policy, now=now)
-    finally:
-        engine.dispose()
+    with database_session() as session:
+        summary = sweep_deadlines(session, now=now)
+        routed = route_new_alerts(session, policy=policy, now=now)
+        timed_out = sweep_acceptance(session, policy=policy, now=now)
     console.print(
         f"checked {summary.checked}: owner warnings {len(summary.owner_warnings)}, "
         f"supervisor warnings {len(summary.supervisor_warnings)}, "
@@ -91,16 +86,10 @@ def digest(
     """Queue one e-mail per staff member listing the churn alerts routed to them and still
     open; once per person and day, however often it runs (`cvm dispatch` sends them)."""
     from app.casework.routing import compose_digests
-    from app.config import get_settings
-    from app.db.session import create_db_engine, create_session_factory
 
     now = datetime.now(UTC) if at is None else at if at.tzinfo else at.replace(tzinfo=UTC)
-    engine = create_db_engine(get_settings().database_url)
-    try:
-        with create_session_factory(engine)() as session:
-            queued = compose_digests(session, now=now)
-    finally:
-        engine.dispose()
+    with database_session() as session:
+        queued = compose_digests(session, now=now)
     console.print(f"digests queued: {queued}")
 
 
@@ -110,21 +99,16 @@ def purge() -> None:
     audit trail; open complaints are never deleted."""
     from app.casework.service import purge_expired
     from app.config import get_settings
-    from app.db.session import create_db_engine, create_session_factory
 
     settings = get_settings()
-    engine = create_db_engine(settings.database_url)
-    try:
-        with create_session_factory(engine)() as session:
-            from datetime import timedelta
+    with database_session() as session:
+        from datetime import timedelta
 
-            gone = purge_expired(
-                session,
-                now=datetime.now(UTC),
-                retention=timedelta(days=settings.casework_retention_days),
-            )
-    finally:
-        engine.dispose()
+        gone = purge_expired(
+            session,
+            now=datetime.now(UTC),
+            retention=timedelta(days=settings.casework_retention_days),
+        )
     console.print(f"complaints deleted: {gone}")
 
 
@@ -210,13 +194,11 @@ def report(
     the regulator-style complaints return, to standard output."""
     from app.casework.service import Casework
     from app.config import get_settings
-    from app.db.session import create_db_engine, create_session_factory
     from app.errors import ServiceError
 
     settings = get_settings()
-    engine = create_db_engine(settings.database_url)
     try:
-        with create_session_factory(engine)() as session:
+        with database_session() as session:
             text = _report_text(
                 session,
                 casework=Casework.from_settings(settings),
@@ -232,8 +214,6 @@ def report(
             )
     except ServiceError as error:
         raise fail(error.detail) from error
-    finally:
-        engine.dispose()
     sys.stdout.write(text)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli.app import console, example
+from app.cli.app import console, database_session, example
 
 commands = typer.Typer(
     name="customers",
@@ -40,18 +40,13 @@ def sweep(
     from app.config import get_settings
     from app.customers.lifecycle import LifecycleRules
     from app.customers.service import sweep_lifecycle
-    from app.db.session import create_db_engine, create_session_factory
 
     now = datetime.now(UTC) if at is None else at if at.tzinfo else at.replace(tzinfo=UTC)
     settings = get_settings()
-    engine = create_db_engine(settings.database_url)
-    try:
-        with create_session_factory(engine)() as session:
-            moved = sweep_lifecycle(
-                session, now=now, rules=LifecycleRules.from_settings(settings), tenants=tenant
-            )
-    finally:
-        engine.dispose()
+    with database_session() as session:
+        moved = sweep_lifecycle(
+            session, now=now, rules=LifecycleRules.from_settings(settings), tenants=tenant
+        )
     counts = Counter(f"{t.from_stage} -> {t.to_stage}" for t in moved)
     detail = ", ".join(f"{move}: {n}" for move, n in sorted(counts.items()))
     console.print(f"{len(moved)} stage change(s){': ' + detail if detail else ''}", highlight=False)

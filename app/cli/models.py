@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import getpass
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -13,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.cli.app import console, example, fail
+from app.cli.app import console, database_session, example, fail
 from app.config import Settings, get_settings
 from app.modelops.cards import trained_on_synthetic_data
 from app.scoring.manifest import Manifest, Task
@@ -51,25 +50,13 @@ def _default_actor() -> str:
     return f"cli:{getpass.getuser()}"[:64]
 
 
-@contextmanager
-def _session(settings: Settings) -> Iterator[Session]:
-    from app.db.session import create_db_engine, create_session_factory
-
-    engine = create_db_engine(settings.database_url)
-    try:
-        with create_session_factory(engine)() as session:
-            yield session
-    finally:
-        engine.dispose()
-
-
 def _run(use_case: Callable[[Session, Settings], T]) -> T:
     """Run a registry use case on the configured database; domain errors end the command."""
     from app.errors import ServiceError
 
     settings = get_settings()
     try:
-        with _session(settings) as session:
+        with database_session() as session:
             return use_case(session, settings)
     except ServiceError as error:
         raise fail(error.detail) from error
@@ -86,7 +73,7 @@ def _registry_status(settings: Settings) -> dict[tuple[str, str], str] | None:
     if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
         return None
     try:
-        with _session(settings) as session:
+        with database_session(writes=False) as session:
             return {(r.task, r.version): r.status for r in list_versions(session)}
     except SQLAlchemyError:
         return None

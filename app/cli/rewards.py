@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli.app import console, example
+from app.cli.app import console, database_session, example
 
 commands = typer.Typer(
     name="rewards",
@@ -39,19 +39,12 @@ def expire(
     again for the same date changes nothing."""
     from datetime import UTC
 
-    from app.config import get_settings
-    from app.db.session import create_db_engine, create_session_factory
     from app.rewards.service import expire as expire_points
 
-    settings = get_settings()
     now = datetime.now(UTC)
     day: date = as_of.date() if as_of else now.date()
-    engine = create_db_engine(settings.database_url)
-    try:
-        with create_session_factory(engine)() as session:
-            run = expire_points(session, as_of=day, now=now)
-    finally:
-        engine.dispose()
+    with database_session() as session:
+        run = expire_points(session, as_of=day, now=now)
     typer.echo(f"{'as_of':<12} {'customers':>10} {'entries':>10} {'points':>12}")
     typer.echo(
         f"{run.as_of.isoformat():<12} {run.customers:>10} {run.entries:>10} {run.points:>12}"

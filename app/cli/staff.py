@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli.app import console, example, fail
+from app.cli.app import console, database_session, example, fail
 
 commands = typer.Typer(
     name="staff",
@@ -58,22 +58,17 @@ def import_staff(
     from datetime import UTC, datetime
 
     from app.casework.staff import read_staff_csv, store_staff
-    from app.config import get_settings
-    from app.db.session import create_db_engine, create_session_factory, writing
     from app.errors import ServiceError
 
     try:
         rows = read_staff_csv(file.read_text(encoding="utf-8-sig"))
     except ValueError as error:
         raise fail(str(error)) from error
-    engine = create_db_engine(get_settings().database_url)
     try:
-        with create_session_factory(engine)() as session:
-            result = store_staff(writing(session), tenant=tenant, rows=rows, now=datetime.now(UTC))
+        with database_session() as session:
+            result = store_staff(session, tenant=tenant, rows=rows, now=datetime.now(UTC))
     except ServiceError as error:
         raise fail(f"nothing imported: {error.detail}") from error
-    finally:
-        engine.dispose()
     console.print(f"staff: {result.created} created, {result.updated} updated")
 
 
@@ -92,15 +87,13 @@ def _save_password(*, tenant: str | None, staff_id: str, password: str) -> None:
 
     from app.config import get_settings
     from app.console.service import Passwords, set_password
-    from app.db.session import create_db_engine, create_session_factory, writing
     from app.errors import ServiceError
 
     settings = get_settings()
-    engine = create_db_engine(settings.database_url)
     try:
-        with create_session_factory(engine)() as session:
+        with database_session() as session:
             set_password(
-                writing(session),  # beside a running service's writers
+                session,
                 passwords=Passwords.from_settings(settings),
                 tenant=tenant,
                 staff_id=staff_id,
@@ -109,8 +102,6 @@ def _save_password(*, tenant: str | None, staff_id: str, password: str) -> None:
             )
     except ServiceError as error:
         raise fail(f"no password set: {error.detail}") from error
-    finally:
-        engine.dispose()
 
 
 TenantOption = Annotated[
@@ -176,9 +167,7 @@ def create_staff(
 
     from app.casework.schemas import StaffRequest
     from app.casework.staff import StaffRow, store_staff
-    from app.config import get_settings
     from app.console.service import MAX_PASSWORD, MIN_PASSWORD
-    from app.db.session import create_db_engine, create_session_factory, writing
     from app.errors import ServiceError
 
     try:
@@ -199,18 +188,15 @@ def create_staff(
     # Checked before the record is stored: a refused password leaves nothing behind.
     if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
         raise fail(f"password: {MIN_PASSWORD} to {MAX_PASSWORD} characters")
-    engine = create_db_engine(get_settings().database_url)
     try:
-        with create_session_factory(engine)() as session:
+        with database_session() as session:
             store_staff(
-                writing(session),
+                session,
                 tenant=tenant,
                 rows=[StaffRow(staff_id, request)],
                 now=datetime.now(UTC),
             )
     except ServiceError as error:
         raise fail(f"nothing created: {error.detail}") from error
-    finally:
-        engine.dispose()
     _save_password(tenant=tenant, staff_id=staff_id, password=password)
     console.print(f"staff member {staff_id} created; they can log in at /console")

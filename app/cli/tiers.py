@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli.app import console, example, fail
+from app.cli.app import console, database_session, example, fail
 
 commands = typer.Typer(
     name="tiers",
@@ -50,7 +50,6 @@ def apply(
     from datetime import UTC, datetime
 
     from app.config import get_settings
-    from app.db.session import create_db_engine, create_session_factory
     from app.value.policy import InvalidPolicy, load_policy
     from app.value.service import apply_tiers
 
@@ -60,14 +59,10 @@ def apply(
         loaded = load_policy(path)
     except InvalidPolicy as error:
         raise fail(f"{path}: invalid tier policy at {error}; nothing changed") from error
-    engine = create_db_engine(settings.database_url)
-    try:
-        with create_session_factory(engine)() as session:
-            result = apply_tiers(
-                session, policy=loaded, tenant=tenant, dry_run=dry_run, now=datetime.now(UTC)
-            )
-    finally:
-        engine.dispose()
+    with database_session() as session:
+        result = apply_tiers(
+            session, policy=loaded, tenant=tenant, dry_run=dry_run, now=datetime.now(UTC)
+        )
     typer.echo(f"{'from':<20} {'to':<20} {'customers':>10}")
     for flow in result.flows:
         typer.echo(f"{flow.from_tier or '-':<20} {flow.to_tier:<20} {flow.customers:>10}")
