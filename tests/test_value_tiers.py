@@ -307,7 +307,11 @@ def test_the_tier_of_a_customer_and_re_tiering_the_book(
 
 
 @ON_SQLITE_ONLY
-def test_an_invalid_policy_file_changes_nothing(database_url: str, tmp_path: Path) -> None:
+def test_an_invalid_policy_file_changes_nothing(
+    tenant_client: tuple[TestClient, str], database_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    """A book whose every customer would move: a refused policy stores no movement."""
+    client, tenant = tenant_client
     data = raw_policy()
     data["tiers"][3]["cutoffs"]["relationship_balance"] = 1
     path = tmp_path / "bad.json"
@@ -316,8 +320,18 @@ def test_an_invalid_policy_file_changes_nothing(database_url: str, tmp_path: Pat
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("CVM_DATABASE_URL", database_url)
-            result = CliRunner().invoke(cli, ["tiers", "apply", "--policy", str(path)])
+            result = CliRunner().invoke(
+                cli, ["tiers", "apply", "--tenant", tenant, "--policy", str(path)]
+            )
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 2
     assert "tiers[3].cutoffs.relationship_balance" in result.output
+    with Session(engine) as session:
+        assert (
+            session.scalars(select(TierMovement).where(TierMovement.tenant == tenant)).all() == []
+        )
+    assert client.get("/v1/customers/C/tier").json()["recorded_tier"] is None
+    assert apply(database_url, "--tenant", tenant, "--dry-run") == [
+        ["-", "emerging_affluent", "2"], ["-", "affluent", "1"], ["-", "private", "1"]
+    ]  # fmt: skip
