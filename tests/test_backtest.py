@@ -237,15 +237,19 @@ def test_the_api_and_the_cli(
         monitored = runner.invoke(cli, ["monitor", "churn", "--tenant", "bank-a"])
         assert monitored.exit_code == 0, monitored.output
         assert "stored rows against" in monitored.output
-        with Session(create_db_engine(url)) as session:
-            champion = champions(session)[Task.CHURN]
-            run = latest_run(
-                session, task=Task.CHURN, version=champion, tenant=TenantScope("bank-a")
-            )
-            # Every stored row of bank-a: both months, the second scores of every 50th
-            # customer and the censored one.
-            stored_rows = 2 * PER_MONTH + 2 * (PER_MONTH // 50) + 1
-            assert run is not None and run.report.current_rows == stored_rows
+        engine = create_db_engine(url)
+        try:
+            with Session(engine) as session:
+                champion = champions(session)[Task.CHURN]
+                run = latest_run(
+                    session, task=Task.CHURN, version=champion, tenant=TenantScope("bank-a")
+                )
+                # Every stored row of bank-a: both months, the second scores of every 50th
+                # customer and the censored one.
+                stored_rows = 2 * PER_MONTH + 2 * (PER_MONTH // 50) + 1
+                assert run is not None and run.report.current_rows == stored_rows
+        finally:
+            engine.dispose()
     finally:
         get_settings.cache_clear()
 
