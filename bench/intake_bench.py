@@ -9,9 +9,9 @@ Issue 15's target: at least 20,000 events/s persisted, in 1,000-event calls. Per
   ``--calls`` calls have answered; every answer must say ``new: 1000``. Events/s = events stored
   over the wall time of the round; the row count is checked against the table afterwards.
 * **consumer**: the same bodies published to a RabbitMQ queue of the run's own (127.0.0.1:5672,
-  guest), then drained by ``EventConsumer`` (what ``cvm consume`` runs) in this process, after
-  the table is emptied; events/s = events over the time from the consumer's start to its last
-  commit.
+  guest), then drained by ``EventConsumer`` (what ``cvm consume`` runs) in ``--consumers``
+  processes competing for the queue (as several ``cvm consume`` would), after the table is
+  emptied; events/s = events over the time from the consumers' start to the last commit.
 * **ceiling**: the same rows (the stored form, customer ids as the service stores them) written
   with COPY in 1,000-row transactions on one connection, after the table is emptied: the most
   the store takes from one writer with the same commit size.
@@ -23,12 +23,15 @@ Usage::
 
     .venv/bin/python bench/intake_bench.py                        # 3 rounds of 100 calls
     .venv/bin/python bench/intake_bench.py --rounds 5 --calls 200 --workers 2
+    .venv/bin/python bench/intake_bench.py --workers 2 --consumers 2
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
+import multiprocessing.queues
 import os
 import secrets
 import socket
@@ -39,6 +42,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from multiprocessing.synchronize import Barrier as BarrierType
 from pathlib import Path
 from typing import Any
 
@@ -385,18 +389,23 @@ async def delete_queues(queue: str) -> None:
             await channel.queue_delete(name)
 
 
-def consume_all(database_url: str, bodies: list[bytes], needs: NeedRules) -> float:
-    """Publish, then drain the queue through the consumer; seconds from start to last commit."""
-    queue = f"cvm.bench.{secrets.token_hex(5)}"
-    asyncio.run(publish(queue, bodies))
+def _drain(
+    database_url: str,
+    queue: str,
+    needs: NeedRules,
+    start_together: BarrierType,
+    results: multiprocessing.queues.Queue[tuple[float, float, int]],
+) -> None:
+    """One consumer process: its start, its last commit and the events it stored, to
+    ``results``. Started together with the others, so the run's time is theirs."""
     engine = create_db_engine(database_url)
     last_commit = 0.0
+
+    def committed(_: ConsumerStats) -> None:
+        nonlocal last_commit
+        last_commit = time.perf_counter()
+
     try:
-
-        def committed(_: ConsumerStats) -> None:
-            nonlocal last_commit
-            last_commit = time.perf_counter()
-
         consumer = EventConsumer(
             url=AMQP_URL,
             queue=queue,
@@ -407,13 +416,41 @@ def consume_all(database_url: str, bodies: list[bytes], needs: NeedRules) -> flo
             options=ConsumerOptions(batch_messages=20, stop_when_idle_s=0.5),
             on_batch=committed,
         )
-        started = time.perf_counter()
+        start_together.wait()
+        started = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
         stats = asyncio.run(consumer.run(asyncio.Event()))
-        if stats.new != len(bodies) * EVENTS_PER_CALL:
-            raise RuntimeError(f"the consumer stored {stats.new} events")
-        return last_commit - started
+        results.put((started, last_commit, stats.new))
     finally:
         engine.dispose()
+
+
+def consume_all(database_url: str, bodies: list[bytes], needs: NeedRules, consumers: int) -> float:
+    """Publish, then drain the queue with ``consumers`` consumer processes (competing
+    consumers of one queue, as several ``cvm consume`` would be); seconds from their start to
+    the last commit."""
+    queue = f"cvm.bench.{secrets.token_hex(5)}"
+    asyncio.run(publish(queue, bodies))
+    context = multiprocessing.get_context("spawn")
+    start_together = context.Barrier(consumers)
+    results: multiprocessing.queues.Queue[tuple[float, float, int]] = context.Queue()
+    processes = [
+        context.Process(target=_drain, args=(database_url, queue, needs, start_together, results))
+        for _ in range(consumers)
+    ]
+    try:
+        for process in processes:
+            process.start()
+        finished = [results.get(timeout=600) for _ in processes]
+        for process in processes:
+            process.join(30)
+        stored = sum(new for _, _, new in finished)
+        if stored != len(bodies) * EVENTS_PER_CALL:
+            raise RuntimeError(f"the consumers stored {stored} events")
+        return max(last for _, last, _ in finished) - min(start for start, _, _ in finished)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
         asyncio.run(delete_queues(queue))
 
 
@@ -425,6 +462,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100, help="1,000-event calls per round")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument(
+        "--consumers", type=int, default=1, help="consumer processes on the one queue (1)"
+    )
     parser.add_argument(
         "--needs", choices=("on", "off"), default="on", help="the needs rules (default: on)"
     )
@@ -479,7 +519,7 @@ def main() -> None:
                 events = stored_count(url, empty=True)
                 assert events == args.calls * EVENTS_PER_CALL, events
                 service_rates.append(events / seconds)
-                consumed_seconds = consume_all(url, bodies, needs)
+                consumed_seconds = consume_all(url, bodies, needs, args.consumers)
                 assert stored_count(url, empty=True) == events
                 consumer_rates.append(events / consumed_seconds)
                 # The same rows as the service stored them (parsed by the same models).
@@ -515,8 +555,8 @@ def main() -> None:
     print(
         f"median: service {service_rate:,.0f} events/s persisted in {EVENTS_PER_CALL:,}-event "
         f"calls ({args.connections} connections, {args.workers} worker(s), needs rules "
-        f"{args.needs}, {args.history_months} months of history); consumer "
-        f"{consumer_rate:,.0f} events/s from RabbitMQ; COPY ceiling "
+        f"{args.needs}, {args.history_months} months of history); {args.consumers} "
+        f"consumer(s) {consumer_rate:,.0f} events/s from RabbitMQ; COPY ceiling "
         f"{ceiling_rate:,.0f} events/s; ratio {service_rate / ceiling_rate:.2f}; "
         f"target 20,000 events/s: {'met' if met else 'NOT met'}"
     )

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ from app.customers.consumer import (
     dead_letter_queue,
 )
 from app.customers.service import IntakeRules
-from app.customers.tables import CustomerEvent
+from app.customers.tables import CustomerEvent, CustomerMonth
 from app.db.session import create_db_engine, create_session_factory
 from app.http.app import create_app
 from app.scoring.registry import ModelRegistry
@@ -287,6 +288,48 @@ def test_killed_consumer_loses_nothing_and_stores_nothing_twice(queue: str) -> N
             assert "dead-lettered" in err.decode()
         finally:
             engine.dispose()
+
+
+@pytest.mark.postgres
+def test_two_consumers_share_a_queue_and_store_each_event_once(queue: str) -> None:
+    """Consumers compete for one queue (how `cvm consume` scales out): their transactions
+    overlap on customers, and every tenth message is published twice in a row, so a copy may
+    be stored beside its original: each event is stored once and counted once in its month."""
+    originals = [message_of("share", i, 20) for i in range(200)]
+    bodies = [
+        copy for i, body in enumerate(originals) for copy in [body] * (2 if i % 10 == 0 else 1)
+    ]
+    asyncio.run(_publish(queue, bodies))
+    with migrated_postgres_database() as database_url:
+        results: list[ConsumerStats] = []
+        start_together = threading.Barrier(2)
+
+        def consumer() -> None:
+            start_together.wait()
+            results.append(consume(database_url, queue, "bank-a", batch_messages=5, idle=1.0))
+
+        threads = [threading.Thread(target=consumer) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert len(results) == 2 and all(stats.messages > 0 for stats in results)
+        assert sum(stats.messages for stats in results) == len(bodies) == 220
+        assert sum(stats.new for stats in results) == 4_000
+        assert sum(stats.duplicates for stats in results) == 400
+        engine = create_db_engine(database_url)
+        try:
+            assert stored_events(engine, "bank-a") == 4_000
+            with engine.connect() as connection:
+                counted = connection.scalar(
+                    select(func.sum(CustomerMonth.transactions)).where(
+                        CustomerMonth.tenant == "bank-a"
+                    )
+                )
+            assert counted == 4_000
+        finally:
+            engine.dispose()
+        assert asyncio.run(_depth(queue)) == 0
 
 
 def test_queue_depth_is_on_metrics(
