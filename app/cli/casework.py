@@ -198,7 +198,7 @@ def report(
 
     settings = get_settings()
     try:
-        with database_session() as session:
+        with database_session(writes=False) as session:  # reads only: no write lock held
             text = _report_text(
                 session,
                 casework=Casework.from_settings(settings),
