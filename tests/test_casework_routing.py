@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -555,3 +555,33 @@ def test_a_branch_webhook_must_be_https(branch_route: dict[str, Any]) -> None:
 
     with pytest.raises(ValueError, match=r"branches\['north'\]\.webhook_url"):
         Settings(notification_routes={"bank-a": {"branches": {"north": branch_route}}})
+
+
+def test_the_sweeps_declare_themselves_writers() -> None:
+    """Each of these use cases reads, then writes what it read: on SQLite the first write
+    would fail at once had the service committed in between (``app.db.session.writing``), so
+    each declares its session before its first statement, whoever opened it (CLI, scheduler,
+    test)."""
+    from app.casework.routing import compose_digests, sweep_acceptance
+    from app.casework.service import purge_expired, sweep_deadlines
+    from app.db.session import IMMEDIATE_OPTION, create_db_engine
+    from tests.db_support import migrated_sqlite_database
+
+    now = datetime.now(UTC)
+    sweeps: dict[str, Callable[[Session], object]] = {
+        "acceptance": lambda s: sweep_acceptance(s, policy=RoutingPolicy(), now=now),
+        "route": lambda s: route_new_alerts(s, policy=RoutingPolicy(), now=now),
+        "digests": lambda s: compose_digests(s, now=now),
+        "deadlines": lambda s: sweep_deadlines(s, now=now),
+        "purge": lambda s: purge_expired(s, now=now, retention=timedelta(days=1)),
+    }
+    with migrated_sqlite_database() as url:
+        engine = create_db_engine(url)
+        try:
+            for name, sweep in sweeps.items():
+                with Session(engine) as session:
+                    sweep(session)
+                    declared = session.get_bind().get_execution_options().get(IMMEDIATE_OPTION)
+                    assert declared is True, name
+        finally:
+            engine.dispose()

@@ -515,6 +515,7 @@ def sweep_acceptance(session: Session, *, policy: RoutingPolicy, now: datetime) 
     """Alerts not accepted in time go to the assignee's supervisor (the first one up the chain
     who is in); without one, to the central queue; failing that they stay, and the clock
     restarts. Each timeout fires once per period."""
+    writing(session)  # it reads the routed alerts before it escalates them
     summary = RoutingSummary()
     due = session.scalars(
         select(AlertAssignment)
@@ -818,6 +819,7 @@ def compose_digests(session: Session, *, now: datetime) -> int:
     """Queue one e-mail per staff member holding open alerts, listing them: once per person
     and day (the message id is derived from the tenant, the person and the day, so a second
     run that day queues nothing). How many were queued."""
+    writing(session)  # it reads the open alerts before it queues the digests
     day = now.date().isoformat()
     a = AlertAssignment
     holders = session.execute(

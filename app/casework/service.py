@@ -51,6 +51,7 @@ from app.casework.tables import AlertAssignment, CaseEvent, Complaint, Staff
 from app.config import Settings
 from app.customers import schemas as trail
 from app.customers.service import record_events
+from app.db.session import writing
 from app.errors import NotFound
 from app.scoring.repository import TenantScope
 from app.security.principal import Principal
@@ -839,6 +840,7 @@ def _claim(session: Session, complaint_id: int, marker: str, now: datetime) -> b
 def sweep_deadlines(session: Session, *, now: datetime) -> SweepSummary:
     """Warn the owner at 60% of the running time, the supervisor at 80%, escalate at 100%:
     each once per clock (markers set by a conditional update, so concurrent sweeps agree)."""
+    writing(session)  # it reads the running complaints before it marks them
     summary = SweepSummary()
     pending = session.scalars(
         select(Complaint)
@@ -921,6 +923,7 @@ def _escalate_overdue(session: Session, complaint: Complaint, now: datetime) -> 
 def purge_expired(session: Session, *, now: datetime, retention: timedelta) -> int:
     """Delete complaints closed or rejected longer than ``retention`` ago, with their trail
     (the only delete there is); how many complaints went."""
+    writing(session)  # it reads the expired ids before it deletes them
     expired = select(Complaint.id).where(
         Complaint.closed_at.is_not(None), Complaint.closed_at < now - retention
     )
