@@ -19,15 +19,17 @@ import socket
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
 from app.db.migrate import upgrade
+from app.db.session import IMMEDIATE_OPTION
 
 POSTGRES_SERVER_URL_ENV = "CVM_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_SERVER_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -238,3 +240,40 @@ class TcpProxy:
         finally:
             with suppress(OSError):
                 destination.shutdown(socket.SHUT_WR)
+
+
+def touch(connection: Connection, table: str, text_column: str) -> None:
+    """A write that leaves every value as it was and still commits something: ``text_column``
+    of each row of ``table`` changed and changed back. (SQLite skips an update to the same
+    value: "SET name = name" commits nothing, so no reader's snapshot goes stale.)"""
+    connection.exec_driver_sql(f"UPDATE {table} SET {text_column} = {text_column} || '.'")
+    connection.exec_driver_sql(
+        f"UPDATE {table} SET {text_column} = substr({text_column}, 1, length({text_column}) - 1)"
+    )
+
+
+@contextmanager
+def another_writer_committing(
+    engine: Engine, table: str, text_column: str, hold_s: float = 0.5
+) -> Iterator[None]:
+    """Another connection writes ``table`` (``touch``) and holds its write lock (SQLite's,
+    taken up front; PostgreSQL's on the rows it touched) while the block runs, committing
+    ``hold_s`` after it took it: a deferred unit of work in the block that reads, then writes,
+    finds a commit in between (on SQLite: "database is locked" at once); a declared one waits."""
+    holding = threading.Event()
+
+    def other_writer() -> None:
+        with engine.connect() as connection:
+            connection.execution_options(**{IMMEDIATE_OPTION: True})
+            touch(connection, table, text_column)
+            holding.set()
+            time.sleep(hold_s)
+            connection.commit()
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    try:
+        assert holding.wait(5), "the other writer did not take the lock"
+        yield
+    finally:
+        thread.join(10)

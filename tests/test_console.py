@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -34,7 +32,7 @@ from app.console.service import LoginPolicy, Passwords, current_user
 from app.contact.states import ContactOutcome
 from app.customers.lifecycle import LifecycleStage
 from app.customers.schemas import EventType, Severity
-from app.db.session import IMMEDIATE_OPTION, create_db_engine, create_session_factory
+from app.db.session import create_db_engine, create_session_factory
 from app.http.app import create_app
 from app.scoring.manifest import Task
 from app.scoring.registry import ModelRegistry
@@ -50,7 +48,7 @@ from tests.console_support import (
     customer_with_alert,
     log_in,
 )
-from tests.db_support import migrated_sqlite_database
+from tests.db_support import another_writer_committing, migrated_sqlite_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -620,19 +618,6 @@ def test_a_page_waits_for_another_writer_instead_of_failing(
         with TestClient(app, base_url="https://testserver") as browser:
             add_staff(app, tenant="bank-a", staff_id="rm-1", roles=["relationship_manager"])
             log_in(browser, tenant="bank-a", staff_id="rm-1")
-            holding = threading.Event()
-
-            def other_writer() -> None:
-                with app.state.engine.connect() as connection:
-                    connection.execution_options(**{IMMEDIATE_OPTION: True})
-                    connection.exec_driver_sql("UPDATE staff SET name = name")  # holds the lock
-                    holding.set()
-                    time.sleep(0.5)
-                    connection.commit()
-
-            thread = threading.Thread(target=other_writer)
-            thread.start()
-            holding.wait(5)
-            page = browser.get("/console/queue")
-            thread.join(10)
+            with another_writer_committing(app.state.engine, "staff", "name"):
+                page = browser.get("/console/queue")
             assert page.status_code == 200

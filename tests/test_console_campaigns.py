@@ -6,6 +6,7 @@ lines, and both languages."""
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from app.security.api_keys import create_client
 from app.security.principal import ALL_SCOPES
 from tests.conftest import ON_SQLITE_ONLY
 from tests.console_support import CHEAP_HASHING, add_staff, csrf_of, log_in
+from tests.db_support import touch
 from tests.test_campaigns import Bank, book, respond
 
 TODAY = datetime.now(UTC).date().isoformat()
@@ -145,6 +147,34 @@ def test_roles_decide_who_sees_the_campaigns_pages(console_app: TestClient, tena
         )
 
 
+def _viewed_beside_a_commit(browser: TestClient, location: str) -> Any:
+    """The page at ``location``, with another connection committing a write while the page
+    computes its campaign report (between the page's reads and its write)."""
+    app: Any = browser.app
+    compute = campaign_service.report
+
+    def commit_elsewhere() -> None:
+        with app.state.engine.begin() as connection:
+            touch(connection, "staff", "name")
+
+    others: list[threading.Thread] = []
+
+    def report_beside_a_commit(*args: Any, **kwargs: Any) -> Any:
+        other = threading.Thread(target=commit_elsewhere)
+        other.start()
+        other.join(0.5)  # done, unless it waits for this page's write lock
+        others.append(other)
+        return compute(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(campaign_service, "report", report_beside_a_commit)
+        page = browser.get(location)
+    for other in others:
+        other.join(10)
+    assert others, "the page did not compute its report"
+    return page
+
+
 def test_create_check_launch_and_report_with_the_uplift_plot(
     console_app: TestClient, tenant: str
 ) -> None:
@@ -236,7 +266,10 @@ def test_create_check_launch_and_report_with_the_uplift_plot(
         for i, c in enumerate(ids)
     }
     respond(bank, "WIN-1", answers)
-    report = admin.get(location)
+    # The first view reads, then computes and stores the report: another writer committing
+    # while it computes must not fail it (a GET that writes takes the write lock first, so
+    # the other writer waits for it instead).
+    report = _viewed_beside_a_commit(admin, location)
     assert report.status_code == 200
     text = report.text
     for part in ('id="arms"', 'id="lift"', 'id="deciles"', 'id="cost"', "<svg"):

@@ -5,8 +5,6 @@ monitoring endpoint on stored scores and its Prometheus gauges."""
 from __future__ import annotations
 
 import math
-import threading
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +16,6 @@ from scipy.stats import chi2
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from app.db.session import IMMEDIATE_OPTION
 from app.modelops.monitoring import latest_run
 from app.modelops.psi import (
     FLOOR,
@@ -31,6 +28,7 @@ from app.scoring.manifest import Manifest, Task
 from app.scoring.registry import ModelRegistry
 from app.scoring.repository import TenantScope
 from tests.conftest import ON_SQLITE_ONLY, customer_record
+from tests.db_support import another_writer_committing
 
 
 def plain_psi(
@@ -209,19 +207,6 @@ def test_a_run_is_stored_after_waiting_out_another_writer(
     assert model is not None
     records = [customer_record(row, model.schema) for _, row in sample_rows["existing"].iterrows()]
     assert client.post("/v1/churn/scores", json={"customers": records}).status_code == 200
-    holding = threading.Event()
-
-    def other_writer() -> None:
-        with engine.connect() as connection:
-            connection.execution_options(**{IMMEDIATE_OPTION: True})
-            connection.exec_driver_sql("UPDATE score SET source = source")  # holds the lock
-            holding.set()
-            time.sleep(0.5)
-            connection.commit()
-
-    thread = threading.Thread(target=other_writer)
-    thread.start()
-    holding.wait(5)
-    report = client.get("/v1/models/churn/monitoring")
-    thread.join(10)
+    with another_writer_committing(engine, "score", "source"):
+        report = client.get("/v1/models/churn/monitoring")
     assert report.status_code == 200, report.text

@@ -187,6 +187,14 @@ def _db(request: Request) -> Iterator[Session]:
         yield session if request.method in ("GET", "HEAD") else writing(session)
 
 
+def _recording_db(request: Request) -> Iterator[Session]:
+    """The session of a page that stores what it computed (a campaign's report and chart,
+    prospects' segments): declared a writer like a form post, since on SQLite a read that
+    turns into a write fails at once when another writer committed in between."""
+    with _console(request).session_factory() as session:
+        yield writing(session)
+
+
 async def _form(request: Request) -> dict[str, str]:
     """A url-encoded form body (at most 16 KiB; the last value of a repeated field)."""
     body = await request.body()
@@ -213,6 +221,7 @@ def _user(request: Request) -> ConsoleUser:
 
 
 DbDep = Annotated[Session, Depends(_db)]
+RecordingDbDep = Annotated[Session, Depends(_recording_db)]
 FormDep = Annotated[dict[str, str], Depends(_form)]
 UserDep = Annotated[ConsoleUser, Depends(_user)]
 
@@ -579,7 +588,7 @@ def pyramid(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
 
 
 @router.get("/prospects")
-def prospects(request: Request, session: DbDep, user: UserDep) -> HTMLResponse:
+def prospects(request: Request, session: RecordingDbDep, user: UserDep) -> HTMLResponse:
     """Prospects by segment (value band x buying power), ranked, with each segment's plan."""
     pages.require_page(user, "prospects")
     console = _console(request)
@@ -847,7 +856,7 @@ def _campaign_page(
 
 @router.get("/campaigns/{campaign_id}")
 def campaign_page(
-    request: Request, campaign_id: CampaignId, session: DbDep, user: UserDep
+    request: Request, campaign_id: CampaignId, session: RecordingDbDep, user: UserDep
 ) -> HTMLResponse:
     """A campaign: its definition, the pre-launch power check, or once launched its report."""
     pages.require_page(user, "campaigns")
