@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli.app import console, example, fail
+from app.cli.app import console, database_engine, example, fail
 
 commands = typer.Typer(
     name="alerts",
@@ -44,18 +44,18 @@ def process(
     import signal
     import threading
 
+    from sqlalchemy.engine import Engine
+
     from app.alerts.service import ChurnAlerts, ProcessSummary, pending_candidates, process_pending
     from app.config import get_settings
-    from app.db.session import create_db_engine
 
     settings = get_settings()
     alerts = ChurnAlerts.from_settings(settings)
     if alerts is None:
         raise fail("churn alerts are off (CVM_CHURN_ALERTS_ENABLED=false)")
     size = batch_size or settings.alert_processor_batch_size
-    engine = create_db_engine(settings.database_url)
 
-    def run() -> ProcessSummary:
+    def run(engine: Engine) -> ProcessSummary:
         summary = process_pending(engine, alerts=alerts, batch_size=size)
         if summary.candidates or not watch:
             console.print(
@@ -65,9 +65,9 @@ def process(
             )
         return summary
 
-    try:
+    with database_engine() as engine:
         if not watch:
-            run()
+            run(engine)
             console.print(f"left in the inbox: {pending_candidates(engine)}")
             return
         stop = threading.Event()
@@ -75,8 +75,6 @@ def process(
             signal.signal(signum, lambda _signum, _frame: stop.set())
         console.print("processing alert candidates; Ctrl-C to stop")
         while not stop.is_set():
-            run()
+            run(engine)
             stop.wait(settings.alert_processor_poll_s)
         console.print("stopped")
-    finally:
-        engine.dispose()

@@ -20,6 +20,7 @@ from rich.progress import (
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
     from sqlalchemy.orm import Session
 
 
@@ -62,18 +63,27 @@ def fail(message: str) -> typer.Exit:
 
 
 @contextmanager
+def database_engine() -> Iterator[Engine]:
+    """The configured database's engine for one command, disposed after (its pooled
+    connections closed even when the command fails)."""
+    from app.config import get_settings
+    from app.db.session import create_db_engine
+
+    engine = create_db_engine(get_settings().database_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@contextmanager
 def database_session(*, writes: bool = True) -> Iterator[Session]:
     """A session of the configured database for one command; its engine is disposed after.
 
     A command that writes is declared a writer (``app.db.session.writing``): on SQLite a
     transaction that reads and then writes fails at once ("database is locked") when a running
     service commits in between, where a declared one waits its turn."""
-    from app.config import get_settings
-    from app.db.session import create_db_engine, create_session_factory, writing
+    from app.db.session import create_session_factory, writing
 
-    engine = create_db_engine(get_settings().database_url)
-    try:
-        with create_session_factory(engine)() as session:
-            yield writing(session) if writes else session
-    finally:
-        engine.dispose()
+    with database_engine() as engine, create_session_factory(engine)() as session:
+        yield writing(session) if writes else session

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.cli.app import console, example, fail
+from app.cli.app import console, database_engine, example, fail
 from app.config import get_settings
 from app.security.principal import Scope
 
@@ -50,19 +50,16 @@ def clients_create(
     ] = None,
 ) -> None:
     """Create a client and print its API key once: only its hash is stored."""
-    from app.db.session import create_db_engine
     from app.security.api_keys import create_client
 
     wanted = [s for item in scopes for s in item.replace(",", " ").split()]
-    engine = create_db_engine(get_settings().database_url)
     try:
-        info, key = create_client(
-            engine, name=name, scopes=wanted, tenant=tenant, rate_limit_per_s=rate_limit
-        )
+        with database_engine() as engine:
+            info, key = create_client(
+                engine, name=name, scopes=wanted, tenant=tenant, rate_limit_per_s=rate_limit
+            )
     except ValueError as error:
         raise fail(str(error)) from error
-    finally:
-        engine.dispose()
     console.print(
         f"created client {info.id} ({info.name}; scopes {' '.join(info.scopes)}"
         + (f"; tenant {info.tenant}" if info.tenant else "")
@@ -78,18 +75,14 @@ def clients_revoke(
     ],
 ) -> None:
     """Revoke a client's key; every replica refuses it within the auth cache TTL."""
-    from app.db.session import create_db_engine
     from app.security.api_keys import revoke_client
 
-    settings = get_settings()
-    engine = create_db_engine(settings.database_url)
-    try:
+    with database_engine() as engine:
         revoked = revoke_client(engine, client_id=client_id)
-    finally:
-        engine.dispose()
     if not revoked:
         raise fail(f"no active client {client_id}")
-    console.print(f"revoked {client_id}; refused everywhere within {settings.auth_cache_ttl_s:g} s")
+    ttl = get_settings().auth_cache_ttl_s
+    console.print(f"revoked {client_id}; refused everywhere within {ttl:g} s")
 
 
 @commands.command("list", epilog=example("cvm clients list --revoked"))
@@ -99,14 +92,10 @@ def clients_list(
     ] = False,
 ) -> None:
     """List clients: id, name, key prefix, scopes, tenant (never a key)."""
-    from app.db.session import create_db_engine
     from app.security.api_keys import list_clients
 
-    engine = create_db_engine(get_settings().database_url)
-    try:
+    with database_engine() as engine:
         clients = list_clients(engine, include_revoked=revoked)
-    finally:
-        engine.dispose()
     table = Table("id", "name", "key", "scopes", "tenant", "rate/s", "created", "revoked")
     for c in clients:
         table.add_row(

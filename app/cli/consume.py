@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from app.cli.app import console, example, fail
+from app.cli.app import console, database_engine, example, fail
 from app.config import get_settings
 
 commands = typer.Typer()
@@ -49,12 +49,11 @@ def consume(
     """
     from app.customers.consumer import ConsumerOptions, ConsumerStats, EventConsumer
     from app.customers.service import IntakeRules
-    from app.db.session import create_db_engine, create_session_factory
+    from app.db.session import create_session_factory
     from app.security.pseudonyms import Pseudonymizer
 
     settings = get_settings()
     name = queue or settings.event_queues[0]
-    engine = create_db_engine(settings.database_url)
 
     def report(stats: ConsumerStats) -> None:
         console.print(
@@ -63,37 +62,37 @@ def consume(
             highlight=False,
         )
 
-    consumer = EventConsumer(
-        url=settings.amqp_url.get_secret_value(),
-        queue=name,
-        tenant=tenant,
-        session_factory=create_session_factory(engine),
-        rules=IntakeRules.from_settings(settings),
-        pseudonymizer=Pseudonymizer.from_settings(settings),
-        options=ConsumerOptions(batch_messages=batch_messages, stop_when_idle_s=stop_when_idle),
-    )
+    last = 0
 
-    async def run() -> ConsumerStats:
+    def progress(stats: ConsumerStats) -> None:
+        nonlocal last
+        if stats.messages - last >= 1000 or last == 0:
+            report(stats)
+            last = stats.messages
+
+    async def run(consumer: EventConsumer) -> ConsumerStats:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        last = 0
-
-        def progress(stats: ConsumerStats) -> None:
-            nonlocal last
-            if stats.messages - last >= 1000 or last == 0:
-                report(stats)
-                last = stats.messages
-
-        consumer.on_batch = progress
         return await consumer.run(stop)
 
     console.print(f"consuming {escape(name)} (tenant {escape(tenant or '-')})", highlight=False)
     try:
-        stats = asyncio.run(run())
+        with database_engine() as engine:
+            consumer = EventConsumer(
+                url=settings.amqp_url.get_secret_value(),
+                queue=name,
+                tenant=tenant,
+                session_factory=create_session_factory(engine),
+                rules=IntakeRules.from_settings(settings),
+                pseudonymizer=Pseudonymizer.from_settings(settings),
+                options=ConsumerOptions(
+                    batch_messages=batch_messages, stop_when_idle_s=stop_when_idle
+                ),
+                on_batch=progress,
+            )
+            stats = asyncio.run(run(consumer))
     except (OSError, TimeoutError) as error:  # aio-pika's connection errors are OSErrors
         raise fail(f"cannot reach the broker for {name}: {error}") from error
-    finally:
-        engine.dispose()
     report(stats)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from app.cli.app import console, example, fail, progress_bar
+from app.cli.app import console, database_engine, example, fail, progress_bar
 from app.config import get_settings
 
 commands = typer.Typer()
@@ -48,15 +48,14 @@ def ingest(
     """Store a file's events in chunks; a rerun after a crash stores nothing twice."""
     from app.customers.ingest import EventFileError, ingest_file, open_event_file, write_rejects
     from app.customers.service import IntakeRules
-    from app.db.session import create_db_engine, create_session_factory
+    from app.db.session import create_session_factory
     from app.errors import DatabaseUnavailable
     from app.security.pseudonyms import Pseudonymizer
 
     settings = get_settings()
-    engine = create_db_engine(settings.database_url)
     try:
         events_file = open_event_file(path)
-        with progress_bar() as progress:
+        with database_engine() as engine, progress_bar() as progress:
             bar = progress.add_task("Ingesting events", total=events_file.rows)
             summary = ingest_file(
                 events_file,
@@ -71,8 +70,6 @@ def ingest(
         raise fail(str(error)) from error
     except DatabaseUnavailable as error:
         raise fail(f"{path}: {error.detail}; rerun to resume") from error
-    finally:
-        engine.dispose()
     if summary.rejects:
         write_rejects(summary, rejects or path.with_name(path.name + ".rejects.csv"))
     console.print(
