@@ -1,10 +1,11 @@
 """Throughput and latency of the scoring service, against a bare endpoint and MLServer, in one run.
 
-Starts the service (one uvicorn worker, uvloop + httptools) with an extra bare ``POST /bench/bare``
-route on the very same app, optionally MLServer's LightGBM runtime on the same churn model, and
-drives each with wrk in interleaved rounds (bare, churn, batch, mlserver, ...) so that drift on
-the machine hits every case alike. Reports medians over rounds, the ratios the issue sets targets
-for, and checks afterwards that every acknowledged score is in the database. Usage::
+Starts the service (uvicorn, uvloop + httptools, one worker unless told) with an extra bare
+``POST /bench/bare`` route on the very same app, optionally MLServer's LightGBM runtime on the
+same churn model, and drives each with wrk in interleaved rounds (bare, churn, batch, mlserver,
+...) so that drift on the machine hits every case alike. Reports medians over rounds, the ratios
+the issue sets targets for, and checks afterwards that every acknowledged score is in the
+database. Usage::
 
     .venv/bin/python bench/serve_bench.py                      # SQLite file, 3 rounds of 10 s
     .venv/bin/python bench/serve_bench.py --database postgres --rounds 5
@@ -87,18 +88,13 @@ BATCH_CASES = ("batch", "batch_columns")
 # --- the server under test: `serve_bench.py --serve ...` runs in the subprocess ---------------
 
 
-def serve(models_dir: Path, database_url: str, port: int, key_file: Path) -> None:
-    """Migrate, build the app with a bare route added, and serve it with one uvicorn worker."""
-    import uvicorn
-
+def bench_app() -> Any:
+    """The service's app with the bare route added, its settings from the environment (what
+    every uvicorn worker process builds)."""
     from app.config import Settings
-    from app.db.migrate import upgrade
     from app.http.app import create_app
 
-    upgrade(database_url)
-    settings = Settings(database_url=database_url, models_dir=models_dir, log_level="WARNING")
-    key_file.write_text(bench_client_key(settings) or "")
-    app = create_app(settings)
+    app = create_app(Settings())
 
     @app.post(BARE_PATH, include_in_schema=False)
     async def bare(request: Request) -> JSONResponse:
@@ -106,8 +102,27 @@ def serve(models_dir: Path, database_url: str, port: int, key_file: Path) -> Non
         body = await request.body()
         return JSONResponse({"ok": True, "bytes": len(body)})
 
+    return app
+
+
+def serve(models_dir: Path, database_url: str, port: int, key_file: Path, workers: int) -> None:
+    """Migrate, make the client key, and serve the app with the bare route on ``workers``
+    uvicorn worker processes."""
+    import uvicorn
+
+    from app.config import Settings
+    from app.db.migrate import upgrade
+
+    upgrade(database_url)
+    os.environ.update(
+        CVM_DATABASE_URL=database_url, CVM_MODELS_DIR=str(models_dir), CVM_LOG_LEVEL="WARNING"
+    )
+    key_file.write_text(bench_client_key(Settings()) or "")
     uvicorn.run(
-        app,
+        "serve_bench:bench_app",
+        factory=True,
+        app_dir=str(Path(__file__).resolve().parent),
+        workers=workers,
         host="127.0.0.1",
         port=port,
         loop="uvloop",
@@ -398,7 +413,9 @@ def start_process(
     return Server(name=name, process=process, base_url=base_url, log=log)
 
 
-def start_service(models_dir: Path, database_url: str, port: int, log: Path) -> Server:
+def start_service(
+    models_dir: Path, database_url: str, port: int, log: Path, workers: int = 1
+) -> Server:
     """Our service (with the bare route), migrated, ready to score, with its API key if any."""
     # One OpenMP thread, as `cvm serve` sets: a request is one row.
     env = {**os.environ, "CVM_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
@@ -407,7 +424,7 @@ def start_service(models_dir: Path, database_url: str, port: int, log: Path) -> 
     key_file.unlink(missing_ok=True)
     command = [sys.executable, str(Path(__file__).resolve()), "--serve"]
     command += ["--models-dir", str(models_dir), "--database-url", database_url]
-    command += ["--port", str(port), "--key-file", str(key_file)]
+    command += ["--port", str(port), "--key-file", str(key_file), "--workers", str(workers)]
     server = start_process("cvm", command, log, ROOT, f"http://127.0.0.1:{port}", env)
     server.wait_ready("/readyz")
     server.api_key = key_file.read_text().strip() or None
@@ -1121,10 +1138,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--key-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.serve:
-        serve(args.models_dir, args.database_url, args.port, args.key_file)
+        serve(args.models_dir, args.database_url, args.port, args.key_file, args.workers)
         return 0
     args.batch_connections = args.batch_connections or args.connections
     if shutil.which("wrk") is None:
