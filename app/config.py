@@ -196,6 +196,21 @@ class Settings(BaseSettings):
         default=f"sqlite:///{PROJECT_ROOT / 'var' / 'cvm.db'}",
         description="SQLAlchemy URL: SQLite file by default, postgresql+psycopg://... live.",
     )
+    db_pool_size: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="PostgreSQL connections the service's pool keeps open per process (SQLite "
+        "ignores it); replicas x processes x (pool + overflow) must stay under the server's "
+        "max_connections.",
+    )
+    db_max_overflow: int = Field(
+        default=10,
+        ge=0,
+        le=1000,
+        description="Connections a process may open beyond its pool under load, each closed "
+        "again once returned to a full pool.",
+    )
     models_dir: Path = Field(default=PROJECT_ROOT / "models")
     model_versions: dict[str, str] = Field(
         default_factory=dict,

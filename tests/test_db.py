@@ -684,3 +684,28 @@ def test_a_cli_command_s_session_is_a_declared_writer(
             beside_a_commit(tmp_path / "reads", writes=False)
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_the_service_s_pool_is_sized_by_its_settings(
+    database_url: str, settings_for: Any, registry: Any
+) -> None:
+    """Each process's PostgreSQL pool is the deployment's to size (``CVM_DB_POOL_SIZE``,
+    ``CVM_DB_MAX_OVERFLOW``), so that replicas x processes fit the server's max_connections."""
+    from pydantic import ValidationError
+
+    from app.config import Settings
+    from app.http.app import create_app
+
+    app = create_app(settings_for(database_url, db_pool_size=3, db_max_overflow=1), registry)
+    engine: Engine = app.state.engine
+    try:
+        assert engine.pool.size() == 3  # type: ignore[attr-defined]
+        held = [engine.connect() for _ in range(4)]
+        assert engine.pool.overflow() == 1  # type: ignore[attr-defined]
+        for connection in held:
+            connection.close()
+    finally:
+        engine.dispose()
+    with pytest.raises(ValidationError, match="db_pool_size"):
+        Settings(db_pool_size=0)

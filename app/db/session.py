@@ -35,8 +35,11 @@ def json_text(value: Any) -> str:
     return json_bytes(value).decode()
 
 
-def create_db_engine(url: str) -> Engine:
-    """An engine tuned for the backend named in ``url`` (SQLite file/memory or PostgreSQL)."""
+def create_db_engine(
+    url: str, *, pool_size: int = POSTGRES_POOL_SIZE, max_overflow: int = POSTGRES_MAX_OVERFLOW
+) -> Engine:
+    """An engine tuned for the backend named in ``url`` (SQLite file/memory or PostgreSQL);
+    ``pool_size`` and ``max_overflow`` size a PostgreSQL pool."""
     sa_url = make_url(url)
     if sa_url.get_backend_name() == "sqlite":
         return _create_sqlite_engine(sa_url)
@@ -47,8 +50,8 @@ def create_db_engine(url: str) -> Engine:
     return create_engine(
         sa_url,
         pool_pre_ping=True,
-        pool_size=POSTGRES_POOL_SIZE,
-        max_overflow=POSTGRES_MAX_OVERFLOW,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
         pool_recycle=1800,
         connect_args=connect_args,
         json_serializer=json_text,

@@ -152,7 +152,11 @@ def create_app(settings: Settings | None = None, registry: ModelRegistry | None 
     registry = (
         registry or ModelRegistry.load(settings.models_dir, pinned=settings.model_versions)
     ).copy()
-    engine = create_db_engine(settings.database_url)
+    engine = create_db_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+    )
     writer = build_score_writer(settings, engine)
     # Turns the alert candidates the writer stores with churn scores into alerts.
     alert_processor = build_alert_processor(settings, engine)
