@@ -250,7 +250,7 @@ def wait_quiet(server: Server, timeout: float = 120) -> None:
 
 
 @contextmanager
-def service(url: str, workers: int) -> Iterator[Server]:
+def service(url: str, workers: int = 1) -> Iterator[Server]:
     """The service on the kept database, background re-assessment off."""
     os.environ["CVM_RESCORE_IN_PROCESS"] = "false"
     log = BENCH_VAR / "logs" / "score_by_id_service.log"
