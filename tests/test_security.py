@@ -512,9 +512,14 @@ def test_alert_owner_is_the_caller_and_writers_see_only_what_changed(
 # --- abuse and bad input -------------------------------------------------------------------
 
 
+# The limits below refill a token every 100 s: none comes back while a test runs, however slow
+# the machine (at 0.5/s a loaded CI machine refilled one between the calls).
+SLOW_REFILL_PER_S = 0.01
+
+
 @ON_SQLITE_ONLY
 def test_local_rate_limit_answers_429_with_retry_after(make_app: Any) -> None:
-    app, client = make_app(rate_limit_per_s=1, rate_limit_burst=2)
+    app, client = make_app(rate_limit_per_s=SLOW_REFILL_PER_S, rate_limit_burst=2)
     headers = key_for(app.state.engine, "models:read")
     assert [client.get("/v1/models", headers=headers).status_code for _ in range(2)] == [200, 200]
     refused = client.get("/v1/models", headers=headers)
@@ -536,8 +541,9 @@ def test_per_client_rate_override() -> None:
 
 @ON_SQLITE_ONLY
 def test_redis_limits_are_shared_across_replicas(make_app: Any) -> None:
-    first, one = make_app(redis_url=REDIS_URL, rate_limit_per_s=0.5, rate_limit_burst=3)
-    _, two = make_app(redis_url=REDIS_URL, rate_limit_per_s=0.5, rate_limit_burst=3)
+    limits = {"rate_limit_per_s": SLOW_REFILL_PER_S, "rate_limit_burst": 3}
+    first, one = make_app(redis_url=REDIS_URL, **limits)
+    _, two = make_app(redis_url=REDIS_URL, **limits)
     headers = key_for(first.state.engine, "models:read")
     statuses = [c.get("/v1/models", headers=headers).status_code for c in (one, two, one, two)]
     assert statuses == [200, 200, 200, 429]
@@ -549,7 +555,7 @@ def test_redis_down_falls_back_to_local_limits(
     make_app: Any, capfd: pytest.CaptureFixture[str]
 ) -> None:
     app, client = make_app(
-        redis_url="redis://127.0.0.1:1/0", rate_limit_per_s=1, rate_limit_burst=2
+        redis_url="redis://127.0.0.1:1/0", rate_limit_per_s=SLOW_REFILL_PER_S, rate_limit_burst=2
     )
     headers = key_for(app.state.engine, "models:read")
     statuses = [client.get("/v1/models", headers=headers).status_code for _ in range(3)]
