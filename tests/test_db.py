@@ -695,6 +695,7 @@ def test_the_service_s_pool_is_sized_by_its_settings(
     from pydantic import ValidationError
 
     from app.config import Settings
+    from app.db import session as session_module
     from app.http.app import create_app
 
     app = create_app(settings_for(database_url, db_pool_size=3, db_max_overflow=1), registry)
@@ -709,3 +710,7 @@ def test_the_service_s_pool_is_sized_by_its_settings(
         engine.dispose()
     with pytest.raises(ValidationError, match="db_pool_size"):
         Settings(db_pool_size=0)
+    # The service's defaults are those of the engines built without settings (CLI, batch).
+    defaults = Settings.model_fields
+    assert defaults["db_pool_size"].default == session_module.POSTGRES_POOL_SIZE
+    assert defaults["db_max_overflow"].default == session_module.POSTGRES_MAX_OVERFLOW
